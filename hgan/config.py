@@ -1,0 +1,213 @@
+"""The one configuration object: presets, flag overrides, JSON beside the checkpoints.
+
+``Config`` is a frozen dataclass. ``train.py`` builds it from a preset (``--config``) and
+overrides any field with ``--set field=value`` style flags; it is saved as
+``{model_dir}/config.json`` and ``eval.py`` / ``hgan.export`` load that file instead of
+re-deriving anything.
+
+Presets:
+  * ``paper``: §4 "Implementation Details" of HGAN: Adam lr 2e-4, weight decay 5e-4,
+    batch 32, 384×192 images ×1/256, ResNet-50, BERT (concat of last four layers),
+    bi-LSTM 512, FC 512, k1=4, k2=2, 4×4/3×2 partitions (15 regions, Table 4).
+  * ``demo``: the same model family shrunk to train on the synthetic demo set on a 2-core CPU
+    in a few minutes (ResNet-18 at 128×64, 256-d heads).
+  * ``tiny``: for unit tests only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional
+
+CONFIG_FILE = "config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a run depends on. Field comments name the paper section they follow."""
+
+    # --- model family --------------------------------------------------------------
+    model: str = "hgan"  # "hgan" | "iatv"
+
+    # --- data (§4) ---------------------------------------------------------------------
+    image_height: int = 384
+    image_width: int = 192
+    normalization: str = "paper"  # "paper": x/256 (§4); "caffe": BGR mean of keras ResNet50
+    random_flip: bool = True
+    max_len: int = 64  # WordPiece tokens incl. [CLS]/[SEP]
+    max_phrases: int = 8  # noun phrases kept per caption (§3.2)
+    lower_case: bool = True
+    vocab_file: str = ""  # default: {bert}/assets/vocab.txt
+    batch_size: int = 32  # global batch (§4)
+    identities_per_batch: int = 0  # P of a P×K identity-aware batch; 0 = plain shuffle
+    shuffle_buffer: int = 4096
+
+    # --- visual tower (§3.2, Table 4) ------------------------------------------------
+    backbone: str = "resnet50"  # "resnet50" | "resnet18" | "resnet_mini" (tests)
+    backbone_weights: str = "imagenet"  # "imagenet" | "none" | path to a weights file
+    partition_map: tuple = (16, 8)  # map V is resized to this before partitioning; () = as is
+    word_pool: tuple = (4, 4)  # kernel of the word-level partition pooling (Table 4)
+    word_stride: tuple = (3, 2)
+    phrase_pool: tuple = (4, 4)  # kernel of the phrase-level partition pooling
+    phrase_stride: tuple = (3, 2)
+
+    # --- text tower (§3.2, Table 2) --------------------------------------------------
+    bert: str = "https://tfhub.dev/tensorflow/bert_en_uncased_L-12_H-768_A-12/4"
+    bert_layers: str = "concat4"  # "last" | "second_to_last" | "concat4"
+    bert_trainable: bool = False
+    lstm_units: int = 512  # per direction; T_g = concat(fwd, bwd) (§4: bi-LSTM 512)
+    attention_heads: int = 8  # the one self-attention layer over words / phrases
+
+    # --- matching heads (§3.3, Table 3, Table 5, Fig. 5) ------------------------------
+    local_dim: int = 512  # C' of V_w, V_p, T_w, T_p (§4: FC layers 512)
+    embed_dim: int = 512  # sentence-level joint space
+    mlp_hidden: int = 512  # hidden width of the MLPs of Eqs. 2 and 8
+    attention: str = "gumbel"  # "gumbel" | "soft" ("HGAN w/o Gumbel", Eqs. 3-4)
+    k1: int = 4  # image-to-text: words selected per region (Fig. 5)
+    k2: int = 2  # text-to-image: regions selected per word
+    temperature: float = 1.0  # E of Algorithm 1
+    use_word: bool = True  # Table 3 rows
+    use_phrase: bool = True
+    use_sentence: bool = True
+    use_bert: bool = True  # Table 3 "BERT" column off: trainable word embeddings instead
+    dropout: float = 0.1
+
+    # --- losses (§3.4) ------------------------------------------------------------------
+    margin: float = 0.2  # γ of Eq. 9
+    hardest_negative: bool = False  # Eq. 9 sums over negatives; True = VSE++ hardest
+    weight_pair: float = 1.0  # L_pair (Eq. 11)
+    weight_ide: float = 1.0  # λ of L_sentence = L_pair + λ L_ide
+    weight_word: float = 1.0
+    weight_phrase: float = 1.0
+    sentence_loss: str = "cmpm"  # "cmpm" (Eq. 11) | "cmce" (IATV Eqs. 1-3)
+    num_classes: int = 0  # training identities; 0 = read from the manifest
+
+    # --- optimisation (§4) ----------------------------------------------------------
+    learning_rate: float = 2e-4
+    weight_decay: float = 5e-4
+    epochs: int = 60
+    max_steps: int = 0  # 0 = epochs decide
+    warmup_steps: int = 0
+    lr_decay_epochs: tuple = (40,)  # ×0.1 at each
+    mixed_precision: bool = False
+    seed: int = 0
+
+    # --- bookkeeping ------------------------------------------------------------------
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    eval_every: int = 0  # steps between val evaluations; 0 = once per epoch
+    log_every: int = 20
+
+    # --- evaluation -----------------------------------------------------------------
+    score_weights: tuple = (1.0, 1.0, 1.0)  # sentence, word, phrase
+    rerank_k: int = 100
+    eval_chunk: int = 256
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown config fields: {unknown}")
+        converted = {}
+        for name, value in values.items():
+            default = fields[name].default
+            converted[name] = tuple(value) if isinstance(default, tuple) else value
+        return cls(**converted)
+
+    def save(self, model_dir: str) -> str:
+        os.makedirs(model_dir, exist_ok=True)
+        path = os.path.join(model_dir, CONFIG_FILE)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(self.to_json())
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, model_dir: str) -> "Config":
+        path = os.path.join(model_dir, CONFIG_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no {CONFIG_FILE} in {model_dir}: is it a train.py model_dir?")
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+
+PRESETS = {
+    "paper": Config(),
+    "demo": Config(
+        image_height=128, image_width=64, backbone="resnet18", backbone_weights="none",
+        partition_map=(16, 8), max_len=40, max_phrases=6, batch_size=32,
+        identities_per_batch=8, lstm_units=128, attention_heads=4, local_dim=128,
+        embed_dim=128, mlp_hidden=128, epochs=12, learning_rate=1e-3, lr_decay_epochs=(9,),
+        checkpoint_every=100, log_every=10, shuffle_buffer=2048, rerank_k=20,
+    ),
+    "tiny": Config(
+        image_height=64, image_width=32, backbone="resnet_mini", backbone_weights="none",
+        partition_map=(16, 8), max_len=16, max_phrases=3, batch_size=8, lstm_units=16,
+        attention_heads=2, local_dim=16, embed_dim=16, mlp_hidden=16, epochs=1,
+        checkpoint_every=5, log_every=1, shuffle_buffer=64, rerank_k=4, eval_chunk=8,
+        dropout=0.0,
+    ),
+}
+
+
+def parse_overrides(base: Config, overrides: list[str]) -> Config:
+    """Applies ``["field=value", ...]``; values are parsed as JSON, else taken as strings.
+
+    Tuples are written as ``4,4`` or ``[4,4]``.
+    """
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not field=value")
+        name, raw = item.split("=", 1)
+        name = name.strip()
+        if name not in fields:
+            raise ValueError(f"unknown config field {name!r}; known: {sorted(fields)}")
+        default = fields[name].default
+        changes[name] = _parse_value(raw.strip(), default, name)
+    return base.replace(**changes)
+
+
+def _parse_value(raw: str, default: Any, name: str) -> Any:
+    if isinstance(default, tuple):
+        if raw in ("", "()", "[]", "none"):
+            return ()
+        parts = raw.strip("[]()").split(",")
+        try:
+            return tuple(type(default[0] if default else 1.0)(p) if default else _number(p)
+                         for p in parts if p.strip())
+        except ValueError as e:
+            raise ValueError(f"{name}: cannot parse {raw!r} as a tuple") from e
+    if isinstance(default, bool):
+        if raw.lower() in ("1", "true", "yes"):
+            return True
+        if raw.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(f"{name}: expected true/false, got {raw!r}")
+    if isinstance(default, (int, float)):
+        try:
+            return type(default)(float(raw)) if isinstance(default, float) else int(raw)
+        except ValueError as e:
+            raise ValueError(f"{name}: expected a number, got {raw!r}") from e
+    return raw
+
+
+def _number(text: str) -> float:
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def resolve(preset: str, overrides: Optional[list[str]] = None) -> Config:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    return parse_overrides(PRESETS[preset], overrides or [])

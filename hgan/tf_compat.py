@@ -1,0 +1,16 @@
+"""The project's single import point for TensorFlow and Keras.
+
+Every module does ``from hgan.tf_compat import tf, keras``. Keras 2 (``tf_keras``) is used
+throughout because ``hub.KerasLayer`` and the ``official.*`` models are ``tf_keras``
+objects; mixing them with Keras 3 breaks. ``TF_USE_LEGACY_KERAS`` must be set before
+TensorFlow is first imported, which is why this module sets it before importing anything.
+"""
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+__all__ = ["tf", "keras"]

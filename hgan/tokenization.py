@@ -1,0 +1,131 @@
+"""Caption → BERT inputs, and noun-phrase spans → token membership masks, in-graph.
+
+Uses ``tensorflow_text.BertTokenizer`` over the encoder's own ``vocab.txt`` so the
+tokenisation matches the checkpoint, and runs inside ``tf.data`` and inside the exported
+SavedModel alike.
+"""
+from __future__ import annotations
+
+import os
+
+import tensorflow_text as tf_text
+
+from hgan.tf_compat import tf
+
+# BERT's basic-tokenizer word split (tensorflow_text's bert_tokenizer patterns), reused so
+# the words found here are exactly the words the WordPiece tokenizer sees.
+from tensorflow_text.python.ops.bert_tokenizer import (  # noqa: E402
+    _DELIM_REGEX_PATTERN as _DELIM_PATTERN,
+    _KEEP_DELIM_NO_WHITESPACE_PATTERN as _KEEP_DELIM_PATTERN,
+)
+
+
+def vocab_path(bert: str, vocab_file: str = "") -> str:
+    """The vocab of a BERT encoder: ``vocab_file`` if given, else ``{bert}/assets/vocab.txt``.
+
+    For a TF-Hub handle the module is resolved (downloaded and cached) first.
+    """
+    if vocab_file:
+        path = vocab_file
+    else:
+        root = bert
+        if not os.path.isdir(root):
+            import tensorflow_hub as hub  # network access only for real hub handles
+            root = hub.resolve(bert)
+        path = os.path.join(root, "assets", "vocab.txt")
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(
+            f"BERT vocab not found at {path}; pass vocab_file= or use a BERT SavedModel with "
+            "assets/vocab.txt (data_prep.convert_bert writes one)")
+    return path
+
+
+class CaptionTokenizer(tf.Module):
+    """Tokenises a batch of captions and maps phrase byte spans onto the tokens.
+
+    ``__call__(captions [B] string, phrase_spans ragged [B, (P), 2] int32 or None)`` returns
+      * ``input_word_ids``, ``input_mask``, ``input_type_ids``: [B, max_len] int32, the
+        TF-Hub BERT encoder inputs ([CLS] tokens [SEP], zero-padded, truncated);
+      * ``phrase_token_mask``: [B, max_phrases, max_len] float32; row p marks the tokens
+        lying inside noun phrase p (all zeros for a padded or fully truncated phrase).
+    """
+
+    def __init__(self, vocab_file: str, max_len: int, max_phrases: int,
+                 lower_case: bool = True, name: str = "caption_tokenizer"):
+        super().__init__(name=name)
+        if max_len < 3:
+            raise ValueError("max_len must leave room for [CLS], one token and [SEP]")
+        self.max_len = max_len
+        self.max_phrases = max_phrases
+        with tf.io.gfile.GFile(vocab_file) as f:
+            vocab = [line.rstrip("\n") for line in f]
+        missing = [t for t in ("[CLS]", "[SEP]", "[PAD]", "[UNK]") if t not in vocab]
+        if missing:
+            raise ValueError(f"{vocab_file} lacks special tokens {missing}")
+        self.cls_id = vocab.index("[CLS]")
+        self.sep_id = vocab.index("[SEP]")
+        self.pad_id = vocab.index("[PAD]")
+        self.vocab_size = len(vocab)
+        table = tf.lookup.StaticVocabularyTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(vocab), tf.range(len(vocab), dtype=tf.int64)),
+            num_oov_buckets=1)
+        self._tokenizer = tf_text.BertTokenizer(
+            table, token_out_type=tf.int64, lower_case=lower_case, unknown_token="[UNK]")
+
+    def __call__(self, captions: tf.Tensor, phrase_spans=None) -> dict[str, tf.Tensor]:
+        captions = tf.convert_to_tensor(captions, tf.string)
+        tokens = self._tokenizer.tokenize(captions)  # ragged [B, words, pieces]
+        body = self.max_len - 2
+        ids = tokens.merge_dims(-2, -1)[:, :body]
+        batch = tf.shape(captions)[0]
+
+        def frame(values, first, last, pad):
+            head = tf.fill([batch, 1], tf.cast(first, values.dtype))
+            tail = tf.fill([batch, 1], tf.cast(last, values.dtype))
+            framed = tf.concat([head, values, tail], axis=1)
+            return framed.to_tensor(default_value=tf.cast(pad, values.dtype),
+                                    shape=[None, self.max_len])
+
+        out = {
+            "input_word_ids": tf.cast(frame(ids, self.cls_id, self.sep_id, self.pad_id), tf.int32),
+            "input_mask": tf.cast(frame(tf.ones_like(ids), 1, 1, 0), tf.int32),
+            "input_type_ids": tf.zeros([batch, self.max_len], tf.int32),
+        }
+        if phrase_spans is not None:
+            # The tokenizer's offsets refer to its lower-cased, accent-stripped text, not to
+            # the stored caption the phrase spans index. Words are the same in both, so map
+            # each token to its word and take the word's offsets in the original caption.
+            word_of_token = self._word_index(tokens).merge_dims(-2, -1)[:, :body]
+            word_of_token = frame(word_of_token, -1, -1, -1)  # [B, L]
+            out["phrase_token_mask"] = self._phrase_mask(captions, phrase_spans, word_of_token)
+        return out
+
+    @staticmethod
+    def _word_index(tokens: tf.RaggedTensor) -> tf.RaggedTensor:
+        """Ragged [B, words, pieces] of each token's word position within its caption."""
+        global_word = tokens.values.value_rowids()  # per token: word number in the batch
+        first_word = tf.gather(tokens.row_starts(), tokens.value_rowids())  # per word
+        local = global_word - tf.gather(first_word, global_word)
+        return tokens.with_values(tokens.values.with_values(local))
+
+    def _phrase_mask(self, captions, phrase_spans, word_of_token) -> tf.Tensor:
+        cleaned = tf.strings.regex_replace(captions, r"\p{Cc}|\p{Cf}", " ")
+        _, w_start, w_end = tf_text.regex_split_with_offsets(
+            cleaned, _DELIM_PATTERN, _KEEP_DELIM_PATTERN)
+        w_start = w_start.to_tensor(default_value=-1)  # [B, W]
+        w_end = w_end.to_tensor(default_value=-1)
+        has_word = word_of_token >= 0
+        index = tf.maximum(word_of_token, 0)
+        tok_start = tf.where(has_word, tf.gather(w_start, index, batch_dims=1), -1)
+        tok_end = tf.where(has_word, tf.gather(w_end, index, batch_dims=1), -1)
+        if isinstance(phrase_spans, tf.RaggedTensor):
+            spans = phrase_spans[:, :self.max_phrases].to_tensor(
+                default_value=-1, shape=[None, self.max_phrases, 2])
+        else:
+            spans = tf.convert_to_tensor(phrase_spans)[:, :self.max_phrases]
+        spans = tf.cast(spans, tf.int64)
+        p_start, p_end = spans[:, :, 0:1], spans[:, :, 1:2]  # [B, M, 1]
+        t_start, t_end = tok_start[:, None, :], tok_end[:, None, :]  # [B, 1, L]
+        inside = (t_start >= 0) & (p_start >= 0) & (t_start >= p_start) & (t_end <= p_end)
+        return tf.cast(inside, tf.float32)

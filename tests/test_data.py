@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from hgan import data
+from hgan.tf_compat import tf
+
+
+def _first(ds):
+    return {k: v.numpy() for k, v in next(iter(ds)).items()}
+
+
+def test_train_batches_have_the_model_inputs(tiny_data, tiny_config):
+    tok = data.make_tokenizer(tiny_config)
+    batch = _first(data.train_dataset(tiny_data, tiny_config, tok))
+    b, h, w = tiny_config.batch_size, tiny_config.image_height, tiny_config.image_width
+    assert batch["image"].shape == (b, h, w, 3)
+    assert batch["image"].dtype == np.float32
+    assert 0.0 <= batch["image"].min() and batch["image"].max() < 1.0  # ×1/256 (§4)
+    assert batch["input_word_ids"].shape == (b, tiny_config.max_len)
+    assert batch["phrase_token_mask"].shape == (b, tiny_config.max_phrases, tiny_config.max_len)
+    assert batch["label"].shape == (b,)
+    # Every caption of the fixture has two phrases, each covering at least one real token.
+    covered = batch["phrase_token_mask"].sum(-1)
+    assert (covered[:, :2] > 0).all() and (covered[:, 2:] == 0).all()
+    # Phrase tokens are real tokens (inside the input mask), never [CLS]/[SEP]/padding.
+    assert (batch["phrase_token_mask"] <= batch["input_mask"][:, None, :]).all()
+    assert (batch["phrase_token_mask"][:, :, 0] == 0).all()
+
+
+def test_train_pipeline_is_deterministic_under_a_seed(tiny_data, tiny_config):
+    tok = data.make_tokenizer(tiny_config)
+    a = [_first(data.train_dataset(tiny_data, tiny_config, tok, seed=s)) for s in (3, 3, 4)]
+    np.testing.assert_array_equal(a[0]["image"], a[1]["image"])
+    np.testing.assert_array_equal(a[0]["input_word_ids"], a[1]["input_word_ids"])
+    assert not np.array_equal(a[0]["label"], a[2]["label"]) or \
+        not np.array_equal(a[0]["image"], a[2]["image"])
+
+
+def test_identity_aware_batches_hold_p_identities_of_k(tiny_data, tiny_config):
+    config = tiny_config.replace(batch_size=6, identities_per_batch=3)
+    tok = data.make_tokenizer(config)
+    for batch in data.train_dataset(tiny_data, config, tok).take(5):
+        labels = batch["label"].numpy()
+        groups = labels.reshape(3, 2)
+        assert (groups[:, 0] == groups[:, 1]).all(), labels
+
+
+def test_identity_aware_batch_rejects_indivisible_batch(tiny_data, tiny_config):
+    config = tiny_config.replace(batch_size=7, identities_per_batch=3)
+    with pytest.raises(ValueError, match="multiple"):
+        data.train_dataset(tiny_data, config, data.make_tokenizer(config))
+
+
+def test_eval_streams_cover_the_split_once(tiny_data, tiny_config):
+    tok = data.make_tokenizer(tiny_config)
+    gallery = list(data.gallery_dataset(tiny_data, tiny_config, "test", batch_size=4))
+    labels = np.concatenate([b["label"].numpy() for b in gallery])
+    assert len(labels) == 6 and sorted(set(labels)) == [0, 1, 2]
+    queries = list(data.query_dataset(tiny_data, tiny_config, tok, "test", batch_size=5))
+    q_labels = np.concatenate([b["label"].numpy() for b in queries])
+    own = np.concatenate([b["image_index"].numpy() for b in queries])
+    assert len(q_labels) == 12
+    np.testing.assert_array_equal(labels[own], q_labels)  # each caption points at its image
+    assert queries[0]["caption"].numpy()[0].startswith(b"a man")
+
+
+def test_preprocess_is_the_same_eagerly_and_in_tf_data(tiny_config):
+    image = tf.cast(tf.random.stateless_uniform([40, 20, 3], [1, 2], 0, 255), tf.uint8)
+    eager = data.preprocess_image(image, tiny_config).numpy()
+    graph = next(iter(tf.data.Dataset.from_tensors(image).map(
+        lambda x: data.preprocess_image(x, tiny_config)))).numpy()
+    np.testing.assert_allclose(eager, graph, atol=1e-6)
+    assert eager.shape == (tiny_config.image_height, tiny_config.image_width, 3)
+
+
+def test_missing_manifest_is_a_clear_error(tmp_path, tiny_config):
+    with pytest.raises(FileNotFoundError, match="data_prep"):
+        data.split_files(str(tmp_path), "train")
+
+
+def test_unknown_split_is_a_clear_error(tiny_data):
+    with pytest.raises(ValueError, match="split 'nope'"):
+        data.split_files(tiny_data, "nope")
