@@ -1,0 +1,70 @@
+"""The Gumbel top-k hard-attention layer of HGAN (§3.3, Algorithm 1 lines 8–12, Eq. 5)."""
+from __future__ import annotations
+
+from hgan.tf_compat import keras, tf
+
+_NEG = -1e9
+
+
+@keras.utils.register_keras_serializable(package="hgan")
+class GumbelTopK(keras.layers.Layer):
+    """k-hot selection over the last axis of ``scores``, by the Gumbel top-k trick.
+
+    For each row γ_i of ``scores`` [..., n] (Algorithm 1):
+      line 8:  γ'_i = γ_i / ||γ_i||_2              (over the valid positions)
+      line 9-10: r_i = γ'_i + G,  G = -log(-log U),  U ~ Uniform(0, 1)   (training only)
+      line 11: r_i = softmax(r_i / E)               (E: ``temperature``)
+      line 12: α_i = Top_K(r_i, k)                  (Eq. 5: a k-hot vector)
+
+    The forward value is the hard k-hot α; the backward pass is the straight-through
+    estimator through the tempered softmax of line 11 (α + s − stop_gradient(s)), so
+    gradients reach ``scores``. Under training, the selected set is distributed as k draws
+    without replacement from softmax(γ'_i) (Kool et al. 2019, the Gumbel-top-k trick); at
+    inference no noise is added and the k largest γ'_i are taken.
+
+    Args:
+      k: positions selected per row. A row with fewer than k valid positions selects all.
+      temperature: E of Algorithm 1; only shapes the straight-through gradient.
+
+    Call args:
+      scores: [..., n] float.
+      mask: optional [..., n] bool/0-1; False positions are never selected.
+      training: adds Gumbel noise when true.
+
+    Returns: [..., n] float, k-hot (``min(k, valid)``-hot) in the forward pass.
+    """
+
+    def __init__(self, k: int, temperature: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.k = int(k)
+        self.temperature = float(temperature)
+
+    def call(self, scores, mask=None, training=None):
+        scores = tf.convert_to_tensor(scores)
+        dtype = scores.dtype
+        scores = tf.cast(scores, tf.float32)
+        valid = tf.ones_like(scores, tf.bool) if mask is None else tf.cast(mask, tf.bool)
+        zeroed = tf.where(valid, scores, 0.0)
+        normed = zeroed * tf.math.rsqrt(
+            tf.reduce_sum(tf.square(zeroed), axis=-1, keepdims=True) + 1e-12)
+        if training:
+            uniform = tf.random.uniform(tf.shape(normed), minval=1e-10, maxval=1.0)
+            normed = normed - tf.math.log(-tf.math.log(uniform))
+        logits = tf.where(valid, normed, _NEG)
+        soft = tf.nn.softmax(logits / self.temperature, axis=-1)
+        n = tf.shape(scores)[-1]
+        _, index = tf.math.top_k(logits, k=tf.minimum(self.k, n))
+        hard = tf.reduce_sum(tf.one_hot(index, n, dtype=tf.float32), axis=-2)
+        hard = hard * tf.cast(valid, tf.float32)  # k > valid count: drop padded picks
+        # Parenthesised so the forward value is exactly k-hot (s − s = 0 in floating point).
+        return tf.cast(hard + (soft - tf.stop_gradient(soft)), dtype)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self):
+        return {**super().get_config(), "k": self.k, "temperature": self.temperature}

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from hgan.metrics import ap_at_k, class_rank1, retrieval_metrics
+
+
+def test_retrieval_metrics_hand_computed():
+    # Query 0 (id 1): ranking by score → gallery ids [2, 1, 3, 1]; relevant at ranks 2 and 4.
+    #   R1=0, R5=1; AP = (1/2 + 2/4) / 2 = 0.5; INP = 2 / 4 = 0.5.
+    # Query 1 (id 3): ranking → [3, 2, 1, 1]; relevant at rank 1. AP = 1; INP = 1.
+    gallery = np.array([1, 2, 3, 1])
+    sim = np.array([[0.8, 0.9, 0.5, 0.1],
+                    [0.2, 0.4, 0.95, 0.1]])
+    m = retrieval_metrics(sim, [1, 3], gallery)
+    assert m["R1"] == pytest.approx(50.0)
+    assert m["R5"] == pytest.approx(100.0) and m["R10"] == pytest.approx(100.0)
+    assert m["mAP"] == pytest.approx(75.0)
+    assert m["mINP"] == pytest.approx(75.0)
+    assert m["queries_without_match"] == 0
+
+
+def test_queries_without_a_match_are_left_out_and_counted():
+    m = retrieval_metrics([[0.1, 0.9], [0.5, 0.4]], [7, 1], [1, 2])
+    assert m["queries_without_match"] == 1 and m["R1"] == pytest.approx(100.0)
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="does not match"):
+        retrieval_metrics(np.zeros((2, 3)), [1, 2], [1, 2])
+
+
+def test_perfect_and_reversed_rankings():
+    ids = np.repeat(np.arange(5), 2)
+    sim = (ids[:, None] == ids[None, :]).astype(float)
+    assert retrieval_metrics(sim, ids, ids)["mAP"] == pytest.approx(100.0)
+    worst = retrieval_metrics(-sim, ids, ids)
+    assert worst["R1"] == 0.0 and worst["R5"] == 0.0
+    # the 2 relevant items sit at ranks 9 and 10: AP = (1/9 + 2/10) / 2
+    assert worst["mAP"] == pytest.approx(100 * (1 / 9 + 0.2) / 2)
+
+
+def test_ap_at_k_averages_per_class():
+    gallery = np.array([0, 0, 1, 1])
+    sim = np.array([[0.9, 0.8, 0.1, 0.2],   # class 0: top-2 = both class 0 → 1.0
+                    [0.9, 0.1, 0.8, 0.2],   # class 0: top-2 = {0, 1} → 0.5
+                    [0.1, 0.2, 0.9, 0.8]])  # class 1: 1.0
+    assert ap_at_k(sim, [0, 0, 1], gallery, k=2) == pytest.approx(100 * (0.75 + 1.0) / 2)
+
+
+def test_class_rank1_fuses_the_sentences_of_a_class():
+    texts = np.array([0, 0, 1])
+    scores = np.array([[0.9, 0.0],     # class-0 sentence A
+                       [-0.5, 0.6],    # class-0 sentence B
+                       [0.3, 0.5]])    # class-1 sentence
+    # image 0: class 0 mean 0.2 < class 1 0.3 → wrong; image 1: 0.3 < 0.5 → class 1, right.
+    assert class_rank1(scores, texts, [0, 1]) == pytest.approx(50.0)
