@@ -1,0 +1,1 @@
+"""Dataset tools: importers to sharded TFRecords, the demo-set generator, BERT conversion."""
