@@ -1,0 +1,109 @@
+"""The HGAN model: image and text encoders, the three matching levels, the losses (§3)."""
+from __future__ import annotations
+
+from hgan import losses
+from hgan.config import Config
+from hgan.heads import LocalMatching, cosine_scores
+from hgan.tf_compat import keras, tf
+from hgan.text import build_text_encoder
+from hgan.visual import build_image_encoder
+
+TEXT_KEYS = ("input_word_ids", "input_mask", "input_type_ids", "phrase_token_mask")
+
+
+class HGAN(keras.Model):
+    """Hierarchical Gumbel Attention Network.
+
+    ``encode_image(image)`` → {global [B, E], word [B, N_v, C'], phrase [B, N_v, C']};
+    ``encode_text(inputs)`` → {global [B, E], word [B, L, C'], word_mask [B, L],
+    phrase [B, M, C'], phrase_mask [B, M]}; ``score(text, image)`` → a [Bt, Bi] matrix per
+    enabled level and their weighted sum ``total``; ``compute_losses`` → every term of
+    L = L_pair + λ L_ide + L_w + L_p (§3.4).
+    """
+
+    def __init__(self, config: Config, vocab_size: int, num_classes: int = 0, **kwargs):
+        super().__init__(name=kwargs.pop("name", "hgan"), **kwargs)
+        if not (config.use_word or config.use_phrase or config.use_sentence):
+            raise ValueError("at least one of use_word / use_phrase / use_sentence is needed")
+        self.config = config
+        self.vocab_size = vocab_size
+        self.num_classes = num_classes
+        self.image_encoder = build_image_encoder(config)
+        self.text_encoder = build_text_encoder(config, vocab_size)
+        head = dict(hidden=config.mlp_hidden, k1=config.k1, k2=config.k2,
+                    temperature=config.temperature, attention=config.attention)
+        self.word_head = LocalMatching(name="word_matching", **head) if config.use_word else None
+        self.phrase_head = (LocalMatching(name="phrase_matching", **head)
+                            if config.use_phrase else None)
+        # Eq. 10: one classifier over the training identities shared by both modalities.
+        self.classifier = (keras.layers.Dense(num_classes, name="id_classifier")
+                           if num_classes and config.use_sentence else None)
+
+    def encode_image(self, image, training=None):
+        return self.image_encoder(image, training=training)
+
+    def encode_text(self, inputs, training=None):
+        return self.text_encoder({k: inputs[k] for k in TEXT_KEYS}, training=training)
+
+    def call(self, inputs, training=None):
+        """Both modalities' features of a batch of (image, caption) pairs."""
+        image = self.encode_image(inputs["image"], training=training)
+        text = self.encode_text(inputs, training=training)
+        if self.classifier is not None:
+            self.classifier(image["global"])
+        return {"image": image, "text": text}
+
+    def score(self, text, image, training=None) -> dict:
+        """Score matrices [Bt, Bi] of every text with every image, per level and ``total``."""
+        out = {}
+        weights = dict(zip(("sentence", "word", "phrase"), self.config.score_weights))
+        if self.config.use_sentence:
+            out["sentence"] = cosine_scores(text["global"], image["global"])
+        if self.word_head is not None:
+            out["word"] = self.word_head((text["word"], text["word_mask"], image["word"]),
+                                         training=training)
+        if self.phrase_head is not None:
+            out["phrase"] = self.phrase_head(
+                (text["phrase"], text["phrase_mask"], image["phrase"]), training=training)
+        out["total"] = tf.add_n([weights[k] * v for k, v in out.items()])
+        return out
+
+    def compute_losses(self, text, image, labels, training=True) -> dict:
+        """Every loss term on a batch of matched pairs (text i drawn with image i)."""
+        c = self.config
+        terms = {}
+        if c.use_sentence:
+            if c.weight_pair:
+                terms["pair"] = c.weight_pair * losses.cmpm_loss(
+                    image["global"], text["global"], labels)
+            if c.weight_ide and self.classifier is not None:
+                terms["ide"] = c.weight_ide * losses.identification_loss(
+                    self.classifier(image["global"]), self.classifier(text["global"]), labels)
+        for level, head, weight in (("word", self.word_head, c.weight_word),
+                                    ("phrase", self.phrase_head, c.weight_phrase)):
+            if head is None or not weight:
+                continue
+            scores = head((text[level], text[f"{level}_mask"], image[level]), training=training)
+            terms[level] = weight * losses.triplet_ranking_loss(
+                scores, labels, labels, c.margin, c.hardest_negative)
+        terms["total"] = tf.add_n(list(terms.values()))
+        return terms
+
+
+def build_model(config: Config, vocab_size: int, num_classes: int = 0) -> HGAN:
+    """Builds and creates every weight of the model (one dummy batch)."""
+    model = HGAN(config, vocab_size, num_classes)
+    out = model(dummy_batch(config, 2), training=False)
+    model.score(out["text"], out["image"])  # the heads' weights are created on first use
+    return model
+
+
+def dummy_batch(config: Config, batch: int) -> dict:
+    L, M = config.max_len, config.max_phrases
+    return {
+        "image": tf.zeros([batch, config.image_height, config.image_width, 3]),
+        "input_word_ids": tf.zeros([batch, L], tf.int32),
+        "input_mask": tf.ones([batch, L], tf.int32),
+        "input_type_ids": tf.zeros([batch, L], tf.int32),
+        "phrase_token_mask": tf.zeros([batch, M, L]),
+    }

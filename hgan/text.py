@@ -1,0 +1,139 @@
+"""Text tower of HGAN (§3.2 "Learning Textual Representation", Table 2)."""
+from __future__ import annotations
+
+import os
+
+from official.nlp.modeling import layers as nlp_layers
+from official.nlp.modeling import networks as nlp_networks
+
+from hgan.config import Config
+from hgan.tf_compat import keras, tf
+
+_SCRATCH = "scratch:"
+
+
+def _scratch_encoder(spec: str, vocab_size: int, max_len: int) -> keras.layers.Layer:
+    """``scratch:LxH`` — a randomly initialised BertEncoder of L layers, width H (tests and
+    from-scratch ablations; no checkpoint needed)."""
+    try:
+        layers_, hidden = (int(x) for x in spec[len(_SCRATCH):].split("x"))
+    except ValueError as e:
+        raise ValueError(f"bert={spec!r}: expected scratch:LAYERSxHIDDEN, e.g. scratch:2x32") from e
+    return nlp_networks.BertEncoder(
+        vocab_size=vocab_size, hidden_size=hidden, num_layers=layers_,
+        num_attention_heads=max(1, hidden // 16), inner_dim=hidden * 4,
+        max_sequence_length=max(max_len, 16), type_vocab_size=2, dict_outputs=True)
+
+
+def load_bert(config: Config, vocab_size: int) -> keras.layers.Layer:
+    """The BERT encoder: a TF-Hub handle, a local SavedModel dir with the TF-Hub BERT
+    interface (``data_prep.convert_bert`` writes one), or ``scratch:LxH``."""
+    if config.bert.startswith(_SCRATCH):
+        return _scratch_encoder(config.bert, vocab_size, config.max_len)
+    import tensorflow_hub as hub
+    if "://" not in config.bert and not os.path.isdir(config.bert):
+        raise FileNotFoundError(f"bert={config.bert!r} is neither a URL nor a directory")
+    return hub.KerasLayer(config.bert, trainable=config.bert_trainable, name="bert")
+
+
+def select_layers(outputs: dict, choice: str):
+    """Table 2: the last hidden layer, the second-to-last, or the concat of the last four."""
+    layers_ = outputs["encoder_outputs"]
+    if choice == "last":
+        return layers_[-1]
+    if choice == "second_to_last":
+        if len(layers_) < 2:
+            raise ValueError("bert_layers=second_to_last needs a BERT of >= 2 layers")
+        return layers_[-2]
+    if choice == "concat4":
+        if len(layers_) < 4:
+            raise ValueError("bert_layers=concat4 needs a BERT of >= 4 layers")
+        return tf.concat(layers_[-4:], axis=-1)
+    raise ValueError(f"unknown bert_layers {choice!r}")
+
+
+@keras.utils.register_keras_serializable(package="hgan")
+class PhrasePooling(keras.layers.Layer):
+    """Noun-phrase embeddings from the sentence's token embeddings.
+
+    Inputs: tokens [B, L, D] and ``phrase_token_mask`` [B, M, L] (tokens of each phrase).
+    Output: [B, M, D], the mean of each phrase's tokens (zeros for an empty phrase slot).
+    """
+
+    def call(self, inputs):
+        tokens, membership = inputs
+        membership = tf.cast(membership, tokens.dtype)
+        total = tf.einsum("bml,bld->bmd", membership, tokens)
+        count = tf.reduce_sum(membership, axis=-1, keepdims=True)
+        return total / tf.maximum(count, 1.0)
+
+
+def _self_attention(config: Config, name: str) -> keras.layers.Layer:
+    """The "one transformer layer" of §3.2 [29] over words or phrases."""
+    return nlp_layers.TransformerEncoderBlock(
+        num_attention_heads=config.attention_heads, inner_dim=2 * config.local_dim,
+        inner_activation="gelu", output_dropout=config.dropout,
+        attention_dropout=config.dropout, name=name)
+
+
+def build_text_encoder(config: Config, vocab_size: int) -> keras.Model:
+    """BERT inputs + phrase membership → {global, word, word_mask, phrase, phrase_mask}.
+
+    * BERT token embeddings (layers chosen per Table 2) — or, for Table 3's rows without
+      BERT (``use_bert=False``), trainable word embeddings of the same width.
+    * T_w [B, L, C']: FC to C' then one self-attention layer; ``word_mask`` keeps real
+      words only ([CLS], [SEP] and padding are not words).
+    * T_g: a bi-LSTM over the token embeddings, concat(forward last, backward first), then
+      an FC to the sentence-level joint space [B, C_embed].
+    * T_p [B, M, C']: phrase embeddings (mean of their tokens) → FC → one self-attention
+      layer over the M phrases; ``phrase_mask`` [B, M] marks the real phrases.
+    """
+    L, M = config.max_len, config.max_phrases
+    word_ids = keras.Input((L,), dtype=tf.int32, name="input_word_ids")
+    mask = keras.Input((L,), dtype=tf.int32, name="input_mask")
+    type_ids = keras.Input((L,), dtype=tf.int32, name="input_type_ids")
+    membership = keras.Input((M, L), dtype=tf.float32, name="phrase_token_mask")
+
+    if config.use_bert:
+        bert = load_bert(config, vocab_size)
+        outputs = bert({"input_word_ids": word_ids, "input_mask": mask,
+                        "input_type_ids": type_ids})
+        tokens = select_layers(outputs, config.bert_layers)
+    else:
+        tokens = keras.layers.Embedding(vocab_size, 768, name="word_embedding")(word_ids)
+
+    seq_mask = keras.layers.Lambda(lambda m: tf.cast(m, tf.bool), name="seq_mask")(mask)
+    attention_mask = keras.layers.Lambda(
+        lambda m: tf.cast(m[:, None, :] * m[:, :, None], tf.float32), name="pair_mask")(mask)
+    words = keras.layers.Dense(config.local_dim, name="word_fc")(tokens)
+    words = _self_attention(config, "word_attention")([words, attention_mask])
+    word_mask = keras.layers.Lambda(_real_words, name="word_mask")([word_ids, mask])
+
+    lstm = keras.layers.Bidirectional(keras.layers.LSTM(config.lstm_units), name="bilstm")
+    t_global = lstm(tokens, mask=seq_mask)
+    t_global = keras.layers.Dense(config.embed_dim, name="t_global_fc")(t_global)
+
+    phrases = PhrasePooling(name="phrase_pool")([tokens, membership])
+    phrases = keras.layers.Dense(config.local_dim, name="phrase_fc")(phrases)
+    phrase_mask = keras.layers.Lambda(
+        lambda m: tf.cast(tf.reduce_sum(m, -1) > 0, tf.float32), name="phrase_mask")(membership)
+    phrase_pair = keras.layers.Lambda(
+        lambda m: m[:, None, :] * m[:, :, None] + tf.eye(M)[None], name="phrase_pair_mask")(
+            phrase_mask)  # the diagonal keeps empty phrase slots from attending to nothing
+    phrases = _self_attention(config, "phrase_attention")([phrases, phrase_pair])
+
+    inputs = {"input_word_ids": word_ids, "input_mask": mask, "input_type_ids": type_ids,
+              "phrase_token_mask": membership}
+    outputs = {"global": t_global, "word": words, "word_mask": word_mask,
+               "phrase": phrases, "phrase_mask": phrase_mask}
+    return keras.Model(inputs, outputs, name="text_encoder")
+
+
+def _real_words(args):
+    """1 for word tokens, 0 for [CLS], [SEP] and padding: input_mask minus the first token
+    and the last real one."""
+    _, mask = args
+    mask = tf.cast(mask, tf.float32)
+    length = tf.reduce_sum(mask, axis=-1, keepdims=True)
+    position = tf.cast(tf.range(tf.shape(mask)[1])[None, :], tf.float32)
+    return mask * tf.cast((position > 0) & (position < length - 1), tf.float32)

@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+
+from hgan import data
+from hgan.heads import LocalMatching
+from hgan.model import build_model, dummy_batch
+from hgan.tf_compat import keras, tf
+from hgan.visual import partition_grid
+
+TABLE_4 = [((2, 2), (2, 2), 32), ((4, 4), (2, 2), 21), ((4, 4), (3, 2), 15),
+           ((4, 4), (4, 4), 8), ((4, 8), (2, 2), 7), ((4, 8), (3, 2), 5)]
+
+
+@pytest.mark.parametrize("pool,stride,regions", TABLE_4)
+def test_table4_region_counts(pool, stride, regions):
+    h, w = partition_grid((16, 8), pool, stride)
+    assert h * w == regions
+
+
+@pytest.fixture()
+def config(tiny_config):
+    return tiny_config.replace(bert="scratch:2x16", bert_layers="second_to_last")
+
+
+def _batch(tiny_data, config):
+    return next(iter(data.train_dataset(tiny_data, config, data.make_tokenizer(config))))
+
+
+def test_shapes_and_masks(tiny_data, config):
+    model = build_model(config, vocab_size=40, num_classes=6)
+    batch = _batch(tiny_data, config)
+    out = model(batch, training=False)
+    b, c = config.batch_size, config.local_dim
+    assert out["image"]["global"].shape == (b, config.embed_dim)
+    assert out["image"]["word"].shape == (b, 15, c)  # 4×4 / 3×2 over 16×8
+    assert out["text"]["word"].shape == (b, config.max_len, c)
+    assert out["text"]["phrase"].shape == (b, config.max_phrases, c)
+    word_mask = out["text"]["word_mask"].numpy()
+    np.testing.assert_array_equal(word_mask.sum(1), batch["input_mask"].numpy().sum(1) - 2)
+    np.testing.assert_array_equal(out["text"]["phrase_mask"].numpy()[:, :2], 1)
+    scores = model.score(out["text"], out["image"])
+    for level in ("sentence", "word", "phrase", "total"):
+        assert scores[level].shape == (b, b)
+    assert (scores["word"].numpy() > 0).all() and (scores["word"].numpy() < 1).all()
+
+
+@pytest.mark.parametrize("rows", [(2, 2), (4, 8)])
+def test_every_table4_row_is_reachable(tiny_config, rows):
+    pool = rows
+    config = tiny_config.replace(bert="scratch:2x16", bert_layers="last", word_pool=pool,
+                                 phrase_pool=pool, word_stride=(2, 2), phrase_stride=(2, 2))
+    model = build_model(config, vocab_size=40)
+    out = model.encode_image(tf.zeros([1, config.image_height, config.image_width, 3]))
+    expected = dict(((p, s), n) for p, s, n in TABLE_4)[(pool, (2, 2))]
+    assert out["word"].shape[1] == expected
+
+
+def test_padding_words_do_not_change_scores():
+    head = LocalMatching(hidden=8, k1=2, k2=1)
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(2, 5, 6)).astype(np.float32)
+    image = rng.normal(size=(3, 4, 6)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]], np.float32)
+    before = head((text, mask, image)).numpy()
+    text[:, 3:] = 100.0  # garbage in padded positions
+    text[1, 2] = -50.0
+    after = head((text, mask, image)).numpy()
+    np.testing.assert_allclose(before, after, rtol=1e-5)
+
+
+def test_soft_and_gumbel_heads_differ_and_serialise():
+    rng = np.random.default_rng(1)
+    text = rng.normal(size=(2, 5, 6)).astype(np.float32)
+    image = rng.normal(size=(3, 4, 6)).astype(np.float32)
+    mask = np.ones((2, 5), np.float32)
+    gumbel = LocalMatching(hidden=8, k1=2, k2=1)
+    scores = gumbel((text, mask, image)).numpy()
+    soft = LocalMatching.from_config({**gumbel.get_config(), "attention": "soft"})
+    soft((text, mask, image))
+    soft.set_weights(gumbel.get_weights())
+    assert not np.allclose(scores, soft((text, mask, image)).numpy())
+    clone = keras.layers.deserialize(keras.layers.serialize(gumbel))
+    clone((text, mask, image))
+    clone.set_weights(gumbel.get_weights())
+    np.testing.assert_allclose(clone((text, mask, image)).numpy(), scores, rtol=1e-6)
+
+
+def test_losses_and_gradients_reach_every_trainable_weight(tiny_data, config):
+    config = config.replace(bert_layers="last")  # so every BERT layer feeds the towers
+    model = build_model(config, vocab_size=40, num_classes=6)
+    batch = _batch(tiny_data, config)
+    with tf.GradientTape() as tape:
+        out = model(batch, training=True)
+        terms = model.compute_losses(out["text"], out["image"], batch["label"])
+    assert set(terms) == {"pair", "ide", "word", "phrase", "total"}
+    grads = tape.gradient(terms["total"], model.trainable_variables)
+    # BERT's pooler is the only part HGAN does not use.
+    missing = [v.name for v, g in zip(model.trainable_variables, grads)
+               if g is None and "pooler" not in v.name]
+    assert not missing, missing
+    dense = [tf.convert_to_tensor(g).numpy() for g in grads if g is not None]
+    assert all(np.isfinite(g).all() for g in dense)
+    assert sum(np.abs(g).sum() > 0 for g in dense) > 0.9 * len(dense)
+
+
+def test_weights_round_trip(tiny_data, config, tmp_path):
+    model = build_model(config, vocab_size=40, num_classes=6)
+    batch = _batch(tiny_data, config)
+    path = str(tmp_path / "ckpt")  # TF object-based format, as CheckpointManager writes
+    model.save_weights(path)
+    clone = build_model(config, vocab_size=40, num_classes=6)
+    clone.load_weights(path)
+    a = model(batch, training=False)
+    b = clone(batch, training=False)
+    np.testing.assert_allclose(model.score(a["text"], a["image"])["total"].numpy(),
+                               clone.score(b["text"], b["image"])["total"].numpy(), rtol=1e-5)
+
+
+def test_ablation_switches_remove_their_level(config):
+    model = build_model(config.replace(use_phrase=False, use_word=False), vocab_size=40)
+    out = model(dummy_batch(config, 2))
+    assert set(model.score(out["text"], out["image"])) == {"sentence", "total"}
+    with pytest.raises(ValueError):
+        build_model(config.replace(use_phrase=False, use_word=False, use_sentence=False), 40)
