@@ -66,6 +66,7 @@ class CaptionTokenizer(tf.Module):
         self.sep_id = vocab.index("[SEP]")
         self.pad_id = vocab.index("[PAD]")
         self.vocab_size = len(vocab)
+        self._vocab = vocab
         table = tf.lookup.StaticVocabularyTable(
             tf.lookup.KeyValueTensorInitializer(
                 tf.constant(vocab), tf.range(len(vocab), dtype=tf.int64)),
@@ -73,6 +74,7 @@ class CaptionTokenizer(tf.Module):
         self._tokenizer = tf_text.BertTokenizer(
             table, token_out_type=tf.int64, lower_case=lower_case, unknown_token="[UNK]")
 
+    @tf.autograph.experimental.do_not_convert  # plain TF ops; nothing to convert
     def __call__(self, captions: tf.Tensor, phrase_spans=None) -> dict[str, tf.Tensor]:
         captions = tf.convert_to_tensor(captions, tf.string)
         tokens = self._tokenizer.tokenize(captions)  # ragged [B, words, pieces]
@@ -100,6 +102,10 @@ class CaptionTokenizer(tf.Module):
             word_of_token = frame(word_of_token, -1, -1, -1)  # [B, L]
             out["phrase_token_mask"] = self._phrase_mask(captions, phrase_spans, word_of_token)
         return out
+
+    def id_to_token(self, ids) -> list[str]:
+        """Token strings of a sequence of ids (for figures and debugging)."""
+        return [self._vocab[i] if 0 <= i < len(self._vocab) else "[UNK]" for i in ids]
 
     @staticmethod
     def _word_index(tokens: tf.RaggedTensor) -> tf.RaggedTensor:

@@ -1,0 +1,183 @@
+"""Writes one dataset as sharded TFRecords (``hgan.records`` schema) and ``manifest.json``.
+
+Output folder ``OUT``::
+
+    OUT/train-00000-of-00035.tfrecord ...   one tf.train.Example per image
+    OUT/manifest.json                       counts, shard names, label maps, skipped records
+
+Guarantees, so that a reader can trust any manifest it finds:
+
+* a shard only ever appears under its final name complete (written to a hidden temporary
+  file in ``OUT``, fsync'ed, then ``os.replace``'d);
+* the previous manifest is deleted before anything else and the new one is written last
+  (atomically too), so an interrupted run leaves no manifest at all;
+* shards of an earlier run that are not part of this one are deleted;
+* the same input gives byte-identical shards: file order, sorted label maps, deterministic
+  proto serialisation, no timestamps.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import glob
+import json
+import math
+import os
+from typing import Callable, Iterator, Sequence
+
+from data_prep import importers
+from hgan import phrases, records
+from hgan.tf_compat import tf
+
+DEFAULT_IMAGES_PER_SHARD = 1000
+MANIFEST = "manifest.json"
+PROGRESS_EVERY = 1000
+
+Log = Callable[[str], None]
+
+
+def write_dataset(dataset: str, data_dir: str, output_dir: str,
+                  images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
+                  log: Log = print) -> dict:
+    """Imports ``data_dir`` (layout ``dataset``) and writes it to ``output_dir``.
+
+    Returns:
+      the manifest, as written to ``output_dir/manifest.json``.
+    """
+    if images_per_shard < 1:
+        raise ValueError(f"images_per_shard must be >= 1, got {images_per_shard}")
+    os.makedirs(output_dir, exist_ok=True)
+    _remove_unfinished(output_dir)
+    kept, skipped = _read(dataset, data_dir, log)
+    tagger = phrases.tagger_name()
+    root = importers.image_root(dataset, data_dir)
+    splits, label_maps = {}, {}
+    for split in importers.SPLITS[dataset]:
+        split_records = [r for r in kept if r.split == split]
+        if not split_records:
+            continue
+        labels = {identity: label for label, identity
+                  in enumerate(sorted({r.identity for r in split_records}))}
+        shards = _write_split(output_dir, split, split_records, labels, root, tagger,
+                              images_per_shard, log)
+        splits[split] = {
+            "images": len(split_records),
+            "captions": sum(len(r.captions) for r in split_records),
+            "identities": len(labels),
+            "shards": shards,
+        }
+        label_maps[split] = {str(label): identity for identity, label in labels.items()}
+    _remove_stale_shards(output_dir, {name for s in splits.values() for name in s["shards"]})
+    manifest = {
+        "schema_version": records.SCHEMA_VERSION,
+        "dataset": dataset,
+        "splits": splits,
+        "skipped": [skip._asdict() for skip in skipped],
+        "label_maps": label_maps,
+        "phrase_tagger": tagger,
+    }
+    with _atomic(os.path.join(output_dir, MANIFEST)) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+    _log_summary(manifest, log)
+    return manifest
+
+
+def _read(dataset: str, data_dir: str, log: Log
+          ) -> tuple[list[importers.Record], list[importers.Skip]]:
+    kept, skipped = [], []
+    for count, item in enumerate(importers.iter_records(dataset, data_dir), 1):
+        (skipped if isinstance(item, importers.Skip) else kept).append(item)
+        if count % PROGRESS_EVERY == 0:
+            log(f"{count} records read ({len(skipped)} skipped)")
+    log(f"{len(kept) + len(skipped)} records read: {len(kept)} kept, {len(skipped)} skipped")
+    return kept, skipped
+
+
+def _write_split(output_dir: str, split: str, split_records: Sequence[importers.Record],
+                 labels: dict[str, int], root: str, tagger: str, images_per_shard: int,
+                 log: Log) -> list[str]:
+    """Writes a split's shards of about ``images_per_shard`` images; returns their names."""
+    count = math.ceil(len(split_records) / images_per_shard)
+    names = []
+    for index in range(count):
+        # Equal-sized shards (sizes differ by at most one) rather than a small last one.
+        shard = split_records[index * len(split_records) // count:
+                              (index + 1) * len(split_records) // count]
+        name = records.shard_name(split, index, count)
+        with _atomic(os.path.join(output_dir, name)) as tmp:
+            with tf.io.TFRecordWriter(tmp) as shard_writer:
+                for record in shard:
+                    shard_writer.write(_serialize(record, labels[record.identity], root, tagger))
+        log(f"wrote {name} ({len(shard)} images)")
+        names.append(name)
+    return names
+
+
+def _serialize(record: importers.Record, label: int, root: str, tagger: str) -> bytes:
+    try:
+        image = importers.load_image(root, record.path)
+    except importers.SkipError as e:
+        # It passed the same check while being read: the data changed during the run.
+        raise RuntimeError(f"{record.path} changed while being converted: {e}") from e
+    example = records.make_example(
+        image, record.path, label, record.identity, record.captions,
+        [phrases.extract_noun_phrases(caption, tagger) for caption in record.captions])
+    # Features is a proto map, whose default serialisation order is unspecified.
+    return example.SerializeToString(deterministic=True)
+
+
+@contextlib.contextmanager
+def _atomic(path: str) -> Iterator[str]:
+    """Yields a hidden temporary path beside ``path``; it becomes ``path`` only on success."""
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(folder)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _fsync_dir(folder: str) -> None:
+    """Makes a rename durable: it is an update of the folder, not of the file."""
+    fd = os.open(folder or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_unfinished(output_dir: str) -> None:
+    """Deletes the old manifest (it is rewritten last) and temporary files of a killed run."""
+    temporary = glob.glob(os.path.join(glob.escape(output_dir), ".*.tfrecord.tmp"))
+    for path in [os.path.join(output_dir, MANIFEST),
+                 os.path.join(output_dir, f".{MANIFEST}.tmp"), *temporary]:
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def _remove_stale_shards(output_dir: str, keep: set[str]) -> None:
+    for path in glob.glob(records.shard_pattern(glob.escape(output_dir), "*")):
+        if os.path.basename(path) not in keep:
+            os.remove(path)
+
+
+def _log_summary(manifest: dict, log: Log) -> None:
+    for split, info in manifest["splits"].items():
+        log(f"{split}: {info['images']} images, {info['captions']} captions, "
+            f"{info['identities']} identities, {len(info['shards'])} shards")
+    expected = importers.EXPECTED_IDENTITIES.get(manifest["dataset"], {})
+    for split, count in expected.items():
+        found = manifest["splits"].get(split, {}).get("identities", 0)
+        if found != count:
+            log(f"note: {split} has {found} classes; the standard split has {count}")
+    reasons = collections.Counter(skip["reason"] for skip in manifest["skipped"])
+    log(f"skipped {len(manifest['skipped'])} records" + (":" if reasons else ""))
+    for reason, count in reasons.most_common():
+        log(f"  {count:6d}  {reason}")

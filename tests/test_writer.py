@@ -1,0 +1,141 @@
+"""Shard writer (data_prep/writer.py): round trip, determinism, atomicity, strict mode."""
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from data_prep import demo, importers, writer
+from hgan import phrases, records
+from hgan.tf_compat import tf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """The demo set (3/1/1 identities x 2 shots) plus a few records the writer must handle."""
+    root = tmp_path_factory.mktemp("demo")
+    demo.generate(str(root), identities=5, shots=2, seed=1)
+    path = root / "reid_raw.json"
+    entries = json.loads(path.read_text())
+    shutil.copy(root / "imgs" / "demo" / "0001_0.jpg", root / "imgs" / "demo" / "0010_0.jpg")
+    entries += [
+        # Identity "10" sorts before "2" as a string: labels follow string order.
+        {**entries[0], "id": 10, "file_path": "demo/0010_0.jpg",
+         "captions": ["Une femme en café-coloured coat 👜.", " "]},
+        {**entries[1], "file_path": "demo/missing.jpg"},
+        {**entries[2]},  # duplicate of demo/0002_0.jpg
+    ]
+    path.write_text(json.dumps(entries))
+    return str(root)
+
+
+def write(data_dir, out, images_per_shard=2):
+    return writer.write_dataset("demo", data_dir, str(out), images_per_shard=images_per_shard,
+                                log=lambda message: None)
+
+
+def read_split(out, split):
+    files = sorted(glob.glob(records.shard_pattern(str(out), split)))
+    dataset = tf.data.TFRecordDataset(files).map(records.parse_example)
+    return list(dataset.as_numpy_iterator())
+
+
+def test_round_trip_through_parse_example(data_dir, tmp_path):
+    manifest = write(data_dir, tmp_path)
+    expected = {r.path: r for r in importers.iter_records("demo", data_dir)
+                if isinstance(r, importers.Record)}
+
+    assert manifest["phrase_tagger"] == phrases.tagger_name()
+    assert manifest["schema_version"] == records.SCHEMA_VERSION
+    assert [(s["reason"], s["path"]) for s in manifest["skipped"]] == [
+        (importers.MISSING_IMAGE, "demo/missing.jpg"), (importers.DUPLICATE, "demo/0002_0.jpg")]
+    assert manifest["label_maps"]["train"] == {"0": "1", "1": "10", "2": "2", "3": "3"}
+    seen = 0
+    for split, info in manifest["splits"].items():
+        examples = read_split(tmp_path, split)
+        assert sorted(glob.glob(records.shard_pattern(str(tmp_path), split))) == [
+            str(tmp_path / name) for name in info["shards"]]
+        assert len(examples) == info["images"]
+        assert sum(len(e["captions"]) for e in examples) == info["captions"]
+        assert len({e["label"] for e in examples}) == info["identities"]
+        for example in examples:
+            record = expected[example["path"].decode()]
+            assert record.split == split
+            identity = example["identity"].decode()
+            assert identity == record.identity
+            assert manifest["label_maps"][split][str(example["label"])] == identity
+            assert tuple(c.decode() for c in example["captions"]) == record.captions
+            assert tf.io.decode_jpeg(example["encoded"]).shape == (demo.HEIGHT, demo.WIDTH, 3)
+            _check_phrases(example)
+            seen += 1
+    assert seen == len(expected) == 11
+    assert len(manifest["splits"]["train"]["shards"]) == 4  # 7 images, 2 per shard
+
+
+def _check_phrases(example):
+    """Spans point at the phrase text inside their caption, as extract_noun_phrases said."""
+    for caption, spans, texts in zip(example["captions"], example["phrase_spans"],
+                                     example["phrases"]):
+        assert [(t.decode(), s, e) for t, (s, e) in zip(texts, spans)] == \
+            phrases.extract_noun_phrases(caption.decode())
+        assert all(caption[s:e] == t for t, (s, e) in zip(texts, spans))
+        assert len(texts) >= 1
+
+
+def test_reruns_are_byte_identical_and_remove_stale_shards(data_dir, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    write(data_dir, first, images_per_shard=1)
+    stale = set(os.listdir(first))
+    write(data_dir, first)  # other shard counts, into the same folder
+    write(data_dir, second)
+    files = sorted(os.listdir(first))
+    assert files == sorted(os.listdir(second))
+    for name in files:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    manifest = json.loads((first / writer.MANIFEST).read_text())
+    listed = {n for info in manifest["splits"].values() for n in info["shards"]}
+    assert set(files) == listed | {writer.MANIFEST}
+    assert stale - set(files)  # the one-image shards were there and are gone
+
+
+def test_interrupted_run_leaves_no_manifest_and_no_partial_shard(data_dir, tmp_path,
+                                                                   monkeypatch):
+    write(data_dir, tmp_path, images_per_shard=3)
+    calls = []
+    real_serialize = writer._serialize
+
+    def failing_serialize(*args):
+        calls.append(1)
+        if len(calls) == 5:  # train shards hold 1, 2, 2, 2 images: this is in the third
+            raise KeyboardInterrupt
+        return real_serialize(*args)
+
+    monkeypatch.setattr(writer, "_serialize", failing_serialize)
+    with pytest.raises(KeyboardInterrupt):
+        write(data_dir, tmp_path, images_per_shard=2)
+
+    assert not (tmp_path / writer.MANIFEST).exists()
+    assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
+    shards = glob.glob(records.shard_pattern(str(tmp_path), "*"))
+    assert os.path.join(tmp_path, records.shard_name("train", 1, 4)) in shards
+    assert os.path.join(tmp_path, records.shard_name("train", 2, 4)) not in shards
+    for shard in shards:  # every file that looks like a shard reads to its end
+        assert sum(1 for _ in tf.data.TFRecordDataset(shard)) > 0
+
+
+def test_strict_cli_exits_non_zero_after_writing_the_report(data_dir, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "data_prep", "--dataset=demo", f"--data_dir={data_dir}",
+         f"--output_dir={tmp_path}", "--strict", "--images_per_shard=100"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    manifest = json.loads((tmp_path / writer.MANIFEST).read_text())
+    assert len(manifest["skipped"]) == 2
+    assert f"1  {importers.MISSING_IMAGE}" in result.stdout
+    assert f"1  {importers.DUPLICATE}" in result.stdout
+    assert "records read" in result.stdout
