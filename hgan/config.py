@@ -10,7 +10,8 @@ Presets:
     batch 32, 384×192 images ×1/256, ResNet-50, BERT (concat of last four layers),
     bi-LSTM 512, FC 512, k1=4, k2=2, 4×4/3×2 partitions (15 regions, Table 4).
   * ``demo``: the same model family shrunk to train on the synthetic demo set on a 2-core CPU
-    in a few minutes (ResNet-18 at 128×64, 256-d heads).
+    in a few minutes (a small CNN whose 16×8 map at 128×64 needs no resizing, 128-d heads,
+    the converted all-MiniLM-L6-v2 as BERT).
   * ``tiny``: for unit tests only.
 """
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Config:
     shuffle_buffer: int = 4096
 
     # --- visual tower (§3.2, Table 4) ------------------------------------------------
-    backbone: str = "resnet50"  # "resnet50" | "resnet18" | "resnet_mini" (tests)
+    backbone: str = "resnet50"  # "resnet50" | "resnet18" | "small_cnn" (CPU demo, tests)
     backbone_weights: str = "imagenet"  # "imagenet" | "none" | path to a weights file
     partition_map: tuple = (16, 8)  # map V is resized to this before partitioning; () = as is
     word_pool: tuple = (4, 4)  # kernel of the word-level partition pooling (Table 4)
@@ -80,7 +81,6 @@ class Config:
     weight_ide: float = 1.0  # λ of L_sentence = L_pair + λ L_ide
     weight_word: float = 1.0
     weight_phrase: float = 1.0
-    sentence_loss: str = "cmpm"  # "cmpm" (Eq. 11) | "cmce" (IATV Eqs. 1-3)
     num_classes: int = 0  # training identities; 0 = read from the manifest
 
     # --- optimisation (§4) ----------------------------------------------------------
@@ -143,14 +143,14 @@ class Config:
 PRESETS = {
     "paper": Config(),
     "demo": Config(
-        image_height=128, image_width=64, backbone="resnet18", backbone_weights="none",
+        image_height=128, image_width=64, backbone="small_cnn", backbone_weights="none",
         partition_map=(16, 8), max_len=40, max_phrases=6, batch_size=32,
         identities_per_batch=8, lstm_units=128, attention_heads=4, local_dim=128,
-        embed_dim=128, mlp_hidden=128, epochs=12, learning_rate=1e-3, lr_decay_epochs=(9,),
-        checkpoint_every=100, log_every=10, shuffle_buffer=2048, rerank_k=20,
+        embed_dim=128, mlp_hidden=128, epochs=20, learning_rate=1e-3, lr_decay_epochs=(15,),
+        checkpoint_every=60, eval_every=60, log_every=20, shuffle_buffer=2048, rerank_k=20,
     ),
     "tiny": Config(
-        image_height=64, image_width=32, backbone="resnet_mini", backbone_weights="none",
+        image_height=64, image_width=32, backbone="small_cnn", backbone_weights="none",
         partition_map=(16, 8), max_len=16, max_phrases=3, batch_size=8, lstm_units=16,
         attention_heads=2, local_dim=16, embed_dim=16, mlp_hidden=16, epochs=1,
         checkpoint_every=5, log_every=1, shuffle_buffer=64, rerank_k=4, eval_chunk=8,

@@ -24,6 +24,31 @@ def _weights_over_selection(selection, scores, mask):
     return numerator / (tf.reduce_sum(numerator, axis=-1, keepdims=True) + 1e-9)
 
 
+def _fuse_top_k(scores, mask, keys, k, keys_of):
+    """Inference form of Eqs. 5–7: Σ over the k best keys of softmax(γ_selected)·key.
+
+    Equal to the dense form with a noise-free k-hot selection (GumbelTopK's l2 normalisation
+    rescales a row, which keeps its top k), but gathers k keys instead of weighting all K.
+
+    Args:
+      scores: [Bt, Bi, Q, K] γ of each query position over the K keys; mask: same, bool.
+      keys: the keys' linear parts, [Bt, K, H] (keys_of="text") or [Bi, K, H] ("image").
+    Returns: [Bt, Bi, Q, H].
+    """
+    masked = tf.where(mask, scores, -1e9)
+    top, index = tf.math.top_k(masked, k=tf.minimum(k, tf.shape(scores)[-1]))
+    weights = tf.nn.softmax(top, axis=-1)  # padded picks (k > valid) get exp(-1e9) = 0
+    bt, bi, q, kk = tf.unstack(tf.shape(index))
+    if keys_of == "text":
+        flat = tf.reshape(index, [bt, bi * q * kk])
+        picked = tf.reshape(tf.gather(keys, flat, batch_dims=1), [bt, bi, q, kk, -1])
+    else:
+        flat = tf.reshape(tf.transpose(index, [1, 0, 2, 3]), [bi, bt * q * kk])
+        picked = tf.reshape(tf.gather(keys, flat, batch_dims=1), [bi, bt, q, kk, -1])
+        picked = tf.transpose(picked, [1, 0, 2, 3, 4])
+    return tf.einsum("tiqk,tiqkh->tiqh", weights, picked)
+
+
 @keras.utils.register_keras_serializable(package="hgan")
 class LocalMatching(keras.layers.Layer):
     """Word- or phrase-level matching of HGAN (§3.3, Eqs. 2–8).
@@ -100,17 +125,24 @@ class LocalMatching(keras.layers.Layer):
         # Image-to-text: per region, choose words. [Bt, Bi, N, R]
         gamma_nr = tf.transpose(gamma, [0, 1, 3, 2])
         mask_nr = tf.transpose(word_mask, [0, 1, 3, 2])
-        alpha = self._select(self.select_words, gamma_nr, mask_nr, training)
-        w_words = _weights_over_selection(alpha, gamma_nr, mask_nr)
-        fused_text = tf.einsum("tinr,trh->tinh", w_words, t_lin)  # W t^f_n (Eq. 7)
+        sparse = self.attention == "gumbel" and not training
+        if sparse:  # inference: no noise, so gather the k selected keys (same values)
+            fused_text = _fuse_top_k(gamma_nr, mask_nr, t_lin, self.k1, keys_of="text")
+        else:
+            alpha = self._select(self.select_words, gamma_nr, mask_nr, training)
+            w_words = _weights_over_selection(alpha, gamma_nr, mask_nr)
+            fused_text = tf.einsum("tinr,trh->tinh", w_words, t_lin)  # W t^f_n (Eq. 7)
         hidden = tf.nn.relu(v_lin[None] + fused_text + self.fuse_bias)
         per_region = tf.sigmoid(tf.squeeze(self.fuse_out(hidden), -1))  # [Bt, Bi, N]
         s_i2t = tf.reduce_mean(per_region, axis=-1)  # Eq. 8
 
         # Text-to-image: per word, choose regions. [Bt, Bi, R, N]
-        beta = self._select(self.select_regions, gamma, region_mask, training)
-        w_regions = _weights_over_selection(beta, gamma, region_mask)
-        fused_image = tf.einsum("tirn,inh->tirh", w_regions, v_lin)
+        if sparse:
+            fused_image = _fuse_top_k(gamma, region_mask, v_lin, self.k2, keys_of="image")
+        else:
+            beta = self._select(self.select_regions, gamma, region_mask, training)
+            w_regions = _weights_over_selection(beta, gamma, region_mask)
+            fused_image = tf.einsum("tirn,inh->tirh", w_regions, v_lin)
         hidden = tf.nn.relu(t_lin[:, None] + fused_image + self.fuse_bias)
         per_word = tf.sigmoid(tf.squeeze(self.fuse_out(hidden), -1))  # [Bt, Bi, R]
         valid = tf.cast(text_mask, per_word.dtype)[:, None, :]

@@ -90,11 +90,23 @@ class HGAN(keras.Model):
         return terms
 
 
-def build_model(config: Config, vocab_size: int, num_classes: int = 0) -> HGAN:
-    """Builds and creates every weight of the model (one dummy batch)."""
+def build_model(config: Config, vocab_size: int, num_classes: int = 0,
+                strategy=None) -> HGAN:
+    """Builds and creates every weight of the model (one dummy batch).
+
+    Under a distribution strategy the dummy batch runs in replica context: a restored
+    TF-Hub SavedModel (the BERT) cannot be called in cross-replica context.
+    """
     model = HGAN(config, vocab_size, num_classes)
-    out = model(dummy_batch(config, 2), training=False)
-    model.score(out["text"], out["image"])  # the heads' weights are created on first use
+
+    def create_weights():
+        out = model(dummy_batch(config, 2), training=False)
+        model.score(out["text"], out["image"])  # the heads' weights are created on first use
+
+    if strategy is None:
+        create_weights()
+    else:
+        strategy.run(tf.function(create_weights))
     return model
 
 

@@ -12,7 +12,8 @@ from hgan.tf_compat import keras, tf
 _SCRATCH = "scratch:"
 
 
-def _scratch_encoder(spec: str, vocab_size: int, max_len: int) -> keras.layers.Layer:
+def _scratch_encoder(spec: str, vocab_size: int, max_len: int,
+                     dropout: float) -> keras.layers.Layer:
     """``scratch:LxH`` — a randomly initialised BertEncoder of L layers, width H (tests and
     from-scratch ablations; no checkpoint needed)."""
     try:
@@ -22,14 +23,15 @@ def _scratch_encoder(spec: str, vocab_size: int, max_len: int) -> keras.layers.L
     return nlp_networks.BertEncoder(
         vocab_size=vocab_size, hidden_size=hidden, num_layers=layers_,
         num_attention_heads=max(1, hidden // 16), inner_dim=hidden * 4,
-        max_sequence_length=max(max_len, 16), type_vocab_size=2, dict_outputs=True)
+        max_sequence_length=max(max_len, 16), type_vocab_size=2, dict_outputs=True,
+        output_dropout=dropout, attention_dropout=dropout)
 
 
 def load_bert(config: Config, vocab_size: int) -> keras.layers.Layer:
     """The BERT encoder: a TF-Hub handle, a local SavedModel dir with the TF-Hub BERT
     interface (``data_prep.convert_bert`` writes one), or ``scratch:LxH``."""
     if config.bert.startswith(_SCRATCH):
-        return _scratch_encoder(config.bert, vocab_size, config.max_len)
+        return _scratch_encoder(config.bert, vocab_size, config.max_len, config.dropout)
     import tensorflow_hub as hub
     if "://" not in config.bert and not os.path.isdir(config.bert):
         raise FileNotFoundError(f"bert={config.bert!r} is neither a URL nor a directory")

@@ -42,15 +42,15 @@ def build_backbone(config: Config) -> keras.Model:
                 raise ValueError("no offline ImageNet weights for resnet18; pass a file or none")
             net.load_weights(weights)
         return keras.Model(inputs, net(inputs)["5"], name="resnet18")
-    if config.backbone == "resnet_mini":
-        # Unit tests only: three strided conv blocks, output stride 8.
+    if config.backbone == "small_cnn":
+        # CPU demo and tests: three strided conv blocks, output stride 8 (16×8 at 128×64).
         inputs = keras.Input(shape)
         x = inputs
         for filters in (16, 32, 64):
             x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
             x = keras.layers.BatchNormalization()(x)
             x = keras.layers.ReLU()(x)
-        return keras.Model(inputs, x, name="resnet_mini")
+        return keras.Model(inputs, x, name="small_cnn")
     raise ValueError(f"unknown backbone {config.backbone!r}")
 
 

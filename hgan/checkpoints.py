@@ -1,0 +1,42 @@
+"""Rebuilding a trained model from a ``train.py`` model_dir (config.json + checkpoints)."""
+from __future__ import annotations
+
+import os
+
+from hgan import data
+from hgan.config import Config
+from hgan.model import HGAN, build_model
+from hgan.tf_compat import tf
+
+
+def resolve_checkpoint(model_dir: str, which: str = "best") -> str:
+    """``best`` (val-selected; falls back to latest), ``latest``, or a checkpoint path."""
+    if which not in ("best", "latest"):
+        if not tf.io.gfile.exists(which + ".index"):
+            raise FileNotFoundError(f"checkpoint {which} not found")
+        return which
+    if which == "best":
+        best = tf.train.latest_checkpoint(os.path.join(model_dir, "best"))
+        if best:
+            return best
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "ckpt"))
+    if not latest:
+        raise FileNotFoundError(f"no checkpoint in {model_dir}: train it with train.py first")
+    return latest
+
+
+def load_model(model_dir: str, which: str = "best") -> tuple[HGAN, Config, str]:
+    """The model of ``model_dir`` with the chosen checkpoint's weights (inference only)."""
+    config = Config.load(model_dir)
+    manifest_classes = config.num_classes
+    tokenizer = data.make_tokenizer(config)
+    path = resolve_checkpoint(model_dir, which)
+    reader = tf.train.load_checkpoint(path)
+    if not manifest_classes:
+        # The classifier width is read back from the checkpoint rather than the data.
+        shapes = reader.get_variable_to_shape_map()
+        kernels = [s for name, s in shapes.items() if "classifier" in name and len(s) == 2]
+        manifest_classes = kernels[0][1] if kernels else 0
+    model = build_model(config, tokenizer.vocab_size + 1, manifest_classes)
+    tf.train.Checkpoint(model=model).restore(path).expect_partial()
+    return model, config, path

@@ -1,0 +1,95 @@
+"""``eval.py``'s work: evaluate a model_dir, write the JSON, the Markdown table, the PNGs."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from hgan import data, evaluation, figures, records
+from hgan.checkpoints import load_model
+from hgan.tf_compat import tf
+
+_COLUMNS = ("R1", "R5", "R10", "mAP", "mINP")
+
+
+def markdown_table(report: dict) -> str:
+    lines = ["| mode | direction | " + " | ".join(_COLUMNS) + " | time (s) |",
+             "|---|---|" + "---|" * (len(_COLUMNS) + 1)]
+    for mode in ("exact", "two_stage"):
+        if mode not in report:
+            continue
+        for direction in ("t2i", "i2t"):
+            m = report[mode][direction]
+            lines.append(f"| {mode} | {direction} | " +
+                         " | ".join(f"{m[c]:.2f}" for c in _COLUMNS) +
+                         f" | {report['timing'][f'{mode}_s']:.1f} |")
+    extra = report.get("exact", {})
+    if "AP@50" in extra.get("t2i", {}):
+        lines.append(f"\nCUB/Flowers: text-to-image AP@50 = {extra['t2i']['AP@50']:.2f}, "
+                     f"image-to-text class Rank-1 = {extra['i2t']['class_R1']:.2f}")
+    return "\n".join(lines)
+
+
+def run(model_dir: str, data_dir: str, split: str, output_json: str, checkpoint="best",
+        rerank_k=None, modes=("exact", "two_stage"), figures=True) -> dict:
+    model, config, path = load_model(model_dir, checkpoint)
+    report = evaluation.evaluate(model, data_dir, config, split, modes=modes,
+                                 rerank_k=rerank_k)
+    arrays = report.pop("_arrays", None)
+    # The JSON's top-level t2i/i2t are the exact mode's (the reference), or the only mode's.
+    main_mode = "exact" if "exact" in report else modes[0]
+    report["t2i"], report["i2t"] = report[main_mode]["t2i"], report[main_mode]["i2t"]
+    report.update(checkpoint=path, config=dataclasses.asdict(config), data_dir=data_dir)
+    report["markdown"] = markdown_table(report)
+    os.makedirs(os.path.dirname(os.path.abspath(output_json)), exist_ok=True)
+    with open(output_json, "w") as f:
+        json.dump(report, f, indent=2, default=_jsonable)
+    with open(os.path.splitext(output_json)[0] + ".md", "w") as f:
+        f.write(report["markdown"] + "\n")
+    if figures and arrays is not None:
+        report["figures"] = write_figures(model, data_dir, split, arrays,
+                                          os.path.splitext(output_json)[0])
+    return report
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def _image_bytes(data_dir: str, split: str) -> list[bytes]:
+    ds = tf.data.TFRecordDataset(data.split_files(data_dir, split)).map(records.parse_example)
+    return [ex["encoded"].numpy() for ex in ds]
+
+
+def write_figures(model, data_dir: str, split: str, arrays: dict, prefix: str,
+                  queries: int = 4) -> dict:
+    texts, images, t2i = arrays["texts"], arrays["images"], arrays["t2i"]
+    encoded = _image_bytes(data_dir, split)
+    picks = np.linspace(0, len(texts["label"]) - 1, min(queries, len(texts["label"]))).astype(int)
+    ranked = np.argsort(-t2i[picks], axis=1, kind="stable")[:, :10]
+    grid = figures.top10_grid(
+        [texts["caption"][q].decode() for q in picks], texts["label"][picks],
+        [[encoded[g] for g in row] for row in ranked],
+        [images["label"][row] for row in ranked])
+    out = {"top10": prefix + "_top10.png"}
+    grid.save(out["top10"])
+    if model.word_head is not None:
+        q = int(picks[0])
+        g = int(texts["image_index"][q])
+        _, weights = model.word_head.selections(texts["word"][q:q + 1], texts["word_mask"][q:q + 1],
+                                                images["word"][g:g + 1])
+        tokenizer = data.make_tokenizer(model.config)
+        ids = tokenizer(tf.constant([texts["caption"][q]]))["input_word_ids"][0].numpy()
+        words = tokenizer.id_to_token(ids)
+        keep = np.flatnonzero(texts["word_mask"][q] > 0)
+        figure = figures.word_selection_map([words[i] for i in keep],
+                                            weights.numpy()[0, 0][:, keep])
+        out["word_map"] = prefix + "_word_map.png"
+        figure.save(out["word_map"])
+    return out

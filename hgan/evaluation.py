@@ -1,0 +1,208 @@
+"""Evaluation: features of a split, exact and two-stage scoring, the papers' metrics.
+
+* exact: every (query, gallery) pair scored by every enabled level, in chunks whose
+  intermediate tensors stay within ``memory_budget_bytes``;
+* two-stage: the sentence-level cosine ranks the whole gallery, then the word/phrase Gumbel
+  heads re-score each query's top ``rerank_k`` and re-rank them; the rest keep their
+  stage-1 order behind them.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from hgan import data, metrics
+from hgan.config import Config
+from hgan.model import HGAN, TEXT_KEYS
+from hgan.tf_compat import tf
+
+CLASS_LEVEL_DATASETS = ("cub", "flowers")
+LOCAL_LEVELS = ("word", "phrase")
+
+
+def _concat(chunks: list[dict]) -> dict:
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def encode_split(model: HGAN, data_dir: str, config: Config, split: str,
+                 tokenizer=None) -> tuple[dict, dict]:
+    """Runs both encoders over a split → (texts, images), dicts of numpy arrays.
+
+    texts: the text features plus ``label``, ``caption``, ``image_index``; images: the
+    image features plus ``label``, ``path``.
+    """
+    tokenizer = tokenizer or data.make_tokenizer(config)
+    encode_image = tf.function(lambda x: model.encode_image(x, training=False),
+                               reduce_retracing=True)
+    encode_text = tf.function(lambda x: model.encode_text(x, training=False),
+                              reduce_retracing=True)
+    images = []
+    for batch in data.gallery_dataset(data_dir, config, split):
+        feats = {k: v.numpy() for k, v in encode_image(batch["image"]).items()}
+        feats.update(label=batch["label"].numpy(), path=batch["path"].numpy())
+        images.append(feats)
+    texts = []
+    for batch in data.query_dataset(data_dir, config, tokenizer, split):
+        inputs = {k: batch[k] for k in TEXT_KEYS}
+        feats = {k: v.numpy() for k, v in encode_text(inputs).items()}
+        feats.update(label=batch["label"].numpy(), caption=batch["caption"].numpy(),
+                     image_index=batch["image_index"].numpy())
+        texts.append(feats)
+    return _concat(texts), _concat(images)
+
+
+class Scorer:
+    """Scores texts against images with a trained model's heads, chunked.
+
+    The heads' per-item linear parts are computed once for the whole gallery and once for
+    all queries; only the pair-dependent part runs per chunk.
+    """
+
+    def __init__(self, model: HGAN, memory_budget_bytes: int = 512 << 20):
+        self.model = model
+        self.config = model.config
+        self.budget = memory_budget_bytes
+        self.heads = {"word": model.word_head, "phrase": model.phrase_head}
+        self.weights = dict(zip(("sentence", "word", "phrase"), self.config.score_weights))
+        self._pair_fn = {}
+
+    def levels(self) -> list[str]:
+        return (["sentence"] if self.config.use_sentence else []) + \
+            [lv for lv in LOCAL_LEVELS if self.heads[lv] is not None]
+
+    def _prepared(self, texts: dict, images: dict) -> dict:
+        prep = {}
+        for level in LOCAL_LEVELS:
+            head = self.heads[level]
+            if head is None:
+                continue
+            prep[level] = (
+                [t.numpy() for t in head.prepare_text(tf.constant(texts[level]))],
+                texts[f"{level}_mask"],
+                [t.numpy() for t in head.prepare_image(tf.constant(images[level]))],
+            )
+        return prep
+
+    def _chunk_fn(self, level):
+        if level not in self._pair_fn:
+            head = self.heads[level]
+            self._pair_fn[level] = tf.function(
+                lambda tp, tm, ip: head.score_prepared(tp, tm, ip, training=False),
+                reduce_retracing=True)
+        return self._pair_fn[level]
+
+    def _chunks(self, n_text: int, n_image: int, words: int) -> tuple[int, int]:
+        per_pair = 4 * (words + 1) * self.config.mlp_hidden * 4  # a few [.., R, H] floats
+        pairs = max(1, self.budget // per_pair)
+        text_chunk = max(1, min(n_text, self.config.eval_chunk))
+        return text_chunk, max(1, min(n_image, pairs // text_chunk))
+
+    def local_grid(self, level: str, prep, text_rows: np.ndarray,
+                   image_cols: np.ndarray) -> np.ndarray:
+        """[len(text_rows), len(image_cols)] scores of one local level."""
+        (t_gamma, t_lin), t_mask, (v_gamma, v_lin) = prep
+        fn = self._chunk_fn(level)
+        tc, ic = self._chunks(len(text_rows), len(image_cols), t_gamma.shape[1])
+        out = np.zeros((len(text_rows), len(image_cols)), np.float32)
+        for a in range(0, len(text_rows), tc):
+            rows = text_rows[a:a + tc]
+            tp = (t_gamma[rows], t_lin[rows])
+            for b in range(0, len(image_cols), ic):
+                cols = image_cols[b:b + ic]
+                out[a:a + tc, b:b + ic] = fn(tp, t_mask[rows], (v_gamma[cols], v_lin[cols]))
+        return out
+
+    def sentence(self, texts: dict, images: dict) -> np.ndarray:
+        t = texts["global"] / np.linalg.norm(texts["global"], axis=1, keepdims=True)
+        v = images["global"] / np.linalg.norm(images["global"], axis=1, keepdims=True)
+        return t @ v.T
+
+    def exact(self, texts: dict, images: dict) -> dict:
+        """Every pair, every level → {level: [Q, G], "total": weighted sum}."""
+        out = {}
+        if self.config.use_sentence:
+            out["sentence"] = self.sentence(texts, images)
+        prep = self._prepared(texts, images)
+        rows, cols = np.arange(len(texts["label"])), np.arange(len(images["label"]))
+        for level in prep:
+            out[level] = self.local_grid(level, prep[level], rows, cols)
+        out["total"] = sum(self.weights[k] * v for k, v in out.items())
+        return out
+
+    def two_stage(self, texts: dict, images: dict, k: int, direction: str = "t2i") -> np.ndarray:
+        """Stage-1 sentence ranking, stage-2 local re-ranking of the top ``k`` per query.
+
+        Returns a [Q, G] (t2i) or [G, Q] (i2t) matrix whose row order is the final ranking:
+        the top-k carry their combined score, pushed above every other item, which keep
+        their stage-1 scores and order.
+        """
+        if not self.config.use_sentence:
+            raise ValueError("two-stage retrieval needs the sentence level (use_sentence)")
+        stage1 = self.sentence(texts, images)
+        if direction == "i2t":
+            stage1 = stage1.T
+        k = min(k, stage1.shape[1])
+        top = np.argsort(-stage1, axis=1, kind="stable")[:, :k]
+        top_scores = np.zeros(top.shape, np.float64)
+        prep = self._prepared(texts, images)
+        chunk = max(1, self.config.eval_chunk // 4)
+        for a in range(0, stage1.shape[0], chunk):
+            queries = np.arange(a, min(a + chunk, stage1.shape[0]))
+            candidates = np.unique(top[queries])
+            combined = self.weights["sentence"] * stage1[np.ix_(queries, candidates)]
+            for level in prep:
+                if direction == "t2i":
+                    grid = self.local_grid(level, prep[level], queries, candidates)
+                else:
+                    grid = self.local_grid(level, prep[level], candidates, queries).T
+                combined = combined + self.weights[level] * grid
+            column = np.searchsorted(candidates, top[queries])
+            top_scores[queries] = np.take_along_axis(combined, column, axis=1)
+        # Items outside the top-k keep their stage-1 scores, shifted (in float64, so no
+        # ties appear) below the lowest re-ranked score of their row.
+        shift = stage1.max(axis=1) - top_scores.min(axis=1) + 1.0
+        final = stage1.astype(np.float64) - shift[:, None]
+        np.put_along_axis(final, top, top_scores, axis=1)
+        return final
+
+
+def evaluate(model: HGAN, data_dir: str, config: Config, split: str,
+             modes=("exact", "two_stage"), rerank_k=None) -> dict:
+    """The full report: {"t2i", "i2t", "timing", ...} per mode, plus the raw arrays used by
+    the figures under ``"_arrays"``."""
+    manifest = data.load_manifest(data_dir)
+    class_level = manifest.get("dataset") in CLASS_LEVEL_DATASETS
+    t0 = time.time()
+    texts, images = encode_split(model, data_dir, config, split)
+    encode_s = time.time() - t0
+    scorer = Scorer(model)
+    report = {"split": split, "queries": int(len(texts["label"])),
+              "gallery": int(len(images["label"])), "timing": {"encode_s": encode_s},
+              "levels": scorer.levels()}
+    k = rerank_k or config.rerank_k
+    for mode in modes:
+        t0 = time.time()
+        if mode == "exact":
+            t2i = scorer.exact(texts, images)["total"]
+            i2t = t2i.T
+        elif mode == "two_stage":
+            t2i = scorer.two_stage(texts, images, k, "t2i")
+            i2t = scorer.two_stage(texts, images, k, "i2t")
+        else:
+            raise ValueError(f"unknown mode {mode!r}")
+        report["timing"][f"{mode}_s"] = time.time() - t0
+        # Class-level metrics fuse raw scores, so they are read off the exact matrix only.
+        report[mode] = _metrics(t2i, i2t, texts, images, class_level and mode == "exact")
+        if mode == "exact":
+            report["_arrays"] = {"t2i": t2i, "texts": texts, "images": images}
+    return report
+
+
+def _metrics(t2i, i2t, texts, images, class_level: bool) -> dict:
+    out = {"t2i": metrics.retrieval_metrics(t2i, texts["label"], images["label"]),
+           "i2t": metrics.retrieval_metrics(i2t, images["label"], texts["label"])}
+    if class_level:
+        out["t2i"]["AP@50"] = metrics.ap_at_k(t2i, texts["label"], images["label"], 50)
+        out["i2t"]["class_R1"] = metrics.class_rank1(i2t.T, texts["label"], images["label"])
+    return out

@@ -1,0 +1,264 @@
+"""The training loop: distribution, cross-replica losses, checkpoints, resume, logging.
+
+``train(config, data_dir, model_dir)`` is what ``train.py`` calls. It
+
+* runs under ``MirroredStrategy`` (all local GPUs; one replica on CPU) or, when
+  ``TF_CONFIG`` is set, ``MultiWorkerMirroredStrategy``;
+* gathers every replica's features before the in-batch losses of §3.4, so the loss on N
+  replicas is the loss of one replica over the same global batch (each replica computes
+  it and scales by 1/N; the summed gradients are the global gradient);
+* checkpoints every ``checkpoint_every`` steps (``keep_checkpoints`` kept) and resumes from
+  the latest one, step counter included;
+* evaluates on the **val** split and keeps the best checkpoint by val text-to-image R1;
+* writes TensorBoard scalars, prints a progress line (steps/s, ETA), and stops with a
+  clear error on a non-finite loss, never saving the bad state.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Callable, Optional
+
+from absl import logging
+
+from hgan import data
+from hgan.config import Config
+from hgan.model import HGAN, build_model
+from hgan.tf_compat import keras, tf
+
+# Fields that may change when a run is resumed; anything else must match the saved config.
+RESUMABLE_FIELDS = {"epochs", "max_steps", "checkpoint_every", "keep_checkpoints",
+                    "eval_every", "log_every"}
+
+
+def make_strategy() -> tf.distribute.Strategy:
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.MirroredStrategy()
+
+
+def reconcile_config(config: Config, model_dir: str) -> Config:
+    """Saves the config, or checks a resumed run's config against the saved one."""
+    if tf.io.gfile.exists(os.path.join(model_dir, "config.json")):
+        saved = Config.load(model_dir)
+        diff = {k for k, v in saved.__dict__.items() if getattr(config, k) != v}
+        blocking = sorted(diff - RESUMABLE_FIELDS)
+        if blocking:
+            raise ValueError(
+                f"{model_dir} holds a run with a different config ({blocking}); resume with "
+                "the same settings or choose a new --model_dir")
+    config.save(model_dir)
+    return config
+
+
+def steps_per_epoch(manifest: dict, config: Config, split: str = "train") -> int:
+    return max(1, manifest["splits"][split]["captions"] // config.batch_size)
+
+
+class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Piecewise-constant ×0.1 at each boundary step, after an optional linear warmup."""
+
+    def __init__(self, base: float, boundaries: list, warmup_steps: int = 0):
+        self.base, self.boundaries, self.warmup_steps = base, list(boundaries), warmup_steps
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        passed = tf.reduce_sum(tf.cast(step >= tf.constant(self.boundaries + [1e30]), tf.float32))
+        lr = self.base * tf.pow(0.1, passed)
+        if self.warmup_steps:
+            lr *= tf.minimum(1.0, (step + 1.0) / self.warmup_steps)
+        return lr
+
+    def get_config(self):
+        return {"base": self.base, "boundaries": self.boundaries,
+                "warmup_steps": self.warmup_steps}
+
+
+def learning_rate_schedule(config: Config, per_epoch: int) -> StepSchedule:
+    """×0.1 at each of ``lr_decay_epochs``, with optional linear warmup (§4 gives only the
+    initial rate, 2e-4)."""
+    boundaries = [float(int(e * per_epoch)) for e in config.lr_decay_epochs]
+    return StepSchedule(config.learning_rate, boundaries, config.warmup_steps)
+
+
+class Trainer:
+    """Owns the model, optimizer, checkpoints and the compiled distributed step."""
+
+    def __init__(self, config: Config, data_dir: str, model_dir: str,
+                 strategy: Optional[tf.distribute.Strategy] = None):
+        self.config = config
+        self.data_dir = data_dir
+        self.model_dir = model_dir
+        self.manifest = data.load_manifest(data_dir)
+        if "train" not in self.manifest["splits"]:
+            raise ValueError(f"{data_dir} has no train split")
+        self.num_classes = config.num_classes or self.manifest["splits"]["train"]["identities"]
+        self.strategy = strategy or make_strategy()
+        self.tokenizer = data.make_tokenizer(config)
+        self.per_epoch = steps_per_epoch(self.manifest, config)
+        self.total_steps = config.max_steps or config.epochs * self.per_epoch
+        if config.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        with self.strategy.scope():
+            self.model: HGAN = build_model(config, self.tokenizer.vocab_size + 1,
+                                           self.num_classes, self.strategy)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            optimizer = keras.optimizers.Adam(
+                learning_rate=learning_rate_schedule(config, self.per_epoch),
+                weight_decay=config.weight_decay or None)
+            if config.mixed_precision:
+                optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+            self.optimizer = optimizer
+            self.optimizer.build(self.model.trainable_variables)
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                              step=self.step)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(model_dir, "ckpt"),
+            max_to_keep=config.keep_checkpoints)
+        self.best_manager = tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=self.model, step=self.step),
+            os.path.join(model_dir, "best"), max_to_keep=1)
+        self._step_fn = None
+
+    # --- the step ---------------------------------------------------------------------
+    def _replica_step(self, batch):
+        ctx = tf.distribute.get_replica_context()
+        replicas = ctx.num_replicas_in_sync
+
+        def gather(tree):
+            return tf.nest.map_structure(lambda t: ctx.all_gather(t, axis=0), tree)
+
+        with tf.GradientTape() as tape:
+            out = self.model(batch, training=True)
+            text, image = gather(out["text"]), gather(out["image"])
+            labels = gather(batch["label"])
+            terms = self.model.compute_losses(text, image, labels, training=True)
+            loss = terms["total"] / replicas
+            if self.config.mixed_precision:
+                loss = self.optimizer.get_scaled_loss(loss)
+        variables = self.model.trainable_variables
+        grads = tape.gradient(loss, variables)
+        if self.config.mixed_precision:
+            grads = self.optimizer.get_unscaled_gradients(grads)
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(terms["total"]))])
+        # A non-finite loss must not reach the weights: the step is skipped and reported.
+        grads = [tf.where(finite, g, tf.zeros_like(g)) if g is not None else None
+                 for g in grads]
+        self.optimizer.apply_gradients(
+            [(g, v) for g, v in zip(grads, variables) if g is not None])
+        return terms
+
+    def train_step(self, batch) -> dict:
+        if self._step_fn is None:
+            @tf.function
+            def step_fn(b):
+                terms = self.strategy.run(self._replica_step, args=(b,))
+                # Every replica computed the same global loss; MEAN just picks it.
+                return {k: self.strategy.reduce("MEAN", v, axis=None) for k, v in terms.items()}
+            self._step_fn = step_fn
+        terms = self._step_fn(batch)
+        self.step.assign_add(1)
+        return terms
+
+    # --- the loop ---------------------------------------------------------------------
+    def restore(self) -> int:
+        latest = self.manager.latest_checkpoint
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            logging.info("resumed from %s at step %d", latest, int(self.step.numpy()))
+        return int(self.step.numpy())
+
+    def dataset(self, start_step: int):
+        # A resumed run reshuffles with a different seed instead of replaying the epoch.
+        ds = data.train_dataset(self.data_dir, self.config, self.tokenizer,
+                                seed=self.config.seed + start_step)
+        return iter(self.strategy.experimental_distribute_dataset(ds))
+
+    def fit(self, evaluate: Optional[Callable[[HGAN], dict]] = None,
+            log: Callable[[str], None] = print) -> dict:
+        """Trains to ``total_steps``; ``evaluate(model)`` returns val metrics (with ``R1``)."""
+        start = self.restore()
+        if start >= self.total_steps:
+            log(f"already trained to step {start} of {self.total_steps}")
+            return self._summary()
+        writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "tensorboard"))
+        batches = self.dataset(start)
+        eval_every = self.config.eval_every or self.per_epoch
+        best = self._best_r1()
+        t0, last_log = time.time(), start
+        terms = {}
+        for step in range(start + 1, self.total_steps + 1):
+            terms = {k: float(v) for k, v in self.train_step(next(batches)).items()}
+            if not math.isfinite(terms["total"]):
+                raise FloatingPointError(
+                    f"non-finite loss at step {step} ({terms}); the weights were not updated "
+                    f"and the last good checkpoint is {self.manager.latest_checkpoint}")
+            if step % self.config.log_every == 0 or step == self.total_steps:
+                elapsed = time.time() - t0
+                rate = (step - last_log) / max(elapsed, 1e-9)
+                eta = (self.total_steps - step) / max(rate, 1e-9)
+                lr = self._current_lr()
+                log(f"step {step}/{self.total_steps}  " +
+                    "  ".join(f"{k}={v:.4f}" for k, v in terms.items()) +
+                    f"  lr={lr:.2e}  {rate:.2f} steps/s  ETA {eta / 60:.1f} min")
+                with writer.as_default(step=step):
+                    for k, v in terms.items():
+                        tf.summary.scalar(f"loss/{k}", v)
+                    tf.summary.scalar("lr", lr)
+                t0, last_log = time.time(), step
+            if step % self.config.checkpoint_every == 0 or step == self.total_steps:
+                self.manager.save(checkpoint_number=step)
+            if evaluate is not None and (step % eval_every == 0 or step == self.total_steps):
+                metrics = evaluate(self.model)
+                log(f"val step {step}: " + "  ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+                with writer.as_default(step=step):
+                    for k, v in metrics.items():
+                        tf.summary.scalar(f"val/{k}", v)
+                if metrics["R1"] > best:
+                    best = metrics["R1"]
+                    self.best_manager.save(checkpoint_number=step)
+                    self._write_best(step, metrics)
+        writer.flush()
+        return self._summary(terms)
+
+    def _current_lr(self) -> float:
+        opt = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        lr = opt.learning_rate  # the schedule's current value (a variable)
+        return float(tf.convert_to_tensor(lr(self.step) if callable(lr) else lr).numpy())
+
+    def _best_r1(self) -> float:
+        path = os.path.join(self.model_dir, "best.json")
+        if tf.io.gfile.exists(path):
+            with tf.io.gfile.GFile(path) as f:
+                return json.load(f)["metrics"]["R1"]
+        return -1.0
+
+    def _write_best(self, step: int, metrics: dict):
+        path = os.path.join(self.model_dir, "best.json")
+        with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+            json.dump({"step": step, "split": "val", "metrics": metrics}, f, indent=2)
+        tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+    def _summary(self, terms: Optional[dict] = None) -> dict:
+        return {"step": int(self.step.numpy()), "total_steps": self.total_steps,
+                "checkpoint": self.manager.latest_checkpoint, "loss": terms or {}}
+
+
+def run(config: Config, data_dir: str, model_dir: str, val_split: str = "val",
+        strategy: Optional[tf.distribute.Strategy] = None, log=print) -> dict:
+    """Trains with periodic validation on ``val_split`` (skipped if the data has none)."""
+    if val_split == "test":
+        raise ValueError("model selection on the test split is not allowed; use val")
+    trainer = Trainer(config, data_dir, model_dir, strategy)
+    evaluate = None
+    if val_split in trainer.manifest["splits"]:
+        from hgan import evaluation
+
+        def evaluate(model):
+            report = evaluation.evaluate(model, data_dir, config, val_split, modes=("exact",))
+            return {k: report["exact"]["t2i"][k] for k in ("R1", "R5", "R10", "mAP")}
+    else:
+        log(f"no {val_split!r} split: no model selection, the last checkpoint is the model")
+    return trainer.fit(evaluate, log=log)

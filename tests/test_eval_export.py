@@ -1,0 +1,171 @@
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hgan import data, eval_report, evaluation, search, train_lib
+from hgan.checkpoints import load_model
+from hgan.export import export
+from hgan.phrases import extract_noun_phrases
+from hgan.tf_compat import tf
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory, tiny_vocab):
+    from hgan.config import PRESETS
+    config = PRESETS["tiny"].replace(
+        vocab_file=tiny_vocab, image_height=32, image_width=16, bert="scratch:2x16",
+        bert_layers="last", batch_size=4, identities_per_batch=2, max_steps=2,
+        checkpoint_every=2)
+    model_dir = str(tmp_path_factory.mktemp("run"))
+    train_lib.reconcile_config(config, model_dir)
+    train_lib.run(config, tiny_data, model_dir, log=lambda _: None)
+    return model_dir
+
+
+def test_eval_writes_json_markdown_and_figures(trained, tiny_data, tmp_path):
+    out = str(tmp_path / "metrics.json")
+    report = eval_report.run(trained, tiny_data, "test", out)
+    saved = json.load(open(out))
+    for key in ("t2i", "i2t", "config", "timing", "exact", "two_stage"):
+        assert key in saved
+    assert set(saved["t2i"]) >= {"R1", "R5", "R10", "mAP", "mINP"}
+    assert saved["queries"] == 12 and saved["gallery"] == 6
+    assert "| exact | t2i |" in open(str(tmp_path / "metrics.md")).read()
+    for png in report["figures"].values():
+        assert Image.open(png).size[0] > 50
+
+
+def test_two_stage_with_k_covering_the_gallery_equals_exact(trained, tiny_data):
+    model, config, _ = load_model(trained)
+    texts, images = evaluation.encode_split(model, tiny_data, config, "test")
+    scorer = evaluation.Scorer(model)
+    exact = scorer.exact(texts, images)["total"]
+    two = scorer.two_stage(texts, images, k=len(images["label"]), direction="t2i")
+    np.testing.assert_allclose(two + 0, exact, atol=1e-5)
+    # With a small k, items outside the top-k keep their stage-1 order, behind the top-k.
+    k = 2
+    two = scorer.two_stage(texts, images, k=k, direction="t2i")
+    stage1 = scorer.sentence(texts, images)
+    for q in range(len(texts["label"])):
+        order = np.argsort(-two[q], kind="stable")
+        first = np.argsort(-stage1[q], kind="stable")
+        assert set(order[:k]) == set(first[:k])
+        np.testing.assert_array_equal(order[k:], first[k:])
+
+
+def test_chunked_scoring_matches_one_big_chunk(trained, tiny_data):
+    model, config, _ = load_model(trained)
+    texts, images = evaluation.encode_split(model, tiny_data, config, "test")
+    big = evaluation.Scorer(model).exact(texts, images)["total"]
+    small = evaluation.Scorer(model, memory_budget_bytes=1)  # forces 1×1 chunks
+    np.testing.assert_allclose(small.exact(texts, images)["total"], big, atol=1e-5)
+
+
+_SERVE = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    import tensorflow_text  # registers the tokenizer ops; no project code is imported
+    assert not any(m == "hgan" or m.startswith("hgan.") for m in sys.modules)
+    served = tf.saved_model.load({path!r})
+    texts = tf.constant(json.loads({texts!r}))
+    images = tf.constant([open(p, "rb").read() for p in json.loads({images!r})])
+    out = served.signatures["score"](texts=texts, images=images)
+    enc = served.signatures["encode_text"](sentences=tf.constant(["", "a man"]))
+    print("RESULT" + json.dumps({{"score": out["score"].numpy().tolist(),
+                                 "empty": enc["global"].numpy()[0].tolist()}}))
+""")
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    return export(trained, str(tmp_path_factory.mktemp("export") / "saved"))
+
+
+def _png(path, colour):
+    Image.new("RGB", (16, 32), colour).save(path)
+    return str(path)
+
+
+def test_export_serves_the_same_scores_without_project_code(trained, exported, tmp_path):
+    out_dir = exported
+    texts = ["a man in a red shirt with a bag.", "a man wearing blue coat and pants.",
+             "", "a man " * 50]
+    images = [_png(tmp_path / "a.png", (200, 30, 30)), _png(tmp_path / "b.png", (20, 40, 220))]
+    code = _SERVE.format(path=out_dir, texts=json.dumps(texts), images=json.dumps(images))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_USE_LEGACY_KERAS"] = "1"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=600, cwd=str(tmp_path), env=env)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert line, proc.stderr[-3000:]
+    served = json.loads(line[0][len("RESULT"):])
+
+    model, config, _ = load_model(trained)
+    tok = data.make_tokenizer(config)
+    spans = tf.ragged.constant(
+        [[[s, e] for _, s, e in extract_noun_phrases(t, tagger="fallback")] for t in texts],
+        ragged_rank=1, inner_shape=(2,), dtype=tf.int64)
+    text_feats = model.encode_text(tok(tf.constant(texts), spans), training=False)
+    pixels = tf.stack([data.preprocess_image(data.decode_image(open(p, "rb").read()), config)
+                       for p in images])
+    image_feats = model.encode_image(pixels, training=False)
+    expected = model.score(text_feats, image_feats)["total"].numpy()
+    np.testing.assert_allclose(np.array(served["score"]), expected, atol=1e-5)
+    assert np.isfinite(served["empty"]).all()
+
+
+def test_export_rejects_bytes_that_are_not_an_image(exported):
+    served = tf.saved_model.load(exported)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not a JPEG or PNG"):
+        served.signatures["encode_image"](images=tf.constant([b"hello, not an image"]))
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="JPEG")
+    ok = served.signatures["encode_image"](images=tf.constant([buf.getvalue()]))
+    assert ok["global"].shape[0] == 1
+
+
+def test_search_indexes_a_folder_skipping_bad_files_and_ranks_by_score(exported, tmp_path):
+    folder = tmp_path / "gallery"
+    (folder / "sub").mkdir(parents=True)
+    _png(folder / "red.png", (220, 20, 20))
+    _png(folder / "sub" / "blue.png", (20, 20, 220))
+    (folder / "broken.jpg").write_bytes(b"not really a jpeg")
+    index = str(tmp_path / "index.npz")
+    report = search.build_index(exported, index, images=str(folder), log=lambda *_: None)
+    assert report["images"] == 2
+    assert [s["path"] for s in report["skipped"]] == ["broken.jpg"]
+    results = search.query(exported, index, "a man in a red shirt", top_k=5)
+    assert {r["path"] for r in results} == {"red.png", os.path.join("sub", "blue.png")}
+    assert results[0]["score"] >= results[1]["score"]
+    # The same scores as the SavedModel's own score signature on the raw bytes.
+    served = tf.saved_model.load(exported)
+    raw = served.signatures["score"](
+        texts=tf.constant(["a man in a red shirt"]),
+        images=tf.constant([(folder / r["path"]).read_bytes() for r in results]))
+    np.testing.assert_allclose(raw["score"].numpy()[0], [r["score"] for r in results],
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="empty"):
+        search.query(exported, index, "   ")
+
+
+def test_search_cli_prints_json(exported, tiny_data, tmp_path):
+    index = str(tmp_path / "index.npz")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    base = [sys.executable, "-m", "hgan.search"]
+    subprocess.run(base + ["index", f"--savedmodel={exported}", f"--data_dir={tiny_data}",
+                           "--split=test", f"--index={index}"], check=True, cwd=root,
+                   capture_output=True, timeout=300)
+    proc = subprocess.run(base + ["query", f"--savedmodel={exported}", f"--index={index}",
+                                  "--top_k=3", "--json", "a man in a blue coat"],
+                          capture_output=True, text=True, cwd=root, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert out["query"] == "a man in a blue coat" and len(out["results"]) == 3
+    assert all(r["path"].startswith("test/") for r in out["results"])

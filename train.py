@@ -1,0 +1,39 @@
+"""Trains HGAN on TFRecords written by `python -m data_prep`.
+
+  python train.py --config=demo --data_dir=TFRECORDS_DIR --model_dir=DIR \
+      [--set=field=value ...] [--max_steps=N] [--bert=PATH_OR_HANDLE]
+
+The resolved config is saved as DIR/config.json; re-running with the same DIR resumes from
+the latest checkpoint. The best checkpoint on the val split goes to DIR/best/.
+"""
+from absl import app, flags, logging
+
+from hgan import train_lib
+from hgan.config import PRESETS, resolve
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("config", "paper", sorted(PRESETS), "Preset to start from.")
+flags.DEFINE_string("data_dir", None, "Output dir of data_prep (shards + manifest.json).")
+flags.DEFINE_string("model_dir", None, "Where checkpoints, config.json and logs go.")
+flags.DEFINE_multi_string("set", [], "Config override field=value (repeatable).")
+flags.DEFINE_string("bert", None, "BERT handle or SavedModel dir (overrides the preset).")
+flags.DEFINE_integer("max_steps", None, "Stop after this many steps (overrides epochs).")
+flags.DEFINE_string("val_split", "val", "Split for model selection; never the test split.")
+flags.mark_flags_as_required(["data_dir", "model_dir"])
+
+
+def main(argv):
+    del argv
+    overrides = list(FLAGS.set)
+    if FLAGS.bert:
+        overrides.append(f"bert={FLAGS.bert}")
+    if FLAGS.max_steps is not None:
+        overrides.append(f"max_steps={FLAGS.max_steps}")
+    config = train_lib.reconcile_config(resolve(FLAGS.config, overrides), FLAGS.model_dir)
+    summary = train_lib.run(config, FLAGS.data_dir, FLAGS.model_dir, val_split=FLAGS.val_split)
+    logging.info("done: %s", summary)
+    print(f"trained to step {summary['step']}; checkpoints in {FLAGS.model_dir}")
+
+
+if __name__ == "__main__":
+    app.run(main)
