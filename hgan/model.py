@@ -1,6 +1,8 @@
 """The HGAN model: image and text encoders, the three matching levels, the losses (§3)."""
 from __future__ import annotations
 
+import dataclasses
+
 from hgan import losses
 from hgan.config import Config
 from hgan.heads import LocalMatching, cosine_scores
@@ -38,6 +40,15 @@ class HGAN(keras.Model):
         # Eq. 10: one classifier over the training identities shared by both modalities.
         self.classifier = (keras.layers.Dense(num_classes, name="id_classifier")
                            if num_classes and config.use_sentence else None)
+
+    def get_config(self):
+        return {"config": dataclasses.asdict(self.config), "vocab_size": self.vocab_size,
+                "num_classes": self.num_classes}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(Config.from_dict(config["config"]), config["vocab_size"],
+                   config["num_classes"])
 
     def encode_image(self, image, training=None):
         return self.image_encoder(image, training=training)

@@ -11,6 +11,7 @@ chunks. Files in a folder that are not JPEG/PNG images are skipped and reported.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -24,6 +25,7 @@ _EXTENSIONS = (".jpg", ".jpeg", ".png")
 _FEATURES = ("global", "word", "phrase")
 
 
+@functools.lru_cache(maxsize=4)
 def _load(savedmodel: str):
     import tensorflow_text  # noqa: F401  (registers the tokenizer ops the model uses)
     if not tf.io.gfile.exists(os.path.join(savedmodel, "saved_model.pb")):

@@ -29,6 +29,7 @@ from hgan.model import HGAN, build_model
 from hgan.tf_compat import keras, tf
 
 # Fields that may change when a run is resumed; anything else must match the saved config.
+FINITE = "_finite"  # train_step's flag: 1.0 when the step's loss and gradients were finite
 RESUMABLE_FIELDS = {"epochs", "max_steps", "checkpoint_every", "keep_checkpoints",
                     "eval_every", "log_every"}
 
@@ -142,13 +143,16 @@ class Trainer:
         grads = tape.gradient(loss, variables)
         if self.config.mixed_precision:
             grads = self.optimizer.get_unscaled_gradients(grads)
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(terms["total"]))])
-        # A non-finite loss must not reach the weights: the step is skipped and reported.
+        # A non-finite loss or gradient must not reach the weights (ReLU and max can hide a
+        # NaN from the loss but not from the gradients): the step is skipped and reported.
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(terms["total"]))] +
+                               [tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(g)))
+                                for g in grads if g is not None])
         grads = [tf.where(finite, g, tf.zeros_like(g)) if g is not None else None
                  for g in grads]
         self.optimizer.apply_gradients(
             [(g, v) for g, v in zip(grads, variables) if g is not None])
-        return terms
+        return {**terms, FINITE: tf.cast(finite, tf.float32)}
 
     def train_step(self, batch) -> dict:
         if self._step_fn is None:
@@ -191,10 +195,11 @@ class Trainer:
         terms = {}
         for step in range(start + 1, self.total_steps + 1):
             terms = {k: float(v) for k, v in self.train_step(next(batches)).items()}
-            if not math.isfinite(terms["total"]):
+            finite = terms.pop(FINITE) == 1.0 and math.isfinite(terms["total"])
+            if not finite:
                 raise FloatingPointError(
-                    f"non-finite loss at step {step} ({terms}); the weights were not updated "
-                    f"and the last good checkpoint is {self.manager.latest_checkpoint}")
+                    f"non-finite loss or gradient at step {step} ({terms}); that step was not "
+                    f"applied and the last good checkpoint is {self.manager.latest_checkpoint}")
             if step % self.config.log_every == 0 or step == self.total_steps:
                 elapsed = time.time() - t0
                 rate = (step - last_log) / max(elapsed, 1e-9)

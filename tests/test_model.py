@@ -159,3 +159,13 @@ def _dense_inference(head, text_prep, mask, image_prep):
     valid = tf.cast(mask, tf.float32)[:, None, :]
     s_t2i = tf.reduce_sum(per_word * valid, -1) / tf.maximum(tf.reduce_sum(valid, -1), 1.0)
     return (0.5 * (s_i2t + s_t2i)).numpy()
+
+
+def test_model_config_round_trip_and_the_no_bert_row(config):
+    model = build_model(config.replace(use_bert=False), vocab_size=40, num_classes=6)
+    clone = type(model).from_config(model.get_config())
+    assert clone.config == model.config and clone.num_classes == 6
+    batch = dummy_batch(config, 2)
+    out = model(batch)
+    assert out["text"]["word"].shape == (2, config.max_len, config.local_dim)
+    assert not any("bert" in v.name for v in model.trainable_variables)

@@ -100,3 +100,28 @@ def test_two_replicas_give_the_loss_and_update_of_one(tiny_data, config, tmp_pat
     for key, value in out["one"].items():
         np.testing.assert_allclose(out["two"][key], value, rtol=1e-4, err_msg=key)
     np.testing.assert_allclose(out["two_w"], out["one_w"], rtol=1e-5)
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_good_checkpoint(
+        tiny_data, config, tmp_path):
+    from hgan import data
+    from hgan.tf_compat import tf
+    model_dir = str(tmp_path / "run")
+    train_lib.reconcile_config(config.replace(max_steps=6), model_dir)
+    trainer = train_lib.Trainer(config.replace(max_steps=6), tiny_data, model_dir)
+
+    def poisoned(start):  # the third batch carries a NaN pixel
+        ds = data.train_dataset(tiny_data, trainer.config, trainer.tokenizer).enumerate()
+        ds = ds.map(lambda i, b: {**b, "image": b["image"] * tf.where(i == 2, float("nan"), 1.0)})
+        return iter(trainer.strategy.experimental_distribute_dataset(ds))
+
+    trainer.dataset = poisoned
+    with pytest.raises(FloatingPointError, match="non-finite loss or gradient at step 3"):
+        trainer.fit(log=lambda _: None)
+    latest = trainer.manager.latest_checkpoint
+    assert latest.endswith("ckpt-2")
+    # The kept checkpoint is clean (in memory, BatchNorm statistics did see the NaN batch).
+    reader = tf.train.load_checkpoint(latest)
+    for name, dtype in reader.get_variable_to_dtype_map().items():
+        if dtype.is_floating:
+            assert np.isfinite(reader.get_tensor(name)).all(), name

@@ -1,0 +1,75 @@
+"""The README's workflow through the real command lines, at a tiny size."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests_support import ROOT, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tfrecords(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    raw, out = str(root / "raw"), str(root / "tfr")
+    run_cli("-m", "data_prep.demo", f"--output_dir={raw}", "--identities=10", "--shots=2")
+    run_cli("-m", "data_prep", "--dataset=demo", f"--data_dir={raw}", f"--output_dir={out}",
+            "--strict")
+    return out
+
+
+def _train_args(tfr, model_dir, vocab, steps):
+    return ["train.py", "--config=tiny", f"--data_dir={tfr}", f"--model_dir={model_dir}",
+            "--set=bert=scratch:2x16", "--set=bert_layers=last", f"--set=vocab_file={vocab}",
+            "--set=batch_size=4", "--set=identities_per_batch=2", "--set=checkpoint_every=2",
+            f"--max_steps={steps}"]
+
+
+def test_train_eval_export_commands(tfrecords, tiny_vocab, tmp_path):
+    model_dir = str(tmp_path / "run")
+    out = run_cli(*_train_args(tfrecords, model_dir, tiny_vocab, 3))
+    assert "trained to step 3" in out
+    metrics = str(tmp_path / "metrics.json")
+    out = run_cli("eval.py", f"--model_dir={model_dir}", f"--data_dir={tfrecords}",
+                  "--split=test", f"--output_json={metrics}")
+    assert "| exact | t2i |" in out
+    report = json.load(open(metrics))
+    assert report["config"]["bert"] == "scratch:2x16" and "R1" in report["t2i"]
+    saved = str(tmp_path / "saved")
+    out = run_cli("-m", "hgan.export", f"--model_dir={model_dir}", f"--output_dir={saved}")
+    assert os.path.exists(os.path.join(saved, "saved_model.pb"))
+
+
+def test_sigkill_mid_training_resumes_from_the_last_checkpoint(tfrecords, tiny_vocab, tmp_path):
+    model_dir = str(tmp_path / "run")
+    ckpt_dir = os.path.join(model_dir, "ckpt")
+    proc = subprocess.Popen([sys.executable] + _train_args(tfrecords, model_dir, tiny_vocab, 400),
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            steps = _checkpoint_steps(ckpt_dir)
+            if steps and max(steps) >= 4:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("no checkpoint appeared")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    last = max(_checkpoint_steps(ckpt_dir))
+    out = run_cli(*_train_args(tfrecords, model_dir, tiny_vocab, last + 2))
+    assert f"trained to step {last + 2}" in out
+    assert max(_checkpoint_steps(ckpt_dir)) == last + 2
+
+
+def _checkpoint_steps(ckpt_dir):
+    if not os.path.isdir(ckpt_dir):
+        return []
+    return [int(f.split("-")[1].split(".")[0]) for f in os.listdir(ckpt_dir)
+            if f.startswith("ckpt-") and f.endswith(".index")]
