@@ -104,6 +104,27 @@ class Config:
     rerank_k: int = 100
     eval_chunk: int = 256
 
+    # --- IATV (Li et al., ICCV 2017; hgan/iatv) -----------------------------------------
+    # §4.2: VGG-16 for CUHK-PEDES; "inception_v3" stands in for GoogLeNet (CUB, Flowers);
+    # "resnet50" | "small_cnn" (CPU tests) reuse hgan.visual.build_backbone.
+    iatv_backbone: str = "vgg16"
+    iatv_fc_units: int = 4096  # §4.2: VGG-16's fc6/fc7, the stage-1 feature is "drop7"
+    iatv_embed_dim: int = 512  # §4.2: the 512-d joint space of stage 1
+    iatv_word_dim: int = 512  # §3.2.1: FC on the one-hot word (width not given)
+    iatv_lstm_units: int = 512  # §3.1/§3.2.1: word-LSTM hidden size (not given)
+    iatv_temperature: float = 0.04  # §4.2: τ of Eqs. 1–2
+    iatv_buffer_momentum: float = 0.5  # §3.1.1: S_t = 0.5 S_t + 0.5 s
+    iatv_learning_rate: float = 1e-4  # §4.2: Adam for the LSTM
+    iatv_cnn_learning_rate: float = 1e-3  # §4.2: SGD for the CNN (rate not given)
+    iatv_attention_dim: int = 512  # §3.2.1: K of Eq. 6 (not given)
+    iatv_decoder_steps: int = 5  # §4.2: M of the decoder LSTM
+    iatv_importance_hidden: int = 512  # §3.2.2: width of f's first layer (Eq. 9; not given)
+    iatv_importance_kernel: int = 1  # §3.2.2: f's kernel over words (Eq. 9 reads per word)
+    iatv_fc_hidden: int = 512  # §3.2.2: the two FC layers (width not given)
+    iatv_spatial_attention: bool = True  # Table 2: false = "w/o SPA"
+    iatv_semantic_attention: bool = True  # Table 2: false = "w/o SMA"
+    iatv_candidates: int = 20  # §4.2: k most similar of the other modality from stage 1
+
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
 

@@ -1,0 +1,107 @@
+"""IATV §4.2: stage-1 candidate mining on a hand-made set, and two-stage re-ranking."""
+import numpy as np
+import pytest
+
+from hgan import metrics
+from hgan.iatv import retrieval, stage2
+from hgan.tf_compat import tf
+
+
+def at(degrees, scale=1.0):
+    rad = np.deg2rad(degrees)
+    return scale * np.stack([np.cos(rad), np.sin(rad)], 1)
+
+
+# Texts at 0°, 90°, 40° (identities 0, 1, 2); images at 10°, 80°, 180° (0, 1, 2).
+# Text 0 is scaled ×3: only the direction (cosine) counts.
+TEXTS = at(np.array([0.0, 90.0, 40.0])) * np.array([[3.0], [1.0], [1.0]])
+IMAGES = at(np.array([10.0, 80.0, 180.0]))
+TEXT_LABELS, IMAGE_LABELS = np.array([0, 1, 2]), np.array([0, 1, 2])
+
+
+def test_mining_k1_takes_each_sample_nearest_of_the_other_modality():
+    t, i, y = retrieval.mine_pairs(TEXTS, IMAGES, TEXT_LABELS, IMAGE_LABELS, k=1)
+    # Texts → images: 0→0 (10°), 1→1 (10°), 2→0 (30°). Images → texts: 0→0, 1→1, and
+    # image 2 (180°) is nearest text 1 (90° away; texts 0 and 2 are 180° and 140°).
+    assert list(zip(t, i)) == [(0, 0), (1, 1), (1, 2), (2, 0)]
+    assert list(y) == [1, 1, 0, 0]
+
+
+def test_mining_k2_unites_both_directions_once_each():
+    t, i, y = retrieval.mine_pairs(TEXTS, IMAGES, TEXT_LABELS, IMAGE_LABELS, k=2, chunk=2)
+    # Texts → images: 0→{0, 1}, 1→{1, 0}, 2→{0, 1}; images → texts: 0→{0, 2}, 1→{1, 2},
+    # 2→{1, 2}. The union has 8 distinct pairs; (2, 2) comes from the image side only.
+    assert list(zip(t, i)) == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1),
+                               (2, 2)]
+    assert list(y) == [1, 0, 0, 1, 0, 0, 0, 1]
+
+
+def test_mining_caps_k_at_the_other_modality_size():
+    t, i, _ = retrieval.mine_pairs(TEXTS, IMAGES, TEXT_LABELS, IMAGE_LABELS, k=50)
+    assert len(t) == 9  # every pair, once
+
+
+STAGE1 = np.array([[0.9, 0.1, 0.8, 0.7, 0.3, 0.2],    # stage-1 order 0 2 3 4 5 1
+                   [0.0, 0.5, 0.4, 0.3, 0.2, 0.1]])   # stage-1 order 1 2 3 4 5 0
+
+
+def test_rerank_reorders_the_top_k_and_keeps_stage1_order_behind():
+    stage2_table = np.array([[0.1, 9.0, 0.5, 0.9, 9.0, 9.0],
+                             [9.0, -2.0, 3.0, 1.0, 9.0, 9.0]])
+    calls = []
+
+    def stage2_fn(q, g):
+        calls.append((np.array(q), np.array(g)))
+        return stage2_table[q, g]
+
+    final = retrieval.rerank(STAGE1, stage2_fn, k=3, batch_size=4)
+    assert final.dtype == np.float64 and final.shape == STAGE1.shape
+    order = np.argsort(-final, axis=1, kind="stable")
+    # Row 0: top-3 {0, 2, 3} by stage 2 (0.9, 0.5, 0.1) → 3, 2, 0; then 4, 5, 1 as stage 1.
+    # Row 1: top-3 {1, 2, 3} by stage 2 (3.0, 1.0, -2.0) → 2, 3, 1; then 4, 5, 0.
+    np.testing.assert_array_equal(order, [[3, 2, 0, 4, 5, 1], [2, 3, 1, 4, 5, 0]])
+    # Stage 2 saw exactly the 2 × 3 top-k pairs, in batches of at most 4 (the 9.0s never).
+    assert [len(q) for q, _ in calls] == [4, 2]
+    seen = sorted(zip(np.concatenate([q for q, _ in calls]),
+                      np.concatenate([g for _, g in calls])))
+    assert seen == [(0, 0), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3)]
+
+
+def test_rerank_ties_in_stage2_keep_the_stage1_order():
+    final = retrieval.rerank(STAGE1, lambda q, g: np.ones(len(q)), k=4)
+    order = np.argsort(-final, axis=1, kind="stable")
+    np.testing.assert_array_equal(order, np.argsort(-STAGE1, axis=1, kind="stable"))
+
+
+def test_two_stage_fixes_a_true_match_stage1_ranked_third():
+    labels = np.array([0, 1, 2, 3])
+    stage1 = np.array([[0.5, 0.9, 0.7, 0.1],     # text 0's image (0) is third in stage 1
+                       [0.2, 0.8, 0.1, 0.0],
+                       [0.0, 0.1, 0.9, 0.2],
+                       [0.1, 0.0, 0.2, 0.9]])
+    oracle = lambda q, g: (labels[q] == labels[g]).astype(float)  # noqa: E731
+    assert metrics.retrieval_metrics(stage1, labels, labels)["R1"] == 75.0
+    fixed = retrieval.rerank(stage1, oracle, k=3)
+    assert metrics.retrieval_metrics(fixed, labels, labels)["R1"] == 100.0
+    # With k = 2 the match is outside the candidates: stage 2 cannot bring it back.
+    assert metrics.retrieval_metrics(retrieval.rerank(stage1, oracle, k=2), labels,
+                                     labels)["R1"] == 75.0
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_pair_scorer_scores_the_requested_pairs(tiny_config, direction):
+    cfg = tiny_config.replace(max_len=4, iatv_word_dim=4, iatv_lstm_units=4,
+                              iatv_attention_dim=4, iatv_importance_hidden=4,
+                              iatv_fc_hidden=4, iatv_decoder_steps=2)
+    matcher = stage2.build_matcher(cfg, 12, region_dim=3)
+    rng = np.random.default_rng(0)
+    word_ids = rng.integers(1, 12, (3, 4))
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+    regions = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    fn = retrieval.pair_scorer(matcher, word_ids, mask, regions, direction)
+    texts, images = np.array([2, 0, 1]), np.array([1, 1, 0])
+    got = fn(texts, images) if direction == "t2i" else fn(images, texts)
+    want = matcher({"regions": tf.constant(regions[images]),
+                    "input_word_ids": tf.constant(word_ids[texts]),
+                    "input_mask": tf.constant(mask[texts])})["logits"].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6)

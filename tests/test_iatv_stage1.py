@@ -1,0 +1,117 @@
+"""IATV stage 1 (§3.1): the towers' shapes and masks, the backbones, and a toy CMCE run."""
+import numpy as np
+import pytest
+
+from hgan.iatv import stage1
+from hgan.iatv.buffers import IdentityBuffers
+from hgan.model import TEXT_KEYS
+from hgan.tf_compat import tf
+
+VOCAB = 30
+
+
+@pytest.fixture()
+def config(tiny_config):
+    return tiny_config.replace(iatv_backbone="small_cnn", backbone_weights="none", max_len=6,
+                               iatv_word_dim=8, iatv_lstm_units=8, iatv_embed_dim=8)
+
+
+def text_inputs(word_ids, lengths, max_len=6):
+    word_ids = tf.constant(word_ids, tf.int32)
+    mask = tf.cast(tf.range(max_len)[None] < tf.constant(lengths)[:, None], tf.int32)
+    return {"input_word_ids": word_ids, "input_mask": mask,
+            "input_type_ids": tf.zeros_like(word_ids),
+            "phrase_token_mask": tf.zeros([len(lengths), 3, max_len])}
+
+
+def test_both_modalities_land_normalised_in_the_joint_space(config):
+    model = stage1.build_stage1(config, VOCAB)
+    images = tf.random.uniform([3, config.image_height, config.image_width, 3], seed=1)
+    inputs = text_inputs(np.arange(18).reshape(3, 6) % VOCAB, [6, 3, 1])
+    assert set(TEXT_KEYS) <= set(inputs)  # the HGAN text keys are accepted as they are
+    image, text = model.encode_image(images), model.encode_text(inputs)
+    assert image.shape == (3, 8) and text.shape == (3, 8)
+    np.testing.assert_allclose(np.linalg.norm(image, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(text, axis=1), 1.0, rtol=1e-5)
+    # small_cnn has output stride 8: a 32×16 image gives 4×2 regions of 64 channels.
+    assert model.encode_regions(images).shape == (3, 8, 64)
+
+
+def test_the_sentence_is_the_last_valid_hidden_state(config):
+    model = stage1.build_stage1(config, VOCAB)
+    ids = np.array([[5, 6, 7, 0, 0, 0], [5, 6, 7, 0, 0, 0]])
+    base = model.encode_text(text_inputs(ids, [3, 3])).numpy()
+    padded_noise = ids.copy()
+    padded_noise[:, 3:] = [[9, 9, 9], [1, 2, 3]]
+    np.testing.assert_allclose(model.encode_text(text_inputs(padded_noise, [3, 3])), base,
+                               atol=1e-6)
+    longer = model.encode_text(text_inputs(padded_noise, [4, 4])).numpy()
+    assert np.abs(longer - base).max() > 1e-4  # a valid word does count
+
+
+def test_vgg16_tower_has_drop7_and_pool5_regions(config):
+    # The real fc6/fc7 are 4096 wide; 16 keeps the test light. Input 32×32 (VGG's minimum)
+    # gives a 1×1 pool5, resized to 7×7 before fc6 as at any input size.
+    cfg = config.replace(iatv_backbone="vgg16", iatv_fc_units=16, image_width=32)
+    model = stage1.build_stage1(cfg, VOCAB)
+    tower = model.image_tower
+    assert tower.get_layer("fc6").kernel.shape == (7 * 7 * 512, 16)
+    assert isinstance(tower.get_layer("drop7"), tf.keras.layers.Dropout)
+    image = tf.zeros([2, 32, 32, 3])
+    assert model.encode_image(image).shape == (2, 8)
+    assert model.encode_regions(image).shape == (2, 1, 512)
+    with pytest.raises(ValueError, match="4096"):  # checked before any download
+        stage1.build_image_tower(cfg.replace(backbone_weights="imagenet"))
+
+
+def test_inception_v3_stands_in_for_googlenet(config):
+    # 75×75 is InceptionV3's smallest input: a 1×1 last mixed block of 2048 channels.
+    cfg = config.replace(iatv_backbone="inception_v3", image_height=75, image_width=75)
+    tower = stage1.build_image_tower(cfg)
+    out = tower(tf.zeros([1, 75, 75, 3]))
+    assert out["embedding"].shape == (1, 8) and out["regions"].shape == (1, 1, 2048)
+    assert tower.get_layer("avgpool") is not None
+
+
+def test_unknown_backbone_and_missing_weights_file_are_refused(config):
+    with pytest.raises(ValueError, match="iatv_backbone"):
+        stage1.build_image_tower(config.replace(iatv_backbone="googlenet"))
+    with pytest.raises(FileNotFoundError):
+        stage1.build_image_tower(config.replace(iatv_backbone="vgg16", image_width=32,
+                                                backbone_weights="/nonexistent.h5"))
+
+
+def test_config_round_trip(config):
+    model = stage1.build_stage1(config, VOCAB)
+    clone = stage1.Stage1.from_config(model.get_config())
+    assert clone.config == model.config and clone.vocab_size == VOCAB
+
+
+def toy_batch(config, rng):
+    """Four identities: the image's colour and the caption's words say which."""
+    labels = np.repeat(np.arange(4), 2)
+    colours = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], np.float32)
+    images = colours[labels][:, None, None, :] * 0.8 + rng.uniform(
+        0, 0.2, (8, config.image_height, config.image_width, 3))
+    words = np.stack([[2 + lab, 10 + lab, 20 + lab, rng.integers(25, 30), 0, 0]
+                      for lab in labels])
+    return {"image": tf.constant(images, tf.float32), **text_inputs(words, [4] * 8),
+            "label": tf.constant(labels)}
+
+
+def test_cmce_training_with_buffer_updates_reduces_the_loss(config):
+    tf.random.set_seed(0)
+    rng = np.random.default_rng(0)
+    # The paper's τ = 0.04; learning rates raised for a 20-step toy run.
+    cfg = config.replace(iatv_learning_rate=0.01, iatv_cnn_learning_rate=0.05)
+    model = stage1.build_stage1(cfg, VOCAB)
+    buffers = IdentityBuffers(4, cfg.iatv_embed_dim, cfg.iatv_buffer_momentum)
+    batch = toy_batch(cfg, rng)
+    out = model(batch, training=False)
+    buffers.initialize(out["image"], batch["label"], out["text"], batch["label"])
+    step = stage1.make_train_step(model, buffers, stage1.make_optimizers(cfg))
+    history = []
+    for _ in range(20):
+        history.append(float(step(toy_batch(cfg, rng))["cmce"]))
+    assert np.isfinite(history).all()
+    assert np.mean(history[-3:]) < 0.5 * np.mean(history[:3]), history
