@@ -146,7 +146,7 @@ class Config:
     def save(self, model_dir: str) -> str:
         os.makedirs(model_dir, exist_ok=True)
         path = os.path.join(model_dir, CONFIG_FILE)
-        tmp = path + ".tmp"
+        tmp = f"{path}.tmp{os.getpid()}"  # unique: several workers may save at once
         with open(tmp, "w") as f:
             f.write(self.to_json())
         os.replace(tmp, path)

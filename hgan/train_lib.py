@@ -34,10 +34,51 @@ RESUMABLE_FIELDS = {"epochs", "max_steps", "checkpoint_every", "keep_checkpoints
                     "eval_every", "log_every"}
 
 
+def gather_replicas(ctx: tf.distribute.ReplicaContext, local: tf.Tensor) -> tf.Tensor:
+    """Concatenates every replica's ``local`` [b, ...] into [N·b, ...], differentiably.
+
+    Written as a SUM all-reduce of zero-padded slices rather than ``all_gather``, which
+    MultiWorkerMirroredStrategy rejects inside ``strategy.run`` on CPU workers; the gradient
+    of an all-reduce is the all-reduce of the gradients, i.e. exactly what every replica's
+    loss sends back to this replica's slice. Needs equal local batches (drop_remainder).
+    """
+    replicas = ctx.num_replicas_in_sync
+    if replicas == 1:
+        return local
+    b = tf.shape(local)[0]
+    before = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * b
+    pad = tf.stack([before, (replicas - 1) * b - before])
+    paddings = tf.concat([pad[None], tf.zeros([tf.rank(local) - 1, 2], tf.int32)], axis=0)
+    padded = tf.pad(local, paddings)
+    if padded.dtype.is_integer:  # labels: no gradient, all-reduce as float
+        return tf.cast(ctx.all_reduce("SUM", tf.cast(padded, tf.float32)), local.dtype)
+    return ctx.all_reduce("SUM", padded)
+
+
 def make_strategy() -> tf.distribute.Strategy:
     if os.environ.get("TF_CONFIG"):
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.MirroredStrategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True on the one worker that owns model_dir (always, without TF_CONFIG)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    spec = resolver.cluster_spec().as_dict()
+    if "chief" in spec:
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+def worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
+    """Where this worker writes checkpoints: model_dir on the chief; elsewhere a private
+    scratch dir (every worker must take part in a save, only the chief's is kept)."""
+    if is_chief(strategy):
+        return model_dir
+    resolver = strategy.cluster_resolver
+    return os.path.join(model_dir, f".{resolver.task_type}_{resolver.task_id}_scratch")
 
 
 def reconcile_config(config: Config, model_dir: str) -> Config:
@@ -113,14 +154,16 @@ class Trainer:
                 optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
             self.optimizer = optimizer
             self.optimizer.build(self.model.trainable_variables)
+        self.chief = is_chief(self.strategy)
+        save_dir = worker_dir(model_dir, self.strategy)
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                               step=self.step)
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(model_dir, "ckpt"),
+            self.checkpoint, os.path.join(save_dir, "ckpt"),
             max_to_keep=config.keep_checkpoints)
         self.best_manager = tf.train.CheckpointManager(
             tf.train.Checkpoint(model=self.model, step=self.step),
-            os.path.join(model_dir, "best"), max_to_keep=1)
+            os.path.join(save_dir, "best"), max_to_keep=1)
         self._step_fn = None
 
     # --- the step ---------------------------------------------------------------------
@@ -129,7 +172,7 @@ class Trainer:
         replicas = ctx.num_replicas_in_sync
 
         def gather(tree):
-            return tf.nest.map_structure(lambda t: ctx.all_gather(t, axis=0), tree)
+            return tf.nest.map_structure(lambda t: gather_replicas(ctx, t), tree)
 
         with tf.GradientTape() as tape:
             out = self.model(batch, training=True)
@@ -187,7 +230,8 @@ class Trainer:
         if start >= self.total_steps:
             log(f"already trained to step {start} of {self.total_steps}")
             return self._summary()
-        writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "tensorboard"))
+        writer = (tf.summary.create_file_writer(os.path.join(self.model_dir, "tensorboard"))
+                  if self.chief else tf.summary.create_noop_writer())
         batches = self.dataset(start)
         eval_every = self.config.eval_every or self.per_epoch
         best = self._best_r1()
@@ -215,6 +259,8 @@ class Trainer:
                 t0, last_log = time.time(), step
             if step % self.config.checkpoint_every == 0 or step == self.total_steps:
                 self.manager.save(checkpoint_number=step)
+            # Every worker evaluates and saves (reading sync-on-read BatchNorm statistics is a
+            # collective op); only the chief's files are kept.
             if evaluate is not None and (step % eval_every == 0 or step == self.total_steps):
                 metrics = evaluate(self.model)
                 log(f"val step {step}: " + "  ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
@@ -226,6 +272,8 @@ class Trainer:
                     self.best_manager.save(checkpoint_number=step)
                     self._write_best(step, metrics)
         writer.flush()
+        if not self.chief:  # a worker's scratch checkpoints were only there for the collectives
+            tf.io.gfile.rmtree(worker_dir(self.model_dir, self.strategy))
         return self._summary(terms)
 
     def _current_lr(self) -> float:
@@ -241,6 +289,8 @@ class Trainer:
         return -1.0
 
     def _write_best(self, step: int, metrics: dict):
+        if not self.chief:
+            return
         path = os.path.join(self.model_dir, "best.json")
         with tf.io.gfile.GFile(path + ".tmp", "w") as f:
             json.dump({"step": step, "split": "val", "metrics": metrics}, f, indent=2)
