@@ -84,26 +84,30 @@ class Scorer:
             )
         return prep
 
-    def _chunk_fn(self, level):
-        if level not in self._pair_fn:
+    def _chunk_fn(self, level, layout="grid"):
+        if (level, layout) not in self._pair_fn:
             head = self.heads[level]
-            self._pair_fn[level] = tf.function(
-                lambda tp, tm, ip: head.score_prepared(tp, tm, ip, training=False),
+            self._pair_fn[level, layout] = tf.function(
+                lambda tp, tm, ip: head.score_prepared(tp, tm, ip, training=False,
+                                                       layout=layout),
                 reduce_retracing=True)
-        return self._pair_fn[level]
+        return self._pair_fn[level, layout]
 
-    def _chunks(self, n_text: int, n_image: int, words: int) -> tuple[int, int]:
-        per_pair = 4 * (words + 1) * self.config.mlp_hidden * 4  # a few [.., R, H] floats
-        pairs = max(1, self.budget // per_pair)
-        text_chunk = max(1, min(n_text, self.config.eval_chunk))
-        return text_chunk, max(1, min(n_image, pairs // text_chunk))
+    def _pairs_per_chunk(self, words: int, regions: int) -> int:
+        """Pairs whose intermediates fit the memory budget: per pair, the [R, N] score maps
+        and the [R, H] + [N, H] fused/hidden tensors of both directions, a few times over."""
+        k1, k2, h = self.config.k1, self.config.k2, self.config.mlp_hidden
+        per_pair = 4 * (h * (words * (k2 + 3) + regions * (k1 + 3)) + 6 * words * regions)
+        return max(1, self.budget // per_pair)
 
     def local_grid(self, level: str, prep, text_rows: np.ndarray,
                    image_cols: np.ndarray) -> np.ndarray:
         """[len(text_rows), len(image_cols)] scores of one local level."""
         (t_gamma, t_lin), t_mask, (v_gamma, v_lin) = prep
         fn = self._chunk_fn(level)
-        tc, ic = self._chunks(len(text_rows), len(image_cols), t_gamma.shape[1])
+        pairs = self._pairs_per_chunk(t_gamma.shape[1], v_gamma.shape[1])
+        tc = max(1, min(len(text_rows), self.config.eval_chunk, pairs))
+        ic = max(1, min(len(image_cols), pairs // tc))
         out = np.zeros((len(text_rows), len(image_cols)), np.float32)
         for a in range(0, len(text_rows), tc):
             rows = text_rows[a:a + tc]
@@ -111,6 +115,26 @@ class Scorer:
             for b in range(0, len(image_cols), ic):
                 cols = image_cols[b:b + ic]
                 out[a:a + tc, b:b + ic] = fn(tp, t_mask[rows], (v_gamma[cols], v_lin[cols]))
+        return out
+
+    def local_candidates(self, level: str, prep, top: np.ndarray, direction: str) -> np.ndarray:
+        """Scores of each query with its own candidates only, [Q, K]: query q's row holds
+        S(q, top[q, j]) (t2i: q a text, candidates images; i2t the other way round)."""
+        (t_gamma, t_lin), t_mask, (v_gamma, v_lin) = prep
+        layout = "image_paired" if direction == "t2i" else "text_paired"
+        fn = self._chunk_fn(level, layout)
+        q_chunk = max(1, self._pairs_per_chunk(t_gamma.shape[1], v_gamma.shape[1])
+                      // top.shape[1])
+        out = np.zeros(top.shape, np.float32)
+        for a in range(0, len(top), q_chunk):
+            rows = np.arange(a, min(a + q_chunk, len(top)))
+            cand = top[rows]
+            if direction == "t2i":
+                out[rows] = fn((t_gamma[rows], t_lin[rows]), t_mask[rows],
+                               (v_gamma[cand], v_lin[cand]))
+            else:
+                out[rows] = fn((t_gamma[cand], t_lin[cand]), t_mask[cand],
+                               (v_gamma[rows], v_lin[rows]))
         return out
 
     def sentence(self, texts: dict, images: dict) -> np.ndarray:
@@ -130,12 +154,14 @@ class Scorer:
         out["total"] = sum(self.weights[k] * v for k, v in out.items())
         return out
 
-    def two_stage(self, texts: dict, images: dict, k: int, direction: str = "t2i") -> np.ndarray:
+    def two_stage(self, texts: dict, images: dict, k: int, direction: str = "t2i",
+                  prep=None) -> np.ndarray:
         """Stage-1 sentence ranking, stage-2 local re-ranking of the top ``k`` per query.
 
-        Returns a [Q, G] (t2i) or [G, Q] (i2t) matrix whose row order is the final ranking:
-        the top-k carry their combined score, pushed above every other item, which keep
-        their stage-1 scores and order.
+        Only the Q·k (query, candidate) pairs are scored by the local heads. Returns a
+        [Q, G] (t2i) or [G, Q] (i2t) float64 matrix whose row order is the final ranking:
+        the top-k carry their combined score, above every other item, which keep their
+        stage-1 scores and order.
         """
         if not self.config.use_sentence:
             raise ValueError("two-stage retrieval needs the sentence level (use_sentence)")
@@ -143,28 +169,26 @@ class Scorer:
         if direction == "i2t":
             stage1 = stage1.T
         k = min(k, stage1.shape[1])
-        top = np.argsort(-stage1, axis=1, kind="stable")[:, :k]
-        top_scores = np.zeros(top.shape, np.float64)
-        prep = self._prepared(texts, images)
-        chunk = max(1, self.config.eval_chunk // 4)
-        for a in range(0, stage1.shape[0], chunk):
-            queries = np.arange(a, min(a + chunk, stage1.shape[0]))
-            candidates = np.unique(top[queries])
-            combined = self.weights["sentence"] * stage1[np.ix_(queries, candidates)]
-            for level in prep:
-                if direction == "t2i":
-                    grid = self.local_grid(level, prep[level], queries, candidates)
-                else:
-                    grid = self.local_grid(level, prep[level], candidates, queries).T
-                combined = combined + self.weights[level] * grid
-            column = np.searchsorted(candidates, top[queries])
-            top_scores[queries] = np.take_along_axis(combined, column, axis=1)
+        top = np.argpartition(-stage1, k - 1, axis=1)[:, :k] if k < stage1.shape[1] \
+            else np.tile(np.arange(k), (len(stage1), 1))
+        top_scores = self.weights["sentence"] * np.take_along_axis(stage1, top, 1)
+        top_scores = top_scores.astype(np.float64)
+        prep = prep if prep is not None else self._prepared(texts, images)
+        for level in prep:
+            top_scores += self.weights[level] * self.local_candidates(level, prep[level], top,
+                                                                      direction)
         # Items outside the top-k keep their stage-1 scores, shifted (in float64, so no
         # ties appear) below the lowest re-ranked score of their row.
         shift = stage1.max(axis=1) - top_scores.min(axis=1) + 1.0
         final = stage1.astype(np.float64) - shift[:, None]
         np.put_along_axis(final, top, top_scores, axis=1)
         return final
+
+    def two_stage_both(self, texts: dict, images: dict, k: int):
+        """(t2i, i2t) two-stage matrices, preparing the heads' inputs once."""
+        prep = self._prepared(texts, images)
+        return (self.two_stage(texts, images, k, "t2i", prep),
+                self.two_stage(texts, images, k, "i2t", prep))
 
 
 def evaluate(model: HGAN, data_dir: str, config: Config, split: str,
@@ -187,8 +211,7 @@ def evaluate(model: HGAN, data_dir: str, config: Config, split: str,
             t2i = scorer.exact(texts, images)["total"]
             i2t = t2i.T
         elif mode == "two_stage":
-            t2i = scorer.two_stage(texts, images, k, "t2i")
-            i2t = scorer.two_stage(texts, images, k, "i2t")
+            t2i, i2t = scorer.two_stage_both(texts, images, k)
         else:
             raise ValueError(f"unknown mode {mode!r}")
         report["timing"][f"{mode}_s"] = time.time() - t0

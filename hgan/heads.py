@@ -24,29 +24,13 @@ def _weights_over_selection(selection, scores, mask):
     return numerator / (tf.reduce_sum(numerator, axis=-1, keepdims=True) + 1e-9)
 
 
-def _fuse_top_k(scores, mask, keys, k, keys_of):
-    """Inference form of Eqs. 5–7: Σ over the k best keys of softmax(γ_selected)·key.
-
-    Equal to the dense form with a noise-free k-hot selection (GumbelTopK's l2 normalisation
-    rescales a row, which keeps its top k), but gathers k keys instead of weighting all K.
-
-    Args:
-      scores: [Bt, Bi, Q, K] γ of each query position over the K keys; mask: same, bool.
-      keys: the keys' linear parts, [Bt, K, H] (keys_of="text") or [Bi, K, H] ("image").
-    Returns: [Bt, Bi, Q, H].
-    """
-    masked = tf.where(mask, scores, -1e9)
-    top, index = tf.math.top_k(masked, k=tf.minimum(k, tf.shape(scores)[-1]))
-    weights = tf.nn.softmax(top, axis=-1)  # padded picks (k > valid) get exp(-1e9) = 0
-    bt, bi, q, kk = tf.unstack(tf.shape(index))
-    if keys_of == "text":
-        flat = tf.reshape(index, [bt, bi * q * kk])
-        picked = tf.reshape(tf.gather(keys, flat, batch_dims=1), [bt, bi, q, kk, -1])
-    else:
-        flat = tf.reshape(tf.transpose(index, [1, 0, 2, 3]), [bi, bt * q * kk])
-        picked = tf.reshape(tf.gather(keys, flat, batch_dims=1), [bi, bt, q, kk, -1])
-        picked = tf.transpose(picked, [1, 0, 2, 3, 4])
-    return tf.einsum("tiqk,tiqkh->tiqh", weights, picked)
+# Einsum operands of the three pair layouts of ``LocalMatching.score_prepared`` (x: rows of
+# the output, y: its columns) and how the per-item linear parts broadcast over the pairs.
+_LAYOUTS = {
+    "grid": {"t": "xrh", "v": "ynh", "v_b": lambda v: v[None], "t_b": lambda t: t[:, None]},
+    "image_paired": {"t": "xrh", "v": "xynh", "v_b": lambda v: v, "t_b": lambda t: t[:, None]},
+    "text_paired": {"t": "xyrh", "v": "xnh", "v_b": lambda v: v[:, None], "t_b": lambda t: t},
+}
 
 
 @keras.utils.register_keras_serializable(package="hgan")
@@ -112,40 +96,44 @@ class LocalMatching(keras.layers.Layer):
         return self.score_prepared(self.prepare_text(text), text_mask,
                                    self.prepare_image(image), training=training)
 
-    def score_prepared(self, text_prep, text_mask, image_prep, training=None):
-        """Scores every text with every image from ``prepare_*`` outputs → [Bt, Bi]."""
+    def score_prepared(self, text_prep, text_mask, image_prep, training=None,
+                       layout: str = "grid"):
+        """Scores from ``prepare_*`` outputs. ``layout`` says which pairs:
+
+        * ``grid``: texts [X, R, H] × images [Y, N, H] → every pair, [X, Y];
+        * ``image_paired``: texts [X, R, H], images [X, Y, N, H] (Y candidates per text);
+        * ``text_paired``: texts [X, Y, R, H] with mask [X, Y, R], images [X, N, H] (Y
+          candidate texts per image). Output [X, Y] in every layout.
+        """
+        spec = _LAYOUTS[layout]
         t_gamma, t_lin = text_prep
         v_gamma, v_lin = image_prep
-        text_mask = tf.cast(text_mask, tf.bool)
-        # γ [Bt, Bi, R, N] (Eq. 2).
-        gamma = tf.einsum("trh,inh->tirn", t_gamma, v_gamma) * (self.hidden ** -0.5)
-        word_mask = tf.broadcast_to(text_mask[:, None, :, None], tf.shape(gamma))
-        region_mask = tf.ones_like(word_mask)
+        mask = tf.cast(text_mask, tf.bool)
+        if layout != "text_paired":
+            mask = mask[:, None, :]  # [X, 1, R]
+        # γ [X, Y, R, N] (Eq. 2).
+        gamma = tf.einsum(f"{spec['t']},{spec['v']}->xyrn", t_gamma, v_gamma) * (
+            self.hidden ** -0.5)
+        word_mask = tf.broadcast_to(mask[..., None], tf.shape(gamma))
 
-        # Image-to-text: per region, choose words. [Bt, Bi, N, R]
+        # Image-to-text: each region n selects k1 words (Alg. 1 l. 6–12, Eqs. 5–7).
         gamma_nr = tf.transpose(gamma, [0, 1, 3, 2])
         mask_nr = tf.transpose(word_mask, [0, 1, 3, 2])
-        sparse = self.attention == "gumbel" and not training
-        if sparse:  # inference: no noise, so gather the k selected keys (same values)
-            fused_text = _fuse_top_k(gamma_nr, mask_nr, t_lin, self.k1, keys_of="text")
-        else:
-            alpha = self._select(self.select_words, gamma_nr, mask_nr, training)
-            w_words = _weights_over_selection(alpha, gamma_nr, mask_nr)
-            fused_text = tf.einsum("tinr,trh->tinh", w_words, t_lin)  # W t^f_n (Eq. 7)
-        hidden = tf.nn.relu(v_lin[None] + fused_text + self.fuse_bias)
-        per_region = tf.sigmoid(tf.squeeze(self.fuse_out(hidden), -1))  # [Bt, Bi, N]
+        alpha = self._select(self.select_words, gamma_nr, mask_nr, training)
+        w_words = _weights_over_selection(alpha, gamma_nr, mask_nr)
+        fused_text = tf.einsum(f"xynr,{spec['t']}->xynh", w_words, t_lin)  # W t^f_n
+        hidden = tf.nn.relu(spec["v_b"](v_lin) + fused_text + self.fuse_bias)
+        per_region = tf.sigmoid(tf.squeeze(self.fuse_out(hidden), -1))  # [X, Y, N]
         s_i2t = tf.reduce_mean(per_region, axis=-1)  # Eq. 8
 
-        # Text-to-image: per word, choose regions. [Bt, Bi, R, N]
-        if sparse:
-            fused_image = _fuse_top_k(gamma, region_mask, v_lin, self.k2, keys_of="image")
-        else:
-            beta = self._select(self.select_regions, gamma, region_mask, training)
-            w_regions = _weights_over_selection(beta, gamma, region_mask)
-            fused_image = tf.einsum("tirn,inh->tirh", w_regions, v_lin)
-        hidden = tf.nn.relu(t_lin[:, None] + fused_image + self.fuse_bias)
-        per_word = tf.sigmoid(tf.squeeze(self.fuse_out(hidden), -1))  # [Bt, Bi, R]
-        valid = tf.cast(text_mask, per_word.dtype)[:, None, :]
+        # Text-to-image: each word r selects k2 regions.
+        region_mask = tf.ones_like(word_mask)
+        beta = self._select(self.select_regions, gamma, region_mask, training)
+        w_regions = _weights_over_selection(beta, gamma, region_mask)
+        fused_image = tf.einsum(f"xyrn,{spec['v']}->xyrh", w_regions, v_lin)
+        hidden = tf.nn.relu(spec["t_b"](t_lin) + fused_image + self.fuse_bias)
+        per_word = tf.sigmoid(tf.squeeze(self.fuse_out(hidden), -1))  # [X, Y, R]
+        valid = tf.cast(mask, per_word.dtype)
         s_t2i = tf.reduce_sum(per_word * valid, -1) / tf.maximum(tf.reduce_sum(valid, -1), 1.0)
         return 0.5 * (s_i2t + s_t2i)
 

@@ -31,7 +31,9 @@ def load_bert(config: Config, vocab_size: int) -> keras.layers.Layer:
     """The BERT encoder: a TF-Hub handle, a local SavedModel dir with the TF-Hub BERT
     interface (``data_prep.convert_bert`` writes one), or ``scratch:LxH``."""
     if config.bert.startswith(_SCRATCH):
-        return _scratch_encoder(config.bert, vocab_size, config.max_len, config.dropout)
+        encoder = _scratch_encoder(config.bert, vocab_size, config.max_len, config.dropout)
+        encoder.trainable = config.bert_trainable
+        return encoder
     import tensorflow_hub as hub
     if "://" not in config.bert and not os.path.isdir(config.bert):
         raise FileNotFoundError(f"bert={config.bert!r} is neither a URL nor a directory")
@@ -104,15 +106,17 @@ def build_text_encoder(config: Config, vocab_size: int) -> keras.Model:
     else:
         tokens = keras.layers.Embedding(vocab_size, 768, name="word_embedding")(word_ids)
 
-    seq_mask = keras.layers.Lambda(lambda m: tf.cast(m, tf.bool), name="seq_mask")(mask)
     attention_mask = keras.layers.Lambda(
         lambda m: tf.cast(m[:, None, :] * m[:, :, None], tf.float32), name="pair_mask")(mask)
     words = keras.layers.Dense(config.local_dim, name="word_fc")(tokens)
     words = _self_attention(config, "word_attention")([words, attention_mask])
     word_mask = keras.layers.Lambda(_real_words, name="word_mask")([word_ids, mask])
 
+    # The LSTM is sequential, so it runs only to the batch's longest caption (same output:
+    # masked steps are skipped either way); this is most of what HGAN adds to a step.
+    lstm_in, lstm_mask = keras.layers.Lambda(_trim_padding, name="trim_padding")([tokens, mask])
     lstm = keras.layers.Bidirectional(keras.layers.LSTM(config.lstm_units), name="bilstm")
-    t_global = lstm(tokens, mask=seq_mask)
+    t_global = lstm(lstm_in, mask=lstm_mask)
     t_global = keras.layers.Dense(config.embed_dim, name="t_global_fc")(t_global)
 
     phrases = PhrasePooling(name="phrase_pool")([tokens, membership])
@@ -129,6 +133,12 @@ def build_text_encoder(config: Config, vocab_size: int) -> keras.Model:
     outputs = {"global": t_global, "word": words, "word_mask": word_mask,
                "phrase": phrases, "phrase_mask": phrase_mask}
     return keras.Model(inputs, outputs, name="text_encoder")
+
+
+def _trim_padding(args):
+    tokens, mask = args
+    longest = tf.reduce_max(tf.reduce_sum(tf.cast(mask, tf.int32), axis=-1))
+    return tokens[:, :longest], tf.cast(mask[:, :longest], tf.bool)
 
 
 def _real_words(args):

@@ -124,41 +124,23 @@ def test_ablation_switches_remove_their_level(config):
         build_model(config.replace(use_phrase=False, use_word=False, use_sentence=False), 40)
 
 
-@pytest.mark.parametrize("k1,k2", [(4, 2), (1, 1), (9, 9)])
-def test_sparse_inference_path_equals_the_dense_selection(k1, k2):
+@pytest.mark.parametrize("attention", ["gumbel", "soft"])
+def test_paired_layouts_equal_the_grid(attention):
     rng = np.random.default_rng(3)
     text = rng.normal(size=(3, 7, 6)).astype(np.float32)
     image = rng.normal(size=(4, 5, 6)).astype(np.float32)
     mask = np.array([[1] * 7, [1] * 4 + [0] * 3, [1, 1] + [0] * 5], np.float32)
-    head = LocalMatching(hidden=8, k1=k1, k2=k2)
-    sparse = head((text, mask, image), training=False).numpy()
-    # The dense path with a noise-free GumbelTopK is what training=False used to run.
-    prep_t, prep_v = head.prepare_text(text), head.prepare_image(image)
-    head.attention = "gumbel"
-    dense = _dense_inference(head, prep_t, mask, prep_v)
-    np.testing.assert_allclose(sparse, dense, rtol=1e-5, atol=1e-6)
-
-
-def _dense_inference(head, text_prep, mask, image_prep):
-    from hgan import heads as heads_module
-    t_gamma, t_lin = text_prep
-    v_gamma, v_lin = image_prep
-    mask = tf.cast(mask, tf.bool)
-    gamma = tf.einsum("trh,inh->tirn", t_gamma, v_gamma) * (head.hidden ** -0.5)
-    word_mask = tf.broadcast_to(mask[:, None, :, None], tf.shape(gamma))
-    g_nr, m_nr = tf.transpose(gamma, [0, 1, 3, 2]), tf.transpose(word_mask, [0, 1, 3, 2])
-    alpha = head.select_words(g_nr, mask=m_nr, training=False)
-    w = heads_module._weights_over_selection(alpha, g_nr, m_nr)
-    hidden = tf.nn.relu(v_lin[None] + tf.einsum("tinr,trh->tinh", w, t_lin) + head.fuse_bias)
-    s_i2t = tf.reduce_mean(tf.sigmoid(tf.squeeze(head.fuse_out(hidden), -1)), -1)
-    region_mask = tf.ones_like(word_mask)
-    beta = head.select_regions(gamma, mask=region_mask, training=False)
-    w = heads_module._weights_over_selection(beta, gamma, region_mask)
-    hidden = tf.nn.relu(t_lin[:, None] + tf.einsum("tirn,inh->tirh", w, v_lin) + head.fuse_bias)
-    per_word = tf.sigmoid(tf.squeeze(head.fuse_out(hidden), -1))
-    valid = tf.cast(mask, tf.float32)[:, None, :]
-    s_t2i = tf.reduce_sum(per_word * valid, -1) / tf.maximum(tf.reduce_sum(valid, -1), 1.0)
-    return (0.5 * (s_i2t + s_t2i)).numpy()
+    head = LocalMatching(hidden=8, k1=3, k2=2, attention=attention)
+    grid = head((text, mask, image)).numpy()
+    (tg, tl), (vg, vl) = head.prepare_text(text), head.prepare_image(image)
+    picks = np.array([[3, 0], [1, 1], [2, 0]])  # 2 candidate images per text
+    paired = head.score_prepared((tg, tl), mask, (tf.gather(vg, picks), tf.gather(vl, picks)),
+                                 layout="image_paired").numpy()
+    np.testing.assert_allclose(paired, np.take_along_axis(grid, picks, 1), rtol=1e-5)
+    texts_of = np.array([[2, 0], [1, 2], [0, 0], [1, 0]])  # 2 candidate texts per image
+    paired = head.score_prepared((tf.gather(tg, texts_of), tf.gather(tl, texts_of)),
+                                 mask[texts_of], (vg, vl), layout="text_paired").numpy()
+    np.testing.assert_allclose(paired, np.take_along_axis(grid.T, texts_of, 1), rtol=1e-5)
 
 
 def test_model_config_round_trip_and_the_no_bert_row(config):
