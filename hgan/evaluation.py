@@ -52,6 +52,25 @@ def encode_split(model: HGAN, data_dir: str, config: Config, split: str,
     return _concat(texts), _concat(images)
 
 
+def _map_chunked(fn, x: np.ndarray, chunk: int = 256) -> list[np.ndarray]:
+    """``fn`` (→ a tuple of arrays) over ``x`` in chunks, into preallocated arrays, so the
+    whole gallery's intermediates never exist at once."""
+    out = None
+    for a in range(0, len(x), chunk):
+        parts = [t.numpy() for t in fn(tf.constant(x[a:a + chunk]))]
+        if out is None:
+            out = [np.empty((len(x),) + p.shape[1:], p.dtype) for p in parts]
+        for o, p in zip(out, parts):
+            o[a:a + chunk] = p
+    return out
+
+
+def _used_length(mask: np.ndarray) -> int:
+    """Slots up to the last real one in any row (padding after it changes no score)."""
+    used = np.flatnonzero(mask.reshape(-1, mask.shape[-1]).any(axis=0))
+    return int(used[-1]) + 1 if len(used) else 1
+
+
 class Scorer:
     """Scores texts against images with a trained model's heads, chunked.
 
@@ -77,11 +96,9 @@ class Scorer:
             head = self.heads[level]
             if head is None:
                 continue
-            prep[level] = (
-                [t.numpy() for t in head.prepare_text(tf.constant(texts[level]))],
-                texts[f"{level}_mask"],
-                [t.numpy() for t in head.prepare_image(tf.constant(images[level]))],
-            )
+            prep[level] = (_map_chunked(head.prepare_text, texts[level]),
+                           texts[f"{level}_mask"],
+                           _map_chunked(head.prepare_image, images[level]))
         return prep
 
     def _chunk_fn(self, level, layout="grid"):
@@ -109,12 +126,16 @@ class Scorer:
         tc = max(1, min(len(text_rows), self.config.eval_chunk, pairs))
         ic = max(1, min(len(image_cols), pairs // tc))
         out = np.zeros((len(text_rows), len(image_cols)), np.float32)
+        # Rows sorted by length, so each chunk can drop the padding all its rows share.
+        order = np.argsort(t_mask[text_rows].sum(axis=1), kind="stable")
         for a in range(0, len(text_rows), tc):
-            rows = text_rows[a:a + tc]
-            tp = (t_gamma[rows], t_lin[rows])
+            at = order[a:a + tc]
+            rows = text_rows[at]
+            used = _used_length(t_mask[rows])
+            tp = (t_gamma[rows, :used], t_lin[rows, :used])
             for b in range(0, len(image_cols), ic):
                 cols = image_cols[b:b + ic]
-                out[a:a + tc, b:b + ic] = fn(tp, t_mask[rows], (v_gamma[cols], v_lin[cols]))
+                out[at, b:b + ic] = fn(tp, t_mask[rows, :used], (v_gamma[cols], v_lin[cols]))
         return out
 
     def local_candidates(self, level: str, prep, top: np.ndarray, direction: str) -> np.ndarray:
@@ -126,15 +147,21 @@ class Scorer:
         q_chunk = max(1, self._pairs_per_chunk(t_gamma.shape[1], v_gamma.shape[1])
                       // top.shape[1])
         out = np.zeros(top.shape, np.float32)
+        lengths = t_mask.sum(axis=1)
+        # Queries sorted by the length of their texts, so each chunk drops shared padding.
+        key = lengths if direction == "t2i" else lengths[top].max(axis=1)
+        order = np.argsort(key, kind="stable")
         for a in range(0, len(top), q_chunk):
-            rows = np.arange(a, min(a + q_chunk, len(top)))
+            rows = order[a:a + q_chunk]
             cand = top[rows]
             if direction == "t2i":
-                out[rows] = fn((t_gamma[rows], t_lin[rows]), t_mask[rows],
+                used = _used_length(t_mask[rows])
+                out[rows] = fn((t_gamma[rows, :used], t_lin[rows, :used]), t_mask[rows, :used],
                                (v_gamma[cand], v_lin[cand]))
             else:
-                out[rows] = fn((t_gamma[cand], t_lin[cand]), t_mask[cand],
-                               (v_gamma[rows], v_lin[rows]))
+                used = _used_length(t_mask[cand])
+                out[rows] = fn((t_gamma[cand, :used], t_lin[cand, :used]),
+                               t_mask[cand, :used], (v_gamma[rows], v_lin[rows]))
         return out
 
     def sentence(self, texts: dict, images: dict) -> np.ndarray:

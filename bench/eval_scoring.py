@@ -1,0 +1,211 @@
+"""Benchmark: exact and two-stage scoring of a CUHK-PEDES-sized test set.
+
+  python bench/eval_scoring.py [--queries=6156] [--gallery=3074] [--modes=exact,two_stage]
+                               [--rerank_k=100] [--budget_mb=512] [--identities=0]
+
+``hgan.evaluation.Scorer`` driven by the paper's heads alone (two ``LocalMatching`` of
+H = 512, k1 = 4, k2 = 2, random weights) on random features of the paper's sizes: C' = 512,
+15 regions per image for both local levels, 64 word slots of which 20-40 are real words,
+8 phrase slots of which 3-5 are real, 512-d sentence features. ``exact`` scores every
+(query, image) pair at every level, once (text-to-image and its transpose); ``two_stage``
+is what ``evaluation.evaluate`` runs: text-to-image and image-to-text, each re-ranking the
+sentence-level top ``--rerank_k`` with the local heads. Each mode runs in its own
+subprocess, so its peak resident set (``ru_maxrss``) is its own.
+
+Reported per mode: wall time, the (text, image) pairs the local heads actually scored
+(against the pairs the mode needs: Q·G for exact, (Q + G)·K for two-stage), pairs/s, and the
+resident set after importing TF and building the heads, after making the features, and at
+its peak. Random global features make every query's top-K independent of its neighbours',
+the worst case for a scorer that re-scores the union of a chunk's candidates;
+``--identities=N`` draws them around N identity centres in shard order instead.
+
+Targets (at 6,156 × 3,074): two-stage at K = 100 under 60 s, exact under 10 minutes,
+peak memory under 4 GiB. Prints its figures; asserts nothing.
+"""
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import types
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+import numpy as np  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("queries", 6156, "Text queries (CUHK-PEDES test: 6,156 captions).")
+flags.DEFINE_integer("gallery", 3074, "Gallery images (CUHK-PEDES test: 3,074).")
+flags.DEFINE_list("modes", ["exact", "two_stage"], "Scoring modes, each in its own process.")
+flags.DEFINE_integer("rerank_k", 100, "Two-stage: gallery items re-ranked per query.")
+flags.DEFINE_integer("budget_mb", 512, "Scorer's memory_budget_bytes, in MiB.")
+flags.DEFINE_integer("identities", 0, "0: unstructured random global features; N: drawn "
+                     "around N identity centres, in shard order (CUHK-PEDES test: 1,000).")
+flags.DEFINE_integer("seed", 0, "Feature and weight seed.")
+flags.DEFINE_string("child_mode", "", "Internal: run one mode in this process, print JSON.")
+
+FULL = (6156, 3074)
+TARGET_S = {"exact": 600.0, "two_stage": 60.0}
+TARGET_RSS_GIB = 4.0
+GIB = float(1 << 30)
+
+
+def _rss() -> float:
+    """Current resident set in bytes."""
+    try:
+        import psutil
+        return float(psutil.Process().memory_info().rss)
+    except ImportError:
+        with open("/proc/self/statm") as f:
+            return float(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0  # KiB on Linux
+
+
+def make_features(config, queries: int, gallery: int, regions: int, identities: int,
+                  seed: int) -> tuple[dict, dict]:
+    """Random float32 features with the shapes and masks ``encode_split`` returns."""
+    rng = np.random.default_rng(seed)
+    C, L, M = config.local_dim, config.max_len, config.max_phrases
+    image_label = (np.arange(gallery) * max(identities, 1)) // gallery
+    image_index = (np.arange(queries) * gallery) // queries  # ~2 captions per image
+    text_label = image_label[image_index]
+
+    def normal(*shape):
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    if identities:
+        centres = normal(identities, config.embed_dim)
+        v_global = centres[image_label] + 0.7 * normal(gallery, config.embed_dim)
+        t_global = centres[text_label] + 0.7 * normal(queries, config.embed_dim)
+    else:
+        v_global, t_global = normal(gallery, config.embed_dim), normal(queries, config.embed_dim)
+    word_mask = np.zeros([queries, L], np.float32)
+    lengths = rng.integers(20, min(40, L - 2) + 1, queries)
+    for q, n in enumerate(lengths):
+        word_mask[q, 1:n + 1] = 1.0  # [CLS] at 0 and [SEP] after the words are not words
+    phrase_mask = (np.arange(M)[None] < rng.integers(3, 6, queries)[:, None]).astype(np.float32)
+    texts = {"global": t_global, "word": normal(queries, L, C), "word_mask": word_mask,
+             "phrase": normal(queries, M, C), "phrase_mask": phrase_mask,
+             "label": text_label, "image_index": image_index}
+    images = {"global": v_global, "word": normal(gallery, regions, C),
+              "phrase": normal(gallery, regions, C), "label": image_label}
+    return texts, images
+
+
+def run_mode(mode: str) -> dict:
+    from hgan import evaluation
+    from hgan.config import PRESETS
+    from hgan.heads import LocalMatching
+    from hgan.tf_compat import tf
+    from hgan.visual import partition_grid
+
+    class CountingScorer(evaluation.Scorer):
+        """Counts the (text, image) pairs every local level scores."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.pairs = {level: 0 for level in evaluation.LOCAL_LEVELS}
+
+        def local_grid(self, level, prep, text_rows, image_cols):
+            self.pairs[level] += len(text_rows) * len(image_cols)
+            return super().local_grid(level, prep, text_rows, image_cols)
+
+        def local_candidates(self, level, prep, top, direction):
+            self.pairs[level] += top.size
+            return super().local_candidates(level, prep, top, direction)
+
+    config = PRESETS["paper"].replace(rerank_k=FLAGS.rerank_k)
+    tf.random.set_seed(FLAGS.seed)
+    regions = int(np.prod(partition_grid(config.partition_map, config.word_pool,
+                                         config.word_stride)))
+    phrase_regions = int(np.prod(partition_grid(config.partition_map, config.phrase_pool,
+                                                config.phrase_stride)))
+    if phrase_regions != regions:
+        raise ValueError("this benchmark assumes both local levels have the same regions")
+    heads = {}
+    for level, slots in (("word", config.max_len), ("phrase", config.max_phrases)):
+        head = LocalMatching(hidden=config.mlp_hidden, k1=config.k1, k2=config.k2,
+                             temperature=config.temperature, attention=config.attention,
+                             name=f"{level}_matching")
+        head((tf.zeros([1, slots, config.local_dim]), tf.ones([1, slots]),
+              tf.zeros([1, regions, config.local_dim])))
+        heads[level] = head
+    model = types.SimpleNamespace(config=config, word_head=heads["word"],
+                                  phrase_head=heads["phrase"])
+    rss_base = _rss()
+    texts, images = make_features(config, FLAGS.queries, FLAGS.gallery, regions,
+                                  FLAGS.identities, FLAGS.seed)
+    rss_features = _rss()
+    scorer = CountingScorer(model, memory_budget_bytes=FLAGS.budget_mb << 20)
+
+    timing = {}
+    t0 = time.perf_counter()
+    if mode == "exact":
+        scorer.exact(texts, images)
+        timing["total"] = time.perf_counter() - t0
+        needed = FLAGS.queries * FLAGS.gallery
+    elif mode == "two_stage":
+        for direction in ("t2i", "i2t"):
+            t1 = time.perf_counter()
+            scorer.two_stage(texts, images, config.rerank_k, direction)
+            timing[direction] = time.perf_counter() - t1
+        timing["total"] = time.perf_counter() - t0
+        k = config.rerank_k
+        needed = FLAGS.queries * min(k, FLAGS.gallery) + FLAGS.gallery * min(k, FLAGS.queries)
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+    return {"mode": mode, "timing": timing, "pairs": scorer.pairs,
+            "needed": needed, "rss_base": rss_base, "rss_features": rss_features,
+            "rss_peak": _peak_rss()}
+
+
+def _report(r: dict):
+    q, g = FLAGS.queries, FLAGS.gallery
+    mode, total = r["mode"], r["timing"]["total"]
+    parts = "".join(f", {k} {v:.1f} s" for k, v in r["timing"].items() if k != "total")
+    print(f"{mode}: {total:.1f} s{' (' + parts[2:] + ')' if parts else ''}  "
+          f"target < {TARGET_S[mode]:.0f} s at {FULL[0]}x{FULL[1]}"
+          + (f": {'met' if total < TARGET_S[mode] else 'NOT met'}" if (q, g) == FULL else ""))
+    scored = sum(r["pairs"].values())
+    for level, pairs in r["pairs"].items():
+        print(f"  {level:>6}: {pairs / 1e6:8.3f} M pairs scored = {pairs / r['needed']:5.2f}x "
+              f"the {r['needed'] / 1e6:.3f} M needed")
+    print(f"  {scored / total / 1e3:.1f} k pairs/s over both local levels "
+          f"({len(r['pairs']) * r['needed'] / total / 1e3:.1f} k needed pairs/s)")
+    if mode == "exact" and (q, g) != FULL:
+        print(f"  projected at {FULL[0]}x{FULL[1]}: {total * FULL[0] * FULL[1] / (q * g):.0f} s "
+              "(time x pairs)")
+    peak = r["rss_peak"] / GIB
+    print(f"  memory: {r['rss_base'] / GIB:.2f} GiB after TF + heads, "
+          f"{r['rss_features'] / GIB:.2f} GiB with the features "
+          f"(+{(r['rss_features'] - r['rss_base']) / GIB:.2f}), peak {peak:.2f} GiB  "
+          f"target < {TARGET_RSS_GIB:.0f} GiB"
+          + (f": {'met' if peak < TARGET_RSS_GIB else 'NOT met'}" if (q, g) == FULL else ""))
+
+
+def main(argv):
+    del argv
+    if FLAGS.child_mode:
+        print("RESULT " + json.dumps(run_mode(FLAGS.child_mode)), flush=True)
+        return
+    print(f"{FLAGS.queries} queries x {FLAGS.gallery} images, K={FLAGS.rerank_k}, "
+          f"budget {FLAGS.budget_mb} MiB, "
+          f"{'random' if not FLAGS.identities else f'{FLAGS.identities}-identity'} features")
+    for mode in FLAGS.modes:
+        args = [a for a in sys.argv[1:] if not a.startswith(("--child_mode", "--modes"))]
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), *args,
+                               f"--child_mode={mode}"], stdout=subprocess.PIPE, text=True)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            print(f"{mode}: failed (exit code {proc.returncode})")
+            continue
+        _report(json.loads(lines[-1][len("RESULT "):]))
+
+
+if __name__ == "__main__":
+    app.run(main)

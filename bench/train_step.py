@@ -1,0 +1,198 @@
+"""Benchmark: a full HGAN training step against a step of its two backbones alone.
+
+  python bench/train_step.py [--image_size=384,192] [--batch=8] [--bert=scratch:4x256]
+                             [--bert_trainable] [--steps=5] [--warmup=2]
+
+Full: ``hgan.train_lib.Trainer``'s compiled step (MirroredStrategy on /cpu:0), i.e. both
+towers, the three matching levels, every loss of §3.4 and Adam with decoupled weight decay
+over every trainable variable. Baseline: a step in the same strategy on the same batch
+through the same image backbone (``visual.build_backbone``) and the same BERT
+(``text.load_bert`` + ``text.select_layers``), loss = mean of both outputs, the same Adam
+over those two parts' trainable variables. Both get a fixed synthetic batch (random image,
+20-40 real tokens, 3-5 phrases, pairs of identities), so the input pipeline is not timed
+(``bench/data_pipeline.py`` measures it).
+
+Target: full / baseline <= 1.15, i.e. the heads, bi-LSTM, self-attention layers and losses
+of HGAN add at most 15 % to the cost of ResNet-50 + BERT.
+
+``--bert`` is ``scratch:LxH`` (a random BertEncoder; the default 4x256 keeps a CPU run
+short, ``scratch:12x768`` is BERT-base-sized), the converted MiniLM (``demo_out/bert``) or
+a real BERT SavedModel / TF-Hub handle. ``--bert_trainable`` is applied to the BERT of
+both steps (a ``scratch:`` encoder would otherwise always train). Steps are interleaved
+(baseline, full, baseline, ...) so that load from other processes hits both alike; the
+median is reported. Prints its figures; asserts nothing.
+"""
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+import numpy as np  # noqa: E402
+
+from hgan import records, text, train_lib, visual  # noqa: E402
+from hgan.config import PRESETS  # noqa: E402
+from hgan.tf_compat import keras, tf  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("image_size", ["384", "192"], "Image height,width (the paper: 384,192).")
+flags.DEFINE_integer("batch", 8, "Batch size of both steps.")
+flags.DEFINE_string("backbone", "resnet50", "config.backbone (resnet50 | resnet18 | small_cnn).")
+flags.DEFINE_string("bert", "scratch:4x256",
+                    "scratch:LAYERSxHIDDEN, or a BERT SavedModel dir / TF-Hub handle "
+                    "(e.g. demo_out/bert).")
+flags.DEFINE_boolean("bert_trainable", False, "Fine-tune BERT in both steps (paper: frozen).")
+flags.DEFINE_integer("num_classes", 11003, "Identity classifier size (CUHK-PEDES train: 11,003).")
+flags.DEFINE_integer("steps", 5, "Timed steps of each kind.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps of each kind first (the first one traces).")
+
+TARGET = 1.15
+BERT_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _vocab(root: str, size: int = 30522) -> str:
+    """A BERT-base-sized vocab (the scratch BERT's embedding table is sized from it)."""
+    path = os.path.join(root, "vocab.txt")
+    words = SPECIAL + [f"w{i}" for i in range(size - len(SPECIAL))]
+    with open(path, "w") as f:
+        f.write("\n".join(words) + "\n")
+    return path
+
+
+def _manifest(root: str, num_classes: int) -> str:
+    """The manifest Trainer reads (class count, steps per epoch); the batch is fed directly."""
+    manifest = {"schema_version": records.SCHEMA_VERSION, "dataset": "bench", "skipped": [],
+                "splits": {"train": {"images": 4 * num_classes, "captions": 8 * num_classes,
+                                     "identities": num_classes, "shards": []}}}
+    with open(os.path.join(root, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    return root
+
+
+def synthetic_batch(config, batch: int, vocab_size: int, cls_id: int, sep_id: int,
+                    num_classes: int, seed: int = 0) -> dict:
+    """``model.dummy_batch`` keys plus ``label``, with realistic lengths and phrases."""
+    rng = np.random.default_rng(seed)
+    L, M = config.max_len, config.max_phrases
+    ids = np.zeros([batch, L], np.int32)
+    mask = np.zeros([batch, L], np.int32)
+    phrases = np.zeros([batch, M, L], np.float32)
+    for b in range(batch):
+        n = int(rng.integers(20, min(40, L - 2) + 1))
+        ids[b, 0], ids[b, n + 1] = cls_id, sep_id
+        ids[b, 1:n + 1] = rng.integers(len(SPECIAL), vocab_size, n)
+        mask[b, :n + 2] = 1
+        for p in range(min(M, int(rng.integers(3, 6)))):
+            start = int(rng.integers(1, n - 2))
+            phrases[b, p, start:start + int(rng.integers(2, 5))] = 1.0
+        phrases[b, :, n + 1:] = 0.0  # never past the caption's last word
+    labels = rng.choice(num_classes, size=(batch + 1) // 2, replace=False)
+    return {
+        "image": tf.constant(rng.uniform(0, 1, [batch, config.image_height, config.image_width,
+                                                3]).astype(np.float32)),
+        "input_word_ids": tf.constant(ids),
+        "input_mask": tf.constant(mask),
+        "input_type_ids": tf.zeros([batch, L], tf.int32),
+        "phrase_token_mask": tf.constant(phrases),
+        "label": tf.constant(np.repeat(labels, 2)[:batch].astype(np.int32)),  # pairs: positives
+    }
+
+
+def _count(variables) -> float:
+    return sum(int(np.prod(v.shape)) for v in variables) / 1e6
+
+
+def main(argv):
+    del argv
+    height, width = (int(x) for x in FLAGS.image_size)
+    root = tempfile.mkdtemp(prefix="bench_step_")
+    scratch = FLAGS.bert.startswith("scratch:")
+    config = PRESETS["paper"].replace(
+        image_height=height, image_width=width, batch_size=FLAGS.batch,
+        backbone=FLAGS.backbone, backbone_weights="none", bert=FLAGS.bert,
+        bert_trainable=FLAGS.bert_trainable, vocab_file=_vocab(root) if scratch else "",
+        num_classes=FLAGS.num_classes, max_steps=10 ** 6)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+
+    t0 = time.perf_counter()
+    trainer = train_lib.Trainer(config, _manifest(root, FLAGS.num_classes),
+                                os.path.join(root, "run"), strategy)
+    tok = trainer.tokenizer
+    vocab_size = tok.vocab_size + 1
+    with strategy.scope():
+        backbone = visual.build_backbone(config)
+        bert = text.load_bert(config, vocab_size)
+        bert.trainable = config.bert_trainable
+        full_bert = [layer for layer in trainer.model.text_encoder.layers
+                     if isinstance(layer, type(bert))]
+        if len(full_bert) != 1:
+            raise RuntimeError(f"expected one {type(bert).__name__} in the text encoder")
+        full_bert[0].trainable = config.bert_trainable
+        optimizer = keras.optimizers.Adam(
+            learning_rate=train_lib.learning_rate_schedule(config, trainer.per_epoch),
+            weight_decay=config.weight_decay or None)
+        dummy = {k: tf.zeros([1, config.max_len], tf.int32) for k in BERT_KEYS}
+        # Weights exist before trainable_variables is read; in replica context, since a
+        # restored SavedModel cannot be called in cross-replica context (see build_model).
+        strategy.run(tf.function(lambda: bert(dummy)))
+        base_vars = backbone.trainable_variables + bert.trainable_variables
+        optimizer.build(base_vars)
+    build_s = time.perf_counter() - t0
+
+    def base_replica_step(batch):
+        with tf.GradientTape() as tape:
+            feature_map = backbone(batch["image"], training=True)
+            tokens = text.select_layers(
+                bert({k: batch[k] for k in BERT_KEYS}, training=True), config.bert_layers)
+            loss = tf.reduce_mean(feature_map) + tf.reduce_mean(tokens)
+        grads = tape.gradient(loss, base_vars)
+        optimizer.apply_gradients(
+            [(g, v) for g, v in zip(grads, base_vars) if g is not None])
+        return loss
+
+    @tf.function
+    def base_step(batch):
+        return strategy.reduce("MEAN", strategy.run(base_replica_step, args=(batch,)),
+                               axis=None)
+
+    batch = synthetic_batch(config, FLAGS.batch, vocab_size, tok.cls_id, tok.sep_id,
+                            FLAGS.num_classes)
+    steps = {"baseline": lambda: float(base_step(batch)),
+             "full": lambda: float(trainer.train_step(batch)["total"])}
+    times = {name: [] for name in steps}
+    first = {}
+    for name, step in steps.items():
+        for i in range(FLAGS.warmup):
+            t0 = time.perf_counter()
+            step()
+            if i == 0:
+                first[name] = time.perf_counter() - t0
+    for _ in range(FLAGS.steps):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+
+    print(f"config: {config.backbone} at {height}x{width}, batch {FLAGS.batch}, "
+          f"bert={config.bert} ({config.bert_layers}, "
+          f"{'trainable' if config.bert_trainable else 'frozen'}), "
+          f"{FLAGS.num_classes} identities; built both in {build_s:.0f} s")
+    print(f"trainable parameters: full {_count(trainer.model.trainable_variables):.1f} M, "
+          f"baseline {_count(base_vars):.1f} M")
+    for name in steps:
+        ts = np.array(times[name]) * 1e3
+        print(f"{name:>8}: median {np.median(ts):8.0f} ms/step  (mean {ts.mean():.0f}, "
+              f"min {ts.min():.0f}, max {ts.max():.0f} over {len(ts)} steps; first step "
+              f"incl. tracing {first.get(name, float('nan')):.0f} s)")
+    ratio = statistics.median(times["full"]) / statistics.median(times["baseline"])
+    print(f"ratio full / backbones: {ratio:.2f}   (target <= {TARGET:.2f}: "
+          f"{'met' if ratio <= TARGET else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    app.run(main)
