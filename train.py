@@ -1,7 +1,7 @@
-"""Trains HGAN on TFRecords written by `python -m data_prep`.
+"""Trains HGAN (or IATV with --model=iatv) on TFRecords written by `python -m data_prep`.
 
   python train.py --config=demo --data_dir=TFRECORDS_DIR --model_dir=DIR \
-      [--set=field=value ...] [--max_steps=N] [--bert=PATH_OR_HANDLE]
+      [--model=hgan|iatv] [--set=field=value ...] [--max_steps=N] [--bert=PATH_OR_HANDLE]
 
 The resolved config is saved as DIR/config.json; re-running with the same DIR resumes from
 the latest checkpoint. The best checkpoint on the val split goes to DIR/best/.
@@ -10,9 +10,11 @@ from absl import app, flags, logging
 
 from hgan import train_lib
 from hgan.config import PRESETS, resolve
+from hgan.iatv import train as iatv_train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("config", "paper", sorted(PRESETS), "Preset to start from.")
+flags.DEFINE_enum("model", None, ["hgan", "iatv"], "Model family (overrides config.model).")
 flags.DEFINE_string("data_dir", None, "Output dir of data_prep (shards + manifest.json).")
 flags.DEFINE_string("model_dir", None, "Where checkpoints, config.json and logs go.")
 flags.DEFINE_multi_string("set", [], "Config override field=value (repeatable).")
@@ -29,8 +31,11 @@ def main(argv):
         overrides.append(f"bert={FLAGS.bert}")
     if FLAGS.max_steps is not None:
         overrides.append(f"max_steps={FLAGS.max_steps}")
+    if FLAGS.model is not None:
+        overrides.append(f"model={FLAGS.model}")
     config = train_lib.reconcile_config(resolve(FLAGS.config, overrides), FLAGS.model_dir)
-    summary = train_lib.run(config, FLAGS.data_dir, FLAGS.model_dir, val_split=FLAGS.val_split)
+    run = iatv_train.run if config.model == "iatv" else train_lib.run
+    summary = run(config, FLAGS.data_dir, FLAGS.model_dir, val_split=FLAGS.val_split)
     logging.info("done: %s", summary)
     print(f"trained to step {summary['step']}; checkpoints in {FLAGS.model_dir}")
 

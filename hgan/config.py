@@ -124,6 +124,12 @@ class Config:
     iatv_spatial_attention: bool = True  # Table 2: false = "w/o SPA"
     iatv_semantic_attention: bool = True  # Table 2: false = "w/o SMA"
     iatv_candidates: int = 20  # §4.2: k most similar of the other modality from stage 1
+    # Steps of the three training phases (not given in the paper); 0 = `epochs` epochs of
+    # the training captions (train captions // batch_size steps each). One global step
+    # counter runs through them; `max_steps` stops it early.
+    iatv_stage1_steps: int = 0  # §3.1: stage 1 with the CMCE loss
+    iatv_stage2_text_steps: int = 0  # §4.2: "first train the language model and fix the CNN"
+    iatv_stage2_joint_steps: int = 0  # §4.2: "then fine-tune the whole network jointly"
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)

@@ -9,6 +9,9 @@ import numpy as np
 
 from hgan import data, evaluation, figures, records
 from hgan.checkpoints import load_model
+from hgan.config import Config
+from hgan.iatv import evaluate as iatv_evaluate
+from hgan.iatv import model as iatv_model
 from hgan.tf_compat import tf
 
 _COLUMNS = ("R1", "R5", "R10", "mAP", "mINP")
@@ -17,7 +20,7 @@ _COLUMNS = ("R1", "R5", "R10", "mAP", "mINP")
 def markdown_table(report: dict) -> str:
     lines = ["| mode | direction | " + " | ".join(_COLUMNS) + " | time (s) |",
              "|---|---|" + "---|" * (len(_COLUMNS) + 1)]
-    for mode in ("exact", "two_stage"):
+    for mode in ("exact", "stage1", "two_stage"):
         if mode not in report:
             continue
         for direction in ("t2i", "i2t"):
@@ -25,7 +28,7 @@ def markdown_table(report: dict) -> str:
             lines.append(f"| {mode} | {direction} | " +
                          " | ".join(f"{m[c]:.2f}" for c in _COLUMNS) +
                          f" | {report['timing'][f'{mode}_s']:.1f} |")
-    extra = report.get("exact", {})
+    extra = report.get("exact") or report.get("stage1", {})
     if "AP@50" in extra.get("t2i", {}):
         lines.append(f"\nCUB/Flowers: text-to-image AP@50 = {extra['t2i']['AP@50']:.2f}, "
                      f"image-to-text class Rank-1 = {extra['i2t']['class_R1']:.2f}")
@@ -34,12 +37,19 @@ def markdown_table(report: dict) -> str:
 
 def run(model_dir: str, data_dir: str, split: str, output_json: str, checkpoint="best",
         rerank_k=None, modes=("exact", "two_stage"), figures=True) -> dict:
-    model, config, path = load_model(model_dir, checkpoint)
-    report = evaluation.evaluate(model, data_dir, config, split, modes=modes,
-                                 rerank_k=rerank_k)
+    if Config.load(model_dir).model == "iatv":  # "exact" is IATV's stage 1
+        model, config, path = iatv_model.load_model(model_dir, checkpoint)
+        modes = tuple(dict.fromkeys("stage1" if m == "exact" else m for m in modes))
+        report = iatv_evaluate.evaluate(model, data_dir, config, split, modes=modes,
+                                        rerank_k=rerank_k)
+    else:
+        model, config, path = load_model(model_dir, checkpoint)
+        report = evaluation.evaluate(model, data_dir, config, split, modes=modes,
+                                     rerank_k=rerank_k)
     arrays = report.pop("_arrays", None)
-    # The JSON's top-level t2i/i2t are the exact mode's (the reference), or the only mode's.
-    main_mode = "exact" if "exact" in report else modes[0]
+    # The JSON's top-level t2i/i2t are HGAN's exact mode (the reference), IATV's two-stage
+    # (its final ranking), or the only mode's.
+    main_mode = next(m for m in ("exact", "two_stage", "stage1") if m in report)
     report["t2i"], report["i2t"] = report[main_mode]["t2i"], report[main_mode]["i2t"]
     report.update(checkpoint=path, config=dataclasses.asdict(config), data_dir=data_dir)
     report["markdown"] = markdown_table(report)
@@ -79,7 +89,7 @@ def write_figures(model, data_dir: str, split: str, arrays: dict, prefix: str,
         [images["label"][row] for row in ranked])
     out = {"top10": prefix + "_top10.png"}
     grid.save(out["top10"])
-    if model.word_head is not None:
+    if getattr(model, "word_head", None) is not None:
         q = int(picks[0])
         g = int(texts["image_index"][q])
         _, weights = model.word_head.selections(texts["word"][q:q + 1], texts["word_mask"][q:q + 1],

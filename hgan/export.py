@@ -27,6 +27,7 @@ from absl import app, flags
 
 from hgan import data
 from hgan.checkpoints import load_model
+from hgan.config import Config
 from hgan.model import HGAN
 from hgan.phrase_graph import GraphPhraseChunker
 from hgan.tf_compat import tf
@@ -99,7 +100,11 @@ class HGANServing(tf.Module):
 
 
 def export(model_dir: str, output_dir: str, checkpoint: str = "best") -> str:
-    """Writes the SavedModel atomically (a temp dir renamed into place); returns its path."""
+    """Writes the SavedModel atomically (a temp dir renamed into place); returns its path.
+    An IATV model_dir is exported by ``hgan.iatv.export`` (its own signatures)."""
+    if Config.load(model_dir).model == "iatv":
+        from hgan.iatv import export as iatv_export
+        return iatv_export.export(model_dir, output_dir, checkpoint)
     model, config, path = load_model(model_dir, checkpoint)
     module = HGANServing(model)
     module.score_features = module.score_features_fn()

@@ -107,10 +107,10 @@ def build_text_encoder(config: Config, vocab_size: int) -> keras.Model:
         tokens = keras.layers.Embedding(vocab_size, 768, name="word_embedding")(word_ids)
 
     attention_mask = keras.layers.Lambda(
-        lambda m: tf.cast(m[:, None, :] * m[:, :, None], tf.float32), name="pair_mask")(mask)
+        lambda m: tf.cast(m[:, None, :] * m[:, :, None], tf.float32), name="pair_mask", dtype="float32")(mask)
     words = keras.layers.Dense(config.local_dim, name="word_fc")(tokens)
     words = _self_attention(config, "word_attention")([words, attention_mask])
-    word_mask = keras.layers.Lambda(_real_words, name="word_mask")([word_ids, mask])
+    word_mask = keras.layers.Lambda(_real_words, name="word_mask", dtype="float32")([word_ids, mask])
 
     # The LSTM is sequential, so it runs only to the batch's longest caption (same output:
     # masked steps are skipped either way); this is most of what HGAN adds to a step.
@@ -122,9 +122,9 @@ def build_text_encoder(config: Config, vocab_size: int) -> keras.Model:
     phrases = PhrasePooling(name="phrase_pool")([tokens, membership])
     phrases = keras.layers.Dense(config.local_dim, name="phrase_fc")(phrases)
     phrase_mask = keras.layers.Lambda(
-        lambda m: tf.cast(tf.reduce_sum(m, -1) > 0, tf.float32), name="phrase_mask")(membership)
+        lambda m: tf.cast(tf.reduce_sum(m, -1) > 0, tf.float32), name="phrase_mask", dtype="float32")(membership)
     phrase_pair = keras.layers.Lambda(
-        lambda m: m[:, None, :] * m[:, :, None] + tf.eye(M)[None], name="phrase_pair_mask")(
+        lambda m: m[:, None, :] * m[:, :, None] + tf.eye(M)[None], name="phrase_pair_mask", dtype="float32")(
             phrase_mask)  # the diagonal keeps empty phrase slots from attending to nothing
     phrases = _self_attention(config, "phrase_attention")([phrases, phrase_pair])
 

@@ -188,11 +188,15 @@ class Trainer:
             grads = self.optimizer.get_unscaled_gradients(grads)
         # A non-finite loss or gradient must not reach the weights (ReLU and max can hide a
         # NaN from the loss but not from the gradients): the step is skipped and reported.
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(terms["total"]))] +
-                               [tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(g)))
-                                for g in grads if g is not None])
-        grads = [tf.where(finite, g, tf.zeros_like(g)) if g is not None else None
-                 for g in grads]
+        # Under mixed precision overflowing gradients are the loss scale's business: the
+        # LossScaleOptimizer skips that step and lowers the scale, so only the loss counts.
+        finite = tf.reduce_all(tf.math.is_finite(terms["total"]))
+        if not self.config.mixed_precision:
+            finite = tf.reduce_all([finite] + [
+                tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(g)))
+                for g in grads if g is not None])
+            grads = [tf.where(finite, g, tf.zeros_like(g)) if g is not None else None
+                     for g in grads]
         self.optimizer.apply_gradients(
             [(g, v) for g, v in zip(grads, variables) if g is not None])
         return {**terms, FINITE: tf.cast(finite, tf.float32)}

@@ -125,3 +125,17 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_good_checkpoint(
     for name, dtype in reader.get_variable_to_dtype_map().items():
         if dtype.is_floating:
             assert np.isfinite(reader.get_tensor(name)).all(), name
+
+
+def test_mixed_precision_step_trains_with_finite_float32_losses(tiny_data, config, tmp_path):
+    from hgan.tf_compat import keras
+    try:
+        cfg = config.replace(mixed_precision=True, max_steps=2)
+        train_lib.reconcile_config(cfg, str(tmp_path))
+        trainer = train_lib.Trainer(cfg, tiny_data, str(tmp_path))
+        assert trainer.model.image_encoder.layers[-1].compute_dtype == "float16"
+        summary = trainer.fit(log=lambda _: None)
+        assert summary["step"] == 2
+        assert all(np.isfinite(v) for v in summary["loss"].values())
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -1,0 +1,113 @@
+"""Exports a trained IATV model as a SavedModel serving raw sentences and image bytes.
+
+``python -m hgan.export --model_dir=DIR --output_dir=OUT`` comes here when DIR's config has
+``model=iatv``. Signatures (``tf.saved_model.load`` + ``import tensorflow_text``):
+
+* ``encode_text(sentences: string[N])`` → ``embedding`` [N, E], stage 1 (l2-normalised);
+* ``encode_image(images: string[N])`` (JPEG/PNG bytes) → ``embedding`` [N, E] (stage 1)
+  and ``regions`` [N, R, C] (stage 2's CNN, what the matcher reads);
+* ``score(texts: string[T], images: string[I])`` → ``score`` [T, I], the stage-1 cosine
+  (rank a gallery with it);
+* ``rerank_score(texts: string[T], images: string[I])`` → ``logits`` and ``confidence``
+  (σ(logits), Eq. 12's C) [T, I] of stage 2 for **every** text × image pair. It runs T·I
+  pairs through the co-attention network: meant for a query's stage-1 shortlist (§4.2:
+  the top 20); rank by ``logits`` (confidences saturate to ties).
+
+Images are checked in-graph (not JPEG/PNG: a clear error), preprocessed with
+``hgan.data.preprocess_image`` as in training; sentences longer than ``max_len`` tokens are
+truncated, as in training.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import types
+
+from hgan import data
+from hgan.iatv.model import IATV, load_model
+from hgan.tf_compat import tf
+
+STRINGS = tf.TensorSpec([None], tf.string)
+
+
+class IATVServing(tf.Module):
+    """The serving functions around a trained IATV model."""
+
+    def __init__(self, model: IATV):
+        super().__init__(name="iatv_serving")
+        # The Keras models stay out of the saved object graph (a SimpleNamespace is not
+        # tracked); only their variables, which the signatures capture, are saved. Otherwise
+        # Keras traces every layer's call for ``keras.models.load_model``, which this
+        # SavedModel does not serve, and that dominates the export time.
+        self._keras = types.SimpleNamespace(model=model)
+        self.model_variables = list(model.variables)
+        self.config = model.config
+        self.tokenizer = data.make_tokenizer(model.config)
+
+    @property
+    def model(self) -> IATV:
+        return self._keras.model
+
+    def _pixels(self, images):
+        def one(encoded):
+            known = (tf.equal(tf.strings.substr(encoded, 0, 3), b"\xff\xd8\xff")
+                     | tf.equal(tf.strings.substr(encoded, 0, 8), b"\x89PNG\r\n\x1a\n"))
+            with tf.control_dependencies([tf.debugging.Assert(
+                    known, ["encode_image: the bytes are not a JPEG or PNG image"])]):
+                return data.preprocess_image(data.decode_image(encoded), self.config)
+
+        return tf.map_fn(one, images, fn_output_signature=tf.TensorSpec(
+            [self.config.image_height, self.config.image_width, 3], tf.float32))
+
+    @tf.function(input_signature=[STRINGS])
+    def encode_text(self, sentences):
+        return {"embedding": self.model.encode_text(self.tokenizer(sentences))}
+
+    @tf.function(input_signature=[STRINGS])
+    def encode_image(self, images):
+        pixels = self._pixels(images)
+        return {"embedding": self.model.encode_image(pixels),
+                "regions": self.model.encode_regions(pixels)}
+
+    @tf.function(input_signature=[STRINGS, STRINGS])
+    def score(self, texts, images):
+        text = self.model.encode_text(self.tokenizer(texts))
+        image = self.model.encode_image(self._pixels(images))
+        return {"score": tf.matmul(tf.math.l2_normalize(text, -1),
+                                   tf.math.l2_normalize(image, -1), transpose_b=True)}
+
+    @tf.function(input_signature=[STRINGS, STRINGS])
+    def rerank_score(self, texts, images):
+        tokens = self.tokenizer(texts)
+        regions = self.model.encode_regions(self._pixels(images))
+        t, i = tf.shape(texts)[0], tf.shape(images)[0]
+        text_index = tf.repeat(tf.range(t), i)  # pair p = (p // I, p % I)
+        image_index = tf.tile(tf.range(i), [t])
+        pair_tokens = {k: tf.gather(tokens[k], text_index)
+                       for k in ("input_word_ids", "input_mask")}
+        logits = self.model.pair_logits(tf.gather(regions, image_index), pair_tokens)
+        logits = tf.reshape(logits, tf.stack([t, i]))
+        return {"logits": logits, "confidence": tf.sigmoid(logits)}
+
+
+def export(model_dir: str, output_dir: str, checkpoint: str = "best") -> str:
+    """Writes the SavedModel atomically (a temp dir renamed into place); returns its path."""
+    model, config, path = load_model(model_dir, checkpoint)
+    module = IATVServing(model)
+    tmp = output_dir.rstrip("/") + ".tmp"
+    if tf.io.gfile.exists(tmp):
+        tf.io.gfile.rmtree(tmp)
+    tf.saved_model.save(module, tmp, signatures={
+        "encode_text": module.encode_text.get_concrete_function(),
+        "encode_image": module.encode_image.get_concrete_function(),
+        "score": module.score.get_concrete_function(),
+        "rerank_score": module.rerank_score.get_concrete_function(),
+    })
+    with tf.io.gfile.GFile(os.path.join(tmp, "assets.extra_config.json"), "w") as f:
+        f.write(config.to_json())
+    with tf.io.gfile.GFile(os.path.join(tmp, "checkpoint.txt"), "w") as f:
+        f.write(path + "\n")
+    if tf.io.gfile.exists(output_dir):
+        shutil.rmtree(output_dir)
+    os.replace(tmp, output_dir)
+    return output_dir

@@ -1,0 +1,196 @@
+"""IATV end to end at a tiny size: the three training phases, resume, eval report, export."""
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hgan import data, eval_report, train_lib
+from hgan.config import PRESETS, Config
+from hgan.export import export
+from hgan.iatv import evaluate as iatv_evaluate
+from hgan.iatv import train as iatv_train
+from hgan.iatv.model import load_model
+from hgan.tf_compat import tf
+
+STAGE1, TEXT, JOINT = 2, 2, 2  # steps per phase: stage 1 ends at 2, text phase at 4
+
+
+@pytest.fixture(scope="module")
+def config(tiny_vocab):
+    return PRESETS["tiny"].replace(
+        model="iatv", vocab_file=tiny_vocab, image_height=32, image_width=16,
+        iatv_backbone="small_cnn", iatv_fc_units=16, iatv_embed_dim=16, iatv_word_dim=8,
+        iatv_lstm_units=8, iatv_attention_dim=8, iatv_importance_hidden=8,
+        iatv_fc_hidden=8, iatv_decoder_steps=2, iatv_candidates=3, batch_size=4,
+        iatv_stage1_steps=STAGE1, iatv_stage2_text_steps=TEXT, iatv_stage2_joint_steps=JOINT,
+        checkpoint_every=2, keep_checkpoints=10, max_steps=3)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, config, tmp_path_factory):
+    """A run stopped in the text phase (step 3), then resumed to the end (step 6). The first
+    run skips validation (no such split), which only costs time here."""
+    model_dir = str(tmp_path_factory.mktemp("iatv_run"))
+    lines = []
+    train_lib.reconcile_config(config, model_dir)
+    first = iatv_train.run(config, tiny_data, model_dir, val_split="none", log=lines.append)
+    more = config.replace(max_steps=0)
+    train_lib.reconcile_config(more, model_dir)
+    second = iatv_train.run(more, tiny_data, model_dir, log=lines.append)
+    return model_dir, first, second, lines
+
+
+def test_phases_resume_and_model_selection(trained):
+    model_dir, first, second, lines = trained
+    assert (first["step"], first["phase"]) == (3, "stage2_text")
+    assert (second["step"], second["phase"]) == (6, "stage2_joint")
+    assert second["checkpoint"].endswith("ckpt-6")
+    progress = [ln for ln in lines if ln.startswith("step ")]
+    assert [ln.split()[1] for ln in progress] == ["1/3", "2/3", "3/3", "4/6", "5/6", "6/6"]
+    assert all("steps/s" in ln and "ETA" in ln for ln in progress)
+    assert [ln.split()[2] for ln in progress] == ["stage1"] * 2 + ["stage2_text"] * 2 + \
+        ["stage2_joint"] * 2
+    assert "cmce=" in progress[0] and "bce=" in progress[-1]
+    # Buffers are filled once; stage 2 is initialised once (the resume at 3 restores it) but
+    # pairs are mined by both runs.
+    assert sum("identity buffers" in ln for ln in lines) == 1
+    assert sum("initialised from stage 1" in ln for ln in lines) == 1
+    assert sum("pairs mined" in ln for ln in lines) == 2
+    best = json.load(open(os.path.join(model_dir, "best.json")))
+    assert best["split"] == "val" and best["selected_by"] == "two_stage t2i R1"
+    assert best["step"] in (4, 6) and 0 <= best["metrics"]["R1"] <= 100
+    assert [ln.split()[2].rstrip(":") for ln in lines if ln.startswith("val step")] == ["4", "6"]
+    assert Config.load(model_dir).max_steps == 0
+    # The identity buffers are checkpointed, one row per training identity.
+    shapes = tf.train.load_checkpoint(second["checkpoint"]).get_variable_to_shape_map()
+    buffers = [s for name, s in shapes.items() if name.startswith("buffers/")]
+    assert sorted(map(tuple, buffers)) == [(6, 16), (6, 16)]
+
+
+def _weights(model):
+    """(stage-1 CNN, stage-2 CNN, stage-1 word embedding, matcher word embedding)."""
+    return ([w for layer in model.stage2_cnn.layers if layer.weights
+             for w in model.stage1.image_tower.get_layer(layer.name).get_weights()],
+            model.stage2_cnn.get_weights(),
+            model.stage1.text_tower.get_layer("word_embedding").get_weights()[0],
+            model.matcher.get_layer("word_embedding").get_weights()[0])
+
+
+def test_stage2_starts_from_stage1_with_the_cnn_fixed_then_fine_tuned(trained):
+    model_dir = trained[0]
+    model = load_model(model_dir, "latest")[0]
+
+    def at(step):
+        path = os.path.join(model_dir, "ckpt", f"ckpt-{step}")
+        tf.train.Checkpoint(model=model).restore(path).expect_partial()
+        return _weights(model)
+
+    s1_cnn_2, _, s1_words_2, _ = at(2)
+    s1_cnn, s2_cnn, s1_words, s2_words = at(4)
+    # Stage 1 no longer moves after its phase.
+    for a, b in zip(s1_cnn_2 + [s1_words_2], s1_cnn + [s1_words]):
+        np.testing.assert_array_equal(a, b)
+    # After the text phase: the CNN is still stage 1's copy, the language side has moved.
+    for a, b in zip(s1_cnn, s2_cnn):
+        np.testing.assert_array_equal(a, b)
+    assert np.abs(s2_words - s1_words).max() > 0
+    # After the joint phase the CNN has been fine-tuned too.
+    s1_cnn_6, s2_cnn_6, _, _ = at(6)
+    assert max(np.abs(a - b).max() for a, b in zip(s1_cnn_6, s2_cnn_6)) > 0
+
+
+def test_eval_report_has_both_stages(trained, tiny_data, tmp_path):
+    model_dir = trained[0]
+    out = str(tmp_path / "metrics.json")
+    report = eval_report.run(model_dir, tiny_data, "test", out)
+    saved = json.load(open(out))
+    assert "exact" not in saved
+    for mode in ("stage1", "two_stage"):
+        for direction in ("t2i", "i2t"):
+            assert set(saved[mode][direction]) >= {"R1", "R5", "R10", "mAP", "mINP"}
+        assert f"{mode}_s" in saved["timing"]
+    assert saved["t2i"] == saved["two_stage"]["t2i"] and saved["i2t"] == saved["two_stage"]["i2t"]
+    assert saved["queries"] == 12 and saved["gallery"] == 6 and saved["candidates"] == 3
+    assert saved["config"]["model"] == "iatv"
+    table = open(str(tmp_path / "metrics.md")).read()
+    assert "| stage1 | t2i |" in table and "| two_stage | i2t |" in table
+    assert os.path.exists(report["figures"]["top10"])
+
+
+def test_two_stage_reorders_stage1_top_k_by_stage2_logits(trained, tiny_data):
+    model, config, _ = load_model(trained[0])
+    texts, images = iatv_evaluate.encode_split(model, tiny_data, config, "test")
+    stage1 = iatv_evaluate.stage1_scores(texts, images)
+    k = 3
+    t2i, _ = iatv_evaluate.two_stage_scores(model, texts, images, k, stage1)
+    n_texts, n_images = stage1.shape
+    # Every pair's stage-2 logit, computed directly.
+    rows, cols = np.repeat(np.arange(n_texts), n_images), np.tile(np.arange(n_images), n_texts)
+    logits = model.pair_logits(images["regions"][cols],
+                               {"input_word_ids": texts["input_word_ids"][rows],
+                                "input_mask": texts["input_mask"][rows]}).numpy()
+    logits = logits.reshape(n_texts, n_images)
+    for q in range(n_texts):
+        top = np.argsort(-stage1[q], kind="stable")[:k]
+        order = np.argsort(-t2i[q], kind="stable")
+        assert set(order[:k]) == set(top)
+        np.testing.assert_array_equal(order[:k], top[np.argsort(-logits[q, top], kind="stable")])
+        np.testing.assert_array_equal(order[k:], np.argsort(-stage1[q], kind="stable")[k:])
+
+
+def _png(colour):
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 32), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_export_serves_stage1_scores_and_stage2_confidences(trained, tmp_path):
+    model_dir = trained[0]
+    saved = export(model_dir, str(tmp_path / "saved"))
+    served = tf.saved_model.load(saved)
+    assert set(served.signatures) == {"encode_text", "encode_image", "score", "rerank_score"}
+    texts = ["a man in a red shirt with a bag.", "a man wearing blue coat and pants.", ""]
+    images = [_png((200, 30, 30)), _png((20, 40, 220))]
+    score = served.signatures["score"](texts=tf.constant(texts), images=tf.constant(images))
+    rerank = served.signatures["rerank_score"](texts=tf.constant(texts),
+                                               images=tf.constant(images))
+    model, config, _ = load_model(model_dir)
+    tokens = data.make_tokenizer(config)(tf.constant(texts))
+    pixels = tf.stack([data.preprocess_image(data.decode_image(b), config) for b in images])
+    text, image = model.encode_text(tokens).numpy(), model.encode_image(pixels).numpy()
+    np.testing.assert_allclose(score["score"].numpy(), text @ image.T, atol=1e-5)
+    regions = model.encode_regions(pixels).numpy()
+    rows, cols = np.repeat(np.arange(3), 2), np.tile(np.arange(2), 3)
+    logits = model.pair_logits(regions[cols], {k: tokens[k].numpy()[rows]
+                                               for k in ("input_word_ids", "input_mask")})
+    np.testing.assert_allclose(rerank["logits"].numpy(), logits.numpy().reshape(3, 2),
+                               atol=1e-5)
+    assert rerank["confidence"].shape == (3, 2)
+    enc = served.signatures["encode_image"](images=tf.constant(images[:1]))
+    assert enc["embedding"].shape == (1, 16) and enc["regions"].shape == (1, 8, 64)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not a JPEG or PNG"):
+        served.signatures["encode_image"](images=tf.constant([b"not an image"]))
+
+
+def test_pair_batches_join_the_mined_indices_to_their_image_and_caption(tiny_data, config):
+    encoded, captions = iatv_train.split_records(tiny_data, "train")
+    assert len(encoded) == 12 and len(captions) == 24  # two captions per image
+    text_index, image_index = np.array([0, 5, 7, 23]), np.array([3, 2, 11, 0])
+    match = np.array([1, 0, 1, 0])
+    cfg = config.replace(random_flip=False)
+    tokenizer = data.make_tokenizer(cfg)
+    ds = iatv_train.pair_dataset(encoded, captions, text_index, image_index, match, cfg,
+                                 tokenizer, seed=0)
+    batch = {k: v.numpy() for k, v in next(iter(ds)).items()}
+    # One batch of 4 is a permutation of the 4 pairs: find each row's pair by its caption's
+    # tokens and its label (texts 5 and 7 share a caption), then check the image.
+    want_tokens = tokenizer(tf.constant(list(captions[text_index])))["input_word_ids"].numpy()
+    for row in range(4):
+        pair = [j for j in range(4) if (want_tokens[j] == batch["input_word_ids"][row]).all()
+                and match[j] == batch["match"][row]]
+        assert len(pair) == 1
+        image = data.preprocess_image(data.decode_image(encoded[image_index[pair[0]]]), cfg)
+        np.testing.assert_allclose(batch["image"][row], image, atol=1e-6)
