@@ -108,19 +108,26 @@ def export(model_dir: str, output_dir: str, checkpoint: str = "best") -> str:
     model, config, path = load_model(model_dir, checkpoint)
     module = HGANServing(model)
     module.score_features = module.score_features_fn()
-    tmp = output_dir.rstrip("/") + ".tmp"
-    if tf.io.gfile.exists(tmp):
-        tf.io.gfile.rmtree(tmp)
-    tf.saved_model.save(module, tmp, signatures={
+    return save_servable(module, {
         "encode_text": module.encode_text.get_concrete_function(),
         "encode_image": module.encode_image.get_concrete_function(),
         "score": module.score.get_concrete_function(),
         "score_features": module.score_features.get_concrete_function(),
-    })
+    }, output_dir, config, path)
+
+
+def save_servable(module: tf.Module, signatures: dict, output_dir: str, config,
+                  checkpoint_path: str) -> str:
+    """Saves ``module`` with ``signatures`` atomically (a temp dir renamed into place), with
+    the config and the checkpoint it came from beside it; returns ``output_dir``."""
+    tmp = output_dir.rstrip("/") + ".tmp"
+    if tf.io.gfile.exists(tmp):
+        tf.io.gfile.rmtree(tmp)
+    tf.saved_model.save(module, tmp, signatures=signatures)
     with tf.io.gfile.GFile(os.path.join(tmp, "assets.extra_config.json"), "w") as f:
         f.write(config.to_json())
     with tf.io.gfile.GFile(os.path.join(tmp, "checkpoint.txt"), "w") as f:
-        f.write(path + "\n")
+        f.write(checkpoint_path + "\n")
     if tf.io.gfile.exists(output_dir):
         shutil.rmtree(output_dir)
     os.replace(tmp, output_dir)

@@ -19,8 +19,6 @@ truncated, as in training.
 """
 from __future__ import annotations
 
-import os
-import shutil
 import types
 
 from hgan import data
@@ -94,20 +92,10 @@ def export(model_dir: str, output_dir: str, checkpoint: str = "best") -> str:
     """Writes the SavedModel atomically (a temp dir renamed into place); returns its path."""
     model, config, path = load_model(model_dir, checkpoint)
     module = IATVServing(model)
-    tmp = output_dir.rstrip("/") + ".tmp"
-    if tf.io.gfile.exists(tmp):
-        tf.io.gfile.rmtree(tmp)
-    tf.saved_model.save(module, tmp, signatures={
+    from hgan.export import save_servable
+    return save_servable(module, {
         "encode_text": module.encode_text.get_concrete_function(),
         "encode_image": module.encode_image.get_concrete_function(),
         "score": module.score.get_concrete_function(),
         "rerank_score": module.rerank_score.get_concrete_function(),
-    })
-    with tf.io.gfile.GFile(os.path.join(tmp, "assets.extra_config.json"), "w") as f:
-        f.write(config.to_json())
-    with tf.io.gfile.GFile(os.path.join(tmp, "checkpoint.txt"), "w") as f:
-        f.write(path + "\n")
-    if tf.io.gfile.exists(output_dir):
-        shutil.rmtree(output_dir)
-    os.replace(tmp, output_dir)
-    return output_dir
+    }, output_dir, config, path)
