@@ -35,6 +35,20 @@ from hgan.tf_compat import tf
 STRINGS = tf.TensorSpec([None], tf.string)
 
 
+def request_pixels(images, config) -> tf.Tensor:
+    """string[N] of JPEG/PNG bytes → [N, H, W, 3] model input; other bytes fail the request
+    with a clear message (checked in-graph, before decoding)."""
+    def one(encoded):
+        known = (tf.equal(tf.strings.substr(encoded, 0, 3), b"\xff\xd8\xff")
+                 | tf.equal(tf.strings.substr(encoded, 0, 8), b"\x89PNG\r\n\x1a\n"))
+        with tf.control_dependencies([tf.debugging.Assert(
+                known, ["encode_image: the bytes are not a JPEG or PNG image"])]):
+            return data.preprocess_image(data.decode_image(encoded), config)
+
+    return tf.map_fn(one, images, fn_output_signature=tf.TensorSpec(
+        [config.image_height, config.image_width, 3], tf.float32))
+
+
 class HGANServing(tf.Module):
     """The serving functions around a trained model."""
 
@@ -50,15 +64,7 @@ class HGANServing(tf.Module):
         return self.model.encode_text(inputs, training=False)
 
     def _image_features(self, images):
-        def one(encoded):
-            known = (tf.equal(tf.strings.substr(encoded, 0, 3), b"\xff\xd8\xff")
-                     | tf.equal(tf.strings.substr(encoded, 0, 8), b"\x89PNG\r\n\x1a\n"))
-            with tf.control_dependencies([tf.debugging.Assert(
-                    known, ["encode_image: the bytes are not a JPEG or PNG image"])]):
-                return data.preprocess_image(data.decode_image(encoded), self.config)
-
-        pixels = tf.map_fn(one, images, fn_output_signature=tf.TensorSpec(
-            [self.config.image_height, self.config.image_width, 3], tf.float32))
+        pixels = request_pixels(images, self.config)
         return self.model.encode_image(pixels, training=False)
 
     @tf.function(input_signature=[STRINGS])

@@ -55,6 +55,16 @@ def gather_replicas(ctx: tf.distribute.ReplicaContext, local: tf.Tensor) -> tf.T
     return ctx.all_reduce("SUM", padded)
 
 
+def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager,
+                   step: tf.Variable) -> int:
+    """Restores the latest checkpoint if there is one; returns the step to continue from."""
+    latest = manager.latest_checkpoint
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        logging.info("resumed from %s at step %d", latest, int(step.numpy()))
+    return int(step.numpy())
+
+
 def make_strategy() -> tf.distribute.Strategy:
     if os.environ.get("TF_CONFIG"):
         return tf.distribute.MultiWorkerMirroredStrategy()
@@ -215,11 +225,7 @@ class Trainer:
 
     # --- the loop ---------------------------------------------------------------------
     def restore(self) -> int:
-        latest = self.manager.latest_checkpoint
-        if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-            logging.info("resumed from %s at step %d", latest, int(self.step.numpy()))
-        return int(self.step.numpy())
+        return restore_latest(self.checkpoint, self.manager, self.step)
 
     def dataset(self, start_step: int):
         # A resumed run reshuffles with a different seed instead of replaying the epoch.

@@ -22,6 +22,7 @@ from __future__ import annotations
 import types
 
 from hgan import data
+from hgan.export import request_pixels, save_servable
 from hgan.iatv.model import IATV, load_model
 from hgan.tf_compat import tf
 
@@ -47,15 +48,7 @@ class IATVServing(tf.Module):
         return self._keras.model
 
     def _pixels(self, images):
-        def one(encoded):
-            known = (tf.equal(tf.strings.substr(encoded, 0, 3), b"\xff\xd8\xff")
-                     | tf.equal(tf.strings.substr(encoded, 0, 8), b"\x89PNG\r\n\x1a\n"))
-            with tf.control_dependencies([tf.debugging.Assert(
-                    known, ["encode_image: the bytes are not a JPEG or PNG image"])]):
-                return data.preprocess_image(data.decode_image(encoded), self.config)
-
-        return tf.map_fn(one, images, fn_output_signature=tf.TensorSpec(
-            [self.config.image_height, self.config.image_width, 3], tf.float32))
+        return request_pixels(images, self.config)
 
     @tf.function(input_signature=[STRINGS])
     def encode_text(self, sentences):
@@ -92,7 +85,6 @@ def export(model_dir: str, output_dir: str, checkpoint: str = "best") -> str:
     """Writes the SavedModel atomically (a temp dir renamed into place); returns its path."""
     model, config, path = load_model(model_dir, checkpoint)
     module = IATVServing(model)
-    from hgan.export import save_servable
     return save_servable(module, {
         "encode_text": module.encode_text.get_concrete_function(),
         "encode_image": module.encode_image.get_concrete_function(),

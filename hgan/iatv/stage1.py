@@ -11,6 +11,7 @@ import dataclasses
 import os
 
 from hgan import losses
+from hgan.train_lib import gather_replicas
 from hgan.config import Config
 from hgan.iatv.buffers import IdentityBuffers
 from hgan.tf_compat import keras, tf
@@ -206,7 +207,7 @@ def replica_step(model: Stage1, buffers: IdentityBuffers, optimizers: dict, batc
     Returns {"cmce": the global loss}.
     """
     ctx = tf.distribute.get_replica_context()
-    gather = lambda t: ctx.all_gather(t, axis=0)  # noqa: E731
+    gather = lambda t: gather_replicas(ctx, t)  # noqa: E731  (works on multi-worker too)
     with tf.GradientTape() as tape:
         out = model(batch, training=True)
         image, text = gather(out["image"]), gather(out["text"])
@@ -215,14 +216,19 @@ def replica_step(model: Stage1, buffers: IdentityBuffers, optimizers: dict, batc
         scaled = loss / ctx.num_replicas_in_sync
     groups = [(optimizers["image"], model.image_tower.trainable_variables),
               (optimizers["text"], model.text_tower.trainable_variables)]
-    grads = tape.gradient(scaled, [v for _, variables in groups for v in variables])
+    apply_by_group(tape, scaled, groups)
+    buffers.update(image, text, labels)
+    return {"cmce": loss}
+
+
+def apply_by_group(tape: tf.GradientTape, loss, groups) -> None:
+    """One backward pass; each (optimizer, variables) group applies its own gradients."""
+    grads = tape.gradient(loss, [v for _, variables in groups for v in variables])
     start = 0
     for optimizer, variables in groups:
         pairs = zip(grads[start:start + len(variables)], variables)
         optimizer.apply_gradients([(g, v) for g, v in pairs if g is not None])
         start += len(variables)
-    buffers.update(image, text, labels)
-    return {"cmce": loss}
 
 
 def make_train_step(model: Stage1, buffers: IdentityBuffers, optimizers: dict,

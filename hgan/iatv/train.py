@@ -35,7 +35,6 @@ import time
 from typing import Callable, Optional
 
 import numpy as np
-from absl import logging
 
 from hgan import data, records, train_lib
 from hgan.config import Config
@@ -220,12 +219,7 @@ class Trainer:
         groups = [(self.stage2_optimizers["text"], matcher.trainable_variables)]
         if joint:
             groups.append((self.stage2_optimizers["image"], cnn.trainable_variables))
-        grads = tape.gradient(scaled, [v for _, variables in groups for v in variables])
-        start = 0
-        for optimizer, variables in groups:
-            pairs = zip(grads[start:start + len(variables)], variables)
-            optimizer.apply_gradients([(g, v) for g, v in pairs if g is not None])
-            start += len(variables)
+        stage1.apply_by_group(tape, scaled, groups)
         labels = tf.cast(batch["match"], tf.float32)
         accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.cast(logits > 0, tf.float32), labels),
                                           tf.float32))
@@ -251,11 +245,7 @@ class Trainer:
 
     # --- the loop ---------------------------------------------------------------------
     def restore(self) -> int:
-        latest = self.manager.latest_checkpoint
-        if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-            logging.info("resumed from %s at step %d", latest, int(self.step.numpy()))
-        return int(self.step.numpy())
+        return train_lib.restore_latest(self.checkpoint, self.manager, self.step)
 
     def fit(self, evaluate: Optional[Callable[[IATV, bool], dict]] = None,
             log: Callable[[str], None] = print) -> dict:
