@@ -78,6 +78,10 @@ class Config:
     margin: float = 0.2  # γ of Eq. 9
     hardest_negative: bool = False  # Eq. 9 sums over negatives; True = VSE++ hardest
     weight_pair: float = 1.0  # L_pair (Eq. 11)
+    # L_pair's form: "cmpm" (HGAN Eq. 11) or "cmce" (IATV Eqs. 1–3: cross-entropy against
+    # identity feature buffers, with iatv_temperature and iatv_buffer_momentum). With
+    # "cmce", weight_ide=0 drops Eq. 10's classifier, the pure IATV sentence objective.
+    sentence_loss: str = "cmpm"
     weight_ide: float = 1.0  # λ of L_sentence = L_pair + λ L_ide
     weight_word: float = 1.0
     weight_phrase: float = 1.0

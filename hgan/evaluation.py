@@ -26,12 +26,14 @@ def _concat(chunks: list[dict]) -> dict:
 
 
 def encode_split(model: HGAN, data_dir: str, config: Config, split: str,
-                 tokenizer=None) -> tuple[dict, dict]:
+                 tokenizer=None, keep=None) -> tuple[dict, dict]:
     """Runs both encoders over a split → (texts, images), dicts of numpy arrays.
 
     texts: the text features plus ``label``, ``caption``, ``image_index``; images: the
-    image features plus ``label``, ``path``.
+    image features plus ``label``, ``path``. ``keep``: feature keys to hold on to (e.g.
+    ``("global",)``: a training set's local features would not fit in memory); all if None.
     """
+    wanted = (lambda k: True) if keep is None else (lambda k: k in keep)  # noqa: E731
     tokenizer = tokenizer or data.make_tokenizer(config)
     encode_image = tf.function(lambda x: model.encode_image(x, training=False),
                                reduce_retracing=True)
@@ -39,13 +41,13 @@ def encode_split(model: HGAN, data_dir: str, config: Config, split: str,
                               reduce_retracing=True)
     images = []
     for batch in data.gallery_dataset(data_dir, config, split):
-        feats = {k: v.numpy() for k, v in encode_image(batch["image"]).items()}
+        feats = {k: v.numpy() for k, v in encode_image(batch["image"]).items() if wanted(k)}
         feats.update(label=batch["label"].numpy(), path=batch["path"].numpy())
         images.append(feats)
     texts = []
     for batch in data.query_dataset(data_dir, config, tokenizer, split):
         inputs = {k: batch[k] for k in TEXT_KEYS}
-        feats = {k: v.numpy() for k, v in encode_text(inputs).items()}
+        feats = {k: v.numpy() for k, v in encode_text(inputs).items() if wanted(k)}
         feats.update(label=batch["label"].numpy(), caption=batch["caption"].numpy(),
                      image_index=batch["image_index"].numpy())
         texts.append(feats)

@@ -11,6 +11,7 @@ from hgan.text import build_text_encoder
 from hgan.visual import build_image_encoder
 
 TEXT_KEYS = ("input_word_ids", "input_mask", "input_type_ids", "phrase_token_mask")
+SENTENCE_LOSSES = ("cmpm", "cmce")
 
 
 class HGAN(keras.Model):
@@ -27,6 +28,9 @@ class HGAN(keras.Model):
         super().__init__(name=kwargs.pop("name", "hgan"), **kwargs)
         if not (config.use_word or config.use_phrase or config.use_sentence):
             raise ValueError("at least one of use_word / use_phrase / use_sentence is needed")
+        if config.sentence_loss not in SENTENCE_LOSSES:
+            raise ValueError(f"sentence_loss must be one of {SENTENCE_LOSSES}, "
+                             f"got {config.sentence_loss!r}")
         self.config = config
         self.vocab_size = vocab_size
         self.num_classes = num_classes
@@ -79,12 +83,28 @@ class HGAN(keras.Model):
         out["total"] = tf.add_n([weights[k] * v for k, v in out.items()])
         return out
 
-    def compute_losses(self, text, image, labels, training=True) -> dict:
-        """Every loss term on a batch of matched pairs (text i drawn with image i)."""
+    @property
+    def uses_buffers(self) -> bool:
+        """True when L_pair is IATV's CMCE, which needs ``IdentityBuffers``."""
+        c = self.config
+        return c.use_sentence and bool(c.weight_pair) and c.sentence_loss == "cmce"
+
+    def compute_losses(self, text, image, labels, training=True, buffers=None) -> dict:
+        """Every loss term on a batch of matched pairs (text i drawn with image i).
+
+        ``buffers``: the ``hgan.iatv.buffers.IdentityBuffers`` CMCE compares with, needed
+        when ``uses_buffers`` (the caller updates them after the step).
+        """
         c = self.config
         terms = {}
         if c.use_sentence:
-            if c.weight_pair:
+            if self.uses_buffers:
+                if buffers is None:
+                    raise ValueError("sentence_loss='cmce' needs the identity buffers")
+                terms["cmce"] = c.weight_pair * losses.cmce_loss(
+                    image["global"], text["global"], labels, buffers.image, buffers.text,
+                    c.iatv_temperature)
+            elif c.weight_pair:
                 terms["pair"] = c.weight_pair * losses.cmpm_loss(
                     image["global"], text["global"], labels)
             if c.weight_ide and self.classifier is not None:

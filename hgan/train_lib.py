@@ -25,6 +25,7 @@ from absl import logging
 
 from hgan import data
 from hgan.config import Config
+from hgan.iatv.buffers import IdentityBuffers
 from hgan.model import HGAN, build_model
 from hgan.tf_compat import keras, tf
 
@@ -164,10 +165,15 @@ class Trainer:
                 optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
             self.optimizer = optimizer
             self.optimizer.build(self.model.trainable_variables)
+            # sentence_loss=cmce: IATV's identity buffers V and S, checkpointed with the model.
+            self.buffers = (IdentityBuffers(self.num_classes, config.embed_dim,
+                                            config.iatv_buffer_momentum)
+                            if self.model.uses_buffers else None)
         self.chief = is_chief(self.strategy)
         save_dir = worker_dir(model_dir, self.strategy)
+        extra = {"buffers": self.buffers} if self.buffers is not None else {}
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                              step=self.step)
+                                              step=self.step, **extra)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(save_dir, "ckpt"),
             max_to_keep=config.keep_checkpoints)
@@ -188,7 +194,8 @@ class Trainer:
             out = self.model(batch, training=True)
             text, image = gather(out["text"]), gather(out["image"])
             labels = gather(batch["label"])
-            terms = self.model.compute_losses(text, image, labels, training=True)
+            terms = self.model.compute_losses(text, image, labels, training=True,
+                                              buffers=self.buffers)
             loss = terms["total"] / replicas
             if self.config.mixed_precision:
                 loss = self.optimizer.get_scaled_loss(loss)
@@ -209,6 +216,8 @@ class Trainer:
                      for g in grads]
         self.optimizer.apply_gradients(
             [(g, v) for g, v in zip(grads, variables) if g is not None])
+        if self.buffers is not None:  # IATV Fig. 2 Step-2, with the gathered global batch
+            self.buffers.update(image["global"], text["global"], labels)
         return {**terms, FINITE: tf.cast(finite, tf.float32)}
 
     def train_step(self, batch) -> dict:
@@ -227,6 +236,23 @@ class Trainer:
     def restore(self) -> int:
         return restore_latest(self.checkpoint, self.manager, self.step)
 
+    def initialize_buffers(self, log: Callable[[str], None] = print) -> None:
+        """sentence_loss=cmce: IATV §3.1.1's "before the first iteration" fill of the identity
+        buffers, each row the mean of its identity's sentence-level features over one pass of
+        the training set."""
+        from hgan import evaluation
+        texts, images = evaluation.encode_split(self.model, self.data_dir, self.config,
+                                                "train", self.tokenizer, keep=("global",))
+        top = max(texts["label"].max(), images["label"].max())
+        if top >= self.num_classes:
+            raise ValueError(f"training label {top} but only {self.num_classes} identities "
+                             "(num_classes / the manifest)")
+        counts, _ = self.buffers.initialize(images["global"], images["label"],
+                                            texts["global"], texts["label"])
+        log(f"identity buffers: {self.num_classes} identities from {len(images['label'])} "
+            f"images and {len(texts['label'])} captions "
+            f"({int((counts == 0).sum())} without an image)")
+
     def dataset(self, start_step: int):
         # A resumed run reshuffles with a different seed instead of replaying the epoch.
         ds = data.train_dataset(self.data_dir, self.config, self.tokenizer,
@@ -242,6 +268,8 @@ class Trainer:
             return self._summary()
         writer = (tf.summary.create_file_writer(os.path.join(self.model_dir, "tensorboard"))
                   if self.chief else tf.summary.create_noop_writer())
+        if start == 0 and self.buffers is not None:
+            self.initialize_buffers(log)
         batches = self.dataset(start)
         eval_every = self.config.eval_every or self.per_epoch
         best = self._best_r1()

@@ -75,20 +75,28 @@ _TWO_REPLICAS = textwrap.dedent("""
         if name == "two":
             trainer.model.set_weights(weights)
         weights = trainer.model.get_weights()
+        if trainer.buffers is not None:  # sentence_loss=cmce
+            trainer.initialize_buffers(log=lambda _: None)
         dist = trainer.strategy.experimental_distribute_dataset(
             tf.data.Dataset.from_tensors(batch))
         terms = trainer.train_step(next(iter(dist)))
         out[name] = {{k: float(v) for k, v in terms.items()}}
         out[name + "_w"] = float(sum(abs(w).sum() for w in trainer.model.get_weights()))
+        if trainer.buffers is not None:
+            out[name + "_buffers"] = [trainer.buffers.image.numpy().tolist(),
+                                      trainer.buffers.text.numpy().tolist()]
     print("RESULT" + json.dumps(out))
 """)
 
 
-def test_two_replicas_give_the_loss_and_update_of_one(tiny_data, config, tmp_path):
+@pytest.mark.parametrize("sentence_loss", ["cmpm", "cmce"])
+def test_two_replicas_give_the_loss_and_update_of_one(tiny_data, config, tmp_path,
+                                                      sentence_loss):
     # Soft attention and no dropout make the step deterministic, so the comparison is exact
-    # up to float summation order; what it checks is the cross-replica gather and scaling.
+    # up to float summation order; what it checks is the cross-replica gather and scaling
+    # (and, with CMCE, that both replicas' identities reach the buffers exactly once).
     cfg = config.replace(attention="soft", dropout=0.0, batch_size=8, identities_per_batch=4,
-                         random_flip=False)
+                         random_flip=False, sentence_loss=sentence_loss)
     code = _TWO_REPLICAS.format(root=ROOT, tests=os.path.join(ROOT, "tests"),
                                 config=cfg.to_json(), data=tiny_data,
                                 model_dir=str(tmp_path / "m"))
@@ -100,6 +108,54 @@ def test_two_replicas_give_the_loss_and_update_of_one(tiny_data, config, tmp_pat
     for key, value in out["one"].items():
         np.testing.assert_allclose(out["two"][key], value, rtol=1e-4, err_msg=key)
     np.testing.assert_allclose(out["two_w"], out["one_w"], rtol=1e-5)
+    if sentence_loss == "cmce":
+        assert "cmce" in out["one"] and "pair" not in out["one"]
+        np.testing.assert_allclose(out["two_buffers"], out["one_buffers"], atol=1e-5)
+
+
+def test_cmce_sentence_loss_fills_updates_and_checkpoints_the_identity_buffers(
+        tiny_data, config, tmp_path):
+    """HGAN with IATV's CMCE as L_pair (Eqs. 1-3): buffers start as identity means of the
+    sentence features, a step moves exactly the batch identities' rows, and the buffers are
+    saved with the checkpoint and restored on resume."""
+    from hgan import data, evaluation
+    from hgan.tf_compat import tf
+    cfg = config.replace(sentence_loss="cmce", weight_ide=0.0, max_steps=1, dropout=0.0)
+    model_dir = str(tmp_path / "run")
+    train_lib.reconcile_config(cfg, model_dir)
+    trainer = train_lib.Trainer(cfg, tiny_data, model_dir)
+    assert trainer.model.classifier is not None  # weight_ide=0 only drops its loss term
+    trainer.initialize_buffers(log=lambda _: None)
+    texts, images = evaluation.encode_split(trainer.model, tiny_data, cfg, "train")
+    for buffer, feats in ((trainer.buffers.image, images), (trainer.buffers.text, texts)):
+        unit = feats["global"] / np.linalg.norm(feats["global"], axis=1, keepdims=True)
+        for label in range(6):
+            mean = unit[feats["label"] == label].mean(0)
+            np.testing.assert_allclose(buffer.numpy()[label], mean / np.linalg.norm(mean),
+                                       atol=1e-5)
+    before = trainer.buffers.image.numpy()
+    batch = next(iter(data.train_dataset(tiny_data, cfg, trainer.tokenizer)))
+    dist = trainer.strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
+    terms = trainer.train_step(next(iter(dist)))
+    assert set(terms) == {"cmce", "word", "phrase", "total", train_lib.FINITE}
+    assert np.isfinite(float(terms["cmce"])) and float(terms["cmce"]) > 0
+    after = trainer.buffers.image.numpy()
+    in_batch = np.unique(batch["label"].numpy())
+    moved = np.flatnonzero(np.abs(after - before).max(axis=1) > 1e-6)
+    np.testing.assert_array_equal(moved, in_batch)
+    np.testing.assert_allclose(np.linalg.norm(after[in_batch], axis=1), 1.0, atol=1e-5)
+    trainer.manager.save(checkpoint_number=1)
+    # A resumed trainer restores the buffers with the model.
+    resumed = train_lib.Trainer(cfg, tiny_data, model_dir)
+    assert resumed.restore() == 1
+    np.testing.assert_allclose(resumed.buffers.image.numpy(), after)
+    np.testing.assert_allclose(resumed.buffers.text.numpy(), trainer.buffers.text.numpy())
+
+
+def test_sentence_loss_must_be_known(config):
+    from hgan.model import HGAN
+    with pytest.raises(ValueError, match="sentence_loss"):
+        HGAN(config.replace(sentence_loss="cmc"), vocab_size=30)
 
 
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_good_checkpoint(
