@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests_support import ROOT
+from tests_support import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -22,14 +22,10 @@ def _free_ports(n):
     return ports
 
 
-def test_two_workers_train_and_the_chief_keeps_the_checkpoints(tiny_data, tiny_vocab, tmp_path):
-    model_dir = str(tmp_path / "run")
+def _train_two_workers(args):
+    """Runs ``train.py args`` as two localhost workers; returns their (code, out, err)."""
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
-    args = [sys.executable, "train.py", "--config=tiny", f"--data_dir={tiny_data}",
-            f"--model_dir={model_dir}", "--set=bert=scratch:2x16", "--set=bert_layers=last",
-            f"--set=vocab_file={tiny_vocab}", "--set=batch_size=4",
-            "--set=identities_per_batch=2", "--set=checkpoint_every=2", "--max_steps=3",
-            "--val_split=none"]
+    args = [sys.executable, "train.py", *args]
     procs = []
     for index in range(2):
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(
@@ -44,9 +40,52 @@ def test_two_workers_train_and_the_chief_keeps_the_checkpoints(tiny_data, tiny_v
     finally:
         for p in procs:
             p.kill()
+    return outputs
+
+
+def test_two_workers_train_and_the_chief_keeps_the_checkpoints(tiny_data, tiny_vocab, tmp_path):
+    model_dir = str(tmp_path / "run")
+    outputs = _train_two_workers([
+        "--config=tiny", f"--data_dir={tiny_data}", f"--model_dir={model_dir}",
+        "--set=bert=scratch:2x16", "--set=bert_layers=last", f"--set=vocab_file={tiny_vocab}",
+        "--set=batch_size=4", "--set=identities_per_batch=2", "--set=checkpoint_every=2",
+        "--max_steps=3", "--val_split=none"])
     for code, out, err in outputs:
         assert code == 0, err[-3000:]
         assert "trained to step 3" in out
     ckpts = sorted(f for f in os.listdir(os.path.join(model_dir, "ckpt")) if f.endswith(".index"))
     assert ckpts == ["ckpt-2.index", "ckpt-3.index"]
     assert not [d for d in os.listdir(model_dir) if d.endswith("_scratch")]
+
+
+def test_two_workers_train_iatv_through_both_stages_then_eval_reports_both(
+        tiny_data, tiny_vocab, tmp_path):
+    """``train.py --model=iatv`` on two workers: stage 1 (CMCE, identity buffers updated
+    once per global step), mining, the stage-2 text phase and the joint phase; then
+    ``eval.py`` on the chief's model_dir reports stage 1 and two-stage metrics."""
+    model_dir = str(tmp_path / "iatv")
+    sets = {"vocab_file": tiny_vocab, "image_height": 32, "image_width": 16,
+            "iatv_backbone": "small_cnn", "iatv_fc_units": 16, "iatv_embed_dim": 16,
+            "iatv_word_dim": 8, "iatv_lstm_units": 8, "iatv_attention_dim": 8,
+            "iatv_importance_hidden": 8, "iatv_fc_hidden": 8, "iatv_decoder_steps": 2,
+            "iatv_candidates": 3, "batch_size": 4, "iatv_stage1_steps": 2,
+            "iatv_stage2_text_steps": 1, "iatv_stage2_joint_steps": 1, "checkpoint_every": 2}
+    outputs = _train_two_workers(
+        ["--config=tiny", "--model=iatv", f"--data_dir={tiny_data}", f"--model_dir={model_dir}",
+         "--val_split=none", *[f"--set={k}={v}" for k, v in sets.items()]])
+    for code, out, err in outputs:
+        assert code == 0, err[-3000:]
+        assert "trained to step 4" in out
+        assert "stage 2 initialised from stage 1 at step 2" in out
+    ckpts = sorted(f for f in os.listdir(os.path.join(model_dir, "ckpt")) if f.endswith(".index"))
+    assert ckpts == ["ckpt-2.index", "ckpt-3.index", "ckpt-4.index"]
+    assert not [d for d in os.listdir(model_dir) if d.endswith("_scratch")]
+    report_path = str(tmp_path / "report.json")
+    out = run_cli("eval.py", f"--model_dir={model_dir}", f"--data_dir={tiny_data}",
+                  "--split=test", f"--output_json={report_path}")
+    assert "two_stage" in out
+    with open(report_path) as f:
+        report = json.load(f)
+    assert report["config"]["model"] == "iatv"
+    for key in ("R1", "R5", "R10", "mAP", "mINP"):
+        assert 0 <= report["t2i"][key] <= 100 and 0 <= report["i2t"][key] <= 100
