@@ -67,10 +67,18 @@ def _map_chunked(fn, x: np.ndarray, chunk: int = 256) -> list[np.ndarray]:
     return out
 
 
-def _used_length(mask: np.ndarray) -> int:
-    """Slots up to the last real one in any row (padding after it changes no score)."""
+def _used_length(mask: np.ndarray, bucket: int = 8) -> int:
+    """Slots up to the last real one in any row (padding after it changes no score),
+    rounded up to a multiple of ``bucket`` so few distinct shapes reach the compiler."""
     used = np.flatnonzero(mask.reshape(-1, mask.shape[-1]).any(axis=0))
-    return int(used[-1]) + 1 if len(used) else 1
+    used = int(used[-1]) + 1 if len(used) else 1
+    return min(mask.shape[-1], -(-used // bucket) * bucket)
+
+
+def _pad_index(index: np.ndarray, size: int) -> np.ndarray:
+    """``index`` padded to ``size`` entries by repeating its first one: a chunk's last,
+    partial block keeps the compiled shape (the padded rows' scores are dropped)."""
+    return np.concatenate([index, np.repeat(index[:1], size - len(index), axis=0)])
 
 
 class Scorer:
@@ -104,12 +112,17 @@ class Scorer:
         return prep
 
     def _chunk_fn(self, level, layout="grid"):
+        """The compiled (XLA) scorer of one chunk: Gumbel heads through
+        ``LocalMatching.score_selected`` (k-sparse, fused), soft attention densely."""
         if (level, layout) not in self._pair_fn:
             head = self.heads[level]
-            self._pair_fn[level, layout] = tf.function(
-                lambda tp, tm, ip: head.score_prepared(tp, tm, ip, training=False,
-                                                       layout=layout),
-                reduce_retracing=True)
+            if head.attention == "gumbel":
+                fn = lambda tp, tm, ip: head.score_selected(tp, tm, ip, layout=layout)  # noqa
+            else:
+                fn = lambda tp, tm, ip: head.score_prepared(tp, tm, ip, training=False,  # noqa
+                                                            layout=layout)
+            self._pair_fn[level, layout] = tf.function(fn, jit_compile=True,
+                                                       reduce_retracing=True)
         return self._pair_fn[level, layout]
 
     def _pairs_per_chunk(self, words: int, regions: int) -> int:
@@ -132,12 +145,13 @@ class Scorer:
         order = np.argsort(t_mask[text_rows].sum(axis=1), kind="stable")
         for a in range(0, len(text_rows), tc):
             at = order[a:a + tc]
-            rows = text_rows[at]
+            rows = _pad_index(text_rows[at], tc)
             used = _used_length(t_mask[rows])
             tp = (t_gamma[rows, :used], t_lin[rows, :used])
             for b in range(0, len(image_cols), ic):
-                cols = image_cols[b:b + ic]
-                out[at, b:b + ic] = fn(tp, t_mask[rows, :used], (v_gamma[cols], v_lin[cols]))
+                cols = _pad_index(image_cols[b:b + ic], ic)
+                scores = fn(tp, t_mask[rows, :used], (v_gamma[cols], v_lin[cols])).numpy()
+                out[at, b:b + ic] = scores[:len(at), :min(ic, len(image_cols) - b)]
         return out
 
     def local_candidates(self, level: str, prep, top: np.ndarray, direction: str) -> np.ndarray:
@@ -153,17 +167,20 @@ class Scorer:
         # Queries sorted by the length of their texts, so each chunk drops shared padding.
         key = lengths if direction == "t2i" else lengths[top].max(axis=1)
         order = np.argsort(key, kind="stable")
+        q_chunk = min(q_chunk, len(top))
         for a in range(0, len(top), q_chunk):
-            rows = order[a:a + q_chunk]
+            kept = order[a:a + q_chunk]
+            rows = _pad_index(kept, q_chunk)
             cand = top[rows]
             if direction == "t2i":
                 used = _used_length(t_mask[rows])
-                out[rows] = fn((t_gamma[rows, :used], t_lin[rows, :used]), t_mask[rows, :used],
-                               (v_gamma[cand], v_lin[cand]))
+                scores = fn((t_gamma[rows, :used], t_lin[rows, :used]), t_mask[rows, :used],
+                            (v_gamma[cand], v_lin[cand]))
             else:
                 used = _used_length(t_mask[cand])
-                out[rows] = fn((t_gamma[cand, :used], t_lin[cand, :used]),
-                               t_mask[cand, :used], (v_gamma[rows], v_lin[rows]))
+                scores = fn((t_gamma[cand, :used], t_lin[cand, :used]),
+                            t_mask[cand, :used], (v_gamma[rows], v_lin[rows]))
+            out[kept] = scores.numpy()[:len(kept)]
         return out
 
     def sentence(self, texts: dict, images: dict) -> np.ndarray:

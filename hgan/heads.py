@@ -25,11 +25,19 @@ def _weights_over_selection(selection, scores, mask):
 
 
 # Einsum operands of the three pair layouts of ``LocalMatching.score_prepared`` (x: rows of
-# the output, y: its columns) and how the per-item linear parts broadcast over the pairs.
+# the output, y: its columns); ``t_b`` / ``v_b`` broadcast the per-item linear parts to the
+# [X, Y, ...] pairs. The dense path never transposes an [.., H]-wide pair tensor (the bulk
+# of an evaluation's memory traffic): its text-to-image products are laid out ``t2i``
+# (grid: [Y, X, R, H], one batched matmul per image), the text broadcast to them by
+# ``t2i_t``, and ``t2i_back`` brings the small [.., R] scores back to [X, Y, R].
 _LAYOUTS = {
-    "grid": {"t": "xrh", "v": "ynh", "v_b": lambda v: v[None], "t_b": lambda t: t[:, None]},
-    "image_paired": {"t": "xrh", "v": "xynh", "v_b": lambda v: v, "t_b": lambda t: t[:, None]},
-    "text_paired": {"t": "xyrh", "v": "xnh", "v_b": lambda v: v[:, None], "t_b": lambda t: t},
+    "grid": {"t": "xrh", "v": "ynh", "v_b": lambda v: v[None], "t_b": lambda t: t[:, None],
+             "t2i": "yxrh", "t2i_t": lambda t: t[None],
+             "t2i_back": lambda s: tf.transpose(s, [1, 0, 2])},
+    "image_paired": {"t": "xrh", "v": "xynh", "v_b": lambda v: v, "t_b": lambda t: t[:, None],
+                     "t2i": "xyrh", "t2i_t": lambda t: t[:, None], "t2i_back": lambda s: s},
+    "text_paired": {"t": "xyrh", "v": "xnh", "v_b": lambda v: v[:, None], "t_b": lambda t: t,
+                    "t2i": "xyrh", "t2i_t": lambda t: t, "t2i_back": lambda s: s},
 }
 
 
@@ -122,7 +130,8 @@ class LocalMatching(keras.layers.Layer):
         alpha = self._select(self.select_words, gamma_nr, mask_nr, training)
         w_words = _weights_over_selection(alpha, gamma_nr, mask_nr)
         fused_text = tf.einsum(f"xynr,{spec['t']}->xynh", w_words, t_lin)  # W t^f_n
-        hidden = tf.nn.relu(spec["v_b"](v_lin) + fused_text + self.fuse_bias)
+        # The bias joins the smaller per-item operand, not the [X, Y, ., H] pair tensor.
+        hidden = tf.nn.relu(spec["v_b"](v_lin + self.fuse_bias) + fused_text)
         per_region = tf.sigmoid(tf.squeeze(self.fuse_out(hidden), -1))  # [X, Y, N]
         s_i2t = tf.reduce_mean(per_region, axis=-1)  # Eq. 8
 
@@ -130,12 +139,60 @@ class LocalMatching(keras.layers.Layer):
         region_mask = tf.ones_like(word_mask)
         beta = self._select(self.select_regions, gamma, region_mask, training)
         w_regions = _weights_over_selection(beta, gamma, region_mask)
-        fused_image = tf.einsum(f"xyrn,{spec['v']}->xyrh", w_regions, v_lin)
-        hidden = tf.nn.relu(spec["t_b"](t_lin) + fused_image + self.fuse_bias)
-        per_word = tf.sigmoid(tf.squeeze(self.fuse_out(hidden), -1))  # [X, Y, R]
+        fused_image = tf.einsum(f"xyrn,{spec['v']}->{spec['t2i']}", w_regions, v_lin)
+        hidden = tf.nn.relu(spec["t2i_t"](t_lin + self.fuse_bias) + fused_image)
+        per_word = spec["t2i_back"](tf.sigmoid(tf.squeeze(self.fuse_out(hidden), -1)))
         valid = tf.cast(mask, per_word.dtype)
         s_t2i = tf.reduce_sum(per_word * valid, -1) / tf.maximum(tf.reduce_sum(valid, -1), 1.0)
         return 0.5 * (s_i2t + s_t2i)
+
+    def score_selected(self, text_prep, text_mask, image_prep, layout: str = "grid"):
+        """Inference-only twin of ``score_prepared(..., training=False)``: the same S(V, T)
+        (Gumbel attention only), written for XLA (call it under
+        ``tf.function(jit_compile=True)``; without XLA the dense path is faster).
+
+        Without Gumbel noise, α is the top-k of γ (Algorithm 1's l2 normalisation keeps each
+        row's order) and Eq. 7 a softmax over the k selected γ, so each fused vector is a
+        k-term sum of gathered rows: k1·N·H + k2·R·H multiply-adds per pair instead of two
+        R·N·H products, and XLA fuses gather, sum, ReLU and Eq. 8's output layer into one
+        loop, so no [.., H]-wide pair tensor is ever written to memory.
+        """
+        if self.attention != "gumbel":
+            raise ValueError("score_selected needs attention='gumbel'")
+        spec = _LAYOUTS[layout]
+        t_gamma, t_lin = text_prep
+        v_gamma, v_lin = image_prep
+        t_lin, v_lin = t_lin + self.fuse_bias, v_lin + self.fuse_bias
+        mask = tf.cast(text_mask, tf.bool)
+        if layout != "text_paired":
+            mask = mask[:, None, :]  # [X, 1, R]
+        gamma = tf.einsum(f"{spec['t']},{spec['v']}->xyrn", t_gamma, v_gamma) * (
+            self.hidden ** -0.5)
+        shape = tf.shape(gamma)
+        xs = tf.range(shape[0])[:, None, None]
+        ys = tf.range(shape[1])[None, :, None]
+
+        def lead(index_dims, paired):  # leading gather indices of a [X, Y, A] pick
+            x = tf.broadcast_to(xs, index_dims)
+            return [x, tf.broadcast_to(ys, index_dims)] if paired else [x]
+
+        w_out, b_out = self.fuse_out.kernel[:, 0], self.fuse_out.bias[0]
+        # Text-to-image: each word r fuses its k2 regions.
+        t2i_dims = shape[:3]
+        image_lead = ([tf.broadcast_to(ys, t2i_dims)] if layout == "grid"
+                      else lead(t2i_dims, layout == "image_paired"))
+        fused = _fuse_top_k(gamma, self.k2, v_lin, image_lead)
+        hidden = tf.nn.relu(spec["t_b"](t_lin) + fused)
+        per_word = tf.sigmoid(tf.einsum("xyrh,h->xyr", hidden, w_out) + b_out)
+        valid = tf.cast(mask, per_word.dtype)
+        s_t2i = tf.reduce_sum(per_word * valid, -1) / tf.maximum(tf.reduce_sum(valid, -1), 1.0)
+        # Image-to-text: each region n fuses its k1 words (Eqs. 5–7), scored by Eq. 8.
+        scores_nr = tf.transpose(tf.where(mask[..., None], gamma, _MASKED), [0, 1, 3, 2])
+        fused = _fuse_top_k(scores_nr, self.k1, t_lin,
+                            lead(tf.shape(scores_nr)[:3], layout == "text_paired"))
+        hidden = tf.nn.relu(spec["v_b"](v_lin) + fused)
+        per_region = tf.sigmoid(tf.einsum("xynh,h->xyn", hidden, w_out) + b_out)
+        return 0.5 * (tf.reduce_mean(per_region, axis=-1) + s_t2i)
 
     def _select(self, layer, scores, mask, training):
         if self.attention == "soft":
@@ -157,6 +214,32 @@ class LocalMatching(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "hidden": self.hidden, "k1": self.k1, "k2": self.k2,
                 "temperature": self.temperature, "attention": self.attention}
+
+
+_MASKED = -1e9  # score of a padded key; below any real γ
+
+
+def _fuse_top_k(scores, k: int, table, lead: list):
+    """Σ_j softmax_j(top-k scores) · table[lead..., index_j] for each row of ``scores``
+    [X, Y, A, n] (padded keys at ``_MASKED``) → [X, Y, A, H]. Ties pick the lower index, as
+    ``tf.math.top_k``; a row with fewer than k real keys weighs only those, one with none
+    fuses 0."""
+    remaining, picks, values = scores, [], []
+    for _ in range(min(k, scores.shape[-1] or k)):
+        index = tf.argmax(remaining, axis=-1, output_type=tf.int32)
+        values.append(tf.reduce_max(remaining, axis=-1))
+        picks.append(index)
+        remaining = tf.where(tf.one_hot(index, tf.shape(scores)[-1]) > 0,
+                             float("-inf"), remaining)
+    values = tf.stack(values, axis=-1)
+    real = values > _MASKED / 2
+    weights = tf.nn.softmax(tf.where(real, values, _MASKED), axis=-1)
+    weights *= tf.cast(real, weights.dtype)
+    fused = 0.0
+    for j, index in enumerate(picks):
+        rows = tf.gather_nd(table, tf.stack(lead + [index], axis=-1))
+        fused += weights[..., j:j + 1] * rows
+    return fused
 
 
 def cosine_scores(text, image):

@@ -85,3 +85,13 @@ def test_serialises_and_validates_arguments():
         GumbelTopK(0)
     with pytest.raises(ValueError):
         GumbelTopK(1, temperature=0.0)
+
+
+def test_top_k_hot_matches_top_k_with_its_tie_break():
+    from hgan.layers.gumbel_topk import top_k_hot
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(500, 9)).astype(np.float32)  # many ties
+    for k in (1, 2, 4, 9, 12):
+        _, index = tf.math.top_k(scores, k=min(k, 9))
+        expected = tf.reduce_sum(tf.one_hot(index, 9), axis=-2).numpy()
+        np.testing.assert_array_equal(top_k_hot(tf.constant(scores), k).numpy(), expected)

@@ -151,3 +151,34 @@ def test_model_config_round_trip_and_the_no_bert_row(config):
     out = model(batch)
     assert out["text"]["word"].shape == (2, config.max_len, config.local_dim)
     assert not any("bert" in v.name for v in model.trainable_variables)
+
+
+@pytest.mark.parametrize("k1,k2,slots", [(3, 2, 7), (4, 2, 3), (1, 1, 5), (2, 9, 6)])
+def test_selected_scoring_under_xla_equals_the_dense_inference_path(k1, k2, slots):
+    """``score_selected`` (k-sparse gathers, compiled by XLA, what the evaluator runs)
+    gives the dense path's scores in all three layouts, including k above the number of
+    words (k1=4 of 3 slots) or regions (k2=9 of 5) and a text with no real word."""
+    rng = np.random.default_rng(slots)
+    text = rng.normal(size=(3, slots, 6)).astype(np.float32)
+    image = rng.normal(size=(4, 5, 6)).astype(np.float32)
+    mask = np.ones((3, slots), np.float32)
+    mask[1, 2:], mask[2] = 0, 0
+    head = LocalMatching(hidden=8, k1=k1, k2=k2)
+    head((text, mask, image))
+    (tg, tl), (vg, vl) = head.prepare_text(text), head.prepare_image(image)
+    selected = tf.function(head.score_selected, jit_compile=True)
+    picks = np.array([[3, 0], [1, 1], [2, 0]])
+    texts_of = np.array([[2, 0], [1, 2], [0, 0], [1, 0]])
+    cases = {
+        "grid": ((tg, tl), mask, (vg, vl)),
+        "image_paired": ((tg, tl), mask, (tf.gather(vg, picks), tf.gather(vl, picks))),
+        "text_paired": ((tf.gather(tg, texts_of), tf.gather(tl, texts_of)), mask[texts_of],
+                        (vg, vl)),
+    }
+    for layout, args in cases.items():
+        dense = head.score_prepared(*args, training=False, layout=layout).numpy()
+        np.testing.assert_allclose(selected(*args, layout=layout).numpy(), dense, atol=1e-6,
+                                   err_msg=layout)
+    with pytest.raises(ValueError, match="gumbel"):
+        LocalMatching.from_config({**head.get_config(), "attention": "soft"}).score_selected(
+            *cases["grid"])

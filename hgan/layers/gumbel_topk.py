@@ -6,6 +6,25 @@ from hgan.tf_compat import keras, tf
 _NEG = -1e9
 
 
+def top_k_hot(logits, k: int):
+    """The k-hot indicator of each row's k largest entries (ties: lower index first, as
+    ``tf.math.top_k``); all ones if a row has at most k entries.
+
+    k rounds of argmax-and-remove: each is one pass over the rows, so it stays cheap on the
+    millions of short rows (n = regions or words) of an evaluation, where ``top_k`` +
+    ``one_hot`` is dominated by per-row overhead.
+    """
+    hot = tf.zeros_like(logits)
+    remaining = logits
+    lowest = tf.constant(float("-inf"), logits.dtype)
+    for _ in range(k):
+        pick = tf.one_hot(tf.argmax(remaining, axis=-1, output_type=tf.int32),
+                          tf.shape(logits)[-1], dtype=logits.dtype)
+        hot = tf.maximum(hot, pick)  # a row with fewer than k entries re-picks: stays 1
+        remaining = tf.where(pick > 0, lowest, remaining)
+    return hot
+
+
 @keras.utils.register_keras_serializable(package="hgan")
 class GumbelTopK(keras.layers.Layer):
     """k-hot selection over the last axis of ``scores``, by the Gumbel top-k trick.
@@ -18,7 +37,7 @@ class GumbelTopK(keras.layers.Layer):
 
     The forward value is the hard k-hot α; the backward pass is the straight-through
     estimator through the tempered softmax of line 11 (α + s − stop_gradient(s)), so
-    gradients reach ``scores``. Under training, the selected set is distributed as k draws
+    gradients reach ``scores`` (at inference the hard α alone is returned). Under training, the selected set is distributed as k draws
     without replacement from softmax(γ'_i) (Kool et al. 2019, the Gumbel-top-k trick); at
     inference no noise is added and the k largest γ'_i are taken.
 
@@ -55,11 +74,10 @@ class GumbelTopK(keras.layers.Layer):
             uniform = tf.random.uniform(tf.shape(normed), minval=1e-10, maxval=1.0)
             normed = normed - tf.math.log(-tf.math.log(uniform))
         logits = tf.where(valid, normed, _NEG)
+        hard = top_k_hot(logits, self.k) * tf.cast(valid, tf.float32)  # drop padded picks
+        if not training:  # no gradient path is needed at inference
+            return tf.cast(hard, dtype)
         soft = tf.nn.softmax(logits / self.temperature, axis=-1)
-        n = tf.shape(scores)[-1]
-        _, index = tf.math.top_k(logits, k=tf.minimum(self.k, n))
-        hard = tf.reduce_sum(tf.one_hot(index, n, dtype=tf.float32), axis=-2)
-        hard = hard * tf.cast(valid, tf.float32)  # k > valid count: drop padded picks
         # Parenthesised so the forward value is exactly k-hot (s − s = 0 in floating point).
         return tf.cast(hard + (soft - tf.stop_gradient(soft)), dtype)
 
