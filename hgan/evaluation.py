@@ -54,17 +54,28 @@ def encode_split(model: HGAN, data_dir: str, config: Config, split: str,
     return _concat(texts), _concat(images)
 
 
-def _map_chunked(fn, x: np.ndarray, chunk: int = 256) -> list[np.ndarray]:
-    """``fn`` (→ a tuple of arrays) over ``x`` in chunks, into preallocated arrays, so the
-    whole gallery's intermediates never exist at once."""
+def _aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data is 64-byte aligned, as TensorFlow
+    requires of a buffer it shares."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + 64, np.uint8)
+    offset = (-raw.ctypes.data) % 64
+    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+def _map_chunked(fn, x: np.ndarray, chunk: int = 256) -> list[tf.Tensor]:
+    """``fn`` (→ a tuple of tensors) over ``x`` in chunks, written into preallocated
+    buffers that the returned tensors then share (DLPack, no copy): neither the whole
+    set's intermediates nor a second copy of the result ever exist."""
     out = None
     for a in range(0, len(x), chunk):
         parts = [t.numpy() for t in fn(tf.constant(x[a:a + chunk]))]
         if out is None:
-            out = [np.empty((len(x),) + p.shape[1:], p.dtype) for p in parts]
+            out = [_aligned_empty((len(x),) + p.shape[1:], p.dtype) for p in parts]
         for o, p in zip(out, parts):
             o[a:a + chunk] = p
-    return out
+    return [tf.experimental.dlpack.from_dlpack(o.__dlpack__()) for o in out]
 
 
 def _used_length(mask: np.ndarray, bucket: int = 8) -> int:
@@ -79,6 +90,15 @@ def _pad_index(index: np.ndarray, size: int) -> np.ndarray:
     """``index`` padded to ``size`` entries by repeating its first one: a chunk's last,
     partial block keeps the compiled shape (the padded rows' scores are dropped)."""
     return np.concatenate([index, np.repeat(index[:1], size - len(index), axis=0)])
+
+
+def _top_k_rows(scores: np.ndarray, k: int, rows: int = 512) -> np.ndarray:
+    """Column indices of each row's k largest scores (unordered), [Q, k]; computed a block
+    of rows at a time so the [Q, G] temporaries of argpartition never exist at once."""
+    if k >= scores.shape[1]:
+        return np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+    return np.concatenate([np.argpartition(-scores[a:a + rows], k - 1, axis=1)[:, :k]
+                           for a in range(0, len(scores), rows)])
 
 
 class Scorer:
@@ -101,29 +121,54 @@ class Scorer:
             [lv for lv in LOCAL_LEVELS if self.heads[lv] is not None]
 
     def _prepared(self, texts: dict, images: dict) -> dict:
+        """Per local level, the heads' per-item parts as tensors (made once): text tables
+        (φ_t(T), W·T) [Q, L', H] trimmed to the longest text L', their mask [Q, L'] (numpy,
+        for chunk planning, and as a tensor), and image tables (φ_v(V), W·V) [G, N, H]."""
         prep = {}
         for level in LOCAL_LEVELS:
             head = self.heads[level]
             if head is None:
                 continue
-            prep[level] = (_map_chunked(head.prepare_text, texts[level]),
-                           texts[f"{level}_mask"],
-                           _map_chunked(head.prepare_image, images[level]))
+            mask = texts[f"{level}_mask"]
+            used = _used_length(mask, bucket=1)
+            text = _map_chunked(head.prepare_text, texts[level][:, :used])
+            image = _map_chunked(head.prepare_image, images[level])
+            prep[level] = {"text": text, "mask": mask[:, :used],
+                           "mask_t": tf.constant(mask[:, :used], tf.float32), "image": image}
         return prep
 
-    def _chunk_fn(self, level, layout="grid"):
-        """The compiled (XLA) scorer of one chunk: Gumbel heads through
-        ``LocalMatching.score_selected`` (k-sparse, fused), soft attention densely."""
-        if (level, layout) not in self._pair_fn:
+    def _chunk_fn(self, level):
+        """Scores the (text, image) pairs given by table rows: ``fn(text_rows, image_rows,
+        layout, used)`` → [X, Y] (layouts as ``LocalMatching.score_prepared``: grid rows
+        [X] × [Y], image_paired [X] × [X, Y], text_paired [X, Y] × [X]; ``used`` word
+        slots). Gumbel heads: γ by oneDNN (XLA's CPU batched matmul is an order slower),
+        the rest by ``score_selected`` under XLA; soft attention: the dense path."""
+        if level not in self._pair_fn:
             head = self.heads[level]
-            if head.attention == "gumbel":
-                fn = lambda tp, tm, ip: head.score_selected(tp, tm, ip, layout=layout)  # noqa
-            else:
-                fn = lambda tp, tm, ip: head.score_prepared(tp, tm, ip, training=False,  # noqa
-                                                            layout=layout)
-            self._pair_fn[level, layout] = tf.function(fn, jit_compile=True,
-                                                       reduce_retracing=True)
-        return self._pair_fn[level, layout]
+            compiled = tf.function(head.score_selected, jit_compile=True,
+                                   reduce_retracing=True)
+
+            def fn(t_gamma, t_lin, t_mask, v_gamma, v_lin, text_rows, image_rows, layout,
+                   used):
+                tg = tf.gather(t_gamma, text_rows)[..., :used, :]
+                vg = tf.gather(v_gamma, image_rows)
+                mask = tf.gather(t_mask, text_rows)[..., :used]
+                if head.attention != "gumbel":
+                    tl = tf.gather(t_lin, text_rows)[..., :used, :]
+                    return head.score_prepared((tg, tl), mask, (vg, tf.gather(v_lin, image_rows)),
+                                               training=False, layout=layout)
+                gamma = head.pair_gamma(tg, vg, layout)
+                text_index = text_rows if layout == "text_paired" else text_rows[:, None]
+                image_index = {"grid": image_rows[None], "image_paired": image_rows,
+                               "text_paired": image_rows[:, None]}[layout]
+                pair_mask = mask if layout == "text_paired" else mask[:, None]
+                pair_mask = tf.broadcast_to(pair_mask, tf.shape(gamma)[:3])
+                return compiled(gamma, t_lin, pair_mask, text_index, v_lin, image_index)
+
+            graph_fn = tf.function(fn, reduce_retracing=True)
+            self._pair_fn[level] = lambda prep, *args: graph_fn(  # noqa: E731
+                *prep["text"], prep["mask_t"], *prep["image"], *args)
+        return self._pair_fn[level]
 
     def _pairs_per_chunk(self, words: int, regions: int) -> int:
         """Pairs whose intermediates fit the memory budget: per pair, the [R, N] score maps
@@ -132,12 +177,11 @@ class Scorer:
         per_pair = 4 * (h * (words * (k2 + 3) + regions * (k1 + 3)) + 6 * words * regions)
         return max(1, self.budget // per_pair)
 
-    def local_grid(self, level: str, prep, text_rows: np.ndarray,
+    def local_grid(self, level: str, prep: dict, text_rows: np.ndarray,
                    image_cols: np.ndarray) -> np.ndarray:
         """[len(text_rows), len(image_cols)] scores of one local level."""
-        (t_gamma, t_lin), t_mask, (v_gamma, v_lin) = prep
-        fn = self._chunk_fn(level)
-        pairs = self._pairs_per_chunk(t_gamma.shape[1], v_gamma.shape[1])
+        fn, t_mask = self._chunk_fn(level), prep["mask"]
+        pairs = self._pairs_per_chunk(t_mask.shape[1], prep["image"][0].shape[1])
         tc = max(1, min(len(text_rows), self.config.eval_chunk, pairs))
         ic = max(1, min(len(image_cols), pairs // tc))
         out = np.zeros((len(text_rows), len(image_cols)), np.float32)
@@ -147,39 +191,34 @@ class Scorer:
             at = order[a:a + tc]
             rows = _pad_index(text_rows[at], tc)
             used = _used_length(t_mask[rows])
-            tp = (t_gamma[rows, :used], t_lin[rows, :used])
             for b in range(0, len(image_cols), ic):
                 cols = _pad_index(image_cols[b:b + ic], ic)
-                scores = fn(tp, t_mask[rows, :used], (v_gamma[cols], v_lin[cols])).numpy()
+                scores = fn(prep, rows, cols, "grid", used).numpy()
                 out[at, b:b + ic] = scores[:len(at), :min(ic, len(image_cols) - b)]
         return out
 
-    def local_candidates(self, level: str, prep, top: np.ndarray, direction: str) -> np.ndarray:
+    def local_candidates(self, level: str, prep: dict, top: np.ndarray,
+                         direction: str) -> np.ndarray:
         """Scores of each query with its own candidates only, [Q, K]: query q's row holds
         S(q, top[q, j]) (t2i: q a text, candidates images; i2t the other way round)."""
-        (t_gamma, t_lin), t_mask, (v_gamma, v_lin) = prep
+        fn, t_mask = self._chunk_fn(level), prep["mask"]
         layout = "image_paired" if direction == "t2i" else "text_paired"
-        fn = self._chunk_fn(level, layout)
-        q_chunk = max(1, self._pairs_per_chunk(t_gamma.shape[1], v_gamma.shape[1])
+        q_chunk = max(1, self._pairs_per_chunk(t_mask.shape[1], prep["image"][0].shape[1])
                       // top.shape[1])
+        q_chunk = min(q_chunk, len(top))
         out = np.zeros(top.shape, np.float32)
         lengths = t_mask.sum(axis=1)
         # Queries sorted by the length of their texts, so each chunk drops shared padding.
         key = lengths if direction == "t2i" else lengths[top].max(axis=1)
         order = np.argsort(key, kind="stable")
-        q_chunk = min(q_chunk, len(top))
         for a in range(0, len(top), q_chunk):
             kept = order[a:a + q_chunk]
             rows = _pad_index(kept, q_chunk)
             cand = top[rows]
             if direction == "t2i":
-                used = _used_length(t_mask[rows])
-                scores = fn((t_gamma[rows, :used], t_lin[rows, :used]), t_mask[rows, :used],
-                            (v_gamma[cand], v_lin[cand]))
+                scores = fn(prep, rows, cand, layout, _used_length(t_mask[rows]))
             else:
-                used = _used_length(t_mask[cand])
-                scores = fn((t_gamma[cand, :used], t_lin[cand, :used]),
-                            t_mask[cand, :used], (v_gamma[rows], v_lin[rows]))
+                scores = fn(prep, cand, rows, layout, _used_length(t_mask[cand]))
             out[kept] = scores.numpy()[:len(kept)]
         return out
 
@@ -215,8 +254,7 @@ class Scorer:
         if direction == "i2t":
             stage1 = stage1.T
         k = min(k, stage1.shape[1])
-        top = np.argpartition(-stage1, k - 1, axis=1)[:, :k] if k < stage1.shape[1] \
-            else np.tile(np.arange(k), (len(stage1), 1))
+        top = _top_k_rows(stage1, k)
         top_scores = self.weights["sentence"] * np.take_along_axis(stage1, top, 1)
         top_scores = top_scores.astype(np.float64)
         prep = prep if prep is not None else self._prepared(texts, images)
@@ -226,7 +264,8 @@ class Scorer:
         # Items outside the top-k keep their stage-1 scores, shifted (in float64, so no
         # ties appear) below the lowest re-ranked score of their row.
         shift = stage1.max(axis=1) - top_scores.min(axis=1) + 1.0
-        final = stage1.astype(np.float64) - shift[:, None]
+        final = stage1.astype(np.float64)
+        final -= shift[:, None]
         np.put_along_axis(final, top, top_scores, axis=1)
         return final
 

@@ -114,14 +114,9 @@ class LocalMatching(keras.layers.Layer):
           candidate texts per image). Output [X, Y] in every layout.
         """
         spec = _LAYOUTS[layout]
-        t_gamma, t_lin = text_prep
-        v_gamma, v_lin = image_prep
-        mask = tf.cast(text_mask, tf.bool)
-        if layout != "text_paired":
-            mask = mask[:, None, :]  # [X, 1, R]
-        # γ [X, Y, R, N] (Eq. 2).
-        gamma = tf.einsum(f"{spec['t']},{spec['v']}->xyrn", t_gamma, v_gamma) * (
-            self.hidden ** -0.5)
+        (t_gamma, t_lin), (v_gamma, v_lin) = text_prep, image_prep
+        mask = _pair_mask(text_mask, layout)
+        gamma = self.pair_gamma(t_gamma, v_gamma, layout)  # γ [X, Y, R, N] (Eq. 2)
         word_mask = tf.broadcast_to(mask[..., None], tf.shape(gamma))
 
         # Image-to-text: each region n selects k1 words (Alg. 1 l. 6–12, Eqs. 5–7).
@@ -146,51 +141,58 @@ class LocalMatching(keras.layers.Layer):
         s_t2i = tf.reduce_sum(per_word * valid, -1) / tf.maximum(tf.reduce_sum(valid, -1), 1.0)
         return 0.5 * (s_i2t + s_t2i)
 
-    def score_selected(self, text_prep, text_mask, image_prep, layout: str = "grid"):
+    def pair_gamma(self, t_gamma, v_gamma, layout: str = "grid"):
+        """Eq. 2's γ [X, Y, R, N] of every pair of a layout, from ``prepare_*``'s φ parts."""
+        spec = _LAYOUTS[layout]
+        return tf.einsum(f"{spec['t']},{spec['v']}->xyrn", t_gamma, v_gamma) * (
+            self.hidden ** -0.5)
+
+    def score_selected(self, gamma, text_table, text_mask, text_index, image_table,
+                       image_index):
         """Inference-only twin of ``score_prepared(..., training=False)``: the same S(V, T)
-        (Gumbel attention only), written for XLA (call it under
-        ``tf.function(jit_compile=True)``; without XLA the dense path is faster).
+        (Gumbel attention only), for XLA: call it under ``tf.function(jit_compile=True)``
+        (without XLA the dense path is faster) with γ computed outside by ``pair_gamma``
+        (oneDNN's batched matmul is far faster on CPU than XLA's).
+
+        Args:
+          gamma: [X, Y, R, N], γ of pair (x, y) = text ``text_index[x, y]`` with image
+            ``image_index[x, y]``.
+          text_table: [T, R', H] the texts' W·t (``prepare_text``'s second part), R' ≥ R;
+            text_mask [X, Y, R] the pairs' word masks.
+          image_table: [I, N, H] the images' W·v.
+          text_index, image_index: int [X, Y] (or broadcastable) rows of the tables.
+        Returns [X, Y].
 
         Without Gumbel noise, α is the top-k of γ (Algorithm 1's l2 normalisation keeps each
         row's order) and Eq. 7 a softmax over the k selected γ, so each fused vector is a
-        k-term sum of gathered rows: k1·N·H + k2·R·H multiply-adds per pair instead of two
-        R·N·H products, and XLA fuses gather, sum, ReLU and Eq. 8's output layer into one
-        loop, so no [.., H]-wide pair tensor is ever written to memory.
+        k-term sum of rows gathered straight from the tables: k1·N·H + k2·R·H multiply-adds
+        per pair instead of two R·N·H products, and XLA fuses the gathers, the sum, the ReLU
+        and Eq. 8's output layer into one loop, so no [.., H]-wide pair tensor is written.
         """
         if self.attention != "gumbel":
             raise ValueError("score_selected needs attention='gumbel'")
-        spec = _LAYOUTS[layout]
-        t_gamma, t_lin = text_prep
-        v_gamma, v_lin = image_prep
-        t_lin, v_lin = t_lin + self.fuse_bias, v_lin + self.fuse_bias
-        mask = tf.cast(text_mask, tf.bool)
-        if layout != "text_paired":
-            mask = mask[:, None, :]  # [X, 1, R]
-        gamma = tf.einsum(f"{spec['t']},{spec['v']}->xyrn", t_gamma, v_gamma) * (
-            self.hidden ** -0.5)
         shape = tf.shape(gamma)
-        xs = tf.range(shape[0])[:, None, None]
-        ys = tf.range(shape[1])[None, :, None]
-
-        def lead(index_dims, paired):  # leading gather indices of a [X, Y, A] pick
-            x = tf.broadcast_to(xs, index_dims)
-            return [x, tf.broadcast_to(ys, index_dims)] if paired else [x]
-
+        pairs = shape[:2]
+        mask = tf.cast(text_mask, tf.bool)
+        slots_t, slots_v = tf.shape(text_table)[1], tf.shape(image_table)[1]
+        # Row offsets of each pair's words / regions in the tables flattened to [-1, H].
+        t_base = (tf.broadcast_to(tf.cast(text_index, tf.int32), pairs) * slots_t)[..., None]
+        v_base = (tf.broadcast_to(tf.cast(image_index, tf.int32), pairs) * slots_v)[..., None]
+        t_rows = tf.reshape(text_table, [-1, tf.shape(text_table)[-1]])
+        v_rows = tf.reshape(image_table, [-1, tf.shape(image_table)[-1]])
         w_out, b_out = self.fuse_out.kernel[:, 0], self.fuse_out.bias[0]
-        # Text-to-image: each word r fuses its k2 regions.
-        t2i_dims = shape[:3]
-        image_lead = ([tf.broadcast_to(ys, t2i_dims)] if layout == "grid"
-                      else lead(t2i_dims, layout == "image_paired"))
-        fused = _fuse_top_k(gamma, self.k2, v_lin, image_lead)
-        hidden = tf.nn.relu(spec["t_b"](t_lin) + fused)
+        # Text-to-image: word r (its W·t + b) with its k2 fused regions.
+        own = tf.gather(t_rows, t_base + tf.range(shape[2]))
+        fused = _fuse_top_k(gamma, self.k2, v_rows, v_base)
+        hidden = tf.nn.relu(own + fused + self.fuse_bias)
         per_word = tf.sigmoid(tf.einsum("xyrh,h->xyr", hidden, w_out) + b_out)
         valid = tf.cast(mask, per_word.dtype)
         s_t2i = tf.reduce_sum(per_word * valid, -1) / tf.maximum(tf.reduce_sum(valid, -1), 1.0)
-        # Image-to-text: each region n fuses its k1 words (Eqs. 5–7), scored by Eq. 8.
+        # Image-to-text: region n with its k1 fused words (Eqs. 5–7), scored by Eq. 8.
         scores_nr = tf.transpose(tf.where(mask[..., None], gamma, _MASKED), [0, 1, 3, 2])
-        fused = _fuse_top_k(scores_nr, self.k1, t_lin,
-                            lead(tf.shape(scores_nr)[:3], layout == "text_paired"))
-        hidden = tf.nn.relu(spec["v_b"](v_lin) + fused)
+        own = tf.gather(v_rows, v_base + tf.range(shape[3]))
+        fused = _fuse_top_k(scores_nr, self.k1, t_rows, t_base)
+        hidden = tf.nn.relu(own + fused + self.fuse_bias)
         per_region = tf.sigmoid(tf.einsum("xynh,h->xyn", hidden, w_out) + b_out)
         return 0.5 * (tf.reduce_mean(per_region, axis=-1) + s_t2i)
 
@@ -219,9 +221,16 @@ class LocalMatching(keras.layers.Layer):
 _MASKED = -1e9  # score of a padded key; below any real γ
 
 
-def _fuse_top_k(scores, k: int, table, lead: list):
-    """Σ_j softmax_j(top-k scores) · table[lead..., index_j] for each row of ``scores``
-    [X, Y, A, n] (padded keys at ``_MASKED``) → [X, Y, A, H]. Ties pick the lower index, as
+def _pair_mask(text_mask, layout: str):
+    """The word mask broadcastable to [X, Y, R]."""
+    mask = tf.cast(text_mask, tf.bool)
+    return mask if layout == "text_paired" else mask[:, None, :]
+
+
+def _fuse_top_k(scores, k: int, rows, base):
+    """Σ_j softmax_j(top-k scores) · rows[base + index_j] for each row of ``scores``
+    [X, Y, A, n] (padded keys at ``_MASKED``), where ``rows`` [-1, H] holds the keys and
+    ``base`` [X, Y, 1] the offset of each pair's first key → [X, Y, A, H]. Ties pick the lower index, as
     ``tf.math.top_k``; a row with fewer than k real keys weighs only those, one with none
     fuses 0."""
     remaining, picks, values = scores, [], []
@@ -237,8 +246,7 @@ def _fuse_top_k(scores, k: int, table, lead: list):
     weights *= tf.cast(real, weights.dtype)
     fused = 0.0
     for j, index in enumerate(picks):
-        rows = tf.gather_nd(table, tf.stack(lead + [index], axis=-1))
-        fused += weights[..., j:j + 1] * rows
+        fused += weights[..., j:j + 1] * tf.gather(rows, base + index)
     return fused
 
 

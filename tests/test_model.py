@@ -166,7 +166,25 @@ def test_selected_scoring_under_xla_equals_the_dense_inference_path(k1, k2, slot
     head = LocalMatching(hidden=8, k1=k1, k2=k2)
     head((text, mask, image))
     (tg, tl), (vg, vl) = head.prepare_text(text), head.prepare_image(image)
-    selected = tf.function(head.score_selected, jit_compile=True)
+    compiled = tf.function(head.score_selected, jit_compile=True)
+
+    def selected(text_prep, text_mask, image_prep, layout):
+        """The tables are the gathered per-pair arrays themselves, indexed in place."""
+        gamma = head.pair_gamma(text_prep[0], image_prep[0], layout)
+        x, y = gamma.shape[:2]
+        t_table, v_table = text_prep[1], image_prep[1]
+        t_index, v_index = np.arange(x)[:, None], np.arange(y)[None]
+        if layout == "image_paired":
+            v_table, v_index = tf.reshape(v_table, [x * y, *v_table.shape[2:]]), \
+                np.arange(x * y).reshape(x, y)
+        if layout == "text_paired":
+            t_table, t_index = tf.reshape(t_table, [x * y, *t_table.shape[2:]]), \
+                np.arange(x * y).reshape(x, y)
+            v_index = np.arange(x)[:, None]
+        mask = np.broadcast_to(text_mask if layout == "text_paired" else text_mask[:, None],
+                               gamma.shape[:3])
+        return compiled(gamma, t_table, mask, t_index, v_table, v_index)
+
     picks = np.array([[3, 0], [1, 1], [2, 0]])
     texts_of = np.array([[2, 0], [1, 2], [0, 0], [1, 0]])
     cases = {
@@ -181,4 +199,5 @@ def test_selected_scoring_under_xla_equals_the_dense_inference_path(k1, k2, slot
                                    err_msg=layout)
     with pytest.raises(ValueError, match="gumbel"):
         LocalMatching.from_config({**head.get_config(), "attention": "soft"}).score_selected(
-            *cases["grid"])
+            head.pair_gamma(tg, vg), tl, mask[:, None], np.arange(3)[:, None], vl,
+            np.arange(4)[None])
