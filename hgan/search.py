@@ -5,9 +5,12 @@
   python -m hgan.search query --savedmodel=DIR --index=INDEX.npz "a woman in a red coat" \
       [--top_k=10] [--json]
 
-The index holds each image's features from the model's ``encode_image`` signature and its
-path; a query is scored against it with ``score_features`` (all levels, as eval.py), in
-chunks. Files in a folder that are not JPEG/PNG images are skipped and reported.
+The index holds each image's features from the model's ``encode_image`` signature (every
+output it has) and its path; a query is scored against it with ``score_features`` (HGAN:
+all levels, as eval.py; IATV: stage 1), in chunks. A model that also exports
+``rerank_features`` (IATV's stage 2) re-orders each query's ``--rerank_k`` best by it, the
+rest keeping their order behind, as in two-stage evaluation. Files in a folder that are
+not JPEG/PNG images are skipped and reported.
 """
 from __future__ import annotations
 
@@ -22,7 +25,6 @@ from absl import app, flags
 from hgan.tf_compat import tf
 
 _EXTENSIONS = (".jpg", ".jpeg", ".png")
-_FEATURES = ("global", "word", "phrase")
 
 
 @functools.lru_cache(maxsize=4)
@@ -57,7 +59,7 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
     served = _load(savedmodel)
     encode = served.signatures["encode_image"]
     source = _folder_images(images) if images else _record_images(data_dir, split)
-    feats = {k: [] for k in _FEATURES}
+    feats = {k: [] for k in encode.structured_outputs}
     paths, skipped, batch = [], [], []
 
     def flush():
@@ -77,7 +79,7 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
 
     def _keep(batch_paths, out):
         paths.extend(batch_paths)
-        for k in _FEATURES:
+        for k in feats:
             feats[k].append(out[k].numpy())
 
     for item in source:
@@ -100,23 +102,40 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
     return {"images": len(paths), "skipped": skipped, "index": index_path}
 
 
+def _image_inputs(signature, index, rows) -> dict:
+    """The signature's ``image_<feature>`` inputs, read from the index at ``rows``."""
+    names = [n for n in signature.structured_input_signature[1] if n.startswith("image_")]
+    missing = [n for n in names if n[len("image_"):] not in index]
+    if missing:
+        raise ValueError(f"the index lacks {missing}: was it built with this SavedModel?")
+    return {n: tf.constant(index[n[len("image_"):]][rows]) for n in names}
+
+
 def query(savedmodel: str, index_path: str, text: str, top_k: int = 10,
-          chunk: int = 1024) -> list[dict]:
-    """The ``top_k`` images of the index for ``text``, best first: [{path, score}]."""
+          chunk: int = 1024, rerank_k: int = 20) -> list[dict]:
+    """The ``top_k`` images of the index for ``text``, best first: [{path, score}], plus
+    ``rerank`` (the stage-2 logit) on the re-ranked ones of a model with
+    ``rerank_features``."""
     if not text.strip():
         raise ValueError("the query is empty")
     served = _load(savedmodel)
     score = served.signatures["score_features"]
-    index = np.load(index_path)
+    index = dict(np.load(index_path))
     n = len(index["paths"])
+    texts = tf.constant([text])
     scores = np.concatenate([
-        score(texts=tf.constant([text]),
-              image_global=tf.constant(index["global"][a:a + chunk]),
-              image_word=tf.constant(index["word"][a:a + chunk]),
-              image_phrase=tf.constant(index["phrase"][a:a + chunk]))["score"].numpy()[0]
-        for a in range(0, n, chunk)])
-    order = np.argsort(-scores, kind="stable")[:top_k]
-    return [{"path": str(index["paths"][i]), "score": float(scores[i])} for i in order]
+        score(texts=texts, **_image_inputs(score, index, slice(a, a + chunk)))["score"]
+        .numpy()[0] for a in range(0, n, chunk)])
+    order = np.argsort(-scores, kind="stable")
+    rerank = {}
+    if "rerank_features" in served.signatures and rerank_k > 0:
+        head = order[:rerank_k]
+        second = served.signatures["rerank_features"]
+        logits = second(texts=texts, **_image_inputs(second, index, head))["logits"].numpy()[0]
+        rerank = dict(zip(head.tolist(), logits.tolist()))
+        order = np.concatenate([head[np.argsort(-logits, kind="stable")], order[rerank_k:]])
+    return [{"path": str(index["paths"][i]), "score": float(scores[i]),
+             **({"rerank": rerank[i]} if i in rerank else {})} for i in order[:top_k]]
 
 
 FLAGS = flags.FLAGS
@@ -129,6 +148,8 @@ def _define_flags():
     flags.DEFINE_string("data_dir", None, "index: a data_prep output dir instead of a folder.")
     flags.DEFINE_string("split", "test", "index: the split of --data_dir.")
     flags.DEFINE_integer("top_k", 10, "query: results to return.")
+    flags.DEFINE_integer("rerank_k", 20, "query: stage-1 best re-ranked by a model's "
+                         "rerank_features (IATV's stage 2; §4.2: 20); 0 = stage 1 only.")
     flags.DEFINE_bool("json", False, "query: print JSON.")
     flags.mark_flags_as_required(["savedmodel", "index"])
 
@@ -143,12 +164,14 @@ def main(argv):
         return 0
     if len(argv) != 3:
         raise app.UsageError('query takes one quoted sentence: query "a man in a red coat"')
-    results = query(FLAGS.savedmodel, FLAGS.index, argv[2], FLAGS.top_k)
+    results = query(FLAGS.savedmodel, FLAGS.index, argv[2], FLAGS.top_k,
+                    rerank_k=FLAGS.rerank_k)
     if FLAGS.json:
         print(json.dumps({"query": argv[2], "results": results}, indent=2))
     else:
         for rank, r in enumerate(results, 1):
-            print(f"{rank:3d}  {r['score']:.4f}  {r['path']}")
+            second = f"  stage-2 {r['rerank']:+.3f}" if "rerank" in r else ""
+            print(f"{rank:3d}  {r['score']:.4f}{second}  {r['path']}")
     return 0
 
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests_support import ROOT, run_cli
+from tests_support import ROOT, make_reed, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -73,3 +73,26 @@ def _checkpoint_steps(ckpt_dir):
         return []
     return [int(f.split("-")[1].split(".")[0]) for f in os.listdir(ckpt_dir)
             if f.startswith("ckpt-") and f.endswith(".index")]
+
+
+def test_cub_layout_end_to_end_reports_the_class_level_metrics(tiny_vocab, tmp_path):
+    """CUB (Reed et al.'s layout) → TFRecords → train → eval.py: besides the instance
+    metrics, text-to-image AP@50 and the class-fused image-to-text Rank-1 of both papers."""
+    classes = {f"{i:03d}.Bird_{i}": 3 for i in range(1, 9)}
+    names = list(classes)
+    make_reed(tmp_path / "cub", classes, split_files={
+        "trainvalclasses.txt": names[:6], "valclasses.txt": names[4:6],
+        "testclasses.txt": names[6:]})
+    tfr, model_dir = str(tmp_path / "tfr"), str(tmp_path / "run")
+    run_cli("-m", "data_prep", "--dataset=cub", f"--data_dir={tmp_path / 'cub'}",
+            f"--output_dir={tfr}", "--strict")
+    run_cli(*_train_args(tfr, model_dir, tiny_vocab, 2))
+    report_path = str(tmp_path / "report.json")
+    run_cli("eval.py", f"--model_dir={model_dir}", f"--data_dir={tfr}", "--split=test",
+            f"--output_json={report_path}", "--modes=exact")
+    report = json.load(open(report_path))
+    assert report["queries"] == 2 * 3 * 2 and report["gallery"] == 2 * 3  # 2 captions each
+    assert 0 <= report["t2i"]["AP@50"] <= 100 and 0 <= report["i2t"]["class_R1"] <= 100
+    # With two test classes, fusing a class's sentences puts every image's own class at
+    # rank 1 or 2: the class Rank-1 is a multiple of 100/6.
+    assert round(report["i2t"]["class_R1"] * 6 / 100, 6) % 1 == 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hgan import data, eval_report, train_lib
+from hgan import data, eval_report, search, train_lib
 from hgan.config import PRESETS, Config
 from hgan.export import export
 from hgan.iatv import evaluate as iatv_evaluate
@@ -151,7 +151,8 @@ def test_export_serves_stage1_scores_and_stage2_confidences(trained, tmp_path):
     model_dir = trained[0]
     saved = export(model_dir, str(tmp_path / "saved"))
     served = tf.saved_model.load(saved)
-    assert set(served.signatures) == {"encode_text", "encode_image", "score", "rerank_score"}
+    assert set(served.signatures) == {"encode_text", "encode_image", "score", "rerank_score",
+                                      "score_features", "rerank_features"}
     texts = ["a man in a red shirt with a bag.", "a man wearing blue coat and pants.", ""]
     images = [_png((200, 30, 30)), _png((20, 40, 220))]
     score = served.signatures["score"](texts=tf.constant(texts), images=tf.constant(images))
@@ -173,6 +174,29 @@ def test_export_serves_stage1_scores_and_stage2_confidences(trained, tmp_path):
     assert enc["embedding"].shape == (1, 16) and enc["regions"].shape == (1, 8, 64)
     with pytest.raises(tf.errors.InvalidArgumentError, match="not a JPEG or PNG"):
         served.signatures["encode_image"](images=tf.constant([b"not an image"]))
+    # Search: an index of encode_image outputs; stage 1 ranks, stage 2 re-orders the top 2.
+    folder = tmp_path / "gallery"
+    folder.mkdir()
+    colours = [(200, 30, 30), (20, 40, 220), (30, 200, 30)]
+    for i, colour in enumerate(colours):
+        (folder / f"{i}.png").write_bytes(_png(colour))
+    index = str(tmp_path / "index.npz")
+    search.build_index(saved, index, images=str(folder), log=lambda _: None)
+    stage1 = search.query(saved, index, texts[0], top_k=3, rerank_k=0)
+    both = search.query(saved, index, texts[0], top_k=3, rerank_k=2)
+    pixels = tf.stack([data.preprocess_image(data.decode_image(_png(c)), config)
+                       for c in colours])
+    cosine = (text[:1] @ model.encode_image(pixels).numpy().T)[0]
+    assert [r["path"] for r in stage1] == [f"{i}.png" for i in np.argsort(-cosine)]
+    np.testing.assert_allclose([r["score"] for r in stage1], np.sort(cosine)[::-1], atol=1e-5)
+    top2 = np.argsort(-cosine)[:2]
+    logits = model.pair_logits(model.encode_regions(pixels).numpy()[top2],
+                               {k: np.repeat(tokens[k].numpy()[:1], 2, axis=0)
+                                for k in ("input_word_ids", "input_mask")}).numpy()
+    assert [r["path"] for r in both[:2]] == [f"{i}.png" for i in top2[np.argsort(-logits)]]
+    np.testing.assert_allclose(sorted(r["rerank"] for r in both[:2]), np.sort(logits),
+                               atol=1e-5)
+    assert both[2]["path"] == stage1[2]["path"] and "rerank" not in both[2]
 
 
 def test_pair_batches_join_the_mined_indices_to_their_image_and_caption(tiny_data, config):

@@ -8,19 +8,7 @@ import pytest
 from PIL import Image
 
 from data_prep import importers as imp
-
-
-def image_bytes(fmt="JPEG", colour=(200, 30, 30)):
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 32), colour).save(buffer, fmt)
-    return buffer.getvalue()
-
-
-def write(path, data):
-    """Writes ``data`` (bytes, or str as UTF-8) to the pathlib ``path``, making folders."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-    return path
+from tests_support import image_bytes, make_reed, write
 
 
 def entry(path, split="train", pid=1, captions=("A man in a red shirt.",), path_key="file_path"):
@@ -196,20 +184,6 @@ def test_annotation_file_linked_from_outside_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------------ CUB / Flowers
-
-def make_reed(root, classes, flowers=False, split_files=None):
-    """Reed et al.'s layout; ``classes``: {class: number of images}."""
-    for class_name, count in classes.items():
-        for index in range(count):
-            stem = f"{class_name}_{index:04d}"
-            image = (root / "jpg" / f"{stem}.jpg" if flowers
-                     else root / "images" / class_name / f"{stem}.jpg")
-            write(image, image_bytes())
-            write(root / "text_c10" / class_name / f"{stem}.txt",
-                  f"this {class_name} has {index} spots.\n\nit is small.\n")
-    for name, listed in (split_files or {}).items():
-        write(root / name, "".join(f"{c}\n" for c in listed))
-
 
 def test_cub_splits_from_trainval_minus_val(tmp_path):
     classes = {f"{i:03d}.Bird_{i}": 2 for i in range(1, 6)}

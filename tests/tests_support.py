@@ -1,7 +1,10 @@
-"""Helpers shared by the tests that run the command lines."""
+"""Helpers shared by the tests: the command-line runner and raw-layout writers."""
+import io
 import os
 import subprocess
 import sys
+
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -14,3 +17,30 @@ def run_cli(*args, timeout=600) -> str:
         raise AssertionError(f"python {' '.join(args)} exited {proc.returncode}:\n"
                              f"{proc.stderr[-4000:]}")
     return proc.stdout
+
+
+def image_bytes(fmt="JPEG", colour=(200, 30, 30)):
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 32), colour).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def write(path, data):
+    """Writes ``data`` (bytes, or str as UTF-8) to the pathlib ``path``, making folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return path
+
+
+def make_reed(root, classes, flowers=False, split_files=None):
+    """Reed et al.'s layout; ``classes``: {class: number of images}."""
+    for class_name, count in classes.items():
+        for index in range(count):
+            stem = f"{class_name}_{index:04d}"
+            image = (root / "jpg" / f"{stem}.jpg" if flowers
+                     else root / "images" / class_name / f"{stem}.jpg")
+            write(image, image_bytes())
+            write(root / "text_c10" / class_name / f"{stem}.txt",
+                  f"this {class_name} has {index} spots.\n\nit is small.\n")
+    for name, listed in (split_files or {}).items():
+        write(root / name, "".join(f"{c}\n" for c in listed))

@@ -11,7 +11,10 @@
 * ``rerank_score(texts: string[T], images: string[I])`` → ``logits`` and ``confidence``
   (σ(logits), Eq. 12's C) [T, I] of stage 2 for **every** text × image pair. It runs T·I
   pairs through the co-attention network: meant for a query's stage-1 shortlist (§4.2:
-  the top 20); rank by ``logits`` (confidences saturate to ties).
+  the top 20); rank by ``logits`` (confidences saturate to ties);
+* ``score_features(texts, image_embedding)`` and ``rerank_features(texts, image_regions)``:
+  the same two against ``encode_image`` outputs (what ``hgan.search`` keeps in its index;
+  it re-ranks each query's stage-1 top ``--rerank_k`` with the second).
 
 Images are checked in-graph (not JPEG/PNG: a clear error), preprocessed with
 ``hgan.data.preprocess_image`` as in training; sentences longer than ``max_len`` tokens are
@@ -67,11 +70,25 @@ class IATVServing(tf.Module):
         return {"score": tf.matmul(tf.math.l2_normalize(text, -1),
                                    tf.math.l2_normalize(image, -1), transpose_b=True)}
 
+    @tf.function(input_signature=[STRINGS, tf.TensorSpec([None, None], tf.float32)])
+    def score_features(self, texts, image_embedding):
+        """Stage-1 cosine of sentences against ``encode_image`` embeddings (a search index)."""
+        text = self.model.encode_text(self.tokenizer(texts))
+        return {"score": tf.matmul(tf.math.l2_normalize(text, -1),
+                                   tf.math.l2_normalize(image_embedding, -1), transpose_b=True)}
+
     @tf.function(input_signature=[STRINGS, STRINGS])
     def rerank_score(self, texts, images):
+        return self._pair_logits(texts, self.model.encode_regions(self._pixels(images)))
+
+    @tf.function(input_signature=[STRINGS, tf.TensorSpec([None, None, None], tf.float32)])
+    def rerank_features(self, texts, image_regions):
+        """Stage-2 logits of every (sentence, image) pair from ``encode_image`` regions."""
+        return self._pair_logits(texts, image_regions)
+
+    def _pair_logits(self, texts, regions):
         tokens = self.tokenizer(texts)
-        regions = self.model.encode_regions(self._pixels(images))
-        t, i = tf.shape(texts)[0], tf.shape(images)[0]
+        t, i = tf.shape(texts)[0], tf.shape(regions)[0]
         text_index = tf.repeat(tf.range(t), i)  # pair p = (p // I, p % I)
         image_index = tf.tile(tf.range(i), [t])
         pair_tokens = {k: tf.gather(tokens[k], text_index)
@@ -90,4 +107,6 @@ def export(model_dir: str, output_dir: str, checkpoint: str = "best") -> str:
         "encode_image": module.encode_image.get_concrete_function(),
         "score": module.score.get_concrete_function(),
         "rerank_score": module.rerank_score.get_concrete_function(),
+        "score_features": module.score_features.get_concrete_function(),
+        "rerank_features": module.rerank_features.get_concrete_function(),
     }, output_dir, config, path)
