@@ -7,6 +7,7 @@ from official.nlp.modeling import layers as nlp_layers
 from official.nlp.modeling import networks as nlp_networks
 
 from hgan.config import Config
+from hgan.layers.bilstm import BiLSTM
 from hgan.tf_compat import keras, tf
 
 _SCRATCH = "scratch:"
@@ -113,10 +114,9 @@ def build_text_encoder(config: Config, vocab_size: int) -> keras.Model:
     word_mask = keras.layers.Lambda(_real_words, name="word_mask", dtype="float32")([word_ids, mask])
 
     # The LSTM is sequential, so it runs only to the batch's longest caption (same output:
-    # masked steps are skipped either way); this is most of what HGAN adds to a step.
+    # steps after a caption's end are never read); this is most of what HGAN adds to a step.
     lstm_in, lstm_mask = keras.layers.Lambda(_trim_padding, name="trim_padding")([tokens, mask])
-    lstm = keras.layers.Bidirectional(keras.layers.LSTM(config.lstm_units), name="bilstm")
-    t_global = lstm(lstm_in, mask=lstm_mask)
+    t_global = BiLSTM(config.lstm_units, name="bilstm")(lstm_in, mask=lstm_mask)
     t_global = keras.layers.Dense(config.embed_dim, name="t_global_fc")(t_global)
 
     phrases = PhrasePooling(name="phrase_pool")([tokens, membership])

@@ -1,0 +1,44 @@
+"""hgan.layers.bilstm.BiLSTM against Keras's Bidirectional(LSTM) with a mask."""
+import numpy as np
+
+from hgan.layers.bilstm import BiLSTM
+from hgan.tf_compat import keras, tf
+
+
+def test_equals_keras_bidirectional_lstm_with_a_mask_and_its_gradients():
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(4, 7, 5)).astype(np.float32))
+    lengths = np.array([7, 3, 1, 5])
+    mask = tf.constant(np.arange(7)[None] < lengths[:, None])
+    reference = keras.layers.Bidirectional(keras.layers.LSTM(6))
+    reference(x, mask=mask)
+    layer = BiLSTM(6)
+    layer(x, mask=mask)
+    fk, fr, fb = reference.forward_layer.get_weights()
+    bk, br, bb = reference.backward_layer.get_weights()
+    layer.set_weights([np.stack([fk, bk]), np.stack([fr, br]), np.stack([fb, bb])])
+
+    def run(model):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = model(x, mask=mask)
+            loss = tf.reduce_sum(out * tf.range(12, dtype=tf.float32))
+        return out.numpy(), tape.gradient(loss, [x] + model.trainable_variables)
+
+    (want, want_grads), (got, got_grads) = run(reference), run(layer)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(got_grads[0], want_grads[0], atol=1e-5)  # d/dx
+    for mine, (forward, backward) in zip(got_grads[1:], zip(want_grads[1:4], want_grads[4:])):
+        np.testing.assert_allclose(mine, np.stack([forward, backward]), atol=1e-5)
+    # Steps after a row's end change nothing.
+    noisy = tf.where(mask[..., None], x, 100.0)
+    np.testing.assert_allclose(layer(noisy, mask=mask).numpy(), got, atol=1e-6)
+
+
+def test_initial_forget_bias_is_one_and_the_layer_serialises():
+    layer = BiLSTM(3)
+    layer(tf.zeros([1, 2, 4]))
+    np.testing.assert_array_equal(layer.bias.numpy()[:, 3:6], 1.0)
+    np.testing.assert_array_equal(layer.bias.numpy()[:, :3], 0.0)
+    clone = BiLSTM.from_config(layer.get_config())
+    assert clone.units == 3
