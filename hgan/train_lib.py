@@ -92,6 +92,64 @@ def worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
     return os.path.join(model_dir, f".{resolver.task_type}_{resolver.task_id}_scratch")
 
 
+def summary_writer(model_dir: str, chief: bool):
+    """TensorBoard scalars go to model_dir/tensorboard, from the chief only."""
+    if chief:
+        return tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard"))
+    return tf.summary.create_noop_writer()
+
+
+def write_scalars(writer, step: int, values: dict, prefix: str) -> None:
+    with writer.as_default(step=step):
+        for k, v in values.items():
+            tf.summary.scalar(f"{prefix}/{k}", v)
+
+
+def progress_line(step: int, total: int, terms: dict, since: tuple, extra: str = "",
+                  label: str = "") -> str:
+    """``step i/N  [label  ]loss terms  extra  steps/s  ETA``, the rate since ``since`` =
+    (time, step)."""
+    rate = (step - since[1]) / max(time.time() - since[0], 1e-9)
+    eta = (total - step) / max(rate, 1e-9)
+    return (f"step {step}/{total}  " + (f"{label}  " if label else "")
+            + "  ".join(f"{k}={v:.4f}" for k, v in terms.items())
+            + f"{extra}  {rate:.2f} steps/s  ETA {eta / 60:.1f} min")
+
+
+def best_r1(model_dir: str) -> float:
+    """The val R1 of model_dir/best.json, or -1 before any model was selected."""
+    path = os.path.join(model_dir, "best.json")
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            return json.load(f)["metrics"]["R1"]
+    return -1.0
+
+
+def write_best(model_dir: str, record: dict) -> None:
+    """Writes model_dir/best.json atomically (call on the chief)."""
+    path = os.path.join(model_dir, "best.json")
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2)
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+
+def close_run(writer, model_dir: str, strategy: tf.distribute.Strategy) -> None:
+    writer.flush()
+    if not is_chief(strategy):  # a worker's scratch checkpoints were only for the collectives
+        tf.io.gfile.rmtree(worker_dir(model_dir, strategy))
+
+
+def has_validation(data_dir: str, val_split: str, log=print) -> bool:
+    """Whether model selection can run on ``val_split``: never the test split (an error),
+    and only if the data has it (otherwise the last checkpoint is the model, as logged)."""
+    if val_split == "test":
+        raise ValueError("model selection on the test split is not allowed; use val")
+    if val_split in data.load_manifest(data_dir)["splits"]:
+        return True
+    log(f"no {val_split!r} split: no model selection, the last checkpoint is the model")
+    return False
+
+
 def reconcile_config(config: Config, model_dir: str) -> Config:
     """Saves the config, or checks a resumed run's config against the saved one."""
     if tf.io.gfile.exists(os.path.join(model_dir, "config.json")):
@@ -243,15 +301,8 @@ class Trainer:
         from hgan import evaluation
         texts, images = evaluation.encode_split(self.model, self.data_dir, self.config,
                                                 "train", self.tokenizer, keep=("global",))
-        top = max(texts["label"].max(), images["label"].max())
-        if top >= self.num_classes:
-            raise ValueError(f"training label {top} but only {self.num_classes} identities "
-                             "(num_classes / the manifest)")
-        counts, _ = self.buffers.initialize(images["global"], images["label"],
-                                            texts["global"], texts["label"])
-        log(f"identity buffers: {self.num_classes} identities from {len(images['label'])} "
-            f"images and {len(texts['label'])} captions "
-            f"({int((counts == 0).sum())} without an image)")
+        self.buffers.fill(images["global"], images["label"], texts["global"], texts["label"],
+                          log)
 
     def dataset(self, start_step: int):
         # A resumed run reshuffles with a different seed instead of replaying the epoch.
@@ -266,14 +317,13 @@ class Trainer:
         if start >= self.total_steps:
             log(f"already trained to step {start} of {self.total_steps}")
             return self._summary()
-        writer = (tf.summary.create_file_writer(os.path.join(self.model_dir, "tensorboard"))
-                  if self.chief else tf.summary.create_noop_writer())
+        writer = summary_writer(self.model_dir, self.chief)
         if start == 0 and self.buffers is not None:
             self.initialize_buffers(log)
         batches = self.dataset(start)
         eval_every = self.config.eval_every or self.per_epoch
-        best = self._best_r1()
-        t0, last_log = time.time(), start
+        best = best_r1(self.model_dir)
+        since = (time.time(), start)
         terms = {}
         for step in range(start + 1, self.total_steps + 1):
             terms = {k: float(v) for k, v in self.train_step(next(batches)).items()}
@@ -283,18 +333,11 @@ class Trainer:
                     f"non-finite loss or gradient at step {step} ({terms}); that step was not "
                     f"applied and the last good checkpoint is {self.manager.latest_checkpoint}")
             if step % self.config.log_every == 0 or step == self.total_steps:
-                elapsed = time.time() - t0
-                rate = (step - last_log) / max(elapsed, 1e-9)
-                eta = (self.total_steps - step) / max(rate, 1e-9)
                 lr = self._current_lr()
-                log(f"step {step}/{self.total_steps}  " +
-                    "  ".join(f"{k}={v:.4f}" for k, v in terms.items()) +
-                    f"  lr={lr:.2e}  {rate:.2f} steps/s  ETA {eta / 60:.1f} min")
-                with writer.as_default(step=step):
-                    for k, v in terms.items():
-                        tf.summary.scalar(f"loss/{k}", v)
-                    tf.summary.scalar("lr", lr)
-                t0, last_log = time.time(), step
+                log(progress_line(step, self.total_steps, terms, since, f"  lr={lr:.2e}"))
+                write_scalars(writer, step, terms, "loss")
+                write_scalars(writer, step, {"lr": lr}, "train")
+                since = (time.time(), step)
             if step % self.config.checkpoint_every == 0 or step == self.total_steps:
                 self.manager.save(checkpoint_number=step)
             # Every worker evaluates and saves (reading sync-on-read BatchNorm statistics is a
@@ -302,37 +345,20 @@ class Trainer:
             if evaluate is not None and (step % eval_every == 0 or step == self.total_steps):
                 metrics = evaluate(self.model)
                 log(f"val step {step}: " + "  ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
-                with writer.as_default(step=step):
-                    for k, v in metrics.items():
-                        tf.summary.scalar(f"val/{k}", v)
+                write_scalars(writer, step, metrics, "val")
                 if metrics["R1"] > best:
                     best = metrics["R1"]
                     self.best_manager.save(checkpoint_number=step)
-                    self._write_best(step, metrics)
-        writer.flush()
-        if not self.chief:  # a worker's scratch checkpoints were only there for the collectives
-            tf.io.gfile.rmtree(worker_dir(self.model_dir, self.strategy))
+                    if self.chief:
+                        write_best(self.model_dir,
+                                   {"step": step, "split": "val", "metrics": metrics})
+        close_run(writer, self.model_dir, self.strategy)
         return self._summary(terms)
 
     def _current_lr(self) -> float:
         opt = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         lr = opt.learning_rate  # the schedule's current value (a variable)
         return float(tf.convert_to_tensor(lr(self.step) if callable(lr) else lr).numpy())
-
-    def _best_r1(self) -> float:
-        path = os.path.join(self.model_dir, "best.json")
-        if tf.io.gfile.exists(path):
-            with tf.io.gfile.GFile(path) as f:
-                return json.load(f)["metrics"]["R1"]
-        return -1.0
-
-    def _write_best(self, step: int, metrics: dict):
-        if not self.chief:
-            return
-        path = os.path.join(self.model_dir, "best.json")
-        with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-            json.dump({"step": step, "split": "val", "metrics": metrics}, f, indent=2)
-        tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
     def _summary(self, terms: Optional[dict] = None) -> dict:
         return {"step": int(self.step.numpy()), "total_steps": self.total_steps,
@@ -342,16 +368,12 @@ class Trainer:
 def run(config: Config, data_dir: str, model_dir: str, val_split: str = "val",
         strategy: Optional[tf.distribute.Strategy] = None, log=print) -> dict:
     """Trains with periodic validation on ``val_split`` (skipped if the data has none)."""
-    if val_split == "test":
-        raise ValueError("model selection on the test split is not allowed; use val")
-    trainer = Trainer(config, data_dir, model_dir, strategy)
-    evaluate = None
-    if val_split in trainer.manifest["splits"]:
-        from hgan import evaluation
+    from hgan import evaluation
 
-        def evaluate(model):
-            report = evaluation.evaluate(model, data_dir, config, val_split, modes=("exact",))
-            return {k: report["exact"]["t2i"][k] for k in ("R1", "R5", "R10", "mAP")}
-    else:
-        log(f"no {val_split!r} split: no model selection, the last checkpoint is the model")
-    return trainer.fit(evaluate, log=log)
+    def evaluate(model):
+        report = evaluation.evaluate(model, data_dir, config, val_split, modes=("exact",))
+        return {k: report["exact"]["t2i"][k] for k in ("R1", "R5", "R10", "mAP")}
+
+    validate = has_validation(data_dir, val_split, log)
+    trainer = Trainer(config, data_dir, model_dir, strategy)
+    return trainer.fit(evaluate if validate else None, log=log)

@@ -40,5 +40,7 @@ def test_initial_forget_bias_is_one_and_the_layer_serialises():
     layer(tf.zeros([1, 2, 4]))
     np.testing.assert_array_equal(layer.bias.numpy()[:, 3:6], 1.0)
     np.testing.assert_array_equal(layer.bias.numpy()[:, :3], 0.0)
+    forward, backward = layer.recurrent_kernel.numpy()
+    assert not np.allclose(forward, backward)  # each direction drawn on its own
     clone = BiLSTM.from_config(layer.get_config())
     assert clone.units == 3

@@ -78,6 +78,20 @@ class IdentityBuffers(tf.Module):
         self.text.assign(self._finish(text_mean))
         return image_counts.numpy().astype(np.int64), text_counts.numpy().astype(np.int64)
 
+    def fill(self, image_features, image_labels, text_features, text_labels,
+             log=print) -> None:
+        """``initialize`` from one pass over the training set, after checking every label
+        has a row; logs what it filled."""
+        top = max(int(np.max(text_labels)), int(np.max(image_labels)))
+        if top >= self.num_identities:
+            raise ValueError(f"training label {top} but only {self.num_identities} identities "
+                             "(num_classes / the manifest)")
+        image_counts, _ = self.initialize(image_features, image_labels, text_features,
+                                          text_labels)
+        log(f"identity buffers: {self.num_identities} identities from {len(image_labels)} "
+            f"images and {len(text_labels)} captions "
+            f"({int((image_counts == 0).sum())} without an image)")
+
     def update(self, image_features, text_features, labels):
         """Step-2 of Fig. 2: rows of the batch's identities ← 0.5·old + 0.5·new.
 

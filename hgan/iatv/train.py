@@ -28,7 +28,6 @@ logged.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -168,15 +167,8 @@ class Trainer:
         samples' features, from one pass over the training set."""
         texts, images = iatv_evaluate.encode_split(self.model, self.data_dir, self.config,
                                                    "train", self.tokenizer, regions=False)
-        top = max(texts["label"].max(), images["label"].max())
-        if top >= self.num_identities:
-            raise ValueError(f"training label {top} but only {self.num_identities} identities "
-                             "(num_classes / the manifest)")
-        image_counts, _ = self.buffers.initialize(images["embedding"], images["label"],
-                                                  texts["embedding"], texts["label"])
-        log(f"identity buffers: {self.num_identities} identities from "
-            f"{len(images['label'])} images and {len(texts['label'])} captions "
-            f"({int((image_counts == 0).sum())} without an image)")
+        self.buffers.fill(images["embedding"], images["label"], texts["embedding"],
+                          texts["label"], log)
 
     def stage1_batches(self, start_step: int):
         # A resumed run reshuffles with a different seed instead of replaying the epoch.
@@ -255,13 +247,12 @@ class Trainer:
         if start >= self.total_steps:
             log(f"already trained to step {start} of {self.total_steps}")
             return self._summary()
-        writer = (tf.summary.create_file_writer(os.path.join(self.model_dir, "tensorboard"))
-                  if self.chief else tf.summary.create_noop_writer())
+        writer = train_lib.summary_writer(self.model_dir, self.chief)
         if start == 0:
             self.initialize_buffers(log)
         eval_every = self.config.eval_every or self.per_epoch
         boundaries = set(self.phase_end.values()) | {self.total_steps}
-        best = self._best_r1()
+        best = train_lib.best_r1(self.model_dir)
         batches, source, terms = None, None, {}
         for step in range(start + 1, self.total_steps + 1):
             phase = self.phase(step)
@@ -273,7 +264,7 @@ class Trainer:
                 batches = (self.stage1_batches(step - 1) if wanted == "stage1"
                            else self.stage2_batches(step - 1, log))
                 source = wanted
-                t0, last_log = time.time(), step - 1
+                since = (time.time(), step - 1)
             terms = {k: float(v) for k, v in self.train_step(phase, next(batches)).items()}
             loss = terms[LOSS[phase]]
             if not math.isfinite(loss):
@@ -281,15 +272,9 @@ class Trainer:
                     f"non-finite {LOSS[phase]} loss at step {step} ({phase}); the last good "
                     f"checkpoint is {self.manager.latest_checkpoint}")
             if step % self.config.log_every == 0 or step in boundaries:
-                rate = (step - last_log) / max(time.time() - t0, 1e-9)
-                eta = (self.total_steps - step) / max(rate, 1e-9)
-                log(f"step {step}/{self.total_steps}  {phase}  " +
-                    "  ".join(f"{k}={v:.4f}" for k, v in terms.items()) +
-                    f"  {rate:.2f} steps/s  ETA {eta / 60:.1f} min")
-                with writer.as_default(step=step):
-                    for k, v in terms.items():
-                        tf.summary.scalar(f"{phase}/{k}", v)
-                t0, last_log = time.time(), step
+                log(train_lib.progress_line(step, self.total_steps, terms, since, label=phase))
+                train_lib.write_scalars(writer, step, terms, phase)
+                since = (time.time(), step)
             if step % self.config.checkpoint_every == 0 or step in boundaries:
                 self.manager.save(checkpoint_number=step)
             # Every worker evaluates (reading sync-on-read BatchNorm statistics is a
@@ -298,35 +283,22 @@ class Trainer:
                 two_stage = phase != "stage1"
                 val = evaluate(self.model, two_stage)
                 log(f"val step {step}: " + "  ".join(f"{k}={v:.2f}" for k, v in val.items()))
-                with writer.as_default(step=step):
-                    for k, v in val.items():
-                        tf.summary.scalar(f"val/{k}", v)
+                train_lib.write_scalars(writer, step, val, "val")
                 if two_stage and val["two_stage_R1"] > best:
                     best = val["two_stage_R1"]
                     self.best_manager.save(checkpoint_number=step)
                     self._write_best(step, val)
-        writer.flush()
-        if not self.chief:  # a worker's scratch checkpoints were only there for the collectives
-            tf.io.gfile.rmtree(train_lib.worker_dir(self.model_dir, self.strategy))
+        train_lib.close_run(writer, self.model_dir, self.strategy)
         return self._summary(terms)
-
-    def _best_r1(self) -> float:
-        path = os.path.join(self.model_dir, "best.json")
-        if tf.io.gfile.exists(path):
-            with tf.io.gfile.GFile(path) as f:
-                return json.load(f)["metrics"]["R1"]
-        return -1.0
 
     def _write_best(self, step: int, val: dict):
         if not self.chief:
             return
         metrics = {k[len("two_stage_"):]: v for k, v in val.items() if k.startswith("two_stage_")}
         metrics.update({k: v for k, v in val.items() if k.startswith("stage1_")})
-        path = os.path.join(self.model_dir, "best.json")
-        with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-            json.dump({"step": step, "split": "val", "selected_by": "two_stage t2i R1",
-                       "metrics": metrics}, f, indent=2)
-        tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+        train_lib.write_best(self.model_dir, {"step": step, "split": "val",
+                                              "selected_by": "two_stage t2i R1",
+                                              "metrics": metrics})
 
     def _summary(self, terms: Optional[dict] = None) -> dict:
         step = int(self.step.numpy())
@@ -338,19 +310,15 @@ class Trainer:
 def run(config: Config, data_dir: str, model_dir: str, val_split: str = "val",
         strategy: Optional[tf.distribute.Strategy] = None, log=print) -> dict:
     """Trains both stages with validation on ``val_split`` (skipped if the data has none)."""
-    if val_split == "test":
-        raise ValueError("model selection on the test split is not allowed; use val")
+    def evaluate(model, two_stage):
+        modes = ("stage1", "two_stage") if two_stage else ("stage1",)
+        report = iatv_evaluate.evaluate(model, data_dir, config, val_split, modes=modes)
+        out = {}
+        for mode in modes:
+            out.update({f"{mode}_{k}": report[mode]["t2i"][k]
+                        for k in ("R1", "R5", "R10", "mAP")})
+        return out
+
+    validate = train_lib.has_validation(data_dir, val_split, log)
     trainer = Trainer(config, data_dir, model_dir, strategy)
-    evaluate = None
-    if val_split in trainer.manifest["splits"]:
-        def evaluate(model, two_stage):
-            modes = ("stage1", "two_stage") if two_stage else ("stage1",)
-            report = iatv_evaluate.evaluate(model, data_dir, config, val_split, modes=modes)
-            out = {}
-            for mode in modes:
-                out.update({f"{mode}_{k}": report[mode]["t2i"][k]
-                            for k in ("R1", "R5", "R10", "mAP")})
-            return out
-    else:
-        log(f"no {val_split!r} split: no model selection, the last checkpoint is the model")
-    return trainer.fit(evaluate, log=log)
+    return trainer.fit(evaluate if validate else None, log=log)

@@ -36,7 +36,7 @@ class BiLSTM(keras.layers.Layer):
             initializer=keras.initializers.VarianceScaling(1.0, "fan_avg", "uniform"))
         self.recurrent_kernel = self.add_weight(
             name="recurrent_kernel", shape=[2, units, 4 * units],
-            initializer=_PerDirection(keras.initializers.Orthogonal()))
+            initializer=_PerDirection(keras.initializers.Orthogonal))
         forget_one = tf.concat([tf.zeros([units]), tf.ones([units]), tf.zeros([2 * units])], 0)
         self.bias = self.add_weight(
             name="bias", shape=[2, 4 * units],
@@ -79,10 +79,12 @@ class BiLSTM(keras.layers.Layer):
 
 
 class _PerDirection(keras.initializers.Initializer):
-    """Applies ``initializer`` to each [U, 4U] slice of a [2, U, 4U] weight."""
+    """A fresh ``initializer_class()`` for each [U, 4U] slice of a [2, U, 4U] weight (one
+    unseeded instance would repeat its values)."""
 
-    def __init__(self, initializer):
-        self.initializer = initializer
+    def __init__(self, initializer_class):
+        self.initializer_class = initializer_class
 
     def __call__(self, shape, dtype=None, **kwargs):
-        return tf.stack([self.initializer(shape[1:], dtype=dtype) for _ in range(shape[0])])
+        return tf.stack([self.initializer_class()(shape[1:], dtype=dtype)
+                         for _ in range(shape[0])])
