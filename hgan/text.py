@@ -107,16 +107,20 @@ def build_text_encoder(config: Config, vocab_size: int) -> keras.Model:
     else:
         tokens = keras.layers.Embedding(vocab_size, 768, name="word_embedding")(word_ids)
 
+    # The word branch and the LSTM run only to the batch's longest caption: padding is
+    # masked out of the self-attention and never read by the LSTM, so the outputs at real
+    # tokens are unchanged, and padded word slots come back as zeros (masked downstream).
+    trimmed, trimmed_mask = keras.layers.Lambda(_trim_padding, name="trim_padding")(
+        [tokens, mask])
     attention_mask = keras.layers.Lambda(
-        lambda m: tf.cast(m[:, None, :] * m[:, :, None], tf.float32), name="pair_mask", dtype="float32")(mask)
-    words = keras.layers.Dense(config.local_dim, name="word_fc")(tokens)
+        lambda m: tf.cast(m[:, None, :] & m[:, :, None], tf.float32), name="pair_mask",
+        dtype="float32")(trimmed_mask)
+    words = keras.layers.Dense(config.local_dim, name="word_fc")(trimmed)
     words = _self_attention(config, "word_attention")([words, attention_mask])
+    words = keras.layers.Lambda(lambda w: _pad_to_length(w, L), name="pad_words")(words)
     word_mask = keras.layers.Lambda(_real_words, name="word_mask", dtype="float32")([word_ids, mask])
 
-    # The LSTM is sequential, so it runs only to the batch's longest caption (same output:
-    # steps after a caption's end are never read); this is most of what HGAN adds to a step.
-    lstm_in, lstm_mask = keras.layers.Lambda(_trim_padding, name="trim_padding")([tokens, mask])
-    t_global = BiLSTM(config.lstm_units, name="bilstm")(lstm_in, mask=lstm_mask)
+    t_global = BiLSTM(config.lstm_units, name="bilstm")(trimmed, mask=trimmed_mask)
     t_global = keras.layers.Dense(config.embed_dim, name="t_global_fc")(t_global)
 
     phrases = PhrasePooling(name="phrase_pool")([tokens, membership])
@@ -139,6 +143,12 @@ def _trim_padding(args):
     tokens, mask = args
     longest = tf.reduce_max(tf.reduce_sum(tf.cast(mask, tf.int32), axis=-1))
     return tokens[:, :longest], tf.cast(mask[:, :longest], tf.bool)
+
+
+def _pad_to_length(x, length: int):
+    """[B, T, C] → [B, length, C], zeros after T (static shape restored)."""
+    x = tf.pad(x, [[0, 0], [0, length - tf.shape(x)[1]], [0, 0]])
+    return tf.reshape(x, [-1, length, x.shape[-1]])
 
 
 def _real_words(args):

@@ -201,3 +201,31 @@ def test_selected_scoring_under_xla_equals_the_dense_inference_path(k1, k2, slot
         LocalMatching.from_config({**head.get_config(), "attention": "soft"}).score_selected(
             head.pair_gamma(tg, vg), tl, mask[:, None], np.arange(3)[:, None], vl,
             np.arange(4)[None])
+
+
+def test_a_longer_caption_in_the_batch_changes_no_text_feature(config):
+    """The word branch and the LSTM run to the batch's longest caption: a caption's features
+    (its word slots up to [SEP]) are the same alone as next to a longer one, and slots past
+    the batch's longest caption are zeros."""
+    model = build_model(config, vocab_size=40)
+    L = config.max_len
+
+    def caption(n):
+        ids = np.zeros([L], np.int32)
+        ids[0], ids[1:n + 1], ids[n + 1] = 2, np.arange(5, 5 + n), 3
+        membership = np.zeros([config.max_phrases, L], np.float32)
+        membership[0, 1:3] = 1.0
+        return ids, (ids > 0).astype(np.int32), membership
+
+    def encode(lengths):
+        ids, mask, membership = map(np.stack, zip(*[caption(n) for n in lengths]))
+        return model.encode_text({"input_word_ids": ids, "input_mask": mask,
+                                  "input_type_ids": np.zeros_like(ids),
+                                  "phrase_token_mask": membership}, training=False)
+
+    alone, paired = encode([4]), encode([4, L - 2])
+    for key, part in (("global", np.s_[:]), ("word", np.s_[:6]), ("phrase", np.s_[:])):
+        np.testing.assert_allclose(paired[key].numpy()[0][part], alone[key].numpy()[0][part],
+                                   atol=1e-5, err_msg=key)
+    assert alone["word"].shape == (1, L, config.local_dim)
+    np.testing.assert_array_equal(alone["word"].numpy()[0, 6:], 0.0)
