@@ -114,11 +114,20 @@ class HGAN(keras.Model):
                                     ("phrase", self.phrase_head, c.weight_phrase)):
             if head is None or not weight:
                 continue
-            scores = head((text[level], text[f"{level}_mask"], image[level]), training=training)
+            words, mask = _trim_to_used(text[level], text[f"{level}_mask"])
+            scores = head((words, mask, image[level]), training=training)
             terms[level] = weight * losses.triplet_ranking_loss(
                 scores, labels, labels, c.margin, c.hardest_negative)
         terms["total"] = tf.add_n(list(terms.values()))
         return terms
+
+
+def _trim_to_used(features, mask):
+    """Drops the slots after the last real one of any row: padding changes no score, and
+    the heads' cost grows with the slots."""
+    positions = tf.range(1, tf.shape(mask)[1] + 1)
+    used = tf.maximum(tf.reduce_max(tf.where(mask > 0, positions[None], 0)), 1)
+    return features[:, :used], mask[:, :used]
 
 
 def build_model(config: Config, vocab_size: int, num_classes: int = 0,
