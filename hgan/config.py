@@ -129,6 +129,13 @@ class Config:
     iatv_spatial_attention: bool = True  # Table 2: false = "w/o SPA"
     iatv_semantic_attention: bool = True  # Table 2: false = "w/o SMA"
     iatv_candidates: int = 20  # §4.2: k most similar of the other modality from stage 1
+    # Table 2 "w/o ID": false = every training image is its own identity (its captions
+    # share it) in the CMCE buffers and the stage-2 labels; evaluation keeps the real ones.
+    iatv_identity_labels: bool = True
+    # Table 2 "w/o stage-1": false = stage 2 starts from fresh weights and trains on random
+    # pairs (the same number per sample) instead of stage 1's nearest; stage 1 still
+    # trains, for evaluation's screening of each query's top iatv_candidates.
+    iatv_stage1_init: bool = True
     # Steps of the three training phases (not given in the paper); 0 = `epochs` epochs of
     # the training captions (train captions // batch_size steps each). One global step
     # counter runs through them; `max_steps` stops it early.

@@ -106,11 +106,23 @@ def _read(files: list[str], deterministic_order: bool = True) -> tf.data.Dataset
     return ds.map(records.parse_example, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
+def image_index_table(data_dir: str, split: str) -> tf.lookup.StaticHashTable:
+    """path → the image's position in the split's shard order (``gallery_dataset``'s
+    order), for training that treats every image as its own identity."""
+    paths = [e["path"] for e in _read(split_files(data_dir, split))]
+    return tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.stack(paths),
+                                            tf.range(len(paths), dtype=tf.int64)), -1)
+
+
 def train_dataset(data_dir: str, config: Config, tokenizer: CaptionTokenizer,
                   split: str = "train", seed: Optional[int] = None,
-                  repeat: bool = True) -> tf.data.Dataset:
+                  repeat: bool = True, label_by_image: bool = False) -> tf.data.Dataset:
     """Batched training pairs: ``image`` [B,H,W,3], BERT inputs [B,L],
     ``phrase_token_mask`` [B,M,L], ``label`` [B]. Deterministic for a fixed seed.
+
+    ``label_by_image``: ``label`` is the image's index (``image_index_table``) instead of
+    its identity, every image its own identity (IATV's "w/o ID", Table 2).
 
     With ``config.identities_per_batch = P > 0`` every batch holds P groups of
     K = batch_size / P pairs of one identity (pairs of an identity with fewer than K are
@@ -122,6 +134,9 @@ def train_dataset(data_dir: str, config: Config, tokenizer: CaptionTokenizer,
     ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f), cycle_length=min(4, len(files)),
                        num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.map(records.parse_example, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if label_by_image:
+        table = image_index_table(data_dir, split)
+        ds = ds.map(lambda e: {**e, "label": table.lookup(e["path"])})
     ds = ds.flat_map(lambda e: _pairs(e, config.max_phrases))
     if repeat:
         ds = ds.repeat()

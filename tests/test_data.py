@@ -81,3 +81,18 @@ def test_missing_manifest_is_a_clear_error(tmp_path, tiny_config):
 def test_unknown_split_is_a_clear_error(tiny_data):
     with pytest.raises(ValueError, match="split 'nope'"):
         data.split_files(tiny_data, "nope")
+
+
+def test_label_by_image_gives_each_image_its_gallery_index(tiny_data, tiny_config):
+    """IATV "w/o ID": every training image is its own identity, numbered in gallery order."""
+    config = tiny_config.replace(identities_per_batch=0)
+    tok = data.make_tokenizer(config)
+    ds = data.train_dataset(tiny_data, config, tok, label_by_image=True, repeat=False)
+    gallery = [b["path"].numpy() for b in data.gallery_dataset(tiny_data, config, "train")]
+    order = {p: i for i, p in enumerate(np.concatenate(gallery))}
+    by_caption = {}
+    for batch in ds:
+        for label, ids in zip(batch["label"].numpy(), batch["input_word_ids"].numpy()):
+            by_caption.setdefault(int(label), set()).add(tuple(ids))
+    assert sorted(by_caption) == sorted(order.values())  # 12 images, 12 labels
+    assert all(len(c) == 2 for c in by_caption.values())  # an image's two captions

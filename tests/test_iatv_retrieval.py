@@ -105,3 +105,18 @@ def test_pair_scorer_scores_the_requested_pairs(tiny_config, direction):
                     "input_word_ids": tf.constant(word_ids[texts]),
                     "input_mask": tf.constant(mask[texts])})["logits"].numpy()
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_random_pairs_cover_both_directions_once_each_and_label_by_identity():
+    from hgan.iatv.retrieval import random_pairs
+    text_labels, image_labels = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 2])
+    t, i, match = random_pairs(text_labels, image_labels, k=2, seed=1)
+    pairs = set(zip(t.tolist(), i.tolist()))
+    assert len(pairs) == len(t)  # each pair once
+    assert all(sum(p[0] == q for p in pairs) >= 2 for q in range(5))  # 2 images per text
+    assert all(sum(p[1] == q for p in pairs) >= 2 for q in range(3))  # 2 texts per image
+    np.testing.assert_array_equal(match, text_labels[t] == image_labels[i])
+    again = random_pairs(text_labels, image_labels, k=2, seed=1)
+    np.testing.assert_array_equal(again[0], t)  # deterministic under a seed
+    t, i, _ = random_pairs(text_labels, image_labels, k=10)  # k capped at the other side
+    assert len(t) == 15

@@ -218,3 +218,24 @@ def test_pair_batches_join_the_mined_indices_to_their_image_and_caption(tiny_dat
         assert len(pair) == 1
         image = data.preprocess_image(data.decode_image(encoded[image_index[pair[0]]]), cfg)
         np.testing.assert_allclose(batch["image"][row], image, atol=1e-6)
+
+
+def test_table2_ablations_without_identities_and_without_stage1(tiny_data, config, tmp_path):
+    """"w/o ID": one identity per training image in the buffers and the stage-2 labels;
+    "w/o stage-1": stage 2 is not copied from stage 1 and trains on random pairs."""
+    cfg = config.replace(iatv_identity_labels=False, iatv_stage1_init=False,
+                         iatv_stage1_steps=1, iatv_stage2_text_steps=1,
+                         iatv_stage2_joint_steps=0, max_steps=2)
+    model_dir = str(tmp_path / "run")
+    lines = []
+    train_lib.reconcile_config(cfg, model_dir)
+    summary = iatv_train.run(cfg, tiny_data, model_dir, val_split="none", log=lines.append)
+    assert summary["step"] == 2
+    assert any("identity buffers: 12 identities from 12 images" in ln for ln in lines)
+    assert any("drawn at random" in ln for ln in lines)
+    assert not any("initialised from stage 1" in ln for ln in lines)
+    shapes = tf.train.load_checkpoint(summary["checkpoint"]).get_variable_to_shape_map()
+    assert sorted(s for n, s in shapes.items() if n.startswith("buffers/")) == [[12, 16]] * 2
+    model = load_model(model_dir, "latest")[0]
+    s1_cnn, s2_cnn, s1_words, s2_words = _weights(model)
+    assert max(np.abs(a - b).max() for a, b in zip(s1_cnn, s2_cnn)) > 0

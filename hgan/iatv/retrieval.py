@@ -60,6 +60,25 @@ def mine_pairs(text_feats, image_feats, text_labels, image_labels, k: int = 20,
     return text_index, image_index, labels
 
 
+def random_pairs(text_labels, image_labels, k: int = 20, seed: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``mine_pairs``'s output without stage 1 (Table 2 "w/o stage-1"): every text with k
+    random images and every image with k random texts (without replacement), each pair
+    once, sorted by (text, image); label 1 = same identity."""
+    text_labels, image_labels = np.asarray(text_labels), np.asarray(image_labels)
+    rng = np.random.default_rng(seed)
+    nt, ni = len(text_labels), len(image_labels)
+    k_images, k_texts = min(k, ni), min(k, nt)
+    images = np.stack([rng.choice(ni, k_images, replace=False) for _ in range(nt)])
+    texts = np.stack([rng.choice(nt, k_texts, replace=False) for _ in range(ni)])
+    t2i = np.stack([np.repeat(np.arange(nt), k_images), images.ravel()], 1)
+    i2t = np.stack([texts.ravel(), np.repeat(np.arange(ni), k_texts)], 1)
+    pairs = np.unique(np.concatenate([t2i, i2t]), axis=0)
+    text_index, image_index = pairs[:, 0], pairs[:, 1]
+    return text_index, image_index, (text_labels[text_index] ==
+                                     image_labels[image_index]).astype(np.int32)
+
+
 def rerank(stage1_scores, stage2_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
            k: int = 20, batch_size: int = 512) -> np.ndarray:
     """Two-stage retrieval: stage 2 re-orders each query's stage-1 top k.

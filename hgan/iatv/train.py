@@ -119,8 +119,10 @@ class Trainer:
         self.manifest = data.load_manifest(data_dir)
         if "train" not in self.manifest["splits"]:
             raise ValueError(f"{data_dir} has no train split")
-        self.num_identities = (config.num_classes
-                               or self.manifest["splits"]["train"]["identities"])
+        train = self.manifest["splits"]["train"]
+        # "w/o ID" (Table 2): every training image is an identity.
+        self.num_identities = (config.num_classes or train["identities"]
+                               if config.iatv_identity_labels else train["images"])
         self.strategy = strategy or train_lib.make_strategy()
         self.tokenizer = data.make_tokenizer(config)
         self.per_epoch = train_lib.steps_per_epoch(self.manifest, config)
@@ -165,27 +167,46 @@ class Trainer:
     def initialize_buffers(self, log: Callable[[str], None] = print) -> None:
         """§3.1.1: "before the first iteration" every identity's rows are the mean of its
         samples' features, from one pass over the training set."""
-        texts, images = iatv_evaluate.encode_split(self.model, self.data_dir, self.config,
-                                                   "train", self.tokenizer, regions=False)
+        texts, images = self._train_features()
         self.buffers.fill(images["embedding"], images["label"], texts["embedding"],
                           texts["label"], log)
 
+    def _train_features(self) -> tuple[dict, dict]:
+        """Stage-1 features of the training split, labelled as training sees them (by
+        image under "w/o ID")."""
+        texts, images = iatv_evaluate.encode_split(self.model, self.data_dir, self.config,
+                                                   "train", self.tokenizer, regions=False)
+        if not self.config.iatv_identity_labels:
+            images["label"] = np.arange(len(images["label"]))
+            texts["label"] = texts["image_index"]
+        return texts, images
+
     def stage1_batches(self, start_step: int):
         # A resumed run reshuffles with a different seed instead of replaying the epoch.
-        ds = data.train_dataset(self.data_dir, self.config, self.tokenizer,
-                                seed=self.config.seed + start_step)
+        by_image = not self.config.iatv_identity_labels
+        # CMCE needs no in-batch positives; under "w/o ID" an image's few captions could
+        # never fill a P×K group, so batches are plain shuffles there.
+        config = self.config.replace(identities_per_batch=0) if by_image else self.config
+        ds = data.train_dataset(self.data_dir, config, self.tokenizer,
+                                seed=self.config.seed + start_step, label_by_image=by_image)
         return iter(self.strategy.experimental_distribute_dataset(ds))
 
     # --- stage 2 ----------------------------------------------------------------------
     def mine_pairs(self, log: Callable[[str], None] = print):
         """§4.2: stage-2 training pairs from stage 1's nearest neighbours, both directions →
-        (text_index, image_index, match) over the training captions and images."""
-        texts, images = iatv_evaluate.encode_split(self.model, self.data_dir, self.config,
-                                                   "train", self.tokenizer, regions=False)
+        (text_index, image_index, match) over the training captions and images; random
+        pairs under "w/o stage-1"."""
+        texts, images = self._train_features()
         k = self.config.iatv_candidates
-        mined = retrieval.mine_pairs(texts["embedding"], images["embedding"], texts["label"],
-                                     images["label"], k=k)
-        log(f"stage 2: {len(mined[2])} pairs mined by stage 1 (top {k} both ways), "
+        if self.config.iatv_stage1_init:
+            mined = retrieval.mine_pairs(texts["embedding"], images["embedding"],
+                                         texts["label"], images["label"], k=k)
+            how = f"mined by stage 1 (top {k} both ways)"
+        else:
+            mined = retrieval.random_pairs(texts["label"], images["label"], k=k,
+                                           seed=self.config.seed)
+            how = f"drawn at random ({k} both ways; w/o stage-1)"
+        log(f"stage 2: {len(mined[2])} pairs {how}, "
             f"{100.0 * float(np.mean(mined[2])):.1f}% positive")
         return mined
 
@@ -258,7 +279,8 @@ class Trainer:
             phase = self.phase(step)
             wanted = "stage1" if phase == "stage1" else "stage2"
             if source != wanted:  # the two stage-2 phases share the mined pairs
-                if wanted == "stage2" and step == self.phase_end["stage1"] + 1:
+                if (wanted == "stage2" and step == self.phase_end["stage1"] + 1
+                        and self.config.iatv_stage1_init):
                     self.model.initialize_stage2()
                     log(f"stage 2 initialised from stage 1 at step {step - 1}")
                 batches = (self.stage1_batches(step - 1) if wanted == "stage1"
