@@ -185,7 +185,7 @@ PRESETS = {
         image_height=128, image_width=64, backbone="small_cnn", backbone_weights="none",
         partition_map=(16, 8), max_len=40, max_phrases=6, batch_size=32,
         identities_per_batch=8, lstm_units=128, attention_heads=4, local_dim=128,
-        embed_dim=128, mlp_hidden=128, epochs=20, learning_rate=1e-3, lr_decay_epochs=(15,),
+        embed_dim=128, mlp_hidden=128, epochs=20, learning_rate=3e-4, lr_decay_epochs=(15,),
         checkpoint_every=60, eval_every=60, log_every=20, shuffle_buffer=2048, rerank_k=20,
         # --model=iatv on the demo set: the same small CNN, 128-d towers, short phases.
         iatv_backbone="small_cnn", iatv_fc_units=256, iatv_embed_dim=128, iatv_word_dim=128,
