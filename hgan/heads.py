@@ -8,7 +8,7 @@ prepared once and scored in chunks.
 """
 from __future__ import annotations
 
-from hgan.layers.gumbel_topk import GumbelTopK
+from hgan.layers.gumbel_topk import GumbelTopK, top_k_rounds
 from hgan.tf_compat import keras, tf
 
 
@@ -230,16 +230,10 @@ def _pair_mask(text_mask, layout: str):
 def _fuse_top_k(scores, k: int, rows, base):
     """Σ_j softmax_j(top-k scores) · rows[base + index_j] for each row of ``scores``
     [X, Y, A, n] (padded keys at ``_MASKED``), where ``rows`` [-1, H] holds the keys and
-    ``base`` [X, Y, 1] the offset of each pair's first key → [X, Y, A, H]. Ties pick the lower index, as
-    ``tf.math.top_k``; a row with fewer than k real keys weighs only those, one with none
-    fuses 0."""
-    remaining, picks, values = scores, [], []
-    for _ in range(min(k, scores.shape[-1] or k)):
-        index = tf.argmax(remaining, axis=-1, output_type=tf.int32)
-        values.append(tf.reduce_max(remaining, axis=-1))
-        picks.append(index)
-        remaining = tf.where(tf.one_hot(index, tf.shape(scores)[-1]) > 0,
-                             float("-inf"), remaining)
+    ``base`` [X, Y, 1] the offset of each pair's first key → [X, Y, A, H]. Ties pick the
+    lower index, as ``tf.math.top_k``; a row with fewer than k real keys weighs only
+    those, one with none fuses 0."""
+    values, picks = top_k_rounds(scores, min(k, scores.shape[-1] or k))
     values = tf.stack(values, axis=-1)
     real = values > _MASKED / 2
     weights = tf.nn.softmax(tf.where(real, values, _MASKED), axis=-1)

@@ -6,23 +6,31 @@ from hgan.tf_compat import keras, tf
 _NEG = -1e9
 
 
-def top_k_hot(logits, k: int):
-    """The k-hot indicator of each row's k largest entries (ties: lower index first, as
-    ``tf.math.top_k``); all ones if a row has at most k entries.
-
-    k rounds of argmax-and-remove: each is one pass over the rows, so it stays cheap on the
-    millions of short rows (n = regions or words) of an evaluation, where ``top_k`` +
-    ``one_hot`` is dominated by per-row overhead.
-    """
-    hot = tf.zeros_like(logits)
-    remaining = logits
-    lowest = tf.constant(float("-inf"), logits.dtype)
+def top_k_rounds(scores, k: int):
+    """Each row's k largest entries by k rounds of argmax-and-remove → (values, indices),
+    two lists of k [...] tensors, largest first; ties pick the lower index, as
+    ``tf.math.top_k``. Once a row's n < k entries are used up, later rounds give -inf and
+    index 0. Each round is one pass over the rows, so it stays cheap on the millions of
+    short rows (n = regions or words) of an evaluation, where ``top_k`` + ``one_hot`` is
+    dominated by per-row overhead."""
+    lowest = tf.constant(float("-inf"), scores.dtype)
+    remaining, values, indices = scores, [], []
     for _ in range(k):
-        pick = tf.one_hot(tf.argmax(remaining, axis=-1, output_type=tf.int32),
-                          tf.shape(logits)[-1], dtype=logits.dtype)
-        hot = tf.maximum(hot, pick)  # a row with fewer than k entries re-picks: stays 1
-        remaining = tf.where(pick > 0, lowest, remaining)
-    return hot
+        index = tf.argmax(remaining, axis=-1, output_type=tf.int32)
+        values.append(tf.reduce_max(remaining, axis=-1))
+        indices.append(index)
+        remaining = tf.where(tf.one_hot(index, tf.shape(scores)[-1]) > 0, lowest, remaining)
+    return values, indices
+
+
+def top_k_hot(logits, k: int):
+    """The k-hot indicator of each row's k largest entries (``top_k_rounds``); all ones if a
+    row has at most k entries."""
+    _, indices = top_k_rounds(logits, k)
+    n = tf.shape(logits)[-1]
+    # A row with fewer than k entries re-picks index 0 after running out: max, not sum.
+    return tf.reduce_max(tf.stack([tf.one_hot(i, n, dtype=logits.dtype) for i in indices]),
+                         axis=0)
 
 
 @keras.utils.register_keras_serializable(package="hgan")
