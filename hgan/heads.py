@@ -25,19 +25,18 @@ def _weights_over_selection(selection, scores, mask):
 
 
 # Einsum operands of the three pair layouts of ``LocalMatching.score_prepared`` (x: rows of
-# the output, y: its columns); ``t_b`` / ``v_b`` broadcast the per-item linear parts to the
-# [X, Y, ...] pairs. The dense path never transposes an [.., H]-wide pair tensor (the bulk
-# of an evaluation's memory traffic): its text-to-image products are laid out ``t2i``
-# (grid: [Y, X, R, H], one batched matmul per image), the text broadcast to them by
-# ``t2i_t``, and ``t2i_back`` brings the small [.., R] scores back to [X, Y, R].
+# the output, y: its columns). The dense path never transposes an [.., H]-wide pair tensor
+# (the bulk of an evaluation's memory traffic): image-to-text products are [X, Y, N, H],
+# with the images' linear parts broadcast by ``v_b``; text-to-image products are laid out
+# ``t2i`` (grid: [Y, X, R, H], one batched matmul per image), the texts' linear parts
+# broadcast by ``t_b``, and ``t2i_back`` brings the small [.., R] scores to [X, Y, R].
 _LAYOUTS = {
-    "grid": {"t": "xrh", "v": "ynh", "v_b": lambda v: v[None], "t_b": lambda t: t[:, None],
-             "t2i": "yxrh", "t2i_t": lambda t: t[None],
-             "t2i_back": lambda s: tf.transpose(s, [1, 0, 2])},
-    "image_paired": {"t": "xrh", "v": "xynh", "v_b": lambda v: v, "t_b": lambda t: t[:, None],
-                     "t2i": "xyrh", "t2i_t": lambda t: t[:, None], "t2i_back": lambda s: s},
-    "text_paired": {"t": "xyrh", "v": "xnh", "v_b": lambda v: v[:, None], "t_b": lambda t: t,
-                    "t2i": "xyrh", "t2i_t": lambda t: t, "t2i_back": lambda s: s},
+    "grid": {"t": "xrh", "v": "ynh", "v_b": lambda v: v[None], "t2i": "yxrh",
+             "t_b": lambda t: t[None], "t2i_back": lambda s: tf.transpose(s, [1, 0, 2])},
+    "image_paired": {"t": "xrh", "v": "xynh", "v_b": lambda v: v, "t2i": "xyrh",
+                     "t_b": lambda t: t[:, None], "t2i_back": lambda s: s},
+    "text_paired": {"t": "xyrh", "v": "xnh", "v_b": lambda v: v[:, None], "t2i": "xyrh",
+                    "t_b": lambda t: t, "t2i_back": lambda s: s},
 }
 
 
@@ -135,7 +134,7 @@ class LocalMatching(keras.layers.Layer):
         beta = self._select(self.select_regions, gamma, region_mask, training)
         w_regions = _weights_over_selection(beta, gamma, region_mask)
         fused_image = tf.einsum(f"xyrn,{spec['v']}->{spec['t2i']}", w_regions, v_lin)
-        hidden = tf.nn.relu(spec["t2i_t"](t_lin + self.fuse_bias) + fused_image)
+        hidden = tf.nn.relu(spec["t_b"](t_lin + self.fuse_bias) + fused_image)
         per_word = spec["t2i_back"](tf.sigmoid(tf.squeeze(self.fuse_out(hidden), -1)))
         valid = tf.cast(mask, per_word.dtype)
         s_t2i = tf.reduce_sum(per_word * valid, -1) / tf.maximum(tf.reduce_sum(valid, -1), 1.0)
