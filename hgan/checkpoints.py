@@ -25,6 +25,19 @@ def resolve_checkpoint(model_dir: str, which: str = "best") -> str:
     return latest
 
 
+def restore_model(model, path: str) -> None:
+    """Restores ``model``'s weights from the checkpoint ``path``; every weight of the model
+    must be in it (a checkpoint of another architecture or code version is an error, never
+    a silently half-random model). Optimizer slots and buffers in it are ignored."""
+    try:
+        status = tf.train.Checkpoint(model=model).restore(path)
+        status.assert_existing_objects_matched().expect_partial()
+    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+        raise ValueError(f"checkpoint {path} does not match the model its config.json "
+                         f"describes (another architecture or code version?): "
+                         f"{str(e).splitlines()[0][:300]}") from e
+
+
 def load_model(model_dir: str, which: str = "best") -> tuple[HGAN, Config, str]:
     """The model of ``model_dir`` with the chosen checkpoint's weights (inference only)."""
     config = Config.load(model_dir)
@@ -38,5 +51,5 @@ def load_model(model_dir: str, which: str = "best") -> tuple[HGAN, Config, str]:
         kernels = [s for name, s in shapes.items() if "classifier" in name and len(s) == 2]
         manifest_classes = kernels[0][1] if kernels else 0
     model = build_model(config, tokenizer.vocab_size + 1, manifest_classes)
-    tf.train.Checkpoint(model=model).restore(path).expect_partial()
+    restore_model(model, path)
     return model, config, path

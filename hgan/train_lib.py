@@ -61,7 +61,12 @@ def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.Checkpoint
     """Restores the latest checkpoint if there is one; returns the step to continue from."""
     latest = manager.latest_checkpoint
     if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
+        try:
+            checkpoint.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+            raise ValueError(f"cannot resume from {latest}: it does not match this model "
+                             f"(another architecture or code version?); train into a new "
+                             f"--model_dir. {str(e).splitlines()[0][:300]}") from e
         logging.info("resumed from %s at step %d", latest, int(step.numpy()))
     return int(step.numpy())
 

@@ -12,6 +12,7 @@ from PIL import Image
 from hgan import data, eval_report, evaluation, search, train_lib
 from hgan.checkpoints import load_model
 from hgan.export import export
+from hgan.model import build_model
 from hgan.phrases import extract_noun_phrases
 from hgan.tf_compat import tf
 
@@ -174,3 +175,20 @@ def test_search_cli_prints_json(exported, tiny_data, tmp_path):
     out = json.loads(proc.stdout)
     assert out["query"] == "a man in a blue coat" and len(out["results"]) == 3
     assert all(r["path"].startswith("test/") for r in out["results"])
+
+
+def test_a_checkpoint_missing_weights_of_the_config_is_a_clear_error(trained, tmp_path):
+    """A model_dir whose checkpoint lacks weights its config.json needs (here: the phrase
+    head) fails to load, instead of leaving those weights random."""
+    import shutil
+    from hgan.config import Config
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(trained, model_dir)
+    config = Config.load(model_dir)
+    _, _, path = load_model(model_dir, "latest")
+    smaller = build_model(config.replace(use_phrase=False), data.make_tokenizer(config)
+                          .vocab_size + 1, 6)
+    path = tf.train.Checkpoint(model=smaller).write(os.path.join(model_dir, "partial"))
+    with pytest.raises(ValueError, match="does not match the model") as error:
+        load_model(model_dir, path)
+    assert "phrase_matching" in str(error.value.__cause__)

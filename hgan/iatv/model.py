@@ -10,7 +10,7 @@ model_dir for evaluation and export.
 from __future__ import annotations
 
 from hgan import data
-from hgan.checkpoints import resolve_checkpoint
+from hgan.checkpoints import resolve_checkpoint, restore_model
 from hgan.config import Config
 from hgan.iatv import stage1, stage2
 from hgan.tf_compat import keras, tf
@@ -78,6 +78,5 @@ def load_model(model_dir: str, which: str = "best") -> tuple[IATV, Config, str]:
         raise ValueError(f"{model_dir} holds a {config.model!r} model, not iatv")
     path = resolve_checkpoint(model_dir, which)
     model = IATV(config, data.make_tokenizer(config).vocab_size + 1, pretrained=False)
-    status = tf.train.Checkpoint(model=model).restore(path)
-    status.assert_existing_objects_matched().expect_partial()
+    restore_model(model, path)
     return model, config, path
