@@ -104,10 +104,11 @@ def summary_writer(model_dir: str, chief: bool):
     return tf.summary.create_noop_writer()
 
 
-def write_scalars(writer, step: int, values: dict, prefix: str) -> None:
+def write_scalars(writer, step: int, values: dict, prefix: str = "") -> None:
+    """TensorBoard scalars tagged ``prefix/name`` (``name`` alone without a prefix)."""
     with writer.as_default(step=step):
         for k, v in values.items():
-            tf.summary.scalar(f"{prefix}/{k}", v)
+            tf.summary.scalar(f"{prefix}/{k}" if prefix else k, v)
 
 
 def progress_line(step: int, total: int, terms: dict, since: tuple, extra: str = "",
@@ -341,7 +342,7 @@ class Trainer:
                 lr = self._current_lr()
                 log(progress_line(step, self.total_steps, terms, since, f"  lr={lr:.2e}"))
                 write_scalars(writer, step, terms, "loss")
-                write_scalars(writer, step, {"lr": lr}, "train")
+                write_scalars(writer, step, {"lr": lr})
                 since = (time.time(), step)
             if step % self.config.checkpoint_every == 0 or step == self.total_steps:
                 self.manager.save(checkpoint_number=step)

@@ -121,8 +121,10 @@ class Trainer:
             raise ValueError(f"{data_dir} has no train split")
         train = self.manifest["splits"]["train"]
         # "w/o ID" (Table 2): every training image is an identity.
-        self.num_identities = (config.num_classes or train["identities"]
-                               if config.iatv_identity_labels else train["images"])
+        if config.iatv_identity_labels:
+            self.num_identities = config.num_classes or train["identities"]
+        else:
+            self.num_identities = train["images"]
         self.strategy = strategy or train_lib.make_strategy()
         self.tokenizer = data.make_tokenizer(config)
         self.per_epoch = train_lib.steps_per_epoch(self.manifest, config)
