@@ -8,8 +8,9 @@ towers, the three matching levels, every loss of §3.4 and Adam with decoupled w
 over every trainable variable. Baseline: a step in the same strategy on the same batch
 through the same image backbone (``visual.build_backbone``) and the same BERT
 (``text.load_bert`` + ``text.select_layers``), loss = mean of both outputs, the same Adam
-over those two parts' trainable variables. Both get a fixed synthetic batch (random image,
-20-40 real tokens, 3-5 phrases, pairs of identities), so the input pipeline is not timed
+over those two parts' trainable variables (``train_lib.make_optimizer``; the full step's
+guard against non-finite steps is not in the baseline). Both get a fixed synthetic batch
+(random image, 20-40 real tokens, 3-5 phrases, pairs of identities), so the input pipeline is not timed
 (``bench/data_pipeline.py`` measures it).
 
 Target: full / baseline <= 1.15, i.e. the heads, bi-LSTM, self-attention layers and losses
@@ -36,7 +37,7 @@ import numpy as np  # noqa: E402
 
 from hgan import records, text, train_lib, visual  # noqa: E402
 from hgan.config import PRESETS  # noqa: E402
-from hgan.tf_compat import keras, tf  # noqa: E402
+from hgan.tf_compat import tf  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("image_size", ["384", "192"], "Image height,width (the paper: 384,192).")
@@ -133,9 +134,7 @@ def main(argv):
         if len(full_bert) != 1:
             raise RuntimeError(f"expected one {type(bert).__name__} in the text encoder")
         full_bert[0].trainable = config.bert_trainable
-        optimizer = keras.optimizers.Adam(
-            learning_rate=train_lib.learning_rate_schedule(config, trainer.per_epoch),
-            weight_decay=config.weight_decay or None)
+        optimizer = train_lib.make_optimizer(config, trainer.per_epoch)
         dummy = {k: tf.zeros([1, config.max_len], tf.int32) for k in BERT_KEYS}
         # Weights exist before trainable_variables is read; in replica context, since a
         # restored SavedModel cannot be called in cross-replica context (see build_model).

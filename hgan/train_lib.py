@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 from absl import logging
 
-from hgan import data
+from hgan import data, optim
 from hgan.config import Config
 from hgan.iatv.buffers import IdentityBuffers
 from hgan.model import HGAN, build_model
@@ -200,6 +200,12 @@ def learning_rate_schedule(config: Config, per_epoch: int) -> StepSchedule:
     return StepSchedule(config.learning_rate, boundaries, config.warmup_steps)
 
 
+def make_optimizer(config: Config, per_epoch: int) -> optim.AdamW:
+    """§4: Adam with decoupled weight decay over ``learning_rate_schedule``."""
+    return optim.AdamW(learning_rate=learning_rate_schedule(config, per_epoch),
+                       weight_decay=config.weight_decay or None)
+
+
 class Trainer:
     """Owns the model, optimizer, checkpoints and the compiled distributed step."""
 
@@ -222,9 +228,7 @@ class Trainer:
             self.model: HGAN = build_model(config, self.tokenizer.vocab_size + 1,
                                            self.num_classes, self.strategy)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-            optimizer = keras.optimizers.Adam(
-                learning_rate=learning_rate_schedule(config, self.per_epoch),
-                weight_decay=config.weight_decay or None)
+            optimizer = make_optimizer(config, self.per_epoch)
             if config.mixed_precision:
                 optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
             self.optimizer = optimizer
@@ -268,20 +272,18 @@ class Trainer:
         if self.config.mixed_precision:
             grads = self.optimizer.get_unscaled_gradients(grads)
         # A non-finite loss or gradient must not reach the weights (ReLU and max can hide a
-        # NaN from the loss but not from the gradients): the step is skipped and reported.
-        # Under mixed precision overflowing gradients are the loss scale's business: the
-        # LossScaleOptimizer skips that step and lowers the scale, so only the loss counts.
-        finite = tf.reduce_all(tf.math.is_finite(terms["total"]))
-        if not self.config.mixed_precision:
-            finite = tf.reduce_all([finite] + [
-                tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(g)))
-                for g in grads if g is not None])
-            grads = [tf.where(finite, g, tf.zeros_like(g)) if g is not None else None
-                     for g in grads]
-        self.optimizer.apply_gradients(
-            [(g, v) for g, v in zip(grads, variables) if g is not None])
+        # NaN from the loss but not from the gradients): the step is skipped whole (weights,
+        # Adam's moments, the identity buffers) and reported. Under mixed precision
+        # overflowing gradients are the loss scale's business: the LossScaleOptimizer skips
+        # that step and lowers the scale, so only the loss counts.
+        finite = tf.math.is_finite(terms["total"])
+        if self.config.mixed_precision:
+            self.optimizer.apply_gradients(
+                [(g, v) for g, v in zip(grads, variables) if g is not None])
+        else:
+            finite = optim.apply_if_finite(self.optimizer, zip(grads, variables), finite)
         if self.buffers is not None:  # IATV Fig. 2 Step-2, with the gathered global batch
-            self.buffers.update(image["global"], text["global"], labels)
+            self.buffers.update(image["global"], text["global"], labels, when=finite)
         return {**terms, FINITE: tf.cast(finite, tf.float32)}
 
     def train_step(self, batch) -> dict:

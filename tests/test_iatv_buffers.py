@@ -81,6 +81,20 @@ def test_update_in_a_tf_function_equals_eager():
     np.testing.assert_allclose(graph.text.numpy(), eager.text.numpy(), atol=1e-7)
 
 
+def test_update_when_false_changes_nothing():
+    """A skipped training step (non-finite loss or gradient) leaves the buffers alone."""
+    buffers, _ = initialized()
+    image, text = buffers.image.numpy(), buffers.text.numpy()
+    step = tf.function(buffers.update)
+    step(tf.constant(BATCH_IMAGES), tf.constant(BATCH_TEXTS), tf.constant(BATCH_LABELS),
+         tf.constant(False))
+    np.testing.assert_array_equal(buffers.image.numpy(), image)
+    np.testing.assert_array_equal(buffers.text.numpy(), text)
+    step(tf.constant(BATCH_IMAGES), tf.constant(BATCH_TEXTS), tf.constant(BATCH_LABELS),
+         tf.constant(True))
+    assert not np.array_equal(buffers.image.numpy(), image)
+
+
 def test_buffers_are_not_trainable_and_survive_a_checkpoint(tmp_path):
     buffers, _ = initialized()
     buffers.update(BATCH_IMAGES, BATCH_TEXTS, BATCH_LABELS)

@@ -92,7 +92,7 @@ class IdentityBuffers(tf.Module):
             f"images and {len(text_labels)} captions "
             f"({int((image_counts == 0).sum())} without an image)")
 
-    def update(self, image_features, text_features, labels):
+    def update(self, image_features, text_features, labels, when=True):
         """Step-2 of Fig. 2: rows of the batch's identities ← 0.5·old + 0.5·new.
 
         Args:
@@ -100,6 +100,7 @@ class IdentityBuffers(tf.Module):
             (before the weight update; the paper's "newly generated features"), pairs of a
             batch: text i and image i show identity ``labels[i]``.
           labels: [B] identities.
+          when: a scalar bool; False leaves the buffers as they are (a skipped step).
 
         "New" is the identity's batch mean (of l2-normalised samples): the paper's rule is
         written for one sample; applying it sample by sample would depend on batch order.
@@ -111,17 +112,22 @@ class IdentityBuffers(tf.Module):
         """
         args = (tf.stop_gradient(tf.cast(image_features, tf.float32)),
                 tf.stop_gradient(tf.cast(text_features, tf.float32)),
-                tf.cast(labels, tf.int32))
+                tf.cast(labels, tf.int32), tf.cast(when, tf.bool))
         if tf.distribute.in_cross_replica_context():
             self._apply(tf.distribute.get_strategy(), *args)
             return
         tf.distribute.get_replica_context().merge_call(self._apply, args=args)
 
-    def _apply(self, strategy, image_features, text_features, labels):
+    def _apply(self, strategy, image_features, text_features, labels, when):
         # All replicas passed the same gathered batch: using one copy applies it once.
         first = lambda x: strategy.experimental_local_results(x)[0]  # noqa: E731
-        image_features, text_features, labels = map(first, (image_features, text_features,
-                                                             labels))
+        image_features, text_features, labels, when = map(
+            first, (image_features, text_features, labels, when))
+        tf.__internal__.smart_cond.smart_cond(
+            when, lambda: self._mix(strategy, image_features, text_features, labels),
+            lambda: None)
+
+    def _mix(self, strategy, image_features, text_features, labels):
         rows, slot = tf.unique(labels)
         count = tf.shape(rows)[0]
         new_image = tf.math.unsorted_segment_mean(

@@ -1,0 +1,92 @@
+"""The optimizer of §4 (Adam, lr 2e-4, weight decay 5e-4) and the guarded step that applies
+it only when every gradient is finite."""
+from __future__ import annotations
+
+from hgan.tf_compat import keras, tf
+
+
+@keras.utils.register_keras_serializable(package="hgan")
+class AdamW(keras.optimizers.Adam):
+    """``keras.optimizers.Adam`` with decoupled weight decay, its dense update fused.
+
+    Same variables as Keras's Adam (checkpoints of either load in the other), same rule:
+    m ← m + (g − m)(1 − β1); v ← v + (g² − v)(1 − β2);
+    θ ← θ − lr·√(1 − β2ᵗ)/(1 − β1ᵗ) · m / (√v + ε), after Keras's θ ← θ − lr·wd·θ.
+    Keras computes the first three lines as about ten element-wise kernels per variable,
+    each a pass over memory; ``ResourceApplyAdam`` does them in one. Sparse gradients
+    and ``amsgrad`` take Keras's path.
+    """
+
+    def update_step(self, gradient, variable):
+        if isinstance(gradient, tf.IndexedSlices) or self.amsgrad:
+            return super().update_step(gradient, variable)
+        dtype = variable.dtype
+        index = self._index_dict[self._var_key(variable)]
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        return tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle, m=self._momentums[index].handle,
+            v=self._velocities[index].handle, beta1_power=tf.pow(beta_1, step),
+            beta2_power=tf.pow(beta_2, step), lr=tf.cast(self.learning_rate, dtype),
+            beta1=beta_1, beta2=beta_2, epsilon=tf.cast(self.epsilon, dtype), grad=gradient)
+
+
+def all_finite(tensors) -> tf.Tensor:
+    """True when no element of ``tensors`` is NaN or ±Inf, by one summing pass each.
+
+    A sum is NaN or Inf as soon as one term is, so this is ``is_finite`` of every element
+    except that a sum overflowing float32 (|Σ| > 3.4e38, far past any usable gradient)
+    counts as non-finite too.
+    """
+    sums = [tf.reduce_sum(tf.cast(t.values if isinstance(t, tf.IndexedSlices) else t,
+                                  tf.float32)) for t in tensors]
+    return tf.math.is_finite(tf.add_n(sums)) if sums else tf.constant(True)
+
+
+def apply_if_finite(optimizer, grads_and_vars, finite=True) -> tf.Tensor:
+    """Sums the gradients over replicas and applies them only if they are all finite (and
+    ``finite``, e.g. the loss's own check); otherwise nothing changes but the optimizer's
+    step count, as Keras's LossScaleOptimizer skips a step. Returns the decision, a scalar
+    bool equal on every replica.
+
+    Call in replica context (inside ``strategy.run``) or with no strategy. Under a
+    distribution strategy the decision is made in cross-replica context, since a branch
+    of a ``tf.cond`` in replica context cannot call ``merge_call`` (which the optimizer's
+    step does); the same pattern as ``LossScaleOptimizer.apply_gradients``.
+    """
+    grads_and_vars = optimizer.aggregate_gradients(
+        [(g, v) for g, v in grads_and_vars if g is not None])
+    grads = [g for g, _ in grads_and_vars]
+    finite = tf.logical_and(tf.cast(finite, tf.bool), all_finite(grads))
+
+    def skip():
+        optimizer.iterations.assign_add(1, read_value=False)
+
+    def apply(grads, variables: _Unwrapped):
+        optimizer.apply_gradients(zip(grads, variables.value), skip_gradients_aggregation=True)
+
+    variables = _Unwrapped([v for _, v in grads_and_vars])
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+        tf.__internal__.smart_cond.smart_cond(finite, lambda: apply(grads, variables), skip)
+        return finite
+
+    def cross_replica(strategy, grads, variables, finite):
+        # Every replica holds the same summed gradients, hence the same decision.
+        decision = strategy.experimental_local_results(finite)[0]
+        tf.__internal__.smart_cond.smart_cond(
+            decision,
+            lambda: strategy.extended.call_for_each_replica(
+                apply, args=(grads, variables)),
+            skip)
+
+    tf.distribute.get_replica_context().merge_call(
+        cross_replica, args=(grads, variables, finite))
+    return finite
+
+
+class _Unwrapped:
+    """Carries mirrored variables through ``merge_call`` and ``call_for_each_replica``
+    as they are: the optimizer needs the mirrored variables, not one replica's copy."""
+
+    def __init__(self, value):
+        self.value = value

@@ -1,0 +1,154 @@
+"""hgan.optim: the fused AdamW against Keras's Adam, and the finite-only step (skipped whole,
+on one replica and on two)."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from hgan import optim
+from hgan.tf_compat import keras, tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _problem(seed=0):
+    rng = np.random.default_rng(seed)
+    dense = tf.Variable(rng.normal(size=(5, 3)).astype(np.float32), name="dense")
+    table = tf.Variable(rng.normal(size=(6, 2)).astype(np.float32), name="table")
+    x = tf.constant(rng.normal(size=(4, 5)).astype(np.float32))
+    ids = tf.constant([0, 3, 3])
+
+    def grads():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.tanh(x @ dense) ** 2) + tf.reduce_sum(
+                tf.gather(table, ids) ** 3)
+        return tape.gradient(loss, [dense, table])  # dense and IndexedSlices
+    return [dense, table], grads
+
+
+@pytest.mark.parametrize("weight_decay", [None, 5e-2])
+def test_adamw_equals_keras_adam_and_shares_its_variables(weight_decay):
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([2], [0.1, 0.03])
+    results = []
+    for cls in (keras.optimizers.Adam, optim.AdamW):
+        variables, grads = _problem()
+        opt = cls(learning_rate=schedule, weight_decay=weight_decay)
+        for _ in range(5):
+            g = grads()
+            assert isinstance(g[1], tf.IndexedSlices)
+            opt.apply_gradients(zip(g, variables))
+        results.append(([v.numpy() for v in variables], [v.numpy() for v in opt.variables()],
+                        [v.name for v in opt.variables()]))
+    (want, want_slots, want_names), (got, got_slots, got_names) = results
+    assert got_names == want_names  # a checkpoint of either restores into the other
+    # Equal up to float32 rounding, which m / √v amplifies where a gradient is near zero
+    # (against steps of size ~lr = 0.1).
+    for a, b in zip(got + got_slots, want + want_slots):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got[0], _problem()[0][0].numpy())  # it did train
+
+
+def _state(variables, opt):
+    return [v.numpy().copy() for v in variables] + [v.numpy().copy() for v in opt.variables()]
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_a_non_finite_gradient_skips_the_whole_step(poison):
+    variables, grads = _problem()
+    opt = optim.AdamW(learning_rate=0.1, weight_decay=0.1)
+    opt.build(variables)
+    g = grads()
+    assert bool(optim.apply_if_finite(opt, zip(g, variables)))
+    before = _state(variables, opt)
+    bad = [g[0] * tf.where(tf.range(3) == 1, poison, 1.0), g[1]]
+    assert not bool(optim.apply_if_finite(opt, zip(bad, variables)))
+    after = _state(variables, opt)
+    assert int(opt.iterations) == 2  # counted, as the loss-scale optimizer counts a skip
+    for i, (a, b) in enumerate(zip(before, after)):
+        if i != len(variables):  # index len(variables) is the iteration counter
+            np.testing.assert_array_equal(a, b)
+    # A non-finite loss with finite gradients is skipped too.
+    assert not bool(optim.apply_if_finite(opt, zip(g, variables), finite=False))
+    np.testing.assert_array_equal(variables[0].numpy(), before[0])
+    # And a finite step applies exactly what an unguarded step would.
+    twin_vars, _ = _problem()
+    for t, v in zip(twin_vars, variables):
+        t.assign(v)
+    twin = optim.AdamW(learning_rate=0.1, weight_decay=0.1)
+    twin.build(twin_vars)
+    for t, v in zip(twin.variables(), opt.variables()):
+        t.assign(v)
+    assert bool(optim.apply_if_finite(opt, zip(g, variables)))
+    twin.apply_gradients(zip(g, twin_vars))
+    for a, b in zip(variables, twin_vars):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+
+
+def test_all_finite_sums_once_per_tensor():
+    assert bool(optim.all_finite([tf.ones([3]), tf.IndexedSlices(tf.ones([2, 2]), [0, 1])]))
+    assert not bool(optim.all_finite([tf.ones([3]), tf.constant([1.0, float("-inf")])]))
+    assert not bool(optim.all_finite([tf.constant([float("inf"), float("-inf")])]))
+    assert bool(optim.all_finite([]))
+
+
+_TWO_REPLICAS = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {root!r})
+    from hgan.tf_compat import tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from hgan import optim
+    out = {{}}
+    for name, devices in (("one", ["/cpu:0"]), ("two", ["/cpu:0", "/cpu:1"])):
+        strategy = tf.distribute.MirroredStrategy(devices)
+        with strategy.scope():
+            w = tf.Variable([[1.0, -2.0], [0.5, 3.0]])
+            opt = optim.AdamW(learning_rate=0.1, weight_decay=0.1)
+            opt.build([w])
+        # Global batch of 4 rows; row 3 is poisoned in the second step (on replica 2 of 2).
+        x = tf.constant([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5], [2.0, 1.0]])
+
+        def replica_step(rows, poison):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.tanh(rows @ w) * poison) / 4.0
+            return optim.apply_if_finite(opt, [(tape.gradient(loss, w), w)])
+
+        @tf.function
+        def step(poison):
+            dist = strategy.experimental_distribute_values_from_function(
+                lambda ctx: (tf.split(x, ctx.num_replicas_in_sync)[ctx.replica_id_in_sync_group],
+                             tf.split(poison, ctx.num_replicas_in_sync)[ctx.replica_id_in_sync_group]))
+            flags = strategy.run(replica_step, args=dist)
+            return strategy.experimental_local_results(flags)
+
+        applied = [bool(f) for f in step(tf.ones([4, 1]))]
+        after_good = w.numpy().tolist()
+        skipped = [bool(f) for f in step(tf.constant([[1.0], [1.0], [1.0], [float("nan")]]))]
+        out[name] = dict(applied=applied, skipped=skipped, after_good=after_good,
+                         after_bad=[v.numpy().tolist() for v in strategy.experimental_local_results(w)],
+                         slots=[s.numpy().tolist() for s in opt.variables()[1:]],
+                         iterations=int(opt.iterations.numpy()))
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_two_replicas_skip_together_and_apply_like_one():
+    proc = subprocess.run([sys.executable, "-c", _TWO_REPLICAS.format(root=ROOT)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert line, proc.stderr[-3000:]
+    out = json.loads(line[0][len("RESULT"):])
+    one, two = out["one"], out["two"]
+    assert one["applied"] == [True] and two["applied"] == [True, True]
+    assert one["skipped"] == [False] and two["skipped"] == [False, False]
+    np.testing.assert_allclose(two["after_good"], one["after_good"], rtol=1e-6)
+    assert one["after_good"] != [[1.0, -2.0], [0.5, 3.0]]
+    for copy in two["after_bad"]:  # every mirror kept the good step's weights
+        np.testing.assert_array_equal(copy, two["after_good"])
+    np.testing.assert_allclose(two["slots"], one["slots"], rtol=1e-6)
+    assert one["iterations"] == two["iterations"] == 2
