@@ -108,8 +108,12 @@ class HGAN(keras.Model):
                 terms["pair"] = c.weight_pair * losses.cmpm_loss(
                     image["global"], text["global"], labels)
             if c.weight_ide and self.classifier is not None:
+                # One pass of the shared classifier over both modalities (one weight gradient).
+                logits = self.classifier(tf.concat([image["global"], text["global"]], 0))
+                image_logits, text_logits = tf.split(
+                    logits, [tf.shape(image["global"])[0], -1])
                 terms["ide"] = c.weight_ide * losses.identification_loss(
-                    self.classifier(image["global"]), self.classifier(text["global"]), labels)
+                    image_logits, text_logits, labels)
         for level, head, weight in (("word", self.word_head, c.weight_word),
                                     ("phrase", self.phrase_head, c.weight_phrase)):
             if head is None or not weight:

@@ -10,17 +10,24 @@ class AdamW(keras.optimizers.Adam):
     """``keras.optimizers.Adam`` with decoupled weight decay, its dense update fused.
 
     Same variables as Keras's Adam (checkpoints of either load in the other), same rule:
-    m ← m + (g − m)(1 − β1); v ← v + (g² − v)(1 − β2);
-    θ ← θ − lr·√(1 − β2ᵗ)/(1 − β1ᵗ) · m / (√v + ε), after Keras's θ ← θ − lr·wd·θ.
-    Keras computes the first three lines as about ten element-wise kernels per variable,
-    each a pass over memory; ``ResourceApplyAdam`` does them in one. Sparse gradients
-    and ``amsgrad`` take Keras's path.
+    θ ← θ − lr·wd·θ (decoupled weight decay, first); m ← m + (g − m)(1 − β1);
+    v ← v + (g² − v)(1 − β2); θ ← θ − lr·√(1 − β2ᵗ)/(1 − β1ᵗ) · m / (√v + ε).
+    Keras computes the last three as about ten element-wise kernels per variable, each a
+    pass over memory, ``ResourceApplyAdam`` in one; the decay is one product by the
+    scalar lr·wd (Keras multiplies the variable by wd, then by lr). Sparse gradients and
+    ``amsgrad`` take Keras's Adam path after the same decay.
     """
 
+    def _apply_weight_decay(self, variables):
+        """Done per variable in ``update_step`` (it runs first there, as here)."""
+
     def update_step(self, gradient, variable):
+        dtype = variable.dtype
+        if self.weight_decay is not None and self._use_weight_decay(variable):
+            decay = tf.cast(self.learning_rate, dtype) * tf.cast(self.weight_decay, dtype)
+            variable.assign_sub(variable * decay)
         if isinstance(gradient, tf.IndexedSlices) or self.amsgrad:
             return super().update_step(gradient, variable)
-        dtype = variable.dtype
         index = self._index_dict[self._var_key(variable)]
         step = tf.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
