@@ -48,6 +48,9 @@ class Config:
     # --- visual tower (§3.2, Table 4) ------------------------------------------------
     backbone: str = "resnet50"  # "resnet50" | "resnet18" | "small_cnn" (CPU demo, tests)
     backbone_weights: str = "imagenet"  # "imagenet" | "none" | path to a weights file
+    # BatchNorm statistics over the global batch of all replicas (as on the paper's single
+    # GPU); false: each replica's own slice, as usual under MirroredStrategy.
+    sync_batchnorm: bool = False
     partition_map: tuple = (16, 8)  # map V is resized to this before partitioning; () = as is
     word_pool: tuple = (4, 4)  # kernel of the word-level partition pooling (Table 4)
     word_stride: tuple = (3, 2)

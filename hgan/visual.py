@@ -20,7 +20,30 @@ def partition_grid(map_size, pool, stride) -> tuple[int, int]:
 
 
 def build_backbone(config: Config) -> keras.Model:
-    """Image [H, W, 3] → feature map V [h, w, C] before the last pooling (§3.2)."""
+    """Image [H, W, 3] → feature map V [h, w, C] before the last pooling (§3.2); with
+    ``config.sync_batchnorm`` its BatchNorm layers normalise over all replicas' batch."""
+    net = _backbone(config)
+    if config.sync_batchnorm and config.backbone != "resnet18":  # resnet18: use_sync_bn
+        net = synchronize_batchnorm(net)
+    return net
+
+
+def synchronize_batchnorm(model: keras.Model) -> keras.Model:
+    """A copy of a functional ``model`` (same weights) whose BatchNormalization layers
+    compute training statistics over the global batch of all replicas
+    (``synchronized=True``, an all-reduce per layer) instead of each replica's slice."""
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            config.update(synchronized=True, fused=None)
+        return layer.__class__.from_config(config)
+
+    synced = keras.models.clone_model(model, clone_function=clone)
+    synced.set_weights(model.get_weights())
+    return synced
+
+
+def _backbone(config: Config) -> keras.Model:
     shape = (config.image_height, config.image_width, 3)
     weights = config.backbone_weights
     if config.backbone == "resnet50":
@@ -36,7 +59,8 @@ def build_backbone(config: Config) -> keras.Model:
     if config.backbone == "resnet18":
         from official.vision.modeling.backbones import resnet
         inputs = keras.Input(shape)
-        net = resnet.ResNet(model_id=18, input_specs=keras.layers.InputSpec(shape=(None, *shape)))
+        net = resnet.ResNet(model_id=18, input_specs=keras.layers.InputSpec(shape=(None, *shape)),
+                            use_sync_bn=config.sync_batchnorm)
         if weights not in ("none", ""):
             if weights == "imagenet":
                 raise ValueError("no offline ImageNet weights for resnet18; pass a file or none")

@@ -17,6 +17,28 @@ def test_table4_region_counts(pool, stride, regions):
     assert h * w == regions
 
 
+@pytest.mark.parametrize("backbone", ["small_cnn", "resnet50", "resnet18"])
+def test_sync_batchnorm_synchronises_every_batchnorm_and_keeps_the_function(tiny_config,
+                                                                            backbone):
+    from hgan import visual
+    config = tiny_config.replace(backbone=backbone, image_height=64, image_width=32)
+    plain = visual.build_backbone(config)
+    synced = (visual.build_backbone(config.replace(sync_batchnorm=True))
+              if backbone == "resnet18" else visual.synchronize_batchnorm(plain))
+    norms = [m for m in synced.submodules if isinstance(m, keras.layers.BatchNormalization)]
+    assert norms and all(m.synchronized for m in norms)
+    assert not any(getattr(m, "synchronized", False) for m in plain.submodules)
+    if backbone != "resnet18":  # a copy: same weights, same outputs (one replica)
+        x = tf.random.stateless_normal([3, 64, 32, 3], seed=[1, 2])
+        np.testing.assert_allclose(synced(x, training=False).numpy(),
+                                   plain(x, training=False).numpy(), atol=1e-5)
+        # Batch statistics: the unfused kernel's rounding differs from the fused one's and
+        # grows through ResNet-50's 53 layers (~1e-3 of the output scale at batch 3).
+        want = plain(x, training=True).numpy()
+        np.testing.assert_allclose(synced(x, training=True).numpy(), want,
+                                   atol=5e-3 * np.abs(want).max())
+
+
 @pytest.fixture()
 def config(tiny_config):
     return tiny_config.replace(bert="scratch:2x16", bert_layers="second_to_last")

@@ -67,9 +67,11 @@ _TWO_REPLICAS = textwrap.dedent("""
         trainer = Trainer(config, {data!r}, {model_dir!r} + name,
                           tf.distribute.MirroredStrategy(devices))
         # BatchNorm normalises with per-replica statistics (as usual under Mirrored-
-        # Strategy); freezing it isolates what is tested: the gathered in-batch losses.
+        # Strategy) unless sync_batchnorm; freezing it then isolates what is tested: the
+        # gathered in-batch losses.
         for layer in trainer.model.image_encoder.submodules:
-            if isinstance(layer, tf.keras.layers.BatchNormalization):
+            if (isinstance(layer, tf.keras.layers.BatchNormalization)
+                    and not config.sync_batchnorm):
                 layer.trainable = False
         batch = next(iter(data.train_dataset({data!r}, config, trainer.tokenizer)))
         if name == "two":
@@ -89,14 +91,18 @@ _TWO_REPLICAS = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("sentence_loss", ["cmpm", "cmce"])
+@pytest.mark.parametrize("sentence_loss,sync_batchnorm",
+                         [("cmpm", False), ("cmce", False), ("cmpm", True)])
 def test_two_replicas_give_the_loss_and_update_of_one(tiny_data, config, tmp_path,
-                                                      sentence_loss):
+                                                      sentence_loss, sync_batchnorm):
     # Soft attention and no dropout make the step deterministic, so the comparison is exact
     # up to float summation order; what it checks is the cross-replica gather and scaling
-    # (and, with CMCE, that both replicas' identities reach the buffers exactly once).
+    # (with CMCE, that both replicas' identities reach the buffers exactly once; with
+    # sync_batchnorm, that trainable BatchNorm, moving statistics included, sees the
+    # global batch).
     cfg = config.replace(attention="soft", dropout=0.0, batch_size=8, identities_per_batch=4,
-                         random_flip=False, sentence_loss=sentence_loss)
+                         random_flip=False, sentence_loss=sentence_loss,
+                         sync_batchnorm=sync_batchnorm)
     code = _TWO_REPLICAS.format(root=ROOT, tests=os.path.join(ROOT, "tests"),
                                 config=cfg.to_json(), data=tiny_data,
                                 model_dir=str(tmp_path / "m"))
