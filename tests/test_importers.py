@@ -1,11 +1,9 @@
 """Dataset readers (data_prep/importers.py): the five layouts and every kind of bad record."""
 import builtins
-import io
 import json
 import os
 
 import pytest
-from PIL import Image
 
 from data_prep import importers as imp
 from tests_support import image_bytes, make_reed, write

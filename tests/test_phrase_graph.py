@@ -1,7 +1,6 @@
 import random
 
 import numpy as np
-import pytest
 
 from data_prep import demo
 from hgan.phrase_graph import GraphPhraseChunker
