@@ -26,7 +26,8 @@ class AdamW(keras.optimizers.Adam):
         if self.weight_decay is not None and self._use_weight_decay(variable):
             decay = tf.cast(self.learning_rate, dtype) * tf.cast(self.weight_decay, dtype)
             variable.assign_sub(variable * decay)
-        if isinstance(gradient, tf.IndexedSlices) or self.amsgrad:
+        if (isinstance(gradient, tf.IndexedSlices) or self.amsgrad
+                or getattr(self, "adaptive_epsilon", False)):
             return super().update_step(gradient, variable)
         index = self._index_dict[self._var_key(variable)]
         step = tf.cast(self.iterations + 1, dtype)
@@ -51,10 +52,10 @@ def all_finite(tensors) -> tf.Tensor:
 
 
 def apply_if_finite(optimizer, grads_and_vars, finite=True) -> tf.Tensor:
-    """Sums the gradients over replicas and applies them only if they are all finite (and
-    ``finite``, e.g. the loss's own check); otherwise nothing changes but the optimizer's
-    step count, as Keras's LossScaleOptimizer skips a step. Returns the decision, a scalar
-    bool equal on every replica.
+    """Sums the gradients over replicas and applies them only if they are all finite and
+    ``finite`` holds on every replica (e.g. each replica's check of its loss); otherwise
+    nothing changes but the optimizer's step count, as Keras's LossScaleOptimizer skips a
+    step. Returns the decision, a scalar bool equal on every replica.
 
     Call in replica context (inside ``strategy.run``) or with no strategy. Under a
     distribution strategy the decision is made in cross-replica context, since a branch
@@ -64,7 +65,15 @@ def apply_if_finite(optimizer, grads_and_vars, finite=True) -> tf.Tensor:
     grads_and_vars = optimizer.aggregate_gradients(
         [(g, v) for g, v in grads_and_vars if g is not None])
     grads = [g for g, _ in grads_and_vars]
-    finite = tf.logical_and(tf.cast(finite, tf.bool), all_finite(grads))
+    finite = tf.cast(finite, tf.bool)
+    ctx = tf.distribute.get_replica_context()
+    if ctx is not None and ctx.num_replicas_in_sync > 1:
+        # ``finite`` is the caller's per-replica flag (each replica's loss may differ, e.g.
+        # by its Gumbel noise): any replica's False skips the step for all.
+        vetoes = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                1.0 - tf.cast(finite, tf.float32))
+        finite = tf.equal(vetoes, 0.0)
+    finite = tf.logical_and(finite, all_finite(grads))  # the summed gradients: same everywhere
 
     def skip():
         optimizer.iterations.assign_add(1, read_value=False)

@@ -113,23 +113,28 @@ _TWO_REPLICAS = textwrap.dedent("""
         # Global batch of 4 rows; row 3 is poisoned in the second step (on replica 2 of 2).
         x = tf.constant([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5], [2.0, 1.0]])
 
-        def replica_step(rows, poison):
+        def replica_step(rows, poison, veto_last):
             with tf.GradientTape() as tape:
                 loss = tf.reduce_sum(tf.tanh(rows @ w) * poison) / 4.0
-            return optim.apply_if_finite(opt, [(tape.gradient(loss, w), w)])
+            ctx = tf.distribute.get_replica_context()
+            last = ctx.replica_id_in_sync_group == ctx.num_replicas_in_sync - 1
+            return optim.apply_if_finite(opt, [(tape.gradient(loss, w), w)],
+                                         finite=tf.logical_not(veto_last & last))
 
         @tf.function
-        def step(poison):
+        def step(poison, veto_last=False):
             dist = strategy.experimental_distribute_values_from_function(
                 lambda ctx: (tf.split(x, ctx.num_replicas_in_sync)[ctx.replica_id_in_sync_group],
                              tf.split(poison, ctx.num_replicas_in_sync)[ctx.replica_id_in_sync_group]))
-            flags = strategy.run(replica_step, args=dist)
+            flags = strategy.run(replica_step, args=(*dist, tf.constant(veto_last)))
             return strategy.experimental_local_results(flags)
 
         applied = [bool(f) for f in step(tf.ones([4, 1]))]
         after_good = w.numpy().tolist()
         skipped = [bool(f) for f in step(tf.constant([[1.0], [1.0], [1.0], [float("nan")]]))]
-        out[name] = dict(applied=applied, skipped=skipped, after_good=after_good,
+        # Finite gradients, but the last replica's own flag (its loss) says no.
+        vetoed = [bool(f) for f in step(tf.ones([4, 1]), veto_last=True)]
+        out[name] = dict(applied=applied, skipped=skipped + vetoed, after_good=after_good,
                          after_bad=[v.numpy().tolist() for v in strategy.experimental_local_results(w)],
                          slots=[s.numpy().tolist() for s in opt.variables()[1:]],
                          iterations=int(opt.iterations.numpy()))
@@ -145,10 +150,10 @@ def test_two_replicas_skip_together_and_apply_like_one():
     out = json.loads(line[0][len("RESULT"):])
     one, two = out["one"], out["two"]
     assert one["applied"] == [True] and two["applied"] == [True, True]
-    assert one["skipped"] == [False] and two["skipped"] == [False, False]
+    assert one["skipped"] == [False] * 2 and two["skipped"] == [False] * 4
     np.testing.assert_allclose(two["after_good"], one["after_good"], rtol=1e-6)
     assert one["after_good"] != [[1.0, -2.0], [0.5, 3.0]]
     for copy in two["after_bad"]:  # every mirror kept the good step's weights
         np.testing.assert_array_equal(copy, two["after_good"])
     np.testing.assert_allclose(two["slots"], one["slots"], rtol=1e-6)
-    assert one["iterations"] == two["iterations"] == 2
+    assert one["iterations"] == two["iterations"] == 3
