@@ -50,6 +50,9 @@ def load_model(model_dir: str, which: str = "best") -> tuple[HGAN, Config, str]:
         shapes = reader.get_variable_to_shape_map()
         kernels = [s for name, s in shapes.items() if "classifier" in name and len(s) == 2]
         manifest_classes = kernels[0][1] if kernels else 0
-    model = build_model(config, tokenizer.vocab_size + 1, manifest_classes)
+    # Synchronised BatchNorm only changes training statistics; at inference the fused
+    # per-replica layer computes the same with the same variables, faster.
+    model = build_model(config.replace(sync_batchnorm=False), tokenizer.vocab_size + 1,
+                        manifest_classes)
     restore_model(model, path)
     return model, config, path

@@ -192,3 +192,32 @@ def test_a_checkpoint_missing_weights_of_the_config_is_a_clear_error(trained, tm
     with pytest.raises(ValueError, match="does not match the model") as error:
         load_model(model_dir, path)
     assert "phrase_matching" in str(error.value.__cause__)
+
+
+def test_a_sync_batchnorm_run_loads_for_inference_with_plain_batchnorm(tiny_data, tiny_vocab,
+                                                                       tmp_path):
+    """Its checkpoint restores into the fused per-replica layers (same variables), which
+    compute what the synchronised ones do at inference."""
+    from hgan.checkpoints import restore_model
+    from hgan.config import PRESETS
+    from hgan.tf_compat import keras
+    config = PRESETS["tiny"].replace(
+        vocab_file=tiny_vocab, image_height=32, image_width=16, bert="scratch:2x16",
+        bert_layers="last", batch_size=4, identities_per_batch=2, max_steps=2,
+        checkpoint_every=2, sync_batchnorm=True)
+    model_dir = str(tmp_path / "run")
+    train_lib.reconcile_config(config, model_dir)
+    train_lib.run(config, tiny_data, model_dir, log=lambda _: None)
+    model, loaded_config, path = load_model(model_dir, "latest")
+    assert loaded_config.sync_batchnorm  # the saved config is reported as trained
+    norms = [m for m in model.image_encoder.submodules
+             if isinstance(m, keras.layers.BatchNormalization)]
+    assert norms and not any(m.synchronized for m in norms)
+    synced = build_model(config, data.make_tokenizer(config).vocab_size + 1, 6)
+    restore_model(synced, path)
+    images = tf.random.stateless_uniform([3, 32, 16, 3], seed=[3, 4])
+    want, got = synced.encode_image(images), model.encode_image(images)
+    for key in want:
+        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), atol=1e-5)
+    trained_means = [m.moving_mean.numpy() for m in norms]
+    assert any(np.abs(mean).max() > 0 for mean in trained_means)  # statistics were restored
