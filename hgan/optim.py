@@ -52,19 +52,27 @@ def all_finite(tensors) -> tf.Tensor:
 
 
 def apply_if_finite(optimizer, grads_and_vars, finite=True) -> tf.Tensor:
-    """Sums the gradients over replicas and applies them only if they are all finite and
-    ``finite`` holds on every replica (e.g. each replica's check of its loss); otherwise
-    nothing changes but the optimizer's step count, as Keras's LossScaleOptimizer skips a
-    step. Returns the decision, a scalar bool equal on every replica.
+    """``apply_groups_if_finite`` with one optimizer."""
+    return apply_groups_if_finite([(optimizer, grads_and_vars)], finite)
+
+
+def apply_groups_if_finite(groups, finite=True) -> tf.Tensor:
+    """Sums the gradients over replicas and applies them, each (optimizer, grads_and_vars)
+    group with its optimizer, only if they are all finite and ``finite`` holds on every
+    replica (e.g. each replica's check of its loss); otherwise nothing changes but the
+    optimizers' step counts, as Keras's LossScaleOptimizer skips a step. Returns the
+    decision, a scalar bool equal on every replica.
 
     Call in replica context (inside ``strategy.run``) or with no strategy. Under a
     distribution strategy the decision is made in cross-replica context, since a branch
-    of a ``tf.cond`` in replica context cannot call ``merge_call`` (which the optimizer's
+    of a ``tf.cond`` in replica context cannot call ``merge_call`` (which an optimizer's
     step does); the same pattern as ``LossScaleOptimizer.apply_gradients``.
     """
-    grads_and_vars = optimizer.aggregate_gradients(
-        [(g, v) for g, v in grads_and_vars if g is not None])
-    grads = [g for g, _ in grads_and_vars]
+    optimizers = [optimizer for optimizer, _ in groups]
+    pairs = [optimizer.aggregate_gradients([(g, v) for g, v in grads_and_vars if g is not None])
+             for optimizer, grads_and_vars in groups]
+    grads = [[g for g, _ in group] for group in pairs]
+    variables = _Unwrapped([[v for _, v in group] for group in pairs])
     finite = tf.cast(finite, tf.bool)
     ctx = tf.distribute.get_replica_context()
     if ctx is not None and ctx.num_replicas_in_sync > 1:
@@ -73,21 +81,23 @@ def apply_if_finite(optimizer, grads_and_vars, finite=True) -> tf.Tensor:
         vetoes = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
                                 1.0 - tf.cast(finite, tf.float32))
         finite = tf.equal(vetoes, 0.0)
-    finite = tf.logical_and(finite, all_finite(grads))  # the summed gradients: same everywhere
+    # The summed gradients are the same on every replica, so is this.
+    finite = tf.logical_and(finite, all_finite([g for group in grads for g in group]))
 
     def skip():
-        optimizer.iterations.assign_add(1, read_value=False)
+        for optimizer in optimizers:
+            optimizer.iterations.assign_add(1, read_value=False)
 
     def apply(grads, variables: _Unwrapped):
-        optimizer.apply_gradients(zip(grads, variables.value), skip_gradients_aggregation=True)
+        for optimizer, g, v in zip(optimizers, grads, variables.value):
+            if g:
+                optimizer.apply_gradients(zip(g, v), skip_gradients_aggregation=True)
 
-    variables = _Unwrapped([v for _, v in grads_and_vars])
     if tf.__internal__.distribute.strategy_supports_no_merge_call():
         tf.__internal__.smart_cond.smart_cond(finite, lambda: apply(grads, variables), skip)
         return finite
 
     def cross_replica(strategy, grads, variables, finite):
-        # Every replica holds the same summed gradients, hence the same decision.
         decision = strategy.experimental_local_results(finite)[0]
         tf.__internal__.smart_cond.smart_cond(
             decision,

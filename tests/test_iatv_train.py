@@ -239,3 +239,43 @@ def test_table2_ablations_without_identities_and_without_stage1(tiny_data, confi
     model = load_model(model_dir, "latest")[0]
     s1_cnn, s2_cnn, s1_words, s2_words = _weights(model)
     assert max(np.abs(a - b).max() for a, b in zip(s1_cnn, s2_cnn)) > 0
+
+
+def test_a_non_finite_step_is_skipped_and_stops_with_a_clear_error(tiny_data, config,
+                                                                  tmp_path):
+    """As HGAN's guard: the bad step (a NaN pixel: finite loss is not guaranteed to show it)
+    changes no weight, optimizer slot or identity buffer, and the run stops naming the last
+    good checkpoint."""
+    cfg = config.replace(checkpoint_every=1, max_steps=STAGE1)
+    model_dir = str(tmp_path / "run")
+    train_lib.reconcile_config(cfg, model_dir)
+    trainer = iatv_train.Trainer(cfg, tiny_data, model_dir)
+    clean = trainer.stage1_batches
+    state = {}
+
+    def poisoned(start):  # the second batch carries a NaN pixel
+        batches = clean(start)
+        yield next(batches)
+        # What the first step left (trainable weights, optimizer slots, buffers).
+        state["before"] = [v.numpy().copy() for v in _trained_state(trainer)]
+        bad = next(batches)
+        yield {**bad, "image": bad["image"] * float("nan")}
+
+    trainer.stage1_batches = poisoned
+    with pytest.raises(FloatingPointError, match="cmce loss or gradient at step 2 "
+                                                 r"\(stage1\); that step was not applied"):
+        trainer.fit(log=lambda _: None)
+    assert trainer.manager.latest_checkpoint.endswith("ckpt-1")
+    after = [v.numpy() for v in _trained_state(trainer)]
+    assert len(after) == len(state["before"]) > 10
+    for i, (a, b) in enumerate(zip(state["before"], after)):
+        np.testing.assert_array_equal(a, b, err_msg=str(i))
+
+
+def _trained_state(trainer):
+    """Trainable weights, both stage-1 optimizers' slots (not their step counts) and the
+    identity buffers."""
+    slots = [v for name in ("text", "image")
+             for v in trainer.stage1_optimizers[name].variables()[1:]]
+    return (list(trainer.model.trainable_variables) + slots
+            + [trainer.buffers.image, trainer.buffers.text])

@@ -88,6 +88,28 @@ def test_a_non_finite_gradient_skips_the_whole_step(poison):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
 
 
+def test_groups_apply_together_or_not_at_all():
+    """Two optimizers over two parts (IATV's CNN and LSTM): a NaN in one part's gradient
+    skips both."""
+    (dense, table), grads = _problem()
+    first, second = optim.AdamW(learning_rate=0.1), keras.optimizers.SGD(0.1, momentum=0.9)
+    first.build([dense])
+    second.build([table])
+    g_dense, g_table = grads()
+    before = [dense.numpy().copy(), table.numpy().copy()]
+    bad_table = tf.IndexedSlices(g_table.values * float("nan"), g_table.indices,
+                                 g_table.dense_shape)
+    assert not bool(optim.apply_groups_if_finite(
+        [(first, [(g_dense, dense)]), (second, [(bad_table, table)])]))
+    np.testing.assert_array_equal(dense.numpy(), before[0])
+    np.testing.assert_array_equal(table.numpy(), before[1])
+    assert int(first.iterations) == int(second.iterations) == 1
+    assert bool(optim.apply_groups_if_finite(
+        [(first, [(g_dense, dense)]), (second, [(g_table, table)])]))
+    assert not np.array_equal(dense.numpy(), before[0])
+    assert not np.array_equal(table.numpy(), before[1])
+
+
 def test_all_finite_sums_once_per_tensor():
     assert bool(optim.all_finite([tf.ones([3]), tf.IndexedSlices(tf.ones([2, 2]), [0, 1])]))
     assert not bool(optim.all_finite([tf.ones([3]), tf.constant([1.0, float("-inf")])]))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from hgan import losses
-from hgan.train_lib import gather_replicas
+from hgan import losses, optim
+from hgan.train_lib import FINITE, gather_replicas
 from hgan.config import Config
 from hgan.iatv.buffers import IdentityBuffers
 from hgan.tf_compat import keras, tf
@@ -204,7 +204,8 @@ def replica_step(model: Stage1, buffers: IdentityBuffers, optimizers: dict, batc
     global batch (scaled by 1/N: the summed gradients are the global gradient); then the
     CNN and LSTM are updated (Step-1) and the buffers with the gathered features (Step-2,
     applied once). ``batch`` has ``image``, the text keys and ``label``.
-    Returns {"cmce": the global loss}.
+    Returns {"cmce": the global loss, FINITE: 1.0 if the step was applied, 0.0 if it was
+    skipped for a non-finite loss or gradient}.
     """
     ctx = tf.distribute.get_replica_context()
     gather = lambda t: gather_replicas(ctx, t)  # noqa: E731  (works on multi-worker too)
@@ -216,19 +217,20 @@ def replica_step(model: Stage1, buffers: IdentityBuffers, optimizers: dict, batc
         scaled = loss / ctx.num_replicas_in_sync
     groups = [(optimizers["image"], model.image_tower.trainable_variables),
               (optimizers["text"], model.text_tower.trainable_variables)]
-    apply_by_group(tape, scaled, groups)
-    buffers.update(image, text, labels)
-    return {"cmce": loss}
+    finite = apply_by_group(tape, scaled, groups)
+    buffers.update(image, text, labels, when=finite)
+    return {"cmce": loss, FINITE: tf.cast(finite, tf.float32)}
 
 
-def apply_by_group(tape: tf.GradientTape, loss, groups) -> None:
-    """One backward pass; each (optimizer, variables) group applies its own gradients."""
+def apply_by_group(tape: tf.GradientTape, loss, groups) -> tf.Tensor:
+    """One backward pass; each (optimizer, variables) group applies its own gradients,
+    all of them or (a non-finite loss or gradient anywhere) none: returns which."""
     grads = tape.gradient(loss, [v for _, variables in groups for v in variables])
-    start = 0
+    pairs, start = [], 0
     for optimizer, variables in groups:
-        pairs = zip(grads[start:start + len(variables)], variables)
-        optimizer.apply_gradients([(g, v) for g, v in pairs if g is not None])
+        pairs.append((optimizer, list(zip(grads[start:start + len(variables)], variables))))
         start += len(variables)
+    return optim.apply_groups_if_finite(pairs, tf.math.is_finite(loss))
 
 
 def make_train_step(model: Stage1, buffers: IdentityBuffers, optimizers: dict,

@@ -234,11 +234,11 @@ class Trainer:
         groups = [(self.stage2_optimizers["text"], matcher.trainable_variables)]
         if joint:
             groups.append((self.stage2_optimizers["image"], cnn.trainable_variables))
-        stage1.apply_by_group(tape, scaled, groups)
+        finite = stage1.apply_by_group(tape, scaled, groups)
         labels = tf.cast(batch["match"], tf.float32)
         accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.cast(logits > 0, tf.float32), labels),
                                           tf.float32))
-        return {"bce": loss, "accuracy": accuracy}
+        return {"bce": loss, "accuracy": accuracy, train_lib.FINITE: tf.cast(finite, tf.float32)}
 
     def _stage2_step(self, joint: bool):
         if joint not in self._stage2_steps:
@@ -290,11 +290,12 @@ class Trainer:
                 source = wanted
                 since = (time.time(), step - 1)
             terms = {k: float(v) for k, v in self.train_step(phase, next(batches)).items()}
-            loss = terms[LOSS[phase]]
-            if not math.isfinite(loss):
+            applied = terms.pop(train_lib.FINITE) == 1.0
+            if not (applied and math.isfinite(terms[LOSS[phase]])):
                 raise FloatingPointError(
-                    f"non-finite {LOSS[phase]} loss at step {step} ({phase}); the last good "
-                    f"checkpoint is {self.manager.latest_checkpoint}")
+                    f"non-finite {LOSS[phase]} loss or gradient at step {step} ({phase}); "
+                    f"that step was not applied and the last good checkpoint is "
+                    f"{self.manager.latest_checkpoint}")
             if step % self.config.log_every == 0 or step in boundaries:
                 log(train_lib.progress_line(step, self.total_steps, terms, since, label=phase))
                 train_lib.write_scalars(writer, step, terms, phase)
