@@ -293,7 +293,8 @@ def evaluate(model: HGAN, data_dir: str, config: Config, split: str,
     for mode in modes:
         t0 = time.time()
         if mode == "exact":
-            t2i = scorer.exact(texts, images)["total"]
+            per_level = scorer.exact(texts, images)
+            t2i = per_level.pop("total")
             i2t = t2i.T
         elif mode == "two_stage":
             t2i, i2t = scorer.two_stage_both(texts, images, k)
@@ -303,6 +304,9 @@ def evaluate(model: HGAN, data_dir: str, config: Config, split: str,
         # Class-level metrics fuse raw scores, so they are read off the exact matrix only.
         report[mode] = _metrics(t2i, i2t, texts, images, class_level and mode == "exact")
         if mode == "exact":
+            # Each level ranked alone: which of sentence / word / phrase has learned.
+            report["levels_exact"] = {
+                level: _metrics(m, m.T, texts, images, False) for level, m in per_level.items()}
             report["_arrays"] = {"t2i": t2i, "texts": texts, "images": images}
     return report
 

@@ -1,0 +1,70 @@
+"""Prints why an HGAN model_dir does or does not learn (``hgan.diagnostics``).
+
+  python scripts/diagnose.py --model_dir=DIR --data_dir=TFRECORDS [--split=val] [--checkpoint=best]
+
+Per level (sentence, word, phrase, fused): R1 both ways, the hub share of image-to-text
+top-1s; the spread of the sentence-level embeddings of both modalities (and of the images
+with BatchNorm on batch statistics: stale moving statistics show as a gap); the words the
+word level's regions select (content / punctuation shares, Fig. 4 as numbers); how much of
+the noiseless top-k the training-time Gumbel top-k keeps.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+from hgan import data, diagnostics, evaluation, metrics  # noqa: E402
+from hgan.checkpoints import load_model  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", None, "A train.py model_dir (HGAN).")
+flags.DEFINE_string("data_dir", None, "Output dir of data_prep.")
+flags.DEFINE_string("split", "val", "Split to read.")
+flags.DEFINE_string("checkpoint", "best", "best, latest, or a path.")
+flags.DEFINE_string("output_json", None, "Also write the numbers here.")
+flags.mark_flags_as_required(["model_dir", "data_dir"])
+
+
+def main(argv):
+    del argv
+    model, config, path = load_model(FLAGS.model_dir, FLAGS.checkpoint)
+    texts, images = evaluation.encode_split(model, FLAGS.data_dir, config, FLAGS.split)
+    scores = evaluation.Scorer(model).exact(texts, images)
+    out = {"checkpoint": path, "split": FLAGS.split, "levels": {}}
+    for level, m in scores.items():
+        t2i = metrics.retrieval_metrics(m, texts["label"], images["label"])
+        i2t = metrics.retrieval_metrics(m.T, images["label"], texts["label"])
+        out["levels"][level] = {"t2i_R1": t2i["R1"], "i2t_R1": i2t["R1"],
+                                "t2i_mAP": t2i["mAP"], **diagnostics.hubness(m.T)}
+    out["spread"] = {"image_global": diagnostics.spread(images["global"]),
+                     "text_global": diagnostics.spread(texts["global"])}
+    # The same images through the image tower with BatchNorm on the batch's own statistics:
+    # a much lower mean cosine than above says the moving statistics are stale.
+    pixels = next(iter(data.gallery_dataset(FLAGS.data_dir, config, FLAGS.split,
+                                            batch_size=256)))["image"]
+    out["spread"]["image_global_batch_stats"] = diagnostics.spread(
+        model.encode_image(pixels, training=True)["global"].numpy())
+    if model.word_head is not None:
+        tokenizer = data.make_tokenizer(config)
+        if config.word_keys == "words":
+            def words_of(caption):
+                return tokenizer.caption_words(caption.decode())
+        else:
+            def words_of(caption):
+                ids = tokenizer([caption])["input_word_ids"][0].numpy()
+                tokens = tokenizer.id_to_token(ids)
+                return tokens[1:]  # word slots start after [CLS]
+        out["selection"] = diagnostics.selection_words(model.word_head, texts, images,
+                                                       words_of)
+        out["gumbel"] = diagnostics.gumbel_overlap(model.word_head, texts, images)
+    print(json.dumps(out, indent=1, default=str))
+    if FLAGS.output_json:
+        with open(FLAGS.output_json, "w") as f:
+            json.dump(out, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,54 @@
+"""How often ``hgan.search query`` ranks a caption's own identity first, through the
+exported SavedModel and a search index, as a user runs it.
+
+  python scripts/search_share.py --savedmodel=DIR --data_dir=TFRECORDS [--split=test]
+
+Indexes the split's images (``hgan.search.build_index``), queries every caption of the
+split (``hgan.search.query``, top 1) and prints the share whose top result shows the
+caption's identity, with chance (1 / identities) beside it.
+"""
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+from hgan import data, records, search  # noqa: E402
+from hgan.tf_compat import tf  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("savedmodel", None, "Exported model (python -m hgan.export).")
+flags.DEFINE_string("data_dir", None, "Output dir of data_prep.")
+flags.DEFINE_string("split", "test", "Split whose images are indexed and captions asked.")
+flags.DEFINE_integer("limit", 0, "Ask only the first N captions (0 = all).")
+flags.mark_flags_as_required(["savedmodel", "data_dir"])
+
+
+def main(argv):
+    del argv
+    examples = [records.parse_example(e) for e in
+                tf.data.TFRecordDataset(data.split_files(FLAGS.data_dir, FLAGS.split))]
+    identity = {e["path"].numpy().decode(): int(e["label"]) for e in examples}
+    captions = [(c.decode(), int(e["label"])) for e in examples
+                for c in e["captions"].numpy()]
+    if FLAGS.limit:
+        captions = captions[:FLAGS.limit]
+    with tempfile.TemporaryDirectory() as tmp:
+        index = os.path.join(tmp, "index.npz")
+        search.build_index(FLAGS.savedmodel, index, data_dir=FLAGS.data_dir,
+                           split=FLAGS.split, log=lambda _: None)
+        hits = 0
+        for n, (caption, label) in enumerate(captions, 1):
+            top = search.query(FLAGS.savedmodel, index, caption, top_k=1)[0]
+            hits += identity[top["path"]] == label
+            if n % 50 == 0:
+                print(f"{n}/{len(captions)} queries, {100 * hits / n:.1f}% first", flush=True)
+    ids = len(set(identity.values()))
+    print(f"search: the caption's identity ranked first for {hits}/{len(captions)} captions "
+          f"({100 * hits / len(captions):.1f}%; chance {100 / ids:.1f}%)")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,112 @@
+"""``LocalMatching`` against an independent NumPy loop implementation of HGAN Eqs. 2–8.
+
+The reference below is written from the paper, one (text, image) pair and one region or
+word at a time, with nothing shared with ``hgan.heads`` but the trained weights.
+"""
+import numpy as np
+import pytest
+
+from hgan.heads import LocalMatching
+from hgan.tf_compat import tf
+
+
+def _dense(layer, x, relu=False):
+    kernel, bias = (w.numpy() for w in layer.weights)
+    y = x @ kernel + bias
+    return np.maximum(y, 0.0) if relu else y
+
+
+def _tower(sequential, x):
+    first, second = sequential.layers
+    return _dense(second, _dense(first, x, relu=True))
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _top_k(values, k):
+    """Indices of the k largest (ties: lower index first)."""
+    order = sorted(range(len(values)), key=lambda j: (-values[j], j))
+    return order[:k]
+
+
+def reference_score(head: LocalMatching, text, mask, image, soft=False):
+    """S(V, T) of one pair: text [R, C'] with mask [R], image [N, C'] (numpy)."""
+    words = [r for r in range(len(text)) if mask[r] > 0]
+    h = head.hidden
+    w_in = head.fuse_in.kernel.numpy()  # Eq. 8's first MLP layer (its bias: fuse_bias)
+    b_in = head.fuse_bias.numpy()
+    w_out, b_out = (w.numpy() for w in head.fuse_out.weights)
+    phi_t = _tower(head.text_tower, text)
+    phi_v = _tower(head.image_tower, image)
+    gamma = np.array([[phi_t[r] @ phi_v[n] / np.sqrt(h) for n in range(len(image))]
+                      for r in range(len(text))])  # Eq. 2, [R, N]
+
+    def mlp(x):  # σ(MLP(x)) of Eq. 8
+        return _sigmoid(np.maximum(x @ w_in + b_in, 0.0) @ w_out + b_out)[0]
+
+    def fuse(keys, scores, k):
+        """Eqs. 5–7: keys with the k largest γ (all keys when soft), softmax-weighted."""
+        chosen = list(range(len(keys))) if soft else _top_k(scores, k)
+        weights = np.exp([scores[j] - max(scores[c] for c in chosen) for j in chosen])
+        weights /= weights.sum()
+        return sum(w * keys[j] for w, j in zip(weights, chosen))
+
+    # Image-to-text: each region n picks k1 of the caption's words (Alg. 1, lines 6–12).
+    per_region = []
+    for n in range(len(image)):
+        fused = fuse([text[r] for r in words], [gamma[r, n] for r in words], head.k1)
+        per_region.append(mlp(image[n] + fused))
+    s_i2t = np.mean(per_region)
+    # Text-to-image: each word r picks k2 regions (lines 13–19).
+    per_word = []
+    for r in words:
+        fused = fuse(list(image), list(gamma[r]), head.k2)
+        per_word.append(mlp(text[r] + fused))
+    s_t2i = np.mean(per_word) if per_word else 0.0
+    return 0.5 * (s_i2t + s_t2i)
+
+
+@pytest.mark.parametrize("attention", ["gumbel", "soft"])
+@pytest.mark.parametrize("k1,k2", [(2, 1), (3, 2), (9, 7)])
+def test_local_matching_equals_the_numpy_reference(attention, k1, k2):
+    rng = np.random.default_rng(7)
+    texts = rng.normal(size=(3, 6, 5)).astype(np.float32)
+    masks = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], np.float32)
+    images = rng.normal(size=(4, 5, 5)).astype(np.float32)
+    head = LocalMatching(hidden=8, k1=k1, k2=k2, attention=attention)
+    got = head((tf.constant(texts), tf.constant(masks), tf.constant(images)),
+               training=False).numpy()
+    # Non-zero biases, so the reference's use of them is checked too.
+    for w in head.weights:
+        if len(w.shape) == 1:
+            w.assign(rng.normal(size=w.shape).astype(np.float32) * 0.3)
+    got = head((tf.constant(texts), tf.constant(masks), tf.constant(images)),
+               training=False).numpy()
+    want = np.array([[reference_score(head, texts[t], masks[t], images[i],
+                                      soft=attention == "soft")
+                      for i in range(len(images))] for t in range(len(texts))])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    if attention == "gumbel":  # the XLA inference path of evaluation, against the same loops
+        t_prep, v_prep = head.prepare_text(texts), head.prepare_image(images)
+        gamma = head.pair_gamma(t_prep[0], v_prep[0])
+        pair_mask = tf.broadcast_to(tf.constant(masks)[:, None], tf.shape(gamma)[:3])
+        selected = head.score_selected(gamma, t_prep[1], pair_mask,
+                                       tf.range(3)[:, None], v_prep[1], tf.range(4)[None])
+        np.testing.assert_allclose(selected.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_reference_notices_a_wrong_selection():
+    """The comparison can fail: scoring with k1 + 1 words differs from the reference."""
+    rng = np.random.default_rng(3)
+    text = rng.normal(size=(1, 6, 5)).astype(np.float32)
+    mask = np.ones((1, 6), np.float32)
+    image = rng.normal(size=(1, 5, 5)).astype(np.float32)
+    head = LocalMatching(hidden=8, k1=2, k2=1)
+    head((tf.constant(text), tf.constant(mask), tf.constant(image)))
+    other = LocalMatching(hidden=8, k1=3, k2=1)
+    other((tf.constant(text), tf.constant(mask), tf.constant(image)))
+    other.set_weights(head.get_weights())
+    got = other((tf.constant(text), tf.constant(mask), tf.constant(image))).numpy()[0, 0]
+    assert abs(got - reference_score(head, text[0], mask[0], image[0])) > 1e-4
