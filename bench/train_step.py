@@ -86,8 +86,11 @@ def synthetic_batch(config, batch: int, vocab_size: int, cls_id: int, sep_id: in
     ids = np.zeros([batch, L], np.int32)
     mask = np.zeros([batch, L], np.int32)
     phrases = np.zeros([batch, M, L], np.float32)
+    words = np.full([batch, L], -1, np.int32)
     for b in range(batch):
         n = int(rng.integers(20, min(40, L - 2) + 1))
+        # About 1.3 WordPieces per word, as in English captions.
+        words[b, 1:n + 1] = np.cumsum(rng.random(n) < 0.77) - 1
         ids[b, 0], ids[b, n + 1] = cls_id, sep_id
         ids[b, 1:n + 1] = rng.integers(len(SPECIAL), vocab_size, n)
         mask[b, :n + 2] = 1
@@ -103,6 +106,7 @@ def synthetic_batch(config, batch: int, vocab_size: int, cls_id: int, sep_id: in
         "input_mask": tf.constant(mask),
         "input_type_ids": tf.zeros([batch, L], tf.int32),
         "phrase_token_mask": tf.constant(phrases),
+        "token_word_index": tf.constant(np.maximum(words, -1)),
         "label": tf.constant(np.repeat(labels, 2)[:batch].astype(np.int32)),  # pairs: positives
     }
 

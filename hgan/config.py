@@ -35,7 +35,10 @@ class Config:
     # --- data (§4) ---------------------------------------------------------------------
     image_height: int = 384
     image_width: int = 192
-    normalization: str = "paper"  # "paper": x/256 (§4); "caffe": BGR mean of keras ResNet50
+    # "auto": what the backbone's weights were trained with (caffe for ImageNet ResNet-50 /
+    # VGG-16, [-1, 1] for InceptionV3, §4's x/256 from scratch); or "paper" | "caffe" |
+    # "inception" explicitly (hgan.data.resolve_normalization).
+    normalization: str = "auto"
     random_flip: bool = True
     max_len: int = 64  # WordPiece tokens incl. [CLS]/[SEP]
     max_phrases: int = 8  # noun phrases kept per caption (§3.2)
@@ -46,7 +49,8 @@ class Config:
     shuffle_buffer: int = 4096
 
     # --- visual tower (§3.2, Table 4) ------------------------------------------------
-    backbone: str = "resnet50"  # "resnet50" | "resnet18" | "small_cnn" (CPU demo, tests)
+    # "resnet50" | "resnet18" | "compact_cnn" (CPU demo) | "small_cnn" (tests)
+    backbone: str = "resnet50"
     backbone_weights: str = "imagenet"  # "imagenet" | "none" | path to a weights file
     # BatchNorm statistics over the global batch of all replicas (as on the paper's single
     # GPU); false: each replica's own slice, as usual under MirroredStrategy.
@@ -63,6 +67,9 @@ class Config:
     bert_trainable: bool = False
     lstm_units: int = 512  # per direction; T_g = concat(fwd, bwd) (§4: bi-LSTM 512)
     attention_heads: int = 8  # the one self-attention layer over words / phrases
+    # Keys of the word level: "words" (each word's WordPieces averaged, no punctuation;
+    # Fig. 4 shows words) or "wordpieces" (one key per BERT token, as runs before it did).
+    word_keys: str = "words"
 
     # --- matching heads (§3.3, Table 3, Table 5, Fig. 5) ------------------------------
     local_dim: int = 512  # C' of V_w, V_p, T_w, T_p (§4: FC layers 512)
@@ -71,7 +78,13 @@ class Config:
     attention: str = "gumbel"  # "gumbel" | "soft" ("HGAN w/o Gumbel", Eqs. 3-4)
     k1: int = 4  # image-to-text: words selected per region (Fig. 5)
     k2: int = 2  # text-to-image: regions selected per word
+    # The phrase head's own k1 / k2 (Fig. 5 sweeps the word level only); 0 = k1 / k2.
+    phrase_k1: int = 0
+    phrase_k2: int = 0
     temperature: float = 1.0  # E of Algorithm 1
+    # s of GumbelTopK: Algorithm 1's l2-normalised γ' is multiplied by it before the noise
+    # (1 = as printed, where the noise all but decides the training-time selection).
+    gumbel_scale: float = 1.0
     use_word: bool = True  # Table 3 rows
     use_phrase: bool = True
     use_sentence: bool = True
@@ -86,6 +99,8 @@ class Config:
     # identity feature buffers, with iatv_temperature and iatv_buffer_momentum). With
     # "cmce", weight_ide=0 drops Eq. 10's classifier, the pure IATV sentence objective.
     sentence_loss: str = "cmpm"
+    # τ of L_pair: 0 = Eq. 11 as printed (z = vᵀ t̄); τ > 0: z = cos(v, t) / τ.
+    pair_temperature: float = 0.0
     weight_ide: float = 1.0  # λ of L_sentence = L_pair + λ L_ide
     weight_word: float = 1.0
     weight_phrase: float = 1.0
@@ -94,6 +109,10 @@ class Config:
     # --- optimisation (§4) ----------------------------------------------------------
     learning_rate: float = 2e-4
     weight_decay: float = 5e-4
+    # "l2": weight_decay · Σ ½‖w‖² over the kernels (rank ≥ 2) added to the loss, what
+    # "Adam, weight decay 5e-4" meant in 2020 TensorFlow code; "decoupled": AdamW-style
+    # w -= lr · wd · w (at lr 2e-4 a shrink of 1e-7 per step, no regularisation to speak of).
+    weight_decay_mode: str = "l2"
     epochs: int = 60
     max_steps: int = 0  # 0 = epochs decide
     warmup_steps: int = 0
@@ -179,8 +198,13 @@ class Config:
         if not os.path.exists(path):
             raise FileNotFoundError(f"no {CONFIG_FILE} in {model_dir}: is it a train.py model_dir?")
         with open(path) as f:
-            return cls.from_dict(json.load(f))
+            values = json.load(f)
+        # A config.json written before a field existed describes the behaviour of that time.
+        return cls.from_dict({**LEGACY_DEFAULTS, **values})
 
+
+# Values of fields added later, for config.json files that predate them.
+LEGACY_DEFAULTS = {"word_keys": "wordpieces", "weight_decay_mode": "decoupled"}
 
 PRESETS = {
     "paper": Config(),

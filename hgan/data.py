@@ -17,6 +17,8 @@ import json
 import os
 from typing import Optional
 
+from absl import logging
+
 from hgan import records
 from hgan.config import Config
 from hgan.tf_compat import tf
@@ -73,15 +75,50 @@ def preprocess_image(image: tf.Tensor, config: Config, training: bool = False,
                             method="bilinear", antialias=True)
     if training and config.random_flip:
         image = tf.image.stateless_random_flip_left_right(image, seed=seed)
-    return normalize(image, config.normalization)
+    return normalize(image, resolve_normalization(config))
+
+
+# What each backbone's pretrained tf_keras.applications weights were trained on: caffe
+# (BGR, ImageNet mean subtracted, 0–255) for ResNet50 and VGG16, [-1, 1] for InceptionV3.
+WEIGHTS_NORMALIZATION = {"resnet50": "caffe", "vgg16": "caffe", "inception_v3": "inception"}
+NORMALIZATIONS = ("auto", "paper", "caffe", "inception")
+_warned = set()
+
+
+def resolve_normalization(config: Config) -> str:
+    """The input normalisation a run uses: ``config.normalization`` unless it is "auto",
+    which follows the backbone's weights (``WEIGHTS_NORMALIZATION`` for ImageNet weights
+    or a Keras weights file of them; §4's ×1/256, "paper", for a backbone trained from
+    scratch). An explicit choice that contradicts pretrained weights is kept but warned
+    about loudly (it swaps conv1's colour channels in a task whose captions are colours)."""
+    mode = config.normalization
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {mode!r}; choose from {NORMALIZATIONS}")
+    backbone = config.iatv_backbone if config.model == "iatv" else config.backbone
+    pretrained = config.backbone_weights not in ("none", "")
+    expected = WEIGHTS_NORMALIZATION.get(backbone) if pretrained else None
+    if mode == "auto":
+        return expected or "paper"
+    if expected and mode != expected and (backbone, mode) not in _warned:
+        _warned.add((backbone, mode))
+        logging.warning(
+            "normalization=%s but %s's pretrained weights (%s) expect %r input: the "
+            "pretrained filters will see wrongly scaled or channel-swapped colours. Use "
+            "normalization=auto unless these weights were trained with %s.", mode,
+            backbone, config.backbone_weights, expected, mode)
+    return mode
 
 
 def normalize(image: tf.Tensor, mode: str) -> tf.Tensor:
+    """[..., 3] RGB 0–255 → the model's input: "paper" ×1/256 (HGAN §4), "caffe" BGR minus
+    the ImageNet mean, "inception" [-1, 1]."""
     image = tf.cast(image, tf.float32)
     if mode == "paper":
         return image / 256.0
-    if mode == "caffe":  # what ResNet50(weights="imagenet") was trained with
+    if mode == "caffe":  # what ResNet50 / VGG16(weights="imagenet") were trained with
         return image[..., ::-1] - _CAFFE_BGR_MEAN
+    if mode == "inception":  # InceptionV3(weights="imagenet")
+        return image / 127.5 - 1.0
     raise ValueError(f"unknown normalization {mode!r}")
 
 

@@ -63,12 +63,13 @@ class LocalMatching(keras.layers.Layer):
     """
 
     def __init__(self, hidden: int, k1: int = 4, k2: int = 2, temperature: float = 1.0,
-                 attention: str = "gumbel", **kwargs):
+                 attention: str = "gumbel", gumbel_scale: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         if attention not in ("gumbel", "soft"):
             raise ValueError(f"attention must be 'gumbel' or 'soft', got {attention!r}")
         self.hidden, self.k1, self.k2 = int(hidden), int(k1), int(k2)
         self.temperature, self.attention = float(temperature), attention
+        self.gumbel_scale = float(gumbel_scale)
         self.text_tower = keras.Sequential(
             [keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(hidden)],
             name="gamma_text")
@@ -77,8 +78,8 @@ class LocalMatching(keras.layers.Layer):
             name="gamma_image")
         self.fuse_in = keras.layers.Dense(hidden, use_bias=False, name="score_in")
         self.fuse_out = keras.layers.Dense(1, name="score_out")
-        self.select_words = GumbelTopK(k1, temperature, name="select_words")
-        self.select_regions = GumbelTopK(k2, temperature, name="select_regions")
+        self.select_words = GumbelTopK(k1, temperature, gumbel_scale, name="select_words")
+        self.select_regions = GumbelTopK(k2, temperature, gumbel_scale, name="select_regions")
 
     def build(self, input_shape):
         dim = input_shape[0][-1]
@@ -214,7 +215,8 @@ class LocalMatching(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "hidden": self.hidden, "k1": self.k1, "k2": self.k2,
-                "temperature": self.temperature, "attention": self.attention}
+                "temperature": self.temperature, "attention": self.attention,
+                "gumbel_scale": self.gumbel_scale}
 
 
 _MASKED = -1e9  # score of a padded key; below any real γ

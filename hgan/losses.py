@@ -49,18 +49,27 @@ def identification_loss(image_logits, text_logits, labels):
             + tf.reduce_mean(ce(labels, tf.cast(text_logits, tf.float32))))
 
 
-def cmpm_loss(image_embeddings, text_embeddings, labels, epsilon: float = 1e-8):
+def cmpm_loss(image_embeddings, text_embeddings, labels, epsilon: float = 1e-8,
+              temperature: float = 0.0):
     """Eq. 11, the pairwise KL loss (CMPM, Zhang & Lu 2018), both directions.
 
     z_ij = v_iᵀ t̄_j (t̄: l2-normalised), p_ij = softmax_j(z_ij), q_ij = y_ij / Σ_k y_ik with
     y_ij = 1 when image i and text j share an identity; L = mean_i Σ_j p_ij log(p_ij /
     (q_ij + ε)), plus the same with texts as anchors. (The paper prints a leading minus;
     the KL divergence it describes is minimised, so it is dropped here.)
+
+    ``temperature`` τ > 0: z_ij = cos(v_i, t_j) / τ instead, both sides normalised (the
+    SDM form of Jiang & Ye, CVPR 2023). Eq. 11's anchor norm is a per-sample inverse
+    temperature the model may grow, and in its text-anchored direction a component common
+    to all images cancels from the softmax, so nothing there keeps the images apart.
     """
     image = tf.cast(image_embeddings, tf.float32)
     text = tf.cast(text_embeddings, tf.float32)
     match = tf.cast(tf.equal(labels[:, None], labels[None, :]), tf.float32)
     q = match / tf.reduce_sum(match, axis=1, keepdims=True)
+    if temperature:
+        image = tf.math.l2_normalize(image, -1) / temperature
+        text = tf.math.l2_normalize(text, -1) / temperature
 
     def direction(anchor, other):
         logits = tf.matmul(anchor, tf.math.l2_normalize(other, -1), transpose_b=True)
@@ -90,3 +99,13 @@ def cmce_loss(image_embeddings, text_embeddings, labels, image_buffer, text_buff
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits
     return (tf.reduce_mean(ce(labels, logits_image))
             + tf.reduce_mean(ce(labels, logits_text)))
+
+
+def l2_penalty(variables, weight_decay: float):
+    """Coupled weight decay: weight_decay · Σ ½‖w‖² over the rank ≥ 2 variables (kernels and
+    embeddings; biases and normalisation scales/offsets are not decayed), the term 2020
+    TensorFlow code added to the loss for "weight decay" (``tf.nn.l2_loss`` is ½‖w‖²)."""
+    kernels = [tf.cast(v, tf.float32) for v in variables if len(v.shape) >= 2]
+    if not kernels:
+        return tf.constant(0.0)
+    return weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in kernels])

@@ -10,7 +10,8 @@ from hgan.tf_compat import keras, tf
 from hgan.text import build_text_encoder
 from hgan.visual import build_image_encoder
 
-TEXT_KEYS = ("input_word_ids", "input_mask", "input_type_ids", "phrase_token_mask")
+TEXT_KEYS = ("input_word_ids", "input_mask", "input_type_ids", "phrase_token_mask",
+             "token_word_index")
 SENTENCE_LOSSES = ("cmpm", "cmce")
 
 
@@ -36,10 +37,13 @@ class HGAN(keras.Model):
         self.num_classes = num_classes
         self.image_encoder = build_image_encoder(config)
         self.text_encoder = build_text_encoder(config, vocab_size)
-        head = dict(hidden=config.mlp_hidden, k1=config.k1, k2=config.k2,
-                    temperature=config.temperature, attention=config.attention)
-        self.word_head = LocalMatching(name="word_matching", **head) if config.use_word else None
-        self.phrase_head = (LocalMatching(name="phrase_matching", **head)
+        head = dict(hidden=config.mlp_hidden, temperature=config.temperature,
+                    attention=config.attention, gumbel_scale=config.gumbel_scale)
+        self.word_head = (LocalMatching(name="word_matching", k1=config.k1, k2=config.k2,
+                                        **head) if config.use_word else None)
+        self.phrase_head = (LocalMatching(name="phrase_matching",
+                                          k1=config.phrase_k1 or config.k1,
+                                          k2=config.phrase_k2 or config.k2, **head)
                             if config.use_phrase else None)
         # Eq. 10: one classifier over the training identities shared by both modalities.
         self.classifier = (keras.layers.Dense(num_classes, name="id_classifier")
@@ -106,7 +110,7 @@ class HGAN(keras.Model):
                     c.iatv_temperature)
             elif c.weight_pair:
                 terms["pair"] = c.weight_pair * losses.cmpm_loss(
-                    image["global"], text["global"], labels)
+                    image["global"], text["global"], labels, temperature=c.pair_temperature)
             if c.weight_ide and self.classifier is not None:
                 # One pass of the shared classifier over both modalities (one weight gradient).
                 logits = self.classifier(tf.concat([image["global"], text["global"]], 0))
@@ -162,4 +166,5 @@ def dummy_batch(config: Config, batch: int) -> dict:
         "input_mask": tf.ones([batch, L], tf.int32),
         "input_type_ids": tf.zeros([batch, L], tf.int32),
         "phrase_token_mask": tf.zeros([batch, M, L]),
+        "token_word_index": tf.tile(tf.range(-1, L - 1)[None], [batch, 1]),
     }

@@ -73,6 +73,29 @@ class PhrasePooling(keras.layers.Layer):
         return total / tf.maximum(count, 1.0)
 
 
+@keras.utils.register_keras_serializable(package="hgan")
+class WordPooling(keras.layers.Layer):
+    """Word vectors from WordPiece vectors: the mean of each word's pieces.
+
+    Inputs: tokens [B, L, D] and ``token_word_index`` [B, L] (a token's word, -1 for none).
+    Outputs: words [B, W, D] and their mask [B, W], W = the batch's largest word count
+    (at least 1); word w of a caption sits in slot w, empty slots are zeros with mask 0.
+    """
+
+    def call(self, inputs):
+        tokens, index = inputs
+        index = tf.cast(index, tf.int32)
+        slots = tf.maximum(tf.reduce_max(index) + 1, 1)
+        membership = tf.one_hot(index, slots, dtype=tokens.dtype)  # [B, L, W]; -1 → zeros
+        total = tf.einsum("blw,bld->bwd", membership, tokens)
+        count = tf.reduce_sum(membership, axis=1)  # [B, W]
+        words = total / tf.maximum(count, 1.0)[..., None]
+        return words, tf.cast(count > 0, tokens.dtype)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+
 def _self_attention(config: Config, name: str) -> keras.layers.Layer:
     """The "one transformer layer" of §3.2 [29] over words or phrases."""
     return nlp_layers.TransformerEncoderBlock(
@@ -86,8 +109,11 @@ def build_text_encoder(config: Config, vocab_size: int) -> keras.Model:
 
     * BERT token embeddings (layers chosen per Table 2) — or, for Table 3's rows without
       BERT (``use_bert=False``), trainable word embeddings of the same width.
-    * T_w [B, L, C']: FC to C' then one self-attention layer; ``word_mask`` keeps real
-      words only ([CLS], [SEP] and padding are not words).
+    * T_w [B, L, C']: the keys of Eqs. 2–8 are words: ``word_keys="words"`` (default)
+      averages each word's WordPieces (``token_word_index``; punctuation, [CLS], [SEP] and
+      padding are no word), ``"wordpieces"`` keeps one key per WordPiece token as before;
+      then FC to C' and one self-attention layer among the words. ``word_mask`` [B, L]
+      marks the real word slots.
     * T_g: a bi-LSTM over the token embeddings, concat(forward last, backward first), then
       an FC to the sentence-level joint space [B, C_embed].
     * T_p [B, M, C']: phrase embeddings (mean of their tokens) → FC → one self-attention
@@ -98,6 +124,7 @@ def build_text_encoder(config: Config, vocab_size: int) -> keras.Model:
     mask = keras.Input((L,), dtype=tf.int32, name="input_mask")
     type_ids = keras.Input((L,), dtype=tf.int32, name="input_type_ids")
     membership = keras.Input((M, L), dtype=tf.float32, name="phrase_token_mask")
+    token_words = keras.Input((L,), dtype=tf.int32, name="token_word_index")
 
     if config.use_bert:
         bert = load_bert(config, vocab_size)
@@ -115,10 +142,23 @@ def build_text_encoder(config: Config, vocab_size: int) -> keras.Model:
     attention_mask = keras.layers.Lambda(
         lambda m: tf.cast(m[:, None, :] & m[:, :, None], tf.float32), name="pair_mask",
         dtype="float32")(trimmed_mask)
-    words = keras.layers.Dense(config.local_dim, name="word_fc")(trimmed)
-    words = _self_attention(config, "word_attention")([words, attention_mask])
+    if config.word_keys == "words":
+        word_inputs, word_mask = WordPooling(name="word_pool")([tokens, token_words])
+        word_attention = keras.layers.Lambda(
+            lambda m: m[:, None, :] * m[:, :, None] + tf.eye(tf.shape(m)[1])[None],
+            name="word_pair_mask", dtype="float32")(word_mask)
+    elif config.word_keys == "wordpieces":
+        word_inputs, word_attention = trimmed, attention_mask
+        word_mask = keras.layers.Lambda(_real_words, name="word_mask", dtype="float32")(
+            [word_ids, mask])
+    else:
+        raise ValueError(f"word_keys must be 'words' or 'wordpieces', got {config.word_keys!r}")
+    words = keras.layers.Dense(config.local_dim, name="word_fc")(word_inputs)
+    words = _self_attention(config, "word_attention")([words, word_attention])
     words = keras.layers.Lambda(lambda w: _pad_to_length(w, L), name="pad_words")(words)
-    word_mask = keras.layers.Lambda(_real_words, name="word_mask", dtype="float32")([word_ids, mask])
+    if config.word_keys == "words":
+        word_mask = keras.layers.Lambda(lambda m: _pad_to_length(m[..., None], L)[..., 0],
+                                        name="word_mask", dtype="float32")(word_mask)
 
     t_global = BiLSTM(config.lstm_units, name="bilstm")(trimmed, mask=trimmed_mask)
     t_global = keras.layers.Dense(config.embed_dim, name="t_global_fc")(t_global)
@@ -133,7 +173,7 @@ def build_text_encoder(config: Config, vocab_size: int) -> keras.Model:
     phrases = _self_attention(config, "phrase_attention")([phrases, phrase_pair])
 
     inputs = {"input_word_ids": word_ids, "input_mask": mask, "input_type_ids": type_ids,
-              "phrase_token_mask": membership}
+              "phrase_token_mask": membership, "token_word_index": token_words}
     outputs = {"global": t_global, "word": words, "word_mask": word_mask,
                "phrase": phrases, "phrase_mask": phrase_mask}
     return keras.Model(inputs, outputs, name="text_encoder")

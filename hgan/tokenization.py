@@ -46,6 +46,9 @@ class CaptionTokenizer(tf.Module):
     ``__call__(captions [B] string, phrase_spans ragged [B, (P), 2] int32 or None)`` returns
       * ``input_word_ids``, ``input_mask``, ``input_type_ids``: [B, max_len] int32, the
         TF-Hub BERT encoder inputs ([CLS] tokens [SEP], zero-padded, truncated);
+      * ``token_word_index``: [B, max_len] int32, the word each token belongs to, counting
+        only words that are not punctuation (0, 1, ...), and -1 for [CLS], [SEP], padding
+        and punctuation: the word level pools a word's WordPieces into one key;
       * ``phrase_token_mask``: [B, max_phrases, max_len] float32; row p marks the tokens
         lying inside noun phrase p (all zeros for a padded or fully truncated phrase).
     """
@@ -73,6 +76,9 @@ class CaptionTokenizer(tf.Module):
             num_oov_buckets=1)
         self._tokenizer = tf_text.BertTokenizer(
             table, token_out_type=tf.int64, lower_case=lower_case, unknown_token="[UNK]")
+        # BERT's basic tokenizer makes every punctuation character a word of its own, whose
+        # one WordPiece is that character; a word is punctuation when all its pieces are.
+        self._punctuation = tf.constant([_is_punctuation(t) for t in vocab] + [False])
 
     @tf.autograph.experimental.do_not_convert  # plain TF ops; nothing to convert
     def __call__(self, captions: tf.Tensor, phrase_spans=None) -> dict[str, tf.Tensor]:
@@ -93,6 +99,8 @@ class CaptionTokenizer(tf.Module):
             "input_word_ids": tf.cast(frame(ids, self.cls_id, self.sep_id, self.pad_id), tf.int32),
             "input_mask": tf.cast(frame(tf.ones_like(ids), 1, 1, 0), tf.int32),
             "input_type_ids": tf.zeros([batch, self.max_len], tf.int32),
+            "token_word_index": tf.cast(frame(self._content_word_index(tokens)[:, :body],
+                                              -1, -1, -1), tf.int32),
         }
         if phrase_spans is not None:
             # The tokenizer's offsets refer to its lower-cased, accent-stripped text, not to
@@ -106,6 +114,35 @@ class CaptionTokenizer(tf.Module):
     def id_to_token(self, ids) -> list[str]:
         """Token strings of a sequence of ids (for figures and debugging)."""
         return [self._vocab[i] if 0 <= i < len(self._vocab) else "[UNK]" for i in ids]
+
+    def caption_words(self, caption: str) -> list[str]:
+        """The words of one caption as the word level sees them (``token_word_index``
+        order, punctuation left out, truncated like the tokens): each word's WordPieces
+        joined, e.g. ``["a", "man", "in", "a", "t", "-", ...]`` → without the "-"."""
+        out = self(tf.constant([caption]))
+        ids = out["input_word_ids"][0].numpy()
+        index = out["token_word_index"][0].numpy()
+        words = [""] * (int(index.max()) + 1 if index.max() >= 0 else 0)
+        for token_id, w in zip(ids, index):
+            if w >= 0:
+                piece = self.id_to_token([int(token_id)])[0]
+                words[w] += piece[2:] if piece.startswith("##") else piece
+        return words
+
+    def _content_word_index(self, tokens: tf.RaggedTensor) -> tf.RaggedTensor:
+        """Ragged [B, (tokens)] int64: each token's position among its caption's
+        non-punctuation words, -1 for a punctuation token."""
+        pieces = tokens.values  # ragged [all words, (pieces)]
+        punct = tf.reduce_all(pieces.with_flat_values(
+            tf.gather(self._punctuation, pieces.flat_values)), axis=-1)  # [all words]
+        keep = tf.cast(~punct, tf.int64)
+        # Per caption, the running count of kept words before each word.
+        kept = tokens.with_values(keep)  # ragged [B, (words)]
+        position = tf.cumsum(kept.to_tensor(), axis=1) - 1
+        position = tf.RaggedTensor.from_tensor(position, lengths=kept.row_lengths()).values
+        word_value = tf.where(punct, tf.constant(-1, tf.int64), position)  # [all words]
+        per_piece = pieces.with_flat_values(tf.gather(word_value, pieces.value_rowids()))
+        return tokens.with_values(per_piece).merge_dims(-2, -1)
 
     @staticmethod
     def _word_index(tokens: tf.RaggedTensor) -> tf.RaggedTensor:
@@ -135,3 +172,15 @@ class CaptionTokenizer(tf.Module):
         t_start, t_end = tok_start[:, None, :], tok_end[:, None, :]  # [B, 1, L]
         inside = (t_start >= 0) & (p_start >= 0) & (t_start >= p_start) & (t_end <= p_end)
         return tf.cast(inside, tf.float32)
+
+
+def _is_punctuation(token: str) -> bool:
+    """A vocab entry that BERT's basic tokenizer makes a word of its own: one punctuation
+    or symbol character (its ``_is_punctuation``: ASCII non-alphanumerics and Unicode P*)."""
+    import unicodedata
+    if len(token) != 1:
+        return False
+    code = ord(token)
+    if 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126:
+        return True
+    return unicodedata.category(token).startswith("P")

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 from absl import logging
 
-from hgan import data, optim
+from hgan import data, losses, optim
 from hgan.config import Config
 from hgan.iatv.buffers import IdentityBuffers
 from hgan.model import HGAN, build_model
@@ -200,10 +200,25 @@ def learning_rate_schedule(config: Config, per_epoch: int) -> StepSchedule:
     return StepSchedule(config.learning_rate, boundaries, config.warmup_steps)
 
 
+WEIGHT_DECAY_MODES = ("l2", "decoupled")
+
+
 def make_optimizer(config: Config, per_epoch: int) -> optim.AdamW:
-    """§4: Adam with decoupled weight decay over ``learning_rate_schedule``."""
+    """§4: Adam over ``learning_rate_schedule``; weight decay decoupled in the optimizer
+    when ``weight_decay_mode="decoupled"`` (with "l2" it is a loss term, ``l2_term``)."""
+    if config.weight_decay_mode not in WEIGHT_DECAY_MODES:
+        raise ValueError(f"weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, "
+                         f"got {config.weight_decay_mode!r}")
+    decoupled = config.weight_decay_mode == "decoupled" and config.weight_decay
     return optim.AdamW(learning_rate=learning_rate_schedule(config, per_epoch),
-                       weight_decay=config.weight_decay or None)
+                       weight_decay=config.weight_decay if decoupled else None)
+
+
+def l2_term(config: Config, variables) -> Optional[tf.Tensor]:
+    """The coupled weight-decay loss term of ``weight_decay_mode="l2"``, else None."""
+    if config.weight_decay_mode == "l2" and config.weight_decay:
+        return losses.l2_penalty(variables, config.weight_decay)
+    return None
 
 
 class Trainer:
@@ -264,6 +279,10 @@ class Trainer:
             labels = gather(batch["label"])
             terms = self.model.compute_losses(text, image, labels, training=True,
                                               buffers=self.buffers)
+            l2 = l2_term(self.config, self.model.trainable_variables)
+            if l2 is not None:
+                terms["l2"] = l2
+                terms["total"] = terms["total"] + l2
             loss = terms["total"] / replicas
             if self.config.mixed_precision:
                 loss = self.optimizer.get_scaled_loss(loss)
@@ -373,6 +392,19 @@ class Trainer:
                 "checkpoint": self.manager.latest_checkpoint, "loss": terms or {}}
 
 
+def validation_scalars(report: dict) -> dict:
+    """What training logs of a val report: the fused score's text-to-image R1/R5/R10/mAP
+    (``R1`` selects the best checkpoint), its image-to-text R1 and mAP, and each level's
+    R1 in both directions ranked alone (``sentence/t2i_R1``, ``word/i2t_R1``, ...), so a
+    run shows which level learns."""
+    exact = report["exact"]
+    out = {k: exact["t2i"][k] for k in ("R1", "R5", "R10", "mAP")}
+    out.update({"i2t_R1": exact["i2t"]["R1"], "i2t_mAP": exact["i2t"]["mAP"]})
+    for level, m in report.get("levels_exact", {}).items():
+        out.update({f"{level}/t2i_R1": m["t2i"]["R1"], f"{level}/i2t_R1": m["i2t"]["R1"]})
+    return out
+
+
 def run(config: Config, data_dir: str, model_dir: str, val_split: str = "val",
         strategy: Optional[tf.distribute.Strategy] = None, log=print) -> dict:
     """Trains with periodic validation on ``val_split`` (skipped if the data has none)."""
@@ -380,7 +412,7 @@ def run(config: Config, data_dir: str, model_dir: str, val_split: str = "val",
 
     def evaluate(model):
         report = evaluation.evaluate(model, data_dir, config, val_split, modes=("exact",))
-        return {k: report["exact"]["t2i"][k] for k in ("R1", "R5", "R10", "mAP")}
+        return validation_scalars(report)
 
     validate = has_validation(data_dir, val_split, log)
     trainer = Trainer(config, data_dir, model_dir, strategy)

@@ -96,3 +96,23 @@ def test_label_by_image_gives_each_image_its_gallery_index(tiny_data, tiny_confi
             by_caption.setdefault(int(label), set()).add(tuple(ids))
     assert sorted(by_caption) == sorted(order.values())  # 12 images, 12 labels
     assert all(len(c) == 2 for c in by_caption.values())  # an image's two captions
+
+
+def test_normalization_follows_the_backbones_weights(tiny_config, caplog):
+    image = tf.constant([[[255.0, 0.0, 128.0]]])
+    resnet = tiny_config.replace(backbone="resnet50", backbone_weights="imagenet",
+                                 normalization="auto")
+    assert data.resolve_normalization(resnet) == "caffe"
+    np.testing.assert_allclose(data.normalize(image, "caffe").numpy()[0, 0],
+                               [128 - 103.939, 0 - 116.779, 255 - 123.68], rtol=1e-6)
+    assert data.resolve_normalization(resnet.replace(backbone_weights="none")) == "paper"
+    assert data.resolve_normalization(tiny_config.replace(normalization="auto")) == "paper"
+    iatv = resnet.replace(model="iatv", iatv_backbone="inception_v3")
+    assert data.resolve_normalization(iatv) == "inception"
+    np.testing.assert_allclose(data.normalize(image, "inception").numpy()[0, 0],
+                               [1.0, -1.0, 128 / 127.5 - 1], atol=1e-6)
+    with caplog.at_level("WARNING"):  # a known mismatch is kept, and said loudly
+        assert data.resolve_normalization(resnet.replace(normalization="paper")) == "paper"
+    assert "expect 'caffe'" in caplog.text
+    with pytest.raises(ValueError, match="unknown normalization"):
+        data.resolve_normalization(resnet.replace(normalization="bgr"))

@@ -85,6 +85,27 @@ def test_serialises_and_validates_arguments():
         GumbelTopK(0)
     with pytest.raises(ValueError):
         GumbelTopK(1, temperature=0.0)
+    with pytest.raises(ValueError):
+        GumbelTopK(1, scale=0.0)
+    assert GumbelTopK.from_config(GumbelTopK(2, scale=8.0).get_config()).scale == 8.0
+
+
+def test_scale_sets_how_much_gamma_decides_the_training_time_selection():
+    """Algorithm 1 at scale 1 draws the top-4 of 25 almost uniformly; a larger scale makes
+    the noisy selection keep more of the noiseless one. Inference ignores the scale."""
+    tf.random.set_seed(0)
+    scores = tf.random.stateless_normal([2000, 25], seed=[3, 4])
+    clean = GumbelTopK(4)(scores, training=False).numpy()
+
+    def kept(scale):
+        noisy = GumbelTopK(4, scale=scale)(scores, training=True).numpy()
+        return float(((noisy > 0.5) & (clean > 0.5)).sum(-1).mean() / 4)
+
+    at_1, at_16 = kept(1.0), kept(16.0)
+    assert 0.16 <= at_1 < 0.26  # chance is 4 / 25 = 0.16
+    assert at_16 > 0.65
+    np.testing.assert_array_equal(GumbelTopK(4, scale=16.0)(scores, training=False).numpy(),
+                                  clean)
 
 
 def test_top_k_hot_matches_top_k_with_its_tie_break():

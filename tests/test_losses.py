@@ -113,3 +113,30 @@ def test_losses_have_finite_nonzero_gradients(fn):
     grads = tape.gradient(loss, [a, b])
     for g in grads:
         assert np.isfinite(g.numpy()).all() and np.abs(g.numpy()).sum() > 0
+
+
+def test_cmpm_with_a_temperature_matches_hand_value():
+    image = np.array([[3.0, 0.0], [0.0, 1.0]], np.float32)  # norms differ: cosines do not care
+    text = np.array([[1.0, 1.0], [0.0, 2.0]], np.float32)
+    labels = np.array([0, 1])
+    tau = 0.5
+    cos = np.array([[1 / np.sqrt(2), 0.0], [1 / np.sqrt(2), 1.0]])  # cos(image i, text j)
+
+    def direction(z):
+        p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        q = np.eye(2)
+        return np.mean(np.sum(p * (np.log(p) - np.log(q + 1e-8)), axis=1))
+
+    want = direction(cos / tau) + direction(cos.T / tau)
+    got = losses.cmpm_loss(image, text, labels, temperature=tau).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # Eq. 11 as printed uses the image's norm: another value.
+    assert abs(losses.cmpm_loss(image, text, labels).numpy() - want) > 1e-3
+
+
+def test_l2_penalty_is_half_the_squared_norm_of_the_kernels():
+    kernel = tf.Variable([[1.0, -2.0], [0.5, 0.0]])
+    bias = tf.Variable([3.0, 4.0])  # rank 1: not decayed
+    got = losses.l2_penalty([kernel, bias], 5e-4).numpy()
+    np.testing.assert_allclose(got, 5e-4 * 0.5 * (1 + 4 + 0.25), rtol=1e-6)
+    assert losses.l2_penalty([bias], 5e-4).numpy() == 0.0

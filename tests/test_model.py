@@ -58,7 +58,13 @@ def test_shapes_and_masks(tiny_data, config):
     assert out["text"]["word"].shape == (b, config.max_len, c)
     assert out["text"]["phrase"].shape == (b, config.max_phrases, c)
     word_mask = out["text"]["word_mask"].numpy()
-    np.testing.assert_array_equal(word_mask.sum(1), batch["input_mask"].numpy().sum(1) - 2)
+    # One slot per word that is not punctuation (word_keys="words"), in the first slots.
+    words = batch["token_word_index"].numpy().max(1) + 1
+    np.testing.assert_array_equal(word_mask.sum(1), words)
+    np.testing.assert_array_equal(word_mask, np.arange(word_mask.shape[1])[None] < words[:, None])
+    legacy = build_model(config.replace(word_keys="wordpieces"), vocab_size=40, num_classes=6)
+    legacy_mask = legacy(batch, training=False)["text"]["word_mask"].numpy()
+    np.testing.assert_array_equal(legacy_mask.sum(1), batch["input_mask"].numpy().sum(1) - 2)
     np.testing.assert_array_equal(out["text"]["phrase_mask"].numpy()[:, :2], 1)
     scores = model.score(out["text"], out["image"])
     for level in ("sentence", "word", "phrase", "total"):
@@ -237,17 +243,20 @@ def test_a_longer_caption_in_the_batch_changes_no_text_feature(config):
         ids[0], ids[1:n + 1], ids[n + 1] = 2, np.arange(5, 5 + n), 3
         membership = np.zeros([config.max_phrases, L], np.float32)
         membership[0, 1:3] = 1.0
-        return ids, (ids > 0).astype(np.int32), membership
+        words = np.full([L], -1, np.int32)
+        words[1:n + 1] = np.arange(n)  # one WordPiece per word: word w is token w + 1
+        return ids, (ids > 0).astype(np.int32), membership, words
 
     def encode(lengths):
-        ids, mask, membership = map(np.stack, zip(*[caption(n) for n in lengths]))
+        ids, mask, membership, words = map(np.stack, zip(*[caption(n) for n in lengths]))
         return model.encode_text({"input_word_ids": ids, "input_mask": mask,
                                   "input_type_ids": np.zeros_like(ids),
-                                  "phrase_token_mask": membership}, training=False)
+                                  "phrase_token_mask": membership,
+                                  "token_word_index": words}, training=False)
 
     alone, paired = encode([4]), encode([4, L - 2])
-    for key, part in (("global", np.s_[:]), ("word", np.s_[:6]), ("phrase", np.s_[:])):
+    for key, part in (("global", np.s_[:]), ("word", np.s_[:4]), ("phrase", np.s_[:])):
         np.testing.assert_allclose(paired[key].numpy()[0][part], alone[key].numpy()[0][part],
                                    atol=1e-5, err_msg=key)
     assert alone["word"].shape == (1, L, config.local_dim)
-    np.testing.assert_array_equal(alone["word"].numpy()[0, 6:], 0.0)
+    np.testing.assert_array_equal(alone["word"].numpy()[0, 4:], 0.0)  # 4 words, slots 0-3

@@ -17,7 +17,7 @@ from hgan.iatv.buffers import IdentityBuffers
 from hgan.tf_compat import keras, tf
 from hgan.visual import build_backbone
 
-BACKBONES = ("vgg16", "inception_v3", "resnet50", "small_cnn")
+BACKBONES = ("vgg16", "inception_v3", "resnet50", "compact_cnn", "small_cnn")
 
 
 @keras.utils.register_keras_serializable(package="hgan")
@@ -93,8 +93,9 @@ def build_image_tower(config: Config) -> keras.Model:
 
     ``iatv_backbone``: "vgg16" (the paper's CUHK-PEDES CNN; feature = drop7, regions =
     pool5), "inception_v3" (GoogLeNet stand-in for CUB / Flowers; avgpool / last mixed
-    block), or "resnet50" / "small_cnn" from ``hgan.visual.build_backbone`` (global average
-    pool / last feature map; ``small_cnn`` is for CPU tests). The feature is projected by one
+    block), or "resnet50" / "compact_cnn" / "small_cnn" from ``hgan.visual.build_backbone``
+    (global average pool / last feature map; ``compact_cnn`` is the CPU demo's,
+    ``small_cnn`` the tests'). The feature is projected by one
     FC layer to the ``iatv_embed_dim`` joint space (§4.2: 512) and l2-normalised; the
     regions feed stage 2 (§4.2: "pool5" / "inception (5b)").
     """
@@ -103,7 +104,7 @@ def build_image_tower(config: Config) -> keras.Model:
         feature_map, feature = _vgg16(config, image)
     elif config.iatv_backbone == "inception_v3":
         feature_map, feature = _inception_v3(config, image)
-    elif config.iatv_backbone in ("resnet50", "small_cnn"):
+    elif config.iatv_backbone in ("resnet50", "compact_cnn", "small_cnn"):
         feature_map = build_backbone(config.replace(backbone=config.iatv_backbone))(image)
         feature = keras.layers.GlobalAveragePooling2D(name="avgpool")(feature_map)
     else:
