@@ -17,9 +17,17 @@ def _weights_over_selection(selection, scores, mask):
 
     w_j = α_j e^{γ_j} / Σ_l α_l e^{γ_l}: a softmax over the k selected keys. Written with α as
     a factor (not as a mask) so the straight-through gradient of α reaches the scores.
+
+    The exponent is shifted by the largest *selected* γ, so the largest term is exactly
+    α·1 and the sum is at least 1. (Shifting by the row's maximum, as before, underflowed
+    whenever the Gumbel noise picked keys far below it, which at training time is most of
+    the time: the sum fell to the 1e-9 guard, the weights to ~0 and their gradient to
+    ~1e9, and every compact-CNN demo run collapsed after 100–180 steps.)
     """
     scores = tf.where(mask, scores, -1e9)
-    shifted = scores - tf.stop_gradient(tf.reduce_max(scores, axis=-1, keepdims=True))
+    picked = tf.logical_and(tf.stop_gradient(selection) > 0.5, mask)
+    top = tf.reduce_max(tf.where(picked, scores, -1e9), axis=-1, keepdims=True)
+    shifted = tf.minimum(scores - tf.stop_gradient(top), 0.0)  # unselected terms: × α = 0
     numerator = selection * tf.exp(shifted) * tf.cast(mask, scores.dtype)
     return numerator / (tf.reduce_sum(numerator, axis=-1, keepdims=True) + 1e-9)
 
@@ -63,13 +71,15 @@ class LocalMatching(keras.layers.Layer):
     """
 
     def __init__(self, hidden: int, k1: int = 4, k2: int = 2, temperature: float = 1.0,
-                 attention: str = "gumbel", gumbel_scale: float = 1.0, **kwargs):
+                 attention: str = "gumbel", gumbel_scale: float = 1.0,
+                 gumbel_norm_epsilon: float = 1e-12, **kwargs):
         super().__init__(**kwargs)
         if attention not in ("gumbel", "soft"):
             raise ValueError(f"attention must be 'gumbel' or 'soft', got {attention!r}")
         self.hidden, self.k1, self.k2 = int(hidden), int(k1), int(k2)
         self.temperature, self.attention = float(temperature), attention
         self.gumbel_scale = float(gumbel_scale)
+        self.gumbel_norm_epsilon = float(gumbel_norm_epsilon)
         self.text_tower = keras.Sequential(
             [keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(hidden)],
             name="gamma_text")
@@ -78,8 +88,10 @@ class LocalMatching(keras.layers.Layer):
             name="gamma_image")
         self.fuse_in = keras.layers.Dense(hidden, use_bias=False, name="score_in")
         self.fuse_out = keras.layers.Dense(1, name="score_out")
-        self.select_words = GumbelTopK(k1, temperature, gumbel_scale, name="select_words")
-        self.select_regions = GumbelTopK(k2, temperature, gumbel_scale, name="select_regions")
+        gumbel = dict(temperature=temperature, scale=gumbel_scale,
+                      norm_epsilon=gumbel_norm_epsilon)
+        self.select_words = GumbelTopK(k1, name="select_words", **gumbel)
+        self.select_regions = GumbelTopK(k2, name="select_regions", **gumbel)
 
     def build(self, input_shape):
         dim = input_shape[0][-1]
@@ -216,7 +228,8 @@ class LocalMatching(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "hidden": self.hidden, "k1": self.k1, "k2": self.k2,
                 "temperature": self.temperature, "attention": self.attention,
-                "gumbel_scale": self.gumbel_scale}
+                "gumbel_scale": self.gumbel_scale,
+                "gumbel_norm_epsilon": self.gumbel_norm_epsilon}
 
 
 _MASKED = -1e9  # score of a padded key; below any real γ

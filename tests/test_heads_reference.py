@@ -110,3 +110,22 @@ def test_reference_notices_a_wrong_selection():
     other.set_weights(head.get_weights())
     got = other((tf.constant(text), tf.constant(mask), tf.constant(image))).numpy()[0, 0]
     assert abs(got - reference_score(head, text[0], mask[0], image[0])) > 1e-4
+
+
+def test_eq7_weights_stay_a_softmax_when_the_selected_keys_are_far_below_the_best():
+    """Training-time Gumbel noise often selects keys whose γ is far below the row's best.
+    Eq. 7's weights must still be a softmax over the selected keys (summing to 1), with a
+    bounded gradient; shifting by the row's maximum made them underflow to ~0 with a
+    gradient of ~1e9, which collapsed training."""
+    from hgan.heads import _weights_over_selection
+    scores = tf.constant([[80.0, 1.0, 0.0, -1.0, 2.0]])
+    selection = tf.constant([[0.0, 1.0, 0.0, 1.0, 0.0]])  # not the 80
+    mask = tf.ones_like(scores, tf.bool)
+    with tf.GradientTape() as tape:
+        tape.watch(scores)
+        weights = _weights_over_selection(selection, scores, mask)
+        loss = tf.reduce_sum(weights * tf.constant([[1.0, 2.0, 3.0, 4.0, 5.0]]))
+    want = np.exp([1.0, -1.0]) / np.exp([1.0, -1.0]).sum()
+    np.testing.assert_allclose(weights.numpy()[0, [1, 3]], want, rtol=1e-6)
+    np.testing.assert_allclose(weights.numpy()[0, [0, 2, 4]], 0.0)
+    assert float(tf.norm(tape.gradient(loss, scores))) < 10.0
