@@ -136,7 +136,8 @@ def main(argv):
         backbone = visual.build_backbone(config)
         bert = text.load_bert(config, vocab_size)
         bert.trainable = config.bert_trainable
-        full_bert = [layer for layer in trainer.model.text_encoder.layers
+        embedder = trainer.model.text_encoder.get_layer("token_embeddings")
+        full_bert = [layer for layer in embedder.layers
                      if isinstance(layer, type(bert))]
         if len(full_bert) != 1:
             raise RuntimeError(f"expected one {type(bert).__name__} in the text encoder")

@@ -154,9 +154,12 @@ def image_index_table(data_dir: str, split: str) -> tf.lookup.StaticHashTable:
 
 def train_dataset(data_dir: str, config: Config, tokenizer: CaptionTokenizer,
                   split: str = "train", seed: Optional[int] = None,
-                  repeat: bool = True, label_by_image: bool = False) -> tf.data.Dataset:
+                  repeat: bool = True, label_by_image: bool = False,
+                  keep_caption: bool = False) -> tf.data.Dataset:
     """Batched training pairs: ``image`` [B,H,W,3], BERT inputs [B,L],
     ``phrase_token_mask`` [B,M,L], ``label`` [B]. Deterministic for a fixed seed.
+
+    ``keep_caption``: batches keep the ``caption`` strings (for ``hgan.token_cache``).
 
     ``label_by_image``: ``label`` is the image's index (``image_index_table``) instead of
     its identity, every image its own identity (IATV's "w/o ID", Table 2).
@@ -201,8 +204,8 @@ def train_dataset(data_dir: str, config: Config, tokenizer: CaptionTokenizer,
         ds = ds.rebatch(batch, drop_remainder=True)
     else:
         ds = ds.batch(batch, drop_remainder=True)
-    ds = ds.map(lambda b: _tokenize(b, tokenizer), num_parallel_calls=AUTOTUNE,
-                deterministic=True)
+    ds = ds.map(lambda b: _tokenize(b, tokenizer, keep_text=keep_caption),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

@@ -7,7 +7,7 @@ from hgan import losses
 from hgan.config import Config
 from hgan.heads import LocalMatching, cosine_scores
 from hgan.tf_compat import keras, tf
-from hgan.text import build_text_encoder
+from hgan.text import HEAD_INPUTS, build_text_encoder
 from hgan.visual import build_image_encoder
 
 TEXT_KEYS = ("input_word_ids", "input_mask", "input_type_ids", "phrase_token_mask",
@@ -38,7 +38,8 @@ class HGAN(keras.Model):
         self.image_encoder = build_image_encoder(config)
         self.text_encoder = build_text_encoder(config, vocab_size)
         head = dict(hidden=config.mlp_hidden, temperature=config.temperature,
-                    attention=config.attention, gumbel_scale=config.gumbel_scale)
+                    attention=config.attention, gumbel_scale=config.gumbel_scale,
+                    gumbel_norm_epsilon=config.gumbel_norm_epsilon)
         self.word_head = (LocalMatching(name="word_matching", k1=config.k1, k2=config.k2,
                                         **head) if config.use_word else None)
         self.phrase_head = (LocalMatching(name="phrase_matching",
@@ -61,13 +62,20 @@ class HGAN(keras.Model):
     def encode_image(self, image, training=None):
         return self.image_encoder(image, training=training)
 
-    def encode_text(self, inputs, training=None):
-        return self.text_encoder({k: inputs[k] for k in TEXT_KEYS}, training=training)
+    def encode_text(self, inputs, training=None, tokens=None):
+        """Text features; ``tokens`` [B, L, D]: the batch's token embeddings when computed
+        already (``hgan.token_cache``), so only the text head runs."""
+        if tokens is None:
+            return self.text_encoder({k: inputs[k] for k in TEXT_KEYS}, training=training)
+        head = self.text_encoder.get_layer("text_head")
+        return head({"tokens": tokens, **{k: inputs[k] for k in HEAD_INPUTS}},
+                    training=training)
 
     def call(self, inputs, training=None):
-        """Both modalities' features of a batch of (image, caption) pairs."""
+        """Both modalities' features of a batch of (image, caption) pairs (with
+        ``bert_tokens`` in ``inputs``, the cached token embeddings of its captions)."""
         image = self.encode_image(inputs["image"], training=training)
-        text = self.encode_text(inputs, training=training)
+        text = self.encode_text(inputs, training=training, tokens=inputs.get("bert_tokens"))
         if self.classifier is not None:
             self.classifier(image["global"])
         return {"image": image, "text": text}

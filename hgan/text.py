@@ -104,11 +104,46 @@ def _self_attention(config: Config, name: str) -> keras.layers.Layer:
         attention_dropout=config.dropout, name=name)
 
 
-def build_text_encoder(config: Config, vocab_size: int) -> keras.Model:
-    """BERT inputs + phrase membership → {global, word, word_mask, phrase, phrase_mask}.
+BERT_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
+HEAD_INPUTS = ("input_word_ids", "input_mask", "phrase_token_mask", "token_word_index")
 
-    * BERT token embeddings (layers chosen per Table 2) — or, for Table 3's rows without
-      BERT (``use_bert=False``), trainable word embeddings of the same width.
+
+def build_token_embedder(config: Config, vocab_size: int) -> keras.Model:
+    """``BERT_INPUTS`` [B, L] → token embeddings [B, L, D]: BERT's layers chosen per
+    Table 2, or, for Table 3's rows without BERT (``use_bert=False``), trainable word
+    embeddings of width 768."""
+    L = config.max_len
+    inputs = {k: keras.Input((L,), dtype=tf.int32, name=k) for k in BERT_INPUTS}
+    if config.use_bert:
+        bert = load_bert(config, vocab_size)
+        tokens = select_layers(bert(inputs), config.bert_layers)
+    else:
+        tokens = keras.layers.Embedding(vocab_size, 768, name="word_embedding")(
+            inputs["input_word_ids"])
+    return keras.Model(inputs, tokens, name="token_embeddings")
+
+
+def build_text_encoder(config: Config, vocab_size: int) -> keras.Model:
+    """BERT inputs + phrase membership → {global, word, word_mask, phrase, phrase_mask}:
+    ``build_token_embedder`` then ``build_text_head``, two nested models (a frozen BERT's
+    token embeddings can be computed once and fed to the head alone, ``hgan.token_cache``).
+    """
+    L, M = config.max_len, config.max_phrases
+    inputs = {k: keras.Input((L,), dtype=tf.int32, name=k) for k in BERT_INPUTS}
+    inputs["phrase_token_mask"] = keras.Input((M, L), dtype=tf.float32,
+                                              name="phrase_token_mask")
+    inputs["token_word_index"] = keras.Input((L,), dtype=tf.int32, name="token_word_index")
+    tokens = build_token_embedder(config, vocab_size)({k: inputs[k] for k in BERT_INPUTS})
+    if tokens.shape[-1] is None:
+        raise ValueError(f"bert={config.bert!r}: its token embeddings have no static width")
+    head = build_text_head(config, int(tokens.shape[-1]))
+    outputs = head({"tokens": tokens, **{k: inputs[k] for k in HEAD_INPUTS}})
+    return keras.Model(inputs, outputs, name="text_encoder")
+
+
+def build_text_head(config: Config, token_dim: int) -> keras.Model:
+    """Token embeddings [B, L, D] (+ ``HEAD_INPUTS``) → the text features of HGAN.
+
     * T_w [B, L, C']: the keys of Eqs. 2–8 are words: ``word_keys="words"`` (default)
       averages each word's WordPieces (``token_word_index``; punctuation, [CLS], [SEP] and
       padding are no word), ``"wordpieces"`` keeps one key per WordPiece token as before;
@@ -120,19 +155,11 @@ def build_text_encoder(config: Config, vocab_size: int) -> keras.Model:
       layer over the M phrases; ``phrase_mask`` [B, M] marks the real phrases.
     """
     L, M = config.max_len, config.max_phrases
+    tokens = keras.Input((L, token_dim), dtype=tf.float32, name="tokens")
     word_ids = keras.Input((L,), dtype=tf.int32, name="input_word_ids")
     mask = keras.Input((L,), dtype=tf.int32, name="input_mask")
-    type_ids = keras.Input((L,), dtype=tf.int32, name="input_type_ids")
     membership = keras.Input((M, L), dtype=tf.float32, name="phrase_token_mask")
     token_words = keras.Input((L,), dtype=tf.int32, name="token_word_index")
-
-    if config.use_bert:
-        bert = load_bert(config, vocab_size)
-        outputs = bert({"input_word_ids": word_ids, "input_mask": mask,
-                        "input_type_ids": type_ids})
-        tokens = select_layers(outputs, config.bert_layers)
-    else:
-        tokens = keras.layers.Embedding(vocab_size, 768, name="word_embedding")(word_ids)
 
     # The word branch and the LSTM run only to the batch's longest caption: padding is
     # masked out of the self-attention and never read by the LSTM, so the outputs at real
@@ -172,11 +199,11 @@ def build_text_encoder(config: Config, vocab_size: int) -> keras.Model:
             phrase_mask)  # the diagonal keeps empty phrase slots from attending to nothing
     phrases = _self_attention(config, "phrase_attention")([phrases, phrase_pair])
 
-    inputs = {"input_word_ids": word_ids, "input_mask": mask, "input_type_ids": type_ids,
+    inputs = {"tokens": tokens, "input_word_ids": word_ids, "input_mask": mask,
               "phrase_token_mask": membership, "token_word_index": token_words}
     outputs = {"global": t_global, "word": words, "word_mask": word_mask,
                "phrase": phrases, "phrase_mask": phrase_mask}
-    return keras.Model(inputs, outputs, name="text_encoder")
+    return keras.Model(inputs, outputs, name="text_head")
 
 
 def _trim_padding(args):

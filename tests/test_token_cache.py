@@ -1,0 +1,56 @@
+"""``hgan.token_cache``: a frozen BERT's token embeddings computed once, used in training."""
+import numpy as np
+import pytest
+
+from hgan import data, records, token_cache, train_lib
+from hgan.model import build_model
+from hgan.tf_compat import tf
+
+
+@pytest.fixture()
+def config(tiny_config):
+    return tiny_config.replace(bert="scratch:2x16", bert_layers="last", batch_size=4,
+                               identities_per_batch=2, checkpoint_every=2, max_steps=3)
+
+
+def test_cached_tokens_give_the_text_features_of_the_full_encoder(tiny_data, config):
+    tokenizer = data.make_tokenizer(config)
+    model = build_model(config, tokenizer.vocab_size + 1, 6)
+    cache = token_cache.build(model, tiny_data, config, tokenizer, log=lambda _: None)
+    captions = {c for e in tf.data.TFRecordDataset(data.split_files(tiny_data, "train"))
+                for c in records.parse_example(e)["captions"].numpy()}
+    assert cache is not None and cache.size == len(captions) > 1
+    batch = next(iter(data.train_dataset(tiny_data, config, tokenizer, keep_caption=True)))
+    full = model.encode_text(batch, training=False)
+    cached = model.encode_text(batch, training=False, tokens=cache.lookup(batch["caption"]))
+    for key in full:
+        np.testing.assert_allclose(cached[key].numpy(), full[key].numpy(), atol=1e-5,
+                                   err_msg=key)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not in the cache"):
+        cache.lookup(tf.constant(["a caption never seen"]))
+
+
+def test_no_cache_when_bert_trains_or_it_would_not_fit(tiny_data, config):
+    tokenizer = data.make_tokenizer(config)
+    model = build_model(config, tokenizer.vocab_size + 1, 6)
+    assert token_cache.build(model, tiny_data, config.replace(bert_trainable=True),
+                             tokenizer) is None
+    assert token_cache.build(model, tiny_data, config.replace(use_bert=False),
+                             tokenizer) is None
+    lines = []
+    assert token_cache.build(model, tiny_data, config.replace(token_cache_gib=1e-9),
+                             tokenizer, log=lines.append) is None
+    assert "token cache off" in lines[0]
+
+
+def test_training_uses_the_cache_and_learns_the_same_variables(tiny_data, config, tmp_path):
+    model_dir = str(tmp_path / "run")
+    lines = []
+    trainer = train_lib.Trainer(config, tiny_data, model_dir)
+    before = [v.numpy().copy() for v in trainer.model.trainable_variables]
+    summary = trainer.fit(log=lines.append)
+    assert summary["step"] == 3 and trainer.token_cache is not None
+    assert any(line.startswith("token cache:") for line in lines)
+    after = trainer.model.trainable_variables
+    moved = [not np.allclose(a, b.numpy()) for a, b in zip(before, after)]
+    assert all(moved), [v.name for v, m in zip(after, moved) if not m]
