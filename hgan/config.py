@@ -65,6 +65,9 @@ class Config:
     bert: str = "https://tfhub.dev/tensorflow/bert_en_uncased_L-12_H-768_A-12/4"
     bert_layers: str = "concat4"  # "last" | "second_to_last" | "concat4"
     bert_trainable: bool = False
+    # A frozen BERT's token embeddings of the training captions are computed once and kept
+    # in memory when they fit in this many GiB (hgan.token_cache); 0 = every step.
+    token_cache_gib: float = 2.0
     lstm_units: int = 512  # per direction; T_g = concat(fwd, bwd) (§4: bi-LSTM 512)
     attention_heads: int = 8  # the one self-attention layer over words / phrases
     # Keys of the word level: "words" (each word's WordPieces averaged, no punctuation;
@@ -85,6 +88,9 @@ class Config:
     # s of GumbelTopK: Algorithm 1's l2-normalised γ' is multiplied by it before the noise
     # (1 = as printed, where the noise all but decides the training-time selection).
     gumbel_scale: float = 1.0
+    # ε of line 8's norm √(‖γ‖² + ε): 1e-12 a numerical guard; 1 keeps the straight-through
+    # gradient of near-zero rows bounded (hgan.layers.gumbel_topk).
+    gumbel_norm_epsilon: float = 1e-12
     use_word: bool = True  # Table 3 rows
     use_phrase: bool = True
     use_sentence: bool = True
@@ -116,6 +122,7 @@ class Config:
     epochs: int = 60
     max_steps: int = 0  # 0 = epochs decide
     warmup_steps: int = 0
+    clip_grad_norm: float = 0.0  # > 0: gradients rescaled to this global norm (per replica)
     lr_decay_epochs: tuple = (40,)  # ×0.1 at each
     mixed_precision: bool = False
     seed: int = 0

@@ -14,6 +14,9 @@ share (Fig. 4 as a number). Each function takes numpy arrays from
   (colours, garments, accessories, hair: ``CONTENT_WORDS``) and of punctuation.
 * ``gumbel_overlap``: how much of the noiseless top-k the training-time Gumbel top-k keeps
   (Algorithm 1 with its noise), against k / n for a uniformly random pick.
+* ``gradient_table``: on one training batch, each loss term's gradient norm and the
+  variables with the largest gradients (a collapse shows as norms of 1e4 and more, and
+  the variables say which path they come through).
 """
 from __future__ import annotations
 
@@ -129,3 +132,23 @@ def gumbel_overlap(head, texts: dict, images: dict, draws: int = 8, limit: int =
         chance.append(head.k1 / words)
     return {"noisy_keeps_clean_topk": float(np.mean(keep)) if keep else float("nan"),
             "chance": float(np.mean(chance)) if chance else float("nan")}
+
+
+def gradient_table(model, batch: dict, top: int = 8) -> dict:
+    """Gradient norms of one training-mode step on ``batch`` (a ``train_dataset`` batch):
+    per loss term of ``compute_losses`` and, for the total, the ``top`` variables."""
+    variables = model.trainable_variables
+    with tf.GradientTape(persistent=True) as tape:
+        out = model(batch, training=True)
+        terms = model.compute_losses(out["text"], out["image"], batch["label"],
+                                     training=True)
+    per_term = {}
+    for name, value in terms.items():
+        grads = tape.gradient(value, variables, unconnected_gradients="zero")
+        per_term[name] = float(tf.linalg.global_norm(grads))
+        if name == "total":
+            norms = sorted(((float(tf.norm(g)), v.name) for g, v in zip(grads, variables)),
+                           reverse=True)
+    del tape
+    return {"loss": {k: float(v) for k, v in terms.items()}, "grad_norm": per_term,
+            "largest": [[name, round(norm, 3)] for norm, name in norms[:top]]}

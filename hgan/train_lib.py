@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 from absl import logging
 
-from hgan import data, losses, optim
+from hgan import data, losses, optim, token_cache
 from hgan.config import Config
 from hgan.iatv.buffers import IdentityBuffers
 from hgan.model import HGAN, build_model
@@ -214,6 +214,16 @@ def make_optimizer(config: Config, per_epoch: int) -> optim.AdamW:
                        weight_decay=config.weight_decay if decoupled else None)
 
 
+def clip_by_global_norm(grads: list, clip_norm: float) -> list:
+    """``grads`` (None kept) rescaled so that their global norm is at most ``clip_norm``.
+    Applied per replica, before the all-reduce: with N replicas each slice's gradient is
+    bounded, so the sum is at most N·clip_norm."""
+    present = [g for g in grads if g is not None]
+    clipped, _ = tf.clip_by_global_norm(present, clip_norm)
+    it = iter(clipped)
+    return [None if g is None else next(it) for g in grads]
+
+
 def l2_term(config: Config, variables) -> Optional[tf.Tensor]:
     """The coupled weight-decay loss term of ``weight_decay_mode="l2"``, else None."""
     if config.weight_decay_mode == "l2" and config.weight_decay:
@@ -264,6 +274,7 @@ class Trainer:
             tf.train.Checkpoint(model=self.model, step=self.step),
             os.path.join(save_dir, "best"), max_to_keep=1)
         self._step_fn = None
+        self.token_cache = None  # made by fit(): a frozen BERT's outputs, computed once
 
     # --- the step ---------------------------------------------------------------------
     def _replica_step(self, batch):
@@ -273,6 +284,9 @@ class Trainer:
         def gather(tree):
             return tf.nest.map_structure(lambda t: gather_replicas(ctx, t), tree)
 
+        if self.token_cache is not None:
+            batch = {**{k: v for k, v in batch.items() if k != "caption"},
+                     "bert_tokens": self.token_cache.lookup(batch["caption"])}
         with tf.GradientTape() as tape:
             out = self.model(batch, training=True)
             text, image = gather(out["text"]), gather(out["image"])
@@ -290,6 +304,10 @@ class Trainer:
         grads = tape.gradient(loss, variables)
         if self.config.mixed_precision:
             grads = self.optimizer.get_unscaled_gradients(grads)
+        # Logged: spikes of the (this replica's) gradient norm come before a collapse.
+        terms["grad_norm"] = tf.linalg.global_norm([g for g in grads if g is not None])
+        if self.config.clip_grad_norm:
+            grads = clip_by_global_norm(grads, self.config.clip_grad_norm)
         # A non-finite loss or gradient must not reach the weights (ReLU and max can hide a
         # NaN from the loss but not from the gradients): the step is skipped whole (weights,
         # Adam's moments, the identity buffers) and reported. Under mixed precision
@@ -334,7 +352,8 @@ class Trainer:
     def dataset(self, start_step: int):
         # A resumed run reshuffles with a different seed instead of replaying the epoch.
         ds = data.train_dataset(self.data_dir, self.config, self.tokenizer,
-                                seed=self.config.seed + start_step)
+                                seed=self.config.seed + start_step,
+                                keep_caption=self.token_cache is not None)
         return iter(self.strategy.experimental_distribute_dataset(ds))
 
     def fit(self, evaluate: Optional[Callable[[HGAN], dict]] = None,
@@ -347,6 +366,8 @@ class Trainer:
         writer = summary_writer(self.model_dir, self.chief)
         if start == 0 and self.buffers is not None:
             self.initialize_buffers(log)
+        self.token_cache = token_cache.build(self.model, self.data_dir, self.config,
+                                             self.tokenizer, log=log)
         batches = self.dataset(start)
         eval_every = self.config.eval_every or self.per_epoch
         best = best_r1(self.model_dir)

@@ -6,7 +6,8 @@ Per level (sentence, word, phrase, fused): R1 both ways, the hub share of image-
 top-1s; the spread of the sentence-level embeddings of both modalities (and of the images
 with BatchNorm on batch statistics: stale moving statistics show as a gap); the words the
 word level's regions select (content / punctuation shares, Fig. 4 as numbers); how much of
-the noiseless top-k the training-time Gumbel top-k keeps.
+the noiseless top-k the training-time Gumbel top-k keeps; the gradient norms of one
+training batch, per loss term and for the largest variables.
 """
 import json
 import os
@@ -60,6 +61,10 @@ def main(argv):
         out["selection"] = diagnostics.selection_words(model.word_head, texts, images,
                                                        words_of)
         out["gumbel"] = diagnostics.gumbel_overlap(model.word_head, texts, images)
+    if not model.uses_buffers:  # one training batch (CMCE would need its buffers)
+        batch = next(iter(data.train_dataset(FLAGS.data_dir, config,
+                                              data.make_tokenizer(config))))
+        out["gradients"] = diagnostics.gradient_table(model, batch)
     print(json.dumps(out, indent=1, default=str))
     if FLAGS.output_json:
         with open(FLAGS.output_json, "w") as f:

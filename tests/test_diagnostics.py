@@ -25,3 +25,19 @@ def test_content_words_and_punctuation():
     assert diagnostics.is_content("Red") and diagnostics.is_content("backpack")
     assert not diagnostics.is_content("the") and not diagnostics.is_content(".")
     assert diagnostics.is_punctuation("...") and not diagnostics.is_punctuation("a.")
+
+
+def test_gradient_table_names_the_variables_with_the_largest_gradients(tiny_data,
+                                                                       tiny_config):
+    from hgan import data
+    from hgan.model import build_model
+    config = tiny_config.replace(bert="scratch:2x16", bert_layers="last", batch_size=4,
+                                 identities_per_batch=2)
+    tokenizer = data.make_tokenizer(config)
+    model = build_model(config, tokenizer.vocab_size + 1, 6)
+    batch = next(iter(data.train_dataset(tiny_data, config, tokenizer)))
+    table = diagnostics.gradient_table(model, batch, top=3)
+    assert set(table["grad_norm"]) == set(table["loss"]) >= {"pair", "word", "total"}
+    assert len(table["largest"]) == 3 and all(n > 0 for _, n in table["largest"])
+    norms = [n for _, n in table["largest"]]
+    assert norms == sorted(norms, reverse=True)

@@ -38,7 +38,8 @@ class GumbelTopK(keras.layers.Layer):
     """k-hot selection over the last axis of ``scores``, by the Gumbel top-k trick.
 
     For each row γ_i of ``scores`` [..., n] (Algorithm 1):
-      line 8:  γ'_i = s · γ_i / ||γ_i||_2          (over the valid positions; s: ``scale``)
+      line 8:  γ'_i = s · γ_i / ||γ_i||_2          (over the valid positions; s: ``scale``,
+                                                    ||·|| floored by ``norm_epsilon``)
       line 9-10: r_i = γ'_i + G,  G = -log(-log U),  U ~ Uniform(0, 1)   (training only)
       line 11: r_i = softmax(r_i / E)               (E: ``temperature``)
       line 12: α_i = Top_K(r_i, k)                  (Eq. 5: a k-hot vector)
@@ -57,6 +58,11 @@ class GumbelTopK(keras.layers.Layer):
         selection is close to uniform (top-4 of 25 keeps about 21% of the noiseless top-4,
         16% by chance); s sets how much γ decides the sample (s = 8: 56%, s = 16: 75%).
         Inference (no noise) does not depend on it.
+      norm_epsilon: ε of line 8's norm, √(‖γ_i‖² + ε). Its gradient, (I − γ'γ'ᵀ)/‖γ_i‖,
+        grows without bound as a row shrinks: on the demo, rows near zero gave gradient
+        norms of 1e4–1e6 that collapsed training (scripts/diagnose.py's gradient table
+        put them on the word level's path). ε = 1 caps that gain for rows below unit norm
+        and leaves larger rows as printed; the default is a numerical guard only.
 
     Call args:
       scores: [..., n] float.
@@ -66,7 +72,8 @@ class GumbelTopK(keras.layers.Layer):
     Returns: [..., n] float, k-hot (``min(k, valid)``-hot) in the forward pass.
     """
 
-    def __init__(self, k: int, temperature: float = 1.0, scale: float = 1.0, **kwargs):
+    def __init__(self, k: int, temperature: float = 1.0, scale: float = 1.0,
+                 norm_epsilon: float = 1e-12, **kwargs):
         super().__init__(**kwargs)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -77,6 +84,9 @@ class GumbelTopK(keras.layers.Layer):
         self.k = int(k)
         self.temperature = float(temperature)
         self.scale = float(scale)
+        if norm_epsilon <= 0:
+            raise ValueError(f"norm_epsilon must be > 0, got {norm_epsilon}")
+        self.norm_epsilon = float(norm_epsilon)
 
     def call(self, scores, mask=None, training=None):
         scores = tf.convert_to_tensor(scores)
@@ -85,7 +95,7 @@ class GumbelTopK(keras.layers.Layer):
         valid = tf.ones_like(scores, tf.bool) if mask is None else tf.cast(mask, tf.bool)
         zeroed = tf.where(valid, scores, 0.0)
         normed = self.scale * zeroed * tf.math.rsqrt(
-            tf.reduce_sum(tf.square(zeroed), axis=-1, keepdims=True) + 1e-12)
+            tf.reduce_sum(tf.square(zeroed), axis=-1, keepdims=True) + self.norm_epsilon)
         if training:
             uniform = tf.random.uniform(tf.shape(normed), minval=1e-10, maxval=1.0)
             normed = normed - tf.math.log(-tf.math.log(uniform))
@@ -102,4 +112,4 @@ class GumbelTopK(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "k": self.k, "temperature": self.temperature,
-                "scale": self.scale}
+                "scale": self.scale, "norm_epsilon": self.norm_epsilon}
