@@ -10,9 +10,10 @@ Presets:
     batch 32, 384×192 images ×1/256, ResNet-50, BERT (concat of last four layers),
     bi-LSTM 512, FC 512, k1=4, k2=2, 4×4/3×2 partitions (15 regions, Table 4).
   * ``demo``: the same model family shrunk to train on the synthetic demo set on a 2-core CPU
-    in a few minutes (a small CNN whose 16×8 map at 128×64 needs no resizing, 128-d heads,
-    the converted all-MiniLM-L6-v2 as BERT; with ``--model=iatv`` the same small CNN and
-    128-d IATV towers, 300 + 100 + 100 steps).
+    in a few minutes (``compact_cnn``, whose 16×8 map at 128×64 needs no resizing, 128-d
+    heads, the converted all-MiniLM-L6-v2 as BERT, L_pair as cos/τ with τ = 0.1, decoupled
+    weight decay, 50 warmup steps, gumbel_scale 8; with ``--model=iatv`` the small CNN and 128-d IATV
+    towers, 300 + 100 + 100 steps).
   * ``tiny``: for unit tests only.
 """
 from __future__ import annotations
@@ -216,10 +217,15 @@ LEGACY_DEFAULTS = {"word_keys": "wordpieces", "weight_decay_mode": "decoupled"}
 PRESETS = {
     "paper": Config(),
     "demo": Config(
-        image_height=128, image_width=64, backbone="small_cnn", backbone_weights="none",
+        image_height=128, image_width=64, backbone="compact_cnn", backbone_weights="none",
         partition_map=(16, 8), max_len=40, max_phrases=6, batch_size=32,
         identities_per_batch=8, lstm_units=128, attention_heads=4, local_dim=128,
         embed_dim=128, mlp_hidden=128, epochs=20, learning_rate=3e-4, lr_decay_epochs=(15,),
+        # Short from-scratch runs (DESIGN.md, "Demo preset"): L_pair as cos/τ, AdamW's
+        # decoupled decay (coupled L2 under Adam erodes weakly-used weights by ~lr a
+        # step), a 50-step warmup, Gumbel top-k sampling that γ decides (scale 8).
+        pair_temperature=0.1, weight_decay_mode="decoupled", warmup_steps=50,
+        gumbel_scale=8.0,
         checkpoint_every=60, eval_every=60, log_every=20, shuffle_buffer=2048, rerank_k=20,
         # --model=iatv on the demo set: the same small CNN, 128-d towers, short phases.
         iatv_backbone="small_cnn", iatv_fc_units=256, iatv_embed_dim=128, iatv_word_dim=128,

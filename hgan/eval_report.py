@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from hgan import data, evaluation, figures, records
+from hgan import data, diagnostics, evaluation, figures, records
 from hgan.checkpoints import load_model
 from hgan.config import Config
 from hgan.iatv import evaluate as iatv_evaluate
@@ -28,6 +28,18 @@ def markdown_table(report: dict) -> str:
             lines.append(f"| {mode} | {direction} | " +
                          " | ".join(f"{m[c]:.2f}" for c in _COLUMNS) +
                          f" | {report['timing'][f'{mode}_s']:.1f} |")
+    if report.get("levels_exact"):
+        lines += ["", "| level alone (exact) | t2i R1 | t2i mAP | i2t R1 | i2t mAP |",
+                  "|---|---|---|---|---|"]
+        for level, m in report["levels_exact"].items():
+            lines.append(f"| {level} | {m['t2i']['R1']:.2f} | {m['t2i']['mAP']:.2f} | "
+                         f"{m['i2t']['R1']:.2f} | {m['i2t']['mAP']:.2f} |")
+    if "selection" in report:
+        sel = report["selection"]
+        lines.append(f"\nFig. 4 over the split: {100 * sel['content_share']:.1f}% of the regions' "
+                     f"selected words are content words (colours, garments, accessories, "
+                     f"hair), {100 * sel['punctuation_share']:.1f}% punctuation; most "
+                     f"selected: {', '.join(w for w, _ in sel['most_selected'][:6])}")
     extra = report.get("exact") or report.get("stage1", {})
     if "AP@50" in extra.get("t2i", {}):
         lines.append(f"\nCUB/Flowers: text-to-image AP@50 = {extra['t2i']['AP@50']:.2f}, "
@@ -47,6 +59,8 @@ def run(model_dir: str, data_dir: str, split: str, output_json: str, checkpoint=
         report = evaluation.evaluate(model, data_dir, config, split, modes=modes,
                                      rerank_k=rerank_k)
     arrays = report.pop("_arrays", None)
+    if arrays is not None and getattr(model, "word_head", None) is not None:
+        report["selection"] = selection_report(model, arrays)
     # The JSON's top-level t2i/i2t are HGAN's exact mode (the reference), IATV's two-stage
     # (its final ranking), or the only mode's.
     main_mode = next(m for m in ("exact", "two_stage", "stage1") if m in report)
@@ -62,6 +76,28 @@ def run(model_dir: str, data_dir: str, split: str, output_json: str, checkpoint=
         report["figures"] = write_figures(model, data_dir, split, arrays,
                                           os.path.splitext(output_json)[0])
     return report
+
+
+def word_keys_of(config):
+    """caption bytes → the strings of its word-level keys in slot order: whole words
+    (``word_keys="words"``) or WordPiece tokens after [CLS]."""
+    tokenizer = data.make_tokenizer(config)
+    if config.word_keys == "words":
+        return lambda caption: tokenizer.caption_words(caption.decode())
+
+    def pieces(caption):
+        ids = tokenizer(tf.constant([caption]))["input_word_ids"][0].numpy()
+        return tokenizer.id_to_token(ids)[1:]
+    return pieces
+
+
+def selection_report(model, arrays: dict) -> dict:
+    """Fig. 4 as numbers over the split: the shares of the word level's region selections
+    that are content words and punctuation (``hgan.diagnostics.selection_words``)."""
+    stats = diagnostics.selection_words(model.word_head, arrays["texts"], arrays["images"],
+                                        word_keys_of(model.config))
+    return {k: stats[k] for k in ("selections", "content_share", "punctuation_share",
+                                  "most_selected")}
 
 
 def _jsonable(value):
@@ -94,11 +130,9 @@ def write_figures(model, data_dir: str, split: str, arrays: dict, prefix: str,
         g = int(texts["image_index"][q])
         _, weights = model.word_head.selections(texts["word"][q:q + 1], texts["word_mask"][q:q + 1],
                                                 images["word"][g:g + 1])
-        tokenizer = data.make_tokenizer(model.config)
-        ids = tokenizer(tf.constant([texts["caption"][q]]))["input_word_ids"][0].numpy()
-        words = tokenizer.id_to_token(ids)
+        words = word_keys_of(model.config)(texts["caption"][q])
         keep = np.flatnonzero(texts["word_mask"][q] > 0)
-        figure = figures.word_selection_map([words[i] for i in keep],
+        figure = figures.word_selection_map([words[i] for i in range(len(keep))],
                                             weights.numpy()[0, 0][:, keep])
         out["word_map"] = prefix + "_word_map.png"
         figure.save(out["word_map"])

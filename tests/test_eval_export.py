@@ -38,7 +38,15 @@ def test_eval_writes_json_markdown_and_figures(trained, tiny_data, tmp_path):
         assert key in saved
     assert set(saved["t2i"]) >= {"R1", "R5", "R10", "mAP", "mINP"}
     assert saved["queries"] == 12 and saved["gallery"] == 6
-    assert "| exact | t2i |" in open(str(tmp_path / "metrics.md")).read()
+    table = open(str(tmp_path / "metrics.md")).read()
+    assert "| exact | t2i |" in table and "| level alone (exact) |" in table
+    # Each level ranked alone, and Fig. 4 as numbers over the split.
+    assert set(saved["levels_exact"]) == {"sentence", "word", "phrase"}
+    for level in saved["levels_exact"].values():
+        assert 0.0 <= level["t2i"]["R1"] <= 100.0 and "mAP" in level["i2t"]
+    selection = saved["selection"]
+    assert selection["selections"] > 0 and selection["punctuation_share"] == 0.0
+    assert "Fig. 4 over the split" in table
     for png in report["figures"].values():
         assert Image.open(png).size[0] > 50
 

@@ -111,6 +111,17 @@ def test_soft_and_gumbel_heads_differ_and_serialise():
     clone((text, mask, image))
     clone.set_weights(gumbel.get_weights())
     np.testing.assert_allclose(clone((text, mask, image)).numpy(), scores, rtol=1e-6)
+    scaled = LocalMatching(hidden=8, k1=2, k2=1, gumbel_scale=8.0, gumbel_norm_epsilon=1.0)
+    restored = LocalMatching.from_config(scaled.get_config())
+    assert (restored.select_words.scale, restored.select_regions.norm_epsilon) == (8.0, 1.0)
+
+
+def test_config_reaches_the_heads(config):
+    model = build_model(config.replace(k1=3, k2=2, phrase_k1=1, phrase_k2=0,
+                                       gumbel_scale=4.0), vocab_size=40)
+    assert (model.word_head.k1, model.word_head.k2) == (3, 2)
+    assert (model.phrase_head.k1, model.phrase_head.k2) == (1, 2)  # 0 = the word level's
+    assert model.phrase_head.select_words.scale == 4.0
 
 
 def test_losses_and_gradients_reach_every_trainable_weight(tiny_data, config):
