@@ -123,7 +123,7 @@ class Config:
     epochs: int = 60
     max_steps: int = 0  # 0 = epochs decide
     warmup_steps: int = 0
-    clip_grad_norm: float = 0.0  # > 0: gradients rescaled to this global norm (per replica)
+    clip_grad_norm: float = 0.0  # > 0: the summed gradients rescaled to this global norm
     lr_decay_epochs: tuple = (40,)  # ×0.1 at each
     mixed_precision: bool = False
     seed: int = 0

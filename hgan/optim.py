@@ -57,11 +57,20 @@ def apply_if_finite(optimizer, grads_and_vars, finite=True) -> tf.Tensor:
 
 
 def apply_groups_if_finite(groups, finite=True) -> tf.Tensor:
+    """``guarded_apply``'s decision alone."""
+    return guarded_apply(groups, finite)[0]
+
+
+def guarded_apply(groups, finite=True, clip_norm: float = 0.0):
+
     """Sums the gradients over replicas and applies them, each (optimizer, grads_and_vars)
     group with its optimizer, only if they are all finite and ``finite`` holds on every
     replica (e.g. each replica's check of its loss); otherwise nothing changes but the
     optimizers' step counts, as Keras's LossScaleOptimizer skips a step. Returns the
-    decision, a scalar bool equal on every replica.
+    decision, a scalar bool equal on every replica, and the global norm of the summed
+    gradients (before clipping; the same on every replica, so N replicas log the norm of
+    the global batch's gradient). ``clip_norm`` > 0 rescales the summed gradients to at
+    most that global norm.
 
     Call in replica context (inside ``strategy.run``) or with no strategy. Under a
     distribution strategy the decision is made in cross-replica context, since a branch
@@ -82,7 +91,12 @@ def apply_groups_if_finite(groups, finite=True) -> tf.Tensor:
                                 1.0 - tf.cast(finite, tf.float32))
         finite = tf.equal(vetoes, 0.0)
     # The summed gradients are the same on every replica, so is this.
-    finite = tf.logical_and(finite, all_finite([g for group in grads for g in group]))
+    flat = [g for group in grads for g in group]
+    finite = tf.logical_and(finite, all_finite(flat))
+    norm = tf.linalg.global_norm(flat) if flat else tf.constant(0.0)
+    if clip_norm:
+        clipped = iter(tf.clip_by_global_norm(flat, clip_norm, use_norm=norm)[0])
+        grads = [[next(clipped) for _ in group] for group in grads]
 
     def skip():
         for optimizer in optimizers:
@@ -95,7 +109,7 @@ def apply_groups_if_finite(groups, finite=True) -> tf.Tensor:
 
     if tf.__internal__.distribute.strategy_supports_no_merge_call():
         tf.__internal__.smart_cond.smart_cond(finite, lambda: apply(grads, variables), skip)
-        return finite
+        return finite, norm
 
     def cross_replica(strategy, grads, variables, finite):
         decision = strategy.experimental_local_results(finite)[0]
@@ -107,7 +121,7 @@ def apply_groups_if_finite(groups, finite=True) -> tf.Tensor:
 
     tf.distribute.get_replica_context().merge_call(
         cross_replica, args=(grads, variables, finite))
-    return finite
+    return finite, norm
 
 
 class _Unwrapped:

@@ -214,16 +214,6 @@ def make_optimizer(config: Config, per_epoch: int) -> optim.AdamW:
                        weight_decay=config.weight_decay if decoupled else None)
 
 
-def clip_by_global_norm(grads: list, clip_norm: float) -> list:
-    """``grads`` (None kept) rescaled so that their global norm is at most ``clip_norm``.
-    Applied per replica, before the all-reduce: with N replicas each slice's gradient is
-    bounded, so the sum is at most N·clip_norm."""
-    present = [g for g in grads if g is not None]
-    clipped, _ = tf.clip_by_global_norm(present, clip_norm)
-    it = iter(clipped)
-    return [None if g is None else next(it) for g in grads]
-
-
 def l2_term(config: Config, variables) -> Optional[tf.Tensor]:
     """The coupled weight-decay loss term of ``weight_decay_mode="l2"``, else None."""
     if config.weight_decay_mode == "l2" and config.weight_decay:
@@ -284,7 +274,7 @@ class Trainer:
         def gather(tree):
             return tf.nest.map_structure(lambda t: gather_replicas(ctx, t), tree)
 
-        if self.token_cache is not None:
+        if self.token_cache is not None and "caption" in batch:  # else BERT runs
             batch = {**{k: v for k, v in batch.items() if k != "caption"},
                      "bert_tokens": self.token_cache.lookup(batch["caption"])}
         with tf.GradientTape() as tape:
@@ -304,21 +294,22 @@ class Trainer:
         grads = tape.gradient(loss, variables)
         if self.config.mixed_precision:
             grads = self.optimizer.get_unscaled_gradients(grads)
-        # Logged: spikes of the (this replica's) gradient norm come before a collapse.
-        terms["grad_norm"] = tf.linalg.global_norm([g for g in grads if g is not None])
-        if self.config.clip_grad_norm:
-            grads = clip_by_global_norm(grads, self.config.clip_grad_norm)
         # A non-finite loss or gradient must not reach the weights (ReLU and max can hide a
         # NaN from the loss but not from the gradients): the step is skipped whole (weights,
         # Adam's moments, the identity buffers) and reported. Under mixed precision
         # overflowing gradients are the loss scale's business: the LossScaleOptimizer skips
         # that step and lowers the scale, so only the loss counts.
         finite = tf.math.is_finite(terms["total"])
+        # grad_norm (logged; spikes come before a collapse): the global norm of the summed
+        # gradients, before clip_grad_norm; under mixed precision, this replica's.
         if self.config.mixed_precision:
+            terms["grad_norm"] = tf.linalg.global_norm([g for g in grads if g is not None])
             self.optimizer.apply_gradients(
                 [(g, v) for g, v in zip(grads, variables) if g is not None])
         else:
-            finite = optim.apply_if_finite(self.optimizer, zip(grads, variables), finite)
+            finite, terms["grad_norm"] = optim.guarded_apply(
+                [(self.optimizer, zip(grads, variables))], finite,
+                clip_norm=self.config.clip_grad_norm)
         if self.buffers is not None:  # IATV Fig. 2 Step-2, with the gathered global batch
             self.buffers.update(image["global"], text["global"], labels, when=finite)
         return {**terms, FINITE: tf.cast(finite, tf.float32)}

@@ -21,7 +21,8 @@ def text_inputs(word_ids, lengths, max_len=6):
     mask = tf.cast(tf.range(max_len)[None] < tf.constant(lengths)[:, None], tf.int32)
     return {"input_word_ids": word_ids, "input_mask": mask,
             "input_type_ids": tf.zeros_like(word_ids),
-            "phrase_token_mask": tf.zeros([len(lengths), 3, max_len])}
+            "phrase_token_mask": tf.zeros([len(lengths), 3, max_len]),
+            "token_word_index": tf.where(mask > 0, tf.range(max_len)[None], -1)}
 
 
 def test_both_modalities_land_normalised_in_the_joint_space(config):

@@ -179,3 +179,24 @@ def test_two_replicas_skip_together_and_apply_like_one():
         np.testing.assert_array_equal(copy, two["after_good"])
     np.testing.assert_allclose(two["slots"], one["slots"], rtol=1e-6)
     assert one["iterations"] == two["iterations"] == 3
+
+
+def test_step_schedule_warms_up_linearly_then_steps_down_tenfold():
+    from hgan.train_lib import StepSchedule
+    schedule = StepSchedule(1e-3, [100.0], warmup_steps=50)
+    values = [float(schedule(tf.constant(s))) for s in (0, 24, 49, 99, 100, 150)]
+    np.testing.assert_allclose(values, [1e-3 / 50, 25e-3 / 50, 1e-3, 1e-3, 1e-4, 1e-4],
+                               rtol=1e-5)
+    assert float(StepSchedule(2e-4, [])(tf.constant(0))) == pytest.approx(2e-4)
+
+
+def test_guarded_apply_reports_the_global_norm_and_clips_the_summed_gradients():
+    w = tf.Variable([3.0, 4.0])
+    opt = keras.optimizers.SGD(learning_rate=1.0)
+    grads = [tf.constant([3.0, 4.0])]  # norm 5
+    finite, norm = optim.guarded_apply([(opt, zip(grads, [w]))], clip_norm=1.0)
+    assert bool(finite) and float(norm) == pytest.approx(5.0)
+    np.testing.assert_allclose(w.numpy(), [3.0 - 0.6, 4.0 - 0.8], rtol=1e-6)  # step of norm 1
+    _, norm = optim.guarded_apply([(opt, zip([tf.constant([0.3, 0.4])], [w]))], clip_norm=1.0)
+    np.testing.assert_allclose(w.numpy(), [2.1, 2.8], rtol=1e-6)  # under the clip: as is
+    assert float(norm) == pytest.approx(0.5)

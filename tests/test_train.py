@@ -143,7 +143,8 @@ def test_cmce_sentence_loss_fills_updates_and_checkpoints_the_identity_buffers(
     batch = next(iter(data.train_dataset(tiny_data, cfg, trainer.tokenizer)))
     dist = trainer.strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
     terms = trainer.train_step(next(iter(dist)))
-    assert set(terms) == {"cmce", "word", "phrase", "total", train_lib.FINITE}
+    assert set(terms) == {"cmce", "word", "phrase", "l2", "grad_norm", "total",
+                          train_lib.FINITE}
     assert np.isfinite(float(terms["cmce"])) and float(terms["cmce"]) > 0
     after = trainer.buffers.image.numpy()
     in_batch = np.unique(batch["label"].numpy())
