@@ -40,6 +40,8 @@ flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (config.seed).")
 flags.DEFINE_list("rows", TABLE3, f"Rows to run, of {list(ROWS)}.")
 flags.DEFINE_multi_string("set", [], "Extra overrides for every row.")
 flags.DEFINE_string("split", "test", "Split the table reports.")
+flags.DEFINE_bool("report_only", False, "Write the table from the runs already evaluated; "
+                  "train nothing (a missing run is left out and the seeds column says so).")
 flags.mark_flags_as_required(["data_dir", "out_dir"])
 
 
@@ -52,6 +54,8 @@ def _one(row: str, seed: str) -> dict:
     name = row.replace("+", "plus_").replace(",", "_").replace("=", "")
     model_dir = os.path.join(FLAGS.out_dir, name, f"seed{seed}")
     result = os.path.join(model_dir, f"{FLAGS.split}.json")
+    if not os.path.exists(result) and FLAGS.report_only:
+        return None
     if not os.path.exists(result):
         overrides = [f"--set={o}" for o in ROWS[row] + list(FLAGS.set) + [f"seed={seed}"]]
         train = [sys.executable, "train.py", f"--config={FLAGS.config}",
@@ -83,16 +87,19 @@ def main(argv):
     unknown = sorted(set(FLAGS.rows) - set(ROWS))
     if unknown:
         raise app.UsageError(f"unknown rows {unknown}; choose from {list(ROWS)}")
-    results = {row: [_one(row, seed) for seed in FLAGS.seeds] for row in FLAGS.rows}
+    results = {row: {seed: _one(row, seed) for seed in FLAGS.seeds} for row in FLAGS.rows}
+    results = {row: {s: r for s, r in runs.items() if r is not None}
+               for row, runs in results.items()}
     columns = ["t2i_R1", "t2i_mAP", "i2t_R1", "i2t_mAP", "sentence_t2i_R1", "word_t2i_R1",
                "phrase_t2i_R1"]
     lines = [f"Table 3 ladder, {FLAGS.split} split of {FLAGS.data_dir}, --config={FLAGS.config}"
              f" {' '.join(FLAGS.set)}; mean ± std over seeds {','.join(FLAGS.seeds)}; "
              "checkpoint: best val text-to-image R1 of the fused score.", "",
-             "| row | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+             "| row | seeds | " + " | ".join(columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
     for row, runs in results.items():
-        lines.append(f"| {row} | " + " | ".join(_cell([r.get(c) for r in runs])
-                                              for c in columns) + " |")
+        lines.append(f"| {row} | {','.join(runs) or '–'} | " + " | ".join(
+            _cell([r.get(c) for r in runs.values()]) for c in columns) + " |")
     table = "\n".join(lines)
     print(table)
     os.makedirs(FLAGS.out_dir, exist_ok=True)
