@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from hgan import data, diagnostics, evaluation, metrics  # noqa: E402
+from hgan import data, diagnostics, eval_report, evaluation, metrics  # noqa: E402
 from hgan.checkpoints import load_model  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -49,17 +49,8 @@ def main(argv):
     out["spread"]["image_global_batch_stats"] = diagnostics.spread(
         model.encode_image(pixels, training=True)["global"].numpy())
     if model.word_head is not None:
-        tokenizer = data.make_tokenizer(config)
-        if config.word_keys == "words":
-            def words_of(caption):
-                return tokenizer.caption_words(caption.decode())
-        else:
-            def words_of(caption):
-                ids = tokenizer([caption])["input_word_ids"][0].numpy()
-                tokens = tokenizer.id_to_token(ids)
-                return tokens[1:]  # word slots start after [CLS]
         out["selection"] = diagnostics.selection_words(model.word_head, texts, images,
-                                                       words_of)
+                                                       eval_report.word_keys_of(config))
         out["gumbel"] = diagnostics.gumbel_overlap(model.word_head, texts, images)
     if not model.uses_buffers:  # one training batch (CMCE would need its buffers)
         batch = next(iter(data.train_dataset(FLAGS.data_dir, config,
