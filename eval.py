@@ -8,7 +8,7 @@ and, beside it, the Fig. 3 top-10 grid and the Fig. 4 word-selection map as PNG.
 """
 from absl import app, flags
 
-from hgan import eval_report
+from hgan import families
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "A train.py model_dir.")
@@ -24,9 +24,9 @@ flags.mark_flags_as_required(["model_dir", "data_dir", "output_json"])
 
 def main(argv):
     del argv
-    report = eval_report.run(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output_json,
-                             checkpoint=FLAGS.checkpoint, rerank_k=FLAGS.rerank_k,
-                             modes=tuple(FLAGS.modes), figures=FLAGS.figures)
+    report = families.evaluate(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output_json,
+                               checkpoint=FLAGS.checkpoint, rerank_k=FLAGS.rerank_k,
+                               modes=tuple(FLAGS.modes), figures=FLAGS.figures)
     print(report["markdown"])
     print(f"metrics: {FLAGS.output_json}")
 

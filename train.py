@@ -8,13 +8,14 @@ the latest checkpoint. The best checkpoint on the val split goes to DIR/best/.
 """
 from absl import app, flags, logging
 
-from hgan import train_lib
+from hgan import families
 from hgan.config import PRESETS, resolve
-from hgan.iatv import train as iatv_train
+from hgan.training import run_dir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("config", "paper", sorted(PRESETS), "Preset to start from.")
-flags.DEFINE_enum("model", None, ["hgan", "iatv"], "Model family (overrides config.model).")
+flags.DEFINE_enum("model", None, sorted(families.FAMILIES),
+                  "Model family (overrides config.model).")
 flags.DEFINE_string("data_dir", None, "Output dir of data_prep (shards + manifest.json).")
 flags.DEFINE_string("model_dir", None, "Where checkpoints, config.json and logs go.")
 flags.DEFINE_multi_string("set", [], "Config override field=value (repeatable).")
@@ -33,9 +34,8 @@ def main(argv):
         overrides.append(f"max_steps={FLAGS.max_steps}")
     if FLAGS.model is not None:
         overrides.append(f"model={FLAGS.model}")
-    config = train_lib.reconcile_config(resolve(FLAGS.config, overrides), FLAGS.model_dir)
-    run = iatv_train.run if config.model == "iatv" else train_lib.run
-    summary = run(config, FLAGS.data_dir, FLAGS.model_dir, val_split=FLAGS.val_split)
+    config = run_dir.reconcile_config(resolve(FLAGS.config, overrides), FLAGS.model_dir)
+    summary = families.train(config, FLAGS.data_dir, FLAGS.model_dir, val_split=FLAGS.val_split)
     logging.info("done: %s", summary)
     print(f"trained to step {summary['step']}; checkpoints in {FLAGS.model_dir}")
 

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 from data_prep import demo, writer  # noqa: E402
-from hgan import data  # noqa: E402
+from hgan.data import pipeline  # noqa: E402
 from hgan.config import PRESETS  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -52,7 +52,7 @@ def main(argv):
           "(validate + noun phrases + serialise + shard)")
 
     config = PRESETS["paper"].replace(vocab_file=FLAGS.vocab or _vocab(root, raw))
-    ds = data.train_dataset(out, config, data.make_tokenizer(config))
+    ds = pipeline.train_dataset(out, config, pipeline.make_tokenizer(config))
     it = iter(ds)
     next(it)  # warm-up: graph building and the first fill of the shuffle buffer
     t0 = time.perf_counter()

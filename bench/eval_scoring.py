@@ -3,12 +3,12 @@
   python bench/eval_scoring.py [--queries=6156] [--gallery=3074] [--modes=exact,two_stage]
                                [--rerank_k=100] [--budget_mb=512] [--identities=0]
 
-``hgan.evaluation.Scorer`` driven by the paper's heads alone (two ``LocalMatching`` of
+``hgan.evaluation.hgan_scoring.Scorer`` driven by the paper's heads alone (two ``LocalMatching`` of
 H = 512, k1 = 4, k2 = 2, random weights) on random features of the paper's sizes: C' = 512,
 15 regions per image for both local levels, 64 word slots of which 20-40 are real words,
 8 phrase slots of which 3-5 are real, 512-d sentence features. ``exact`` scores every
 (query, image) pair at every level, once (text-to-image and its transpose); ``two_stage``
-is what ``evaluation.evaluate`` runs: text-to-image and image-to-text, each re-ranking the
+is what ``hgan_scoring.evaluate`` runs: text-to-image and image-to-text, each re-ranking the
 sentence-level top ``--rerank_k`` with the local heads. Each mode runs in its own
 subprocess, so its peak resident set (``ru_maxrss``) is its own.
 
@@ -98,18 +98,18 @@ def make_features(config, queries: int, gallery: int, regions: int, identities: 
 
 
 def run_mode(mode: str) -> dict:
-    from hgan import evaluation
+    from hgan.evaluation import hgan_scoring
     from hgan.config import PRESETS
-    from hgan.heads import LocalMatching
+    from hgan.layers.matching import LocalMatching
     from hgan.tf_compat import tf
-    from hgan.visual import partition_grid
+    from hgan.modeling.hgan.visual import partition_grid
 
-    class CountingScorer(evaluation.Scorer):
+    class CountingScorer(hgan_scoring.Scorer):
         """Counts the (text, image) pairs every local level scores."""
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.pairs = {level: 0 for level in evaluation.LOCAL_LEVELS}
+            self.pairs = {level: 0 for level in hgan_scoring.LOCAL_LEVELS}
 
         def local_grid(self, level, prep, text_rows, image_cols):
             self.pairs[level] += len(text_rows) * len(image_cols)

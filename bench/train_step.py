@@ -6,12 +6,12 @@
 The defaults are the paper's setting (§4: batch 32, 384×192, BERT-base, frozen); about
 3 minutes on 2 CPU cores.
 
-Full: ``hgan.train_lib.Trainer``'s compiled step (MirroredStrategy on /cpu:0), i.e. both
+Full: ``hgan.training.hgan_task.HGANTask``'s compiled step (MirroredStrategy on /cpu:0), i.e. both
 towers, the three matching levels, every loss of §3.4 and Adam with decoupled weight decay
 over every trainable variable. Baseline: a step in the same strategy on the same batch
 through the same image backbone (``visual.build_backbone``) and the same BERT
 (``text.load_bert`` + ``text.select_layers``), loss = mean of both outputs, the same Adam
-over those two parts' trainable variables (``train_lib.make_optimizer``; the full step's
+over those two parts' trainable variables (``optim.make_optimizer``; the full step's
 guard against non-finite steps is not in the baseline). Both get a fixed synthetic batch
 (random image, 20-40 real tokens, 3-5 phrases, pairs of identities), so the input
 pipeline is not timed (``bench/data_pipeline.py`` measures it).
@@ -38,9 +38,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hgan import records, text, train_lib, visual  # noqa: E402
 from hgan.config import PRESETS  # noqa: E402
+from hgan.data import records  # noqa: E402
+from hgan.modeling import backbones  # noqa: E402
+from hgan.modeling.hgan import text  # noqa: E402
 from hgan.tf_compat import tf  # noqa: E402
+from hgan.training import optim  # noqa: E402
+from hgan.training.hgan_task import HGANTask  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("image_size", ["384", "192"], "Image height,width (the paper: 384,192).")
@@ -128,12 +132,11 @@ def main(argv):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
 
     t0 = time.perf_counter()
-    trainer = train_lib.Trainer(config, _manifest(root, FLAGS.num_classes),
-                                os.path.join(root, "run"), strategy)
+    trainer = HGANTask(config, _manifest(root, FLAGS.num_classes), strategy=strategy)
     tok = trainer.tokenizer
     vocab_size = tok.vocab_size + 1
     with strategy.scope():
-        backbone = visual.build_backbone(config)
+        backbone = backbones.build_backbone(config.backbone, (height, width, 3), "none")
         bert = text.load_bert(config, vocab_size)
         bert.trainable = config.bert_trainable
         embedder = trainer.model.text_encoder.get_layer("token_embeddings")
@@ -142,7 +145,7 @@ def main(argv):
         if len(full_bert) != 1:
             raise RuntimeError(f"expected one {type(bert).__name__} in the text encoder")
         full_bert[0].trainable = config.bert_trainable
-        optimizer = train_lib.make_optimizer(config, trainer.per_epoch)
+        optimizer = optim.make_optimizer(config, trainer.per_epoch)
         dummy = {k: tf.zeros([1, config.max_len], tf.int32) for k in BERT_KEYS}
         # Weights exist before trainable_variables is read; in replica context, since a
         # restored SavedModel cannot be called in cross-replica context (see build_model).
@@ -170,7 +173,7 @@ def main(argv):
     batch = synthetic_batch(config, FLAGS.batch, vocab_size, tok.cls_id, tok.sep_id,
                             FLAGS.num_classes)
     steps = {"baseline": lambda: float(base_step(batch)),
-             "full": lambda: float(trainer.train_step(batch)["total"])}
+             "full": lambda: float(trainer.train_step("train", batch)["total"])}
     times = {name: [] for name in steps}
     first = {}
     for name, step in steps.items():

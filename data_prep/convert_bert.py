@@ -11,7 +11,7 @@ import sys
 
 from absl import app, flags
 
-from hgan import bert_convert
+from data_prep import bert_convert
 
 flags.DEFINE_string("hf_dir", None, "Hugging Face BERT folder (config.json, "
                     "model.safetensors, vocab.txt, optionally tokenizer_config.json).")

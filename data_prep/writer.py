@@ -1,4 +1,4 @@
-"""Writes one dataset as sharded TFRecords (``hgan.records`` schema) and ``manifest.json``.
+"""Writes one dataset as sharded TFRecords (``hgan.data.records`` schema) and ``manifest.json``.
 
 Output folder ``OUT``::
 
@@ -26,7 +26,8 @@ import os
 from typing import Callable, Iterator, Sequence
 
 from data_prep import importers
-from hgan import phrases, records
+from hgan.data import phrases
+from hgan.data import records
 from hgan.tf_compat import tf
 
 DEFAULT_IMAGES_PER_SHARD = 1000

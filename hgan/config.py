@@ -38,7 +38,7 @@ class Config:
     image_width: int = 192
     # "auto": what the backbone's weights were trained with (caffe for ImageNet ResNet-50 /
     # VGG-16, [-1, 1] for InceptionV3, §4's x/256 from scratch); or "paper" | "caffe" |
-    # "inception" explicitly (hgan.data.resolve_normalization).
+    # "inception" explicitly (hgan.data.pipeline.resolve_normalization).
     normalization: str = "auto"
     random_flip: bool = True
     max_len: int = 64  # WordPiece tokens incl. [CLS]/[SEP]
@@ -67,7 +67,7 @@ class Config:
     bert_layers: str = "concat4"  # "last" | "second_to_last" | "concat4"
     bert_trainable: bool = False
     # A frozen BERT's token embeddings of the training captions are computed once and kept
-    # in memory when they fit in this many GiB (hgan.token_cache); 0 = every step.
+    # in memory when they fit in this many GiB (hgan.modeling.hgan.token_cache); 0 = every step.
     token_cache_gib: float = 2.0
     lstm_units: int = 512  # per direction; T_g = concat(fwd, bwd) (§4: bi-LSTM 512)
     attention_heads: int = 8  # the one self-attention layer over words / phrases
@@ -141,7 +141,7 @@ class Config:
 
     # --- IATV (Li et al., ICCV 2017; hgan/iatv) -----------------------------------------
     # §4.2: VGG-16 for CUHK-PEDES; "inception_v3" stands in for GoogLeNet (CUB, Flowers);
-    # "resnet50" | "small_cnn" (CPU tests) reuse hgan.visual.build_backbone.
+    # "resnet50" | "small_cnn" (CPU tests) reuse hgan.modeling.hgan.visual.build_backbone.
     iatv_backbone: str = "vgg16"
     iatv_fc_units: int = 4096  # §4.2: VGG-16's fc6/fc7, the stage-1 feature is "drop7"
     iatv_embed_dim: int = 512  # §4.2: the 512-d joint space of stage 1

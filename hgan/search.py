@@ -1,4 +1,4 @@
-"""Text → image search with an exported SavedModel.
+"""Text → image search with an exported SavedModel (the library: ``hgan.serving.search``).
 
   python -m hgan.search index --savedmodel=DIR --images=FOLDER --index=INDEX.npz
   python -m hgan.search index --savedmodel=DIR --data_dir=TFRECORDS --split=test --index=INDEX.npz
@@ -14,129 +14,12 @@ not JPEG/PNG images are skipped and reported.
 """
 from __future__ import annotations
 
-import functools
 import json
-import os
 import sys
 
-import numpy as np
 from absl import app, flags
 
-from hgan.tf_compat import tf
-
-_EXTENSIONS = (".jpg", ".jpeg", ".png")
-
-
-@functools.lru_cache(maxsize=4)
-def _load(savedmodel: str):
-    import tensorflow_text  # noqa: F401  (registers the tokenizer ops the model uses)
-    if not tf.io.gfile.exists(os.path.join(savedmodel, "saved_model.pb")):
-        raise FileNotFoundError(f"{savedmodel} is not a SavedModel (python -m hgan.export)")
-    return tf.saved_model.load(savedmodel)
-
-
-def _folder_images(folder: str):
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"image folder {folder} not found")
-    for dirpath, _, files in sorted(os.walk(folder)):
-        for name in sorted(files):
-            if name.lower().endswith(_EXTENSIONS):
-                path = os.path.join(dirpath, name)
-                with open(path, "rb") as f:
-                    yield os.path.relpath(path, folder), f.read()
-
-
-def _record_images(data_dir: str, split: str):
-    from hgan import data, records
-    ds = tf.data.TFRecordDataset(data.split_files(data_dir, split)).map(records.parse_example)
-    for ex in ds:
-        yield ex["path"].numpy().decode(), ex["encoded"].numpy()
-
-
-def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, split="test",
-                batch_size: int = 32, log=print) -> dict:
-    """Encodes every image once and writes ``index_path`` (.npz) atomically."""
-    served = _load(savedmodel)
-    encode = served.signatures["encode_image"]
-    source = _folder_images(images) if images else _record_images(data_dir, split)
-    feats = {k: [] for k in encode.structured_outputs}
-    paths, skipped, batch = [], [], []
-
-    def flush():
-        try:
-            out = encode(images=tf.constant([b for _, b in batch]))
-        except tf.errors.InvalidArgumentError:
-            # One bad file fails its batch: encode one by one to find and skip it.
-            for path, blob in batch:
-                try:
-                    out = encode(images=tf.constant([blob]))
-                except tf.errors.InvalidArgumentError as e:
-                    skipped.append({"path": path, "reason": e.message.split("\n")[0][:200]})
-                    continue
-                _keep([path], out)
-            return
-        _keep([p for p, _ in batch], out)
-
-    def _keep(batch_paths, out):
-        paths.extend(batch_paths)
-        for k in feats:
-            feats[k].append(out[k].numpy())
-
-    for item in source:
-        batch.append(item)
-        if len(batch) == batch_size:
-            flush()
-            batch = []
-            log(f"indexed {len(paths)} images")
-    if batch:
-        flush()
-    if not paths:
-        raise ValueError("no image could be indexed" + (f"; skipped: {skipped[:3]}" if skipped else ""))
-    arrays = {k: np.concatenate(v) for k, v in feats.items()}
-    tmp = index_path + ".tmp.npz"
-    np.savez(tmp, paths=np.array(paths), **arrays)
-    os.replace(tmp, index_path)
-    log(f"index of {len(paths)} images written to {index_path}; skipped {len(skipped)}")
-    for s in skipped:
-        log(f"  skipped {s['path']}: {s['reason']}")
-    return {"images": len(paths), "skipped": skipped, "index": index_path}
-
-
-def _image_inputs(signature, index, rows) -> dict:
-    """The signature's ``image_<feature>`` inputs, read from the index at ``rows``."""
-    names = [n for n in signature.structured_input_signature[1] if n.startswith("image_")]
-    missing = [n for n in names if n[len("image_"):] not in index]
-    if missing:
-        raise ValueError(f"the index lacks {missing}: was it built with this SavedModel?")
-    return {n: tf.constant(index[n[len("image_"):]][rows]) for n in names}
-
-
-def query(savedmodel: str, index_path: str, text: str, top_k: int = 10,
-          chunk: int = 1024, rerank_k: int = 20) -> list[dict]:
-    """The ``top_k`` images of the index for ``text``, best first: [{path, score}], plus
-    ``rerank`` (the stage-2 logit) on the re-ranked ones of a model with
-    ``rerank_features``."""
-    if not text.strip():
-        raise ValueError("the query is empty")
-    served = _load(savedmodel)
-    score = served.signatures["score_features"]
-    index = dict(np.load(index_path))
-    n = len(index["paths"])
-    texts = tf.constant([text])
-    scores = np.concatenate([
-        score(texts=texts, **_image_inputs(score, index, slice(a, a + chunk)))["score"]
-        .numpy()[0] for a in range(0, n, chunk)])
-    order = np.argsort(-scores, kind="stable")
-    rerank = {}
-    if "rerank_features" in served.signatures and rerank_k > 0:
-        head = order[:rerank_k]
-        second = served.signatures["rerank_features"]
-        logits = second(texts=texts, **_image_inputs(second, index, head))["logits"].numpy()[0]
-        rerank = dict(zip(head.tolist(), logits.tolist()))
-        order = np.concatenate([head[np.argsort(-logits, kind="stable")], order[rerank_k:]])
-    return [{"path": str(index["paths"][i]), "score": float(scores[i]),
-             **({"rerank": rerank[i]} if i in rerank else {})} for i in order[:top_k]]
-
+from hgan.serving.search import build_index, query
 
 FLAGS = flags.FLAGS
 

@@ -1,4 +1,4 @@
-"""Prints why an HGAN model_dir does or does not learn (``hgan.diagnostics``).
+"""Prints why an HGAN model_dir does or does not learn (``hgan.evaluation.diagnostics``).
 
   python scripts/diagnose.py --model_dir=DIR --data_dir=TFRECORDS [--split=val] [--checkpoint=best]
 
@@ -17,8 +17,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from hgan import data, diagnostics, eval_report, evaluation, metrics  # noqa: E402
-from hgan.checkpoints import load_model  # noqa: E402
+from hgan.data import pipeline  # noqa: E402
+from hgan.evaluation import diagnostics
+from hgan.evaluation import report as eval_report
+from hgan.evaluation import hgan_scoring
+from hgan.evaluation import metrics
+from hgan.modeling.hgan.model import load_model  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "A train.py model_dir (HGAN).")
@@ -32,8 +36,8 @@ flags.mark_flags_as_required(["model_dir", "data_dir"])
 def main(argv):
     del argv
     model, config, path = load_model(FLAGS.model_dir, FLAGS.checkpoint)
-    texts, images = evaluation.encode_split(model, FLAGS.data_dir, config, FLAGS.split)
-    scores = evaluation.Scorer(model).exact(texts, images)
+    texts, images = hgan_scoring.encode_split(model, FLAGS.data_dir, config, FLAGS.split)
+    scores = hgan_scoring.Scorer(model).exact(texts, images)
     out = {"checkpoint": path, "split": FLAGS.split, "levels": {}}
     for level, m in scores.items():
         t2i = metrics.retrieval_metrics(m, texts["label"], images["label"])
@@ -44,7 +48,7 @@ def main(argv):
                      "text_global": diagnostics.spread(texts["global"])}
     # The same images through the image tower with BatchNorm on the batch's own statistics:
     # a much lower mean cosine than above says the moving statistics are stale.
-    pixels = next(iter(data.gallery_dataset(FLAGS.data_dir, config, FLAGS.split,
+    pixels = next(iter(pipeline.gallery_dataset(FLAGS.data_dir, config, FLAGS.split,
                                             batch_size=256)))["image"]
     out["spread"]["image_global_batch_stats"] = diagnostics.spread(
         model.encode_image(pixels, training=True)["global"].numpy())
@@ -53,8 +57,8 @@ def main(argv):
                                                        eval_report.word_keys_of(config))
         out["gumbel"] = diagnostics.gumbel_overlap(model.word_head, texts, images)
     if not model.uses_buffers:  # one training batch (CMCE would need its buffers)
-        batch = next(iter(data.train_dataset(FLAGS.data_dir, config,
-                                              data.make_tokenizer(config))))
+        batch = next(iter(pipeline.train_dataset(FLAGS.data_dir, config,
+                                              pipeline.make_tokenizer(config))))
         out["gradients"] = diagnostics.gradient_table(model, batch)
     print(json.dumps(out, indent=1, default=str))
     if FLAGS.output_json:

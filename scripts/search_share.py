@@ -15,7 +15,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from hgan import data, records, search  # noqa: E402
+from hgan.serving import search  # noqa: E402
+from hgan.data import pipeline
+from hgan.data import records
 from hgan.tf_compat import tf  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -29,7 +31,7 @@ flags.mark_flags_as_required(["savedmodel", "data_dir"])
 def main(argv):
     del argv
     examples = [records.parse_example(e) for e in
-                tf.data.TFRecordDataset(data.split_files(FLAGS.data_dir, FLAGS.split))]
+                tf.data.TFRecordDataset(pipeline.split_files(FLAGS.data_dir, FLAGS.split))]
     identity = {e["path"].numpy().decode(): int(e["label"]) for e in examples}
     captions = [(c.decode(), int(e["label"])) for e in examples
                 for c in e["captions"].numpy()]

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from hgan import records
+from hgan.data import records
 from hgan.config import PRESETS
 from hgan.tf_compat import tf
 

@@ -16,9 +16,9 @@ import pytest
 import tensorflow_hub as hub
 from safetensors.numpy import save_file
 
-from hgan import bert_convert
+from data_prep import bert_convert
 from hgan.tf_compat import tf
-from hgan.tokenization import CaptionTokenizer
+from hgan.data.tokenization import CaptionTokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "minilm_reference.npz")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hgan import data
+from hgan.data import pipeline
 from hgan.tf_compat import tf
 
 
@@ -10,8 +10,8 @@ def _first(ds):
 
 
 def test_train_batches_have_the_model_inputs(tiny_data, tiny_config):
-    tok = data.make_tokenizer(tiny_config)
-    batch = _first(data.train_dataset(tiny_data, tiny_config, tok))
+    tok = pipeline.make_tokenizer(tiny_config)
+    batch = _first(pipeline.train_dataset(tiny_data, tiny_config, tok))
     b, h, w = tiny_config.batch_size, tiny_config.image_height, tiny_config.image_width
     assert batch["image"].shape == (b, h, w, 3)
     assert batch["image"].dtype == np.float32
@@ -28,8 +28,8 @@ def test_train_batches_have_the_model_inputs(tiny_data, tiny_config):
 
 
 def test_train_pipeline_is_deterministic_under_a_seed(tiny_data, tiny_config):
-    tok = data.make_tokenizer(tiny_config)
-    a = [_first(data.train_dataset(tiny_data, tiny_config, tok, seed=s)) for s in (3, 3, 4)]
+    tok = pipeline.make_tokenizer(tiny_config)
+    a = [_first(pipeline.train_dataset(tiny_data, tiny_config, tok, seed=s)) for s in (3, 3, 4)]
     np.testing.assert_array_equal(a[0]["image"], a[1]["image"])
     np.testing.assert_array_equal(a[0]["input_word_ids"], a[1]["input_word_ids"])
     assert not np.array_equal(a[0]["label"], a[2]["label"]) or \
@@ -38,8 +38,8 @@ def test_train_pipeline_is_deterministic_under_a_seed(tiny_data, tiny_config):
 
 def test_identity_aware_batches_hold_p_identities_of_k(tiny_data, tiny_config):
     config = tiny_config.replace(batch_size=6, identities_per_batch=3)
-    tok = data.make_tokenizer(config)
-    for batch in data.train_dataset(tiny_data, config, tok).take(5):
+    tok = pipeline.make_tokenizer(config)
+    for batch in pipeline.train_dataset(tiny_data, config, tok).take(5):
         labels = batch["label"].numpy()
         groups = labels.reshape(3, 2)
         assert (groups[:, 0] == groups[:, 1]).all(), labels
@@ -48,15 +48,15 @@ def test_identity_aware_batches_hold_p_identities_of_k(tiny_data, tiny_config):
 def test_identity_aware_batch_rejects_indivisible_batch(tiny_data, tiny_config):
     config = tiny_config.replace(batch_size=7, identities_per_batch=3)
     with pytest.raises(ValueError, match="multiple"):
-        data.train_dataset(tiny_data, config, data.make_tokenizer(config))
+        pipeline.train_dataset(tiny_data, config, pipeline.make_tokenizer(config))
 
 
 def test_eval_streams_cover_the_split_once(tiny_data, tiny_config):
-    tok = data.make_tokenizer(tiny_config)
-    gallery = list(data.gallery_dataset(tiny_data, tiny_config, "test", batch_size=4))
+    tok = pipeline.make_tokenizer(tiny_config)
+    gallery = list(pipeline.gallery_dataset(tiny_data, tiny_config, "test", batch_size=4))
     labels = np.concatenate([b["label"].numpy() for b in gallery])
     assert len(labels) == 6 and sorted(set(labels)) == [0, 1, 2]
-    queries = list(data.query_dataset(tiny_data, tiny_config, tok, "test", batch_size=5))
+    queries = list(pipeline.query_dataset(tiny_data, tiny_config, tok, "test", batch_size=5))
     q_labels = np.concatenate([b["label"].numpy() for b in queries])
     own = np.concatenate([b["image_index"].numpy() for b in queries])
     assert len(q_labels) == 12
@@ -66,29 +66,29 @@ def test_eval_streams_cover_the_split_once(tiny_data, tiny_config):
 
 def test_preprocess_is_the_same_eagerly_and_in_tf_data(tiny_config):
     image = tf.cast(tf.random.stateless_uniform([40, 20, 3], [1, 2], 0, 255), tf.uint8)
-    eager = data.preprocess_image(image, tiny_config).numpy()
+    eager = pipeline.preprocess_image(image, tiny_config).numpy()
     graph = next(iter(tf.data.Dataset.from_tensors(image).map(
-        lambda x: data.preprocess_image(x, tiny_config)))).numpy()
+        lambda x: pipeline.preprocess_image(x, tiny_config)))).numpy()
     np.testing.assert_allclose(eager, graph, atol=1e-6)
     assert eager.shape == (tiny_config.image_height, tiny_config.image_width, 3)
 
 
 def test_missing_manifest_is_a_clear_error(tmp_path, tiny_config):
     with pytest.raises(FileNotFoundError, match="data_prep"):
-        data.split_files(str(tmp_path), "train")
+        pipeline.split_files(str(tmp_path), "train")
 
 
 def test_unknown_split_is_a_clear_error(tiny_data):
     with pytest.raises(ValueError, match="split 'nope'"):
-        data.split_files(tiny_data, "nope")
+        pipeline.split_files(tiny_data, "nope")
 
 
 def test_label_by_image_gives_each_image_its_gallery_index(tiny_data, tiny_config):
     """IATV "w/o ID": every training image is its own identity, numbered in gallery order."""
     config = tiny_config.replace(identities_per_batch=0)
-    tok = data.make_tokenizer(config)
-    ds = data.train_dataset(tiny_data, config, tok, label_by_image=True, repeat=False)
-    gallery = [b["path"].numpy() for b in data.gallery_dataset(tiny_data, config, "train")]
+    tok = pipeline.make_tokenizer(config)
+    ds = pipeline.train_dataset(tiny_data, config, tok, label_by_image=True, repeat=False)
+    gallery = [b["path"].numpy() for b in pipeline.gallery_dataset(tiny_data, config, "train")]
     order = {p: i for i, p in enumerate(np.concatenate(gallery))}
     by_caption = {}
     for batch in ds:
@@ -102,17 +102,17 @@ def test_normalization_follows_the_backbones_weights(tiny_config, caplog):
     image = tf.constant([[[255.0, 0.0, 128.0]]])
     resnet = tiny_config.replace(backbone="resnet50", backbone_weights="imagenet",
                                  normalization="auto")
-    assert data.resolve_normalization(resnet) == "caffe"
-    np.testing.assert_allclose(data.normalize(image, "caffe").numpy()[0, 0],
+    assert pipeline.resolve_normalization(resnet) == "caffe"
+    np.testing.assert_allclose(pipeline.normalize(image, "caffe").numpy()[0, 0],
                                [128 - 103.939, 0 - 116.779, 255 - 123.68], rtol=1e-6)
-    assert data.resolve_normalization(resnet.replace(backbone_weights="none")) == "paper"
-    assert data.resolve_normalization(tiny_config.replace(normalization="auto")) == "paper"
+    assert pipeline.resolve_normalization(resnet.replace(backbone_weights="none")) == "paper"
+    assert pipeline.resolve_normalization(tiny_config.replace(normalization="auto")) == "paper"
     iatv = resnet.replace(model="iatv", iatv_backbone="inception_v3")
-    assert data.resolve_normalization(iatv) == "inception"
-    np.testing.assert_allclose(data.normalize(image, "inception").numpy()[0, 0],
+    assert pipeline.resolve_normalization(iatv) == "inception"
+    np.testing.assert_allclose(pipeline.normalize(image, "inception").numpy()[0, 0],
                                [1.0, -1.0, 128 / 127.5 - 1], atol=1e-6)
     with caplog.at_level("WARNING"):  # a known mismatch is kept, and said loudly
-        assert data.resolve_normalization(resnet.replace(normalization="paper")) == "paper"
+        assert pipeline.resolve_normalization(resnet.replace(normalization="paper")) == "paper"
     assert "expect 'caffe'" in caplog.text
     with pytest.raises(ValueError, match="unknown normalization"):
-        data.resolve_normalization(resnet.replace(normalization="bgr"))
+        pipeline.resolve_normalization(resnet.replace(normalization="bgr"))

@@ -1,7 +1,7 @@
-"""``hgan.diagnostics`` on inputs whose answers are known."""
+"""``hgan.evaluation.diagnostics`` on inputs whose answers are known."""
 import numpy as np
 
-from hgan import diagnostics
+from hgan.evaluation import diagnostics
 
 
 def test_spread_tells_a_collapsed_set_from_a_spread_one():
@@ -29,13 +29,13 @@ def test_content_words_and_punctuation():
 
 def test_gradient_table_names_the_variables_with_the_largest_gradients(tiny_data,
                                                                        tiny_config):
-    from hgan import data
-    from hgan.model import build_model
+    from hgan.data import pipeline
+    from hgan.modeling.hgan.model import build_model
     config = tiny_config.replace(bert="scratch:2x16", bert_layers="last", batch_size=4,
                                  identities_per_batch=2)
-    tokenizer = data.make_tokenizer(config)
+    tokenizer = pipeline.make_tokenizer(config)
     model = build_model(config, tokenizer.vocab_size + 1, 6)
-    batch = next(iter(data.train_dataset(tiny_data, config, tokenizer)))
+    batch = next(iter(pipeline.train_dataset(tiny_data, config, tokenizer)))
     table = diagnostics.gradient_table(model, batch, top=3)
     assert set(table["grad_norm"]) == set(table["loss"]) >= {"pair", "word", "total"}
     assert len(table["largest"]) == 3 and all(n > 0 for _, n in table["largest"])

@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hgan import data, eval_report, evaluation, search, train_lib
-from hgan.checkpoints import load_model
-from hgan.export import export
-from hgan.model import build_model
-from hgan.phrases import extract_noun_phrases
+from hgan import families
+from hgan.data import pipeline
+from hgan.data.phrases import extract_noun_phrases
+from hgan.evaluation import hgan_scoring
+from hgan.families import export
+from hgan.modeling.hgan.model import build_model, load_model
+from hgan.serving import search
 from hgan.tf_compat import tf
+from hgan.training import run_dir
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +28,14 @@ def trained(tiny_data, tmp_path_factory, tiny_vocab):
         bert_layers="last", batch_size=4, identities_per_batch=2, max_steps=2,
         checkpoint_every=2)
     model_dir = str(tmp_path_factory.mktemp("run"))
-    train_lib.reconcile_config(config, model_dir)
-    train_lib.run(config, tiny_data, model_dir, log=lambda _: None)
+    run_dir.reconcile_config(config, model_dir)
+    families.train(config, tiny_data, model_dir, log=lambda _: None)
     return model_dir
 
 
 def test_eval_writes_json_markdown_and_figures(trained, tiny_data, tmp_path):
     out = str(tmp_path / "metrics.json")
-    report = eval_report.run(trained, tiny_data, "test", out)
+    report = families.evaluate(trained, tiny_data, "test", out)
     saved = json.load(open(out))
     for key in ("t2i", "i2t", "config", "timing", "exact", "two_stage"):
         assert key in saved
@@ -53,8 +56,8 @@ def test_eval_writes_json_markdown_and_figures(trained, tiny_data, tmp_path):
 
 def test_two_stage_with_k_covering_the_gallery_equals_exact(trained, tiny_data):
     model, config, _ = load_model(trained)
-    texts, images = evaluation.encode_split(model, tiny_data, config, "test")
-    scorer = evaluation.Scorer(model)
+    texts, images = hgan_scoring.encode_split(model, tiny_data, config, "test")
+    scorer = hgan_scoring.Scorer(model)
     exact = scorer.exact(texts, images)["total"]
     two = scorer.two_stage(texts, images, k=len(images["label"]), direction="t2i")
     np.testing.assert_allclose(two + 0, exact, atol=1e-5)
@@ -71,9 +74,9 @@ def test_two_stage_with_k_covering_the_gallery_equals_exact(trained, tiny_data):
 
 def test_chunked_scoring_matches_one_big_chunk(trained, tiny_data):
     model, config, _ = load_model(trained)
-    texts, images = evaluation.encode_split(model, tiny_data, config, "test")
-    big = evaluation.Scorer(model).exact(texts, images)["total"]
-    small = evaluation.Scorer(model, memory_budget_bytes=1)  # forces 1×1 chunks
+    texts, images = hgan_scoring.encode_split(model, tiny_data, config, "test")
+    big = hgan_scoring.Scorer(model).exact(texts, images)["total"]
+    small = hgan_scoring.Scorer(model, memory_budget_bytes=1)  # forces 1×1 chunks
     np.testing.assert_allclose(small.exact(texts, images)["total"], big, atol=1e-5)
     # The scorer's k-sparse XLA path equals the model's own dense scoring of every pair.
     feats = lambda d: {k: tf.constant(v) for k, v in d.items()  # noqa: E731
@@ -122,12 +125,12 @@ def test_export_serves_the_same_scores_without_project_code(trained, exported, t
     served = json.loads(line[0][len("RESULT"):])
 
     model, config, _ = load_model(trained)
-    tok = data.make_tokenizer(config)
+    tok = pipeline.make_tokenizer(config)
     spans = tf.ragged.constant(
         [[[s, e] for _, s, e in extract_noun_phrases(t, tagger="fallback")] for t in texts],
         ragged_rank=1, inner_shape=(2,), dtype=tf.int64)
     text_feats = model.encode_text(tok(tf.constant(texts), spans), training=False)
-    pixels = tf.stack([data.preprocess_image(data.decode_image(open(p, "rb").read()), config)
+    pixels = tf.stack([pipeline.preprocess_image(pipeline.decode_image(open(p, "rb").read()), config)
                        for p in images])
     image_feats = model.encode_image(pixels, training=False)
     expected = model.score(text_feats, image_feats)["total"].numpy()
@@ -194,7 +197,7 @@ def test_a_checkpoint_missing_weights_of_the_config_is_a_clear_error(trained, tm
     shutil.copytree(trained, model_dir)
     config = Config.load(model_dir)
     _, _, path = load_model(model_dir, "latest")
-    smaller = build_model(config.replace(use_phrase=False), data.make_tokenizer(config)
+    smaller = build_model(config.replace(use_phrase=False), pipeline.make_tokenizer(config)
                           .vocab_size + 1, 6)
     path = tf.train.Checkpoint(model=smaller).write(os.path.join(model_dir, "partial"))
     with pytest.raises(ValueError, match="does not match the model") as error:
@@ -206,7 +209,7 @@ def test_a_sync_batchnorm_run_loads_for_inference_with_plain_batchnorm(tiny_data
                                                                        tmp_path):
     """Its checkpoint restores into the fused per-replica layers (same variables), which
     compute what the synchronised ones do at inference."""
-    from hgan.checkpoints import restore_model
+    from hgan.modeling.checkpoints import restore_model
     from hgan.config import PRESETS
     from hgan.tf_compat import keras
     config = PRESETS["tiny"].replace(
@@ -214,14 +217,14 @@ def test_a_sync_batchnorm_run_loads_for_inference_with_plain_batchnorm(tiny_data
         bert_layers="last", batch_size=4, identities_per_batch=2, max_steps=2,
         checkpoint_every=2, sync_batchnorm=True)
     model_dir = str(tmp_path / "run")
-    train_lib.reconcile_config(config, model_dir)
-    train_lib.run(config, tiny_data, model_dir, log=lambda _: None)
+    run_dir.reconcile_config(config, model_dir)
+    families.train(config, tiny_data, model_dir, log=lambda _: None)
     model, loaded_config, path = load_model(model_dir, "latest")
     assert loaded_config.sync_batchnorm  # the saved config is reported as trained
     norms = [m for m in model.image_encoder.submodules
              if isinstance(m, keras.layers.BatchNormalization)]
     assert norms and not any(m.synchronized for m in norms)
-    synced = build_model(config, data.make_tokenizer(config).vocab_size + 1, 6)
+    synced = build_model(config, pipeline.make_tokenizer(config).vocab_size + 1, 6)
     restore_model(synced, path)
     images = tf.random.stateless_uniform([3, 32, 16, 3], seed=[3, 4])
     want, got = synced.encode_image(images), model.encode_image(images)

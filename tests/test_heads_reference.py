@@ -1,12 +1,12 @@
 """``LocalMatching`` against an independent NumPy loop implementation of HGAN Eqs. 2–8.
 
 The reference below is written from the paper, one (text, image) pair and one region or
-word at a time, with nothing shared with ``hgan.heads`` but the trained weights.
+word at a time, with nothing shared with ``hgan.layers.matching`` but the trained weights.
 """
 import numpy as np
 import pytest
 
-from hgan.heads import LocalMatching
+from hgan.layers.matching import LocalMatching
 from hgan.tf_compat import tf
 
 
@@ -117,7 +117,7 @@ def test_eq7_weights_stay_a_softmax_when_the_selected_keys_are_far_below_the_bes
     Eq. 7's weights must still be a softmax over the selected keys (summing to 1), with a
     bounded gradient; shifting by the row's maximum made them underflow to ~0 with a
     gradient of ~1e9, which collapsed training."""
-    from hgan.heads import _weights_over_selection
+    from hgan.layers.matching import _weights_over_selection
     scores = tf.constant([[80.0, 1.0, 0.0, -1.0, 2.0]])
     selection = tf.constant([[0.0, 1.0, 0.0, 1.0, 0.0]])  # not the 80
     mask = tf.ones_like(scores, tf.bool)

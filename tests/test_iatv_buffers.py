@@ -8,7 +8,7 @@ import textwrap
 
 import numpy as np
 
-from hgan.iatv.buffers import IdentityBuffers
+from hgan.training.buffers import IdentityBuffers
 from hgan.tf_compat import tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,8 +116,9 @@ _TWO_REPLICAS = textwrap.dedent("""
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from hgan.config import Config
-    from hgan.iatv import stage1
-    from hgan.iatv.buffers import IdentityBuffers
+    from hgan.modeling.iatv import stage1
+    from hgan.training import iatv_task
+    from hgan.training.buffers import IdentityBuffers
     config = Config.from_dict(json.loads({config!r}))
     rng = np.random.default_rng(0)
     batch = {{"image": rng.uniform(size=(8, config.image_height, config.image_width, 3)),
@@ -140,12 +141,12 @@ _TWO_REPLICAS = textwrap.dedent("""
             buffers = IdentityBuffers(4, config.iatv_embed_dim)
             buffers.initialize(init[0], np.array([0, 1, 2, 3] * 2), init[1],
                                np.array([3, 2, 1, 0] * 2))
-            optimizers = stage1.make_optimizers(config)
+            optimizers = iatv_task.make_optimizers(config)
         if name == "two":
             model.set_weights(weights)
         weights = model.get_weights()
         before = buffers.image.numpy()
-        step = stage1.make_train_step(model, buffers, optimizers, strategy)
+        step = iatv_task.make_stage1_step(model, buffers, optimizers, strategy)
         dist = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
         out[name] = {{"loss": float(step(next(iter(dist)))["cmce"]),
                       "image": buffers.image.numpy().tolist(),

@@ -2,8 +2,10 @@
 import numpy as np
 import pytest
 
-from hgan import metrics
-from hgan.iatv import retrieval, stage2
+from hgan.evaluation import metrics
+from hgan.evaluation import rerank
+from hgan.training import iatv_pairs
+from hgan.modeling.iatv import stage2
 from hgan.tf_compat import tf
 
 
@@ -20,7 +22,7 @@ TEXT_LABELS, IMAGE_LABELS = np.array([0, 1, 2]), np.array([0, 1, 2])
 
 
 def test_mining_k1_takes_each_sample_nearest_of_the_other_modality():
-    t, i, y = retrieval.mine_pairs(TEXTS, IMAGES, TEXT_LABELS, IMAGE_LABELS, k=1)
+    t, i, y = iatv_pairs.mine_pairs(TEXTS, IMAGES, TEXT_LABELS, IMAGE_LABELS, k=1)
     # Texts → images: 0→0 (10°), 1→1 (10°), 2→0 (30°). Images → texts: 0→0, 1→1, and
     # image 2 (180°) is nearest text 1 (90° away; texts 0 and 2 are 180° and 140°).
     assert list(zip(t, i)) == [(0, 0), (1, 1), (1, 2), (2, 0)]
@@ -28,7 +30,7 @@ def test_mining_k1_takes_each_sample_nearest_of_the_other_modality():
 
 
 def test_mining_k2_unites_both_directions_once_each():
-    t, i, y = retrieval.mine_pairs(TEXTS, IMAGES, TEXT_LABELS, IMAGE_LABELS, k=2, chunk=2)
+    t, i, y = iatv_pairs.mine_pairs(TEXTS, IMAGES, TEXT_LABELS, IMAGE_LABELS, k=2, chunk=2)
     # Texts → images: 0→{0, 1}, 1→{1, 0}, 2→{0, 1}; images → texts: 0→{0, 2}, 1→{1, 2},
     # 2→{1, 2}. The union has 8 distinct pairs; (2, 2) comes from the image side only.
     assert list(zip(t, i)) == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1),
@@ -37,7 +39,7 @@ def test_mining_k2_unites_both_directions_once_each():
 
 
 def test_mining_caps_k_at_the_other_modality_size():
-    t, i, _ = retrieval.mine_pairs(TEXTS, IMAGES, TEXT_LABELS, IMAGE_LABELS, k=50)
+    t, i, _ = iatv_pairs.mine_pairs(TEXTS, IMAGES, TEXT_LABELS, IMAGE_LABELS, k=50)
     assert len(t) == 9  # every pair, once
 
 
@@ -54,7 +56,7 @@ def test_rerank_reorders_the_top_k_and_keeps_stage1_order_behind():
         calls.append((np.array(q), np.array(g)))
         return stage2_table[q, g]
 
-    final = retrieval.rerank(STAGE1, stage2_fn, k=3, batch_size=4)
+    final = rerank.rerank(STAGE1, stage2_fn, k=3, batch_size=4)
     assert final.dtype == np.float64 and final.shape == STAGE1.shape
     order = np.argsort(-final, axis=1, kind="stable")
     # Row 0: top-3 {0, 2, 3} by stage 2 (0.9, 0.5, 0.1) → 3, 2, 0; then 4, 5, 1 as stage 1.
@@ -68,7 +70,7 @@ def test_rerank_reorders_the_top_k_and_keeps_stage1_order_behind():
 
 
 def test_rerank_ties_in_stage2_keep_the_stage1_order():
-    final = retrieval.rerank(STAGE1, lambda q, g: np.ones(len(q)), k=4)
+    final = rerank.rerank(STAGE1, lambda q, g: np.ones(len(q)), k=4)
     order = np.argsort(-final, axis=1, kind="stable")
     np.testing.assert_array_equal(order, np.argsort(-STAGE1, axis=1, kind="stable"))
 
@@ -81,10 +83,10 @@ def test_two_stage_fixes_a_true_match_stage1_ranked_third():
                        [0.1, 0.0, 0.2, 0.9]])
     oracle = lambda q, g: (labels[q] == labels[g]).astype(float)  # noqa: E731
     assert metrics.retrieval_metrics(stage1, labels, labels)["R1"] == 75.0
-    fixed = retrieval.rerank(stage1, oracle, k=3)
+    fixed = rerank.rerank(stage1, oracle, k=3)
     assert metrics.retrieval_metrics(fixed, labels, labels)["R1"] == 100.0
     # With k = 2 the match is outside the candidates: stage 2 cannot bring it back.
-    assert metrics.retrieval_metrics(retrieval.rerank(stage1, oracle, k=2), labels,
+    assert metrics.retrieval_metrics(rerank.rerank(stage1, oracle, k=2), labels,
                                      labels)["R1"] == 75.0
 
 
@@ -98,7 +100,7 @@ def test_pair_scorer_scores_the_requested_pairs(tiny_config, direction):
     word_ids = rng.integers(1, 12, (3, 4))
     mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
     regions = rng.normal(size=(2, 5, 3)).astype(np.float32)
-    fn = retrieval.pair_scorer(matcher, word_ids, mask, regions, direction)
+    fn = rerank.pair_scorer(matcher, word_ids, mask, regions, direction)
     texts, images = np.array([2, 0, 1]), np.array([1, 1, 0])
     got = fn(texts, images) if direction == "t2i" else fn(images, texts)
     want = matcher({"regions": tf.constant(regions[images]),
@@ -108,7 +110,7 @@ def test_pair_scorer_scores_the_requested_pairs(tiny_config, direction):
 
 
 def test_random_pairs_cover_both_directions_once_each_and_label_by_identity():
-    from hgan.iatv.retrieval import random_pairs
+    from hgan.training.iatv_pairs import random_pairs
     text_labels, image_labels = np.array([0, 0, 1, 1, 2]), np.array([0, 1, 2])
     t, i, match = random_pairs(text_labels, image_labels, k=2, seed=1)
     pairs = set(zip(t.tolist(), i.tolist()))

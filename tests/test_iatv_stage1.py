@@ -2,10 +2,11 @@
 import numpy as np
 import pytest
 
-from hgan.iatv import stage1
-from hgan.iatv.buffers import IdentityBuffers
-from hgan.model import TEXT_KEYS
+from hgan.modeling.iatv import stage1
+from hgan.training.buffers import IdentityBuffers
+from hgan.modeling.hgan.model import TEXT_KEYS
 from hgan.tf_compat import tf
+from hgan.training import iatv_task
 
 VOCAB = 30
 
@@ -110,7 +111,7 @@ def test_cmce_training_with_buffer_updates_reduces_the_loss(config):
     batch = toy_batch(cfg, rng)
     out = model(batch, training=False)
     buffers.initialize(out["image"], batch["label"], out["text"], batch["label"])
-    step = stage1.make_train_step(model, buffers, stage1.make_optimizers(cfg))
+    step = iatv_task.make_stage1_step(model, buffers, iatv_task.make_optimizers(cfg))
     history = []
     for _ in range(20):
         history.append(float(step(toy_batch(cfg, rng))["cmce"]))

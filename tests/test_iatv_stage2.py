@@ -3,7 +3,8 @@ ablation switches, serialisation and Eq. 12."""
 import numpy as np
 import pytest
 
-from hgan.iatv import stage1, stage2
+from hgan.modeling.iatv import stage1
+from hgan.modeling.iatv import stage2
 from hgan.tf_compat import keras, tf
 
 VOCAB, T, N, C = 30, 6, 5, 4

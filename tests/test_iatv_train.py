@@ -7,13 +7,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hgan import data, eval_report, search, train_lib
+from hgan import families
 from hgan.config import PRESETS, Config
-from hgan.export import export
-from hgan.iatv import evaluate as iatv_evaluate
-from hgan.iatv import train as iatv_train
-from hgan.iatv.model import load_model
+from hgan.data import pipeline
+from hgan.evaluation import iatv_scoring
+from hgan.families import export
+from hgan.modeling.iatv.model import load_model
+from hgan.serving import search
 from hgan.tf_compat import tf
+from hgan.training import iatv_pairs, loop, run_dir
+from hgan.training.iatv_task import IATVTask
 
 STAGE1, TEXT, JOINT = 2, 2, 2  # steps per phase: stage 1 ends at 2, text phase at 4
 
@@ -35,11 +38,11 @@ def trained(tiny_data, config, tmp_path_factory):
     run skips validation (no such split), which only costs time here."""
     model_dir = str(tmp_path_factory.mktemp("iatv_run"))
     lines = []
-    train_lib.reconcile_config(config, model_dir)
-    first = iatv_train.run(config, tiny_data, model_dir, val_split="none", log=lines.append)
+    run_dir.reconcile_config(config, model_dir)
+    first = families.train(config, tiny_data, model_dir, val_split="none", log=lines.append)
     more = config.replace(max_steps=0)
-    train_lib.reconcile_config(more, model_dir)
-    second = iatv_train.run(more, tiny_data, model_dir, log=lines.append)
+    run_dir.reconcile_config(more, model_dir)
+    second = families.train(more, tiny_data, model_dir, log=lines.append)
     return model_dir, first, second, lines
 
 
@@ -105,7 +108,7 @@ def test_stage2_starts_from_stage1_with_the_cnn_fixed_then_fine_tuned(trained):
 def test_eval_report_has_both_stages(trained, tiny_data, tmp_path):
     model_dir = trained[0]
     out = str(tmp_path / "metrics.json")
-    report = eval_report.run(model_dir, tiny_data, "test", out)
+    report = families.evaluate(model_dir, tiny_data, "test", out)
     saved = json.load(open(out))
     assert "exact" not in saved
     for mode in ("stage1", "two_stage"):
@@ -122,10 +125,10 @@ def test_eval_report_has_both_stages(trained, tiny_data, tmp_path):
 
 def test_two_stage_reorders_stage1_top_k_by_stage2_logits(trained, tiny_data):
     model, config, _ = load_model(trained[0])
-    texts, images = iatv_evaluate.encode_split(model, tiny_data, config, "test")
-    stage1 = iatv_evaluate.stage1_scores(texts, images)
+    texts, images = iatv_scoring.encode_split(model, tiny_data, config, "test")
+    stage1 = iatv_scoring.stage1_scores(texts, images)
     k = 3
-    t2i, _ = iatv_evaluate.two_stage_scores(model, texts, images, k, stage1)
+    t2i, _ = iatv_scoring.two_stage_scores(model, texts, images, k, stage1)
     n_texts, n_images = stage1.shape
     # Every pair's stage-2 logit, computed directly.
     rows, cols = np.repeat(np.arange(n_texts), n_images), np.tile(np.arange(n_images), n_texts)
@@ -159,8 +162,8 @@ def test_export_serves_stage1_scores_and_stage2_confidences(trained, tmp_path):
     rerank = served.signatures["rerank_score"](texts=tf.constant(texts),
                                                images=tf.constant(images))
     model, config, _ = load_model(model_dir)
-    tokens = data.make_tokenizer(config)(tf.constant(texts))
-    pixels = tf.stack([data.preprocess_image(data.decode_image(b), config) for b in images])
+    tokens = pipeline.make_tokenizer(config)(tf.constant(texts))
+    pixels = tf.stack([pipeline.preprocess_image(pipeline.decode_image(b), config) for b in images])
     text, image = model.encode_text(tokens).numpy(), model.encode_image(pixels).numpy()
     np.testing.assert_allclose(score["score"].numpy(), text @ image.T, atol=1e-5)
     regions = model.encode_regions(pixels).numpy()
@@ -184,7 +187,7 @@ def test_export_serves_stage1_scores_and_stage2_confidences(trained, tmp_path):
     search.build_index(saved, index, images=str(folder), log=lambda _: None)
     stage1 = search.query(saved, index, texts[0], top_k=3, rerank_k=0)
     both = search.query(saved, index, texts[0], top_k=3, rerank_k=2)
-    pixels = tf.stack([data.preprocess_image(data.decode_image(_png(c)), config)
+    pixels = tf.stack([pipeline.preprocess_image(pipeline.decode_image(_png(c)), config)
                        for c in colours])
     cosine = (text[:1] @ model.encode_image(pixels).numpy().T)[0]
     assert [r["path"] for r in stage1] == [f"{i}.png" for i in np.argsort(-cosine)]
@@ -200,13 +203,13 @@ def test_export_serves_stage1_scores_and_stage2_confidences(trained, tmp_path):
 
 
 def test_pair_batches_join_the_mined_indices_to_their_image_and_caption(tiny_data, config):
-    encoded, captions = iatv_train.split_records(tiny_data, "train")
+    encoded, captions = iatv_pairs.split_records(tiny_data, "train")
     assert len(encoded) == 12 and len(captions) == 24  # two captions per image
     text_index, image_index = np.array([0, 5, 7, 23]), np.array([3, 2, 11, 0])
     match = np.array([1, 0, 1, 0])
     cfg = config.replace(random_flip=False)
-    tokenizer = data.make_tokenizer(cfg)
-    ds = iatv_train.pair_dataset(encoded, captions, text_index, image_index, match, cfg,
+    tokenizer = pipeline.make_tokenizer(cfg)
+    ds = iatv_pairs.pair_dataset(encoded, captions, text_index, image_index, match, cfg,
                                  tokenizer, seed=0)
     batch = {k: v.numpy() for k, v in next(iter(ds)).items()}
     # One batch of 4 is a permutation of the 4 pairs: find each row's pair by its caption's
@@ -216,7 +219,7 @@ def test_pair_batches_join_the_mined_indices_to_their_image_and_caption(tiny_dat
         pair = [j for j in range(4) if (want_tokens[j] == batch["input_word_ids"][row]).all()
                 and match[j] == batch["match"][row]]
         assert len(pair) == 1
-        image = data.preprocess_image(data.decode_image(encoded[image_index[pair[0]]]), cfg)
+        image = pipeline.preprocess_image(pipeline.decode_image(encoded[image_index[pair[0]]]), cfg)
         np.testing.assert_allclose(batch["image"][row], image, atol=1e-6)
 
 
@@ -228,8 +231,8 @@ def test_table2_ablations_without_identities_and_without_stage1(tiny_data, confi
                          iatv_stage2_joint_steps=0, max_steps=2)
     model_dir = str(tmp_path / "run")
     lines = []
-    train_lib.reconcile_config(cfg, model_dir)
-    summary = iatv_train.run(cfg, tiny_data, model_dir, val_split="none", log=lines.append)
+    run_dir.reconcile_config(cfg, model_dir)
+    summary = families.train(cfg, tiny_data, model_dir, val_split="none", log=lines.append)
     assert summary["step"] == 2
     assert any("identity buffers: 12 identities from 12 images" in ln for ln in lines)
     assert any("drawn at random" in ln for ln in lines)
@@ -248,24 +251,24 @@ def test_a_non_finite_step_is_skipped_and_stops_with_a_clear_error(tiny_data, co
     good checkpoint."""
     cfg = config.replace(checkpoint_every=1, max_steps=STAGE1)
     model_dir = str(tmp_path / "run")
-    train_lib.reconcile_config(cfg, model_dir)
-    trainer = iatv_train.Trainer(cfg, tiny_data, model_dir)
-    clean = trainer.stage1_batches
+    run_dir.reconcile_config(cfg, model_dir)
+    trainer = IATVTask(cfg, tiny_data)
+    clean = trainer.batches
     state = {}
 
-    def poisoned(start):  # the second batch carries a NaN pixel
-        batches = clean(start)
+    def poisoned(phase, start, log):  # the second batch carries a NaN pixel
+        batches = clean(phase, start, log)
         yield next(batches)
         # What the first step left (trainable weights, optimizer slots, buffers).
         state["before"] = [v.numpy().copy() for v in _trained_state(trainer)]
         bad = next(batches)
         yield {**bad, "image": bad["image"] * float("nan")}
 
-    trainer.stage1_batches = poisoned
-    with pytest.raises(FloatingPointError, match="cmce loss or gradient at step 2 "
-                                                 r"\(stage1\); that step was not applied"):
-        trainer.fit(log=lambda _: None)
-    assert trainer.manager.latest_checkpoint.endswith("ckpt-1")
+    trainer.batches = poisoned
+    with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step 2 "
+                                                 r"\(stage1: .*\); that step was not applied"):
+        loop.fit(trainer, model_dir, validate=False, log=lambda _: None)
+    assert tf.train.latest_checkpoint(os.path.join(model_dir, "ckpt")).endswith("ckpt-1")
     after = [v.numpy() for v in _trained_state(trainer)]
     assert len(after) == len(state["before"]) > 10
     for i, (a, b) in enumerate(zip(state["before"], after)):

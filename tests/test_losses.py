@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from hgan import losses
+from hgan.modeling import losses
 from hgan.tf_compat import tf
 
 # Three pairs; texts 0 and 1 show the same person (label 5), text 2 another (label 9).

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hgan.metrics import ap_at_k, class_rank1, retrieval_metrics
+from hgan.evaluation.metrics import ap_at_k, class_rank1, retrieval_metrics
 
 
 def test_retrieval_metrics_hand_computed():

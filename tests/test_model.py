@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from hgan import data
-from hgan.heads import LocalMatching
-from hgan.model import build_model, dummy_batch
+from hgan.data import pipeline
+from hgan.layers.matching import LocalMatching
+from hgan.modeling.hgan.model import build_model, dummy_batch
 from hgan.tf_compat import keras, tf
-from hgan.visual import partition_grid
+from hgan.modeling.hgan.visual import partition_grid
 
 TABLE_4 = [((2, 2), (2, 2), 32), ((4, 4), (2, 2), 21), ((4, 4), (3, 2), 15),
            ((4, 4), (4, 4), 8), ((4, 8), (2, 2), 7), ((4, 8), (3, 2), 5)]
@@ -20,11 +20,10 @@ def test_table4_region_counts(pool, stride, regions):
 @pytest.mark.parametrize("backbone", ["small_cnn", "resnet50", "resnet18"])
 def test_sync_batchnorm_synchronises_every_batchnorm_and_keeps_the_function(tiny_config,
                                                                             backbone):
-    from hgan import visual
-    config = tiny_config.replace(backbone=backbone, image_height=64, image_width=32)
-    plain = visual.build_backbone(config)
-    synced = (visual.build_backbone(config.replace(sync_batchnorm=True))
-              if backbone == "resnet18" else visual.synchronize_batchnorm(plain))
+    from hgan.modeling import backbones
+    plain = backbones.build_backbone(backbone, (64, 32, 3))
+    synced = (backbones.build_backbone(backbone, (64, 32, 3), sync_batchnorm=True)
+              if backbone == "resnet18" else backbones.synchronize_batchnorm(plain))
     norms = [m for m in synced.submodules if isinstance(m, keras.layers.BatchNormalization)]
     assert norms and all(m.synchronized for m in norms)
     assert not any(getattr(m, "synchronized", False) for m in plain.submodules)
@@ -45,7 +44,7 @@ def config(tiny_config):
 
 
 def _batch(tiny_data, config):
-    return next(iter(data.train_dataset(tiny_data, config, data.make_tokenizer(config))))
+    return next(iter(pipeline.train_dataset(tiny_data, config, pipeline.make_tokenizer(config))))
 
 
 def test_shapes_and_masks(tiny_data, config):

@@ -1,4 +1,4 @@
-"""hgan.optim: the fused AdamW against Keras's Adam, and the finite-only step (skipped whole,
+"""hgan.training.optim: the fused AdamW against Keras's Adam, and the finite-only step (skipped whole,
 on one replica and on two)."""
 import json
 import os
@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from hgan import optim
+from hgan.training import optim
 from hgan.tf_compat import keras, tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,7 +124,7 @@ _TWO_REPLICAS = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from hgan import optim
+    from hgan.training import optim
     out = {{}}
     for name, devices in (("one", ["/cpu:0"]), ("two", ["/cpu:0", "/cpu:1"])):
         strategy = tf.distribute.MirroredStrategy(devices)
@@ -182,7 +182,7 @@ def test_two_replicas_skip_together_and_apply_like_one():
 
 
 def test_step_schedule_warms_up_linearly_then_steps_down_tenfold():
-    from hgan.train_lib import StepSchedule
+    from hgan.training.loop import StepSchedule
     schedule = StepSchedule(1e-3, [100.0], warmup_steps=50)
     values = [float(schedule(tf.constant(s))) for s in (0, 24, 49, 99, 100, 150)]
     np.testing.assert_allclose(values, [1e-3 / 50, 25e-3 / 50, 1e-3, 1e-3, 1e-4, 1e-4],

@@ -3,8 +3,8 @@ import random
 import numpy as np
 
 from data_prep import demo
-from hgan.phrase_graph import GraphPhraseChunker
-from hgan.phrases import extract_noun_phrases
+from hgan.data.phrase_graph import GraphPhraseChunker
+from hgan.data.phrases import extract_noun_phrases
 from hgan.tf_compat import tf
 
 CAPTIONS = [

@@ -4,7 +4,7 @@ import random
 import nltk
 import pytest
 
-from hgan import phrases
+from hgan.data import phrases
 
 PERCEPTRON_MISSING = phrases._perceptron() is None
 TAGGERS = [

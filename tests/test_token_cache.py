@@ -1,10 +1,13 @@
-"""``hgan.token_cache``: a frozen BERT's token embeddings computed once, used in training."""
+"""``hgan.modeling.hgan.token_cache``: a frozen BERT's token embeddings computed once, used in training."""
 import numpy as np
 import pytest
 
-from hgan import data, records, token_cache, train_lib
-from hgan.model import build_model
+from hgan.data import pipeline, records
+from hgan.modeling.hgan import token_cache
+from hgan.modeling.hgan.model import build_model
 from hgan.tf_compat import tf
+from hgan.training import loop
+from hgan.training.hgan_task import HGANTask
 
 
 @pytest.fixture()
@@ -14,13 +17,13 @@ def config(tiny_config):
 
 
 def test_cached_tokens_give_the_text_features_of_the_full_encoder(tiny_data, config):
-    tokenizer = data.make_tokenizer(config)
+    tokenizer = pipeline.make_tokenizer(config)
     model = build_model(config, tokenizer.vocab_size + 1, 6)
     cache = token_cache.build(model, tiny_data, config, tokenizer, log=lambda _: None)
-    captions = {c for e in tf.data.TFRecordDataset(data.split_files(tiny_data, "train"))
+    captions = {c for e in tf.data.TFRecordDataset(pipeline.split_files(tiny_data, "train"))
                 for c in records.parse_example(e)["captions"].numpy()}
     assert cache is not None and cache.size == len(captions) > 1
-    batch = next(iter(data.train_dataset(tiny_data, config, tokenizer, keep_caption=True)))
+    batch = next(iter(pipeline.train_dataset(tiny_data, config, tokenizer, keep_caption=True)))
     full = model.encode_text(batch, training=False)
     cached = model.encode_text(batch, training=False, tokens=cache.lookup(batch["caption"]))
     for key in full:
@@ -31,7 +34,7 @@ def test_cached_tokens_give_the_text_features_of_the_full_encoder(tiny_data, con
 
 
 def test_no_cache_when_bert_trains_or_it_would_not_fit(tiny_data, config):
-    tokenizer = data.make_tokenizer(config)
+    tokenizer = pipeline.make_tokenizer(config)
     model = build_model(config, tokenizer.vocab_size + 1, 6)
     assert token_cache.build(model, tiny_data, config.replace(bert_trainable=True),
                              tokenizer) is None
@@ -46,9 +49,9 @@ def test_no_cache_when_bert_trains_or_it_would_not_fit(tiny_data, config):
 def test_training_uses_the_cache_and_learns_the_same_variables(tiny_data, config, tmp_path):
     model_dir = str(tmp_path / "run")
     lines = []
-    trainer = train_lib.Trainer(config, tiny_data, model_dir)
+    trainer = HGANTask(config, tiny_data)
     before = [v.numpy().copy() for v in trainer.model.trainable_variables]
-    summary = trainer.fit(log=lines.append)
+    summary = loop.fit(trainer, model_dir, validate=False, log=lines.append)
     assert summary["step"] == 3 and trainer.token_cache is not None
     assert any(line.startswith("token cache:") for line in lines)
     after = trainer.model.trainable_variables

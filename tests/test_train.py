@@ -7,8 +7,11 @@ import textwrap
 import numpy as np
 import pytest
 
-from hgan import train_lib
+from hgan import families
 from hgan.config import Config
+from hgan.training import loop, run_dir
+from hgan.training.distribution import FINITE
+from hgan.training.hgan_task import HGANTask
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,8 +25,8 @@ def config(tiny_config):
 def test_trains_checkpoints_and_resumes(tiny_data, config, tmp_path):
     model_dir = str(tmp_path / "run")
     lines = []
-    train_lib.reconcile_config(config, model_dir)
-    first = train_lib.run(config, tiny_data, model_dir, log=lines.append)
+    run_dir.reconcile_config(config, model_dir)
+    first = families.train(config, tiny_data, model_dir, log=lines.append)
     assert first["step"] == 3
     assert any("steps/s" in line and "ETA" in line for line in lines)
     assert os.path.exists(os.path.join(model_dir, "best.json"))
@@ -31,8 +34,8 @@ def test_trains_checkpoints_and_resumes(tiny_data, config, tmp_path):
     assert best["split"] == "val" and 0 <= best["metrics"]["R1"] <= 100
     # More steps on the same model_dir: resumes at 3, the counter continues to 5.
     more = config.replace(max_steps=5)
-    train_lib.reconcile_config(more, model_dir)
-    second = train_lib.run(more, tiny_data, model_dir, log=lines.append)
+    run_dir.reconcile_config(more, model_dir)
+    second = families.train(more, tiny_data, model_dir, log=lines.append)
     assert second["step"] == 5
     assert second["checkpoint"].endswith("ckpt-5")
     assert Config.load(model_dir).max_steps == 5
@@ -40,14 +43,14 @@ def test_trains_checkpoints_and_resumes(tiny_data, config, tmp_path):
 
 def test_resume_refuses_a_different_model_config(config, tmp_path):
     model_dir = str(tmp_path / "run")
-    train_lib.reconcile_config(config, model_dir)
+    run_dir.reconcile_config(config, model_dir)
     with pytest.raises(ValueError, match="different config"):
-        train_lib.reconcile_config(config.replace(k1=2), model_dir)
+        run_dir.reconcile_config(config.replace(k1=2), model_dir)
 
 
 def test_model_selection_never_uses_test(tiny_data, config, tmp_path):
     with pytest.raises(ValueError, match="test split"):
-        train_lib.run(config, tiny_data, str(tmp_path), val_split="test")
+        families.train(config, tiny_data, str(tmp_path), val_split="test")
 
 
 _TWO_REPLICAS = textwrap.dedent("""
@@ -57,15 +60,15 @@ _TWO_REPLICAS = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from hgan import data
+    from hgan.data import pipeline
     from hgan.config import Config
-    from hgan.train_lib import Trainer
+    from hgan.training.hgan_task import HGANTask
     config = Config.from_dict(json.loads({config!r}))
     out = {{}}
     for name, devices in (("one", ["/cpu:0"]), ("two", ["/cpu:0", "/cpu:1"])):
         tf.random.set_seed(0)
-        trainer = Trainer(config, {data!r}, {model_dir!r} + name,
-                          tf.distribute.MirroredStrategy(devices))
+        trainer = HGANTask(config, {data!r},
+                           strategy=tf.distribute.MirroredStrategy(devices))
         # BatchNorm normalises with per-replica statistics (as usual under Mirrored-
         # Strategy) unless sync_batchnorm; freezing it then isolates what is tested: the
         # gathered in-batch losses.
@@ -73,7 +76,7 @@ _TWO_REPLICAS = textwrap.dedent("""
             if (isinstance(layer, tf.keras.layers.BatchNormalization)
                     and not config.sync_batchnorm):
                 layer.trainable = False
-        batch = next(iter(data.train_dataset({data!r}, config, trainer.tokenizer)))
+        batch = next(iter(pipeline.train_dataset({data!r}, config, trainer.tokenizer)))
         if name == "two":
             trainer.model.set_weights(weights)
         weights = trainer.model.get_weights()
@@ -81,7 +84,7 @@ _TWO_REPLICAS = textwrap.dedent("""
             trainer.initialize_buffers(log=lambda _: None)
         dist = trainer.strategy.experimental_distribute_dataset(
             tf.data.Dataset.from_tensors(batch))
-        terms = trainer.train_step(next(iter(dist)))
+        terms = trainer.train_step("train", next(iter(dist)))
         out[name] = {{k: float(v) for k, v in terms.items()}}
         out[name + "_w"] = float(sum(abs(w).sum() for w in trainer.model.get_weights()))
         if trainer.buffers is not None:
@@ -124,15 +127,16 @@ def test_cmce_sentence_loss_fills_updates_and_checkpoints_the_identity_buffers(
     """HGAN with IATV's CMCE as L_pair (Eqs. 1-3): buffers start as identity means of the
     sentence features, a step moves exactly the batch identities' rows, and the buffers are
     saved with the checkpoint and restored on resume."""
-    from hgan import data, evaluation
+    from hgan.data import pipeline
+    from hgan.evaluation import hgan_scoring
     from hgan.tf_compat import tf
     cfg = config.replace(sentence_loss="cmce", weight_ide=0.0, max_steps=1, dropout=0.0)
     model_dir = str(tmp_path / "run")
-    train_lib.reconcile_config(cfg, model_dir)
-    trainer = train_lib.Trainer(cfg, tiny_data, model_dir)
+    run_dir.reconcile_config(cfg, model_dir)
+    trainer = HGANTask(cfg, tiny_data)
     assert trainer.model.classifier is not None  # weight_ide=0 only drops its loss term
     trainer.initialize_buffers(log=lambda _: None)
-    texts, images = evaluation.encode_split(trainer.model, tiny_data, cfg, "train")
+    texts, images = hgan_scoring.encode_split(trainer.model, tiny_data, cfg, "train")
     for buffer, feats in ((trainer.buffers.image, images), (trainer.buffers.text, texts)):
         unit = feats["global"] / np.linalg.norm(feats["global"], axis=1, keepdims=True)
         for label in range(6):
@@ -140,48 +144,48 @@ def test_cmce_sentence_loss_fills_updates_and_checkpoints_the_identity_buffers(
             np.testing.assert_allclose(buffer.numpy()[label], mean / np.linalg.norm(mean),
                                        atol=1e-5)
     before = trainer.buffers.image.numpy()
-    batch = next(iter(data.train_dataset(tiny_data, cfg, trainer.tokenizer)))
+    batch = next(iter(pipeline.train_dataset(tiny_data, cfg, trainer.tokenizer)))
     dist = trainer.strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
-    terms = trainer.train_step(next(iter(dist)))
+    terms = trainer.train_step("train", next(iter(dist)))
     assert set(terms) == {"cmce", "word", "phrase", "l2", "grad_norm", "total",
-                          train_lib.FINITE}
+                          FINITE}
     assert np.isfinite(float(terms["cmce"])) and float(terms["cmce"]) > 0
     after = trainer.buffers.image.numpy()
     in_batch = np.unique(batch["label"].numpy())
     moved = np.flatnonzero(np.abs(after - before).max(axis=1) > 1e-6)
     np.testing.assert_array_equal(moved, in_batch)
     np.testing.assert_allclose(np.linalg.norm(after[in_batch], axis=1), 1.0, atol=1e-5)
-    trainer.manager.save(checkpoint_number=1)
-    # A resumed trainer restores the buffers with the model.
-    resumed = train_lib.Trainer(cfg, tiny_data, model_dir)
-    assert resumed.restore() == 1
+    loop.checkpoint_manager(trainer, model_dir).save(checkpoint_number=1)
+    # A resumed task restores the buffers with the model.
+    resumed = HGANTask(cfg, tiny_data)
+    assert loop.restore(resumed, model_dir) == 1
     np.testing.assert_allclose(resumed.buffers.image.numpy(), after)
     np.testing.assert_allclose(resumed.buffers.text.numpy(), trainer.buffers.text.numpy())
 
 
 def test_sentence_loss_must_be_known(config):
-    from hgan.model import HGAN
+    from hgan.modeling.hgan.model import HGAN
     with pytest.raises(ValueError, match="sentence_loss"):
         HGAN(config.replace(sentence_loss="cmc"), vocab_size=30)
 
 
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_good_checkpoint(
         tiny_data, config, tmp_path):
-    from hgan import data
+    from hgan.data import pipeline
     from hgan.tf_compat import tf
     model_dir = str(tmp_path / "run")
-    train_lib.reconcile_config(config.replace(max_steps=6), model_dir)
-    trainer = train_lib.Trainer(config.replace(max_steps=6), tiny_data, model_dir)
+    run_dir.reconcile_config(config.replace(max_steps=6), model_dir)
+    trainer = HGANTask(config.replace(max_steps=6), tiny_data)
 
-    def poisoned(start):  # the third batch carries a NaN pixel
-        ds = data.train_dataset(tiny_data, trainer.config, trainer.tokenizer).enumerate()
+    def poisoned(phase, start, log):  # the third batch carries a NaN pixel
+        ds = pipeline.train_dataset(tiny_data, trainer.config, trainer.tokenizer).enumerate()
         ds = ds.map(lambda i, b: {**b, "image": b["image"] * tf.where(i == 2, float("nan"), 1.0)})
         return iter(trainer.strategy.experimental_distribute_dataset(ds))
 
-    trainer.dataset = poisoned
+    trainer.batches = poisoned
     with pytest.raises(FloatingPointError, match="non-finite loss or gradient at step 3"):
-        trainer.fit(log=lambda _: None)
-    latest = trainer.manager.latest_checkpoint
+        loop.fit(trainer, model_dir, validate=False, log=lambda _: None)
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "ckpt"))
     assert latest.endswith("ckpt-2")
     # The kept checkpoint is clean (in memory, BatchNorm statistics did see the NaN batch).
     reader = tf.train.load_checkpoint(latest)
@@ -194,10 +198,10 @@ def test_mixed_precision_step_trains_with_finite_float32_losses(tiny_data, confi
     from hgan.tf_compat import keras
     try:
         cfg = config.replace(mixed_precision=True, max_steps=2)
-        train_lib.reconcile_config(cfg, str(tmp_path))
-        trainer = train_lib.Trainer(cfg, tiny_data, str(tmp_path))
+        run_dir.reconcile_config(cfg, str(tmp_path))
+        trainer = HGANTask(cfg, tiny_data)
         assert trainer.model.image_encoder.layers[-1].compute_dtype == "float16"
-        summary = trainer.fit(log=lambda _: None)
+        summary = loop.fit(trainer, str(tmp_path), validate=False, log=lambda _: None)
         assert summary["step"] == 2
         assert all(np.isfinite(v) for v in summary["loss"].values())
     finally:

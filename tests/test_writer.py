@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from data_prep import demo, importers, writer
-from hgan import phrases, records
+from hgan.data import phrases
+from hgan.data import records
 from hgan.tf_compat import tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

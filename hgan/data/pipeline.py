@@ -1,0 +1,261 @@
+"""``tf.data`` pipelines from the TFRecord shards of ``data_prep``.
+
+Three streams:
+  * ``train_dataset``: one element per (image, caption) pair — HGAN §3.1 trains on the N
+    image-text pairs — decoded, resized, flipped, normalised and tokenised, batched
+    (optionally identity-aware, P identities × K pairs), repeated.
+  * ``gallery_dataset``: every image of a split once, in shard order, with its label.
+  * ``query_dataset``: every caption of a split once, in shard order, with its label and
+    the index of its own image in the gallery stream.
+
+``preprocess_image`` is the one image function: training, evaluation and the exported
+SavedModel all call it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+from absl import logging
+
+from hgan.data import records
+from hgan.config import Config
+from hgan.tf_compat import tf
+from hgan.data.tokenization import CaptionTokenizer, vocab_path
+
+AUTOTUNE = tf.data.AUTOTUNE
+MANIFEST = "manifest.json"
+
+# BGR means of the Caffe-converted ImageNet ResNet-50 weights of tf_keras.applications.
+_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+def load_manifest(data_dir: str) -> dict:
+    path = os.path.join(data_dir, MANIFEST)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(
+            f"{path} not found: data_dir must be the output_dir of `python -m data_prep`")
+    with tf.io.gfile.GFile(path) as f:
+        manifest = json.load(f)
+    if manifest.get("schema_version") != records.SCHEMA_VERSION:
+        raise ValueError(f"{path} has schema {manifest.get('schema_version')}, this code reads "
+                         f"{records.SCHEMA_VERSION}: re-run data_prep")
+    return manifest
+
+
+def split_files(data_dir: str, split: str) -> list[str]:
+    """The split's shard paths as listed in the manifest (never a stray temp file)."""
+    manifest = load_manifest(data_dir)
+    if split not in manifest["splits"]:
+        raise ValueError(f"split {split!r} not in {data_dir}; have {sorted(manifest['splits'])}")
+    files = [os.path.join(data_dir, name) for name in manifest["splits"][split]["shards"]]
+    missing = [f for f in files if not tf.io.gfile.exists(f)]
+    if missing:
+        raise FileNotFoundError(f"shards listed in the manifest are missing: {missing[:3]}")
+    return files
+
+
+def decode_image(encoded: tf.Tensor) -> tf.Tensor:
+    """JPEG/PNG bytes → [h, w, 3] uint8."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def preprocess_image(image: tf.Tensor, config: Config, training: bool = False,
+                     seed: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """[h, w, 3] uint8 → [H, W, 3] float32: resize, (flip), normalise (§4: ×1/256).
+
+    Args:
+      seed: a [2] int seed for the stateless random flip (training only), so a pipeline
+        is deterministic under its seed whatever the parallelism.
+    """
+    image = tf.image.resize(image, [config.image_height, config.image_width],
+                            method="bilinear", antialias=True)
+    if training and config.random_flip:
+        image = tf.image.stateless_random_flip_left_right(image, seed=seed)
+    return normalize(image, resolve_normalization(config))
+
+
+# What each backbone's pretrained tf_keras.applications weights were trained on: caffe
+# (BGR, ImageNet mean subtracted, 0–255) for ResNet50 and VGG16, [-1, 1] for InceptionV3.
+WEIGHTS_NORMALIZATION = {"resnet50": "caffe", "vgg16": "caffe", "inception_v3": "inception"}
+NORMALIZATIONS = ("auto", "paper", "caffe", "inception")
+_warned = set()
+
+
+def resolve_normalization(config: Config) -> str:
+    """The input normalisation a run uses: ``config.normalization`` unless it is "auto",
+    which follows the backbone's weights (``WEIGHTS_NORMALIZATION`` for ImageNet weights
+    or a Keras weights file of them; §4's ×1/256, "paper", for a backbone trained from
+    scratch). An explicit choice that contradicts pretrained weights is kept but warned
+    about loudly (it swaps conv1's colour channels in a task whose captions are colours)."""
+    mode = config.normalization
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {mode!r}; choose from {NORMALIZATIONS}")
+    backbone = config.iatv_backbone if config.model == "iatv" else config.backbone
+    pretrained = config.backbone_weights not in ("none", "")
+    expected = WEIGHTS_NORMALIZATION.get(backbone) if pretrained else None
+    if mode == "auto":
+        return expected or "paper"
+    if expected and mode != expected and (backbone, mode) not in _warned:
+        _warned.add((backbone, mode))
+        logging.warning(
+            "normalization=%s but %s's pretrained weights (%s) expect %r input: the "
+            "pretrained filters will see wrongly scaled or channel-swapped colours. Use "
+            "normalization=auto unless these weights were trained with %s.", mode,
+            backbone, config.backbone_weights, expected, mode)
+    return mode
+
+
+def normalize(image: tf.Tensor, mode: str) -> tf.Tensor:
+    """[..., 3] RGB 0–255 → the model's input: "paper" ×1/256 (HGAN §4), "caffe" BGR minus
+    the ImageNet mean, "inception" [-1, 1]."""
+    image = tf.cast(image, tf.float32)
+    if mode == "paper":
+        return image / 256.0
+    if mode == "caffe":  # what ResNet50 / VGG16(weights="imagenet") were trained with
+        return image[..., ::-1] - _CAFFE_BGR_MEAN
+    if mode == "inception":  # InceptionV3(weights="imagenet")
+        return image / 127.5 - 1.0
+    raise ValueError(f"unknown normalization {mode!r}")
+
+
+def _dense_spans(spans: tf.RaggedTensor, max_phrases: int) -> tf.Tensor:
+    """Ragged [C, (P), 2] → [C, max_phrases, 2], padded with -1, so elements batch densely."""
+    return spans[:, :max_phrases].to_tensor(default_value=-1, shape=[None, max_phrases, 2])
+
+
+def _pairs(example: dict, max_phrases: int) -> tf.data.Dataset:
+    """One image record → a dataset of its (image, caption) pairs."""
+    n = tf.shape(example["captions"])[0]
+    return tf.data.Dataset.from_tensor_slices({
+        "encoded": tf.fill([n], example["encoded"]),
+        "label": tf.fill([n], example["label"]),
+        "caption": example["captions"],
+        "phrase_spans": _dense_spans(example["phrase_spans"], max_phrases),
+    })
+
+
+def _read(files: list[str], deterministic_order: bool = True) -> tf.data.Dataset:
+    ds = tf.data.TFRecordDataset(files, num_parallel_reads=1 if deterministic_order else AUTOTUNE)
+    return ds.map(records.parse_example, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def image_index_table(data_dir: str, split: str) -> tf.lookup.StaticHashTable:
+    """path → the image's position in the split's shard order (``gallery_dataset``'s
+    order), for training that treats every image as its own identity."""
+    paths = [e["path"] for e in _read(split_files(data_dir, split))]
+    return tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.stack(paths),
+                                            tf.range(len(paths), dtype=tf.int64)), -1)
+
+
+def train_dataset(data_dir: str, config: Config, tokenizer: CaptionTokenizer,
+                  split: str = "train", seed: Optional[int] = None,
+                  repeat: bool = True, label_by_image: bool = False,
+                  keep_caption: bool = False) -> tf.data.Dataset:
+    """Batched training pairs: ``image`` [B,H,W,3], BERT inputs [B,L],
+    ``phrase_token_mask`` [B,M,L], ``label`` [B]. Deterministic for a fixed seed.
+
+    ``keep_caption``: batches keep the ``caption`` strings (for ``hgan.modeling.hgan.token_cache``).
+
+    ``label_by_image``: ``label`` is the image's index (``image_index_table``) instead of
+    its identity, every image its own identity (IATV's "w/o ID", Table 2).
+
+    With ``config.identities_per_batch = P > 0`` every batch holds P groups of
+    K = batch_size / P pairs of one identity (pairs of an identity with fewer than K are
+    dropped for that epoch), which the in-batch losses of §3.4 need to see positives.
+    """
+    seed = config.seed if seed is None else seed
+    files = split_files(data_dir, split)
+    ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed)
+    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f), cycle_length=min(4, len(files)),
+                       num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(records.parse_example, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if label_by_image:
+        table = image_index_table(data_dir, split)
+        ds = ds.map(lambda e: {**e, "label": table.lookup(e["path"])})
+    ds = ds.flat_map(lambda e: _pairs(e, config.max_phrases))
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    # A stateless seed per element keeps flips reproducible under parallel decoding.
+    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
+
+    def load(pair, flip_seed):
+        image = preprocess_image(decode_image(pair["encoded"]), config, training=True,
+                                 seed=flip_seed)
+        return {"image": image, "label": pair["label"], "caption": pair["caption"],
+                "phrase_spans": pair["phrase_spans"]}
+
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    batch = config.batch_size
+    if config.identities_per_batch:
+        p = config.identities_per_batch
+        if batch % p:
+            raise ValueError(f"batch_size {batch} is not a multiple of identities_per_batch {p}")
+        k = batch // p
+        ds = ds.group_by_window(
+            key_func=lambda x: tf.cast(x["label"], tf.int64),
+            reduce_func=lambda _, window: window.batch(k, drop_remainder=True),
+            window_size=k)
+        ds = ds.rebatch(batch, drop_remainder=True)
+    else:
+        ds = ds.batch(batch, drop_remainder=True)
+    ds = ds.map(lambda b: _tokenize(b, tokenizer, keep_text=keep_caption),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def _tokenize(batch: dict, tokenizer: CaptionTokenizer, keep_text: bool = False) -> dict:
+    """Replaces ``caption`` + ``phrase_spans`` by the tokenizer's outputs."""
+    out = dict(batch)
+    spans = out.pop("phrase_spans")
+    caption = out["caption"] if keep_text else out.pop("caption")
+    out.update(tokenizer(caption, spans))
+    return out
+
+
+def gallery_dataset(data_dir: str, config: Config, split: str,
+                    batch_size: Optional[int] = None) -> tf.data.Dataset:
+    """Every image of ``split`` once: ``image`` [B,H,W,3], ``label`` [B], ``path`` [B]."""
+    def load(example):
+        return {"image": preprocess_image(decode_image(example["encoded"]), config),
+                "label": example["label"], "path": example["path"]}
+
+    return (_read(split_files(data_dir, split))
+            .map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+            .batch(batch_size or config.batch_size)
+            .prefetch(AUTOTUNE))
+
+
+def query_dataset(data_dir: str, config: Config, tokenizer: CaptionTokenizer, split: str,
+                  batch_size: Optional[int] = None) -> tf.data.Dataset:
+    """Every caption of ``split`` once: BERT inputs, ``phrase_token_mask``, ``label``,
+    ``caption`` text and ``image_index`` (its image's position in ``gallery_dataset``)."""
+    images = _read(split_files(data_dir, split)).enumerate()
+
+    def captions(index, example):
+        n = tf.shape(example["captions"])[0]
+        return tf.data.Dataset.from_tensor_slices({
+            "caption": example["captions"],
+            "phrase_spans": _dense_spans(example["phrase_spans"], config.max_phrases),
+            "label": tf.fill([n], example["label"]),
+            "image_index": tf.fill([n], index),
+        })
+
+    return (images.flat_map(captions)
+            .batch(batch_size or config.batch_size)
+            .map(lambda b: _tokenize(b, tokenizer, keep_text=True),
+                 num_parallel_calls=AUTOTUNE, deterministic=True)
+            .prefetch(AUTOTUNE))
+
+
+def make_tokenizer(config: Config) -> CaptionTokenizer:
+    return CaptionTokenizer(vocab_path(config.bert, config.vocab_file), config.max_len,
+                            config.max_phrases, config.lower_case)

@@ -1,0 +1,46 @@
+"""One feature encoder for every family: a split's gallery images and query captions through
+a model's two encoders, in the orders of ``hgan.data.pipeline.gallery_dataset`` /
+``query_dataset`` (the split's records in shard order, each record's captions in turn)."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from hgan.config import Config
+from hgan.data import pipeline
+
+
+def concat(chunks: list[dict]) -> dict:
+    """Per-batch dicts of arrays → one dict of arrays concatenated along axis 0."""
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def encode_split(encode_image: Callable, encode_text: Callable, data_dir: str, config: Config,
+                 split: str, tokenizer, text_keys: Sequence[str],
+                 keep: Optional[Sequence[str]] = None,
+                 keep_inputs: Sequence[str] = ()) -> tuple[dict, dict]:
+    """Runs both encoders over a split → (texts, images), dicts of numpy arrays.
+
+    ``encode_image(images [B, H, W, 3]) -> {name: [B, ...]}``; ``encode_text(inputs)`` with
+    the tokenizer outputs ``text_keys`` → {name: [B, ...]}. texts: the text features plus
+    ``label``, ``caption``, ``image_index`` and the tokenizer outputs ``keep_inputs``;
+    images: the image features plus ``label``, ``path``. ``keep``: the feature names to hold
+    on to (e.g. ``("global",)``: a training set's local features would not fit in memory);
+    all if None.
+    """
+    wanted = (lambda k: True) if keep is None else (lambda k: k in keep)  # noqa: E731
+    images = []
+    for batch in pipeline.gallery_dataset(data_dir, config, split):
+        feats = {k: v.numpy() for k, v in encode_image(batch["image"]).items() if wanted(k)}
+        feats.update(label=batch["label"].numpy(), path=batch["path"].numpy())
+        images.append(feats)
+    texts = []
+    for batch in pipeline.query_dataset(data_dir, config, tokenizer, split):
+        feats = {k: v.numpy() for k, v in encode_text({k: batch[k] for k in text_keys}).items()
+                 if wanted(k)}
+        feats.update({k: batch[k].numpy() for k in keep_inputs})
+        feats.update(label=batch["label"].numpy(), caption=batch["caption"].numpy(),
+                     image_index=batch["image_index"].numpy())
+        texts.append(feats)
+    return concat(texts), concat(images)

@@ -1,0 +1,281 @@
+"""Evaluation: features of a split, exact and two-stage scoring, the papers' metrics.
+
+* exact: every (query, gallery) pair scored by every enabled level, in chunks whose
+  intermediate tensors stay within ``memory_budget_bytes``;
+* two-stage: the sentence-level cosine ranks the whole gallery, then the word/phrase Gumbel
+  heads re-score each query's top ``rerank_k`` and re-rank them; the rest keep their
+  stage-1 order behind them.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from hgan.config import Config
+from hgan.data import pipeline
+from hgan.evaluation import encode, metrics, rerank
+from hgan.modeling.hgan.model import HGAN, TEXT_KEYS
+from hgan.tf_compat import tf
+
+
+LOCAL_LEVELS = ("word", "phrase")
+
+
+def encode_split(model: HGAN, data_dir: str, config: Config, split: str,
+                 tokenizer=None, keep=None) -> tuple[dict, dict]:
+    """HGAN's features of a split (``hgan.evaluation.encode.encode_split``): texts ``global``,
+    ``word``, ``word_mask``, ``phrase``, ``phrase_mask``; images ``global``, ``word``,
+    ``phrase``. ``keep``: feature keys to hold on to; all if None."""
+    encode_image = tf.function(lambda x: model.encode_image(x, training=False),
+                               reduce_retracing=True)
+    encode_text = tf.function(lambda x: model.encode_text(x, training=False),
+                              reduce_retracing=True)
+    return encode.encode_split(encode_image, encode_text, data_dir, config, split,
+                               tokenizer or pipeline.make_tokenizer(config), TEXT_KEYS,
+                               keep=keep)
+
+
+def _aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data is 64-byte aligned, as TensorFlow
+    requires of a buffer it shares."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + 64, np.uint8)
+    offset = (-raw.ctypes.data) % 64
+    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+def _map_chunked(fn, x: np.ndarray, chunk: int = 256) -> list[tf.Tensor]:
+    """``fn`` (→ a tuple of tensors) over ``x`` in chunks, written into preallocated
+    buffers that the returned tensors then share (DLPack, no copy): neither the whole
+    set's intermediates nor a second copy of the result ever exist."""
+    out = None
+    for a in range(0, len(x), chunk):
+        parts = [t.numpy() for t in fn(tf.constant(x[a:a + chunk]))]
+        if out is None:
+            out = [_aligned_empty((len(x),) + p.shape[1:], p.dtype) for p in parts]
+        for o, p in zip(out, parts):
+            o[a:a + chunk] = p
+    return [tf.experimental.dlpack.from_dlpack(o.__dlpack__()) for o in out]
+
+
+def _used_length(mask: np.ndarray, bucket: int = 8) -> int:
+    """Slots up to the last real one in any row (padding after it changes no score),
+    rounded up to a multiple of ``bucket`` so few distinct shapes reach the compiler."""
+    used = np.flatnonzero(mask.reshape(-1, mask.shape[-1]).any(axis=0))
+    used = int(used[-1]) + 1 if len(used) else 1
+    return min(mask.shape[-1], -(-used // bucket) * bucket)
+
+
+def _pad_index(index: np.ndarray, size: int) -> np.ndarray:
+    """``index`` padded to ``size`` entries by repeating its first one: a chunk's last,
+    partial block keeps the compiled shape (the padded rows' scores are dropped)."""
+    return np.concatenate([index, np.repeat(index[:1], size - len(index), axis=0)])
+
+
+class Scorer:
+    """Scores texts against images with a trained model's heads, chunked.
+
+    The heads' per-item linear parts are computed once for the whole gallery and once for
+    all queries; only the pair-dependent part runs per chunk.
+    """
+
+    def __init__(self, model: HGAN, memory_budget_bytes: int = 512 << 20):
+        self.model = model
+        self.config = model.config
+        self.budget = memory_budget_bytes
+        self.heads = {"word": model.word_head, "phrase": model.phrase_head}
+        self.weights = dict(zip(("sentence", "word", "phrase"), self.config.score_weights))
+        self._pair_fn = {}
+
+    def levels(self) -> list[str]:
+        return (["sentence"] if self.config.use_sentence else []) + \
+            [lv for lv in LOCAL_LEVELS if self.heads[lv] is not None]
+
+    def _prepared(self, texts: dict, images: dict) -> dict:
+        """Per local level, the heads' per-item parts as tensors (made once): text tables
+        (φ_t(T), W·T) [Q, L', H] trimmed to the longest text L', their mask [Q, L'] (numpy,
+        for chunk planning, and as a tensor), and image tables (φ_v(V), W·V) [G, N, H]."""
+        prep = {}
+        for level in LOCAL_LEVELS:
+            head = self.heads[level]
+            if head is None:
+                continue
+            mask = texts[f"{level}_mask"]
+            used = _used_length(mask, bucket=1)
+            text = _map_chunked(head.prepare_text, texts[level][:, :used])
+            image = _map_chunked(head.prepare_image, images[level])
+            prep[level] = {"text": text, "mask": mask[:, :used],
+                           "mask_t": tf.constant(mask[:, :used], tf.float32), "image": image}
+        return prep
+
+    def _chunk_fn(self, level):
+        """Scores the (text, image) pairs given by table rows: ``fn(text_rows, image_rows,
+        layout, used)`` → [X, Y] (layouts as ``LocalMatching.score_prepared``: grid rows
+        [X] × [Y], image_paired [X] × [X, Y], text_paired [X, Y] × [X]; ``used`` word
+        slots). Gumbel heads: γ by oneDNN (XLA's CPU batched matmul is an order slower),
+        the rest by ``score_selected`` under XLA; soft attention: the dense path."""
+        if level not in self._pair_fn:
+            head = self.heads[level]
+            compiled = tf.function(head.score_selected, jit_compile=True,
+                                   reduce_retracing=True)
+
+            def fn(t_gamma, t_lin, t_mask, v_gamma, v_lin, text_rows, image_rows, layout,
+                   used):
+                tg = tf.gather(t_gamma, text_rows)[..., :used, :]
+                vg = tf.gather(v_gamma, image_rows)
+                mask = tf.gather(t_mask, text_rows)[..., :used]
+                if head.attention != "gumbel":
+                    tl = tf.gather(t_lin, text_rows)[..., :used, :]
+                    return head.score_prepared((tg, tl), mask, (vg, tf.gather(v_lin, image_rows)),
+                                               training=False, layout=layout)
+                gamma = head.pair_gamma(tg, vg, layout)
+                text_index = text_rows if layout == "text_paired" else text_rows[:, None]
+                image_index = {"grid": image_rows[None], "image_paired": image_rows,
+                               "text_paired": image_rows[:, None]}[layout]
+                pair_mask = mask if layout == "text_paired" else mask[:, None]
+                pair_mask = tf.broadcast_to(pair_mask, tf.shape(gamma)[:3])
+                return compiled(gamma, t_lin, pair_mask, text_index, v_lin, image_index)
+
+            graph_fn = tf.function(fn, reduce_retracing=True)
+            self._pair_fn[level] = lambda prep, *args: graph_fn(  # noqa: E731
+                *prep["text"], prep["mask_t"], *prep["image"], *args)
+        return self._pair_fn[level]
+
+    def _pairs_per_chunk(self, words: int, regions: int) -> int:
+        """Pairs whose intermediates fit the memory budget: per pair, the [R, N] score maps
+        and the [R, H] + [N, H] fused/hidden tensors of both directions, a few times over."""
+        k1, k2, h = self.config.k1, self.config.k2, self.config.mlp_hidden
+        per_pair = 4 * (h * (words * (k2 + 3) + regions * (k1 + 3)) + 6 * words * regions)
+        return max(1, self.budget // per_pair)
+
+    def local_grid(self, level: str, prep: dict, text_rows: np.ndarray,
+                   image_cols: np.ndarray) -> np.ndarray:
+        """[len(text_rows), len(image_cols)] scores of one local level."""
+        fn, t_mask = self._chunk_fn(level), prep["mask"]
+        pairs = self._pairs_per_chunk(t_mask.shape[1], prep["image"][0].shape[1])
+        tc = max(1, min(len(text_rows), self.config.eval_chunk, pairs))
+        ic = max(1, min(len(image_cols), pairs // tc))
+        out = np.zeros((len(text_rows), len(image_cols)), np.float32)
+        # Rows sorted by length, so each chunk can drop the padding all its rows share.
+        order = np.argsort(t_mask[text_rows].sum(axis=1), kind="stable")
+        for a in range(0, len(text_rows), tc):
+            at = order[a:a + tc]
+            rows = _pad_index(text_rows[at], tc)
+            used = _used_length(t_mask[rows])
+            for b in range(0, len(image_cols), ic):
+                cols = _pad_index(image_cols[b:b + ic], ic)
+                scores = fn(prep, rows, cols, "grid", used).numpy()
+                out[at, b:b + ic] = scores[:len(at), :min(ic, len(image_cols) - b)]
+        return out
+
+    def local_candidates(self, level: str, prep: dict, top: np.ndarray,
+                         direction: str) -> np.ndarray:
+        """Scores of each query with its own candidates only, [Q, K]: query q's row holds
+        S(q, top[q, j]) (t2i: q a text, candidates images; i2t the other way round)."""
+        fn, t_mask = self._chunk_fn(level), prep["mask"]
+        layout = "image_paired" if direction == "t2i" else "text_paired"
+        q_chunk = max(1, self._pairs_per_chunk(t_mask.shape[1], prep["image"][0].shape[1])
+                      // top.shape[1])
+        q_chunk = min(q_chunk, len(top))
+        out = np.zeros(top.shape, np.float32)
+        lengths = t_mask.sum(axis=1)
+        # Queries sorted by the length of their texts, so each chunk drops shared padding.
+        key = lengths if direction == "t2i" else lengths[top].max(axis=1)
+        order = np.argsort(key, kind="stable")
+        for a in range(0, len(top), q_chunk):
+            kept = order[a:a + q_chunk]
+            rows = _pad_index(kept, q_chunk)
+            cand = top[rows]
+            if direction == "t2i":
+                scores = fn(prep, rows, cand, layout, _used_length(t_mask[rows]))
+            else:
+                scores = fn(prep, cand, rows, layout, _used_length(t_mask[cand]))
+            out[kept] = scores.numpy()[:len(kept)]
+        return out
+
+    def sentence(self, texts: dict, images: dict) -> np.ndarray:
+        t = texts["global"] / np.linalg.norm(texts["global"], axis=1, keepdims=True)
+        v = images["global"] / np.linalg.norm(images["global"], axis=1, keepdims=True)
+        return t @ v.T
+
+    def exact(self, texts: dict, images: dict) -> dict:
+        """Every pair, every level → {level: [Q, G], "total": weighted sum}."""
+        out = {}
+        if self.config.use_sentence:
+            out["sentence"] = self.sentence(texts, images)
+        prep = self._prepared(texts, images)
+        rows, cols = np.arange(len(texts["label"])), np.arange(len(images["label"]))
+        for level in prep:
+            out[level] = self.local_grid(level, prep[level], rows, cols)
+        out["total"] = sum(self.weights[k] * v for k, v in out.items())
+        return out
+
+    def two_stage(self, texts: dict, images: dict, k: int, direction: str = "t2i",
+                  prep=None) -> np.ndarray:
+        """Stage-1 sentence ranking, stage-2 local re-ranking of the top ``k`` per query.
+
+        Only the Q·k (query, candidate) pairs are scored by the local heads. Returns a
+        [Q, G] (t2i) or [G, Q] (i2t) float64 matrix whose row order is the final ranking:
+        the top-k carry their combined score, above every other item, which keep their
+        stage-1 scores and order.
+        """
+        if not self.config.use_sentence:
+            raise ValueError("two-stage retrieval needs the sentence level (use_sentence)")
+        stage1 = self.sentence(texts, images)
+        if direction == "i2t":
+            stage1 = stage1.T
+        k = min(k, stage1.shape[1])
+        top = rerank.top_k_unordered(stage1, k)
+        top_scores = self.weights["sentence"] * np.take_along_axis(stage1, top, 1)
+        top_scores = top_scores.astype(np.float64)
+        prep = prep if prep is not None else self._prepared(texts, images)
+        for level in prep:
+            top_scores += self.weights[level] * self.local_candidates(level, prep[level], top,
+                                                                      direction)
+        return rerank.merge(stage1, top, top_scores)
+
+    def two_stage_both(self, texts: dict, images: dict, k: int):
+        """(t2i, i2t) two-stage matrices, preparing the heads' inputs once."""
+        prep = self._prepared(texts, images)
+        return (self.two_stage(texts, images, k, "t2i", prep),
+                self.two_stage(texts, images, k, "i2t", prep))
+
+
+def evaluate(model: HGAN, data_dir: str, config: Config, split: str,
+             modes=("exact", "two_stage"), rerank_k=None) -> dict:
+    """The full report: {"t2i", "i2t", "timing", ...} per mode, plus the raw arrays used by
+    the figures under ``"_arrays"``."""
+    manifest = pipeline.load_manifest(data_dir)
+    class_level = manifest.get("dataset") in metrics.CLASS_LEVEL_DATASETS
+    t0 = time.time()
+    texts, images = encode_split(model, data_dir, config, split)
+    encode_s = time.time() - t0
+    scorer = Scorer(model)
+    report = {"split": split, "queries": int(len(texts["label"])),
+              "gallery": int(len(images["label"])), "timing": {"encode_s": encode_s},
+              "levels": scorer.levels()}
+    k = rerank_k or config.rerank_k
+    for mode in modes:
+        t0 = time.time()
+        if mode == "exact":
+            per_level = scorer.exact(texts, images)
+            t2i = per_level.pop("total")
+            i2t = t2i.T
+        elif mode == "two_stage":
+            t2i, i2t = scorer.two_stage_both(texts, images, k)
+        else:
+            raise ValueError(f"unknown mode {mode!r}")
+        report["timing"][f"{mode}_s"] = time.time() - t0
+        # Class-level metrics fuse raw scores, so they are read off the exact matrix only.
+        class_metrics = class_level and mode == "exact"
+        report[mode] = metrics.both_directions(t2i, i2t, texts["label"], images["label"],
+                                               ap50=class_metrics, class_r1=class_metrics)
+        if mode == "exact":
+            # Each level ranked alone: which of sentence / word / phrase has learned.
+            report["levels_exact"] = {
+                level: metrics.both_directions(m, m.T, texts["label"], images["label"])
+                for level, m in per_level.items()}
+            report["_arrays"] = {"t2i": t2i, "texts": texts, "images": images}
+    return report

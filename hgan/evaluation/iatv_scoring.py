@@ -1,0 +1,142 @@
+"""IATV evaluation: stage-1 retrieval, then two-stage retrieval (§3.2, §4.2, §4.4).
+
+* ``stage1``: the cosine of the stage-1 embeddings ranks the whole gallery;
+* ``two_stage``: stage 1 picks each query's ``iatv_candidates`` (§4.2: 20) nearest items
+  of the other modality, stage 2 re-scores those pairs and re-orders them; every other item
+  keeps its stage-1 order behind them (``hgan.evaluation.rerank.rerank``).
+
+Both directions, with the metrics of ``hgan.evaluation.hgan_scoring`` (R1/5/10, mAP, mINP; AP@50 and class
+Rank-1 on CUB / Flowers). The report has the layout of ``hgan.evaluation.hgan_scoring.evaluate`` with the
+modes ``stage1`` and ``two_stage``; its top-level ``t2i`` / ``i2t`` are the two-stage ones.
+"""
+from __future__ import annotations
+
+import time
+import weakref
+
+import numpy as np
+
+from hgan.config import Config
+from hgan.data import pipeline
+from hgan.evaluation import encode, metrics, rerank
+from hgan.modeling.iatv.model import IATV
+from hgan.tf_compat import tf
+
+
+MODES = ("stage1", "two_stage")
+
+# One set of compiled functions per model, reused by every evaluation of a training run (a
+# tf.Module attribute would be tracked, and exported with the model).
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def _compiled(model: IATV) -> dict:
+    if model not in _COMPILED:
+        ref = weakref.ref(model)  # a strong reference here would keep the key alive
+
+        def encode_image(image, regions):
+            out = {"embedding": ref().encode_image(image, training=False)}
+            if regions:
+                out["regions"] = ref().encode_regions(image, training=False)
+            return out
+
+        _COMPILED[model] = {
+            "image": tf.function(encode_image, reduce_retracing=True),
+            "text": tf.function(lambda x: ref().encode_text(x, training=False),
+                                reduce_retracing=True),
+            "pairs": tf.function(lambda r, t: ref().pair_logits(r, t, training=False),
+                                 reduce_retracing=True)}
+    return _COMPILED[model]
+
+
+def encode_split(model: IATV, data_dir: str, config: Config, split: str, tokenizer=None,
+                 regions: bool = True) -> tuple[dict, dict]:
+    """IATV's features of a split (``hgan.evaluation.encode.encode_split``).
+
+    texts: ``embedding`` [Nt, E], ``input_word_ids`` / ``input_mask`` [Nt, L], ``label``,
+    ``caption``, ``image_index``; images: ``embedding`` [Ni, E], ``regions`` [Ni, N, C]
+    (stage 2's CNN; only with ``regions=True``), ``label``, ``path``.
+    """
+    fns = _compiled(model)
+    token_keys = ("input_word_ids", "input_mask")
+    return encode.encode_split(
+        lambda image: fns["image"](image, regions), lambda x: {"embedding": fns["text"](x)},
+        data_dir, config, split, tokenizer or pipeline.make_tokenizer(config), token_keys,
+        keep_inputs=token_keys)
+
+
+def stage1_scores(texts: dict, images: dict) -> np.ndarray:
+    """[Nt, Ni] cosine of the stage-1 embeddings (§3.1.1: inner products of l2-normalised
+    features)."""
+    t = texts["embedding"] / np.linalg.norm(texts["embedding"], axis=1, keepdims=True)
+    v = images["embedding"] / np.linalg.norm(images["embedding"], axis=1, keepdims=True)
+    return t @ v.T
+
+
+def pairs_per_batch(config: Config, words: int, regions: int, channels: int,
+                    memory_budget_bytes: int = 256 << 20) -> int:
+    """Stage-2 pairs per scoring call within the budget: per pair the spatial attention's
+    [words, regions, K] tensors (Eq. 6, a few copies) and the region features dominate."""
+    per_pair = 4 * (3 * words * regions * config.iatv_attention_dim + regions * channels)
+    return max(1, min(4096, memory_budget_bytes // per_pair))
+
+
+def two_stage_scores(model: IATV, texts: dict, images: dict, k: int,
+                     stage1=None) -> tuple[np.ndarray, np.ndarray]:
+    """(t2i [Nt, Ni], i2t [Ni, Nt]) float64 two-stage matrices: row order is the final
+    ranking; each query's stage-1 top ``k`` carry their stage-2 logits, above every other
+    item, which keep their stage-1 order."""
+    stage1 = stage1_scores(texts, images) if stage1 is None else stage1
+    ids, mask, regions = texts["input_word_ids"], texts["input_mask"], images["regions"]
+    batch = pairs_per_batch(model.config, ids.shape[1], regions.shape[1], regions.shape[2])
+    score = _compiled(model)["pairs"]
+
+    def pair_logits(text_index, image_index):
+        tokens = {"input_word_ids": ids[text_index], "input_mask": mask[text_index]}
+        return score(regions[image_index], tokens).numpy().astype(np.float64)
+
+    t2i = rerank.rerank(stage1, pair_logits, k, batch)
+    i2t = rerank.rerank(stage1.T, lambda q, g: pair_logits(g, q), k, batch)
+    return t2i, i2t
+
+
+def evaluate(model: IATV, data_dir: str, config: Config, split: str, modes=MODES,
+             rerank_k=None) -> dict:
+    """The report: {"split", "queries", "gallery", "candidates", "timing", "stage1",
+    "two_stage", "t2i", "i2t"} (each mode {"t2i", "i2t"} of metrics; top-level = two-stage,
+    or stage 1 without it) plus, under ``"_arrays"``, the final t2i matrix and the features
+    for ``hgan.evaluation.report``'s figures.
+
+    On CUB / Flowers, AP@50 (rank-based) is reported for both modes; class Rank-1, which
+    averages raw scores over a class's sentences, for stage 1 only (two-stage scores of
+    different candidates are not on one scale).
+    """
+    unknown = set(modes) - set(MODES)
+    if unknown or not modes:
+        raise ValueError(f"unknown IATV modes {sorted(unknown)}; choose from {MODES}")
+    class_level = pipeline.load_manifest(data_dir).get("dataset") in metrics.CLASS_LEVEL_DATASETS
+    k = rerank_k or config.iatv_candidates
+    t0 = time.time()
+    texts, images = encode_split(model, data_dir, config, split,
+                                 regions="two_stage" in modes)
+    report = {"split": split, "queries": int(len(texts["label"])),
+              "gallery": int(len(images["label"])), "candidates": int(k),
+              "timing": {"encode_s": time.time() - t0}}
+    t0 = time.time()
+    stage1 = stage1_scores(texts, images)
+    report["timing"]["stage1_s"] = time.time() - t0
+    if "stage1" in modes:
+        report["stage1"] = metrics.both_directions(stage1, stage1.T, texts["label"],
+                                                   images["label"], ap50=class_level,
+                                                   class_r1=class_level)
+    t2i = stage1
+    if "two_stage" in modes:
+        t0 = time.time()
+        t2i, i2t = two_stage_scores(model, texts, images, k, stage1)
+        report["timing"]["two_stage_s"] = time.time() - t0
+        report["two_stage"] = metrics.both_directions(t2i, i2t, texts["label"],
+                                                      images["label"], ap50=class_level)
+    main = report["two_stage" if "two_stage" in modes else "stage1"]
+    report["t2i"], report["i2t"] = main["t2i"], main["i2t"]
+    report["_arrays"] = {"t2i": t2i, "texts": texts, "images": images}
+    return report

@@ -1,0 +1,87 @@
+"""Retrieval metrics of both papers, on a score matrix [queries, gallery] (higher = closer)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _ranked_relevance(similarity, query_ids, gallery_ids):
+    similarity = np.asarray(similarity)
+    query_ids, gallery_ids = np.asarray(query_ids), np.asarray(gallery_ids)
+    if similarity.shape != (len(query_ids), len(gallery_ids)):
+        raise ValueError(f"similarity {similarity.shape} does not match "
+                         f"{len(query_ids)} queries × {len(gallery_ids)} gallery items")
+    # Stable sort on the negated scores: ties keep gallery order, so results are repeatable.
+    order = np.argsort(-similarity, axis=1, kind="stable")
+    return gallery_ids[order] == query_ids[:, None]
+
+
+def retrieval_metrics(similarity, query_ids, gallery_ids) -> dict:
+    """Rank-1/5/10, mAP and mINP in percent, ranking the whole gallery per query.
+
+    AP is the mean of the precision at each relevant position; mINP (Ye et al. 2021) is the
+    number of relevant items over the position of the last one. Queries with no relevant
+    item in the gallery are left out (and counted in ``queries_without_match``).
+    """
+    relevant = _ranked_relevance(similarity, query_ids, gallery_ids)
+    has_match = relevant.any(axis=1)
+    relevant = relevant[has_match]
+    if not len(relevant):
+        raise ValueError("no query has a relevant gallery item")
+    positions = np.arange(1, relevant.shape[1] + 1)
+    hits = np.cumsum(relevant, axis=1)
+    first = relevant.argmax(axis=1)  # 0-based rank of the first relevant item
+    precision_at_hits = np.where(relevant, hits / positions, 0.0)
+    ap = precision_at_hits.sum(axis=1) / relevant.sum(axis=1)
+    last = relevant.shape[1] - 1 - relevant[:, ::-1].argmax(axis=1)
+    inp = relevant.sum(axis=1) / (last + 1)
+    out = {f"R{k}": 100.0 * float(np.mean(first < k)) for k in (1, 5, 10)}
+    out["mAP"] = 100.0 * float(ap.mean())
+    out["mINP"] = 100.0 * float(inp.mean())
+    out["queries_without_match"] = int((~has_match).sum())
+    return out
+
+
+def ap_at_k(similarity, query_classes, gallery_classes, k: int = 50) -> float:
+    """Text-to-image AP@k of Reed et al. 2016 (CUB / Flowers), in percent.
+
+    For each text query, the fraction of its top-k images of the query's class; averaged
+    over the queries of each class, then over the classes.
+    """
+    relevant = _ranked_relevance(similarity, query_classes, gallery_classes)[:, :k]
+    per_query = relevant.mean(axis=1)
+    query_classes = np.asarray(query_classes)
+    return 100.0 * float(np.mean([per_query[query_classes == c].mean()
+                                  for c in np.unique(query_classes)]))
+
+
+def class_rank1(text_image_scores, text_classes, image_classes) -> float:
+    """Image-to-text Rank-1 over classes (Reed et al. 2016; IATV §4.5), in percent.
+
+    The sentences of a class are fused into one: an image's score for class c is the mean of
+    its scores with c's sentences; the image is right when its best class is its own.
+    """
+    scores = np.asarray(text_image_scores)
+    text_classes, image_classes = np.asarray(text_classes), np.asarray(image_classes)
+    classes = np.unique(text_classes)
+    class_scores = np.stack([scores[text_classes == c].mean(axis=0) for c in classes], axis=1)
+    predicted = classes[class_scores.argmax(axis=1)]
+    return 100.0 * float(np.mean(predicted == image_classes))
+
+
+# Datasets whose text-to-image queries are class descriptions (IATV Tables 3-4): AP@50 and
+# image-to-text class Rank-1 are reported for them.
+CLASS_LEVEL_DATASETS = ("cub", "flowers")
+
+
+def both_directions(t2i, i2t, text_labels, image_labels, ap50: bool = False,
+                    class_r1: bool = False) -> dict:
+    """{"t2i", "i2t"} retrieval metrics of a [Nt, Ni] and a [Ni, Nt] score matrix; with
+    ``ap50`` text-to-image AP@50, with ``class_r1`` image-to-text class Rank-1 (which
+    averages i2t's raw scores over a class's sentences)."""
+    out = {"t2i": retrieval_metrics(t2i, text_labels, image_labels),
+           "i2t": retrieval_metrics(i2t, image_labels, text_labels)}
+    if ap50:
+        out["t2i"]["AP@50"] = ap_at_k(t2i, text_labels, image_labels, 50)
+    if class_r1:
+        out["i2t"]["class_R1"] = class_rank1(np.asarray(i2t).T, text_labels, image_labels)
+    return out

@@ -1,0 +1,132 @@
+"""The evaluation report of any family: the JSON, the Markdown table, the Fig. 3 / Fig. 4
+PNGs and Fig. 4 as numbers (``hgan.families.evaluate`` gives it a family's report)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from hgan.config import Config
+from hgan.data import pipeline, records
+from hgan.evaluation import diagnostics, figures
+from hgan.tf_compat import tf
+
+_COLUMNS = ("R1", "R5", "R10", "mAP", "mINP")
+
+
+def markdown_table(report: dict) -> str:
+    lines = ["| mode | direction | " + " | ".join(_COLUMNS) + " | time (s) |",
+             "|---|---|" + "---|" * (len(_COLUMNS) + 1)]
+    for mode in ("exact", "stage1", "two_stage"):
+        if mode not in report:
+            continue
+        for direction in ("t2i", "i2t"):
+            m = report[mode][direction]
+            lines.append(f"| {mode} | {direction} | " +
+                         " | ".join(f"{m[c]:.2f}" for c in _COLUMNS) +
+                         f" | {report['timing'][f'{mode}_s']:.1f} |")
+    if report.get("levels_exact"):
+        lines += ["", "| level alone (exact) | t2i R1 | t2i mAP | i2t R1 | i2t mAP |",
+                  "|---|---|---|---|---|"]
+        for level, m in report["levels_exact"].items():
+            lines.append(f"| {level} | {m['t2i']['R1']:.2f} | {m['t2i']['mAP']:.2f} | "
+                         f"{m['i2t']['R1']:.2f} | {m['i2t']['mAP']:.2f} |")
+    if "selection" in report:
+        sel = report["selection"]
+        lines.append(f"\nFig. 4 over the split: {100 * sel['content_share']:.1f}% of the regions' "
+                     f"selected words are content words (colours, garments, accessories, "
+                     f"hair), {100 * sel['punctuation_share']:.1f}% punctuation; most "
+                     f"selected: {', '.join(w for w, _ in sel['most_selected'][:6])}")
+    extra = report.get("exact") or report.get("stage1", {})
+    if "AP@50" in extra.get("t2i", {}):
+        lines.append(f"\nCUB/Flowers: text-to-image AP@50 = {extra['t2i']['AP@50']:.2f}, "
+                     f"image-to-text class Rank-1 = {extra['i2t']['class_R1']:.2f}")
+    return "\n".join(lines)
+
+
+def write(report: dict, model, config: Config, checkpoint_path: str, data_dir: str,
+          split: str, output_json: str, figures: bool = True) -> dict:
+    """Completes a family's evaluation report and writes it: ``output_json``, the Markdown
+    table beside it (.md) and, with ``figures``, the Fig. 3 / Fig. 4 PNGs."""
+    arrays = report.pop("_arrays", None)
+    if arrays is not None and getattr(model, "word_head", None) is not None:
+        report["selection"] = selection_report(model, arrays)
+    # The JSON's top-level t2i/i2t are HGAN's exact mode (the reference), IATV's two-stage
+    # (its final ranking), or the only mode's.
+    main_mode = next(m for m in ("exact", "two_stage", "stage1") if m in report)
+    report["t2i"], report["i2t"] = report[main_mode]["t2i"], report[main_mode]["i2t"]
+    report.update(checkpoint=checkpoint_path, config=dataclasses.asdict(config),
+                  data_dir=data_dir)
+    report["markdown"] = markdown_table(report)
+    os.makedirs(os.path.dirname(os.path.abspath(output_json)), exist_ok=True)
+    with open(output_json, "w") as f:
+        json.dump(report, f, indent=2, default=_jsonable)
+    with open(os.path.splitext(output_json)[0] + ".md", "w") as f:
+        f.write(report["markdown"] + "\n")
+    if figures and arrays is not None:
+        report["figures"] = write_figures(model, data_dir, split, arrays,
+                                          os.path.splitext(output_json)[0])
+    return report
+
+
+def word_keys_of(config):
+    """caption bytes → the strings of its word-level keys in slot order: whole words
+    (``word_keys="words"``) or WordPiece tokens after [CLS]."""
+    tokenizer = pipeline.make_tokenizer(config)
+    if config.word_keys == "words":
+        return lambda caption: tokenizer.caption_words(caption.decode())
+
+    def pieces(caption):
+        ids = tokenizer(tf.constant([caption]))["input_word_ids"][0].numpy()
+        return tokenizer.id_to_token(ids)[1:]
+    return pieces
+
+
+def selection_report(model, arrays: dict) -> dict:
+    """Fig. 4 as numbers over the split: the shares of the word level's region selections
+    that are content words and punctuation (``hgan.evaluation.diagnostics.selection_words``)."""
+    stats = diagnostics.selection_words(model.word_head, arrays["texts"], arrays["images"],
+                                        word_keys_of(model.config))
+    return {k: stats[k] for k in ("selections", "content_share", "punctuation_share",
+                                  "most_selected")}
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def _image_bytes(data_dir: str, split: str) -> list[bytes]:
+    ds = tf.data.TFRecordDataset(pipeline.split_files(data_dir, split)).map(records.parse_example)
+    return [ex["encoded"].numpy() for ex in ds]
+
+
+def write_figures(model, data_dir: str, split: str, arrays: dict, prefix: str,
+                  queries: int = 4) -> dict:
+    texts, images, t2i = arrays["texts"], arrays["images"], arrays["t2i"]
+    encoded = _image_bytes(data_dir, split)
+    picks = np.linspace(0, len(texts["label"]) - 1, min(queries, len(texts["label"]))).astype(int)
+    ranked = np.argsort(-t2i[picks], axis=1, kind="stable")[:, :10]
+    grid = figures.top10_grid(
+        [texts["caption"][q].decode() for q in picks], texts["label"][picks],
+        [[encoded[g] for g in row] for row in ranked],
+        [images["label"][row] for row in ranked])
+    out = {"top10": prefix + "_top10.png"}
+    grid.save(out["top10"])
+    if getattr(model, "word_head", None) is not None:
+        q = int(picks[0])
+        g = int(texts["image_index"][q])
+        _, weights = model.word_head.selections(texts["word"][q:q + 1], texts["word_mask"][q:q + 1],
+                                                images["word"][g:g + 1])
+        words = word_keys_of(model.config)(texts["caption"][q])
+        keep = np.flatnonzero(texts["word_mask"][q] > 0)
+        figure = figures.word_selection_map([words[i] for i in range(len(keep))],
+                                            weights.numpy()[0, 0][:, keep])
+        out["word_map"] = prefix + "_word_map.png"
+        figure.save(out["word_map"])
+    return out

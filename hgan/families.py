@@ -1,0 +1,90 @@
+"""The one place a model family is chosen: ``config.model`` → its ``Family``.
+
+A family is what differs between HGAN and IATV: the model and how it is loaded
+(``hgan.modeling``), the training task the loop runs (``hgan.training``), the scorer of a
+split (``hgan.evaluation``) and the serving module (``hgan.serving``). Everything else (data,
+the loop, metrics, re-ranking, reports, SavedModel saving, search) is shared and never
+imports a family. A third family adds one entry to ``FAMILIES``.
+
+``train``, ``evaluate`` and ``export`` are what ``train.py``, ``eval.py`` and
+``python -m hgan.export`` call.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+from hgan.config import Config
+from hgan.evaluation import hgan_scoring, iatv_scoring
+from hgan.evaluation import report as eval_report
+from hgan.modeling.hgan import model as hgan_model
+from hgan.modeling.iatv import model as iatv_model
+from hgan.serving import hgan_module, iatv_module, savedmodel
+from hgan.tf_compat import tf
+from hgan.training import loop, run_dir
+from hgan.training.hgan_task import HGANTask
+from hgan.training.iatv_task import IATVTask
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What a model family plugs into the shared machinery.
+
+    task: ``Task`` subclass, ``task(config, data_dir, val_split, strategy)``;
+    load_model: ``(model_dir, which) -> (model, config, checkpoint_path)``;
+    evaluate: ``(model, data_dir, config, split, modes, rerank_k) -> report``;
+    exact_mode: the name of the mode that scores every pair (eval.py's "exact");
+    servable: ``model -> (tf.Module, {signature name: concrete function})``.
+    """
+
+    name: str
+    task: type
+    load_model: Callable
+    evaluate: Callable
+    exact_mode: str
+    servable: Callable
+
+
+FAMILIES = {
+    "hgan": Family("hgan", HGANTask, hgan_model.load_model, hgan_scoring.evaluate, "exact",
+                   hgan_module.servable),
+    "iatv": Family("iatv", IATVTask, iatv_model.load_model, iatv_scoring.evaluate, "stage1",
+                   iatv_module.servable),
+}
+
+
+def get(name: str) -> Family:
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; choose from {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def of_model_dir(model_dir: str) -> Family:
+    return get(Config.load(model_dir).model)
+
+
+def train(config: Config, data_dir: str, model_dir: str, val_split: str = "val",
+          strategy: Optional[tf.distribute.Strategy] = None, log=print) -> dict:
+    """Trains ``config``'s family into ``model_dir`` (resuming it), validating on
+    ``val_split`` when the data has it."""
+    validate = run_dir.has_validation(data_dir, val_split, log)
+    task = get(config.model).task(config, data_dir, val_split if validate else None, strategy)
+    return loop.fit(task, model_dir, validate=validate, log=log)
+
+
+def evaluate(model_dir: str, data_dir: str, split: str, output_json: str, checkpoint="best",
+             rerank_k=None, modes=("exact", "two_stage"), figures=True) -> dict:
+    """eval.py: the report of ``model_dir``'s model on ``split`` (JSON, Markdown, figures)."""
+    family = of_model_dir(model_dir)
+    model, config, path = family.load_model(model_dir, checkpoint)
+    modes = tuple(dict.fromkeys(family.exact_mode if m == "exact" else m for m in modes))
+    report = family.evaluate(model, data_dir, config, split, modes=modes, rerank_k=rerank_k)
+    return eval_report.write(report, model, config, path, data_dir, split, output_json,
+                             figures=figures)
+
+
+def export(model_dir: str, output_dir: str, checkpoint: str = "best") -> str:
+    """Writes ``model_dir``'s model as a SavedModel, atomically; returns its path."""
+    model, config, path = of_model_dir(model_dir).load_model(model_dir, checkpoint)
+    module, signatures = of_model_dir(model_dir).servable(model)
+    return savedmodel.save_servable(module, signatures, output_dir, config, path)

@@ -1,0 +1,94 @@
+"""HGAN's serving module: a SavedModel that serves raw sentences and image bytes
+(``python -m hgan.export`` writes it).
+
+Signatures (load with ``tf.saved_model.load``; only ``import tensorflow_text`` is needed
+beside TensorFlow, for its tokenizer ops):
+
+* ``encode_text(sentences: string[N])`` → ``global`` [N, E], ``word`` [N, L, C'],
+  ``word_mask`` [N, L], ``phrase`` [N, M, C'], ``phrase_mask`` [N, M];
+* ``encode_image(images: string[N])`` (JPEG/PNG bytes) → ``global``, ``word``, ``phrase``;
+* ``score(texts: string[T], images: string[I])`` → ``score`` [T, I] (the weighted sum used
+  by eval.py) and one [T, I] matrix per enabled level;
+* ``score_features(texts, image_global, image_word, image_phrase)`` → the same, against
+  image features from ``encode_image`` (what ``hgan.search`` keeps in its index).
+
+Requests are validated in-graph: an image that is not JPEG/PNG fails the call with a clear
+message; an empty sentence gets a defined score; a sentence longer than ``max_len`` tokens
+is truncated, as in training. Noun phrases are found in-graph (``hgan.data.phrase_graph``).
+"""
+from __future__ import annotations
+
+from hgan.data import pipeline
+from hgan.data.phrase_graph import GraphPhraseChunker
+from hgan.modeling.hgan.model import HGAN
+from hgan.modeling.hgan.visual import partition_grid
+from hgan.serving.savedmodel import STRINGS, request_pixels
+from hgan.tf_compat import tf
+
+
+
+class HGANServing(tf.Module):
+    """The serving functions around a trained model."""
+
+    def __init__(self, model: HGAN):
+        super().__init__(name="hgan_serving")
+        self.model = model
+        self.config = model.config
+        self.tokenizer = pipeline.make_tokenizer(model.config)
+        self.chunker = GraphPhraseChunker()
+
+    def _text_features(self, sentences):
+        inputs = self.tokenizer(sentences, self.chunker(sentences))
+        return self.model.encode_text(inputs, training=False)
+
+    def _image_features(self, images):
+        pixels = request_pixels(images, self.config)
+        return self.model.encode_image(pixels, training=False)
+
+    @tf.function(input_signature=[STRINGS])
+    def encode_text(self, sentences):
+        return dict(self._text_features(sentences))
+
+    @tf.function(input_signature=[STRINGS])
+    def encode_image(self, images):
+        return dict(self._image_features(images))
+
+    @tf.function(input_signature=[STRINGS, STRINGS])
+    def score(self, texts, images):
+        scores = self.model.score(self._text_features(texts), self._image_features(images),
+                                  training=False)
+        return {"score" if k == "total" else k: v for k, v in scores.items()}
+
+
+    def score_features_fn(self):
+        """``score_features(texts, image_global, image_word, image_phrase)`` → scores of
+        sentences against pre-computed image features (a search index)."""
+        c = self.config
+        # The region count follows from the partition config (Table 4).
+        regions = []
+        for pool, stride in ((c.word_pool, c.word_stride), (c.phrase_pool, c.phrase_stride)):
+            h, w = partition_grid(tuple(c.partition_map), pool, stride) if c.partition_map \
+                else (None, None)
+            regions.append(h * w if h else None)
+
+        @tf.function(input_signature=[
+            STRINGS, tf.TensorSpec([None, c.embed_dim], tf.float32),
+            tf.TensorSpec([None, regions[0], c.local_dim], tf.float32),
+            tf.TensorSpec([None, regions[1], c.local_dim], tf.float32)])
+        def score_features(texts, image_global, image_word, image_phrase):
+            image = {"global": image_global, "word": image_word, "phrase": image_phrase}
+            scores = self.model.score(self._text_features(texts), image, training=False)
+            return {"score" if k == "total" else k: v for k, v in scores.items()}
+        return score_features
+
+
+def servable(model: HGAN) -> tuple[tf.Module, dict]:
+    """The serving module of a trained HGAN and its signatures."""
+    module = HGANServing(model)
+    module.score_features = module.score_features_fn()
+    return module, {
+        "encode_text": module.encode_text.get_concrete_function(),
+        "encode_image": module.encode_image.get_concrete_function(),
+        "score": module.score.get_concrete_function(),
+        "score_features": module.score_features.get_concrete_function(),
+    }

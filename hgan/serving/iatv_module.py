@@ -1,0 +1,109 @@
+"""IATV's serving module: a SavedModel serving raw sentences and image bytes.
+
+``python -m hgan.export --model_dir=DIR --output_dir=OUT`` comes here when DIR's config has
+``model=iatv``. Signatures (``tf.saved_model.load`` + ``import tensorflow_text``):
+
+* ``encode_text(sentences: string[N])`` → ``embedding`` [N, E], stage 1 (l2-normalised);
+* ``encode_image(images: string[N])`` (JPEG/PNG bytes) → ``embedding`` [N, E] (stage 1)
+  and ``regions`` [N, R, C] (stage 2's CNN, what the matcher reads);
+* ``score(texts: string[T], images: string[I])`` → ``score`` [T, I], the stage-1 cosine
+  (rank a gallery with it);
+* ``rerank_score(texts: string[T], images: string[I])`` → ``logits`` and ``confidence``
+  (σ(logits), Eq. 12's C) [T, I] of stage 2 for **every** text × image pair. It runs T·I
+  pairs through the co-attention network: meant for a query's stage-1 shortlist (§4.2:
+  the top 20); rank by ``logits`` (confidences saturate to ties);
+* ``score_features(texts, image_embedding)`` and ``rerank_features(texts, image_regions)``:
+  the same two against ``encode_image`` outputs (what ``hgan.search`` keeps in its index;
+  it re-ranks each query's stage-1 top ``--rerank_k`` with the second).
+
+Images are checked in-graph (not JPEG/PNG: a clear error), preprocessed with
+``hgan.data.pipeline.preprocess_image`` as in training; sentences longer than ``max_len`` tokens are
+truncated, as in training.
+"""
+from __future__ import annotations
+
+import types
+
+from hgan.data import pipeline
+from hgan.modeling.iatv.model import IATV
+from hgan.serving.savedmodel import STRINGS, request_pixels
+from hgan.tf_compat import tf
+
+
+class IATVServing(tf.Module):
+    """The serving functions around a trained IATV model."""
+
+    def __init__(self, model: IATV):
+        super().__init__(name="iatv_serving")
+        # The Keras models stay out of the saved object graph (a SimpleNamespace is not
+        # tracked); only their variables, which the signatures capture, are saved. Otherwise
+        # Keras traces every layer's call for ``keras.models.load_model``, which this
+        # SavedModel does not serve, and that dominates the export time.
+        self._keras = types.SimpleNamespace(model=model)
+        self.model_variables = list(model.variables)
+        self.config = model.config
+        self.tokenizer = pipeline.make_tokenizer(model.config)
+
+    @property
+    def model(self) -> IATV:
+        return self._keras.model
+
+    def _pixels(self, images):
+        return request_pixels(images, self.config)
+
+    @tf.function(input_signature=[STRINGS])
+    def encode_text(self, sentences):
+        return {"embedding": self.model.encode_text(self.tokenizer(sentences))}
+
+    @tf.function(input_signature=[STRINGS])
+    def encode_image(self, images):
+        pixels = self._pixels(images)
+        return {"embedding": self.model.encode_image(pixels),
+                "regions": self.model.encode_regions(pixels)}
+
+    @tf.function(input_signature=[STRINGS, STRINGS])
+    def score(self, texts, images):
+        text = self.model.encode_text(self.tokenizer(texts))
+        image = self.model.encode_image(self._pixels(images))
+        return {"score": tf.matmul(tf.math.l2_normalize(text, -1),
+                                   tf.math.l2_normalize(image, -1), transpose_b=True)}
+
+    @tf.function(input_signature=[STRINGS, tf.TensorSpec([None, None], tf.float32)])
+    def score_features(self, texts, image_embedding):
+        """Stage-1 cosine of sentences against ``encode_image`` embeddings (a search index)."""
+        text = self.model.encode_text(self.tokenizer(texts))
+        return {"score": tf.matmul(tf.math.l2_normalize(text, -1),
+                                   tf.math.l2_normalize(image_embedding, -1), transpose_b=True)}
+
+    @tf.function(input_signature=[STRINGS, STRINGS])
+    def rerank_score(self, texts, images):
+        return self._pair_logits(texts, self.model.encode_regions(self._pixels(images)))
+
+    @tf.function(input_signature=[STRINGS, tf.TensorSpec([None, None, None], tf.float32)])
+    def rerank_features(self, texts, image_regions):
+        """Stage-2 logits of every (sentence, image) pair from ``encode_image`` regions."""
+        return self._pair_logits(texts, image_regions)
+
+    def _pair_logits(self, texts, regions):
+        tokens = self.tokenizer(texts)
+        t, i = tf.shape(texts)[0], tf.shape(regions)[0]
+        text_index = tf.repeat(tf.range(t), i)  # pair p = (p // I, p % I)
+        image_index = tf.tile(tf.range(i), [t])
+        pair_tokens = {k: tf.gather(tokens[k], text_index)
+                       for k in ("input_word_ids", "input_mask")}
+        logits = self.model.pair_logits(tf.gather(regions, image_index), pair_tokens)
+        logits = tf.reshape(logits, tf.stack([t, i]))
+        return {"logits": logits, "confidence": tf.sigmoid(logits)}
+
+
+def servable(model: IATV) -> tuple[tf.Module, dict]:
+    """The serving module of a trained IATV model and its signatures."""
+    module = IATVServing(model)
+    return module, {
+        "encode_text": module.encode_text.get_concrete_function(),
+        "encode_image": module.encode_image.get_concrete_function(),
+        "score": module.score.get_concrete_function(),
+        "rerank_score": module.rerank_score.get_concrete_function(),
+        "score_features": module.score_features.get_concrete_function(),
+        "rerank_features": module.rerank_features.get_concrete_function(),
+    }

@@ -1,0 +1,63 @@
+"""A run's directory: its config.json (saved, or checked on resume), best.json, and the
+split that model selection may use."""
+from __future__ import annotations
+
+import json
+import os
+
+from hgan.config import Config
+from hgan.data import pipeline
+from hgan.tf_compat import tf
+
+# Fields that may change when a run is resumed; anything else must match the saved config.
+RESUMABLE_FIELDS = {"epochs", "max_steps", "checkpoint_every", "keep_checkpoints",
+                    "eval_every", "log_every"}
+BEST_FILE = "best.json"
+
+
+def best_value(model_dir: str) -> float:
+    """The selection metric's value in model_dir/best.json, or -inf before any model was
+    selected (best.json files of older runs hold only ``metrics.R1``)."""
+    path = os.path.join(model_dir, BEST_FILE)
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            record = json.load(f)
+        return float(record.get("value", record["metrics"].get("R1", float("-inf"))))
+    return float("-inf")
+
+
+def write_best(model_dir: str, record: dict) -> None:
+    """Writes model_dir/best.json atomically (call on the chief)."""
+    path = os.path.join(model_dir, BEST_FILE)
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2)
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+
+def has_validation(data_dir: str, val_split: str, log=print) -> bool:
+    """Whether model selection can run on ``val_split``: never the test split (an error),
+    and only if the data has it (otherwise the last checkpoint is the model, as logged)."""
+    if val_split == "test":
+        raise ValueError("model selection on the test split is not allowed; use val")
+    if val_split in pipeline.load_manifest(data_dir)["splits"]:
+        return True
+    log(f"no {val_split!r} split: no model selection, the last checkpoint is the model")
+    return False
+
+
+def reconcile_config(config: Config, model_dir: str) -> Config:
+    """Saves the config, or checks a resumed run's config against the saved one."""
+    if tf.io.gfile.exists(os.path.join(model_dir, "config.json")):
+        saved = Config.load(model_dir)
+        diff = {k for k, v in saved.__dict__.items() if getattr(config, k) != v}
+        blocking = sorted(diff - RESUMABLE_FIELDS)
+        if blocking:
+            raise ValueError(
+                f"{model_dir} holds a run with a different config ({blocking}); resume with "
+                "the same settings or choose a new --model_dir")
+    config.save(model_dir)
+    return config
+
+
+def steps_per_epoch(manifest: dict, config: Config, split: str = "train") -> int:
+    return max(1, manifest["splits"][split]["captions"] // config.batch_size)
