@@ -15,7 +15,7 @@ from hgan.training import run_dir
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("config", "paper", sorted(PRESETS), "Preset to start from.")
 flags.DEFINE_enum("model", None, sorted(families.FAMILIES),
-                  "Model family (overrides config.model).")
+                  "Model family (overrides config.family).")
 flags.DEFINE_string("data_dir", None, "Output dir of data_prep (shards + manifest.json).")
 flags.DEFINE_string("model_dir", None, "Where checkpoints, config.json and logs go.")
 flags.DEFINE_multi_string("set", [], "Config override field=value (repeatable).")

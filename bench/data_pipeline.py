@@ -59,8 +59,8 @@ def main(argv):
     for _ in range(FLAGS.batches):
         next(it)
     read_s = time.perf_counter() - t0
-    pairs = FLAGS.batches * config.batch_size
-    print(f"read:  {pairs} pairs at {config.image_height}x{config.image_width} in {read_s:.1f} s "
+    pairs = FLAGS.batches * config.data.batch_size
+    print(f"read:  {pairs} pairs at {config.data.image_height}x{config.data.image_width} in {read_s:.1f} s "
           f"= {pairs / read_s:.0f} pairs/s (decode + resize + flip + tokenise + phrase masks)")
     print(f"for scale: ResNet-50 trains at ~1.4 images/s at 384x192 on this 2-core CPU, so the "
           f"pipeline is {pairs / read_s / 1.4:.0f}x faster than the model it feeds")

@@ -70,7 +70,7 @@ def make_features(config, queries: int, gallery: int, regions: int, identities: 
                   seed: int) -> tuple[dict, dict]:
     """Random float32 features with the shapes and masks ``encode_split`` returns."""
     rng = np.random.default_rng(seed)
-    C, L, M = config.local_dim, config.max_len, config.max_phrases
+    C, L, M = config.model.local_dim, config.data.max_len, config.data.max_phrases
     image_label = (np.arange(gallery) * max(identities, 1)) // gallery
     image_index = (np.arange(queries) * gallery) // queries  # ~2 captions per image
     text_label = image_label[image_index]
@@ -79,11 +79,11 @@ def make_features(config, queries: int, gallery: int, regions: int, identities: 
         return rng.standard_normal(shape, dtype=np.float32)
 
     if identities:
-        centres = normal(identities, config.embed_dim)
-        v_global = centres[image_label] + 0.7 * normal(gallery, config.embed_dim)
-        t_global = centres[text_label] + 0.7 * normal(queries, config.embed_dim)
+        centres = normal(identities, config.model.embed_dim)
+        v_global = centres[image_label] + 0.7 * normal(gallery, config.model.embed_dim)
+        t_global = centres[text_label] + 0.7 * normal(queries, config.model.embed_dim)
     else:
-        v_global, t_global = normal(gallery, config.embed_dim), normal(queries, config.embed_dim)
+        v_global, t_global = normal(gallery, config.model.embed_dim), normal(queries, config.model.embed_dim)
     word_mask = np.zeros([queries, L], np.float32)
     lengths = rng.integers(20, min(40, L - 2) + 1, queries)
     for q, n in enumerate(lengths):
@@ -121,19 +121,19 @@ def run_mode(mode: str) -> dict:
 
     config = PRESETS["paper"].replace(rerank_k=FLAGS.rerank_k)
     tf.random.set_seed(FLAGS.seed)
-    regions = int(np.prod(partition_grid(config.partition_map, config.word_pool,
-                                         config.word_stride)))
-    phrase_regions = int(np.prod(partition_grid(config.partition_map, config.phrase_pool,
-                                                config.phrase_stride)))
+    regions = int(np.prod(partition_grid(config.model.partition_map, config.model.word_pool,
+                                         config.model.word_stride)))
+    phrase_regions = int(np.prod(partition_grid(config.model.partition_map, config.model.phrase_pool,
+                                                config.model.phrase_stride)))
     if phrase_regions != regions:
         raise ValueError("this benchmark assumes both local levels have the same regions")
     heads = {}
-    for level, slots in (("word", config.max_len), ("phrase", config.max_phrases)):
-        head = LocalMatching(hidden=config.mlp_hidden, k1=config.k1, k2=config.k2,
-                             temperature=config.temperature, attention=config.attention,
+    for level, slots in (("word", config.data.max_len), ("phrase", config.data.max_phrases)):
+        head = LocalMatching(hidden=config.model.mlp_hidden, k1=config.model.k1, k2=config.model.k2,
+                             temperature=config.model.temperature, attention=config.model.attention,
                              name=f"{level}_matching")
-        head((tf.zeros([1, slots, config.local_dim]), tf.ones([1, slots]),
-              tf.zeros([1, regions, config.local_dim])))
+        head((tf.zeros([1, slots, config.model.local_dim]), tf.ones([1, slots]),
+              tf.zeros([1, regions, config.model.local_dim])))
         heads[level] = head
     model = types.SimpleNamespace(config=config, word_head=heads["word"],
                                   phrase_head=heads["phrase"])
@@ -152,10 +152,10 @@ def run_mode(mode: str) -> dict:
     elif mode == "two_stage":
         for direction in ("t2i", "i2t"):
             t1 = time.perf_counter()
-            scorer.two_stage(texts, images, config.rerank_k, direction)
+            scorer.two_stage(texts, images, config.eval.rerank_k, direction)
             timing[direction] = time.perf_counter() - t1
         timing["total"] = time.perf_counter() - t0
-        k = config.rerank_k
+        k = config.eval.rerank_k
         needed = FLAGS.queries * min(k, FLAGS.gallery) + FLAGS.gallery * min(k, FLAGS.queries)
     else:
         raise ValueError(f"unknown mode {mode!r}")

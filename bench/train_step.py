@@ -49,7 +49,7 @@ from hgan.training.hgan_task import HGANTask  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_list("image_size", ["384", "192"], "Image height,width (the paper: 384,192).")
 flags.DEFINE_integer("batch", 32, "Batch size of both steps (the paper: 32).")
-flags.DEFINE_string("backbone", "resnet50", "config.backbone (resnet50 | resnet18 | small_cnn).")
+flags.DEFINE_string("backbone", "resnet50", "config.model.backbone (resnet50 | resnet18 | small_cnn).")
 flags.DEFINE_string("bert", "scratch:12x768",
                     "scratch:LAYERSxHIDDEN, or a BERT SavedModel dir / TF-Hub handle "
                     "(e.g. demo_out/bert).")
@@ -86,7 +86,7 @@ def synthetic_batch(config, batch: int, vocab_size: int, cls_id: int, sep_id: in
                     num_classes: int, seed: int = 0) -> dict:
     """``model.dummy_batch`` keys plus ``label``, with realistic lengths and phrases."""
     rng = np.random.default_rng(seed)
-    L, M = config.max_len, config.max_phrases
+    L, M = config.data.max_len, config.data.max_phrases
     ids = np.zeros([batch, L], np.int32)
     mask = np.zeros([batch, L], np.int32)
     phrases = np.zeros([batch, M, L], np.float32)
@@ -104,7 +104,7 @@ def synthetic_batch(config, batch: int, vocab_size: int, cls_id: int, sep_id: in
         phrases[b, :, n + 1:] = 0.0  # never past the caption's last word
     labels = rng.choice(num_classes, size=(batch + 1) // 2, replace=False)
     return {
-        "image": tf.constant(rng.uniform(0, 1, [batch, config.image_height, config.image_width,
+        "image": tf.constant(rng.uniform(0, 1, [batch, config.data.image_height, config.data.image_width,
                                                 3]).astype(np.float32)),
         "input_word_ids": tf.constant(ids),
         "input_mask": tf.constant(mask),
@@ -136,17 +136,17 @@ def main(argv):
     tok = trainer.tokenizer
     vocab_size = tok.vocab_size + 1
     with strategy.scope():
-        backbone = backbones.build_backbone(config.backbone, (height, width, 3), "none")
+        backbone = backbones.build_backbone(config.model.backbone, (height, width, 3), "none")
         bert = text.load_bert(config, vocab_size)
-        bert.trainable = config.bert_trainable
+        bert.trainable = config.model.bert_trainable
         embedder = trainer.model.text_encoder.get_layer("token_embeddings")
         full_bert = [layer for layer in embedder.layers
                      if isinstance(layer, type(bert))]
         if len(full_bert) != 1:
             raise RuntimeError(f"expected one {type(bert).__name__} in the text encoder")
-        full_bert[0].trainable = config.bert_trainable
+        full_bert[0].trainable = config.model.bert_trainable
         optimizer = optim.make_optimizer(config, trainer.per_epoch)
-        dummy = {k: tf.zeros([1, config.max_len], tf.int32) for k in BERT_KEYS}
+        dummy = {k: tf.zeros([1, config.data.max_len], tf.int32) for k in BERT_KEYS}
         # Weights exist before trainable_variables is read; in replica context, since a
         # restored SavedModel cannot be called in cross-replica context (see build_model).
         strategy.run(tf.function(lambda: bert(dummy)))
@@ -158,7 +158,7 @@ def main(argv):
         with tf.GradientTape() as tape:
             feature_map = backbone(batch["image"], training=True)
             tokens = text.select_layers(
-                bert({k: batch[k] for k in BERT_KEYS}, training=True), config.bert_layers)
+                bert({k: batch[k] for k in BERT_KEYS}, training=True), config.model.bert_layers)
             loss = tf.reduce_mean(feature_map) + tf.reduce_mean(tokens)
         grads = tape.gradient(loss, base_vars)
         optimizer.apply_gradients(
@@ -188,9 +188,9 @@ def main(argv):
             step()
             times[name].append(time.perf_counter() - t0)
 
-    print(f"config: {config.backbone} at {height}x{width}, batch {FLAGS.batch}, "
-          f"bert={config.bert} ({config.bert_layers}, "
-          f"{'trainable' if config.bert_trainable else 'frozen'}), "
+    print(f"config: {config.model.backbone} at {height}x{width}, batch {FLAGS.batch}, "
+          f"bert={config.model.bert} ({config.model.bert_layers}, "
+          f"{'trainable' if config.model.bert_trainable else 'frozen'}), "
           f"{FLAGS.num_classes} identities; built both in {build_s:.0f} s")
     print(f"trainable parameters: full {_count(trainer.model.trainable_variables):.1f} M, "
           f"baseline {_count(base_vars):.1f} M")

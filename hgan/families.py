@@ -1,4 +1,4 @@
-"""The one place a model family is chosen: ``config.model`` → its ``Family``.
+"""The one place a model family is chosen: ``config.family`` → its ``Family``.
 
 A family is what differs between HGAN and IATV: the model and how it is loaded
 (``hgan.modeling``), the training task the loop runs (``hgan.training``), the scorer of a
@@ -68,7 +68,7 @@ def train(config: Config, data_dir: str, model_dir: str, val_split: str = "val",
     """Trains ``config``'s family into ``model_dir`` (resuming it), validating on
     ``val_split`` when the data has it."""
     validate = run_dir.has_validation(data_dir, val_split, log)
-    task = get(config.model).task(config, data_dir, val_split if validate else None, strategy)
+    task = get(config.family).task(config, data_dir, val_split if validate else None, strategy)
     return loop.fit(task, model_dir, validate=validate, log=log)
 
 

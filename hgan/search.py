@@ -1,16 +1,10 @@
-"""Text → image search with an exported SavedModel (the library: ``hgan.serving.search``).
+"""Command line of ``hgan.serving.search`` (what the index holds and how a query is scored
+is written there).
 
   python -m hgan.search index --savedmodel=DIR --images=FOLDER --index=INDEX.npz
   python -m hgan.search index --savedmodel=DIR --data_dir=TFRECORDS --split=test --index=INDEX.npz
   python -m hgan.search query --savedmodel=DIR --index=INDEX.npz "a woman in a red coat" \
       [--top_k=10] [--json]
-
-The index holds each image's features from the model's ``encode_image`` signature (every
-output it has) and its path; a query is scored against it with ``score_features`` (HGAN:
-all levels, as eval.py; IATV: stage 1), in chunks. A model that also exports
-``rerank_features`` (IATV's stage 2) re-orders each query's ``--rerank_k`` best by it, the
-rest keeping their order behind, as in two-stage evaluation. Files in a folder that are
-not JPEG/PNG images are skipped and reported.
 """
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ def test_train_eval_export_commands(tfrecords, tiny_vocab, tmp_path):
                   "--split=test", f"--output_json={metrics}")
     assert "| exact | t2i |" in out
     report = json.load(open(metrics))
-    assert report["config"]["bert"] == "scratch:2x16" and "R1" in report["t2i"]
+    assert report["config"]["model"]["bert"] == "scratch:2x16" and "R1" in report["t2i"]
     saved = str(tmp_path / "saved")
     out = run_cli("-m", "hgan.export", f"--model_dir={model_dir}", f"--output_dir={saved}")
     assert os.path.exists(os.path.join(saved, "saved_model.pb"))

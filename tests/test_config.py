@@ -1,35 +1,102 @@
-"""``hgan.config``: presets, ``--set`` overrides, config.json round trips."""
+"""``hgan.config``: sections, presets, ``--set`` overrides, config.json round trips, and the
+flat config.json files of before the sections."""
 import json
 import os
 
 import pytest
 
-from hgan.config import CONFIG_FILE, Config, PRESETS, parse_overrides, resolve
+from hgan.config import (CONFIG_FILE, Config, HGANModel, IATVModel, PRESETS, parse_overrides,
+                         preset, resolve)
 
 
-def test_overrides_parse_tuples_booleans_and_numbers():
-    c = parse_overrides(Config(), ["word_pool=2,2", "use_word=false", "k1=3",
-                                   "learning_rate=1e-3", "partition_map=none", "bert=x"])
-    assert c.word_pool == (2, 2) and c.use_word is False and c.k1 == 3
-    assert c.learning_rate == 1e-3 and c.partition_map == () and c.bert == "x"
+def test_overrides_parse_tuples_booleans_and_numbers_by_section_or_unique_name():
+    c = parse_overrides(Config(), ["word_pool=2,2", "model.use_word=false", "k1=3",
+                                   "train.learning_rate=1e-3", "partition_map=none",
+                                   "bert=x", "data.batch_size=16"])
+    assert c.model.word_pool == (2, 2) and c.model.use_word is False and c.model.k1 == 3
+    assert c.train.learning_rate == 1e-3 and c.model.partition_map == ()
+    assert c.model.bert == "x" and c.data.batch_size == 16
+    assert Config().model.k1 == 4  # frozen: the base is unchanged
     with pytest.raises(ValueError, match="true/false"):
         parse_overrides(Config(), ["use_word=maybe"])
-    with pytest.raises(ValueError, match="unknown config field"):
+    with pytest.raises(ValueError, match="expected a number"):
+        parse_overrides(Config(), ["k1=four"])
+    with pytest.raises(ValueError, match="unknown config field 'nope'"):
         parse_overrides(Config(), ["nope=1"])
+    with pytest.raises(ValueError, match="unknown config field 'model.nope'"):
+        parse_overrides(Config(), ["model.nope=1"])
+    with pytest.raises(ValueError, match="is not field=value"):
+        parse_overrides(Config(), ["k1"])
+
+
+def test_iatv_names_of_before_the_sections_still_work_and_only_for_iatv():
+    c = resolve("demo", ["model=iatv", "iatv_backbone=compact_cnn", "iatv_embed_dim=64",
+                         "iatv_learning_rate=0.01", "iatv_temperature=0.1"])
+    assert c.family == "iatv" and isinstance(c.model, IATVModel)
+    assert (c.model.backbone, c.model.embed_dim, c.model.cmce_temperature) == \
+        ("compact_cnn", 64, 0.1)
+    assert c.train.learning_rate == 0.01
+    with pytest.raises(ValueError, match="IATV field"):
+        resolve("demo", ["iatv_backbone=vgg16"])
+
+
+def test_the_family_picks_its_preset_and_model_section():
+    hgan, iatv = resolve("demo"), resolve("demo", ["model=iatv"])
+    assert hgan == PRESETS["demo"] == preset("demo", "hgan")
+    assert iatv == preset("demo", "iatv") and isinstance(hgan.model, HGANModel)
+    assert (hgan.model.backbone, iatv.model.backbone) == ("compact_cnn", "small_cnn")
+    assert (hgan.eval.rerank_k, preset("paper", "iatv").eval.rerank_k) == (20, 20)
+    assert preset("paper", "iatv").train.learning_rate == 1e-4  # IATV §4.2, LSTM side
+    # Switching the family of a config keeps data/train/eval and takes the family's
+    # default model section.
+    switched = PRESETS["tiny"].replace(model="iatv", iatv_fc_units=8)
+    assert switched.family == "iatv" and switched.model.fc_units == 8
+    assert switched.data == PRESETS["tiny"].data
+    with pytest.raises(ValueError, match="IATVModel model section"):
+        Config(family="iatv")
+    with pytest.raises(ValueError, match="unknown preset"):
+        resolve("fast")
 
 
 def test_saved_config_round_trips(tmp_path):
-    c = resolve("demo", ["k1=2"])
-    c.save(str(tmp_path))
-    assert Config.load(str(tmp_path)) == c
+    for c in (resolve("demo", ["k1=2"]), resolve("paper", ["model=iatv", "candidates=5"])):
+        c.save(str(tmp_path))
+        assert Config.load(str(tmp_path)) == c
+        saved = json.load(open(os.path.join(tmp_path, CONFIG_FILE)))
+        assert set(saved) == {"family", "data", "model", "train", "eval"}
 
 
-def test_a_config_json_from_before_a_field_keeps_the_behaviour_of_its_time(tmp_path):
-    values = json.loads(Config().to_json())
-    for field in ("word_keys", "weight_decay_mode"):
-        values.pop(field)
+def _write(tmp_path, values):
     with open(os.path.join(tmp_path, CONFIG_FILE), "w") as f:
         json.dump(values, f)
-    old = Config.load(str(tmp_path))
-    assert old.word_keys == "wordpieces" and old.weight_decay_mode == "decoupled"
-    assert Config().word_keys == "words" and PRESETS["paper"].weight_decay_mode == "l2"
+    return Config.load(str(tmp_path))
+
+
+def test_a_flat_hgan_config_json_of_before_the_sections_loads_as_it_ran(tmp_path):
+    old = _write(tmp_path, {"model": "hgan", "k1": 3, "learning_rate": 3e-4,
+                            "batch_size": 16, "rerank_k": 20, "sentence_loss": "cmce",
+                            "iatv_temperature": 0.2, "iatv_backbone": "vgg16",
+                            "word_pool": [2, 2]})
+    assert old.family == "hgan" and old.model.k1 == 3 and old.model.word_pool == (2, 2)
+    assert (old.train.learning_rate, old.data.batch_size, old.eval.rerank_k) == \
+        (3e-4, 16, 20)
+    assert old.model.cmce_temperature == 0.2  # HGAN read it under sentence_loss=cmce
+    # Fields that did not exist yet keep the behaviour of their time.
+    assert old.model.word_keys == "wordpieces" and old.train.weight_decay_mode == "decoupled"
+    assert Config().model.word_keys == "words" and PRESETS["paper"].train.weight_decay_mode == "l2"
+    with pytest.raises(ValueError, match="unknown config fields"):
+        _write(tmp_path, {"model": "hgan", "k9": 1})
+
+
+def test_a_flat_iatv_config_json_of_before_the_sections_loads_as_it_ran(tmp_path):
+    old = _write(tmp_path, {"model": "iatv", "iatv_backbone": "small_cnn",
+                            "iatv_learning_rate": 1e-3, "learning_rate": 3e-4,
+                            "backbone": "compact_cnn", "backbone_weights": "none",
+                            "iatv_candidates": 7, "iatv_embed_dim": 64, "embed_dim": 128,
+                            "k1": 2, "batch_size": 16})
+    assert old.family == "iatv"
+    assert (old.model.backbone, old.model.backbone_weights, old.model.embed_dim) == \
+        ("small_cnn", "none", 64)
+    assert old.train.learning_rate == 1e-3  # the LSTM's rate; HGAN's 3e-4 was unused
+    assert (old.model.candidates, old.eval.rerank_k) == (7, 7)  # eval re-ranked that many
+    assert old.data.batch_size == 16

@@ -12,12 +12,12 @@ def _first(ds):
 def test_train_batches_have_the_model_inputs(tiny_data, tiny_config):
     tok = pipeline.make_tokenizer(tiny_config)
     batch = _first(pipeline.train_dataset(tiny_data, tiny_config, tok))
-    b, h, w = tiny_config.batch_size, tiny_config.image_height, tiny_config.image_width
+    b, h, w = tiny_config.data.batch_size, tiny_config.data.image_height, tiny_config.data.image_width
     assert batch["image"].shape == (b, h, w, 3)
     assert batch["image"].dtype == np.float32
     assert 0.0 <= batch["image"].min() and batch["image"].max() < 1.0  # ×1/256 (§4)
-    assert batch["input_word_ids"].shape == (b, tiny_config.max_len)
-    assert batch["phrase_token_mask"].shape == (b, tiny_config.max_phrases, tiny_config.max_len)
+    assert batch["input_word_ids"].shape == (b, tiny_config.data.max_len)
+    assert batch["phrase_token_mask"].shape == (b, tiny_config.data.max_phrases, tiny_config.data.max_len)
     assert batch["label"].shape == (b,)
     # Every caption of the fixture has two phrases, each covering at least one real token.
     covered = batch["phrase_token_mask"].sum(-1)
@@ -70,7 +70,7 @@ def test_preprocess_is_the_same_eagerly_and_in_tf_data(tiny_config):
     graph = next(iter(tf.data.Dataset.from_tensors(image).map(
         lambda x: pipeline.preprocess_image(x, tiny_config)))).numpy()
     np.testing.assert_allclose(eager, graph, atol=1e-6)
-    assert eager.shape == (tiny_config.image_height, tiny_config.image_width, 3)
+    assert eager.shape == (tiny_config.data.image_height, tiny_config.data.image_width, 3)
 
 
 def test_missing_manifest_is_a_clear_error(tmp_path, tiny_config):

@@ -220,7 +220,7 @@ def test_a_sync_batchnorm_run_loads_for_inference_with_plain_batchnorm(tiny_data
     run_dir.reconcile_config(config, model_dir)
     families.train(config, tiny_data, model_dir, log=lambda _: None)
     model, loaded_config, path = load_model(model_dir, "latest")
-    assert loaded_config.sync_batchnorm  # the saved config is reported as trained
+    assert loaded_config.model.sync_batchnorm  # the saved config is reported as trained
     norms = [m for m in model.image_encoder.submodules
              if isinstance(m, keras.layers.BatchNormalization)]
     assert norms and not any(m.synchronized for m in norms)

@@ -121,13 +121,13 @@ _TWO_REPLICAS = textwrap.dedent("""
     from hgan.training.buffers import IdentityBuffers
     config = Config.from_dict(json.loads({config!r}))
     rng = np.random.default_rng(0)
-    batch = {{"image": rng.uniform(size=(8, config.image_height, config.image_width, 3)),
-              "input_word_ids": rng.integers(1, 30, (8, config.max_len)),
-              "input_mask": (np.arange(config.max_len)[None] < rng.integers(2, 7, (8, 1))),
+    batch = {{"image": rng.uniform(size=(8, config.data.image_height, config.data.image_width, 3)),
+              "input_word_ids": rng.integers(1, 30, (8, config.data.max_len)),
+              "input_mask": (np.arange(config.data.max_len)[None] < rng.integers(2, 7, (8, 1))),
               "label": np.array([0, 1, 1, 2, 3, 0, 2, 2])}}
     batch = {{k: tf.constant(v, tf.float32 if k == "image" else tf.int32)
               for k, v in batch.items()}}
-    init = rng.normal(size=(2, 8, config.iatv_embed_dim)).astype(np.float32)
+    init = rng.normal(size=(2, 8, config.model.embed_dim)).astype(np.float32)
     out = {{}}
     for name, devices in (("one", ["/cpu:0"]), ("two", ["/cpu:0", "/cpu:1"])):
         strategy = tf.distribute.MirroredStrategy(devices)
@@ -138,7 +138,7 @@ _TWO_REPLICAS = textwrap.dedent("""
             for layer in model.image_tower.submodules:
                 if isinstance(layer, tf.keras.layers.BatchNormalization):
                     layer.trainable = False
-            buffers = IdentityBuffers(4, config.iatv_embed_dim)
+            buffers = IdentityBuffers(4, config.model.embed_dim)
             buffers.initialize(init[0], np.array([0, 1, 2, 3] * 2), init[1],
                                np.array([3, 2, 1, 0] * 2))
             optimizers = iatv_task.make_optimizers(config)

@@ -28,7 +28,7 @@ def text_inputs(word_ids, lengths, max_len=6):
 
 def test_both_modalities_land_normalised_in_the_joint_space(config):
     model = stage1.build_stage1(config, VOCAB)
-    images = tf.random.uniform([3, config.image_height, config.image_width, 3], seed=1)
+    images = tf.random.uniform([3, config.data.image_height, config.data.image_width, 3], seed=1)
     inputs = text_inputs(np.arange(18).reshape(3, 6) % VOCAB, [6, 3, 1])
     assert set(TEXT_KEYS) <= set(inputs)  # the HGAN text keys are accepted as they are
     image, text = model.encode_image(images), model.encode_text(inputs)
@@ -94,7 +94,7 @@ def toy_batch(config, rng):
     labels = np.repeat(np.arange(4), 2)
     colours = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], np.float32)
     images = colours[labels][:, None, None, :] * 0.8 + rng.uniform(
-        0, 0.2, (8, config.image_height, config.image_width, 3))
+        0, 0.2, (8, config.data.image_height, config.data.image_width, 3))
     words = np.stack([[2 + lab, 10 + lab, 20 + lab, rng.integers(25, 30), 0, 0]
                       for lab in labels])
     return {"image": tf.constant(images, tf.float32), **text_inputs(words, [4] * 8),
@@ -107,7 +107,7 @@ def test_cmce_training_with_buffer_updates_reduces_the_loss(config):
     # The paper's τ = 0.04; learning rates raised for a 20-step toy run.
     cfg = config.replace(iatv_learning_rate=0.01, iatv_cnn_learning_rate=0.05)
     model = stage1.build_stage1(cfg, VOCAB)
-    buffers = IdentityBuffers(4, cfg.iatv_embed_dim, cfg.iatv_buffer_momentum)
+    buffers = IdentityBuffers(4, cfg.model.embed_dim, cfg.model.buffer_momentum)
     batch = toy_batch(cfg, rng)
     out = model(batch, training=False)
     buffers.initialize(out["image"], batch["label"], out["text"], batch["label"])

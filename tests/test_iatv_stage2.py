@@ -103,7 +103,7 @@ def test_matcher_scores_pairs_and_ignores_padded_words(config, spa, sma):
     assert out["spatial_attention"].shape == (3, T, N)
     assert ("semantic_attention" in out) == sma
     if sma:
-        assert out["semantic_attention"].shape == (3, cfg.iatv_decoder_steps, T)
+        assert out["semantic_attention"].shape == (3, cfg.model.decoder_steps, T)
     noisy = matcher(with_noise_in_padding(inputs))
     for key, value in out.items():
         np.testing.assert_allclose(noisy[key], value, atol=1e-6, err_msg=key)

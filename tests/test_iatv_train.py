@@ -117,7 +117,7 @@ def test_eval_report_has_both_stages(trained, tiny_data, tmp_path):
         assert f"{mode}_s" in saved["timing"]
     assert saved["t2i"] == saved["two_stage"]["t2i"] and saved["i2t"] == saved["two_stage"]["i2t"]
     assert saved["queries"] == 12 and saved["gallery"] == 6 and saved["candidates"] == 3
-    assert saved["config"]["model"] == "iatv"
+    assert saved["config"]["family"] == "iatv"
     table = open(str(tmp_path / "metrics.md")).read()
     assert "| stage1 | t2i |" in table and "| two_stage | i2t |" in table
     assert os.path.exists(report["figures"]["top10"])

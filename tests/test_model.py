@@ -51,11 +51,11 @@ def test_shapes_and_masks(tiny_data, config):
     model = build_model(config, vocab_size=40, num_classes=6)
     batch = _batch(tiny_data, config)
     out = model(batch, training=False)
-    b, c = config.batch_size, config.local_dim
-    assert out["image"]["global"].shape == (b, config.embed_dim)
+    b, c = config.data.batch_size, config.model.local_dim
+    assert out["image"]["global"].shape == (b, config.model.embed_dim)
     assert out["image"]["word"].shape == (b, 15, c)  # 4×4 / 3×2 over 16×8
-    assert out["text"]["word"].shape == (b, config.max_len, c)
-    assert out["text"]["phrase"].shape == (b, config.max_phrases, c)
+    assert out["text"]["word"].shape == (b, config.data.max_len, c)
+    assert out["text"]["phrase"].shape == (b, config.data.max_phrases, c)
     word_mask = out["text"]["word_mask"].numpy()
     # One slot per word that is not punctuation (word_keys="words"), in the first slots.
     words = batch["token_word_index"].numpy().max(1) + 1
@@ -77,7 +77,7 @@ def test_every_table4_row_is_reachable(tiny_config, rows):
     config = tiny_config.replace(bert="scratch:2x16", bert_layers="last", word_pool=pool,
                                  phrase_pool=pool, word_stride=(2, 2), phrase_stride=(2, 2))
     model = build_model(config, vocab_size=40)
-    out = model.encode_image(tf.zeros([1, config.image_height, config.image_width, 3]))
+    out = model.encode_image(tf.zeros([1, config.data.image_height, config.data.image_width, 3]))
     expected = dict(((p, s), n) for p, s, n in TABLE_4)[(pool, (2, 2))]
     assert out["word"].shape[1] == expected
 
@@ -184,10 +184,10 @@ def test_paired_layouts_equal_the_grid(attention):
 def test_model_config_round_trip_and_the_no_bert_row(config):
     model = build_model(config.replace(use_bert=False), vocab_size=40, num_classes=6)
     clone = type(model).from_config(model.get_config())
-    assert clone.config == model.config and clone.num_classes == 6
+    assert clone.config == model.config and clone.model.num_classes == 6
     batch = dummy_batch(config, 2)
     out = model(batch)
-    assert out["text"]["word"].shape == (2, config.max_len, config.local_dim)
+    assert out["text"]["word"].shape == (2, config.data.max_len, config.model.local_dim)
     assert not any("bert" in v.name for v in model.trainable_variables)
 
 
@@ -246,12 +246,12 @@ def test_a_longer_caption_in_the_batch_changes_no_text_feature(config):
     (its word slots up to [SEP]) are the same alone as next to a longer one, and slots past
     the batch's longest caption are zeros."""
     model = build_model(config, vocab_size=40)
-    L = config.max_len
+    L = config.data.max_len
 
     def caption(n):
         ids = np.zeros([L], np.int32)
         ids[0], ids[1:n + 1], ids[n + 1] = 2, np.arange(5, 5 + n), 3
-        membership = np.zeros([config.max_phrases, L], np.float32)
+        membership = np.zeros([config.data.max_phrases, L], np.float32)
         membership[0, 1:3] = 1.0
         words = np.full([L], -1, np.int32)
         words[1:n + 1] = np.arange(n)  # one WordPiece per word: word w is token w + 1
@@ -268,5 +268,5 @@ def test_a_longer_caption_in_the_batch_changes_no_text_feature(config):
     for key, part in (("global", np.s_[:]), ("word", np.s_[:4]), ("phrase", np.s_[:])):
         np.testing.assert_allclose(paired[key].numpy()[0][part], alone[key].numpy()[0][part],
                                    atol=1e-5, err_msg=key)
-    assert alone["word"].shape == (1, L, config.local_dim)
+    assert alone["word"].shape == (1, L, config.model.local_dim)
     np.testing.assert_array_equal(alone["word"].numpy()[0, 4:], 0.0)  # 4 words, slots 0-3

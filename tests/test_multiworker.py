@@ -86,6 +86,6 @@ def test_two_workers_train_iatv_through_both_stages_then_eval_reports_both(
     assert "two_stage" in out
     with open(report_path) as f:
         report = json.load(f)
-    assert report["config"]["model"] == "iatv"
+    assert report["config"]["family"] == "iatv"
     for key in ("R1", "R5", "R10", "mAP", "mINP"):
         assert 0 <= report["t2i"][key] <= 100 and 0 <= report["i2t"][key] <= 100

@@ -74,7 +74,7 @@ _TWO_REPLICAS = textwrap.dedent("""
         # gathered in-batch losses.
         for layer in trainer.model.image_encoder.submodules:
             if (isinstance(layer, tf.keras.layers.BatchNormalization)
-                    and not config.sync_batchnorm):
+                    and not config.model.sync_batchnorm):
                 layer.trainable = False
         batch = next(iter(pipeline.train_dataset({data!r}, config, trainer.tokenizer)))
         if name == "two":

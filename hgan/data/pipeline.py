@@ -71,9 +71,9 @@ def preprocess_image(image: tf.Tensor, config: Config, training: bool = False,
       seed: a [2] int seed for the stateless random flip (training only), so a pipeline
         is deterministic under its seed whatever the parallelism.
     """
-    image = tf.image.resize(image, [config.image_height, config.image_width],
+    image = tf.image.resize(image, [config.data.image_height, config.data.image_width],
                             method="bilinear", antialias=True)
-    if training and config.random_flip:
+    if training and config.data.random_flip:
         image = tf.image.stateless_random_flip_left_right(image, seed=seed)
     return normalize(image, resolve_normalization(config))
 
@@ -86,16 +86,16 @@ _warned = set()
 
 
 def resolve_normalization(config: Config) -> str:
-    """The input normalisation a run uses: ``config.normalization`` unless it is "auto",
+    """The input normalisation a run uses: ``config.data.normalization`` unless it is "auto",
     which follows the backbone's weights (``WEIGHTS_NORMALIZATION`` for ImageNet weights
     or a Keras weights file of them; §4's ×1/256, "paper", for a backbone trained from
     scratch). An explicit choice that contradicts pretrained weights is kept but warned
     about loudly (it swaps conv1's colour channels in a task whose captions are colours)."""
-    mode = config.normalization
+    mode = config.data.normalization
     if mode not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {mode!r}; choose from {NORMALIZATIONS}")
-    backbone = config.iatv_backbone if config.model == "iatv" else config.backbone
-    pretrained = config.backbone_weights not in ("none", "")
+    backbone = config.model.backbone
+    pretrained = config.model.backbone_weights not in ("none", "")
     expected = WEIGHTS_NORMALIZATION.get(backbone) if pretrained else None
     if mode == "auto":
         return expected or "paper"
@@ -105,7 +105,7 @@ def resolve_normalization(config: Config) -> str:
             "normalization=%s but %s's pretrained weights (%s) expect %r input: the "
             "pretrained filters will see wrongly scaled or channel-swapped colours. Use "
             "normalization=auto unless these weights were trained with %s.", mode,
-            backbone, config.backbone_weights, expected, mode)
+            backbone, config.model.backbone_weights, expected, mode)
     return mode
 
 
@@ -168,7 +168,7 @@ def train_dataset(data_dir: str, config: Config, tokenizer: CaptionTokenizer,
     K = batch_size / P pairs of one identity (pairs of an identity with fewer than K are
     dropped for that epoch), which the in-batch losses of §3.4 need to see positives.
     """
-    seed = config.seed if seed is None else seed
+    seed = config.train.seed if seed is None else seed
     files = split_files(data_dir, split)
     ds = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed)
     ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f), cycle_length=min(4, len(files)),
@@ -177,10 +177,10 @@ def train_dataset(data_dir: str, config: Config, tokenizer: CaptionTokenizer,
     if label_by_image:
         table = image_index_table(data_dir, split)
         ds = ds.map(lambda e: {**e, "label": table.lookup(e["path"])})
-    ds = ds.flat_map(lambda e: _pairs(e, config.max_phrases))
+    ds = ds.flat_map(lambda e: _pairs(e, config.data.max_phrases))
     if repeat:
         ds = ds.repeat()
-    ds = ds.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.shuffle(config.data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     # A stateless seed per element keeps flips reproducible under parallel decoding.
     ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
 
@@ -191,9 +191,9 @@ def train_dataset(data_dir: str, config: Config, tokenizer: CaptionTokenizer,
                 "phrase_spans": pair["phrase_spans"]}
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
-    batch = config.batch_size
-    if config.identities_per_batch:
-        p = config.identities_per_batch
+    batch = config.data.batch_size
+    if config.data.identities_per_batch:
+        p = config.data.identities_per_batch
         if batch % p:
             raise ValueError(f"batch_size {batch} is not a multiple of identities_per_batch {p}")
         k = batch // p
@@ -230,7 +230,7 @@ def gallery_dataset(data_dir: str, config: Config, split: str,
 
     return (_read(split_files(data_dir, split))
             .map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
-            .batch(batch_size or config.batch_size)
+            .batch(batch_size or config.data.batch_size)
             .prefetch(AUTOTUNE))
 
 
@@ -244,18 +244,18 @@ def query_dataset(data_dir: str, config: Config, tokenizer: CaptionTokenizer, sp
         n = tf.shape(example["captions"])[0]
         return tf.data.Dataset.from_tensor_slices({
             "caption": example["captions"],
-            "phrase_spans": _dense_spans(example["phrase_spans"], config.max_phrases),
+            "phrase_spans": _dense_spans(example["phrase_spans"], config.data.max_phrases),
             "label": tf.fill([n], example["label"]),
             "image_index": tf.fill([n], index),
         })
 
     return (images.flat_map(captions)
-            .batch(batch_size or config.batch_size)
+            .batch(batch_size or config.data.batch_size)
             .map(lambda b: _tokenize(b, tokenizer, keep_text=True),
                  num_parallel_calls=AUTOTUNE, deterministic=True)
             .prefetch(AUTOTUNE))
 
 
 def make_tokenizer(config: Config) -> CaptionTokenizer:
-    return CaptionTokenizer(vocab_path(config.bert, config.vocab_file), config.max_len,
-                            config.max_phrases, config.lower_case)
+    return CaptionTokenizer(vocab_path(config.model.bert, config.data.vocab_file), config.data.max_len,
+                            config.data.max_phrases, config.data.lower_case)

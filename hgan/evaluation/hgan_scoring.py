@@ -86,11 +86,11 @@ class Scorer:
         self.config = model.config
         self.budget = memory_budget_bytes
         self.heads = {"word": model.word_head, "phrase": model.phrase_head}
-        self.weights = dict(zip(("sentence", "word", "phrase"), self.config.score_weights))
+        self.weights = dict(zip(("sentence", "word", "phrase"), self.config.eval.score_weights))
         self._pair_fn = {}
 
     def levels(self) -> list[str]:
-        return (["sentence"] if self.config.use_sentence else []) + \
+        return (["sentence"] if self.config.model.use_sentence else []) + \
             [lv for lv in LOCAL_LEVELS if self.heads[lv] is not None]
 
     def _prepared(self, texts: dict, images: dict) -> dict:
@@ -146,7 +146,7 @@ class Scorer:
     def _pairs_per_chunk(self, words: int, regions: int) -> int:
         """Pairs whose intermediates fit the memory budget: per pair, the [R, N] score maps
         and the [R, H] + [N, H] fused/hidden tensors of both directions, a few times over."""
-        k1, k2, h = self.config.k1, self.config.k2, self.config.mlp_hidden
+        k1, k2, h = self.config.model.k1, self.config.model.k2, self.config.model.mlp_hidden
         per_pair = 4 * (h * (words * (k2 + 3) + regions * (k1 + 3)) + 6 * words * regions)
         return max(1, self.budget // per_pair)
 
@@ -155,7 +155,7 @@ class Scorer:
         """[len(text_rows), len(image_cols)] scores of one local level."""
         fn, t_mask = self._chunk_fn(level), prep["mask"]
         pairs = self._pairs_per_chunk(t_mask.shape[1], prep["image"][0].shape[1])
-        tc = max(1, min(len(text_rows), self.config.eval_chunk, pairs))
+        tc = max(1, min(len(text_rows), self.config.eval.eval_chunk, pairs))
         ic = max(1, min(len(image_cols), pairs // tc))
         out = np.zeros((len(text_rows), len(image_cols)), np.float32)
         # Rows sorted by length, so each chunk can drop the padding all its rows share.
@@ -203,7 +203,7 @@ class Scorer:
     def exact(self, texts: dict, images: dict) -> dict:
         """Every pair, every level → {level: [Q, G], "total": weighted sum}."""
         out = {}
-        if self.config.use_sentence:
+        if self.config.model.use_sentence:
             out["sentence"] = self.sentence(texts, images)
         prep = self._prepared(texts, images)
         rows, cols = np.arange(len(texts["label"])), np.arange(len(images["label"]))
@@ -221,7 +221,7 @@ class Scorer:
         the top-k carry their combined score, above every other item, which keep their
         stage-1 scores and order.
         """
-        if not self.config.use_sentence:
+        if not self.config.model.use_sentence:
             raise ValueError("two-stage retrieval needs the sentence level (use_sentence)")
         stage1 = self.sentence(texts, images)
         if direction == "i2t":
@@ -256,7 +256,7 @@ def evaluate(model: HGAN, data_dir: str, config: Config, split: str,
     report = {"split": split, "queries": int(len(texts["label"])),
               "gallery": int(len(images["label"])), "timing": {"encode_s": encode_s},
               "levels": scorer.levels()}
-    k = rerank_k or config.rerank_k
+    k = rerank_k or config.eval.rerank_k
     for mode in modes:
         t0 = time.time()
         if mode == "exact":

@@ -77,7 +77,7 @@ def pairs_per_batch(config: Config, words: int, regions: int, channels: int,
                     memory_budget_bytes: int = 256 << 20) -> int:
     """Stage-2 pairs per scoring call within the budget: per pair the spatial attention's
     [words, regions, K] tensors (Eq. 6, a few copies) and the region features dominate."""
-    per_pair = 4 * (3 * words * regions * config.iatv_attention_dim + regions * channels)
+    per_pair = 4 * (3 * words * regions * config.model.attention_dim + regions * channels)
     return max(1, min(4096, memory_budget_bytes // per_pair))
 
 
@@ -115,7 +115,7 @@ def evaluate(model: IATV, data_dir: str, config: Config, split: str, modes=MODES
     if unknown or not modes:
         raise ValueError(f"unknown IATV modes {sorted(unknown)}; choose from {MODES}")
     class_level = pipeline.load_manifest(data_dir).get("dataset") in metrics.CLASS_LEVEL_DATASETS
-    k = rerank_k or config.iatv_candidates
+    k = rerank_k or config.eval.rerank_k
     t0 = time.time()
     texts, images = encode_split(model, data_dir, config, split,
                                  regions="two_stage" in modes)

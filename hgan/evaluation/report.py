@@ -2,7 +2,6 @@
 PNGs and Fig. 4 as numbers (``hgan.families.evaluate`` gives it a family's report)."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -57,7 +56,7 @@ def write(report: dict, model, config: Config, checkpoint_path: str, data_dir: s
     # (its final ranking), or the only mode's.
     main_mode = next(m for m in ("exact", "two_stage", "stage1") if m in report)
     report["t2i"], report["i2t"] = report[main_mode]["t2i"], report[main_mode]["i2t"]
-    report.update(checkpoint=checkpoint_path, config=dataclasses.asdict(config),
+    report.update(checkpoint=checkpoint_path, config=config.to_dict(),
                   data_dir=data_dir)
     report["markdown"] = markdown_table(report)
     os.makedirs(os.path.dirname(os.path.abspath(output_json)), exist_ok=True)
@@ -75,7 +74,7 @@ def word_keys_of(config):
     """caption bytes → the strings of its word-level keys in slot order: whole words
     (``word_keys="words"``) or WordPiece tokens after [CLS]."""
     tokenizer = pipeline.make_tokenizer(config)
-    if config.word_keys == "words":
+    if config.model.word_keys == "words":
         return lambda caption: tokenizer.caption_words(caption.decode())
 
     def pieces(caption):

@@ -66,15 +66,15 @@ class HGANServing(tf.Module):
         c = self.config
         # The region count follows from the partition config (Table 4).
         regions = []
-        for pool, stride in ((c.word_pool, c.word_stride), (c.phrase_pool, c.phrase_stride)):
-            h, w = partition_grid(tuple(c.partition_map), pool, stride) if c.partition_map \
+        for pool, stride in ((c.model.word_pool, c.model.word_stride), (c.model.phrase_pool, c.model.phrase_stride)):
+            h, w = partition_grid(tuple(c.model.partition_map), pool, stride) if c.model.partition_map \
                 else (None, None)
             regions.append(h * w if h else None)
 
         @tf.function(input_signature=[
-            STRINGS, tf.TensorSpec([None, c.embed_dim], tf.float32),
-            tf.TensorSpec([None, regions[0], c.local_dim], tf.float32),
-            tf.TensorSpec([None, regions[1], c.local_dim], tf.float32)])
+            STRINGS, tf.TensorSpec([None, c.model.embed_dim], tf.float32),
+            tf.TensorSpec([None, regions[0], c.model.local_dim], tf.float32),
+            tf.TensorSpec([None, regions[1], c.model.local_dim], tf.float32)])
         def score_features(texts, image_global, image_word, image_phrase):
             image = {"global": image_global, "word": image_word, "phrase": image_phrase}
             scores = self.model.score(self._text_features(texts), image, training=False)

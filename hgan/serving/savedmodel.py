@@ -22,7 +22,7 @@ def request_pixels(images, config) -> tf.Tensor:
             return pipeline.preprocess_image(pipeline.decode_image(encoded), config)
 
     return tf.map_fn(one, images, fn_output_signature=tf.TensorSpec(
-        [config.image_height, config.image_width, 3], tf.float32))
+        [config.data.image_height, config.data.image_width, 3], tf.float32))
 
 
 def save_servable(module: tf.Module, signatures: dict, output_dir: str, config,

@@ -30,31 +30,31 @@ class HGANTask(Task):
 
     def __init__(self, config: Config, data_dir: str, val_split: Optional[str] = None,
                  strategy: Optional[tf.distribute.Strategy] = None):
-        if config.model != "hgan":
-            raise ValueError(f"config.model is {config.model!r}; this trains hgan")
+        if config.family != "hgan":
+            raise ValueError(f"config.family is {config.family!r}; this trains hgan")
         self.config, self.data_dir, self.val_split = config, data_dir, val_split
         self.manifest = pipeline.load_manifest(data_dir)
         if "train" not in self.manifest["splits"]:
             raise ValueError(f"{data_dir} has no train split")
-        self.num_classes = config.num_classes or self.manifest["splits"]["train"]["identities"]
+        self.num_classes = config.model.num_classes or self.manifest["splits"]["train"]["identities"]
         self.strategy = strategy or make_strategy()
         self.tokenizer = pipeline.make_tokenizer(config)
         self.per_epoch = run_dir.steps_per_epoch(self.manifest, config)
-        self.phase_end = {"train": config.max_steps or config.epochs * self.per_epoch}
-        if config.mixed_precision:
+        self.phase_end = {"train": config.train.max_steps or config.train.epochs * self.per_epoch}
+        if config.train.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
         with self.strategy.scope():
             self.model: HGAN = build_model(config, self.tokenizer.vocab_size + 1,
                                            self.num_classes, self.strategy)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
             optimizer = optim.make_optimizer(config, self.per_epoch)
-            if config.mixed_precision:
+            if config.train.mixed_precision:
                 optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
             self.optimizer = optimizer
             self.optimizer.build(self.model.trainable_variables)
             # sentence_loss=cmce: IATV's identity buffers V and S, checkpointed with the model.
-            self.buffers = (IdentityBuffers(self.num_classes, config.embed_dim,
-                                            config.iatv_buffer_momentum)
+            self.buffers = (IdentityBuffers(self.num_classes, config.model.embed_dim,
+                                            config.model.buffer_momentum)
                             if self.model.uses_buffers else None)
         self._step_fn = None
         self.token_cache = None  # made by begin(): a frozen BERT's outputs, computed once
@@ -81,11 +81,11 @@ class HGANTask(Task):
                 terms["l2"] = l2
                 terms["total"] = terms["total"] + l2
             loss = terms["total"] / replicas
-            if self.config.mixed_precision:
+            if self.config.train.mixed_precision:
                 loss = self.optimizer.get_scaled_loss(loss)
         variables = self.model.trainable_variables
         grads = tape.gradient(loss, variables)
-        if self.config.mixed_precision:
+        if self.config.train.mixed_precision:
             grads = self.optimizer.get_unscaled_gradients(grads)
         # A non-finite loss or gradient must not reach the weights (ReLU and max can hide a
         # NaN from the loss but not from the gradients): the step is skipped whole (weights,
@@ -95,14 +95,14 @@ class HGANTask(Task):
         finite = tf.math.is_finite(terms["total"])
         # grad_norm (logged; spikes come before a collapse): the global norm of the summed
         # gradients, before clip_grad_norm; under mixed precision, this replica's.
-        if self.config.mixed_precision:
+        if self.config.train.mixed_precision:
             terms["grad_norm"] = tf.linalg.global_norm([g for g in grads if g is not None])
             self.optimizer.apply_gradients(
                 [(g, v) for g, v in zip(grads, variables) if g is not None])
         else:
             finite, terms["grad_norm"] = optim.guarded_apply(
                 [(self.optimizer, zip(grads, variables))], finite,
-                clip_norm=self.config.clip_grad_norm)
+                clip_norm=self.config.train.clip_grad_norm)
         if self.buffers is not None:  # IATV Fig. 2 Step-2, with the gathered global batch
             self.buffers.update(image["global"], text["global"], labels, when=finite)
         return {**terms, FINITE: tf.cast(finite, tf.float32)}
@@ -133,7 +133,7 @@ class HGANTask(Task):
     def batches(self, phase: str, start_step: int, log=print):
         # A resumed run reshuffles with a different seed instead of replaying the epoch.
         ds = pipeline.train_dataset(self.data_dir, self.config, self.tokenizer,
-                                    seed=self.config.seed + start_step,
+                                    seed=self.config.train.seed + start_step,
                                     keep_caption=self.token_cache is not None)
         return iter(self.strategy.experimental_distribute_dataset(ds))
 

@@ -114,7 +114,7 @@ def pair_dataset(encoded, captions, text_index, image_index, match, config: Conf
         return out
 
     ds = (ds.map(load, num_parallel_calls=pipeline.AUTOTUNE, deterministic=True)
-          .batch(config.batch_size, drop_remainder=True)
+          .batch(config.data.batch_size, drop_remainder=True)
           .map(tokenize, num_parallel_calls=pipeline.AUTOTUNE, deterministic=True))
     options = tf.data.Options()
     options.deterministic = True

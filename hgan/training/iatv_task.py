@@ -46,16 +46,16 @@ LOSS = {"stage1": "cmce", "stage2_text": "bce", "stage2_joint": "bce"}
 
 def phase_steps(config: Config, per_epoch: int) -> dict:
     """Steps of each phase; a 0 field means ``epochs`` epochs of the training captions."""
-    default = config.epochs * per_epoch
-    return {"stage1": config.iatv_stage1_steps or default,
-            "stage2_text": config.iatv_stage2_text_steps or default,
-            "stage2_joint": config.iatv_stage2_joint_steps or default}
+    default = config.train.epochs * per_epoch
+    return {"stage1": config.model.stage1_steps or default,
+            "stage2_text": config.model.stage2_text_steps or default,
+            "stage2_joint": config.model.stage2_joint_steps or default}
 
 
 def make_optimizers(config: Config) -> dict:
     """§4.2: Adam (lr 1e-4) for the LSTM side, SGD for the CNN (momentum 0.9: not given)."""
-    return {"image": keras.optimizers.SGD(config.iatv_cnn_learning_rate, momentum=0.9),
-            "text": keras.optimizers.Adam(config.iatv_learning_rate)}
+    return {"image": keras.optimizers.SGD(config.model.cnn_learning_rate, momentum=0.9),
+            "text": keras.optimizers.Adam(config.train.learning_rate)}
 
 
 def stage1_replica_step(model, buffers: IdentityBuffers, optimizers: dict, batch: dict,
@@ -83,7 +83,7 @@ def make_stage1_step(model, buffers: IdentityBuffers, optimizers: dict,
     """A compiled stage-1 ``step(distributed_batch) -> {"cmce", FINITE}`` over ``strategy``
     for a bare ``Stage1`` (build model, buffers and optimizers in ``strategy.scope()``)."""
     strategy = strategy or tf.distribute.get_strategy()
-    tau = model.config.iatv_temperature if temperature is None else temperature
+    tau = model.config.model.cmce_temperature if temperature is None else temperature
     with strategy.scope():
         optimizers["image"].build(model.image_tower.trainable_variables)
         optimizers["text"].build(model.text_tower.trainable_variables)
@@ -96,9 +96,9 @@ class IATVTask(Task):
 
     def __init__(self, config: Config, data_dir: str, val_split: Optional[str] = None,
                  strategy: Optional[tf.distribute.Strategy] = None):
-        if config.model != "iatv":
-            raise ValueError(f"config.model is {config.model!r}; this trains iatv")
-        if config.mixed_precision:
+        if config.family != "iatv":
+            raise ValueError(f"config.family is {config.family!r}; this trains iatv")
+        if config.train.mixed_precision:
             raise ValueError("mixed_precision is not supported for iatv")
         self.config, self.data_dir, self.val_split = config, data_dir, val_split
         self.manifest = pipeline.load_manifest(data_dir)
@@ -106,8 +106,8 @@ class IATVTask(Task):
             raise ValueError(f"{data_dir} has no train split")
         train = self.manifest["splits"]["train"]
         # "w/o ID" (Table 2): every training image is an identity.
-        self.num_identities = ((config.num_classes or train["identities"])
-                               if config.iatv_identity_labels else train["images"])
+        self.num_identities = ((config.model.num_classes or train["identities"])
+                               if config.model.identity_labels else train["images"])
         self.strategy = strategy or make_strategy()
         self.tokenizer = pipeline.make_tokenizer(config)
         self.per_epoch = run_dir.steps_per_epoch(self.manifest, config)
@@ -115,8 +115,8 @@ class IATVTask(Task):
         self.phase_end = dict(zip(PHASES, np.cumsum([lengths[p] for p in PHASES]).tolist()))
         with self.strategy.scope():
             self.model = IATV(config, self.tokenizer.vocab_size + 1)
-            self.buffers = IdentityBuffers(self.num_identities, config.iatv_embed_dim,
-                                           config.iatv_buffer_momentum)
+            self.buffers = IdentityBuffers(self.num_identities, config.model.embed_dim,
+                                           config.model.buffer_momentum)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
             self.stage1_optimizers = make_optimizers(config)
             # Stage 2 gets fresh optimizers under the same rule: Adam for the language side
@@ -153,14 +153,14 @@ class IATVTask(Task):
         image under "w/o ID")."""
         texts, images = iatv_scoring.encode_split(self.model, self.data_dir, self.config,
                                                   "train", self.tokenizer, regions=False)
-        if not self.config.iatv_identity_labels:
+        if not self.config.model.identity_labels:
             images["label"] = np.arange(len(images["label"]))
             texts["label"] = texts["image_index"]
         return texts, images
 
     def _stage1_replica_step(self, batch):
         return stage1_replica_step(self.model.stage1, self.buffers, self.stage1_optimizers,
-                                   batch, self.config.iatv_temperature)
+                                   batch, self.config.model.cmce_temperature)
 
     # --- stage 2 ----------------------------------------------------------------------
     def mine_pairs(self, log: Callable[[str], None] = print):
@@ -168,14 +168,14 @@ class IATVTask(Task):
         (text_index, image_index, match) over the training captions and images; random
         pairs under "w/o stage-1"."""
         texts, images = self._train_features()
-        k = self.config.iatv_candidates
-        if self.config.iatv_stage1_init:
+        k = self.config.model.candidates
+        if self.config.model.stage1_init:
             mined = iatv_pairs.mine_pairs(texts["embedding"], images["embedding"],
                                           texts["label"], images["label"], k=k)
             how = f"mined by stage 1 (top {k} both ways)"
         else:
             mined = iatv_pairs.random_pairs(texts["label"], images["label"], k=k,
-                                            seed=self.config.seed)
+                                            seed=self.config.train.seed)
             how = f"drawn at random ({k} both ways; w/o stage-1)"
         log(f"stage 2: {len(mined[2])} pairs {how}, "
             f"{100.0 * float(np.mean(mined[2])):.1f}% positive")
@@ -208,16 +208,16 @@ class IATVTask(Task):
 
     def batches(self, phase: str, start_step: int, log: Callable[[str], None] = print):
         # A resumed run reshuffles with a different seed instead of replaying the epoch.
-        seed = self.config.seed + start_step
+        seed = self.config.train.seed + start_step
         if phase == "stage1":
-            by_image = not self.config.iatv_identity_labels
+            by_image = not self.config.model.identity_labels
             # CMCE needs no in-batch positives; under "w/o ID" an image's few captions could
             # never fill a P×K group, so batches are plain shuffles there.
             config = self.config.replace(identities_per_batch=0) if by_image else self.config
             ds = pipeline.train_dataset(self.data_dir, config, self.tokenizer, seed=seed,
                                         label_by_image=by_image)
         else:
-            if start_step == self.phase_end["stage1"] and self.config.iatv_stage1_init:
+            if start_step == self.phase_end["stage1"] and self.config.model.stage1_init:
                 self.model.initialize_stage2()
                 log(f"stage 2 initialised from stage 1 at step {start_step}")
             text_index, image_index, match = self.mine_pairs(log)

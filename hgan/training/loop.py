@@ -54,7 +54,7 @@ class Task(abc.ABC):
     @property
     def total_steps(self) -> int:
         full = max(self.phase_end.values())
-        return min(full, self.config.max_steps) if self.config.max_steps else full
+        return min(full, self.config.train.max_steps) if self.config.train.max_steps else full
 
     def phase(self, step: int) -> str:
         """The phase global step ``step`` (1-based) belongs to."""
@@ -176,7 +176,7 @@ def _boundaries(task: Task, start: int) -> list:
     """Global steps after ``start`` where the loop stops to evaluate and checkpoint: every
     ``eval_every`` steps (0: once per epoch), each phase end and the last step."""
     total = task.total_steps
-    every = task.config.eval_every or task.per_epoch
+    every = task.config.train.eval_every or task.per_epoch
     points = set(range(every, total + 1, every)) | set(task.phase_end.values()) | {total}
     return sorted(p for p in points if start < p <= total)
 
@@ -188,7 +188,7 @@ def checkpoint_manager(task: Task, model_dir: str) -> tf.train.CheckpointManager
                                      **task.checkpoint_items())
     return tf.train.CheckpointManager(
         checkpoint, os.path.join(worker_dir(model_dir, task.strategy), "ckpt"),
-        max_to_keep=task.config.keep_checkpoints, step_counter=task.step)
+        max_to_keep=task.config.train.keep_checkpoints, step_counter=task.step)
 
 
 def restore(task: Task, model_dir: str) -> int:
@@ -231,15 +231,15 @@ def fit(task: Task, model_dir: str, validate: bool = True,
                                            "value": metrics[key], "metrics": metrics})
 
     stops = _boundaries(task, start)
-    every = [config.log_every, config.checkpoint_every]
+    every = [config.train.log_every, config.train.checkpoint_every]
     phase_ends = set(task.phase_end.values()) | {total}
 
     def save(_output) -> None:
         """Train action: a checkpoint at each multiple of checkpoint_every and phase end
         (on every worker: a save is collective)."""
         step = int(task.step.numpy())
-        if step in phase_ends or (config.checkpoint_every and
-                                  step % config.checkpoint_every == 0):
+        if step in phase_ends or (config.train.checkpoint_every and
+                                  step % config.train.checkpoint_every == 0):
             manager.save(checkpoint_number=step)
 
     def steps_per_loop(step: int) -> int:

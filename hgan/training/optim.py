@@ -143,18 +143,18 @@ WEIGHT_DECAY_MODES = ("l2", "decoupled")
 def make_optimizer(config: Config, per_epoch: int) -> "AdamW":
     """§4: Adam over ``learning_rate_schedule``; weight decay decoupled in the optimizer
     when ``weight_decay_mode="decoupled"`` (with "l2" it is a loss term, ``l2_term``)."""
-    if config.weight_decay_mode not in WEIGHT_DECAY_MODES:
+    if config.train.weight_decay_mode not in WEIGHT_DECAY_MODES:
         raise ValueError(f"weight_decay_mode must be one of {WEIGHT_DECAY_MODES}, "
-                         f"got {config.weight_decay_mode!r}")
-    decoupled = config.weight_decay_mode == "decoupled" and config.weight_decay
+                         f"got {config.train.weight_decay_mode!r}")
+    decoupled = config.train.weight_decay_mode == "decoupled" and config.train.weight_decay
     return AdamW(learning_rate=learning_rate_schedule(config, per_epoch),
-                       weight_decay=config.weight_decay if decoupled else None)
+                       weight_decay=config.train.weight_decay if decoupled else None)
 
 
 def l2_term(config: Config, variables) -> Optional[tf.Tensor]:
     """The coupled weight-decay loss term of ``weight_decay_mode="l2"``, else None."""
-    if config.weight_decay_mode == "l2" and config.weight_decay:
-        return losses.l2_penalty(variables, config.weight_decay)
+    if config.train.weight_decay_mode == "l2" and config.train.weight_decay:
+        return losses.l2_penalty(variables, config.train.weight_decay)
     return None
 
 

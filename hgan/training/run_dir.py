@@ -10,8 +10,8 @@ from hgan.data import pipeline
 from hgan.tf_compat import tf
 
 # Fields that may change when a run is resumed; anything else must match the saved config.
-RESUMABLE_FIELDS = {"epochs", "max_steps", "checkpoint_every", "keep_checkpoints",
-                    "eval_every", "log_every"}
+RESUMABLE_FIELDS = {"train.epochs", "train.max_steps", "train.checkpoint_every",
+                    "train.keep_checkpoints", "train.eval_every", "train.log_every"}
 BEST_FILE = "best.json"
 
 
@@ -49,7 +49,8 @@ def reconcile_config(config: Config, model_dir: str) -> Config:
     """Saves the config, or checks a resumed run's config against the saved one."""
     if tf.io.gfile.exists(os.path.join(model_dir, "config.json")):
         saved = Config.load(model_dir)
-        diff = {k for k, v in saved.__dict__.items() if getattr(config, k) != v}
+        now = config.flat()
+        diff = {k for k, v in saved.flat().items() if now.get(k) != v} | (set(now) - set(saved.flat()))
         blocking = sorted(diff - RESUMABLE_FIELDS)
         if blocking:
             raise ValueError(
@@ -60,4 +61,4 @@ def reconcile_config(config: Config, model_dir: str) -> Config:
 
 
 def steps_per_epoch(manifest: dict, config: Config, split: str = "train") -> int:
-    return max(1, manifest["splits"][split]["captions"] // config.batch_size)
+    return max(1, manifest["splits"][split]["captions"] // config.data.batch_size)

@@ -28,5 +28,5 @@ class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
 def learning_rate_schedule(config: Config, per_epoch: int) -> StepSchedule:
     """×0.1 at each of ``lr_decay_epochs``, with optional linear warmup (§4 gives only the
     initial rate, 2e-4)."""
-    boundaries = [float(int(e * per_epoch)) for e in config.lr_decay_epochs]
-    return StepSchedule(config.learning_rate, boundaries, config.warmup_steps)
+    boundaries = [float(int(e * per_epoch)) for e in config.train.lr_decay_epochs]
+    return StepSchedule(config.train.learning_rate, boundaries, config.train.warmup_steps)

@@ -1,7 +1,6 @@
 """The HGAN model: image and text encoders, the three matching levels, the losses (§3)."""
 from __future__ import annotations
 
-import dataclasses
 
 from hgan.config import Config
 from hgan.data import pipeline
@@ -29,31 +28,31 @@ class HGAN(keras.Model):
 
     def __init__(self, config: Config, vocab_size: int, num_classes: int = 0, **kwargs):
         super().__init__(name=kwargs.pop("name", "hgan"), **kwargs)
-        if not (config.use_word or config.use_phrase or config.use_sentence):
+        if not (config.model.use_word or config.model.use_phrase or config.model.use_sentence):
             raise ValueError("at least one of use_word / use_phrase / use_sentence is needed")
-        if config.sentence_loss not in SENTENCE_LOSSES:
+        if config.model.sentence_loss not in SENTENCE_LOSSES:
             raise ValueError(f"sentence_loss must be one of {SENTENCE_LOSSES}, "
-                             f"got {config.sentence_loss!r}")
+                             f"got {config.model.sentence_loss!r}")
         self.config = config
         self.vocab_size = vocab_size
         self.num_classes = num_classes
         self.image_encoder = build_image_encoder(config)
         self.text_encoder = build_text_encoder(config, vocab_size)
-        head = dict(hidden=config.mlp_hidden, temperature=config.temperature,
-                    attention=config.attention, gumbel_scale=config.gumbel_scale,
-                    gumbel_norm_epsilon=config.gumbel_norm_epsilon)
-        self.word_head = (LocalMatching(name="word_matching", k1=config.k1, k2=config.k2,
-                                        **head) if config.use_word else None)
+        head = dict(hidden=config.model.mlp_hidden, temperature=config.model.temperature,
+                    attention=config.model.attention, gumbel_scale=config.model.gumbel_scale,
+                    gumbel_norm_epsilon=config.model.gumbel_norm_epsilon)
+        self.word_head = (LocalMatching(name="word_matching", k1=config.model.k1, k2=config.model.k2,
+                                        **head) if config.model.use_word else None)
         self.phrase_head = (LocalMatching(name="phrase_matching",
-                                          k1=config.phrase_k1 or config.k1,
-                                          k2=config.phrase_k2 or config.k2, **head)
-                            if config.use_phrase else None)
+                                          k1=config.model.phrase_k1 or config.model.k1,
+                                          k2=config.model.phrase_k2 or config.model.k2, **head)
+                            if config.model.use_phrase else None)
         # Eq. 10: one classifier over the training identities shared by both modalities.
         self.classifier = (keras.layers.Dense(num_classes, name="id_classifier")
-                           if num_classes and config.use_sentence else None)
+                           if num_classes and config.model.use_sentence else None)
 
     def get_config(self):
-        return {"config": dataclasses.asdict(self.config), "vocab_size": self.vocab_size,
+        return {"config": self.config.to_dict(), "vocab_size": self.vocab_size,
                 "num_classes": self.num_classes}
 
     @classmethod
@@ -85,8 +84,8 @@ class HGAN(keras.Model):
     def score(self, text, image, training=None) -> dict:
         """Score matrices [Bt, Bi] of every text with every image, per level and ``total``."""
         out = {}
-        weights = dict(zip(("sentence", "word", "phrase"), self.config.score_weights))
-        if self.config.use_sentence:
+        weights = dict(zip(("sentence", "word", "phrase"), self.config.eval.score_weights))
+        if self.config.model.use_sentence:
             out["sentence"] = cosine_scores(text["global"], image["global"])
         if self.word_head is not None:
             out["word"] = self.word_head((text["word"], text["word_mask"], image["word"]),
@@ -101,7 +100,7 @@ class HGAN(keras.Model):
     def uses_buffers(self) -> bool:
         """True when L_pair is IATV's CMCE, which needs ``IdentityBuffers``."""
         c = self.config
-        return c.use_sentence and bool(c.weight_pair) and c.sentence_loss == "cmce"
+        return c.model.use_sentence and bool(c.model.weight_pair) and c.model.sentence_loss == "cmce"
 
     def compute_losses(self, text, image, labels, training=True, buffers=None) -> dict:
         """Every loss term on a batch of matched pairs (text i drawn with image i).
@@ -111,31 +110,31 @@ class HGAN(keras.Model):
         """
         c = self.config
         terms = {}
-        if c.use_sentence:
+        if c.model.use_sentence:
             if self.uses_buffers:
                 if buffers is None:
                     raise ValueError("sentence_loss='cmce' needs the identity buffers")
-                terms["cmce"] = c.weight_pair * losses.cmce_loss(
+                terms["cmce"] = c.model.weight_pair * losses.cmce_loss(
                     image["global"], text["global"], labels, buffers.image, buffers.text,
-                    c.iatv_temperature)
-            elif c.weight_pair:
-                terms["pair"] = c.weight_pair * losses.cmpm_loss(
-                    image["global"], text["global"], labels, temperature=c.pair_temperature)
-            if c.weight_ide and self.classifier is not None:
+                    c.model.cmce_temperature)
+            elif c.model.weight_pair:
+                terms["pair"] = c.model.weight_pair * losses.cmpm_loss(
+                    image["global"], text["global"], labels, temperature=c.model.pair_temperature)
+            if c.model.weight_ide and self.classifier is not None:
                 # One pass of the shared classifier over both modalities (one weight gradient).
                 logits = self.classifier(tf.concat([image["global"], text["global"]], 0))
                 image_logits, text_logits = tf.split(
                     logits, [tf.shape(image["global"])[0], -1])
-                terms["ide"] = c.weight_ide * losses.identification_loss(
+                terms["ide"] = c.model.weight_ide * losses.identification_loss(
                     image_logits, text_logits, labels)
-        for level, head, weight in (("word", self.word_head, c.weight_word),
-                                    ("phrase", self.phrase_head, c.weight_phrase)):
+        for level, head, weight in (("word", self.word_head, c.model.weight_word),
+                                    ("phrase", self.phrase_head, c.model.weight_phrase)):
             if head is None or not weight:
                 continue
             words, mask = _trim_to_used(text[level], text[f"{level}_mask"])
             scores = head((words, mask, image[level]), training=training)
             terms[level] = weight * losses.triplet_ranking_loss(
-                scores, labels, labels, c.margin, c.hardest_negative)
+                scores, labels, labels, c.model.margin, c.model.hardest_negative)
         terms["total"] = tf.add_n(list(terms.values()))
         return terms
 
@@ -169,9 +168,9 @@ def build_model(config: Config, vocab_size: int, num_classes: int = 0,
 
 
 def dummy_batch(config: Config, batch: int) -> dict:
-    L, M = config.max_len, config.max_phrases
+    L, M = config.data.max_len, config.data.max_phrases
     return {
-        "image": tf.zeros([batch, config.image_height, config.image_width, 3]),
+        "image": tf.zeros([batch, config.data.image_height, config.data.image_width, 3]),
         "input_word_ids": tf.zeros([batch, L], tf.int32),
         "input_mask": tf.ones([batch, L], tf.int32),
         "input_type_ids": tf.zeros([batch, L], tf.int32),
@@ -183,7 +182,7 @@ def dummy_batch(config: Config, batch: int) -> dict:
 def load_model(model_dir: str, which: str = "best") -> tuple[HGAN, Config, str]:
     """The model of ``model_dir`` with the chosen checkpoint's weights (inference only)."""
     config = Config.load(model_dir)
-    manifest_classes = config.num_classes
+    manifest_classes = config.model.num_classes
     tokenizer = pipeline.make_tokenizer(config)
     path = resolve_checkpoint(model_dir, which)
     reader = tf.train.load_checkpoint(path)

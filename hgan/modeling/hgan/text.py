@@ -31,14 +31,14 @@ def _scratch_encoder(spec: str, vocab_size: int, max_len: int,
 def load_bert(config: Config, vocab_size: int) -> keras.layers.Layer:
     """The BERT encoder: a TF-Hub handle, a local SavedModel dir with the TF-Hub BERT
     interface (``data_prep.convert_bert`` writes one), or ``scratch:LxH``."""
-    if config.bert.startswith(_SCRATCH):
-        encoder = _scratch_encoder(config.bert, vocab_size, config.max_len, config.dropout)
-        encoder.trainable = config.bert_trainable
+    if config.model.bert.startswith(_SCRATCH):
+        encoder = _scratch_encoder(config.model.bert, vocab_size, config.data.max_len, config.model.dropout)
+        encoder.trainable = config.model.bert_trainable
         return encoder
     import tensorflow_hub as hub
-    if "://" not in config.bert and not os.path.isdir(config.bert):
-        raise FileNotFoundError(f"bert={config.bert!r} is neither a URL nor a directory")
-    return hub.KerasLayer(config.bert, trainable=config.bert_trainable, name="bert")
+    if "://" not in config.model.bert and not os.path.isdir(config.model.bert):
+        raise FileNotFoundError(f"bert={config.model.bert!r} is neither a URL nor a directory")
+    return hub.KerasLayer(config.model.bert, trainable=config.model.bert_trainable, name="bert")
 
 
 def select_layers(outputs: dict, choice: str):
@@ -99,9 +99,9 @@ class WordPooling(keras.layers.Layer):
 def _self_attention(config: Config, name: str) -> keras.layers.Layer:
     """The "one transformer layer" of §3.2 [29] over words or phrases."""
     return nlp_layers.TransformerEncoderBlock(
-        num_attention_heads=config.attention_heads, inner_dim=2 * config.local_dim,
-        inner_activation="gelu", output_dropout=config.dropout,
-        attention_dropout=config.dropout, name=name)
+        num_attention_heads=config.model.attention_heads, inner_dim=2 * config.model.local_dim,
+        inner_activation="gelu", output_dropout=config.model.dropout,
+        attention_dropout=config.model.dropout, name=name)
 
 
 BERT_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
@@ -112,11 +112,11 @@ def build_token_embedder(config: Config, vocab_size: int) -> keras.Model:
     """``BERT_INPUTS`` [B, L] → token embeddings [B, L, D]: BERT's layers chosen per
     Table 2, or, for Table 3's rows without BERT (``use_bert=False``), trainable word
     embeddings of width 768."""
-    L = config.max_len
+    L = config.data.max_len
     inputs = {k: keras.Input((L,), dtype=tf.int32, name=k) for k in BERT_INPUTS}
-    if config.use_bert:
+    if config.model.use_bert:
         bert = load_bert(config, vocab_size)
-        tokens = select_layers(bert(inputs), config.bert_layers)
+        tokens = select_layers(bert(inputs), config.model.bert_layers)
     else:
         tokens = keras.layers.Embedding(vocab_size, 768, name="word_embedding")(
             inputs["input_word_ids"])
@@ -128,14 +128,14 @@ def build_text_encoder(config: Config, vocab_size: int) -> keras.Model:
     ``build_token_embedder`` then ``build_text_head``, two nested models (a frozen BERT's
     token embeddings can be computed once and fed to the head alone, ``hgan.modeling.hgan.token_cache``).
     """
-    L, M = config.max_len, config.max_phrases
+    L, M = config.data.max_len, config.data.max_phrases
     inputs = {k: keras.Input((L,), dtype=tf.int32, name=k) for k in BERT_INPUTS}
     inputs["phrase_token_mask"] = keras.Input((M, L), dtype=tf.float32,
                                               name="phrase_token_mask")
     inputs["token_word_index"] = keras.Input((L,), dtype=tf.int32, name="token_word_index")
     tokens = build_token_embedder(config, vocab_size)({k: inputs[k] for k in BERT_INPUTS})
     if tokens.shape[-1] is None:
-        raise ValueError(f"bert={config.bert!r}: its token embeddings have no static width")
+        raise ValueError(f"bert={config.model.bert!r}: its token embeddings have no static width")
     head = build_text_head(config, int(tokens.shape[-1]))
     outputs = head({"tokens": tokens, **{k: inputs[k] for k in HEAD_INPUTS}})
     return keras.Model(inputs, outputs, name="text_encoder")
@@ -154,7 +154,7 @@ def build_text_head(config: Config, token_dim: int) -> keras.Model:
     * T_p [B, M, C']: phrase embeddings (mean of their tokens) → FC → one self-attention
       layer over the M phrases; ``phrase_mask`` [B, M] marks the real phrases.
     """
-    L, M = config.max_len, config.max_phrases
+    L, M = config.data.max_len, config.data.max_phrases
     tokens = keras.Input((L, token_dim), dtype=tf.float32, name="tokens")
     word_ids = keras.Input((L,), dtype=tf.int32, name="input_word_ids")
     mask = keras.Input((L,), dtype=tf.int32, name="input_mask")
@@ -169,29 +169,29 @@ def build_text_head(config: Config, token_dim: int) -> keras.Model:
     attention_mask = keras.layers.Lambda(
         lambda m: tf.cast(m[:, None, :] & m[:, :, None], tf.float32), name="pair_mask",
         dtype="float32")(trimmed_mask)
-    if config.word_keys == "words":
+    if config.model.word_keys == "words":
         word_inputs, word_mask = WordPooling(name="word_pool")([tokens, token_words])
         word_attention = keras.layers.Lambda(
             lambda m: m[:, None, :] * m[:, :, None] + tf.eye(tf.shape(m)[1])[None],
             name="word_pair_mask", dtype="float32")(word_mask)
-    elif config.word_keys == "wordpieces":
+    elif config.model.word_keys == "wordpieces":
         word_inputs, word_attention = trimmed, attention_mask
         word_mask = keras.layers.Lambda(_real_words, name="word_mask", dtype="float32")(
             [word_ids, mask])
     else:
-        raise ValueError(f"word_keys must be 'words' or 'wordpieces', got {config.word_keys!r}")
-    words = keras.layers.Dense(config.local_dim, name="word_fc")(word_inputs)
+        raise ValueError(f"word_keys must be 'words' or 'wordpieces', got {config.model.word_keys!r}")
+    words = keras.layers.Dense(config.model.local_dim, name="word_fc")(word_inputs)
     words = _self_attention(config, "word_attention")([words, word_attention])
     words = keras.layers.Lambda(lambda w: _pad_to_length(w, L), name="pad_words")(words)
-    if config.word_keys == "words":
+    if config.model.word_keys == "words":
         word_mask = keras.layers.Lambda(lambda m: _pad_to_length(m[..., None], L)[..., 0],
                                         name="word_mask", dtype="float32")(word_mask)
 
-    t_global = BiLSTM(config.lstm_units, name="bilstm")(trimmed, mask=trimmed_mask)
-    t_global = keras.layers.Dense(config.embed_dim, name="t_global_fc")(t_global)
+    t_global = BiLSTM(config.model.lstm_units, name="bilstm")(trimmed, mask=trimmed_mask)
+    t_global = keras.layers.Dense(config.model.embed_dim, name="t_global_fc")(t_global)
 
     phrases = PhrasePooling(name="phrase_pool")([tokens, membership])
-    phrases = keras.layers.Dense(config.local_dim, name="phrase_fc")(phrases)
+    phrases = keras.layers.Dense(config.model.local_dim, name="phrase_fc")(phrases)
     phrase_mask = keras.layers.Lambda(
         lambda m: tf.cast(tf.reduce_sum(m, -1) > 0, tf.float32), name="phrase_mask", dtype="float32")(membership)
     phrase_pair = keras.layers.Lambda(

@@ -6,7 +6,7 @@ step: ``hub.KerasLayer`` runs a non-trainable module in inference mode, so there
 dropout to differ. Recomputing them was most of a demo step (about 400 of 700 ms at batch
 32 on 2 CPU cores). ``TokenCache`` runs the token embedder once over the split's captions
 and keeps the result in memory; the training step gathers a batch's rows by caption and
-feeds ``text_head`` directly. Only when the whole cache fits ``config.token_cache_gib``
+feeds ``text_head`` directly. Only when the whole cache fits ``config.train.token_cache_gib``
 (CUHK-PEDES' 68k captions × 64 tokens × 3072 floats would not).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from hgan.modeling.hgan.text import BERT_INPUTS
 
 
 def cache_bytes(captions: int, config: Config, width: int) -> int:
-    return captions * config.max_len * width * 4
+    return captions * config.data.max_len * width * 4
 
 
 class TokenCache:
@@ -47,20 +47,20 @@ class TokenCache:
 def build(model, data_dir: str, config: Config, tokenizer, split: str = "train",
           batch_size: int = 64, log: Callable[[str], None] = print) -> Optional[TokenCache]:
     """The cache of ``split``'s captions, or None when BERT is trained (or absent) or the
-    cache would exceed ``config.token_cache_gib`` (logged)."""
-    if not (config.use_bert and not config.bert_trainable and config.token_cache_gib > 0):
+    cache would exceed ``config.train.token_cache_gib`` (logged)."""
+    if not (config.model.use_bert and not config.model.bert_trainable and config.train.token_cache_gib > 0):
         return None
     embedder = model.text_encoder.get_layer("token_embeddings")
     width = int(embedder.output.shape[-1])
     captions = sorted({c for e in tf.data.TFRecordDataset(pipeline.split_files(data_dir, split))
                        for c in records.parse_example(e)["captions"].numpy()})
     need = cache_bytes(len(captions), config, width)
-    if need > config.token_cache_gib * 2 ** 30:
+    if need > config.train.token_cache_gib * 2 ** 30:
         log(f"token cache off: {len(captions)} captions would take {need / 2 ** 30:.1f} GiB "
-            f"(> token_cache_gib={config.token_cache_gib}); BERT runs every step")
+            f"(> token_cache_gib={config.train.token_cache_gib}); BERT runs every step")
         return None
     embed = tf.function(lambda x: embedder(x, training=False), reduce_retracing=True)
-    values = np.empty((len(captions), config.max_len, width), np.float32)
+    values = np.empty((len(captions), config.data.max_len, width), np.float32)
     for a in range(0, len(captions), batch_size):
         inputs = tokenizer(tf.constant(captions[a:a + batch_size]))
         values[a:a + batch_size] = embed({k: inputs[k] for k in BERT_INPUTS}).numpy()

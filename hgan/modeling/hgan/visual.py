@@ -46,24 +46,24 @@ def build_image_encoder(config: Config) -> keras.Model:
 
     V_g = avgpool(V) then an FC to the sentence-level joint space; V_w and V_p from two
     ``Partition`` branches with their own pooling and 1×1 conv (Eq. 1). Before the
-    partitions the map is resized to ``config.partition_map`` (default 16×8), the map size
+    partitions the map is resized to ``config.model.partition_map`` (default 16×8), the map size
     over which Table 4's kernel/stride rows give exactly its region counts.
     """
     backbone = backbones.build_backbone(
-        config.backbone, (config.image_height, config.image_width, 3), config.backbone_weights,
-        config.sync_batchnorm)
-    image = keras.Input((config.image_height, config.image_width, 3), name="image")
+        config.model.backbone, (config.data.image_height, config.data.image_width, 3), config.model.backbone_weights,
+        config.model.sync_batchnorm)
+    image = keras.Input((config.data.image_height, config.data.image_width, 3), name="image")
     feature_map = backbone(image)
     v_global = keras.layers.GlobalAveragePooling2D(name="v_global_pool")(feature_map)
-    v_global = keras.layers.Dense(config.embed_dim, name="v_global_fc")(v_global)
+    v_global = keras.layers.Dense(config.model.embed_dim, name="v_global_fc")(v_global)
     local_map = feature_map
-    if config.partition_map:
-        size = tuple(config.partition_map)
+    if config.model.partition_map:
+        size = tuple(config.model.partition_map)
         local_map = keras.layers.Resizing(*size, interpolation="bilinear",
                                           name="partition_resize")(feature_map)
-    v_word = Partition(config.local_dim, config.word_pool, config.word_stride,
+    v_word = Partition(config.model.local_dim, config.model.word_pool, config.model.word_stride,
                        name="partition_word")(local_map)
-    v_phrase = Partition(config.local_dim, config.phrase_pool, config.phrase_stride,
+    v_phrase = Partition(config.model.local_dim, config.model.phrase_pool, config.model.phrase_stride,
                          name="partition_phrase")(local_map)
     return keras.Model(image, {"global": v_global, "word": v_word, "phrase": v_phrase},
                        name="image_encoder")

@@ -75,8 +75,8 @@ def load_model(model_dir: str, which: str = "best") -> tuple[IATV, Config, str]:
     """The IATV model of ``model_dir`` with the chosen checkpoint's weights (inference only;
     the identity buffers and optimizers in the checkpoint are not loaded)."""
     config = Config.load(model_dir)
-    if config.model != "iatv":
-        raise ValueError(f"{model_dir} holds a {config.model!r} model, not iatv")
+    if config.family != "iatv":
+        raise ValueError(f"{model_dir} holds a {config.family!r} model, not iatv")
     path = resolve_checkpoint(model_dir, which)
     model = IATV(config, pipeline.make_tokenizer(config).vocab_size + 1, pretrained=False)
     restore_model(model, path)

@@ -7,7 +7,6 @@ The visual CNN and the word-LSTM map an image and a description independently in
 """
 from __future__ import annotations
 
-import dataclasses
 
 from hgan.config import Config
 from hgan.modeling import backbones
@@ -39,19 +38,19 @@ def _vgg16(config: Config, image):
     ``backbone_weights``: "imagenet" or a path to the with-top Keras VGG-16 weights file
     (conv layers and fc6/fc7 are copied from it; fc units must then be 4096), or "none".
     """
-    weights = config.backbone_weights
+    weights = config.model.backbone_weights
     backbones.check_weights(weights)
-    shape = (config.image_height, config.image_width, 3)
+    shape = (config.data.image_height, config.data.image_width, 3)
     conv = keras.applications.VGG16(include_top=False, weights=None, input_shape=shape)
     pool5 = conv(image)
     x = keras.layers.Resizing(7, 7, interpolation="area", name="pool5_7x7")(pool5)
     x = keras.layers.Flatten(name="flatten")(x)
-    fc6 = keras.layers.Dense(config.iatv_fc_units, activation="relu", name="fc6")
+    fc6 = keras.layers.Dense(config.model.fc_units, activation="relu", name="fc6")
     x = keras.layers.Dropout(0.5, name="drop6")(fc6(x))
-    fc7 = keras.layers.Dense(config.iatv_fc_units, activation="relu", name="fc7")
+    fc7 = keras.layers.Dense(config.model.fc_units, activation="relu", name="fc7")
     drop7 = keras.layers.Dropout(0.5, name="drop7")(fc7(x))
     if weights not in ("none", ""):
-        if config.iatv_fc_units != 4096:
+        if config.model.fc_units != 4096:
             raise ValueError("pretrained VGG-16 fc6/fc7 need iatv_fc_units=4096")
         reference = keras.applications.VGG16(include_top=True, weights=weights)
         for layer in conv.layers:
@@ -67,11 +66,11 @@ def _inception_v3(config: Config, image):
     """GoogLeNet stand-in: ``keras.applications`` has no Inception v1 (GoogLeNet, §4.2 for
     CUB / Flowers), so InceptionV3 is used; its last mixed block stands for "inception (5b)"
     (stage-2 regions) and its global average pool for "avgpool" (the stage-1 feature)."""
-    weights = config.backbone_weights
+    weights = config.model.backbone_weights
     backbones.check_weights(weights)
     local_file = weights not in ("imagenet", "none", "")
     net = keras.applications.InceptionV3(
-        include_top=False, input_shape=(config.image_height, config.image_width, 3),
+        include_top=False, input_shape=(config.data.image_height, config.data.image_width, 3),
         weights="imagenet" if weights == "imagenet" else None)
     if local_file:
         net.load_weights(weights)
@@ -90,20 +89,20 @@ def build_image_tower(config: Config) -> keras.Model:
     FC layer to the ``iatv_embed_dim`` joint space (§4.2: 512) and l2-normalised; the
     regions feed stage 2 (§4.2: "pool5" / "inception (5b)").
     """
-    image = keras.Input((config.image_height, config.image_width, 3), name="image")
-    if config.iatv_backbone == "vgg16":
+    image = keras.Input((config.data.image_height, config.data.image_width, 3), name="image")
+    if config.model.backbone == "vgg16":
         feature_map, feature = _vgg16(config, image)
-    elif config.iatv_backbone == "inception_v3":
+    elif config.model.backbone == "inception_v3":
         feature_map, feature = _inception_v3(config, image)
-    elif config.iatv_backbone in backbones.BACKBONES:
+    elif config.model.backbone in backbones.BACKBONES:
         feature_map = backbones.build_backbone(
-            config.iatv_backbone, (config.image_height, config.image_width, 3),
-            config.backbone_weights)(image)
+            config.model.backbone, (config.data.image_height, config.data.image_width, 3),
+            config.model.backbone_weights)(image)
         feature = keras.layers.GlobalAveragePooling2D(name="avgpool")(feature_map)
     else:
-        raise ValueError(f"unknown iatv_backbone {config.iatv_backbone!r}; "
+        raise ValueError(f"unknown iatv_backbone {config.model.backbone!r}; "
                          f"choose from {BACKBONES}")
-    embedding = keras.layers.Dense(config.iatv_embed_dim, name="image_embed")(feature)
+    embedding = keras.layers.Dense(config.model.embed_dim, name="image_embed")(feature)
     embedding = L2Normalize(name="image_l2")(embedding)
     regions = keras.layers.Lambda(_flatten_regions, name="regions")(feature_map)
     return keras.Model(image, {"embedding": embedding, "regions": regions},
@@ -117,16 +116,16 @@ def build_text_tower(config: Config, vocab_size: int) -> keras.Model:
     last valid token encodes the sentence (§4.2), then one FC to the joint space and l2.
     The tokenizer's [CLS] / [SEP] stay in as sentence-boundary tokens.
     """
-    L = config.max_len
+    L = config.data.max_len
     word_ids = keras.Input((L,), dtype=tf.int32, name="input_word_ids")
     mask = keras.Input((L,), dtype=tf.int32, name="input_mask")
-    words = keras.layers.Embedding(vocab_size, config.iatv_word_dim,
+    words = keras.layers.Embedding(vocab_size, config.model.word_dim,
                                    name="word_embedding")(word_ids)
     seq_mask = keras.layers.Lambda(lambda m: tf.cast(m, tf.bool), name="seq_mask")(mask)
     # A masked Keras LSTM carries its state over padded steps: the output is the last
     # valid step's hidden state.
-    hidden = keras.layers.LSTM(config.iatv_lstm_units, name="word_lstm")(words, mask=seq_mask)
-    embedding = keras.layers.Dense(config.iatv_embed_dim, name="text_embed")(hidden)
+    hidden = keras.layers.LSTM(config.model.lstm_units, name="word_lstm")(words, mask=seq_mask)
+    embedding = keras.layers.Dense(config.model.embed_dim, name="text_embed")(hidden)
     embedding = L2Normalize(name="text_l2")(embedding)
     return keras.Model({"input_word_ids": word_ids, "input_mask": mask}, embedding,
                        name="iatv_text_tower")
@@ -150,7 +149,7 @@ class Stage1(keras.Model):
         self.text_tower = build_text_tower(config, vocab_size)
 
     def get_config(self):
-        return {"config": dataclasses.asdict(self.config), "vocab_size": self.vocab_size}
+        return {"config": self.config.to_dict(), "vocab_size": self.vocab_size}
 
     @classmethod
     def from_config(cls, config):
@@ -174,7 +173,7 @@ class Stage1(keras.Model):
 def build_stage1(config: Config, vocab_size: int) -> Stage1:
     """A ``Stage1`` with every weight created (one dummy batch of 2)."""
     model = Stage1(config, vocab_size)
-    model({"image": tf.zeros([2, config.image_height, config.image_width, 3]),
-           "input_word_ids": tf.zeros([2, config.max_len], tf.int32),
-           "input_mask": tf.ones([2, config.max_len], tf.int32)}, training=False)
+    model({"image": tf.zeros([2, config.data.image_height, config.data.image_width, 3]),
+           "input_word_ids": tf.zeros([2, config.data.max_len], tf.int32),
+           "input_mask": tf.ones([2, config.data.max_len], tf.int32)}, training=False)
     return model

@@ -208,15 +208,15 @@ def build_matcher(config: Config, vocab_size: int, region_dim: int) -> CoAttenti
     a dummy batch. ``region_dim`` is the CNN's channels C (512 for VGG-16 pool5); the
     weights do not depend on the number of regions."""
     matcher = CoAttentionMatcher(
-        vocab_size, word_dim=config.iatv_word_dim, lstm_units=config.iatv_lstm_units,
-        attention_dim=config.iatv_attention_dim, decoder_steps=config.iatv_decoder_steps,
-        importance_hidden=config.iatv_importance_hidden,
-        importance_kernel=config.iatv_importance_kernel, fc_hidden=config.iatv_fc_hidden,
-        spatial_attention=config.iatv_spatial_attention,
-        semantic_attention=config.iatv_semantic_attention)
+        vocab_size, word_dim=config.model.word_dim, lstm_units=config.model.lstm_units,
+        attention_dim=config.model.attention_dim, decoder_steps=config.model.decoder_steps,
+        importance_hidden=config.model.importance_hidden,
+        importance_kernel=config.model.importance_kernel, fc_hidden=config.model.fc_hidden,
+        spatial_attention=config.model.spatial_attention,
+        semantic_attention=config.model.semantic_attention)
     matcher({"regions": tf.zeros([1, 1, region_dim]),
-             "input_word_ids": tf.zeros([1, config.max_len], tf.int32),
-             "input_mask": tf.ones([1, config.max_len], tf.int32)}, training=False)
+             "input_word_ids": tf.zeros([1, config.data.max_len], tf.int32),
+             "input_mask": tf.ones([1, config.data.max_len], tf.int32)}, training=False)
     return matcher
 
 
