@@ -24,6 +24,9 @@ import os
 from typing import Any, Optional
 
 CONFIG_FILE = "config.json"
+# An exported SavedModel's folder for extra files (TF Serving's convention): hgan.export
+# writes the config there as CONFIG_FILE.
+EXPORT_EXTRA_DIR = "assets.extra"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +212,15 @@ class Config:
             values = json.load(f)
         # A config.json written before a field existed describes the behaviour of that time.
         return cls.from_dict({**LEGACY_DEFAULTS, **values})
+
+
+def load_export_config(savedmodel: str) -> Optional[Config]:
+    """The config an exported SavedModel was made from (``assets.extra/config.json``, by
+    ``hgan.export``); None for an export written before that file existed."""
+    folder = os.path.join(savedmodel, EXPORT_EXTRA_DIR)
+    if not os.path.exists(os.path.join(folder, CONFIG_FILE)):
+        return None
+    return Config.load(folder)
 
 
 # Values of fields added later, for config.json files that predate them.

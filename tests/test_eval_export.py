@@ -185,6 +185,124 @@ def test_search_cli_prints_json(exported, tiny_data, tmp_path):
     assert all(r["path"].startswith("test/") for r in out["results"])
 
 
+def test_export_writes_its_config_into_assets_extra(trained, exported):
+    from hgan.checkpoints import resolve_checkpoint
+    from hgan.config import Config, load_export_config
+    assert os.path.isfile(os.path.join(exported, "assets.extra", "config.json"))
+    assert not os.path.exists(os.path.join(exported, "assets.extra_config.json"))
+    assert load_export_config(exported) == Config.load(trained)
+    assert open(os.path.join(exported, "checkpoint.txt")).read() == \
+        resolve_checkpoint(trained, "best") + "\n"
+    assert os.listdir(os.path.dirname(exported)) == ["saved"]  # no temporary left beside it
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(exported).st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
+
+
+class _Doubler(tf.Module):
+    """The smallest servable: save_servable's file handling without a model's export time."""
+
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = tf.Variable(float(factor))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+    def times(self, x):
+        return {"y": self.factor * x}
+
+
+def _save(out, tiny_config, factor):
+    from hgan.export import save_servable
+    module = _Doubler(factor)
+    return save_servable(module, {"times": module.times.get_concrete_function()}, str(out),
+                         tiny_config.replace(seed=factor), f"ckpt-{factor}")
+
+
+def _served_factor(out):
+    return float(tf.saved_model.load(str(out)).signatures["times"](
+        x=tf.constant([1.0]))["y"].numpy()[0])
+
+
+def _tree(folder):
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files}
+
+
+@pytest.mark.parametrize("swap", ["exchange", "two_renames"])
+def test_re_export_replaces_the_old_export_whole(tiny_config, tmp_path, monkeypatch, swap):
+    from hgan import export as export_lib
+    from hgan.config import load_export_config
+    out = tmp_path / "saved"
+    _save(out, tiny_config, 3)
+    exchanged = []
+    real_exchange = export_lib._exchange
+    if swap == "two_renames":
+        monkeypatch.setattr(export_lib, "_exchange", lambda a, b: False)
+    else:
+        monkeypatch.setattr(export_lib, "_exchange",
+                            lambda a, b: exchanged.append(real_exchange(a, b)) or exchanged[-1])
+    _save(out, tiny_config, 5)
+    if swap == "exchange" and exchanged != [True]:
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not supported on this file system")
+    assert _served_factor(out) == 5.0
+    assert load_export_config(str(out)).seed == 5
+    assert (out / "checkpoint.txt").read_text() == "ckpt-5\n"
+    assert os.listdir(tmp_path) == ["saved"]  # the old export and the temporaries are gone
+
+
+def test_a_failed_export_leaves_the_old_one_untouched(tiny_config, tmp_path, monkeypatch):
+    out = tmp_path / "saved"
+    _save(out, tiny_config, 3)
+    before = _tree(out)
+    real_save = tf.saved_model.save
+
+    def half_written(module, folder, signatures=None):
+        real_save(module, folder, signatures=signatures)
+        raise RuntimeError("disk full")  # after the SavedModel, before config.json
+
+    monkeypatch.setattr(tf.saved_model, "save", half_written)
+    with pytest.raises(RuntimeError, match="disk full"):
+        _save(out, tiny_config, 5)
+    assert _tree(out) == before
+    assert os.listdir(tmp_path) == ["saved"]
+    assert _served_factor(out) == 3.0
+
+
+def test_a_failed_swap_puts_the_old_export_back(tiny_config, tmp_path, monkeypatch):
+    """Without RENAME_EXCHANGE: if the new export cannot be renamed in, the old one, already
+    renamed aside, goes back to its name."""
+    from hgan import export as export_lib
+    out = tmp_path / "saved"
+    _save(out, tiny_config, 3)
+    before = _tree(out)
+    monkeypatch.setattr(export_lib, "_exchange", lambda a, b: False)
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if os.path.basename(str(src)).startswith(".saved.tmp-") and str(dst) == str(out):
+            raise OSError("injected failure")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="injected failure"):
+        _save(out, tiny_config, 5)
+    assert _tree(out) == before
+    assert os.listdir(tmp_path) == ["saved"]
+
+
+def test_export_refuses_to_replace_a_folder_that_is_not_a_savedmodel(tiny_config, tmp_path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="is not a SavedModel"):
+        _save(out, tiny_config, 3)
+    assert os.listdir(out) == ["notes.txt"] and os.listdir(tmp_path) == ["precious"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _save(empty, tiny_config, 3)  # an empty folder is fine to fill
+    assert _served_factor(empty) == 3.0
+
+
 def test_a_checkpoint_missing_weights_of_the_config_is_a_clear_error(trained, tmp_path):
     """A model_dir whose checkpoint lacks weights its config.json needs (here: the phrase
     head) fails to load, instead of leaving those weights random."""
