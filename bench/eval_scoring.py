@@ -16,10 +16,11 @@ Reported per mode: wall time, the (text, image) pairs the local heads actually c
 counted at each call of the scorer's compiled chunk function, padding included (a partial
 chunk is padded to the compiled shape: its extra rows cost time and their scores are
 dropped), against the pairs the mode needs (Q·G for exact, (Q + G)·K for two-stage), so a
-ratio above 1.00x is padding overhead; pairs/s; and the resident set after importing TF and building the heads, after making the features, and at
-its peak. Random global features make every query's top-K independent of its neighbours',
-the worst case for a scorer that re-scores the union of a chunk's candidates;
-``--identities=N`` draws them around N identity centres in shard order instead.
+ratio above 1.00x is padding overhead; pairs/s; and the resident set after importing TF
+and building the heads, after making the features, and at its peak. Random global
+features make every query's top-K independent of its neighbours', the worst case for a
+scorer that re-scores the union of a chunk's candidates; ``--identities=N`` draws them
+around N identity centres in shard order instead.
 
 Targets (at 6,156 × 3,074): two-stage at K = 100 under 60 s, exact under 10 minutes,
 peak memory under 4 GiB. Prints its figures; asserts nothing.
