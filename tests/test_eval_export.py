@@ -82,6 +82,93 @@ def test_chunked_scoring_matches_one_big_chunk(trained, tiny_data):
     np.testing.assert_allclose(big, dense, atol=1e-5)
 
 
+def _random_scorer(tiny_config, queries=7, gallery=5, regions=6, seed=0):
+    """Scorer inputs without training or data: two LocalMatching heads of the tiny config
+    with their initial weights, random features; texts 0-4 of at most 8 words, 5-6 of more
+    (so a chunk trimmed to the wrong rows' length, 8 slots, would cut real words)."""
+    import types
+    from hgan.heads import LocalMatching
+    # Local scores weighted up, so that they re-order the stage-1 head.
+    config = tiny_config.replace(score_weights=(1.0, 6.0, 4.0))
+    rng = np.random.default_rng(seed)
+    L, M, C, E = config.max_len, config.max_phrases, config.local_dim, config.embed_dim
+    heads = {}
+    for level, slots in (("word", L), ("phrase", M)):
+        tf.random.set_seed(seed + slots)
+        head = LocalMatching(hidden=config.mlp_hidden, k1=config.k1, k2=config.k2,
+                             temperature=config.temperature, attention=config.attention,
+                             name=f"{level}_matching")
+        head((tf.zeros([1, slots, C]), tf.ones([1, slots]), tf.zeros([1, regions, C])))
+        heads[level] = head
+    model = types.SimpleNamespace(config=config, word_head=heads["word"],
+                                  phrase_head=heads["phrase"])
+
+    def normal(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    def mask(count, slots, low):
+        return (np.arange(slots)[None] < rng.integers(low, slots + 1, count)[:, None]
+                ).astype(np.float32)
+
+    lengths = np.array([3, 5, 2, 6, 4, 14, 16][:queries])
+    word_mask = (np.arange(L)[None] < lengths[:, None]).astype(np.float32)
+    texts = {"global": normal(queries, E), "word": normal(queries, L, C),
+             "word_mask": word_mask, "phrase": normal(queries, M, C),
+             "phrase_mask": mask(queries, M, 1), "label": np.arange(queries)}
+    images = {"global": normal(gallery, E), "word": normal(gallery, regions, C),
+              "phrase": normal(gallery, regions, C), "label": np.arange(gallery)}
+    return model, texts, images
+
+
+@pytest.mark.parametrize("direction", ["i2t", "t2i"])
+def test_two_stage_reranks_the_stage1_head_by_the_combined_score(tiny_config, direction):
+    """Against NumPy: stage-1 cosine order, its top k re-ordered by sentence + word + phrase
+    (the heads' own dense scores of every pair, weighted), the rest in stage-1 order. A
+    budget of 6 word-level pairs per call makes the scorer chunk and pad the queries."""
+    model, texts, images = _random_scorer(tiny_config)
+    k = 3
+    w_sentence, w_word, w_phrase = model.config.score_weights
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    stage1 = unit(texts["global"]).astype(np.float64) @ unit(images["global"]).T
+    dense = {level: getattr(model, f"{level}_head")(
+        (tf.constant(texts[level]), tf.constant(texts[f"{level}_mask"]),
+         tf.constant(images[level])), training=False).numpy() for level in ("word", "phrase")}
+    combined = w_sentence * stage1 + w_word * dense["word"] + w_phrase * dense["phrase"]
+    if direction == "i2t":
+        stage1, combined = stage1.T, combined.T
+    want = []
+    for s1, total in zip(stage1, combined):
+        first = np.argsort(-s1, kind="stable")
+        head = first[:k][np.argsort(-total[first[:k]], kind="stable")]
+        want.append(np.concatenate([head, first[k:]]))
+    want = np.array(want)
+    assert (want[:, :k] != np.argsort(-stage1, axis=1, kind="stable")[:, :k]).any(), \
+        "the local scores re-order no head: this test could not tell re-ranking from none"
+
+    scorer = evaluation.Scorer(model, memory_budget_bytes=70_000)  # word: 6 pairs a call
+    calls = []
+    chunk_fn = scorer._chunk_fn
+
+    def spy(level):
+        fn = chunk_fn(level)
+        return lambda prep, rows, cols, layout, used: (
+            calls.append((level, np.shape(rows), np.shape(cols))) or
+            fn(prep, rows, cols, layout, used))
+
+    scorer._chunk_fn = spy
+    got = scorer.two_stage(texts, images, k, direction)
+    words = [shapes for level, *shapes in calls if level == "word"]
+    # Queries 2 at a time (7 texts: 2 2 2 2, the last one padded; 5 images: 2 2 2).
+    assert len(words) == (4 if direction == "t2i" else 3)
+    assert all(sorted(shape) == [(2,), (2, k)] for shape in words)
+    assert got.shape == stage1.shape
+    np.testing.assert_array_equal(np.argsort(-got, axis=1, kind="stable"), want)
+    np.testing.assert_allclose(np.take_along_axis(got, want[:, :k], 1),
+                               np.take_along_axis(combined, want[:, :k], 1), atol=1e-5)
+    both = scorer.two_stage_both(texts, images, k)
+    np.testing.assert_allclose(both[0 if direction == "t2i" else 1], got, atol=1e-6)
+
+
 _SERVE = textwrap.dedent("""
     import json, sys
     import tensorflow as tf
