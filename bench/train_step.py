@@ -198,7 +198,8 @@ def main(argv):
         ts = np.array(times[name]) * 1e3
         print(f"{name:>8}: median {np.median(ts):8.0f} ms/step  (mean {ts.mean():.0f}, "
               f"min {ts.min():.0f}, max {ts.max():.0f} over {len(ts)} steps; first step "
-              f"incl. tracing {first.get(name, float('nan')):.0f} s)")
+              f"incl. tracing {first.get(name, float('nan')):.0f} s) = "
+              f"{FLAGS.batch / np.median(ts) * 1e3:.2f} images/s")
     ratio = statistics.median(times["full"]) / statistics.median(times["baseline"])
     print(f"ratio full / backbones: {ratio:.2f}   (target <= {TARGET:.2f}: "
           f"{'met' if ratio <= TARGET else 'NOT met'})")

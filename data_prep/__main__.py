@@ -1,15 +1,21 @@
 """Converts one dataset to sharded TFRecords and a manifest.
 
     python -m data_prep --dataset=cuhk_pedes --data_dir=DIR --output_dir=OUT \
-        [--strict] [--images_per_shard=1000]
+        [--strict] [--images_per_shard=1000] [--tagger=auto|perceptron|fallback]
 
 ``--dataset`` names the layout of DIR (see ``data_prep.importers``); ``demo`` is the
 CUHK-PEDES layout written by ``python -m data_prep.demo``. With ``--strict`` the exit status
 is 1 when any record was skipped (the shards and manifest are written all the same).
+``--tagger`` picks the noun-phrase tagger (``hgan.phrases``): ``auto`` takes NLTK's
+perceptron when its data is installed, else the fallback lexicon; a named tagger that is
+not installed is an error before anything is written. manifest.json records both.
 """
+import sys
+
 from absl import app, flags
 
 from data_prep import importers, writer
+from hgan import phrases
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", None, list(importers.LAYOUTS), "Layout of --data_dir.")
@@ -18,14 +24,23 @@ flags.DEFINE_string("output_dir", None, "Folder for the shards and manifest.json
 flags.DEFINE_bool("strict", False, "Exit with status 1 if any record was skipped.")
 flags.DEFINE_integer("images_per_shard", writer.DEFAULT_IMAGES_PER_SHARD,
                      "About this many images per shard.", lower_bound=1)
+flags.DEFINE_enum("tagger", "auto", list(phrases.TAGGER_REQUESTS),
+                  "Noun-phrase tagger: auto (perceptron if its NLTK data is installed, else "
+                  "fallback), perceptron (NLTK's; its data must be installed) or fallback "
+                  "(the domain lexicon). The manifest records the one used.")
 flags.mark_flags_as_required(["dataset", "data_dir", "output_dir"])
 
 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        phrases.resolve_tagger(FLAGS.tagger)  # fail before anything is read or written
+    except LookupError as e:
+        sys.exit(f"error: --tagger={FLAGS.tagger}: {e}")  # status 1, the message on stderr
     manifest = writer.write_dataset(FLAGS.dataset, FLAGS.data_dir, FLAGS.output_dir,
-                                    images_per_shard=FLAGS.images_per_shard)
+                                    images_per_shard=FLAGS.images_per_shard,
+                                    tagger=FLAGS.tagger)
     return 1 if FLAGS.strict and manifest["skipped"] else 0
 
 

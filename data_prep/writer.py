@@ -39,18 +39,24 @@ Log = Callable[[str], None]
 
 def write_dataset(dataset: str, data_dir: str, output_dir: str,
                   images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
-                  log: Log = print) -> dict:
+                  log: Log = print, tagger: str = "auto") -> dict:
     """Imports ``data_dir`` (layout ``dataset``) and writes it to ``output_dir``.
+
+    Args:
+      tagger: the noun-phrase tagger (``hgan.phrases.resolve_tagger``): "auto" (by what is
+        installed), "perceptron" or "fallback". A tagger that is not installed fails here,
+        before ``output_dir`` is touched. The manifest records the request
+        (``phrase_tagger_requested``) and the tagger used (``phrase_tagger``).
 
     Returns:
       the manifest, as written to ``output_dir/manifest.json``.
     """
     if images_per_shard < 1:
         raise ValueError(f"images_per_shard must be >= 1, got {images_per_shard}")
+    requested, tagger = tagger, phrases.resolve_tagger(tagger)
     os.makedirs(output_dir, exist_ok=True)
     _remove_unfinished(output_dir)
     kept, skipped = _read(dataset, data_dir, log)
-    tagger = phrases.tagger_name()
     root = importers.image_root(dataset, data_dir)
     splits, label_maps = {}, {}
     for split in importers.SPLITS[dataset]:
@@ -76,6 +82,7 @@ def write_dataset(dataset: str, data_dir: str, output_dir: str,
         "skipped": [skip._asdict() for skip in skipped],
         "label_maps": label_maps,
         "phrase_tagger": tagger,
+        "phrase_tagger_requested": requested,
     }
     with _atomic(os.path.join(output_dir, MANIFEST)) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:

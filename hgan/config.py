@@ -33,6 +33,9 @@ from typing import Any, Optional, Union
 
 CONFIG_FILE = "config.json"
 FAMILIES = ("hgan", "iatv")
+# An exported SavedModel's folder for extra files (TF Serving's convention): hgan.export
+# writes the config there as CONFIG_FILE.
+EXPORT_EXTRA_DIR = "assets.extra"
 
 
 class _Section:
@@ -397,6 +400,15 @@ class Config:
             raise FileNotFoundError(f"no {CONFIG_FILE} in {model_dir}: is it a train.py model_dir?")
         with open(path) as f:
             return cls.from_dict(json.load(f))
+
+
+def load_export_config(savedmodel: str) -> Optional[Config]:
+    """The config an exported SavedModel was made from (``assets.extra/config.json``, by
+    ``hgan.export``); None for an export written before that file existed."""
+    folder = os.path.join(savedmodel, EXPORT_EXTRA_DIR)
+    if not os.path.exists(os.path.join(folder, CONFIG_FILE)):
+        return None
+    return Config.load(folder)
 
 
 def _section_from_dict(cls, values: dict, name: str):

@@ -25,8 +25,9 @@ def _define_flags():
     flags.DEFINE_string("data_dir", None, "index: a data_prep output dir instead of a folder.")
     flags.DEFINE_string("split", "test", "index: the split of --data_dir.")
     flags.DEFINE_integer("top_k", 10, "query: results to return.")
-    flags.DEFINE_integer("rerank_k", 20, "query: stage-1 best re-ranked by a model's "
-                         "rerank_features (IATV's stage 2; §4.2: 20); 0 = stage 1 only.")
+    flags.DEFINE_integer("rerank_k", None, "query: stage-1 best re-ranked by a model's "
+                         "rerank_features (IATV's stage 2); default: the export's "
+                         "eval.rerank_k (§4.2: 20); 0 = stage 1 only.")
     flags.DEFINE_bool("json", False, "query: print JSON.")
     flags.mark_flags_as_required(["savedmodel", "index"])
 

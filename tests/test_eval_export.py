@@ -12,7 +12,7 @@ from PIL import Image
 from hgan import families
 from hgan.data import pipeline
 from hgan.data.phrases import extract_noun_phrases
-from hgan.evaluation import hgan_scoring
+from hgan.evaluation.hgan_scoring import hgan_scoring
 from hgan.families import export
 from hgan.modeling.hgan.model import build_model, load_model
 from hgan.serving import search
@@ -83,6 +83,93 @@ def test_chunked_scoring_matches_one_big_chunk(trained, tiny_data):
                        if k in ("global", "word", "word_mask", "phrase", "phrase_mask")}
     dense = model.score(feats(texts), feats(images), training=False)["total"].numpy()
     np.testing.assert_allclose(big, dense, atol=1e-5)
+
+
+def _random_scorer(tiny_config, queries=7, gallery=5, regions=6, seed=0):
+    """Scorer inputs without training or data: two LocalMatching heads of the tiny config
+    with their initial weights, random features; texts 0-4 of at most 8 words, 5-6 of more
+    (so a chunk trimmed to the wrong rows' length, 8 slots, would cut real words)."""
+    import types
+    from hgan.layers.matching import LocalMatching
+    # Local scores weighted up, so that they re-order the stage-1 head.
+    config = tiny_config.replace(score_weights=(1.0, 6.0, 4.0))
+    rng = np.random.default_rng(seed)
+    L, M, C, E = config.data.max_len, config.data.max_phrases, config.model.local_dim, config.model.embed_dim
+    heads = {}
+    for level, slots in (("word", L), ("phrase", M)):
+        tf.random.set_seed(seed + slots)
+        head = LocalMatching(hidden=config.model.mlp_hidden, k1=config.model.k1, k2=config.model.k2,
+                             temperature=config.model.temperature, attention=config.model.attention,
+                             name=f"{level}_matching")
+        head((tf.zeros([1, slots, C]), tf.ones([1, slots]), tf.zeros([1, regions, C])))
+        heads[level] = head
+    model = types.SimpleNamespace(config=config, word_head=heads["word"],
+                                  phrase_head=heads["phrase"])
+
+    def normal(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    def mask(count, slots, low):
+        return (np.arange(slots)[None] < rng.integers(low, slots + 1, count)[:, None]
+                ).astype(np.float32)
+
+    lengths = np.array([3, 5, 2, 6, 4, 14, 16][:queries])
+    word_mask = (np.arange(L)[None] < lengths[:, None]).astype(np.float32)
+    texts = {"global": normal(queries, E), "word": normal(queries, L, C),
+             "word_mask": word_mask, "phrase": normal(queries, M, C),
+             "phrase_mask": mask(queries, M, 1), "label": np.arange(queries)}
+    images = {"global": normal(gallery, E), "word": normal(gallery, regions, C),
+              "phrase": normal(gallery, regions, C), "label": np.arange(gallery)}
+    return model, texts, images
+
+
+@pytest.mark.parametrize("direction", ["i2t", "t2i"])
+def test_two_stage_reranks_the_stage1_head_by_the_combined_score(tiny_config, direction):
+    """Against NumPy: stage-1 cosine order, its top k re-ordered by sentence + word + phrase
+    (the heads' own dense scores of every pair, weighted), the rest in stage-1 order. A
+    budget of 6 word-level pairs per call makes the scorer chunk and pad the queries."""
+    model, texts, images = _random_scorer(tiny_config)
+    k = 3
+    w_sentence, w_word, w_phrase = model.config.eval.score_weights
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    stage1 = unit(texts["global"]).astype(np.float64) @ unit(images["global"]).T
+    dense = {level: getattr(model, f"{level}_head")(
+        (tf.constant(texts[level]), tf.constant(texts[f"{level}_mask"]),
+         tf.constant(images[level])), training=False).numpy() for level in ("word", "phrase")}
+    combined = w_sentence * stage1 + w_word * dense["word"] + w_phrase * dense["phrase"]
+    if direction == "i2t":
+        stage1, combined = stage1.T, combined.T
+    want = []
+    for s1, total in zip(stage1, combined):
+        first = np.argsort(-s1, kind="stable")
+        head = first[:k][np.argsort(-total[first[:k]], kind="stable")]
+        want.append(np.concatenate([head, first[k:]]))
+    want = np.array(want)
+    assert (want[:, :k] != np.argsort(-stage1, axis=1, kind="stable")[:, :k]).any(), \
+        "the local scores re-order no head: this test could not tell re-ranking from none"
+
+    scorer = hgan_scoring.Scorer(model, memory_budget_bytes=70_000)  # word: 6 pairs a call
+    calls = []
+    chunk_fn = scorer._chunk_fn
+
+    def spy(level):
+        fn = chunk_fn(level)
+        return lambda prep, rows, cols, layout, used: (
+            calls.append((level, np.shape(rows), np.shape(cols))) or
+            fn(prep, rows, cols, layout, used))
+
+    scorer._chunk_fn = spy
+    got = scorer.two_stage(texts, images, k, direction)
+    words = [shapes for level, *shapes in calls if level == "word"]
+    # Queries 2 at a time (7 texts: 2 2 2 2, the last one padded; 5 images: 2 2 2).
+    assert len(words) == (4 if direction == "t2i" else 3)
+    assert all(sorted(shape) == [(2,), (2, k)] for shape in words)
+    assert got.shape == stage1.shape
+    np.testing.assert_array_equal(np.argsort(-got, axis=1, kind="stable"), want)
+    np.testing.assert_allclose(np.take_along_axis(got, want[:, :k], 1),
+                               np.take_along_axis(combined, want[:, :k], 1), atol=1e-5)
+    both = scorer.two_stage_both(texts, images, k)
+    np.testing.assert_allclose(both[0 if direction == "t2i" else 1], got, atol=1e-6)
 
 
 _SERVE = textwrap.dedent("""
@@ -186,6 +273,124 @@ def test_search_cli_prints_json(exported, tiny_data, tmp_path):
     out = json.loads(proc.stdout)
     assert out["query"] == "a man in a blue coat" and len(out["results"]) == 3
     assert all(r["path"].startswith("test/") for r in out["results"])
+
+
+def test_export_writes_its_config_into_assets_extra(trained, exported):
+    from hgan.training.checkpoints import resolve_checkpoint
+    from hgan.config import Config, load_export_config
+    assert os.path.isfile(os.path.join(exported, "assets.extra", "config.json"))
+    assert not os.path.exists(os.path.join(exported, "assets.extra_config.json"))
+    assert load_export_config(exported) == Config.load(trained)
+    assert open(os.path.join(exported, "checkpoint.txt")).read() == \
+        resolve_checkpoint(trained, "best") + "\n"
+    assert os.listdir(os.path.dirname(exported)) == ["saved"]  # no temporary left beside it
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(exported).st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
+
+
+class _Doubler(tf.Module):
+    """The smallest servable: save_servable's file handling without a model's export time."""
+
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = tf.Variable(float(factor))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+    def times(self, x):
+        return {"y": self.factor * x}
+
+
+def _save(out, tiny_config, factor):
+    from hgan.serving.savedmodel import save_servable
+    module = _Doubler(factor)
+    return save_servable(module, {"times": module.times.get_concrete_function()}, str(out),
+                         tiny_config.replace(seed=factor), f"ckpt-{factor}")
+
+
+def _served_factor(out):
+    return float(tf.saved_model.load(str(out)).signatures["times"](
+        x=tf.constant([1.0]))["y"].numpy()[0])
+
+
+def _tree(folder):
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files}
+
+
+@pytest.mark.parametrize("swap", ["exchange", "two_renames"])
+def test_re_export_replaces_the_old_export_whole(tiny_config, tmp_path, monkeypatch, swap):
+    from hgan.serving import savedmodel as export_lib
+    from hgan.config import load_export_config
+    out = tmp_path / "saved"
+    _save(out, tiny_config, 3)
+    exchanged = []
+    real_exchange = export_lib._exchange
+    if swap == "two_renames":
+        monkeypatch.setattr(export_lib, "_exchange", lambda a, b: False)
+    else:
+        monkeypatch.setattr(export_lib, "_exchange",
+                            lambda a, b: exchanged.append(real_exchange(a, b)) or exchanged[-1])
+    _save(out, tiny_config, 5)
+    if swap == "exchange" and exchanged != [True]:
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not supported on this file system")
+    assert _served_factor(out) == 5.0
+    assert load_export_config(str(out)).seed == 5
+    assert (out / "checkpoint.txt").read_text() == "ckpt-5\n"
+    assert os.listdir(tmp_path) == ["saved"]  # the old export and the temporaries are gone
+
+
+def test_a_failed_export_leaves_the_old_one_untouched(tiny_config, tmp_path, monkeypatch):
+    out = tmp_path / "saved"
+    _save(out, tiny_config, 3)
+    before = _tree(out)
+    real_save = tf.saved_model.save
+
+    def half_written(module, folder, signatures=None):
+        real_save(module, folder, signatures=signatures)
+        raise RuntimeError("disk full")  # after the SavedModel, before config.json
+
+    monkeypatch.setattr(tf.saved_model, "save", half_written)
+    with pytest.raises(RuntimeError, match="disk full"):
+        _save(out, tiny_config, 5)
+    assert _tree(out) == before
+    assert os.listdir(tmp_path) == ["saved"]
+    assert _served_factor(out) == 3.0
+
+
+def test_a_failed_swap_puts_the_old_export_back(tiny_config, tmp_path, monkeypatch):
+    """Without RENAME_EXCHANGE: if the new export cannot be renamed in, the old one, already
+    renamed aside, goes back to its name."""
+    from hgan.serving import savedmodel as export_lib
+    out = tmp_path / "saved"
+    _save(out, tiny_config, 3)
+    before = _tree(out)
+    monkeypatch.setattr(export_lib, "_exchange", lambda a, b: False)
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if os.path.basename(str(src)).startswith(".saved.tmp-") and str(dst) == str(out):
+            raise OSError("injected failure")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="injected failure"):
+        _save(out, tiny_config, 5)
+    assert _tree(out) == before
+    assert os.listdir(tmp_path) == ["saved"]
+
+
+def test_export_refuses_to_replace_a_folder_that_is_not_a_savedmodel(tiny_config, tmp_path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="is not a SavedModel"):
+        _save(out, tiny_config, 3)
+    assert os.listdir(out) == ["notes.txt"] and os.listdir(tmp_path) == ["precious"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _save(empty, tiny_config, 3)  # an empty folder is fine to fill
+    assert _served_factor(empty) == 3.0
 
 
 def test_a_checkpoint_missing_weights_of_the_config_is_a_clear_error(trained, tmp_path):

@@ -161,7 +161,7 @@ _TWO_REPLICAS = textwrap.dedent("""
 
 
 def test_two_replicas_update_the_buffers_like_one_replica_on_the_global_batch(tiny_config):
-    config = tiny_config.replace(iatv_backbone="small_cnn", backbone_weights="none",
+    config = tiny_config.replace(model="iatv", iatv_backbone="small_cnn", backbone_weights="none",
                                  max_len=6, iatv_word_dim=8, iatv_lstm_units=8,
                                  iatv_embed_dim=8, iatv_cnn_learning_rate=0.1,
                                  iatv_learning_rate=0.01)

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from hgan.evaluation import metrics
-from hgan.evaluation import rerank
+from hgan.evaluation.hgan_scoring import metrics
+from hgan.evaluation.hgan_scoring import rerank
 from hgan.training import iatv_pairs
 from hgan.modeling.iatv import stage2
 from hgan.tf_compat import tf
@@ -92,7 +92,7 @@ def test_two_stage_fixes_a_true_match_stage1_ranked_third():
 
 @pytest.mark.parametrize("direction", ["t2i", "i2t"])
 def test_pair_scorer_scores_the_requested_pairs(tiny_config, direction):
-    cfg = tiny_config.replace(max_len=4, iatv_word_dim=4, iatv_lstm_units=4,
+    cfg = tiny_config.replace(model="iatv", max_len=4, iatv_word_dim=4, iatv_lstm_units=4,
                               iatv_attention_dim=4, iatv_importance_hidden=4,
                               iatv_fc_hidden=4, iatv_decoder_steps=2)
     matcher = stage2.build_matcher(cfg, 12, region_dim=3)
@@ -122,3 +122,60 @@ def test_random_pairs_cover_both_directions_once_each_and_label_by_identity():
     np.testing.assert_array_equal(again[0], t)  # deterministic under a seed
     t, i, _ = random_pairs(text_labels, image_labels, k=10)  # k capped at the other side
     assert len(t) == 15
+
+
+class _StandInIATV:
+    """What ``iatv_scoring.two_stage_scores`` uses of an IATV model: its config and
+    ``pair_logits(regions, tokens)``, here sin(r · t) + t / 10 of r = Σ regions and
+    t = Σ masked word ids, which no swap of texts and images leaves unchanged."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def pair_logits(self, regions, tokens, training=False):
+        r = tf.reduce_sum(regions, axis=[1, 2])
+        t = tf.reduce_sum(tf.cast(tokens["input_word_ids"] * tokens["input_mask"], tf.float32),
+                          axis=1)
+        return tf.sin(r * t) + t / 10.0
+
+
+def test_two_stage_scores_rerank_both_directions_against_numpy(tiny_config):
+    from hgan.evaluation import iatv_scoring
+    rng = np.random.default_rng(3)
+    nt, ni, k = 7, 5, 3
+    ids = rng.integers(1, 12, (nt, 6)).astype(np.int32)
+    mask = (np.arange(6)[None] < rng.integers(1, 7, nt)[:, None]).astype(np.int32)
+    regions = rng.uniform(0.0, 1.0, (ni, 4, 3)).astype(np.float32)
+    texts = {"embedding": rng.normal(size=(nt, 8)).astype(np.float32),
+             "input_word_ids": ids, "input_mask": mask, "label": np.arange(nt)}
+    images = {"embedding": rng.normal(size=(ni, 8)).astype(np.float32), "regions": regions,
+              "label": np.arange(ni)}
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    stage1 = unit(texts["embedding"].astype(np.float64)) @ unit(images["embedding"]).T
+    r, t = regions.sum(axis=(1, 2)), (ids * mask).sum(axis=1)
+    logits = np.sin(t[:, None] * r[None]) + t[:, None] / 10.0  # [Nt, Ni]
+
+    def expected(s1, stage2):
+        rows = []
+        for row, scores in zip(s1, stage2):
+            first = np.argsort(-row, kind="stable")
+            head = first[:k][np.argsort(-scores[first[:k]], kind="stable")]
+            rows.append(np.concatenate([head, first[k:]]))
+        return np.array(rows)
+
+    want_t2i, want_i2t = expected(stage1, logits), expected(stage1.T, logits.T)
+    for want, s1 in ((want_t2i, stage1), (want_i2t, stage1.T)):
+        assert (want[:, :k] != np.argsort(-s1, axis=1, kind="stable")[:, :k]).any()
+
+    t2i, i2t = iatv_scoring.two_stage_scores(_StandInIATV(tiny_config.replace(model="iatv")),
+                                             texts, images, k)
+    assert t2i.shape == (nt, ni) and i2t.shape == (ni, nt)
+    np.testing.assert_array_equal(np.argsort(-t2i, axis=1, kind="stable"), want_t2i)
+    np.testing.assert_array_equal(np.argsort(-i2t, axis=1, kind="stable"), want_i2t)
+    # The image-to-text head carries image g's logits with its own candidate texts, less
+    # rerank's tie-break: position in stage-1 order × (smallest gap of the row) / 2k.
+    for g in range(ni):
+        first = np.argsort(-stage1[:, g], kind="stable")[:k]
+        row = logits[first, g]
+        eps = np.diff(np.unique(row)).min() / (2 * k)
+        np.testing.assert_allclose(i2t[g, first], row - np.arange(k) * eps, atol=1e-4)  # f32

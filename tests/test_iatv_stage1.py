@@ -13,7 +13,7 @@ VOCAB = 30
 
 @pytest.fixture()
 def config(tiny_config):
-    return tiny_config.replace(iatv_backbone="small_cnn", backbone_weights="none", max_len=6,
+    return tiny_config.replace(model="iatv", iatv_backbone="small_cnn", backbone_weights="none", max_len=6,
                                iatv_word_dim=8, iatv_lstm_units=8, iatv_embed_dim=8)
 
 

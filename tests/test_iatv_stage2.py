@@ -13,7 +13,7 @@ LENGTHS = [6, 3, 1]
 
 @pytest.fixture()
 def config(tiny_config):
-    return tiny_config.replace(max_len=T, iatv_word_dim=8, iatv_lstm_units=8,
+    return tiny_config.replace(model="iatv", max_len=T, iatv_word_dim=8, iatv_lstm_units=8,
                                iatv_attention_dim=6, iatv_importance_hidden=5,
                                iatv_fc_hidden=7, iatv_decoder_steps=5)
 

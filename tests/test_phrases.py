@@ -105,3 +105,41 @@ def test_perceptron_path_uses_a_perceptron_tagger(monkeypatch):
 def _fallback_tagged(caption):
     words = [m.group() for m in phrases.TOKEN_RE.finditer(caption)]
     return words, phrases._pos_tags(words, "fallback")
+
+
+class _Installed:
+    """Stands in for an installed perceptron: ``resolve_tagger`` only asks whether one is."""
+
+
+def test_auto_resolves_to_what_is_installed(monkeypatch):
+    monkeypatch.setattr(phrases, "_perceptron", lambda: None)
+    assert phrases.resolve_tagger("auto") == "fallback"
+    monkeypatch.setattr(phrases, "_perceptron", _Installed)
+    assert phrases.resolve_tagger("auto") == "perceptron"
+
+
+def test_a_named_tagger_is_kept_whatever_is_installed(monkeypatch):
+    monkeypatch.setattr(phrases, "_perceptron", _Installed)
+    assert phrases.resolve_tagger("fallback") == "fallback"
+    assert phrases.resolve_tagger("perceptron") == "perceptron"
+    monkeypatch.setattr(phrases, "_perceptron", lambda: None)
+    assert phrases.resolve_tagger("fallback") == "fallback"
+
+
+def test_requesting_a_missing_perceptron_fails_loudly(monkeypatch):
+    monkeypatch.setattr(phrases, "_perceptron", lambda: None)
+    with pytest.raises(LookupError, match="'perceptron' was requested") as error:
+        phrases.resolve_tagger("perceptron")
+    assert "taggers/averaged_perceptron_tagger_eng" in str(error.value)
+    assert "'fallback'" in str(error.value)  # says what to do instead
+
+
+def test_resolve_tagger_refuses_unknown_names():
+    with pytest.raises(ValueError, match="unknown tagger 'nltk'"):
+        phrases.resolve_tagger("nltk")
+
+
+@pytest.mark.skipif(PERCEPTRON_MISSING, reason="NLTK data 'averaged_perceptron_tagger_eng' "
+                    "is not installed (nltk.download needs the network)")
+def test_the_installed_perceptron_resolves():
+    assert phrases.resolve_tagger("perceptron") == "perceptron"

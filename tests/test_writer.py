@@ -52,6 +52,7 @@ def test_round_trip_through_parse_example(data_dir, tmp_path):
                 if isinstance(r, importers.Record)}
 
     assert manifest["phrase_tagger"] == phrases.tagger_name()
+    assert manifest["phrase_tagger_requested"] == "auto"
     assert manifest["schema_version"] == records.SCHEMA_VERSION
     assert [(s["reason"], s["path"]) for s in manifest["skipped"]] == [
         (importers.MISSING_IMAGE, "demo/missing.jpg"), (importers.DUPLICATE, "demo/0002_0.jpg")]
@@ -132,11 +133,86 @@ def test_interrupted_run_leaves_no_manifest_and_no_partial_shard(data_dir, tmp_p
 def test_strict_cli_exits_non_zero_after_writing_the_report(data_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "data_prep", "--dataset=demo", f"--data_dir={data_dir}",
-         f"--output_dir={tmp_path}", "--strict", "--images_per_shard=100"],
+         f"--output_dir={tmp_path}", "--strict", "--images_per_shard=100", "--tagger=fallback"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr
     manifest = json.loads((tmp_path / writer.MANIFEST).read_text())
     assert len(manifest["skipped"]) == 2
+    assert (manifest["phrase_tagger"], manifest["phrase_tagger_requested"]) == (
+        "fallback", "fallback")
     assert f"1  {importers.MISSING_IMAGE}" in result.stdout
     assert f"1  {importers.DUPLICATE}" in result.stdout
     assert "records read" in result.stdout
+
+
+class _AllNouns:
+    """A "perceptron" that tags every token NN: its phrases differ from the fallback's."""
+
+    def tag(self, words):
+        return [(word, "NN") for word in words]
+
+
+def _shard_phrases(out):
+    return [[[t.decode() for t in texts] for texts in example["phrases"]]
+            for split in ("train", "val", "test") for example in read_split(out, split)]
+
+
+def _expected_phrases(out, tagger):
+    return [[[text for text, _, _ in phrases.extract_noun_phrases(c.decode(), tagger)]
+             for c in example["captions"]]
+            for split in ("train", "val", "test") for example in read_split(out, split)]
+
+
+def test_the_requested_tagger_writes_the_phrases_and_is_recorded(data_dir, tmp_path,
+                                                                 monkeypatch):
+    # A perceptron "installed": auto takes it; a request for the fallback does not.
+    monkeypatch.setattr(phrases, "_perceptron", _AllNouns)
+    pinned = writer.write_dataset("demo", data_dir, str(tmp_path / "fallback"),
+                                  log=lambda message: None, tagger="fallback")
+    auto = writer.write_dataset("demo", data_dir, str(tmp_path / "auto"),
+                                log=lambda message: None, tagger="auto")
+    assert (pinned["phrase_tagger"], pinned["phrase_tagger_requested"]) == (
+        "fallback", "fallback")
+    assert (auto["phrase_tagger"], auto["phrase_tagger_requested"]) == ("perceptron", "auto")
+    on_disk = json.loads((tmp_path / "auto" / writer.MANIFEST).read_text())
+    assert on_disk["phrase_tagger"] == "perceptron"
+    fallback_phrases = _shard_phrases(tmp_path / "fallback")
+    assert fallback_phrases == _expected_phrases(tmp_path / "fallback", "fallback")
+    assert _shard_phrases(tmp_path / "auto") == _expected_phrases(tmp_path / "auto",
+                                                                  "perceptron")
+    assert _shard_phrases(tmp_path / "auto") != fallback_phrases  # the taggers differ here
+
+
+def test_a_missing_tagger_fails_before_the_output_is_touched(data_dir, tmp_path,
+                                                             monkeypatch):
+    write(data_dir, tmp_path)
+    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    monkeypatch.setattr(phrases, "_perceptron", lambda: None)
+    with pytest.raises(LookupError, match="averaged_perceptron_tagger_eng"):
+        writer.write_dataset("demo", data_dir, str(tmp_path), log=lambda message: None,
+                             tagger="perceptron")
+    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
+
+
+@pytest.mark.skipif(phrases._perceptron() is not None,
+                    reason="NLTK's perceptron data is installed: nothing to fail on")
+def test_cli_refuses_a_tagger_that_is_not_installed(data_dir, tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "data_prep", "--dataset=demo", f"--data_dir={data_dir}",
+         f"--output_dir={out}", "--tagger=perceptron"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "--tagger=perceptron" in result.stderr
+    assert "averaged_perceptron_tagger_eng" in result.stderr
+    assert not out.exists()  # nothing read, nothing written
+
+
+@pytest.mark.skipif(phrases._perceptron() is None,
+                    reason="NLTK data 'averaged_perceptron_tagger_eng' is not installed "
+                           "(nltk.download needs the network)")
+def test_the_installed_perceptron_writes_its_phrases(data_dir, tmp_path):
+    manifest = writer.write_dataset("demo", data_dir, str(tmp_path), log=lambda m: None,
+                                    tagger="perceptron")
+    assert manifest["phrase_tagger"] == "perceptron"
+    assert _shard_phrases(tmp_path) == _expected_phrases(tmp_path, "perceptron")

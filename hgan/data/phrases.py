@@ -8,12 +8,16 @@ BERT token embeddings over a phrase, whatever tokenizer it uses).
 
 Two taggers:
 
-* ``"perceptron"``: NLTK's averaged-perceptron tagger, used whenever its data
+* ``"perceptron"``: NLTK's averaged-perceptron tagger, the default whenever its data
   (``taggers/averaged_perceptron_tagger_eng``) is installed;
 * ``"fallback"``: a lexicon of this domain (colours, garments, people, closed-class words)
   backed off to suffix rules. NLTK data cannot be downloaded everywhere (CI has no network),
   and captions of pedestrians, birds and flowers use a small vocabulary, so this is a
   reasonable stand-in rather than a toy.
+
+``resolve_tagger`` turns a request (``"auto"``, or a tagger by name) into the tagger a run
+uses: ``"auto"`` picks by what is installed, a named tagger is that tagger or an error, so
+``python -m data_prep --tagger=...`` writes the same phrases on every machine or fails.
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ NP: {<DT|PRP\$>(<JJ.*|VBN><CC>)?<JJ.*|CD|VBN|VBG>*<NN.*>+}
 """
 
 TAGGERS = ("perceptron", "fallback")
+TAGGER_REQUESTS = ("auto",) + TAGGERS  # what resolve_tagger (and data_prep --tagger) takes
+PERCEPTRON_DATA = "taggers/averaged_perceptron_tagger_eng"
 
 
 def _tags(tag: str, words: str) -> dict[str, str]:
@@ -124,6 +130,27 @@ def _chunker() -> nltk.RegexpParser:
 def tagger_name() -> str:
     """The tagger used by default: "perceptron" when its NLTK data is installed, else "fallback"."""
     return "perceptron" if _perceptron() is not None else "fallback"
+
+
+def resolve_tagger(requested: str = "auto") -> str:
+    """The tagger a request means: "auto" → ``tagger_name()`` (by what is installed);
+    "perceptron" / "fallback" → that tagger, whatever else is installed.
+
+    Raises:
+      LookupError: "perceptron" was asked for and its NLTK data is not installed.
+      ValueError: an unknown request.
+    """
+    if requested == "auto":
+        return tagger_name()
+    if requested not in TAGGERS:
+        raise ValueError(f"unknown tagger {requested!r}; expected one of {TAGGER_REQUESTS}")
+    if requested == "perceptron" and _perceptron() is None:
+        raise LookupError(
+            f"tagger 'perceptron' was requested but NLTK data '{PERCEPTRON_DATA}' is not "
+            f"installed (searched {list(nltk.data.path)}): install it (python -m "
+            "nltk.downloader averaged_perceptron_tagger_eng, or set NLTK_DATA to a folder "
+            "holding it), or request tagger 'fallback' (or 'auto')")
+    return requested
 
 
 def _pos_tags(words: list[str], tagger: str) -> list[str]:

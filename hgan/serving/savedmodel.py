@@ -1,14 +1,27 @@
 """What every family's SavedModel shares: request images decoded and checked in-graph, and
-an atomic save with the config and checkpoint it came from beside it."""
+an atomic save with the config and checkpoint it came from beside it.
+
+Beside the SavedModel: ``assets.extra/config.json`` (TF Serving's folder for extra files;
+the training config, read back by ``hgan.config.load_export_config``) and
+``checkpoint.txt`` (the checkpoint it was exported from). An existing ``output_dir`` is
+replaced atomically.
+"""
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
+import sys
+import tempfile
 
+from hgan.config import CONFIG_FILE, EXPORT_EXTRA_DIR
 from hgan.data import pipeline
 from hgan.tf_compat import tf
 
 STRINGS = tf.TensorSpec([None], tf.string)
+EXTRA_DIR = EXPORT_EXTRA_DIR  # assets.extra: TF Serving's folder for files beside a model
+CHECKPOINT_FILE = "checkpoint.txt"
 
 
 def request_pixels(images, config) -> tf.Tensor:
@@ -27,17 +40,118 @@ def request_pixels(images, config) -> tf.Tensor:
 
 def save_servable(module: tf.Module, signatures: dict, output_dir: str, config,
                   checkpoint_path: str) -> str:
-    """Saves ``module`` with ``signatures`` atomically (a temp dir renamed into place), with
-    the config and the checkpoint it came from beside it; returns ``output_dir``."""
-    tmp = output_dir.rstrip("/") + ".tmp"
-    if tf.io.gfile.exists(tmp):
-        tf.io.gfile.rmtree(tmp)
-    tf.saved_model.save(module, tmp, signatures=signatures)
-    with tf.io.gfile.GFile(os.path.join(tmp, "assets.extra_config.json"), "w") as f:
-        f.write(config.to_json())
-    with tf.io.gfile.GFile(os.path.join(tmp, "checkpoint.txt"), "w") as f:
-        f.write(checkpoint_path + "\n")
-    if tf.io.gfile.exists(output_dir):
-        shutil.rmtree(output_dir)
-    os.replace(tmp, output_dir)
+    """Saves ``module`` with ``signatures``, the config (``assets.extra/config.json``) and
+    the checkpoint it came from (``checkpoint.txt``) beside it; returns ``output_dir``.
+
+    Everything is written to a hidden temporary sibling of ``output_dir`` first, which then
+    takes its place (``_replace_dir``): ``output_dir`` never holds a partial export, and an
+    existing export is only deleted once the new one is complete. An existing
+    ``output_dir`` that is neither empty nor a SavedModel is refused, not deleted.
+    """
+    target = os.path.normpath(output_dir)
+    parent, name = os.path.split(target)
+    parent = parent or "."
+    if os.path.lexists(target) and not _is_replaceable(target):
+        raise FileExistsError(f"{output_dir} exists and is not a SavedModel (no "
+                              "saved_model.pb); not replacing it")
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the export from a server
+        tf.saved_model.save(module, tmp, signatures=signatures)
+        os.makedirs(os.path.join(tmp, EXTRA_DIR), exist_ok=True)
+        with open(os.path.join(tmp, EXTRA_DIR, CONFIG_FILE), "w") as f:
+            f.write(config.to_json())
+        with open(os.path.join(tmp, CHECKPOINT_FILE), "w") as f:
+            f.write(checkpoint_path + "\n")
+        _fsync_tree(tmp)  # complete on disk before it takes the name
+        _replace_dir(tmp, target)
+        _fsync_tree(parent, recursive=False)
+    finally:
+        _remove(tmp)  # what is left there: a failed export, or the replaced one
     return output_dir
+
+
+def _is_replaceable(path: str) -> bool:
+    return os.path.isdir(path) and (not os.listdir(path)
+                                    or os.path.exists(os.path.join(path, "saved_model.pb")))
+
+
+def _fsync_tree(folder: str, recursive: bool = True) -> None:
+    """fsyncs the files and folders under ``folder`` (only ``folder`` itself if not
+    ``recursive``), so a rename that publishes them cannot outlive their contents."""
+    walk = os.walk(folder) if recursive else [(folder, [], [])]
+    for dirpath, _, files in walk:
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove(path: str) -> None:
+    if os.path.islink(path):
+        os.unlink(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+
+
+def _replace_dir(new: str, target: str) -> None:
+    """Puts the folder ``new`` at ``target`` (its sibling); the old ``target``, if any, ends
+    up at ``new``'s path, for the caller to delete.
+
+    No target: one rename. An existing one: swapped in one atomic step (Linux
+    ``renameat2(RENAME_EXCHANGE)``), so readers see the old export or the new one, never
+    neither. Where that is unavailable: the old one renamed aside, the new one renamed in
+    (target is absent for the instant between the two renames; if the second fails, the
+    old one is put back).
+    """
+    if not os.path.lexists(target):
+        os.rename(new, target)
+        return
+    if _exchange(new, target):
+        return
+    holder = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-",
+                              dir=os.path.dirname(target) or ".")
+    aside = os.path.join(holder, "old")
+    try:
+        os.rename(target, aside)
+        try:
+            os.rename(new, target)
+        except BaseException:
+            os.rename(aside, target)
+            raise
+        os.rename(aside, new)  # the old export where the caller deletes it
+    finally:
+        _remove(holder)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically swaps two paths (Linux >= 3.15); False where that is not supported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc without renameat2 (glibc < 2.28)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # not on this file system
+        return False
+    raise OSError(err, os.strerror(err), b)

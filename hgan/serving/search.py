@@ -9,7 +9,9 @@ The index holds each image's features from the model's ``encode_image`` signatur
 output it has) and its path; a query is scored against it with ``score_features`` (HGAN:
 all levels, as eval.py; IATV: stage 1), in chunks. A model that also exports
 ``rerank_features`` (IATV's stage 2) re-orders each query's ``--rerank_k`` best by it, the
-rest keeping their order behind, as in two-stage evaluation. Files in a folder that are
+rest keeping their order behind, as in two-stage evaluation; ``--rerank_k`` defaults to the
+export's own ``eval.rerank_k`` (its ``assets.extra/config.json``, what eval.py re-ranks;
+20, IATV §4.2, for an export without one). Files in a folder that are
 not JPEG/PNG images are skipped and reported.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 
 import numpy as np
 
+from hgan.config import load_export_config
 from hgan.data import pipeline, records
 from hgan.evaluation import rerank
 from hgan.tf_compat import tf
@@ -109,14 +112,26 @@ def _image_inputs(signature, index, rows) -> dict:
     return {n: tf.constant(index[n[len("image_"):]][rows]) for n in names}
 
 
+DEFAULT_RERANK_K = 20  # IATV §4.2, for an export without its config
+
+
+def default_rerank_k(savedmodel: str) -> int:
+    """The stage-1 candidates evaluation re-ranks for this export: its config's
+    ``eval.rerank_k``, or ``DEFAULT_RERANK_K`` for an export without a config."""
+    config = load_export_config(savedmodel)
+    return DEFAULT_RERANK_K if config is None else config.eval.rerank_k
+
+
 def query(savedmodel: str, index_path: str, text: str, top_k: int = 10,
-          chunk: int = 1024, rerank_k: int = 20) -> list[dict]:
+          chunk: int = 1024, rerank_k: int | None = None) -> list[dict]:
     """The ``top_k`` images of the index for ``text``, best first: [{path, score}], plus
     ``rerank`` (the stage-2 logit) on the re-ranked ones of a model with
-    ``rerank_features``."""
+    ``rerank_features``; ``rerank_k`` None: ``default_rerank_k(savedmodel)``."""
     if not text.strip():
         raise ValueError("the query is empty")
     served = _load(savedmodel)
+    if rerank_k is None:
+        rerank_k = default_rerank_k(savedmodel)
     score = served.signatures["score_features"]
     index = dict(np.load(index_path))
     n = len(index["paths"])
