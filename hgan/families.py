@@ -60,7 +60,7 @@ def get(name: str) -> Family:
 
 
 def of_model_dir(model_dir: str) -> Family:
-    return get(Config.load(model_dir).model)
+    return get(Config.load(model_dir).family)
 
 
 def train(config: Config, data_dir: str, model_dir: str, val_split: str = "val",

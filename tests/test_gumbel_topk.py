@@ -78,7 +78,7 @@ def test_selected_sets_follow_sampling_without_replacement():
 def test_serialises_and_validates_arguments():
     layer = GumbelTopK(3, temperature=0.7, name="g")
     clone = GumbelTopK.from_config(layer.get_config())
-    assert (clone.k, clone.model.temperature, clone.name) == (3, 0.7, "g")
+    assert (clone.k, clone.temperature, clone.name) == (3, 0.7, "g")
     restored = keras.layers.deserialize(keras.layers.serialize(layer))
     assert isinstance(restored, GumbelTopK) and restored.k == 3
     with pytest.raises(ValueError):

@@ -63,10 +63,10 @@ def test_phases_resume_and_model_selection(trained):
     assert sum("initialised from stage 1" in ln for ln in lines) == 1
     assert sum("pairs mined" in ln for ln in lines) == 2
     best = json.load(open(os.path.join(model_dir, "best.json")))
-    assert best["split"] == "val" and best["selected_by"] == "two_stage t2i R1"
+    assert best["split"] == "val" and best["selected_by"] == "two_stage_R1"
     assert best["step"] in (4, 6) and 0 <= best["metrics"]["R1"] <= 100
     assert [ln.split()[2].rstrip(":") for ln in lines if ln.startswith("val step")] == ["4", "6"]
-    assert Config.load(model_dir).max_steps == 0
+    assert Config.load(model_dir).train.max_steps == 0
     # The identity buffers are checkpointed, one row per training identity.
     shapes = tf.train.load_checkpoint(second["checkpoint"]).get_variable_to_shape_map()
     buffers = [s for name, s in shapes.items() if name.startswith("buffers/")]

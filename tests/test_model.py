@@ -184,7 +184,7 @@ def test_paired_layouts_equal_the_grid(attention):
 def test_model_config_round_trip_and_the_no_bert_row(config):
     model = build_model(config.replace(use_bert=False), vocab_size=40, num_classes=6)
     clone = type(model).from_config(model.get_config())
-    assert clone.config == model.config and clone.model.num_classes == 6
+    assert clone.config == model.config and clone.num_classes == 6
     batch = dummy_batch(config, 2)
     out = model(batch)
     assert out["text"]["word"].shape == (2, config.data.max_len, config.model.local_dim)

@@ -182,7 +182,7 @@ def test_two_replicas_skip_together_and_apply_like_one():
 
 
 def test_step_schedule_warms_up_linearly_then_steps_down_tenfold():
-    from hgan.training.loop import StepSchedule
+    from hgan.training.schedules import StepSchedule
     schedule = StepSchedule(1e-3, [100.0], warmup_steps=50)
     values = [float(schedule(tf.constant(s))) for s in (0, 24, 49, 99, 100, 150)]
     np.testing.assert_allclose(values, [1e-3 / 50, 25e-3 / 50, 1e-3, 1e-3, 1e-4, 1e-4],

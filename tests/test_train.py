@@ -38,7 +38,7 @@ def test_trains_checkpoints_and_resumes(tiny_data, config, tmp_path):
     second = families.train(more, tiny_data, model_dir, log=lines.append)
     assert second["step"] == 5
     assert second["checkpoint"].endswith("ckpt-5")
-    assert Config.load(model_dir).max_steps == 5
+    assert Config.load(model_dir).train.max_steps == 5
 
 
 def test_resume_refuses_a_different_model_config(config, tmp_path):
