@@ -244,9 +244,9 @@ PRESETS = {
 
 
 def parse_overrides(base: Config, overrides: list[str]) -> Config:
-    """Applies ``["field=value", ...]``; values are parsed as JSON, else taken as strings.
-
-    Tuples are written as ``4,4`` or ``[4,4]``.
+    """Applies ``["field=value", ...]``, each value read as the type of the field's default:
+    tuples as ``4,4``, ``[4,4]`` or ``(4,)`` (``none``, ``()``, ``[]`` or nothing: empty),
+    booleans as true/false, yes/no or 1/0 in any case, numbers, else the string as written.
     """
     fields = {f.name: f for f in dataclasses.fields(Config)}
     changes: dict[str, Any] = {}
