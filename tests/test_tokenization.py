@@ -131,6 +131,28 @@ def test_phrase_spans_over_cjk_emoji_and_fullwidth_text(phrase_vocab):
     assert wide_rows == [[2, 3], [5, 6, 7], []]
 
 
+def test_phrase_spans_survive_normalisation_that_splits_or_drops_words(phrase_vocab):
+    """Lower-casing is NFKC: "…" becomes "...", a no-break space a space, "´" a space and an
+    accent; a lone combining accent disappears. Word counts then differ between the caption
+    and the tokenizer's text, which must not shift the phrases after them."""
+    captions = ["a bag… a blue coat", "a red bag\u00a0and a blue coat",
+                "a \u0301 bag, a blue coat", "a woman´s red bag and a blue coat"]
+    phrases = [["a bag", "a blue coat"], ["a red bag", "a blue coat"], ["a blue coat"],
+               ["a woman´s red bag", "a blue coat"]]
+    results = _marked(phrase_vocab, captions, phrases)
+    assert results[0][0][:10] == ["[CLS]", "a", "bag", ".", ".", ".", "a", "blue", "coat",
+                                  "[SEP]"]
+    assert results[0][1] == [[1, 2], [6, 7, 8], []]
+    assert results[1][0][:9] == ["[CLS]", "a", "red", "bag", "and", "a", "blue", "coat",
+                                 "[SEP]"]
+    assert results[1][1] == [[1, 2, 3], [5, 6, 7], []]
+    assert results[2][0][:8] == ["[CLS]", "a", "bag", ",", "a", "blue", "coat", "[SEP]"]
+    assert results[2][1] == [[4, 5, 6], [], []]
+    assert results[3][0][:11] == ["[CLS]", "a", "woman", "s", "red", "bag", "and", "a", "blue",
+                                  "coat", "[SEP]"]
+    assert results[3][1] == [[1, 2, 3, 4, 5], [7, 8, 9], []]
+
+
 def test_truncation_keeps_the_part_of_a_phrase_that_fits(phrase_vocab):
     caption = "a red coat and blue shoes"
     phrases = [["a red coat", "blue shoes"]]
