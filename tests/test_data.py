@@ -44,8 +44,8 @@ def test_identity_aware_batches_hold_p_different_identities_of_k(tiny_data, tiny
     config = tiny_config.replace(batch_size=6, identities_per_batch=3)
     tok = data.make_tokenizer(config)
 
-    def labels(seed):
-        ds = data.train_dataset(tiny_data, config, tok, seed=seed).take(24)
+    def labels(seed, batches=24):
+        ds = data.train_dataset(tiny_data, config, tok, seed=seed).take(batches)
         return np.stack([b["label"].numpy() for b in ds])
 
     runs = labels(5)
@@ -55,8 +55,8 @@ def test_identity_aware_batches_hold_p_different_identities_of_k(tiny_data, tiny
         assert len(set(rows[:, 0])) == 3, batch  # P different identities
     for epoch in runs.reshape(6, 4 * 6):
         np.testing.assert_array_equal(np.bincount(epoch, minlength=6), [4] * 6)
-    np.testing.assert_array_equal(labels(5), runs)  # deterministic under its seed
-    assert not np.array_equal(labels(6), runs)
+    np.testing.assert_array_equal(labels(5, 8), runs[:8])  # deterministic under its seed
+    assert not np.array_equal(labels(6, 8), runs[:8])
 
 
 def test_identity_aware_batches_end_with_the_data_without_repeat(tiny_data, tiny_config):
