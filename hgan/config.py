@@ -486,9 +486,10 @@ def preset(name: str, family: str = "hgan") -> Config:
 
 
 def parse_overrides(base: Config, overrides: list[str]) -> Config:
-    """Applies ``["name=value", ...]`` (names as ``Config.locate`` reads them); values are
-    parsed by the field's type: tuples as ``4,4`` or ``[4,4]`` (``none`` = empty),
-    booleans as true/false/1/0/yes/no, numbers; a ``family=`` / ``model=`` item switches
+    """Applies ``["name=value", ...]`` (names as ``Config.locate`` reads them), each value
+    read as the type of the field's default: tuples as ``4,4``, ``[4,4]`` or ``(4,)``
+    (``none``, ``()``, ``[]`` or nothing: empty), booleans as true/false, yes/no or 1/0 in
+    any case, numbers, else the string as written; a ``family=`` / ``model=`` item switches
     the family first."""
     config = base
     items = []

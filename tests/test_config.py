@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from hgan.config import (CONFIG_FILE, Config, HGANModel, IATVModel, PRESETS, parse_overrides,
+from hgan.config import (CONFIG_FILE, Config, HGANModel, IATVModel, PRESETS, _parse_value,
+                         parse_overrides,
                          preset, resolve)
 
 
@@ -100,3 +101,45 @@ def test_a_flat_iatv_config_json_of_before_the_sections_loads_as_it_ran(tmp_path
     assert old.train.learning_rate == 1e-3  # the LSTM's rate; HGAN's 3e-4 was unused
     assert (old.model.candidates, old.eval.rerank_k) == (7, 7)  # eval re-ranked that many
     assert old.data.batch_size == 16
+
+
+def test_tuple_overrides_take_the_element_type_of_the_field():
+    c = parse_overrides(Config(), ["word_pool=[2, 3]", "word_stride=(5,)", "phrase_pool=4",
+                                   "score_weights=1,0.5,0", "lr_decay_epochs=30,50"])
+    assert c.model.word_pool == (2, 3) and c.model.word_stride == (5,)
+    assert c.model.phrase_pool == (4,) and c.train.lr_decay_epochs == (30, 50)
+    assert c.eval.score_weights == (1.0, 0.5, 0.0)
+    assert [type(v) for v in c.eval.score_weights] == [float] * 3  # "1" → 1.0 for a float field
+    assert [type(v) for v in c.model.word_pool + c.train.lr_decay_epochs] == [int] * 4
+    for empty in ("", "()", "[]", "none"):
+        assert parse_overrides(Config(), [f"partition_map={empty}"]).model.partition_map == ()
+    for bad in ("2.5,2", "a,b"):  # an int tuple takes integers only
+        with pytest.raises(ValueError, match="word_pool: cannot parse .* as a tuple"):
+            parse_overrides(Config(), [f"word_pool={bad}"])
+    # A field whose default is empty has no element type: numbers as written.
+    assert [(v, type(v)) for v in _parse_value("4,0.5", (), "x")] == [(4, int), (0.5, float)]
+
+
+@pytest.mark.parametrize("raw,value", [("1", True), ("true", True), ("TRUE", True),
+                                       ("yes", True), ("Yes", True), ("0", False),
+                                       ("false", False), ("False", False), ("no", False)])
+def test_boolean_overrides_accept_the_usual_spellings(raw, value):
+    c = parse_overrides(Config().replace(random_flip=not value), [f"random_flip={raw}"])
+    assert c.data.random_flip is value  # a bool, never the int 1 / 0
+
+
+@pytest.mark.parametrize("raw", ["2", "on", "", "truee"])
+def test_other_boolean_spellings_are_errors(raw):
+    with pytest.raises(ValueError, match=f"random_flip: expected true/false, got '{raw}'"):
+        parse_overrides(Config(), [f"random_flip={raw}"])
+
+
+def test_number_and_string_overrides():
+    c = parse_overrides(PRESETS["tiny"], [" max_len = 40 ", "learning_rate=3", "bert=a=b",
+                                          "vocab_file="])
+    assert c.data.max_len == 40 and c.train.learning_rate == 3.0
+    assert type(c.train.learning_rate) is float
+    assert c.model.bert == "a=b" and c.data.vocab_file == ""  # split at the first "=" only
+    assert c.model.backbone == "small_cnn" and c.data.batch_size == 8  # the rest: the preset's
+    with pytest.raises(ValueError, match="k1: expected a number, got '3.0'"):
+        parse_overrides(Config(), ["k1=3.0"])  # an int field takes integers only

@@ -36,13 +36,41 @@ def test_train_pipeline_is_deterministic_under_a_seed(tiny_data, tiny_config):
         not np.array_equal(a[0]["image"], a[2]["image"])
 
 
-def test_identity_aware_batches_hold_p_identities_of_k(tiny_data, tiny_config):
+def test_identity_aware_batches_hold_p_different_identities_of_k(tiny_data, tiny_config):
+    """P×K: each batch is P rows of K pairs of one identity, and the P identities differ
+    (windows of K in arrival order alone put one identity in two rows of 8 of these 24
+    batches). The fixture's 6 identities × 4 pairs deal out into exactly 4 batches an
+    epoch with nothing dropped: every identity 4 times per epoch."""
     config = tiny_config.replace(batch_size=6, identities_per_batch=3)
     tok = pipeline.make_tokenizer(config)
-    for batch in pipeline.train_dataset(tiny_data, config, tok).take(5):
-        labels = batch["label"].numpy()
-        groups = labels.reshape(3, 2)
-        assert (groups[:, 0] == groups[:, 1]).all(), labels
+
+    def labels(seed, batches=24):
+        ds = pipeline.train_dataset(tiny_data, config, tok, seed=seed).take(batches)
+        return np.stack([b["label"].numpy() for b in ds])
+
+    runs = labels(5)
+    for batch in runs:
+        rows = batch.reshape(3, 2)
+        assert (rows == rows[:, :1]).all(), batch  # K pairs of one identity per row
+        assert len(set(rows[:, 0])) == 3, batch  # P different identities
+    for epoch in runs.reshape(6, 4 * 6):
+        np.testing.assert_array_equal(np.bincount(epoch, minlength=6), [4] * 6)
+    np.testing.assert_array_equal(labels(5, 8), runs[:8])  # deterministic under its seed
+    assert not np.array_equal(labels(6, 8), runs[:8])
+
+
+def test_identity_aware_batches_end_with_the_data_without_repeat(tiny_data, tiny_config):
+    config = tiny_config.replace(batch_size=6, identities_per_batch=3)
+    ds = pipeline.train_dataset(tiny_data, config, pipeline.make_tokenizer(config), repeat=False)
+    batches = [b["label"].numpy() for b in ds]
+    assert len(batches) == 4
+    np.testing.assert_array_equal(np.bincount(np.concatenate(batches)), [4] * 6)
+
+
+def test_identity_aware_batch_needs_p_identities(tiny_data, tiny_config):
+    config = tiny_config.replace(batch_size=14, identities_per_batch=7)  # train has 6
+    with pytest.raises(ValueError, match="7 but train has 6 identities"):
+        pipeline.train_dataset(tiny_data, config, pipeline.make_tokenizer(config))
 
 
 def test_identity_aware_batch_rejects_indivisible_batch(tiny_data, tiny_config):

@@ -54,3 +54,23 @@ def test_class_rank1_fuses_the_sentences_of_a_class():
                        [0.3, 0.5]])    # class-1 sentence
     # image 0: class 0 mean 0.2 < class 1 0.3 → wrong; image 1: 0.3 < 0.5 → class 1, right.
     assert class_rank1(scores, texts, [0, 1]) == pytest.approx(50.0)
+
+
+def test_class_rank1_is_the_mean_fusion_not_another_reading():
+    """Three images, classes of 3 and 2 sentences. The mean fusion gets all three right;
+    max fusion, sum fusion, the instance-level Rank-1 (the image's best single sentence)
+    and a constant class all score otherwise, so the value pins the reading."""
+    texts = np.array([0, 0, 0, 1, 1])
+    images = np.array([0, 1, 1])
+    scores = np.array([[0.6, 0.5, 0.9],
+                       [0.6, 0.3, 0.0],
+                       [0.6, 0.3, 0.0],
+                       [0.7, 0.45, 0.8],
+                       [0.1, 0.45, 0.0]])
+    # means, class 0 vs 1: image 0 0.6 > 0.4; image 1 0.367 < 0.45; image 2 0.3 < 0.4
+    assert class_rank1(scores, texts, images) == pytest.approx(100.0)
+    by_max = np.stack([scores[texts == c].max(0) for c in (0, 1)], 1).argmax(1)
+    by_sum = np.stack([scores[texts == c].sum(0) for c in (0, 1)], 1).argmax(1)
+    best_sentence = texts[scores.argmax(0)]
+    assert [100 * np.mean(p == images) for p in (by_max, by_sum, best_sentence)] == \
+        pytest.approx([0.0, 100 / 3, 0.0])  # and a constant class: 100/3 or 200/3

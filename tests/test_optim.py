@@ -190,6 +190,49 @@ def test_step_schedule_warms_up_linearly_then_steps_down_tenfold():
     assert float(StepSchedule(2e-4, [])(tf.constant(0))) == pytest.approx(2e-4)
 
 
+def test_a_boundary_inside_the_warmup_scales_the_warmup_ramp():
+    from hgan.training.schedules import StepSchedule
+    schedule = StepSchedule(1.0, [2.0], warmup_steps=4)
+    values = [float(schedule(tf.constant(s))) for s in range(5)]
+    # ramp (s + 1) / 4, times 0.1 from step 2 on
+    np.testing.assert_allclose(values, [0.25, 0.5, 0.075, 0.1, 0.1], rtol=1e-6)
+
+
+def test_lr_decay_epochs_become_boundaries_in_steps_of_the_training_split():
+    from hgan.config import Config
+    from hgan.training.run_dir import steps_per_epoch
+    from hgan.training.schedules import learning_rate_schedule
+    manifest = {"splits": {"train": {"captions": 71}, "val": {"captions": 3}}}
+    batch32 = Config().replace(batch_size=32)
+    assert steps_per_epoch(manifest, batch32) == 2  # 71 // 32, remainder dropped
+    assert steps_per_epoch(manifest, batch32, "val") == 1  # never 0
+    assert learning_rate_schedule(Config().replace(lr_decay_epochs=(40,)), 7).boundaries == [280.0]
+    assert learning_rate_schedule(Config().replace(lr_decay_epochs=(1.5, 3)),
+                                  10).boundaries == [15.0, 30.0]
+    constant = learning_rate_schedule(Config().replace(learning_rate=2e-4, lr_decay_epochs=()),
+                                      10)
+    assert constant.boundaries == [] and float(constant(tf.constant(10**6))) == pytest.approx(2e-4)
+
+
+def test_the_optimizer_of_a_config_applies_warmup_then_tenfold_steps_per_epoch():
+    """Config → optimizer, step by step: 5 captions at batch 2 are 2 steps an epoch, so
+    lr_decay_epochs (2, 3) step down at steps 4 and 6, after a 2-step warmup."""
+    from hgan.config import Config
+    from hgan.training import optim as optim_lib
+    from hgan.training.run_dir import steps_per_epoch
+    config = Config().replace(learning_rate=1e-3, lr_decay_epochs=(2, 3), warmup_steps=2,
+                              batch_size=2, weight_decay_mode="l2")
+    per_epoch = steps_per_epoch({"splits": {"train": {"captions": 5}}}, config)
+    opt = optim_lib.make_optimizer(config, per_epoch)
+    w = tf.Variable([1.0, 2.0])
+    used = []
+    for _ in range(8):
+        opt.apply_gradients([(tf.constant([0.0, 0.0]), w)])
+        used.append(float(opt.learning_rate.numpy()))  # the rate this step applied
+    np.testing.assert_allclose(used, [5e-4, 1e-3, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5],
+                               rtol=1e-5)
+
+
 def test_guarded_apply_reports_the_global_norm_and_clips_the_summed_gradients():
     w = tf.Variable([3.0, 4.0])
     opt = keras.optimizers.SGD(learning_rate=1.0)

@@ -32,14 +32,15 @@ def write(path, data):
     return path
 
 
-def make_reed(root, classes, flowers=False, split_files=None):
-    """Reed et al.'s layout; ``classes``: {class: number of images}."""
+def make_reed(root, classes, flowers=False, split_files=None, colours=None):
+    """Reed et al.'s layout; ``classes``: {class: number of images}; ``colours``: {class:
+    RGB} of its images (default: all the same)."""
     for class_name, count in classes.items():
         for index in range(count):
             stem = f"{class_name}_{index:04d}"
             image = (root / "jpg" / f"{stem}.jpg" if flowers
                      else root / "images" / class_name / f"{stem}.jpg")
-            write(image, image_bytes())
+            write(image, image_bytes(colour=(colours or {}).get(class_name, (200, 30, 30))))
             write(root / "text_c10" / class_name / f"{stem}.txt",
                   f"this {class_name} has {index} spots.\n\nit is small.\n")
     for name, listed in (split_files or {}).items():

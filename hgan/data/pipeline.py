@@ -165,8 +165,10 @@ def train_dataset(data_dir: str, config: Config, tokenizer: CaptionTokenizer,
     its identity, every image its own identity (IATV's "w/o ID", Table 2).
 
     With ``config.identities_per_batch = P > 0`` every batch holds P groups of
-    K = batch_size / P pairs of one identity (pairs of an identity with fewer than K are
-    dropped for that epoch), which the in-batch losses of §3.4 need to see positives.
+    K = batch_size / P pairs of one identity, the P identities all different, which the
+    in-batch losses of §3.4 need to see positives (``_identity_groups``: an epoch's pairs
+    are dealt out K at a time per identity; what cannot fill a group is dropped for that
+    epoch).
     """
     seed = config.train.seed if seed is None else seed
     files = split_files(data_dir, split)
@@ -178,9 +180,24 @@ def train_dataset(data_dir: str, config: Config, tokenizer: CaptionTokenizer,
         table = image_index_table(data_dir, split)
         ds = ds.map(lambda e: {**e, "label": table.lookup(e["path"])})
     ds = ds.flat_map(lambda e: _pairs(e, config.data.max_phrases))
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.shuffle(config.data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    batch = config.data.batch_size
+    p = config.data.identities_per_batch
+    if p:
+        if batch % p:
+            raise ValueError(f"batch_size {batch} is not a multiple of identities_per_batch {p}")
+        kind = "images" if label_by_image else "identities"
+        labels = load_manifest(data_dir)["splits"][split][kind]
+        if labels < p:
+            raise ValueError(f"identities_per_batch {p} but {split} has {labels} {kind}")
+        # Grouped per epoch, before decoding (a group in waiting holds encoded bytes only).
+        ds = ds.shuffle(config.data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = _identity_groups(ds, p, batch // p, labels).unbatch().unbatch()
+        if repeat:
+            ds = ds.repeat()
+    else:
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.shuffle(config.data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     # A stateless seed per element keeps flips reproducible under parallel decoding.
     ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
 
@@ -191,25 +208,38 @@ def train_dataset(data_dir: str, config: Config, tokenizer: CaptionTokenizer,
                 "phrase_spans": pair["phrase_spans"]}
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
-    batch = config.data.batch_size
-    if config.data.identities_per_batch:
-        p = config.data.identities_per_batch
-        if batch % p:
-            raise ValueError(f"batch_size {batch} is not a multiple of identities_per_batch {p}")
-        k = batch // p
-        ds = ds.group_by_window(
-            key_func=lambda x: tf.cast(x["label"], tf.int64),
-            reduce_func=lambda _, window: window.batch(k, drop_remainder=True),
-            window_size=k)
-        ds = ds.rebatch(batch, drop_remainder=True)
-    else:
-        ds = ds.batch(batch, drop_remainder=True)
+    # P×K: _identity_groups gave whole groups of P·K pairs, so this batch cuts along them.
+    ds = ds.batch(batch, drop_remainder=True)
     ds = ds.map(lambda b: _tokenize(b, tokenizer, keep_text=keep_caption),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def _identity_groups(ds: tf.data.Dataset, p: int, k: int, labels: int) -> tf.data.Dataset:
+    """One epoch of pairs → [P, K] groups: K pairs of one identity per row, P different
+    identities. An identity's pairs form windows of K in arrival order; its n-th window
+    (its "round") joins the n-th windows of other identities only, so no group can hold
+    one identity twice. Windows short of K, and rounds short of P windows at the end of
+    the epoch, are dropped; a waiting round holds fewer than P windows."""
+    windows = ds.group_by_window(
+        key_func=lambda x: tf.cast(x["label"], tf.int64),
+        reduce_func=lambda _, window: window.batch(k, drop_remainder=True),
+        window_size=k)
+
+    def count(seen, window):
+        label = tf.cast(window["label"][0], tf.int64)
+        return (tf.tensor_scatter_nd_add(seen, [[label]], tf.ones([1], tf.int64)),
+                (seen[label], window))
+
+    rounds = windows.scan(tf.zeros([labels], tf.int64), count)
+    groups = rounds.group_by_window(
+        key_func=lambda n, _: n,
+        reduce_func=lambda _, group: group.batch(p, drop_remainder=True),
+        window_size=p)
+    return groups.map(lambda _, window: window)
 
 
 def _tokenize(batch: dict, tokenizer: CaptionTokenizer, keep_text: bool = False) -> dict:

@@ -60,6 +60,7 @@ class CaptionTokenizer(tf.Module):
             raise ValueError("max_len must leave room for [CLS], one token and [SEP]")
         self.max_len = max_len
         self.max_phrases = max_phrases
+        self.lower_case = lower_case
         with tf.io.gfile.GFile(vocab_file) as f:
             vocab = [line.rstrip("\n") for line in f]
         missing = [t for t in ("[CLS]", "[SEP]", "[PAD]", "[UNK]") if t not in vocab]
@@ -104,8 +105,8 @@ class CaptionTokenizer(tf.Module):
         }
         if phrase_spans is not None:
             # The tokenizer's offsets refer to its lower-cased, accent-stripped text, not to
-            # the stored caption the phrase spans index. Words are the same in both, so map
-            # each token to its word and take the word's offsets in the original caption.
+            # the stored caption the phrase spans index: map each token to its word and take
+            # the word's offsets in the original caption (_word_offsets).
             word_of_token = self._word_index(tokens).merge_dims(-2, -1)[:, :body]
             word_of_token = frame(word_of_token, -1, -1, -1)  # [B, L]
             out["phrase_token_mask"] = self._phrase_mask(captions, phrase_spans, word_of_token)
@@ -152,12 +153,38 @@ class CaptionTokenizer(tf.Module):
         local = global_word - tf.gather(first_word, global_word)
         return tokens.with_values(tokens.values.with_values(local))
 
+    def _as_tokenized(self, text):
+        """The text BertTokenizer splits into words (tf_text's BasicTokenizer): case-folded
+        with NFKC, NFD, accents dropped (when lower-casing); control characters spaces."""
+        if self.lower_case:
+            text = tf_text.normalize_utf8(tf_text.case_fold_utf8(text), "NFD")
+            text = tf.strings.regex_replace(text, r"\p{Mn}", "")
+        return tf.strings.regex_replace(text, r"\p{Cc}|\p{Cf}", " ")
+
+    def _word_offsets(self, captions):
+        """[B, W] start and end byte offsets, in the caption as stored, of the words the
+        tokenizer splits its text into. That text can have more or fewer words than the
+        caption ("…" is "...", a no-break space a space, a lone accent nothing), so the
+        words are found in it, and each of its bytes traced back to the caption character
+        it was made from (the text is made character by character)."""
+        _, begin, end = tf_text.regex_split_with_offsets(
+            self._as_tokenized(captions), _DELIM_PATTERN, _KEEP_DELIM_PATTERN)
+        chars, char_start = tf.strings.unicode_split_with_offsets(captions, "UTF-8")
+        char_end = (char_start + tf.cast(tf.strings.length(chars), tf.int64)).to_tensor()
+        char_start = char_start.to_tensor()  # [B, C]
+        made = tf.cast(tf.strings.length(self._as_tokenized(chars)), tf.int64)
+        made_end = tf.cumsum(made.to_tensor(), axis=1)  # [B, C] end of each char's text
+        last = tf.maximum(tf.shape(made_end)[1] - 1, 0)
+
+        def source(offset):  # the caption character whose text holds byte ``offset``
+            return tf.minimum(tf.searchsorted(made_end, offset, side="right"), last)
+
+        begin, end = begin.to_tensor(default_value=0), end.to_tensor(default_value=1)
+        return (tf.gather(char_start, source(begin), batch_dims=1),
+                tf.gather(char_end, source(end - 1), batch_dims=1))
+
     def _phrase_mask(self, captions, phrase_spans, word_of_token) -> tf.Tensor:
-        cleaned = tf.strings.regex_replace(captions, r"\p{Cc}|\p{Cf}", " ")
-        _, w_start, w_end = tf_text.regex_split_with_offsets(
-            cleaned, _DELIM_PATTERN, _KEEP_DELIM_PATTERN)
-        w_start = w_start.to_tensor(default_value=-1)  # [B, W]
-        w_end = w_end.to_tensor(default_value=-1)
+        w_start, w_end = self._word_offsets(captions)  # [B, W]
         has_word = word_of_token >= 0
         index = tf.maximum(word_of_token, 0)
         tok_start = tf.where(has_word, tf.gather(w_start, index, batch_dims=1), -1)
