@@ -287,5 +287,6 @@ def query_dataset(data_dir: str, config: Config, tokenizer: CaptionTokenizer, sp
 
 
 def make_tokenizer(config: Config) -> CaptionTokenizer:
-    return CaptionTokenizer(vocab_path(config.model.bert, config.data.vocab_file), config.data.max_len,
+    return CaptionTokenizer(vocab_path(config.model.bert, config.data.vocab_file),
+                            config.data.max_len,
                             config.data.max_phrases, config.data.lower_case)

@@ -1,13 +1,14 @@
 """IATV evaluation: stage-1 retrieval, then two-stage retrieval (§3.2, §4.2, §4.4).
 
 * ``stage1``: the cosine of the stage-1 embeddings ranks the whole gallery;
-* ``two_stage``: stage 1 picks each query's ``iatv_candidates`` (§4.2: 20) nearest items
+* ``two_stage``: stage 1 picks each query's ``eval.rerank_k`` (§4.2: 20) nearest items
   of the other modality, stage 2 re-scores those pairs and re-orders them; every other item
   keeps its stage-1 order behind them (``hgan.evaluation.rerank.rerank``).
 
-Both directions, with the metrics of ``hgan.evaluation.hgan_scoring`` (R1/5/10, mAP, mINP; AP@50 and class
-Rank-1 on CUB / Flowers). The report has the layout of ``hgan.evaluation.hgan_scoring.evaluate`` with the
-modes ``stage1`` and ``two_stage``; its top-level ``t2i`` / ``i2t`` are the two-stage ones.
+Both directions, with the metrics of ``hgan.evaluation.metrics`` (R1/5/10, mAP, mINP; AP@50
+and class Rank-1 on CUB / Flowers). The report has the layout of
+``hgan.evaluation.hgan_scoring.evaluate`` with the modes ``stage1`` and ``two_stage``; its
+top-level ``t2i`` / ``i2t`` are the two-stage ones.
 """
 from __future__ import annotations
 

@@ -46,9 +46,10 @@ class GumbelTopK(keras.layers.Layer):
 
     The forward value is the hard k-hot α; the backward pass is the straight-through
     estimator through the tempered softmax of line 11 (α + s − stop_gradient(s)), so
-    gradients reach ``scores`` (at inference the hard α alone is returned). Under training, the selected set is distributed as k draws
-    without replacement from softmax(γ'_i) (Kool et al. 2019, the Gumbel-top-k trick); at
-    inference no noise is added and the k largest γ'_i are taken.
+    gradients reach ``scores`` (at inference the hard α alone is returned). Under training,
+    the selected set is distributed as k draws without replacement from softmax(γ'_i) (Kool
+    et al. 2019, the Gumbel-top-k trick); at inference no noise is added and the k largest
+    γ'_i are taken.
 
     Args:
       k: positions selected per row. A row with fewer than k valid positions selects all.

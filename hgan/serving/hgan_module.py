@@ -66,9 +66,10 @@ class HGANServing(tf.Module):
         c = self.config
         # The region count follows from the partition config (Table 4).
         regions = []
-        for pool, stride in ((c.model.word_pool, c.model.word_stride), (c.model.phrase_pool, c.model.phrase_stride)):
-            h, w = partition_grid(tuple(c.model.partition_map), pool, stride) if c.model.partition_map \
-                else (None, None)
+        for pool, stride in ((c.model.word_pool, c.model.word_stride),
+                             (c.model.phrase_pool, c.model.phrase_stride)):
+            h, w = (partition_grid(tuple(c.model.partition_map), pool, stride)
+                    if c.model.partition_map else (None, None))
             regions.append(h * w if h else None)
 
         @tf.function(input_signature=[

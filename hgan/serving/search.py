@@ -92,7 +92,8 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
     if batch:
         flush()
     if not paths:
-        raise ValueError("no image could be indexed" + (f"; skipped: {skipped[:3]}" if skipped else ""))
+        raise ValueError("no image could be indexed"
+                         + (f"; skipped: {skipped[:3]}" if skipped else ""))
     arrays = {k: np.concatenate(v) for k, v in feats.items()}
     tmp = index_path + ".tmp.npz"
     np.savez(tmp, paths=np.array(paths), **arrays)

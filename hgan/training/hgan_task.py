@@ -36,7 +36,8 @@ class HGANTask(Task):
         self.manifest = pipeline.load_manifest(data_dir)
         if "train" not in self.manifest["splits"]:
             raise ValueError(f"{data_dir} has no train split")
-        self.num_classes = config.model.num_classes or self.manifest["splits"]["train"]["identities"]
+        self.num_classes = (config.model.num_classes
+                            or self.manifest["splits"]["train"]["identities"])
         self.strategy = strategy or make_strategy()
         self.tokenizer = pipeline.make_tokenizer(config)
         self.per_epoch = run_dir.steps_per_epoch(self.manifest, config)

@@ -50,7 +50,8 @@ def reconcile_config(config: Config, model_dir: str) -> Config:
     if tf.io.gfile.exists(os.path.join(model_dir, "config.json")):
         saved = Config.load(model_dir)
         now = config.flat()
-        diff = {k for k, v in saved.flat().items() if now.get(k) != v} | (set(now) - set(saved.flat()))
+        before = saved.flat()
+        diff = {k for k in set(now) | set(before) if now.get(k) != before.get(k)}
         blocking = sorted(diff - RESUMABLE_FIELDS)
         if blocking:
             raise ValueError(

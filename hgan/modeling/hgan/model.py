@@ -41,7 +41,8 @@ class HGAN(keras.Model):
         head = dict(hidden=config.model.mlp_hidden, temperature=config.model.temperature,
                     attention=config.model.attention, gumbel_scale=config.model.gumbel_scale,
                     gumbel_norm_epsilon=config.model.gumbel_norm_epsilon)
-        self.word_head = (LocalMatching(name="word_matching", k1=config.model.k1, k2=config.model.k2,
+        self.word_head = (LocalMatching(name="word_matching", k1=config.model.k1,
+                                        k2=config.model.k2,
                                         **head) if config.model.use_word else None)
         self.phrase_head = (LocalMatching(name="phrase_matching",
                                           k1=config.model.phrase_k1 or config.model.k1,
@@ -100,7 +101,8 @@ class HGAN(keras.Model):
     def uses_buffers(self) -> bool:
         """True when L_pair is IATV's CMCE, which needs ``IdentityBuffers``."""
         c = self.config
-        return c.model.use_sentence and bool(c.model.weight_pair) and c.model.sentence_loss == "cmce"
+        return (c.model.use_sentence and bool(c.model.weight_pair)
+                and c.model.sentence_loss == "cmce")
 
     def compute_losses(self, text, image, labels, training=True, buffers=None) -> dict:
         """Every loss term on a batch of matched pairs (text i drawn with image i).

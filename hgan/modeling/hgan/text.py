@@ -32,7 +32,8 @@ def load_bert(config: Config, vocab_size: int) -> keras.layers.Layer:
     """The BERT encoder: a TF-Hub handle, a local SavedModel dir with the TF-Hub BERT
     interface (``data_prep.convert_bert`` writes one), or ``scratch:LxH``."""
     if config.model.bert.startswith(_SCRATCH):
-        encoder = _scratch_encoder(config.model.bert, vocab_size, config.data.max_len, config.model.dropout)
+        encoder = _scratch_encoder(config.model.bert, vocab_size, config.data.max_len,
+                                   config.model.dropout)
         encoder.trainable = config.model.bert_trainable
         return encoder
     import tensorflow_hub as hub
@@ -126,7 +127,8 @@ def build_token_embedder(config: Config, vocab_size: int) -> keras.Model:
 def build_text_encoder(config: Config, vocab_size: int) -> keras.Model:
     """BERT inputs + phrase membership → {global, word, word_mask, phrase, phrase_mask}:
     ``build_token_embedder`` then ``build_text_head``, two nested models (a frozen BERT's
-    token embeddings can be computed once and fed to the head alone, ``hgan.modeling.hgan.token_cache``).
+    token embeddings can be computed once and fed to the head alone,
+    ``hgan.modeling.hgan.token_cache``).
     """
     L, M = config.data.max_len, config.data.max_phrases
     inputs = {k: keras.Input((L,), dtype=tf.int32, name=k) for k in BERT_INPUTS}
@@ -179,7 +181,8 @@ def build_text_head(config: Config, token_dim: int) -> keras.Model:
         word_mask = keras.layers.Lambda(_real_words, name="word_mask", dtype="float32")(
             [word_ids, mask])
     else:
-        raise ValueError(f"word_keys must be 'words' or 'wordpieces', got {config.model.word_keys!r}")
+        raise ValueError("word_keys must be 'words' or 'wordpieces', got "
+                         f"{config.model.word_keys!r}")
     words = keras.layers.Dense(config.model.local_dim, name="word_fc")(word_inputs)
     words = _self_attention(config, "word_attention")([words, word_attention])
     words = keras.layers.Lambda(lambda w: _pad_to_length(w, L), name="pad_words")(words)
@@ -193,9 +196,11 @@ def build_text_head(config: Config, token_dim: int) -> keras.Model:
     phrases = PhrasePooling(name="phrase_pool")([tokens, membership])
     phrases = keras.layers.Dense(config.model.local_dim, name="phrase_fc")(phrases)
     phrase_mask = keras.layers.Lambda(
-        lambda m: tf.cast(tf.reduce_sum(m, -1) > 0, tf.float32), name="phrase_mask", dtype="float32")(membership)
+        lambda m: tf.cast(tf.reduce_sum(m, -1) > 0, tf.float32), name="phrase_mask",
+        dtype="float32")(membership)
     phrase_pair = keras.layers.Lambda(
-        lambda m: m[:, None, :] * m[:, :, None] + tf.eye(M)[None], name="phrase_pair_mask", dtype="float32")(
+        lambda m: m[:, None, :] * m[:, :, None] + tf.eye(M)[None], name="phrase_pair_mask",
+        dtype="float32")(
             phrase_mask)  # the diagonal keeps empty phrase slots from attending to nothing
     phrases = _self_attention(config, "phrase_attention")([phrases, phrase_pair])
 

@@ -48,7 +48,8 @@ def build(model, data_dir: str, config: Config, tokenizer, split: str = "train",
           batch_size: int = 64, log: Callable[[str], None] = print) -> Optional[TokenCache]:
     """The cache of ``split``'s captions, or None when BERT is trained (or absent) or the
     cache would exceed ``config.train.token_cache_gib`` (logged)."""
-    if not (config.model.use_bert and not config.model.bert_trainable and config.train.token_cache_gib > 0):
+    if not (config.model.use_bert and not config.model.bert_trainable
+            and config.train.token_cache_gib > 0):
         return None
     embedder = model.text_encoder.get_layer("token_embeddings")
     width = int(embedder.output.shape[-1])

@@ -50,7 +50,8 @@ def build_image_encoder(config: Config) -> keras.Model:
     over which Table 4's kernel/stride rows give exactly its region counts.
     """
     backbone = backbones.build_backbone(
-        config.model.backbone, (config.data.image_height, config.data.image_width, 3), config.model.backbone_weights,
+        config.model.backbone, (config.data.image_height, config.data.image_width, 3),
+        config.model.backbone_weights,
         config.model.sync_batchnorm)
     image = keras.Input((config.data.image_height, config.data.image_width, 3), name="image")
     feature_map = backbone(image)
@@ -63,7 +64,7 @@ def build_image_encoder(config: Config) -> keras.Model:
                                           name="partition_resize")(feature_map)
     v_word = Partition(config.model.local_dim, config.model.word_pool, config.model.word_stride,
                        name="partition_word")(local_map)
-    v_phrase = Partition(config.model.local_dim, config.model.phrase_pool, config.model.phrase_stride,
-                         name="partition_phrase")(local_map)
+    v_phrase = Partition(config.model.local_dim, config.model.phrase_pool,
+                         config.model.phrase_stride, name="partition_phrase")(local_map)
     return keras.Model(image, {"global": v_global, "word": v_word, "phrase": v_phrase},
                        name="image_encoder")

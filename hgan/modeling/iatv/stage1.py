@@ -136,7 +136,8 @@ class Stage1(keras.Model):
 
     ``encode_image(image)`` → [B, E]; ``encode_regions(image)`` → [B, N, C] (the CNN's
     region features, stage 2's input); ``encode_text(inputs)`` → [B, E], where ``inputs``
-    has ``hgan.modeling.hgan.model.TEXT_KEYS`` (only ``input_word_ids`` and ``input_mask`` are read);
+    has ``hgan.modeling.hgan.model.TEXT_KEYS`` (only ``input_word_ids`` and ``input_mask`` are
+    read);
     ``call(batch)`` → {"image": [B, E], "text": [B, E]} (the CMCE loss of Eq. 3 is
     ``hgan.modeling.losses.cmce_loss``, applied by ``hgan.training.iatv_task``).
     """
