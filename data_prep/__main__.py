@@ -15,7 +15,7 @@ import sys
 from absl import app, flags
 
 from data_prep import importers, writer
-from hgan import phrases
+from hgan.data import phrases
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", None, list(importers.LAYOUTS), "Layout of --data_dir.")

@@ -226,6 +226,9 @@ _LEGACY_IATV = {
     "iatv_stage1_steps": "stage1_steps", "iatv_stage2_text_steps": "stage2_text_steps",
     "iatv_stage2_joint_steps": "stage2_joint_steps",
 }
+# Old names that stood for two of today's fields: IATV's iatv_candidates was both its mining
+# k and what evaluation re-ranked.
+_LEGACY_ALSO = {"iatv_candidates": ("eval", "rerank_k")}
 # Values of fields added later, for flat config.json files that predate them.
 LEGACY_DEFAULTS = {"word_keys": "wordpieces", "weight_decay_mode": "decoupled"}
 
@@ -317,6 +320,9 @@ class Config:
         for name, value in changes.items():
             section, field = config.locate(name)
             grouped.setdefault(section, {})[field] = value
+            if name in _LEGACY_ALSO:
+                also_section, also_field = _LEGACY_ALSO[name]
+                grouped.setdefault(also_section, {}).setdefault(also_field, value)
         if grouped:
             config = dataclasses.replace(config, **{
                 s: getattr(config, s).replace(**v) for s, v in grouped.items()})
@@ -506,6 +512,8 @@ def parse_overrides(base: Config, overrides: list[str]) -> Config:
         section, field = config.locate(name)
         default = _fields(config._section_classes()[section])[field].default
         changes[f"{section}.{field}"] = _parse_value(raw, default, name)
+        if name in _LEGACY_ALSO:
+            changes.setdefault(".".join(_LEGACY_ALSO[name]), changes[f"{section}.{field}"])
     grouped: dict = {}
     for key, value in changes.items():
         section, field = key.split(".")

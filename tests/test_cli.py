@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hgan.evaluation import hgan_scoring
-from hgan.training.checkpoints import load_model
+from hgan.modeling.hgan.model import load_model
 from tests_support import ROOT, make_reed, run_cli
 
 pytestmark = pytest.mark.slow

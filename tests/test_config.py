@@ -37,6 +37,11 @@ def test_iatv_names_of_before_the_sections_still_work_and_only_for_iatv():
     assert (c.model.backbone, c.model.embed_dim, c.model.cmce_temperature) == \
         ("compact_cnn", 64, 0.1)
     assert c.train.learning_rate == 0.01
+    # iatv_candidates was both the mining k and what evaluation re-ranked.
+    c = resolve("demo", ["model=iatv", "iatv_candidates=7"])
+    assert (c.model.candidates, c.eval.rerank_k) == (7, 7)
+    c = resolve("demo", ["model=iatv", "iatv_candidates=7", "rerank_k=50"])
+    assert (c.model.candidates, c.eval.rerank_k) == (7, 50)
     with pytest.raises(ValueError, match="IATV field"):
         resolve("demo", ["iatv_backbone=vgg16"])
 

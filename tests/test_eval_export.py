@@ -12,7 +12,7 @@ from PIL import Image
 from hgan import families
 from hgan.data import pipeline
 from hgan.data.phrases import extract_noun_phrases
-from hgan.evaluation.hgan_scoring import hgan_scoring
+from hgan.evaluation import hgan_scoring
 from hgan.families import export
 from hgan.modeling.hgan.model import build_model, load_model
 from hgan.serving import search
@@ -276,7 +276,7 @@ def test_search_cli_prints_json(exported, tiny_data, tmp_path):
 
 
 def test_export_writes_its_config_into_assets_extra(trained, exported):
-    from hgan.training.checkpoints import resolve_checkpoint
+    from hgan.modeling.checkpoints import resolve_checkpoint
     from hgan.config import Config, load_export_config
     assert os.path.isfile(os.path.join(exported, "assets.extra", "config.json"))
     assert not os.path.exists(os.path.join(exported, "assets.extra_config.json"))

@@ -256,3 +256,11 @@ class IATVTask(Task):
 
     def selection(self, phase: str) -> Optional[str]:
         return None if phase == "stage1" else "two_stage_R1"
+
+    def best_metrics(self, metrics: dict) -> dict:
+        """The two-stage metrics as ``R1``... (the final ranking) and stage 1's as
+        ``stage1_R1``..."""
+        out = {k[len("two_stage_"):]: v for k, v in metrics.items()
+               if k.startswith("two_stage_")}
+        out.update({k: v for k, v in metrics.items() if k.startswith("stage1_")})
+        return out

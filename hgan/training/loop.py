@@ -97,6 +97,10 @@ class Task(abc.ABC):
         """The val metric that selects the best checkpoint in ``phase`` (None: none)."""
         return "R1"
 
+    def best_metrics(self, metrics: dict) -> dict:
+        """What ``best.json`` records of the val metrics that selected a checkpoint."""
+        return metrics
+
 
 def progress_line(step: int, total: int, terms: dict, since: tuple, extra: str = "",
                   label: str = "") -> str:
@@ -228,7 +232,8 @@ def fit(task: Task, model_dir: str, validate: bool = True,
         best_manager.save(checkpoint_number=step)
         if chief:
             run_dir.write_best(model_dir, {"step": step, "split": "val", "selected_by": key,
-                                           "value": metrics[key], "metrics": metrics})
+                                           "value": metrics[key],
+                                           "metrics": task.best_metrics(metrics)})
 
     stops = _boundaries(task, start)
     every = [config.train.log_every, config.train.checkpoint_every]
