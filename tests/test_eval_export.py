@@ -335,7 +335,7 @@ def test_re_export_replaces_the_old_export_whole(tiny_config, tmp_path, monkeypa
     if swap == "exchange" and exchanged != [True]:
         pytest.skip("renameat2(RENAME_EXCHANGE) is not supported on this file system")
     assert _served_factor(out) == 5.0
-    assert load_export_config(str(out)).seed == 5
+    assert load_export_config(str(out)).train.seed == 5
     assert (out / "checkpoint.txt").read_text() == "ckpt-5\n"
     assert os.listdir(tmp_path) == ["saved"]  # the old export and the temporaries are gone
 
