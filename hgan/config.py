@@ -149,6 +149,7 @@ class IATVModel(_Section):
     buffer_momentum: float = 0.5  # §3.1.1: S_t = 0.5 S_t + 0.5 s
     # §4.2: SGD for the CNN (rate not given); the LSTM side's Adam uses train.learning_rate.
     cnn_learning_rate: float = 1e-3
+    stage2_learning_rate: float = 0.0  # stage 2's Adam (not given); 0 = train.learning_rate
     attention_dim: int = 512  # §3.2.1: K of Eq. 6 (not given)
     decoder_steps: int = 5  # §4.2: M of the decoder LSTM
     importance_hidden: int = 512  # §3.2.2: width of f's first layer (Eq. 9; not given)
@@ -156,7 +157,15 @@ class IATVModel(_Section):
     fc_hidden: int = 512  # §3.2.2: the two FC layers (width not given)
     spatial_attention: bool = True  # Table 2: false = "w/o SPA"
     semantic_attention: bool = True  # Table 2: false = "w/o SMA"
+    # Region features into stage 2: "none" = §4.2's pool5 as is; "l2" = each region
+    # l2-normalised first (the regions' half of x_t then matches h_t's scale; DESIGN.md).
+    region_norm: str = "none"
     candidates: int = 20  # §4.2: stage-2 training pairs: each sample's k nearest (stage 1)
+    # Stage-2 pair sampling (0 = §4.2: the mined pairs as they are): the share of each batch
+    # that is a mined positive, and the share of negatives that are random pairs of two
+    # identities instead of stage 1's hard ones (DESIGN.md, "IATV stage 2 on the demo").
+    positive_share: float = 0.0
+    random_negative_share: float = 0.0
     # Table 2 "w/o ID": false = every training image is its own identity (its captions
     # share it) in the CMCE buffers and the stage-2 labels; evaluation keeps the real ones.
     identity_labels: bool = True
@@ -456,12 +465,17 @@ _PRESETS = {
         # The same compact CNN, 128-d towers, short phases.
         "iatv": Config(
             family="iatv", data=_DEMO_DATA,
-            model=IATVModel(backbone="small_cnn", backbone_weights="none", fc_units=256,
+            # DESIGN.md "IATV stage 2 on the demo": the compact CNN at SGD 0.01 (stage 1
+            # learns), and stage 2 on balanced pairs with random negatives, l2-normalised
+            # regions and Adam 3e-3 (from the mined pairs alone it stays at chance).
+            model=IATVModel(backbone="compact_cnn", backbone_weights="none", fc_units=256,
                             embed_dim=128, word_dim=128, lstm_units=128, attention_dim=128,
-                            importance_hidden=128, fc_hidden=128, stage1_steps=300,
-                            stage2_text_steps=100, stage2_joint_steps=100),
+                            importance_hidden=128, fc_hidden=128, cnn_learning_rate=0.01,
+                            stage2_learning_rate=3e-3, region_norm="l2", positive_share=0.5,
+                            random_negative_share=0.5, stage1_steps=300,
+                            stage2_text_steps=450, stage2_joint_steps=150),
             train=TrainConfig(epochs=20, learning_rate=1e-3, lr_decay_epochs=(15,),
-                              checkpoint_every=60, eval_every=60, log_every=20),
+                              checkpoint_every=150, eval_every=150, log_every=20),
             eval=EvalConfig(rerank_k=20)),
     },
     "tiny": {

@@ -50,7 +50,8 @@ def test_the_family_picks_its_preset_and_model_section():
     hgan, iatv = resolve("demo"), resolve("demo", ["model=iatv"])
     assert hgan == PRESETS["demo"] == preset("demo", "hgan")
     assert iatv == preset("demo", "iatv") and isinstance(hgan.model, HGANModel)
-    assert (hgan.model.backbone, iatv.model.backbone) == ("compact_cnn", "small_cnn")
+    assert (hgan.model.backbone, iatv.model.backbone) == ("compact_cnn", "compact_cnn")
+    assert iatv.model.positive_share == 0.5 and preset("paper", "iatv").model.positive_share == 0
     assert (hgan.eval.rerank_k, preset("paper", "iatv").eval.rerank_k) == (20, 20)
     assert preset("paper", "iatv").train.learning_rate == 1e-4  # IATV §4.2, LSTM side
     # Switching the family of a config keeps data/train/eval and takes the family's

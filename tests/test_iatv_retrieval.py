@@ -124,6 +124,41 @@ def test_random_pairs_cover_both_directions_once_each_and_label_by_identity():
     assert len(t) == 15
 
 
+def _draw(n, **kwargs):
+    it = iatv_pairs.sample_pairs(**kwargs)
+    return np.array([next(it) for _ in range(n)])
+
+
+SAMPLE = dict(text_index=np.array([0, 0, 1, 2, 3, 3]), image_index=np.array([0, 1, 1, 2, 0, 3]),
+              match=np.array([1, 0, 0, 1, 0, 0]), text_labels=np.array([0, 1, 2, 3]),
+              image_labels=np.array([0, 2, 2, 1]))
+
+
+def test_sampled_pairs_by_default_are_epochs_of_the_mined_pairs():
+    drawn = _draw(12, **SAMPLE, seed=3)
+    mined = set(zip(SAMPLE["text_index"], SAMPLE["image_index"], SAMPLE["match"]))
+    for epoch in (drawn[:6], drawn[6:]):  # each epoch is a permutation of the mined pairs
+        assert set(map(tuple, epoch)) == mined and len(epoch) == 6
+    np.testing.assert_array_equal(drawn, _draw(12, **SAMPLE, seed=3))
+
+
+def test_sampled_pairs_with_positive_and_random_negative_shares():
+    drawn = _draw(4000, **SAMPLE, positive_share=0.5, random_negative_share=0.5, seed=0)
+    t, i, y = drawn.T
+    # The label is always the truth, and a positive is always a mined positive.
+    np.testing.assert_array_equal(y, SAMPLE["text_labels"][t] == SAMPLE["image_labels"][i])
+    mined = set(zip(SAMPLE["text_index"], SAMPLE["image_index"]))
+    assert all((a, b) in mined for a, b in zip(t[y == 1], i[y == 1]))
+    assert abs(y.mean() - 0.5) < 0.03
+    random_negative = np.array([(a, b) not in mined for a, b in zip(t, i)])
+    assert not random_negative[y == 1].any()
+    # Half the negatives are random pairs of different identities, uniform over the 12 such
+    # pairs, 8 of which are not mined: a third of the negatives are unmined pairs.
+    assert 0.29 < random_negative[y == 0].mean() < 0.38
+    np.testing.assert_array_equal(
+        drawn[:50], _draw(50, **SAMPLE, positive_share=0.5, random_negative_share=0.5, seed=0))
+
+
 class _StandInIATV:
     """What ``iatv_scoring.two_stage_scores`` uses of an IATV model: its config and
     ``pair_logits(regions, tokens)``, here sin(r · t) + t / 10 of r = Σ regions and
@@ -179,3 +214,10 @@ def test_two_stage_scores_rerank_both_directions_against_numpy(tiny_config):
         row = logits[first, g]
         eps = np.diff(np.unique(row)).min() / (2 * k)
         np.testing.assert_allclose(i2t[g, first], row - np.arange(k) * eps, atol=1e-4)  # f32
+
+
+def test_sampled_pairs_refuse_a_share_outside_0_1():
+    with pytest.raises(ValueError, match="positive_share"):
+        _draw(1, **SAMPLE, positive_share=1.5)
+    with pytest.raises(ValueError, match="random_negative_share"):
+        _draw(1, **SAMPLE, random_negative_share=-0.1)

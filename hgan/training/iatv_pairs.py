@@ -71,6 +71,52 @@ def random_pairs(text_labels, image_labels, k: int = 20, seed: int = 0
                                      image_labels[image_index]).astype(np.int32)
 
 
+def sample_pairs(text_index, image_index, match, text_labels, image_labels,
+                 positive_share: float = 0.0, random_negative_share: float = 0.0,
+                 seed: int = 0):
+    """Endless stage-2 training pairs (text, image, label) drawn from the mined ones.
+
+    With both shares 0 (the paper): the mined pairs in a new random order each epoch.
+    ``positive_share`` > 0: each pair is a mined positive with this probability (drawn with
+    replacement), else a mined negative (the mined pairs are 12–16 % positive on the demo).
+    ``random_negative_share`` > 0: a negative is, with this probability, a random pair of
+    two different identities instead of a mined (stage-1 hard) one. Both are demo-only
+    departures (DESIGN.md, "IATV stage 2 on the demo"): from scratch on hard negatives
+    alone the matcher stays at chance for the demo's step budget.
+    Deterministic for a seed. ``text_labels`` / ``image_labels``: identities of all
+    training captions / images (the random negatives' pool).
+    """
+    text_index, image_index = np.asarray(text_index), np.asarray(image_index)
+    match = np.asarray(match, np.int32)
+    text_labels, image_labels = np.asarray(text_labels), np.asarray(image_labels)
+    for name, value in (("positive_share", positive_share),
+                        ("random_negative_share", random_negative_share)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    rng = np.random.default_rng(seed)
+    if positive_share <= 0 and random_negative_share <= 0:
+        while True:
+            for j in rng.permutation(len(match)):
+                yield int(text_index[j]), int(image_index[j]), int(match[j])
+    positives, negatives = np.flatnonzero(match == 1), np.flatnonzero(match == 0)
+    if positive_share > 0 and not len(positives):
+        raise ValueError("positive_share > 0 but no mined pair is positive")
+    while True:
+        if positive_share > 0:
+            j = (rng.choice(positives) if rng.random() < positive_share or not len(negatives)
+                 else rng.choice(negatives))
+        else:
+            j = rng.integers(len(match))
+        if match[j] == 0 and rng.random() < random_negative_share:
+            while True:  # two different identities (a few tries at most on a real split)
+                t, i = rng.integers(len(text_labels)), rng.integers(len(image_labels))
+                if text_labels[t] != image_labels[i]:
+                    yield int(t), int(i), 0
+                    break
+        else:
+            yield int(text_index[j]), int(image_index[j]), int(match[j])
+
+
 def split_records(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(image bytes [Ni], captions [Nt]) of a split, in the gallery / query order of
     ``hgan.data.pipeline`` (records in shard order, each record's captions in turn). Held in memory
@@ -84,18 +130,22 @@ def split_records(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pair_dataset(encoded, captions, text_index, image_index, match, config: Config,
-                 tokenizer, seed: int) -> tf.data.Dataset:
-    """Batches of mined stage-2 pairs, shuffled and repeated: ``image`` [B, H, W, 3]
+                 tokenizer, seed: int, text_labels=None, image_labels=None) -> tf.data.Dataset:
+    """Batches of stage-2 pairs (``sample_pairs`` with ``model.positive_share`` and
+    ``model.random_negative_share``; shuffled and repeated): ``image`` [B, H, W, 3]
     (augmented as in stage 1), the tokenizer's outputs [B, L] and ``match`` [B] (1 = same
-    identity). Deterministic for a seed."""
-    text_index, image_index = np.asarray(text_index), np.asarray(image_index)
-    match = np.asarray(match, np.int32)
+    identity). ``text_labels`` / ``image_labels``: identities of all ``captions`` /
+    ``encoded`` images (needed for random negatives). Deterministic for a seed."""
+    share = config.model.random_negative_share
+    if share > 0 and (text_labels is None or image_labels is None):
+        raise ValueError("model.random_negative_share > 0 needs text_labels and image_labels")
+    text_labels = np.zeros(len(captions)) if text_labels is None else text_labels
+    image_labels = np.zeros(len(encoded)) if image_labels is None else image_labels
 
     def pairs():
-        rng = np.random.default_rng(seed)
-        while True:
-            for j in rng.permutation(len(match)):
-                yield encoded[image_index[j]], captions[text_index[j]], match[j]
+        for t, i, y in sample_pairs(text_index, image_index, match, text_labels,
+                                    image_labels, config.model.positive_share, share, seed):
+            yield encoded[i], captions[t], np.int32(y)
 
     ds = tf.data.Dataset.from_generator(pairs, output_signature=(
         tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string),

@@ -52,10 +52,15 @@ def phase_steps(config: Config, per_epoch: int) -> dict:
             "stage2_joint": config.model.stage2_joint_steps or default}
 
 
-def make_optimizers(config: Config) -> dict:
-    """§4.2: Adam (lr 1e-4) for the LSTM side, SGD for the CNN (momentum 0.9: not given)."""
+def make_optimizers(config: Config, stage: int = 1) -> dict:
+    """§4.2: Adam (lr 1e-4) for the LSTM side, SGD for the CNN (momentum 0.9: not given).
+    Stage 2's Adam uses ``model.stage2_learning_rate`` when it is set (the paper gives no
+    stage-2 rate; 0 = ``train.learning_rate``)."""
+    rate = config.train.learning_rate
+    if stage == 2 and config.model.stage2_learning_rate > 0:
+        rate = config.model.stage2_learning_rate
     return {"image": keras.optimizers.SGD(config.model.cnn_learning_rate, momentum=0.9),
-            "text": keras.optimizers.Adam(config.train.learning_rate)}
+            "text": keras.optimizers.Adam(rate)}
 
 
 def stage1_replica_step(model, buffers: IdentityBuffers, optimizers: dict, batch: dict,
@@ -121,7 +126,7 @@ class IATVTask(Task):
             self.stage1_optimizers = make_optimizers(config)
             # Stage 2 gets fresh optimizers under the same rule: Adam for the language side
             # (the whole matcher), SGD for the CNN.
-            self.stage2_optimizers = make_optimizers(config)
+            self.stage2_optimizers = make_optimizers(config, stage=2)
             # Slots exist before a restore, so a checkpoint can fill them.
             self.stage1_optimizers["image"].build(self.model.stage1.image_tower.trainable_variables)
             self.stage1_optimizers["text"].build(self.model.stage1.text_tower.trainable_variables)
@@ -179,6 +184,7 @@ class IATVTask(Task):
             how = f"drawn at random ({k} both ways; w/o stage-1)"
         log(f"stage 2: {len(mined[2])} pairs {how}, "
             f"{100.0 * float(np.mean(mined[2])):.1f}% positive")
+        self._pair_labels = (texts["label"], images["label"])  # pool of random negatives
         return mined
 
     def _stage2_replica_step(self, batch, joint: bool):
@@ -222,8 +228,14 @@ class IATVTask(Task):
                 log(f"stage 2 initialised from stage 1 at step {start_step}")
             text_index, image_index, match = self.mine_pairs(log)
             encoded, captions = iatv_pairs.split_records(self.data_dir, "train")
+            text_labels, image_labels = self._pair_labels
             ds = iatv_pairs.pair_dataset(encoded, captions, text_index, image_index, match,
-                                         self.config, self.tokenizer, seed=seed)
+                                         self.config, self.tokenizer, seed=seed,
+                                         text_labels=text_labels, image_labels=image_labels)
+            if self.config.model.positive_share or self.config.model.random_negative_share:
+                log(f"stage 2 batches: {100 * self.config.model.positive_share:.0f}% mined "
+                    f"positives, {100 * self.config.model.random_negative_share:.0f}% of "
+                    "negatives random pairs")
         return iter(self.strategy.experimental_distribute_dataset(ds))
 
     def train_step(self, phase: str, batch) -> dict:

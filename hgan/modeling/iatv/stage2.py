@@ -22,6 +22,9 @@ from hgan.config import Config
 from hgan.tf_compat import keras, tf
 
 _NEG = -1e9
+# What the matcher does to the CNN's region features first: "none" (§4.2: pool5 as is) or
+# "l2": each region l2-normalised (demo; DESIGN.md "IATV stage 2 on the demo").
+REGION_NORMS = ("none", "l2")
 
 
 def masked_softmax(logits, mask, axis: int = -1):
@@ -137,7 +140,9 @@ class CoAttentionMatcher(keras.Model):
     ``call({"regions": [B, N, C], "input_word_ids": [B, T], "input_mask": [B, T]})`` →
     {"logits": [B], "confidence": [B] = σ(logits), "spatial_attention": [B, T, N],
     "semantic_attention": [B, M, T] (only with semantic attention)}. Other keys of the
-    input dict are ignored. The decoder starts from the encoder's final (h, c), "given the
+    input dict are ignored. ``region_norm="l2"`` l2-normalises each region first, so the
+    regions' half of x_t = [ĩ_t, h_t] is on the scale of the LSTM's half (a BatchNorm–ReLU
+    map's regions have norms ~10× h_t's). The decoder starts from the encoder's final (h, c), "given the
     final features encoded by the encoder LSTM" (§3.2.2), so both LSTMs have
     ``lstm_units``.
     """
@@ -146,14 +151,16 @@ class CoAttentionMatcher(keras.Model):
                  attention_dim: int = 512, decoder_steps: int = 5,
                  importance_hidden: int = 512, importance_kernel: int = 1,
                  fc_hidden: int = 512, spatial_attention: bool = True,
-                 semantic_attention: bool = True, **kwargs):
+                 semantic_attention: bool = True, region_norm: str = "none", **kwargs):
         super().__init__(name=kwargs.pop("name", "iatv_stage2"), **kwargs)
         self.settings = dict(
             vocab_size=int(vocab_size), word_dim=int(word_dim), lstm_units=int(lstm_units),
             attention_dim=int(attention_dim), decoder_steps=int(decoder_steps),
             importance_hidden=int(importance_hidden), importance_kernel=int(importance_kernel),
             fc_hidden=int(fc_hidden), spatial_attention=bool(spatial_attention),
-            semantic_attention=bool(semantic_attention))
+            semantic_attention=bool(semantic_attention), region_norm=str(region_norm))
+        if region_norm not in REGION_NORMS:
+            raise ValueError(f"unknown region_norm {region_norm!r}; choose from {REGION_NORMS}")
         # Same layer names as stage 1's text tower: stage 1 initialises stage 2 (§3.2).
         self.embedding = keras.layers.Embedding(vocab_size, word_dim, name="word_embedding")
         self.encoder = keras.layers.LSTM(lstm_units, return_sequences=True,
@@ -179,6 +186,8 @@ class CoAttentionMatcher(keras.Model):
 
     def call(self, inputs, training=None):
         regions = tf.convert_to_tensor(inputs["regions"])
+        if self.settings["region_norm"] == "l2":
+            regions = tf.math.l2_normalize(regions, axis=-1)
         word_ids = tf.convert_to_tensor(inputs["input_word_ids"])
         mask = tf.cast(inputs["input_mask"], tf.bool)
         words = self.embedding(word_ids)
@@ -213,7 +222,7 @@ def build_matcher(config: Config, vocab_size: int, region_dim: int) -> CoAttenti
         importance_hidden=config.model.importance_hidden,
         importance_kernel=config.model.importance_kernel, fc_hidden=config.model.fc_hidden,
         spatial_attention=config.model.spatial_attention,
-        semantic_attention=config.model.semantic_attention)
+        semantic_attention=config.model.semantic_attention, region_norm=config.model.region_norm)
     matcher({"regions": tf.zeros([1, 1, region_dim]),
              "input_word_ids": tf.zeros([1, config.data.max_len], tf.int32),
              "input_mask": tf.ones([1, config.data.max_len], tf.int32)}, training=False)
