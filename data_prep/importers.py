@@ -47,11 +47,42 @@ SPLITS = {
 }
 LAYOUTS = tuple(SPLITS)
 
-# Class counts of the standard class-disjoint splits (HGAN §4.1); reported, not enforced.
-EXPECTED_IDENTITIES = {
-    "cub": {"train": 100, "val": 50, "test": 50},
-    "flowers": {"train": 62, "val": 20, "test": 20},
+# Published sizes of the official splits; an import is checked against them (reported,
+# not enforced: a subset or a re-split is allowed, and said so). CUHK-PEDES: Li et al.
+# 2017 (IATV §4.1); ICFG-PEDES: Ding et al. 2021 (one caption per image); RSTPReid: Zhu et
+# al. 2021 (5 images per identity, 2 captions per image); CUB / Flowers: the class-disjoint
+# splits of Reed et al. 2016 (IATV §4.1, HGAN §4.1), classes only.
+EXPECTED_SIZES = {
+    "cuhk_pedes": {"train": {"identities": 11003, "images": 34054, "captions": 68108},
+                   "val": {"identities": 1000, "images": 3078, "captions": 6158},
+                   "test": {"identities": 1000, "images": 3074, "captions": 6156}},
+    "icfg_pedes": {"train": {"identities": 3102, "images": 34674, "captions": 34674},
+                   "test": {"identities": 1000, "images": 19848, "captions": 19848}},
+    "rstpreid": {"train": {"identities": 3701, "images": 18505, "captions": 37010},
+                 "val": {"identities": 200, "images": 1000, "captions": 2000},
+                 "test": {"identities": 200, "images": 1000, "captions": 2000}},
+    "cub": {"train": {"identities": 100}, "val": {"identities": 50},
+            "test": {"identities": 50}},
+    "flowers": {"train": {"identities": 62}, "val": {"identities": 20},
+                "test": {"identities": 20}},
 }
+
+
+def size_differences(dataset: str, splits: dict) -> list[str]:
+    """How the imported ``splits`` ({split: {"identities", "images", "captions"}}) differ
+    from the official split sizes of ``dataset`` (empty: they match, or none are known)."""
+    out = []
+    for split, expected in EXPECTED_SIZES.get(dataset, {}).items():
+        found = splits.get(split)
+        if found is None:
+            out.append(f"{split}: missing (the official split has "
+                       + ", ".join(f"{v:,} {k}" for k, v in expected.items()) + ")")
+            continue
+        for key, value in expected.items():
+            if found.get(key) != value:
+                out.append(f"{split}: {found.get(key, 0):,} {key}, the official split has "
+                           f"{value:,}")
+    return out
 
 IMAGE_FORMATS = ("JPEG", "PNG")
 

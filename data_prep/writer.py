@@ -84,6 +84,9 @@ def write_dataset(dataset: str, data_dir: str, output_dir: str,
         "phrase_tagger": tagger,
         "phrase_tagger_requested": requested,
     }
+    differences = importers.size_differences(dataset, splits)
+    if dataset in importers.EXPECTED_SIZES:
+        manifest["official_sizes"] = {"matches": not differences, "differences": differences}
     with _atomic(os.path.join(output_dir, MANIFEST)) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2, ensure_ascii=False)
@@ -180,11 +183,18 @@ def _log_summary(manifest: dict, log: Log) -> None:
     for split, info in manifest["splits"].items():
         log(f"{split}: {info['images']} images, {info['captions']} captions, "
             f"{info['identities']} identities, {len(info['shards'])} shards")
-    expected = importers.EXPECTED_IDENTITIES.get(manifest["dataset"], {})
-    for split, count in expected.items():
-        found = manifest["splits"].get(split, {}).get("identities", 0)
-        if found != count:
-            log(f"note: {split} has {found} classes; the standard split has {count}")
+    check = manifest.get("official_sizes")
+    if check and not check["matches"]:
+        missing = sum(s["reason"] == importers.MISSING_IMAGE for s in manifest["skipped"])
+        log(f"WARNING: this is not the official {manifest['dataset']} split; results will "
+            "not be comparable with the papers':")
+        for line in check["differences"]:
+            log(f"  {line}")
+        if missing:
+            log(f"  ({missing} records name an image that is not in the image folder: is the "
+                "folder the one the annotation file was made for?)")
+    elif check:
+        log(f"sizes match the official {manifest['dataset']} split")
     reasons = collections.Counter(skip["reason"] for skip in manifest["skipped"])
     log(f"skipped {len(manifest['skipped'])} records" + (":" if reasons else ""))
     for reason, count in reasons.most_common():

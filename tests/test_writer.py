@@ -216,3 +216,27 @@ def test_the_installed_perceptron_writes_its_phrases(data_dir, tmp_path):
                                     tagger="perceptron")
     assert manifest["phrase_tagger"] == "perceptron"
     assert _shard_phrases(tmp_path) == _expected_phrases(tmp_path, "perceptron")
+
+
+def test_official_split_sizes_are_checked_and_a_mismatch_said_clearly(data_dir, tmp_path):
+    official = {s: dict(v) for s, v in importers.EXPECTED_SIZES["cuhk_pedes"].items()}
+    assert importers.size_differences("cuhk_pedes", official) == []
+    assert importers.size_differences("demo", {}) == []  # no published sizes: no check
+    off = {**official, "test": {**official["test"], "images": 3073}}
+    del off["val"]
+    assert importers.size_differences("cuhk_pedes", off) == [
+        "val: missing (the official split has 1,000 identities, 3,078 images, 6,158 captions)",
+        "test: 3,073 images, the official split has 3,074"]
+    # The demo set read as CUHK-PEDES (same layout): the import says it is not the
+    # official split, how, and that some records name images the folder does not have.
+    lines = []
+    manifest = writer.write_dataset("cuhk_pedes", data_dir, str(tmp_path / "out"),
+                                    log=lines.append)
+    check = manifest["official_sizes"]
+    assert not check["matches"] and "train: 4 identities, the official split has 11,003" \
+        in check["differences"]
+    text = "\n".join(lines)
+    assert "WARNING: this is not the official cuhk_pedes split" in text
+    assert "1 records name an image that is not in the image folder" in text
+    demo_manifest = write(data_dir, tmp_path / "demo")
+    assert "official_sizes" not in demo_manifest
