@@ -74,3 +74,32 @@ def test_class_rank1_is_the_mean_fusion_not_another_reading():
     best_sentence = texts[scores.argmax(0)]
     assert [100 * np.mean(p == images) for p in (by_max, by_sum, best_sentence)] == \
         pytest.approx([0.0, 100 / 3, 0.0])  # and a constant class: 100/3 or 200/3
+
+
+def test_class_level_ap_at_k_is_one_fused_query_per_class():
+    from hgan.evaluation.metrics import class_ap_at_k
+    gallery = np.array([0, 0, 1, 1, 1])
+    texts = np.array([0, 0, 1])
+    sim = np.array([[0.9, 0.1, 0.8, 0.0, 0.0],
+                    [0.0, 0.9, 0.0, 0.1, 0.0],
+                    [0.2, 0.1, 0.9, 0.7, 0.3]])
+    # NumPy loop: class 0's query is the mean of rows 0-1, class 1's is row 2.
+    expected = []
+    for c in (0, 1):
+        fused = sim[texts == c].mean(axis=0)
+        top = np.argsort(-fused, kind="stable")[:2]
+        expected.append(np.mean(gallery[top] == c))
+    # class 0 fused: [.45, .5, .4, .05, 0] → top-2 {1, 0} → 1.0; class 1: {2, 3} → 1.0...
+    assert class_ap_at_k(sim, texts, gallery, k=2) == pytest.approx(100 * np.mean(expected))
+    # ...while the per-sentence AP@2 differs: each class-0 sentence's top 2 holds one
+    # image of class 1 (0.5 each), class 1 1.0.
+    assert ap_at_k(sim, texts, gallery, k=2) == pytest.approx(100 * (0.5 + 1.0) / 2)
+    assert class_ap_at_k(sim, texts, gallery, k=2) == pytest.approx(100.0)
+
+
+def test_two_stage_re_ranks_at_least_fifty_where_ap50_is_reported():
+    from hgan.evaluation.metrics import AP_DEPTH, rerank_depth
+    assert AP_DEPTH == 50
+    assert rerank_depth(20, class_level=True) == 50  # IATV's 20 would leave AP@50 as stage 1's
+    assert rerank_depth(100, class_level=True) == 100
+    assert rerank_depth(20, class_level=False) == 20

@@ -256,7 +256,8 @@ def evaluate(model: HGAN, data_dir: str, config: Config, split: str,
     report = {"split": split, "queries": int(len(texts["label"])),
               "gallery": int(len(images["label"])), "timing": {"encode_s": encode_s},
               "levels": scorer.levels()}
-    k = rerank_k or config.eval.rerank_k
+    k = metrics.rerank_depth(rerank_k or config.eval.rerank_k, class_level)
+    report["candidates"] = int(k)
     for mode in modes:
         t0 = time.time()
         if mode == "exact":
@@ -268,10 +269,11 @@ def evaluate(model: HGAN, data_dir: str, config: Config, split: str,
         else:
             raise ValueError(f"unknown mode {mode!r}")
         report["timing"][f"{mode}_s"] = time.time() - t0
-        # Class-level metrics fuse raw scores, so they are read off the exact matrix only.
-        class_metrics = class_level and mode == "exact"
+        # AP@50 is rank-based (both modes); the class-level metrics fuse raw scores, so
+        # they are read off the exact matrix only.
         report[mode] = metrics.both_directions(t2i, i2t, texts["label"], images["label"],
-                                               ap50=class_metrics, class_r1=class_metrics)
+                                               ap50=class_level,
+                                               class_r1=class_level and mode == "exact")
         if mode == "exact":
             # Each level ranked alone: which of sentence / word / phrase has learned.
             report["levels_exact"] = {

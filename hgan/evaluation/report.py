@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Optional
 
 import numpy as np
 
+from hgan import experiments
 from hgan.config import Config
 from hgan.data import pipeline, records
 from hgan.evaluation import diagnostics, figures
@@ -18,7 +20,7 @@ _COLUMNS = ("R1", "R5", "R10", "mAP", "mINP")
 def markdown_table(report: dict) -> str:
     lines = ["| mode | direction | " + " | ".join(_COLUMNS) + " | time (s) |",
              "|---|---|" + "---|" * (len(_COLUMNS) + 1)]
-    for mode in ("exact", "stage1", "two_stage"):
+    for mode in ("exact", "stage1", "two_stage", "full_gallery"):
         if mode not in report:
             continue
         for direction in ("t2i", "i2t"):
@@ -38,27 +40,40 @@ def markdown_table(report: dict) -> str:
                      f"selected words are content words (colours, garments, accessories, "
                      f"hair), {100 * sel['punctuation_share']:.1f}% punctuation; most "
                      f"selected: {', '.join(w for w, _ in sel['most_selected'][:6])}")
-    extra = report.get("exact") or report.get("stage1", {})
-    if "AP@50" in extra.get("t2i", {}):
-        lines.append(f"\nCUB/Flowers: text-to-image AP@50 = {extra['t2i']['AP@50']:.2f}, "
-                     f"image-to-text class Rank-1 = {extra['i2t']['class_R1']:.2f}")
+    for mode in ("exact", "stage1", "two_stage", "full_gallery"):
+        m = report.get(mode, {})
+        if "AP@50" in m.get("t2i", {}):
+            class_r1 = m["i2t"].get("class_R1")
+            lines.append(f"\nCUB/Flowers, {mode}: text-to-image AP@50 = {m['t2i']['AP@50']:.2f}"
+                         + ("" if class_r1 is None
+                            else f", image-to-text class Rank-1 = {class_r1:.2f}"))
     return "\n".join(lines)
 
 
 def write(report: dict, model, config: Config, checkpoint_path: str, data_dir: str,
-          split: str, output_json: str, figures: bool = True) -> dict:
+          split: str, output_json: str, figures: bool = True,
+          experiment: Optional[experiments.Experiment] = None) -> dict:
     """Completes a family's evaluation report and writes it: ``output_json``, the Markdown
-    table beside it (.md) and, with ``figures``, the Fig. 3 / Fig. 4 PNGs."""
+    table beside it (.md) and, with ``figures``, the Fig. 3 / Fig. 4 PNGs. With an
+    ``experiment``, the paper's figures of that row beside the measured ones
+    (``report["experiment"]`` and the Markdown's last table)."""
     arrays = report.pop("_arrays", None)
     if arrays is not None and getattr(model, "word_head", None) is not None:
         report["selection"] = selection_report(model, arrays)
     # The JSON's top-level t2i/i2t are HGAN's exact mode (the reference), IATV's two-stage
     # (its final ranking), or the only mode's.
-    main_mode = next(m for m in ("exact", "two_stage", "stage1") if m in report)
+    main_mode = next(m for m in ("exact", "full_gallery", "two_stage", "stage1") if m in report)
     report["t2i"], report["i2t"] = report[main_mode]["t2i"], report[main_mode]["i2t"]
     report.update(checkpoint=checkpoint_path, config=config.to_dict(),
                   data_dir=data_dir)
     report["markdown"] = markdown_table(report)
+    if experiment is not None:
+        dataset = pipeline.load_manifest(data_dir).get("dataset", "")
+        report["experiment"] = {"name": experiment.name, "paper_dataset": experiment.dataset,
+                                "dataset": dataset, "mode": experiment.mode,
+                                "comparison": experiments.comparison(experiment, report)}
+        report["markdown"] += "\n\n" + experiments.comparison_markdown(experiment, report,
+                                                                        dataset)
     os.makedirs(os.path.dirname(os.path.abspath(output_json)), exist_ok=True)
     with open(output_json, "w") as f:
         json.dump(report, f, indent=2, default=_jsonable)
