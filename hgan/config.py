@@ -147,6 +147,10 @@ class IATVModel(_Section):
     lstm_units: int = 512  # §3.1/§3.2.1: word-LSTM hidden size (not given)
     cmce_temperature: float = 0.04  # §4.2: τ of Eqs. 1–2
     buffer_momentum: float = 0.5  # §3.1.1: S_t = 0.5 S_t + 0.5 s
+    # Stage 1's loss: "cmce" (§3.1, Eq. 3) or "triplet" (Tables 2–4's "Triplet" baseline:
+    # Eq. 9's bidirectional hinge over the batch's cosines, margin triplet_margin).
+    stage1_loss: str = "cmce"
+    triplet_margin: float = 0.2  # not given by IATV; HGAN's γ of Eq. 9
     # §4.2: SGD for the CNN (rate not given); the LSTM side's Adam uses train.learning_rate.
     cnn_learning_rate: float = 1e-3
     stage2_learning_rate: float = 0.0  # stage 2's Adam (not given); 0 = train.learning_rate
@@ -169,9 +173,11 @@ class IATVModel(_Section):
     # Table 2 "w/o ID": false = every training image is its own identity (its captions
     # share it) in the CMCE buffers and the stage-2 labels; evaluation keeps the real ones.
     identity_labels: bool = True
-    # Table 2 "w/o stage-1": false = stage 2 starts from fresh weights and trains on random
-    # pairs (the same number per sample) instead of stage 1's nearest; stage 1 still
-    # trains, for evaluation's screening of each query's top eval.rerank_k.
+    # Table 2 "w/o stage-1" ("not using stage-1 network for training initialization and
+    # easy result screening"): false = stage 2's CNN starts from backbone_weights (ImageNet)
+    # and its text side fresh, it trains on every positive pair plus `candidates` random
+    # ones per sample instead of stage 1's nearest, and evaluation adds the mode
+    # "full_gallery" (stage 2 scores every pair, no screening). Stage 1 still trains.
     stage1_init: bool = True
     # Steps of the three training phases (not given in the paper); 0 = `train.epochs`
     # epochs of the training captions. One global step counter runs through them;

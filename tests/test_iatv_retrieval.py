@@ -221,3 +221,15 @@ def test_sampled_pairs_refuse_a_share_outside_0_1():
         _draw(1, **SAMPLE, positive_share=1.5)
     with pytest.raises(ValueError, match="random_negative_share"):
         _draw(1, **SAMPLE, random_negative_share=-0.1)
+
+
+def test_w_o_stage1_pairs_hold_every_positive():
+    # "w/o stage-1": random pairs alone are ~1/identities positive; every same-identity
+    # pair is added (the caption's "positives plus sampled negatives").
+    text_labels, image_labels = np.repeat(np.arange(40), 2), np.repeat(np.arange(40), 3)
+    t, i, match = iatv_pairs.random_pairs(text_labels, image_labels, k=4, seed=0)
+    got = {(a, b) for a, b, m in zip(t, i, match) if m}
+    every = {(a, b) for a in range(80) for b in range(120) if text_labels[a] == image_labels[b]}
+    assert got == every and len(every) == 240
+    assert len(set(zip(t, i))) == len(t)  # each pair once
+    np.testing.assert_array_equal(match, text_labels[t] == image_labels[i])

@@ -5,7 +5,7 @@ import pytest
 from hgan.modeling.iatv import stage1
 from hgan.training.buffers import IdentityBuffers
 from hgan.modeling.hgan.model import TEXT_KEYS
-from hgan.tf_compat import tf
+from hgan.tf_compat import keras, tf
 from hgan.training import iatv_task
 
 VOCAB = 30
@@ -117,3 +117,54 @@ def test_cmce_training_with_buffer_updates_reduces_the_loss(config):
         history.append(float(step(toy_batch(cfg, rng))["cmce"]))
     assert np.isfinite(history).all()
     assert np.mean(history[-3:]) < 0.5 * np.mean(history[:3]), history
+
+
+def test_triplet_stage1_loss_is_eq9_over_the_batch_cosines(config):
+    # Tables 2-4's "Triplet": stage 1 with the bidirectional hinge of the batch's cosines
+    # instead of CMCE, same-identity pairs not negatives. A NumPy loop on a hand-made case.
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(4, 8)).astype(np.float32)
+    text = rng.normal(size=(4, 8)).astype(np.float32)
+    image /= np.linalg.norm(image, axis=1, keepdims=True)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    labels = np.array([0, 1, 1, 2])
+    margin = 0.3
+    cfg = config.replace(stage1_loss="triplet", triplet_margin=margin)
+    got = iatv_task.stage1_loss(cfg, tf.constant(image), tf.constant(text), tf.constant(labels),
+                                buffers=None, temperature=0.04)
+    s = text @ image.T  # s[i, j]: text i, image j
+    per_text, per_image = np.zeros(4), np.zeros(4)
+    for i in range(4):
+        for j in range(4):
+            if labels[i] == labels[j]:
+                continue
+            per_text[i] += max(0.0, margin - s[i, i] + s[i, j])  # text i, negative image j
+            per_image[j] += max(0.0, margin - s[j, j] + s[i, j])  # image j, negative text i
+    np.testing.assert_allclose(float(got), per_text.mean() + per_image.mean(), rtol=1e-5)
+    with pytest.raises(ValueError, match="stage1_loss"):
+        iatv_task.stage1_loss(config.replace(stage1_loss="hinge"), tf.constant(image),
+                              tf.constant(text), tf.constant(labels), None, 0.04)
+
+
+def test_a_few_triplet_steps_pull_matching_pairs_together(config):
+    # The toy of the CMCE test with the triplet loss: four identities, a few SGD steps,
+    # matching text-image cosines rise above the others.
+    cfg = config.replace(stage1_loss="triplet", triplet_margin=0.2)
+    tf.random.set_seed(0)
+    model = stage1.build_stage1(cfg, VOCAB)
+    images = tf.random.uniform([4, cfg.data.image_height, cfg.data.image_width, 3], seed=2)
+    inputs = text_inputs(np.array([[i + 1, i + 5, 0, 0, 0, 0] for i in range(4)]), [2] * 4)
+    labels = tf.range(4)
+    optimizer = keras.optimizers.Adam(1e-2)
+    variables = model.trainable_variables
+    history = []
+    for _ in range(30):
+        with tf.GradientTape() as tape:
+            loss = iatv_task.stage1_loss(cfg, model.encode_image(images, training=True),
+                                         model.encode_text(inputs, training=True), labels,
+                                         None, 0.04)
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        history.append(float(loss))
+    assert history[-1] < 0.5 * history[0], history
+    s = model.encode_text(inputs).numpy() @ model.encode_image(images).numpy().T
+    assert (s.argmax(axis=1) == np.arange(4)).all(), s

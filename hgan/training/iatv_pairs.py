@@ -52,11 +52,26 @@ def mine_pairs(text_feats, image_feats, text_labels, image_labels, k: int = 20,
     return text_index, image_index, labels
 
 
+def _positive_pairs(text_labels, image_labels) -> np.ndarray:
+    """[P, 2] (text, image) of every same-identity pair, without an Nt × Ni matrix."""
+    order = np.argsort(image_labels, kind="stable")
+    sorted_labels = image_labels[order]
+    start = np.searchsorted(sorted_labels, text_labels, "left")
+    stop = np.searchsorted(sorted_labels, text_labels, "right")
+    counts = stop - start
+    texts = np.repeat(np.arange(len(text_labels)), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    images = order[np.repeat(start, counts) + offsets]
+    return np.stack([texts, images], 1).astype(np.int64).reshape(-1, 2)
+
+
 def random_pairs(text_labels, image_labels, k: int = 20, seed: int = 0
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``mine_pairs``'s output without stage 1 (Table 2 "w/o stage-1"): every text with k
-    random images and every image with k random texts (without replacement), each pair
-    once, sorted by (text, image); label 1 = same identity."""
+    """``mine_pairs``'s output without stage 1 (Table 2 "w/o stage-1"): every positive pair
+    (each text with every image of its identity) plus every text with k random images and
+    every image with k random texts (without replacement), each pair once, sorted by
+    (text, image); label 1 = same identity. Random pairs alone would be almost all
+    negatives (1 in the number of identities is a match)."""
     text_labels, image_labels = np.asarray(text_labels), np.asarray(image_labels)
     rng = np.random.default_rng(seed)
     nt, ni = len(text_labels), len(image_labels)
@@ -65,7 +80,8 @@ def random_pairs(text_labels, image_labels, k: int = 20, seed: int = 0
     texts = np.stack([rng.choice(nt, k_texts, replace=False) for _ in range(ni)])
     t2i = np.stack([np.repeat(np.arange(nt), k_images), images.ravel()], 1)
     i2t = np.stack([texts.ravel(), np.repeat(np.arange(ni), k_texts)], 1)
-    pairs = np.unique(np.concatenate([t2i, i2t]), axis=0)
+    positives = _positive_pairs(text_labels, image_labels)
+    pairs = np.unique(np.concatenate([t2i, i2t, positives]), axis=0)
     text_index, image_index = pairs[:, 0], pairs[:, 1]
     return text_index, image_index, (text_labels[text_index] ==
                                      image_labels[image_index]).astype(np.int32)

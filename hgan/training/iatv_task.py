@@ -41,7 +41,7 @@ from hgan.training.distribution import FINITE, gather_tree, make_strategy, repli
 from hgan.training.loop import Task
 
 PHASES = ("stage1", "stage2_text", "stage2_joint")
-LOSS = {"stage1": "cmce", "stage2_text": "bce", "stage2_joint": "bce"}
+LOSS = {"stage1": "cmce", "stage2_text": "bce", "stage2_joint": "bce"}  # stage1: its loss
 
 
 def phase_steps(config: Config, per_epoch: int) -> dict:
@@ -63,29 +63,47 @@ def make_optimizers(config: Config, stage: int = 1) -> dict:
             "text": keras.optimizers.Adam(rate)}
 
 
+STAGE1_LOSSES = ("cmce", "triplet")
+
+
+def stage1_loss(config: Config, image, text, labels, buffers: IdentityBuffers,
+                temperature: float):
+    """Stage 1's loss of the gathered batch: CMCE (Eq. 3) against the identity buffers, or
+    the "Triplet" baseline of Tables 2–4: Eq. 9's bidirectional hinge over the batch's
+    cosines (the embeddings are l2-normalised), same-identity pairs not negatives."""
+    kind = config.model.stage1_loss
+    if kind == "cmce":
+        return losses.cmce_loss(image, text, labels, buffers.image, buffers.text, temperature)
+    if kind == "triplet":
+        return losses.triplet_ranking_loss(tf.matmul(text, image, transpose_b=True), labels,
+                                           labels, config.model.triplet_margin)
+    raise ValueError(f"unknown stage1_loss {kind!r}; choose from {STAGE1_LOSSES}")
+
+
 def stage1_replica_step(model, buffers: IdentityBuffers, optimizers: dict, batch: dict,
                         temperature: float) -> dict:
-    """One stage-1 iteration of Fig. 2 in replica context: the CMCE loss (Eq. 3) of the
-    gathered global batch (scaled by 1/N: the summed gradients are the global gradient),
-    the CNN and LSTM updated (Step-1), then the buffers with the gathered features (Step-2,
-    applied once; skipped with the step when anything was non-finite)."""
+    """One stage-1 iteration of Fig. 2 in replica context: the loss (``stage1_loss``: CMCE,
+    Eq. 3, or the triplet baseline) of the gathered global batch (scaled by 1/N: the summed
+    gradients are the global gradient), the CNN and LSTM updated (Step-1), then the buffers
+    with the gathered features (Step-2, applied once; skipped with the step when anything
+    was non-finite). The result's key is the loss's name."""
     ctx = tf.distribute.get_replica_context()
     with tf.GradientTape() as tape:
         out = model(batch, training=True)
         image, text, labels = gather_tree(
             (out["image"], out["text"], tf.cast(batch["label"], tf.int32)))
-        loss = losses.cmce_loss(image, text, labels, buffers.image, buffers.text, temperature)
+        loss = stage1_loss(model.config, image, text, labels, buffers, temperature)
         scaled = loss / ctx.num_replicas_in_sync
     groups = [(optimizers["image"], model.image_tower.trainable_variables),
               (optimizers["text"], model.text_tower.trainable_variables)]
     finite = optim.apply_by_group(tape, scaled, groups)
     buffers.update(image, text, labels, when=finite)
-    return {"cmce": loss, FINITE: tf.cast(finite, tf.float32)}
+    return {model.config.model.stage1_loss: loss, FINITE: tf.cast(finite, tf.float32)}
 
 
 def make_stage1_step(model, buffers: IdentityBuffers, optimizers: dict,
                      strategy: Optional[tf.distribute.Strategy] = None, temperature=None):
-    """A compiled stage-1 ``step(distributed_batch) -> {"cmce", FINITE}`` over ``strategy``
+    """A compiled stage-1 ``step(distributed_batch) -> {stage1_loss, FINITE}`` over ``strategy``
     for a bare ``Stage1`` (build model, buffers and optimizers in ``strategy.scope()``)."""
     strategy = strategy or tf.distribute.get_strategy()
     tau = model.config.model.cmce_temperature if temperature is None else temperature
@@ -105,6 +123,9 @@ class IATVTask(Task):
             raise ValueError(f"config.family is {config.family!r}; this trains iatv")
         if config.train.mixed_precision:
             raise ValueError("mixed_precision is not supported for iatv")
+        if config.model.stage1_loss not in STAGE1_LOSSES:
+            raise ValueError(f"unknown stage1_loss {config.model.stage1_loss!r}; choose from "
+                             f"{STAGE1_LOSSES}")
         self.config, self.data_dir, self.val_split = config, data_dir, val_split
         self.manifest = pipeline.load_manifest(data_dir)
         if "train" not in self.manifest["splits"]:
@@ -251,7 +272,7 @@ class IATVTask(Task):
         return terms
 
     def loss_key(self, phase: str) -> str:
-        return LOSS[phase]
+        return self.config.model.stage1_loss if phase == "stage1" else LOSS[phase]
 
     def summaries(self, phase: str, terms: dict) -> dict:
         return {phase: terms}

@@ -17,11 +17,13 @@ from hgan.modeling.iatv import stage2
 from hgan.tf_compat import keras, tf
 
 
-def build_region_cnn(config: Config) -> keras.Model:
+def build_region_cnn(config: Config, pretrained: bool = False) -> keras.Model:
     """Image [B, H, W, 3] → region features [B, N, C]: stage 1's image tower cut at its
-    ``regions`` output (the pool5 map of §4.2, flattened). Built without pretrained weights:
-    they are copied from stage 1 (``IATV.initialize_stage2``) or restored."""
-    tower = stage1.build_image_tower(config.replace(backbone_weights="none"))
+    ``regions`` output (the pool5 map of §4.2, flattened). Built without pretrained weights
+    (they are copied from stage 1, ``IATV.initialize_stage2``, or restored) unless
+    ``pretrained``: "w/o stage-1" starts stage 2's CNN from ``backbone_weights``."""
+    tower = stage1.build_image_tower(
+        config if pretrained else config.replace(backbone_weights="none"))
     return keras.Model(tower.input, tower.get_layer("regions").output, name="iatv_stage2_cnn")
 
 
@@ -40,7 +42,8 @@ class IATV(tf.Module):
         self.vocab_size = int(vocab_size)
         build_config = config if pretrained else config.replace(backbone_weights="none")
         self.stage1 = stage1.build_stage1(build_config, vocab_size)
-        self.stage2_cnn = build_region_cnn(config)
+        self.stage2_cnn = build_region_cnn(
+            config, pretrained=pretrained and not config.model.stage1_init)
         self.matcher = stage2.build_matcher(config, vocab_size,
                                             region_dim=int(self.stage2_cnn.output.shape[-1]))
 
