@@ -19,6 +19,8 @@ flags.DEFINE_string("checkpoint", "best", "best (val-selected), latest, or a pat
 flags.DEFINE_integer("rerank_k", None, "Two-stage: gallery items re-ranked per query.")
 flags.DEFINE_list("modes", ["exact", "two_stage"], "Scoring modes to report.")
 flags.DEFINE_bool("figures", True, "Write the Fig. 3 / Fig. 4 PNGs.")
+flags.DEFINE_string("experiment", None, "Paper row to compare with (default: the one "
+                    "train.py --experiment recorded in model_dir).")
 flags.mark_flags_as_required(["model_dir", "data_dir", "output_json"])
 
 
@@ -26,7 +28,8 @@ def main(argv):
     del argv
     report = families.evaluate(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output_json,
                                checkpoint=FLAGS.checkpoint, rerank_k=FLAGS.rerank_k,
-                               modes=tuple(FLAGS.modes), figures=FLAGS.figures)
+                               modes=tuple(FLAGS.modes), figures=FLAGS.figures,
+                               experiment=FLAGS.experiment)
     print(report["markdown"])
     print(f"metrics: {FLAGS.output_json}")
 

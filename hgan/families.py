@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional
 
+from hgan import experiments
 from hgan.config import Config
 from hgan.evaluation import hgan_scoring, iatv_scoring
 from hgan.evaluation import report as eval_report
@@ -73,14 +74,19 @@ def train(config: Config, data_dir: str, model_dir: str, val_split: str = "val",
 
 
 def evaluate(model_dir: str, data_dir: str, split: str, output_json: str, checkpoint="best",
-             rerank_k=None, modes=("exact", "two_stage"), figures=True) -> dict:
-    """eval.py: the report of ``model_dir``'s model on ``split`` (JSON, Markdown, figures)."""
+             rerank_k=None, modes=("exact", "two_stage"), figures=True,
+             experiment: Optional[str] = None) -> dict:
+    """eval.py: the report of ``model_dir``'s model on ``split`` (JSON, Markdown, figures).
+    ``experiment`` (default: the one train.py recorded in ``model_dir``) adds the paper's
+    figures of that row beside the measured ones."""
     family = of_model_dir(model_dir)
     model, config, path = family.load_model(model_dir, checkpoint)
     modes = tuple(dict.fromkeys(family.exact_mode if m == "exact" else m for m in modes))
     report = family.evaluate(model, data_dir, config, split, modes=modes, rerank_k=rerank_k)
+    name = experiment or experiments.load_name(model_dir)
     return eval_report.write(report, model, config, path, data_dir, split, output_json,
-                             figures=figures)
+                             figures=figures,
+                             experiment=experiments.get(name) if name else None)
 
 
 def export(model_dir: str, output_dir: str, checkpoint: str = "best") -> str:

@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Lowest first; a module may import its own layer or any below it.
 LAYERS = [
     ("hgan", "hgan.tf_compat"),
-    ("hgan.config",),
+    ("hgan.config", "hgan.experiments"),
     ("hgan.data",),
     ("hgan.layers",),
     ("hgan.modeling",),
