@@ -54,6 +54,7 @@ def main(argv):
         overrides.append(f"model={FLAGS.model}")
     config = (experiments.config(experiment.name, FLAGS.config, overrides) if experiment
               else resolve(FLAGS.config, overrides))
+    config = run_dir.resolve_vocab(config, FLAGS.data_dir, FLAGS.model_dir)
     config = run_dir.reconcile_config(config, FLAGS.model_dir)
     if experiment is not None:
         experiments.save_name(FLAGS.model_dir, experiment.name)

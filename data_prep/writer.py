@@ -28,6 +28,7 @@ from typing import Callable, Iterator, Sequence
 from data_prep import importers
 from hgan.data import phrases
 from hgan.data import records
+from hgan.data import word_vocab
 from hgan.tf_compat import tf
 
 DEFAULT_IMAGES_PER_SHARD = 1000
@@ -75,6 +76,9 @@ def write_dataset(dataset: str, data_dir: str, output_dir: str,
         }
         label_maps[split] = {str(label): identity for identity, label in labels.items()}
     _remove_stale_shards(output_dir, {name for s in splits.values() for name in s["shards"]})
+    # IATV §3.2.1's word vocabulary, from the training captions only (data.text_vocab=words).
+    vocab = word_vocab.build(c for r in kept if r.split == "train" for c in r.captions)
+    word_vocab.write(os.path.join(output_dir, word_vocab.FILE), vocab)
     manifest = {
         "schema_version": records.SCHEMA_VERSION,
         "dataset": dataset,
@@ -83,6 +87,7 @@ def write_dataset(dataset: str, data_dir: str, output_dir: str,
         "label_maps": label_maps,
         "phrase_tagger": tagger,
         "phrase_tagger_requested": requested,
+        "word_vocab": {"file": word_vocab.FILE, "tokens": len(vocab)},
     }
     differences = importers.size_differences(dataset, splits)
     if dataset in importers.EXPECTED_SIZES:

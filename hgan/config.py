@@ -58,6 +58,10 @@ class DataConfig(_Section):
     max_phrases: int = 8  # noun phrases kept per caption (§3.2)
     lower_case: bool = True
     vocab_file: str = ""  # default: {model.bert}/assets/vocab.txt
+    # "bert": BERT's WordPieces (model.bert's vocab, or vocab_file); "words": the word
+    # vocabulary data_prep builds from the training captions (IATV §3.2.1's one-hot words;
+    # train.py copies the data dir's word_vocab.txt into model_dir and sets vocab_file).
+    text_vocab: str = "bert"
     batch_size: int = 32  # global batch (§4)
     identities_per_batch: int = 0  # P of a P×K identity-aware batch; 0 = plain shuffle
     shuffle_buffer: int = 4096
@@ -135,7 +139,8 @@ class HGANModel(_Section):
 class IATVModel(_Section):
     """IATV's two stages (Li et al., ICCV 2017, §3; §4.2's settings)."""
 
-    # §4.2: VGG-16 for CUHK-PEDES; "inception_v3" stands in for GoogLeNet (CUB, Flowers);
+    # §4.2: VGG-16 for CUHK-PEDES, GoogLeNet for CUB / Flowers ("googlenet": the TF-Hub
+    # Inception v1 module; "inception_v3": its offline Keras stand-in, 2048-d);
     # "resnet50" | "compact_cnn" | "small_cnn" from hgan.modeling.backbones.
     backbone: str = "vgg16"
     backbone_weights: str = "imagenet"  # "imagenet" | "none" | path to a weights file
@@ -451,7 +456,9 @@ _TINY_TRAIN = TrainConfig(epochs=1, checkpoint_every=5, log_every=1)
 _PRESETS = {
     "paper": {
         "hgan": Config(),
+        # §3.2.1: one-hot words over the data's word vocabulary, not BERT's WordPieces.
         "iatv": Config(family="iatv", model=IATVModel(),
+                       data=DataConfig(text_vocab="words"),
                        train=TrainConfig(learning_rate=1e-4), eval=EvalConfig(rerank_k=20)),
     },
     "demo": {

@@ -168,3 +168,59 @@ def test_a_few_triplet_steps_pull_matching_pairs_together(config):
     assert history[-1] < 0.5 * history[0], history
     s = model.encode_text(inputs).numpy() @ model.encode_image(images).numpy().T
     assert (s.argmax(axis=1) == np.arange(4)).all(), s
+
+
+def _fake_googlenet(path):
+    """A SavedModel with the TF-Hub image feature vector API of Inception v1 (Reusable
+    SavedModel: ``variables``, ``trainable_variables``, ``__call__(images,
+    return_endpoints, training)`` → 1024-d "default" or a dict of endpoints with
+    "InceptionV1/Mixed_5c"). A tiny conv stands in for the real network."""
+    kernel = tf.Variable(tf.random.normal([3, 3, 3, 8], seed=1) * 0.1)
+
+    @tf.function
+    def call(images, return_endpoints=False, training=False):
+        del training
+        mixed = tf.nn.relu(tf.nn.conv2d(images, kernel, 4, "SAME"))
+        pooled = tf.reduce_mean(mixed, axis=[1, 2])
+        if return_endpoints:
+            return {"default": pooled, "InceptionV1/Mixed_5c": mixed}
+        return pooled
+
+    root = tf.train.Checkpoint()
+    root.kernel = kernel
+    root.variables = [kernel]
+    root.trainable_variables = [kernel]
+    root.__call__ = call
+    spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+    for endpoints in (False, True):
+        for training in (False, True):
+            call.get_concrete_function(spec, endpoints, training)
+    tf.saved_model.save(root, path)
+    return path
+
+
+def test_googlenet_comes_from_a_tf_hub_module_with_its_endpoints(config, tmp_path):
+    from hgan.data import pipeline
+    from hgan.modeling.iatv.model import IATV
+    path = _fake_googlenet(str(tmp_path / "googlenet"))
+    cfg = config.replace(backbone="googlenet", backbone_weights=path, fc_units=16)
+    assert pipeline.resolve_normalization(cfg) == "unit"  # TF-Hub images are [0, 1]
+    tower = stage1.build_image_tower(cfg)
+    images = tf.random.uniform([2, cfg.data.image_height, cfg.data.image_width, 3], seed=3)
+    out = tower(images)
+    h, w = -(-cfg.data.image_height // 4), -(-cfg.data.image_width // 4)
+    assert out["regions"].shape == (2, h * w, 8) and out["embedding"].shape == (2, 8)
+    # The module is fine-tuned with the CNN (§4.2 trains it), and stage 2's copy of it
+    # starts from stage 1's weights.
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tower(images, training=True)["embedding"][:, 0])
+    grads = tape.gradient(loss, tower.trainable_variables)
+    kernel = [g for v, g in zip(tower.trainable_variables, grads) if v.shape == (3, 3, 3, 8)]
+    assert kernel and float(tf.norm(kernel[0])) > 0
+    model = IATV(cfg, VOCAB)
+    model.stage1.image_tower.get_layer("googlenet").weights[0].assign_add(tf.ones([3, 3, 3, 8]))
+    model.initialize_stage2()
+    np.testing.assert_allclose(model.encode_regions(images),
+                               model.stage1.encode_regions(images), atol=1e-5)
+    with pytest.raises(ValueError, match="offline stand-in"):
+        stage1.build_image_tower(cfg.replace(backbone_weights="none"))

@@ -240,3 +240,14 @@ def test_official_split_sizes_are_checked_and_a_mismatch_said_clearly(data_dir, 
     assert "1 records name an image that is not in the image folder" in text
     demo_manifest = write(data_dir, tmp_path / "demo")
     assert "official_sizes" not in demo_manifest
+
+
+def test_the_word_vocabulary_comes_from_the_training_captions_only(data_dir, tmp_path):
+    from hgan.data import word_vocab
+    out = tmp_path / "out"
+    manifest = write(data_dir, out)
+    vocab = (out / word_vocab.FILE).read_text().split("\n")[:-1]
+    assert manifest["word_vocab"] == {"file": word_vocab.FILE, "tokens": len(vocab)}
+    train = [c for e in read_split(out, "train") for c in e["captions"]]
+    expected = word_vocab.build([c.decode() for c in train])
+    assert vocab == expected

@@ -80,8 +80,9 @@ def preprocess_image(image: tf.Tensor, config: Config, training: bool = False,
 
 # What each backbone's pretrained tf_keras.applications weights were trained on: caffe
 # (BGR, ImageNet mean subtracted, 0–255) for ResNet50 and VGG16, [-1, 1] for InceptionV3.
-WEIGHTS_NORMALIZATION = {"resnet50": "caffe", "vgg16": "caffe", "inception_v3": "inception"}
-NORMALIZATIONS = ("auto", "paper", "caffe", "inception")
+WEIGHTS_NORMALIZATION = {"resnet50": "caffe", "vgg16": "caffe", "inception_v3": "inception",
+                         "googlenet": "unit"}
+NORMALIZATIONS = ("auto", "paper", "caffe", "inception", "unit")
 _warned = set()
 
 
@@ -111,7 +112,7 @@ def resolve_normalization(config: Config) -> str:
 
 def normalize(image: tf.Tensor, mode: str) -> tf.Tensor:
     """[..., 3] RGB 0–255 → the model's input: "paper" ×1/256 (HGAN §4), "caffe" BGR minus
-    the ImageNet mean, "inception" [-1, 1]."""
+    the ImageNet mean, "inception" [-1, 1], "unit" [0, 1] (TF-Hub image modules)."""
     image = tf.cast(image, tf.float32)
     if mode == "paper":
         return image / 256.0
@@ -119,6 +120,8 @@ def normalize(image: tf.Tensor, mode: str) -> tf.Tensor:
         return image[..., ::-1] - _CAFFE_BGR_MEAN
     if mode == "inception":  # InceptionV3(weights="imagenet")
         return image / 127.5 - 1.0
+    if mode == "unit":  # TF-Hub's image convention ([0, 1]): the GoogLeNet module
+        return image / 255.0
     raise ValueError(f"unknown normalization {mode!r}")
 
 
@@ -286,7 +289,16 @@ def query_dataset(data_dir: str, config: Config, tokenizer: CaptionTokenizer, sp
             .prefetch(AUTOTUNE))
 
 
+TEXT_VOCABS = ("bert", "words")
+
+
 def make_tokenizer(config: Config) -> CaptionTokenizer:
+    if config.data.text_vocab not in TEXT_VOCABS:
+        raise ValueError(f"unknown text_vocab {config.data.text_vocab!r}; choose from "
+                         f"{TEXT_VOCABS}")
+    if config.data.text_vocab == "words" and not config.data.vocab_file:
+        raise ValueError("text_vocab=words reads the data's word vocabulary: set vocab_file "
+                         "(train.py sets it from the data dir's word_vocab.txt)")
     return CaptionTokenizer(vocab_path(config.model.bert, config.data.vocab_file),
                             config.data.max_len,
                             config.data.max_phrases, config.data.lower_case)

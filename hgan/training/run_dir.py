@@ -6,7 +6,7 @@ import json
 import os
 
 from hgan.config import Config
-from hgan.data import pipeline
+from hgan.data import pipeline, word_vocab
 from hgan.tf_compat import tf
 
 # Fields that may change when a run is resumed; anything else must match the saved config.
@@ -43,6 +43,24 @@ def has_validation(data_dir: str, val_split: str, log=print) -> bool:
         return True
     log(f"no {val_split!r} split: no model selection, the last checkpoint is the model")
     return False
+
+
+def resolve_vocab(config: Config, data_dir: str, model_dir: str) -> Config:
+    """``data.text_vocab=words`` without a ``vocab_file``: copies the data dir's word
+    vocabulary into ``model_dir`` (so the run keeps the words it was trained with) and
+    points ``vocab_file`` at the copy. Any other config comes back as it was."""
+    if config.data.text_vocab != "words" or config.data.vocab_file:
+        return config
+    source = os.path.join(data_dir, word_vocab.FILE)
+    if not tf.io.gfile.exists(source):
+        raise FileNotFoundError(f"text_vocab=words: {data_dir} has no {word_vocab.FILE}; "
+                                "re-run python -m data_prep on the dataset to write it")
+    target = os.path.join(model_dir, word_vocab.FILE)
+    tf.io.gfile.makedirs(model_dir)
+    if not tf.io.gfile.exists(target):
+        tf.io.gfile.copy(source, target + ".tmp", overwrite=True)
+        tf.io.gfile.rename(target + ".tmp", target, overwrite=True)
+    return config.replace(vocab_file=target)
 
 
 def reconcile_config(config: Config, model_dir: str) -> Config:

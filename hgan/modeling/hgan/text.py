@@ -116,6 +116,9 @@ def build_token_embedder(config: Config, vocab_size: int) -> keras.Model:
     L = config.data.max_len
     inputs = {k: keras.Input((L,), dtype=tf.int32, name=k) for k in BERT_INPUTS}
     if config.model.use_bert:
+        if config.data.text_vocab != "bert":
+            raise ValueError("use_bert=true reads BERT's WordPieces: text_vocab=words needs "
+                             "use_bert=false (trainable word embeddings)")
         bert = load_bert(config, vocab_size)
         tokens = select_layers(bert(inputs), config.model.bert_layers)
     else:

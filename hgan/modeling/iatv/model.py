@@ -22,8 +22,7 @@ def build_region_cnn(config: Config, pretrained: bool = False) -> keras.Model:
     ``regions`` output (the pool5 map of §4.2, flattened). Built without pretrained weights
     (they are copied from stage 1, ``IATV.initialize_stage2``, or restored) unless
     ``pretrained``: "w/o stage-1" starts stage 2's CNN from ``backbone_weights``."""
-    tower = stage1.build_image_tower(
-        config if pretrained else config.replace(backbone_weights="none"))
+    tower = stage1.build_image_tower(config if pretrained else stage1.without_pretrained(config))
     return keras.Model(tower.input, tower.get_layer("regions").output, name="iatv_stage2_cnn")
 
 
@@ -40,7 +39,7 @@ class IATV(tf.Module):
         super().__init__(name="iatv")
         self.config = config
         self.vocab_size = int(vocab_size)
-        build_config = config if pretrained else config.replace(backbone_weights="none")
+        build_config = config if pretrained else stage1.without_pretrained(config)
         self.stage1 = stage1.build_stage1(build_config, vocab_size)
         self.stage2_cnn = build_region_cnn(
             config, pretrained=pretrained and not config.model.stage1_init)

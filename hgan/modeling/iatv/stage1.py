@@ -12,7 +12,12 @@ from hgan.config import Config
 from hgan.modeling import backbones
 from hgan.tf_compat import keras, tf
 
-BACKBONES = ("vgg16", "inception_v3") + backbones.BACKBONES
+BACKBONES = ("vgg16", "googlenet", "inception_v3") + backbones.BACKBONES
+# §4.2's GoogLeNet (Inception v1) for CUB / Flowers, as a TF-Hub image feature vector
+# module (TF2 SavedModel) called with return_endpoints=True; backbone_weights may name it
+# or a local copy. "inception (5b)", the paper's last inception block, is slim's Mixed_5c.
+GOOGLENET = "https://tfhub.dev/google/imagenet/inception_v1/feature_vector/5"
+GOOGLENET_REGIONS = "InceptionV1/Mixed_5c"
 
 
 @keras.utils.register_keras_serializable(package="hgan")
@@ -78,12 +83,45 @@ def _inception_v3(config: Config, image):
     return feature_map, keras.layers.GlobalAveragePooling2D(name="avgpool")(feature_map)
 
 
+def without_pretrained(config: Config) -> Config:
+    """``config`` for a tower whose weights will be copied or restored: no pretrained
+    weights, except for ``googlenet``, whose TF-Hub module is the architecture too."""
+    if config.model.backbone == "googlenet":
+        return config
+    return config.replace(backbone_weights="none")
+
+
+def _googlenet(config: Config, image):
+    """§4.2's GoogLeNet from TF-Hub: ``backbone_weights`` "imagenet" = ``GOOGLENET``, else a
+    handle or a local SavedModel dir of the same API. Its ``default`` output (the 1024-d
+    global average pool) is the stage-1 feature ("avgpool"), ``GOOGLENET_REGIONS`` the
+    stage-2 regions ("inception (5b)"). Fine-tuned with the CNN's SGD, as §4.2 trains it."""
+    import tensorflow_hub as hub
+    weights = config.model.backbone_weights
+    if weights in ("none", ""):
+        raise ValueError("backbone=googlenet is the pretrained TF-Hub module: "
+                         "backbone_weights=imagenet (the tfhub.dev handle), another handle or "
+                         "a local copy; inception_v3 (Keras, trainable from scratch) is the "
+                         "offline stand-in")
+    handle = GOOGLENET if weights == "imagenet" else weights
+    layer = hub.KerasLayer(handle, trainable=True, arguments=dict(return_endpoints=True),
+                           name="googlenet")
+    endpoints = layer(image)
+    if not isinstance(endpoints, dict) or GOOGLENET_REGIONS not in endpoints:
+        keys = sorted(endpoints) if isinstance(endpoints, dict) else type(endpoints).__name__
+        raise ValueError(f"{handle} did not return the endpoint {GOOGLENET_REGIONS!r} with "
+                         f"return_endpoints=True (got {keys}); it is not an Inception v1 "
+                         "image feature vector module")
+    feature = keras.layers.Activation("linear", name="avgpool")(endpoints["default"])
+    return endpoints[GOOGLENET_REGIONS], feature
+
+
 def build_image_tower(config: Config) -> keras.Model:
     """Image [B, H, W, 3] → {"embedding": [B, E] l2-normalised, "regions": [B, N, C]}.
 
     ``iatv_backbone``: "vgg16" (the paper's CUHK-PEDES CNN; feature = drop7, regions =
-    pool5), "inception_v3" (GoogLeNet stand-in for CUB / Flowers; avgpool / last mixed
-    block), or "resnet50" / "compact_cnn" / "small_cnn" from ``hgan.modeling.backbones``
+    pool5), "googlenet" (§4.2's CNN for CUB / Flowers, from TF-Hub; avgpool / inception
+    (5b)), "inception_v3" (its offline Keras stand-in; avgpool / last mixed block), or "resnet50" / "compact_cnn" / "small_cnn" from ``hgan.modeling.backbones``
     (global average pool / last feature map; ``compact_cnn`` is the CPU demo's,
     ``small_cnn`` the tests'). The feature is projected by one
     FC layer to the ``iatv_embed_dim`` joint space (§4.2: 512) and l2-normalised; the
@@ -92,6 +130,8 @@ def build_image_tower(config: Config) -> keras.Model:
     image = keras.Input((config.data.image_height, config.data.image_width, 3), name="image")
     if config.model.backbone == "vgg16":
         feature_map, feature = _vgg16(config, image)
+    elif config.model.backbone == "googlenet":
+        feature_map, feature = _googlenet(config, image)
     elif config.model.backbone == "inception_v3":
         feature_map, feature = _inception_v3(config, image)
     elif config.model.backbone in backbones.BACKBONES:
