@@ -1,0 +1,115 @@
+"""The on-disk gallery (hgan/serving/gallery.py) and stage-1 search (hgan/serving/ann.py)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from hgan.serving import ann, gallery
+
+FEATURES = {"global": (4,), "word": (3, 2)}
+
+
+def _rows(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"global": rng.normal(size=(n, 4)), "word": rng.normal(size=(n, 3, 2))}
+
+
+def test_append_reopen_and_memory_map(tmp_path):
+    path = str(tmp_path / "g")
+    g = gallery.Gallery.create(path, "m1", FEATURES)
+    a, b = _rows(3, 0), _rows(2, 1)
+    g.append(["x/0.jpg", "x/1.jpg", "ü 2.jpg"], a)
+    g.append(["y/0.jpg", "y/1.jpg"], b)
+    again = gallery.Gallery.open(path, model="m1")
+    assert len(again) == 5 and again.paths()[2] == "ü 2.jpg" and "y/1.jpg" in again
+    word = again.array("word")
+    assert isinstance(word, np.memmap) and word.dtype == np.float16 and word.shape == (5, 3, 2)
+    np.testing.assert_allclose(word[3:], b["word"].astype(np.float16))
+    assert again.bytes_per_item() == (4 + 6) * 2
+    with pytest.raises(PermissionError):
+        again.append(["z"], _rows(1))
+
+
+def test_a_crash_between_write_and_commit_loses_nothing_committed(tmp_path):
+    path = str(tmp_path / "g")
+    g = gallery.Gallery.create(path, "m1", FEATURES, dtype="float32")
+    g.append(["a", "b"], _rows(2))
+    # Rows written after the last commit (an interrupted append): dropped on reopen.
+    with open(os.path.join(path, "feat.global.bin"), "ab") as f:
+        f.write(b"\0" * 4 * 4)
+    with open(os.path.join(path, gallery.PATHS), "ab") as f:
+        f.write(b'"half')
+    g = gallery.Gallery.open(path, writable=True)
+    assert len(g) == 2 and g.paths() == ["a", "b"]
+    g.append(["c"], _rows(1, 5))
+    g = gallery.Gallery.open(path)
+    assert g.paths() == ["a", "b", "c"] and g.array("global").shape == (3, 4)
+    np.testing.assert_allclose(g.array("global")[2], _rows(1, 5)["global"][0], rtol=1e-6)
+
+
+def test_bad_input_is_refused_with_a_clear_error(tmp_path):
+    path = str(tmp_path / "g")
+    g = gallery.Gallery.create(path, "m1", FEATURES)
+    with pytest.raises(ValueError, match="shape"):
+        g.append(["a"], {"global": np.zeros((1, 5)), "word": np.zeros((1, 3, 2))})
+    with pytest.raises(ValueError, match="features"):
+        g.append(["a"], {"global": np.zeros((1, 4))})
+    with pytest.raises(FileExistsError):
+        gallery.Gallery.create(path, "m1", FEATURES)
+    with pytest.raises(gallery.ModelMismatch, match="another model"):
+        gallery.Gallery.open(path, model="m2")
+    with pytest.raises(FileNotFoundError, match="not a gallery"):
+        gallery.Gallery.open(str(tmp_path / "nothing"))
+    assert len(gallery.Gallery.open(path)) == 0  # nothing half-written
+
+
+def test_shards_merge_into_one_gallery_in_shard_order(tmp_path):
+    parts = []
+    for j in range(3):
+        p = str(tmp_path / f"s{j}")
+        gallery.Gallery.create(p, "m1", FEATURES).append([f"{j}/{i}" for i in range(j + 1)],
+                                                         _rows(j + 1, j))
+        parts.append(p)
+    merged = gallery.merge(str(tmp_path / "all"), parts)
+    assert merged.paths() == ["0/0", "1/0", "1/1", "2/0", "2/1", "2/2"]
+    np.testing.assert_allclose(merged.array("global")[3:],
+                               _rows(3, 2)["global"].astype(np.float16))
+    other = str(tmp_path / "other")
+    gallery.Gallery.create(other, "m2", FEATURES)
+    with pytest.raises(gallery.ModelMismatch):
+        gallery.merge(str(tmp_path / "bad"), [parts[0], other])
+    with pytest.raises(ValueError, match="disjoint"):
+        gallery.merge(str(tmp_path / "dup"), [parts[1], parts[1]])
+
+
+def test_exact_search_is_the_brute_force_ranking():
+    rng = np.random.default_rng(0)
+    vectors, queries = rng.normal(size=(1000, 16)), rng.normal(size=(5, 16))
+    scores, ids = ann.Searcher(vectors, chunk=128).search(queries, 7)
+    cos = ann.normalise(queries) @ ann.normalise(vectors).T
+    np.testing.assert_array_equal(ids, np.argsort(-cos, axis=1)[:, :7])
+    np.testing.assert_allclose(scores, np.sort(cos, axis=1)[:, ::-1][:, :7], rtol=1e-5)
+    assert ann.Searcher(vectors[:3]).search(queries, 10)[1].shape == (5, 3)  # k capped
+
+
+def test_ivf_recall_and_the_shard_merge_is_faiss_own():
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(50, 32))
+    vectors = centres[rng.integers(0, 50, 6000)] + 0.3 * rng.normal(size=(6000, 32))
+    queries = vectors[rng.choice(6000, 40)] + 0.1 * rng.normal(size=(40, 32))
+    exact = ann.Searcher(vectors).search(queries, 20)[1]
+    index = ann.build(vectors, threshold=1000, nlist=32, train_size=4000)
+    approx = ann.Searcher(vectors, index, nprobe=8).search(queries, 20)[1]
+    recall = np.mean([len(set(a) & set(e)) / 20 for a, e in zip(approx, exact)])
+    assert recall > 0.9, recall
+    assert ann.build(vectors[:500], threshold=1000) is None  # small: exact
+    # Three shards add to copies of one trained quantizer, then FAISS merges them.
+    trained = ann.empty_copy(index)
+    bounds = [0, 2000, 3500, 6000]
+    shards = [ann.add(ann.empty_copy(trained), vectors[a:b]) for a, b in zip(bounds, bounds[1:])]
+    merged = ann.merge(shards, bounds[:-1])
+    assert merged.ntotal == 6000
+    got = ann.Searcher(vectors, merged, nprobe=8).search(queries, 20)[1]
+    np.testing.assert_array_equal(got, approx)  # the same index as one built at once
