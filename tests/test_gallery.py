@@ -1,5 +1,4 @@
 """The on-disk gallery (hgan/serving/gallery.py) and stage-1 search (hgan/serving/ann.py)."""
-import json
 import os
 
 import numpy as np
