@@ -1,10 +1,12 @@
-"""Command line of ``hgan.serving.search`` (what the index holds and how a query is scored
-is written there).
+"""Command line of ``hgan.serving.search`` (what the gallery holds and how a query is
+scored is written there).
 
-  python -m hgan.search index --savedmodel=DIR --images=FOLDER --index=INDEX.npz
-  python -m hgan.search index --savedmodel=DIR --data_dir=TFRECORDS --split=test --index=INDEX.npz
-  python -m hgan.search query --savedmodel=DIR --index=INDEX.npz "a woman in a red coat" \
-      [--top_k=10] [--json]
+  python -m hgan.search index --savedmodel=DIR --images=FOLDER --index=GALLERY_DIR \
+      [--shard=i/N] [--dtype=float16|float32] [--batch_size=32]
+  python -m hgan.search index --savedmodel=DIR --data_dir=TFRECORDS --split=test --index=...
+  python -m hgan.search merge --index=GALLERY_DIR SHARD_DIR [SHARD_DIR ...]
+  python -m hgan.search query --savedmodel=DIR --index=GALLERY_DIR "a woman in a red coat" \
+      [--top_k=10] [--rerank_k=K] [--json]
 """
 from __future__ import annotations
 
@@ -13,32 +15,44 @@ import sys
 
 from absl import app, flags
 
-from hgan.serving.search import build_index, query
+from hgan.serving.search import build_index, merge_index, query
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags():
     flags.DEFINE_string("savedmodel", None, "Exported model (python -m hgan.export).")
-    flags.DEFINE_string("index", None, "Index file (.npz).")
+    flags.DEFINE_string("index", None, "Gallery directory (hgan.serving.gallery).")
     flags.DEFINE_string("images", None, "index: a folder of JPEG/PNG images.")
     flags.DEFINE_string("data_dir", None, "index: a data_prep output dir instead of a folder.")
     flags.DEFINE_string("split", "test", "index: the split of --data_dir.")
+    flags.DEFINE_string("shard", None, "index: i/N, every N-th image from the i-th (N "
+                        "machines; join them with merge).")
+    flags.DEFINE_enum("dtype", "float16", ["float16", "float32"], "index: stored dtype.")
+    flags.DEFINE_integer("batch_size", 32, "index: images per encode_image call.")
     flags.DEFINE_integer("top_k", 10, "query: results to return.")
     flags.DEFINE_integer("rerank_k", None, "query: stage-1 best re-ranked by a model's "
                          "rerank_features (IATV's stage 2); default: the export's "
                          "eval.rerank_k (§4.2: 20); 0 = stage 1 only.")
     flags.DEFINE_bool("json", False, "query: print JSON.")
-    flags.mark_flags_as_required(["savedmodel", "index"])
+    flags.mark_flags_as_required(["index"])
 
 
 def main(argv):
-    if len(argv) < 2 or argv[1] not in ("index", "query"):
-        raise app.UsageError("usage: python -m hgan.search index|query ... (see --help)")
+    if len(argv) < 2 or argv[1] not in ("index", "merge", "query"):
+        raise app.UsageError("usage: python -m hgan.search index|merge|query ... (see --help)")
+    if argv[1] == "merge":
+        if len(argv) < 3:
+            raise app.UsageError("merge takes the shard gallery dirs: merge --index=OUT S1 S2")
+        merge_index(FLAGS.index, argv[2:])
+        return 0
+    if not FLAGS.savedmodel:
+        raise app.UsageError(f"{argv[1]} needs --savedmodel")
     if argv[1] == "index":
         if bool(FLAGS.images) == bool(FLAGS.data_dir):
             raise app.UsageError("index needs exactly one of --images or --data_dir")
-        build_index(FLAGS.savedmodel, FLAGS.index, FLAGS.images, FLAGS.data_dir, FLAGS.split)
+        build_index(FLAGS.savedmodel, FLAGS.index, FLAGS.images, FLAGS.data_dir, FLAGS.split,
+                    batch_size=FLAGS.batch_size, shard=FLAGS.shard, dtype=FLAGS.dtype)
         return 0
     if len(argv) != 3:
         raise app.UsageError('query takes one quoted sentence: query "a man in a red coat"')

@@ -38,12 +38,13 @@ def main(argv):
     if FLAGS.limit:
         captions = captions[:FLAGS.limit]
     with tempfile.TemporaryDirectory() as tmp:
-        index = os.path.join(tmp, "index.npz")
+        index = os.path.join(tmp, "gallery")
         search.build_index(FLAGS.savedmodel, index, data_dir=FLAGS.data_dir,
                            split=FLAGS.split, log=lambda _: None)
         hits = 0
+        searcher = search.Searcher(FLAGS.savedmodel, index)
         for n, (caption, label) in enumerate(captions, 1):
-            top = search.query(FLAGS.savedmodel, index, caption, top_k=1)[0]
+            top = searcher.query(caption, top_k=1)[0]
             hits += identity[top["path"]] == label
             if n % 50 == 0:
                 print(f"{n}/{len(captions)} queries, {100 * hits / n:.1f}% first", flush=True)

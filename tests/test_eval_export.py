@@ -241,26 +241,36 @@ def test_search_indexes_a_folder_skipping_bad_files_and_ranks_by_score(exported,
     _png(folder / "red.png", (220, 20, 20))
     _png(folder / "sub" / "blue.png", (20, 20, 220))
     (folder / "broken.jpg").write_bytes(b"not really a jpeg")
-    index = str(tmp_path / "index.npz")
-    report = search.build_index(exported, index, images=str(folder), log=lambda *_: None)
+    index = str(tmp_path / "gallery")
+    report = search.build_index(exported, index, images=str(folder), log=lambda *_: None,
+                                dtype="float32")
     assert report["images"] == 2
     assert [s["path"] for s in report["skipped"]] == ["broken.jpg"]
     results = search.query(exported, index, "a man in a red shirt", top_k=5)
     assert {r["path"] for r in results} == {"red.png", os.path.join("sub", "blue.png")}
-    assert results[0]["score"] >= results[1]["score"]
-    # The same scores as the SavedModel's own score signature on the raw bytes.
+    # Both re-ranked (the export's rerank_k ≥ 2) and ordered by the fused score, which is
+    # the SavedModel's own score signature on the raw bytes; stage 1 is the sentence
+    # level's cosine.
+    assert results[0]["rerank"] >= results[1]["rerank"]
     served = tf.saved_model.load(exported)
     raw = served.signatures["score"](
         texts=tf.constant(["a man in a red shirt"]),
         images=tf.constant([(folder / r["path"]).read_bytes() for r in results]))
-    np.testing.assert_allclose(raw["score"].numpy()[0], [r["score"] for r in results],
-                               atol=1e-5)
+    np.testing.assert_allclose(raw["score"].numpy()[0], [r["rerank"] for r in results],
+                               atol=1e-4)
+    text = served.signatures["encode_text"](sentences=tf.constant(["a man in a red shirt"]))
+    image = served.signatures["encode_image"](
+        images=tf.constant([(folder / r["path"]).read_bytes() for r in results]))
+    t = tf.math.l2_normalize(text["global"], -1)
+    v = tf.math.l2_normalize(image["global"], -1)
+    np.testing.assert_allclose((t @ tf.transpose(v)).numpy()[0],
+                               [r["score"] for r in results], atol=1e-4)
     with pytest.raises(ValueError, match="empty"):
         search.query(exported, index, "   ")
 
 
 def test_search_cli_prints_json(exported, tiny_data, tmp_path):
-    index = str(tmp_path / "index.npz")
+    index = str(tmp_path / "gallery")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     base = [sys.executable, "-m", "hgan.search"]
     subprocess.run(base + ["index", f"--savedmodel={exported}", f"--data_dir={tiny_data}",

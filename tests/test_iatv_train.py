@@ -183,8 +183,8 @@ def test_export_serves_stage1_scores_and_stage2_confidences(trained, tmp_path):
     colours = [(200, 30, 30), (20, 40, 220), (30, 200, 30)]
     for i, colour in enumerate(colours):
         (folder / f"{i}.png").write_bytes(_png(colour))
-    index = str(tmp_path / "index.npz")
-    search.build_index(saved, index, images=str(folder), log=lambda _: None)
+    index = str(tmp_path / "gallery")
+    search.build_index(saved, index, images=str(folder), log=lambda _: None, dtype="float32")
     stage1 = search.query(saved, index, texts[0], top_k=3, rerank_k=0)
     both = search.query(saved, index, texts[0], top_k=3, rerank_k=2)
     pixels = tf.stack([pipeline.preprocess_image(pipeline.decode_image(_png(c)), config)

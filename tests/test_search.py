@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from hgan.serving import search
+from hgan.serving import gallery, search
 from hgan.tf_compat import tf
 from tests_support import ROOT
 
@@ -34,12 +34,12 @@ class Signature:
         return {k: tf.constant(v) for k, v in self.fn(**arrays).items()}
 
 
-# A query's direction in a 2-d feature space: scores are the features' dot products with it.
+# A query's direction in a 2-d feature space; stage 1 is the cosine with it.
 DIRECTIONS = {b"red": [1.0, 0.0], b"blue": [0.0, 1.0]}
 
 
-def _stage1(texts, image_embedding):
-    return {"score": np.array([DIRECTIONS[t] for t in texts]) @ image_embedding.T}
+def _encode_text(sentences):
+    return {"embedding": np.array([DIRECTIONS[t] for t in sentences], np.float32)}
 
 
 def _logits(texts, image_regions):
@@ -47,138 +47,208 @@ def _logits(texts, image_regions):
     return {"logits": np.array([image_regions[:, 0, 0] + (t == b"blue") for t in texts])}
 
 
+def _encode_image(images):
+    """"IMG:<x>" bytes → embedding [x, 1] and regions of x; other bytes fail their call, as
+    the exported models' in-graph check does."""
+    if any(not blob.startswith(b"IMG:") for blob in images):
+        raise tf.errors.InvalidArgumentError(None, None, "not a JPEG or PNG image\nmore")
+    x = np.array([float(b[4:]) for b in images], np.float32)
+    return {"embedding": np.stack([x, np.ones_like(x)], 1),
+            "regions": x[:, None, None] * np.ones((1, 2, 3), np.float32)}
+
+
 def served(rerank=True):
-    signatures = {"score_features": Signature(_stage1, ["texts", "image_embedding"])}
+    signatures = {"encode_text": Signature(_encode_text, ["sentences"], ["embedding"]),
+                  "encode_image": Signature(_encode_image, ["images"],
+                                            ["embedding", "regions"])}
     if rerank:
         signatures["rerank_features"] = Signature(_logits, ["texts", "image_regions"])
     return type("Served", (), {"signatures": signatures})()
 
 
-# Stage-1 "red" scores 0.2 0.9 0.5 0.9 0.1: order b, d (tie: lower index first), c, a, e.
+def fake_savedmodel(path, version=b"1"):
+    """A folder with what ``gallery.model_fingerprint`` reads (the graph, the index)."""
+    (path / "variables").mkdir(parents=True, exist_ok=True)
+    (path / "saved_model.pb").write_bytes(b"graph" + version)
+    (path / "variables" / "variables.index").write_bytes(b"index")
+    return str(path)
+
+
+# Stage 1 for "red": cosines of [0.2, 0.3] ... with [1, 0]: a .55 b 1 c .98 d .75 e .14,
+# so b, c, d, a, e. Stage-2 logits 4 1 3 2 5.
 EMBEDDING = np.array([[0.2, 0.3], [0.9, 0.0], [0.5, 0.1], [0.9, 0.8], [0.1, 0.7]], np.float32)
-# Stage-2 logits 4 1 3 2 5.
 REGIONS = np.array([4.0, 1.0, 3.0, 2.0, 5.0], np.float32)[:, None, None] * np.ones((1, 2, 3))
 PATHS = ["a.png", "b.png", "c.png", "d.png", "e.png"]
 
 
 @pytest.fixture()
-def index(tmp_path):
-    path = str(tmp_path / "index.npz")
-    np.savez(path, paths=np.array(PATHS), embedding=EMBEDDING, regions=REGIONS)
+def model(tmp_path):
+    return fake_savedmodel(tmp_path / "saved")
+
+
+@pytest.fixture()
+def index(tmp_path, model):
+    path = str(tmp_path / "gallery")
+    g = gallery.Gallery.create(path, gallery.model_fingerprint(model),
+                               {"embedding": (2,), "regions": (2, 3)}, dtype="float32")
+    g.append(PATHS, {"embedding": EMBEDDING, "regions": REGIONS})
     return path
 
 
-def _use(monkeypatch, model):
-    monkeypatch.setattr(search, "_load", lambda savedmodel: model)
-    return model
+def _use(monkeypatch, served_model):
+    monkeypatch.setattr(search, "_load", lambda savedmodel: served_model)
+    return served_model
 
 
-def test_stage1_ranks_the_whole_index_over_chunks(monkeypatch, index, tmp_path):
-    model = _use(monkeypatch, served(rerank=False))
-    results = search.query(str(tmp_path), index, "red", top_k=4, chunk=2)
-    assert [r["path"] for r in results] == ["b.png", "d.png", "c.png", "a.png"]
-    np.testing.assert_allclose([r["score"] for r in results], [0.9, 0.9, 0.5, 0.2], atol=1e-6)
+def _cosines(direction):
+    e = EMBEDDING / np.linalg.norm(EMBEDDING, axis=1, keepdims=True)
+    return e @ np.asarray(direction)
+
+
+def test_stage1_ranks_the_gallery_by_cosine(monkeypatch, model, index):
+    _use(monkeypatch, served(rerank=False))
+    results = search.query(model, index, "red", top_k=4)
+    assert [r["path"] for r in results] == ["b.png", "c.png", "d.png", "a.png"]
+    np.testing.assert_allclose([r["score"] for r in results],
+                               np.sort(_cosines([1, 0]))[::-1][:4], atol=1e-6)
     assert all("rerank" not in r for r in results)
-    calls = model.signatures["score_features"].calls
-    assert [len(c["image_embedding"]) for c in calls] == [2, 2, 1]  # chunks of 2
-    assert all(list(c["texts"]) == [b"red"] for c in calls)
-    blue = search.query(str(tmp_path), index, "blue", top_k=5)  # 0.3 0 0.1 0.8 0.7
-    assert [r["path"] for r in blue] == ["d.png", "e.png", "a.png", "c.png", "b.png"]
+    blue = search.query(model, index, "blue", top_k=5)
+    assert [r["path"] for r in blue] == [PATHS[i] for i in np.argsort(-_cosines([0, 1]))]
 
 
-def test_stage2_reorders_the_stage1_head_and_keeps_the_rest(monkeypatch, index, tmp_path):
-    model = _use(monkeypatch, served())
-    results = search.query(str(tmp_path), index, "red", top_k=5, rerank_k=3)
-    # Head b, d, c by stage 1; logits 1, 2, 3 → c, d, b; then a, e in stage-1 order.
+def test_stage2_reorders_the_stage1_head_and_keeps_the_rest(monkeypatch, model, index):
+    served_model = _use(monkeypatch, served())
+    results = search.query(model, index, "red", top_k=5, rerank_k=3)
+    # Head b, c, d by stage 1; logits 1, 3, 2 → c, d, b; then a, e in stage-1 order.
     assert [r["path"] for r in results] == ["c.png", "d.png", "b.png", "a.png", "e.png"]
     assert [r.get("rerank") for r in results] == [3.0, 2.0, 1.0, None, None]
-    np.testing.assert_allclose([r["score"] for r in results], [0.5, 0.9, 0.9, 0.2, 0.1],
-                               atol=1e-6)
-    (call,) = model.signatures["rerank_features"].calls
-    np.testing.assert_array_equal(call["image_regions"][:, 0, 0], [1.0, 2.0, 3.0])  # b d c
-    top2 = search.query(str(tmp_path), index, "red", top_k=2, rerank_k=3)
+    (call,) = served_model.signatures["rerank_features"].calls
+    np.testing.assert_array_equal(call["image_regions"][:, 0, 0], [1.0, 3.0, 2.0])  # rows b c d
+    top2 = search.query(model, index, "red", top_k=2, rerank_k=3)
     assert [r["path"] for r in top2] == ["c.png", "d.png"]
 
 
-def test_rerank_k_zero_is_stage1_only(monkeypatch, index, tmp_path):
-    model = _use(monkeypatch, served())
-    results = search.query(str(tmp_path), index, "red", top_k=5, rerank_k=0)
-    assert [r["path"] for r in results] == ["b.png", "d.png", "c.png", "a.png", "e.png"]
-    assert model.signatures["rerank_features"].calls == []
+def test_rerank_k_zero_is_stage1_only(monkeypatch, model, index):
+    served_model = _use(monkeypatch, served())
+    results = search.query(model, index, "red", top_k=5, rerank_k=0)
+    assert [r["path"] for r in results] == ["b.png", "c.png", "d.png", "a.png", "e.png"]
+    assert served_model.signatures["rerank_features"].calls == []
 
 
-def test_rerank_k_defaults_to_the_exports_eval_rerank_k(monkeypatch, index, tmp_path,
-                                                        tiny_config):
+def test_rerank_k_defaults_to_the_exports_eval_rerank_k(monkeypatch, model, index, tiny_config,
+                                                        tmp_path):
     _use(monkeypatch, served())
-    savedmodel = tmp_path / "saved"
-    (savedmodel / "assets.extra").mkdir(parents=True)
-    (savedmodel / "assets.extra" / "config.json").write_text(
+    (tmp_path / "saved" / "assets.extra").mkdir()
+    (tmp_path / "saved" / "assets.extra" / "config.json").write_text(
         tiny_config.replace(rerank_k=2).to_json())
-    results = search.query(str(savedmodel), index, "red", top_k=5)
-    # Head b, d (logits 1, 2) → d, b; then c, a, e.
-    assert [r["path"] for r in results] == ["d.png", "b.png", "c.png", "a.png", "e.png"]
+    results = search.query(model, index, "red", top_k=5)
+    # Head b, c (logits 1, 3) → c, b; then d, a, e.
+    assert [r["path"] for r in results] == ["c.png", "b.png", "d.png", "a.png", "e.png"]
     assert sum("rerank" in r for r in results) == 2
-    # An export without its config: 20 (§4.2), here the whole index of 5, by logit.
-    results = search.query(str(tmp_path / "old_export"), index, "red", top_k=5)
+    # An export without its config: 20 (§4.2), here the whole gallery of 5, by logit.
+    os.remove(tmp_path / "saved" / "assets.extra" / "config.json")
+    assert search.default_rerank_k(model) == 20
+    results = search.query(model, index, "red", top_k=5)
     assert [r["path"] for r in results] == ["e.png", "a.png", "c.png", "d.png", "b.png"]
-    assert search.default_rerank_k(str(tmp_path / "old_export")) == 20
 
 
-def test_query_errors_say_what_is_wrong(monkeypatch, index, tmp_path):
+def test_query_errors_say_what_is_wrong(monkeypatch, model, index, tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a SavedModel"):
         search.query(str(tmp_path), index, "red")  # the real loader, on an empty folder
     _use(monkeypatch, served())
-    with pytest.raises(ValueError, match="the query is empty"):
-        search.query(str(tmp_path), index, " \t\n")
-    other = str(tmp_path / "hgan_index.npz")  # features of another model
-    np.savez(other, paths=np.array(PATHS), **{"global": EMBEDDING})
-    with pytest.raises(ValueError, match=r"the index lacks \['image_embedding'\]: was it built "
-                                         "with this SavedModel"):
-        search.query(str(tmp_path), other, "red")
+    for text, top_k, rerank_k, message in ((" \t\n", 5, None, "the query is empty"),
+                                           ("red", 0, None, "top_k must be at least 1"),
+                                           ("red", 5, -1, "rerank_k must be >= 0")):
+        with pytest.raises(ValueError, match=message):
+            search.query(model, index, text, top_k, rerank_k)
+    other = fake_savedmodel(tmp_path / "retrained", version=b"2")
+    with pytest.raises(gallery.ModelMismatch, match="indexed by another model"):
+        search.query(other, index, "red")
+    old = tmp_path / "index.npz"
+    old.write_bytes(b"PK")
+    with pytest.raises(ValueError, match="old single-file format"):
+        search.query(model, str(old), "red")
+    lacking = str(tmp_path / "lacking")  # a gallery without the re-ranker's features
+    gallery.Gallery.create(lacking, gallery.model_fingerprint(model), {"embedding": (2,)}
+                           ).append(PATHS, {"embedding": EMBEDDING})
+    with pytest.raises(ValueError, match=r"the gallery lacks \['image_regions'\]"):
+        search.query(model, lacking, "red", rerank_k=2)
 
 
-def _encoder():
-    """encode_image: "IMG:<x>" bytes → features [x, 0]; other bytes fail their call, as the
-    exported models' in-graph check does."""
-    def encode(images):
-        if any(not blob.startswith(b"IMG:") for blob in images):
-            raise tf.errors.InvalidArgumentError(None, None, "not a JPEG or PNG image\nmore")
-        return {"embedding": np.array([[float(b[4:]), 0.0] for b in images], np.float32)}
-    return Signature(encode, ["images"], ["embedding"])
-
-
-def test_index_skips_bad_files_in_a_batch_and_keeps_the_order(monkeypatch, tmp_path):
-    model = type("Served", (), {"signatures": {"encode_image": _encoder()}})()
-    _use(monkeypatch, model)
-    folder = tmp_path / "photos"
-    (folder / "sub").mkdir(parents=True)
-    for name, blob in [("1.png", b"IMG:1"), ("2.jpg", b"IMG:2"), ("3.png", b"broken"),
-                       ("4.JPEG", b"IMG:4"), ("sub/5.png", b"IMG:5"), ("notes.txt", b"IMG:9")]:
+def _photos(folder, items):
+    for name, blob in items:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(blob)
-    out = str(tmp_path / "index.npz")
-    report = search.build_index("unused", out, images=str(folder), batch_size=2,
-                                log=lambda *_: None)
-    assert report["images"] == 4
+
+
+def test_index_skips_bad_files_resumes_and_extends(monkeypatch, model, tmp_path):
+    served_model = _use(monkeypatch, served())
+    folder = tmp_path / "photos"
+    _photos(folder, [("1.png", b"IMG:1"), ("2.jpg", b"IMG:2"), ("3.png", b"broken"),
+                     ("4.JPEG", b"IMG:4"), ("sub/5.png", b"IMG:5"), ("notes.txt", b"IMG:9")])
+    out = str(tmp_path / "gallery")
+    lines = []
+    report = search.build_index(model, out, images=str(folder), batch_size=2,
+                                log=lines.append)
+    assert (report["images"], report["added"]) == (4, 4)
     assert report["skipped"] == [{"path": "3.png", "reason": "not a JPEG or PNG image"}]
-    saved = np.load(out)
-    assert list(saved["paths"]) == ["1.png", "2.jpg", "4.JPEG", os.path.join("sub", "5.png")]
-    np.testing.assert_array_equal(saved["embedding"][:, 0], [1, 2, 4, 5])
+    assert any("ETA" in ln for ln in lines)
+    g = gallery.Gallery.open(out)
+    assert g.paths() == ["1.png", "2.jpg", "4.JPEG", os.path.join("sub", "5.png")]
+    np.testing.assert_array_equal(g.array("embedding")[:, 0], [1, 2, 4, 5])
+    assert g.dtype == np.float16 and g.bytes_per_item() == (2 + 6) * 2
+    calls = served_model.signatures["encode_image"].calls
     # Batches of 2: [1, 2], then [3, 4] fails and is retried one by one, then [5].
-    assert [len(c["images"]) for c in model.signatures["encode_image"].calls] == [2, 2, 1, 1, 1]
+    assert [len(c["images"]) for c in calls] == [2, 2, 1, 1, 1]
+    # Re-running encodes nothing new but the bad file (retried); a new photo is appended.
+    _photos(folder, [("6.png", b"IMG:6")])
+    calls.clear()
+    report = search.build_index(model, out, images=str(folder), log=lambda *_: None)
+    assert (report["images"], report["added"]) == (5, 1)
+    assert [list(c["images"]) for c in calls] == [[b"broken", b"IMG:6"], [b"broken"],
+                                                  [b"IMG:6"]]
+    assert gallery.Gallery.open(out).paths()[-1] == "6.png"
+    # Another model may not extend this gallery.
+    with pytest.raises(gallery.ModelMismatch):
+        search.build_index(fake_savedmodel(tmp_path / "m2", b"2"), out, images=str(folder),
+                           log=lambda *_: None)
 
 
-def test_index_errors_say_what_is_wrong(monkeypatch, tmp_path):
-    _use(monkeypatch, type("Served", (), {"signatures": {"encode_image": _encoder()}})())
+def test_shards_on_n_machines_merge_into_the_whole_gallery(monkeypatch, model, tmp_path):
+    _use(monkeypatch, served())
+    folder = tmp_path / "photos"
+    _photos(folder, [(f"{i}.png", f"IMG:{i}".encode()) for i in range(7)])
+    shards = []
+    for i in range(3):
+        shards.append(str(tmp_path / f"shard{i}"))
+        search.build_index(model, shards[-1], images=str(folder), shard=f"{i}/3",
+                           log=lambda *_: None)
+    merged = str(tmp_path / "all")
+    search.merge_index(merged, shards, ann_threshold=1, log=lambda *_: None)
+    g = gallery.Gallery.open(merged)
+    assert sorted(g.paths()) == sorted(f"{i}.png" for i in range(7))
+    assert os.path.exists(os.path.join(merged, search.ANN_FILE))  # above the threshold: IVF
+    whole = str(tmp_path / "whole")
+    search.build_index(model, whole, images=str(folder), log=lambda *_: None)
+    a = search.query(model, merged, "red", top_k=7, rerank_k=0)
+    b = search.query(model, whole, "red", top_k=7, rerank_k=0)
+    assert [r["path"] for r in a] == [r["path"] for r in b]
+    with pytest.raises(ValueError, match="not i/N"):
+        search.build_index(model, whole, images=str(folder), shard="1-3", log=lambda *_: None)
+
+
+def test_index_errors_say_what_is_wrong(monkeypatch, model, tmp_path):
+    _use(monkeypatch, served())
     with pytest.raises(FileNotFoundError, match="image folder .*nowhere not found"):
-        search.build_index("unused", str(tmp_path / "i.npz"), images=str(tmp_path / "nowhere"),
+        search.build_index(model, str(tmp_path / "g"), images=str(tmp_path / "nowhere"),
                            log=lambda *_: None)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.png").write_bytes(b"broken")
     with pytest.raises(ValueError, match=r"no image could be indexed; skipped: \[\{'path': "
                                          "'x.png'"):
-        search.build_index("unused", str(tmp_path / "i.npz"), images=str(tmp_path / "bad"),
+        search.build_index(model, str(tmp_path / "g"), images=str(tmp_path / "bad"),
                            log=lambda *_: None)
-    assert not (tmp_path / "i.npz").exists()
+    assert not (tmp_path / "g").exists()
 
 
 _CLI = textwrap.dedent("""
@@ -204,7 +274,9 @@ def test_cli_usage_errors():
              ["index", "--savedmodel=m", "--index=i"],
              ["index", "--savedmodel=m", "--index=i", "--images=f", "--data_dir=d"],
              ["query", "--savedmodel=m", "--index=i"],
-             ["query", "--savedmodel=m", "--index=i", "a", "red coat"]]
+             ["query", "--savedmodel=m", "--index=i", "a", "red coat"],
+             ["query", "--index=i", "red coat"],
+             ["merge", "--index=i"]]
     proc = subprocess.run([sys.executable, "-c", _CLI, json.dumps(cases)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -212,10 +284,12 @@ def test_cli_usage_errors():
     assert line, proc.stderr[-3000:]
     messages = json.loads(line[0][len("RESULT"):])
     assert messages == [
-        "usage: python -m hgan.search index|query ... (see --help)",
-        "usage: python -m hgan.search index|query ... (see --help)",
+        "usage: python -m hgan.search index|merge|query ... (see --help)",
+        "usage: python -m hgan.search index|merge|query ... (see --help)",
         "index needs exactly one of --images or --data_dir",
         "index needs exactly one of --images or --data_dir",
         'query takes one quoted sentence: query "a man in a red coat"',
         'query takes one quoted sentence: query "a man in a red coat"',
+        "query needs --savedmodel",
+        "merge takes the shard gallery dirs: merge --index=OUT S1 S2",
     ]

@@ -29,8 +29,9 @@ def normalise(x) -> np.ndarray:
 
 
 def default_nlist(n: int) -> int:
-    """Inverted lists for n vectors: about 4·√n (FAISS's guideline), at least 1."""
-    return max(1, int(4 * math.sqrt(max(n, 1))))
+    """Inverted lists for n vectors: about 4·√n (FAISS's guideline), with ≥ 39 training
+    points per list (FAISS's minimum without a warning), at least 1."""
+    return max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39))
 
 
 def train(sample, nlist: int, seed: int = 0):

@@ -1,29 +1,42 @@
-"""Text → image search with an exported SavedModel.
+"""Text → image search with an exported SavedModel over an on-disk gallery.
 
-  python -m hgan.search index --savedmodel=DIR --images=FOLDER --index=INDEX.npz
-  python -m hgan.search index --savedmodel=DIR --data_dir=TFRECORDS --split=test --index=INDEX.npz
-  python -m hgan.search query --savedmodel=DIR --index=INDEX.npz "a woman in a red coat" \
-      [--top_k=10] [--json]
+  python -m hgan.search index --savedmodel=DIR --images=FOLDER --index=GALLERY_DIR
+  python -m hgan.search index --savedmodel=DIR --data_dir=TFRECORDS --split=test --index=...
+      [--shard=i/N] [--dtype=float16]
+  python -m hgan.search merge --index=GALLERY_DIR SHARD_DIR ...
+  python -m hgan.search query --savedmodel=DIR --index=GALLERY_DIR "a woman in a red coat" \
+      [--top_k=10] [--rerank_k=K] [--json]
 
-The index holds each image's features from the model's ``encode_image`` signature (every
-output it has) and its path; a query is scored against it with ``score_features`` (HGAN:
-all levels, as eval.py; IATV: stage 1), in chunks. A model that also exports
-``rerank_features`` (IATV's stage 2) re-orders each query's ``--rerank_k`` best by it, the
-rest keeping their order behind, as in two-stage evaluation; ``--rerank_k`` defaults to the
-export's own ``eval.rerank_k`` (its ``assets.extra/config.json``, what eval.py re-ranks;
-20, IATV §4.2, for an export without one). Files in a folder that are
-not JPEG/PNG images are skipped and reported.
+``index`` streams images through the model's ``encode_image`` signature in batches (with
+progress and ETA) into a ``hgan.serving.gallery`` directory: every output, memory-mapped at
+query time. Re-running it skips the images already there, so an interrupted run resumes
+and a grown folder is extended; ``--shard=i/N`` indexes every N-th image (N machines), and
+``merge`` joins the shards. Above ``ann.EXACT_BELOW`` images, ``index`` also builds a FAISS
+IVF index over the global embeddings (``ann.faiss`` beside the gallery).
+
+``query`` is the papers' two-stage search: stage 1 ranks the gallery by the cosine of the
+global embeddings (the sentence level of HGAN, IATV's stage 1; ``encode_text`` /
+``encode_image``'s ``global`` or ``embedding``), exactly or through the IVF; stage 2
+re-scores each query's ``--rerank_k`` best with the model's second scorer
+(``rerank_features``: IATV's stage 2; else ``score_features``: HGAN's fused score with the
+Gumbel heads), as eval.py's two_stage mode. ``--rerank_k`` defaults to the export's
+``eval.rerank_k`` (its ``assets.extra/config.json``; 20, IATV §4.2, without one). A result
+has ``score`` (stage 1's cosine) and, when re-ranked, ``rerank`` (stage 2's score).
+A gallery indexed by another SavedModel is refused. Files in a folder that are not
+JPEG/PNG images are skipped and reported.
 """
 from __future__ import annotations
 
 import functools
 import os
+import time
+from typing import Optional
 
 import numpy as np
 
 from hgan.config import load_export_config
 from hgan.data import pipeline, records
-from hgan.evaluation import rerank
+from hgan.serving import ann, gallery
 from hgan.tf_compat import tf
 
 _EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -37,80 +50,161 @@ def _load(savedmodel: str):
     return tf.saved_model.load(savedmodel)
 
 
-def _folder_images(folder: str):
+def _folder_paths(folder: str):
+    """(relative path, reader) of every JPEG/PNG under ``folder``, sorted."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"image folder {folder} not found")
     for dirpath, _, files in sorted(os.walk(folder)):
         for name in sorted(files):
             if name.lower().endswith(_EXTENSIONS):
                 path = os.path.join(dirpath, name)
-                with open(path, "rb") as f:
-                    yield os.path.relpath(path, folder), f.read()
+                yield os.path.relpath(path, folder), functools.partial(_read_file, path)
 
 
-def _record_images(data_dir: str, split: str):
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _record_paths(data_dir: str, split: str):
     ds = tf.data.TFRecordDataset(pipeline.split_files(data_dir, split)).map(records.parse_example)
     for ex in ds:
-        yield ex["path"].numpy().decode(), ex["encoded"].numpy()
+        blob = ex["encoded"].numpy()
+        yield ex["path"].numpy().decode(), (lambda b=blob: b)
+
+
+GLOBAL_KEYS = ("global", "embedding")  # HGAN's / IATV's global embedding, both signatures
+ANN_FILE = "ann.faiss"
+
+
+def global_key(outputs) -> str:
+    """The global-embedding output of ``encode_image`` / ``encode_text``."""
+    for key in GLOBAL_KEYS:
+        if key in outputs:
+            return key
+    raise ValueError(f"no global embedding among the outputs {sorted(outputs)} (expected one "
+                     f"of {GLOBAL_KEYS}): is this an hgan.export SavedModel?")
+
+
+def _shard(spec: str | None) -> tuple[int, int]:
+    if not spec:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {spec!r} is not i/N (e.g. 0/4)") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {spec!r}: need 0 <= i < N")
+    return i, n
+
+
+def _progress(log, done: int, total: Optional[int], new: int, start: float) -> None:
+    rate = new / max(time.time() - start, 1e-9)
+    if total:
+        left = max(total - done, 0) / rate if rate > 0 else float("inf")
+        log(f"indexed {done}/{total} images, {rate:.1f} images/s, ETA {left / 60:.1f} min")
+    else:
+        log(f"indexed {done} images, {rate:.1f} images/s")
 
 
 def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, split="test",
-                batch_size: int = 32, log=print) -> dict:
-    """Encodes every image once and writes ``index_path`` (.npz) atomically."""
+                batch_size: int = 32, log=print, shard: str | None = None,
+                dtype: str = "float16", ann_threshold: int = ann.EXACT_BELOW) -> dict:
+    """Encodes every image not yet in the gallery ``index_path`` (created if absent) and
+    appends it, batch by batch (each batch committed: an interrupted run resumes). With
+    ``shard`` "i/N", only every N-th image from the i-th (sorted order). Returns {"images"
+    (in the gallery), "added", "skipped", "index"}."""
     served = _load(savedmodel)
+    fingerprint = gallery.model_fingerprint(savedmodel)
     encode = served.signatures["encode_image"]
-    source = _folder_images(images) if images else _record_images(data_dir, split)
-    feats = {k: [] for k in encode.structured_outputs}
-    paths, skipped, batch = [], [], []
+    names = list(encode.structured_outputs)
+    source = list(_folder_paths(images) if images else _record_paths(data_dir, split))
+    i, n = _shard(shard)
+    source = source[i::n]
+    if os.path.exists(os.path.join(index_path, gallery.MANIFEST)):
+        store = gallery.Gallery.open(index_path, model=fingerprint, writable=True)
+    else:
+        store = None
+    todo = [item for item in source if store is None or item[0] not in store]
+    log(f"{len(source)} images{f' in shard {i}/{n}' if n > 1 else ''}, "
+        f"{len(source) - len(todo)} already indexed, {len(todo)} to encode")
+    skipped, batch, added, start = [], [], 0, time.time()
 
     def flush():
+        nonlocal store, added
+        kept, outs = [], []
         try:
-            out = encode(images=tf.constant([b for _, b in batch]))
+            outs.append(encode(images=tf.constant([read() for _, read in batch])))
+            kept = [p for p, _ in batch]
         except tf.errors.InvalidArgumentError:
             # One bad file fails its batch: encode one by one to find and skip it.
-            for path, blob in batch:
+            for path, read in batch:
                 try:
-                    out = encode(images=tf.constant([blob]))
+                    outs.append(encode(images=tf.constant([read()])))
+                    kept.append(path)
                 except tf.errors.InvalidArgumentError as e:
                     skipped.append({"path": path, "reason": e.message.split("\n")[0][:200]})
-                    continue
-                _keep([path], out)
+        if not kept:
             return
-        _keep([p for p, _ in batch], out)
+        feats = {k: np.concatenate([o[k].numpy() for o in outs]) for k in names}
+        if store is None:
+            store = gallery.Gallery.create(index_path, fingerprint,
+                                           {k: v.shape[1:] for k, v in feats.items()}, dtype)
+        store.append(kept, feats)
+        added += len(kept)
 
-    def _keep(batch_paths, out):
-        paths.extend(batch_paths)
-        for k in feats:
-            feats[k].append(out[k].numpy())
-
-    for item in source:
+    for item in todo:
         batch.append(item)
         if len(batch) == batch_size:
             flush()
             batch = []
-            log(f"indexed {len(paths)} images")
+            _progress(log, len(source) - len(todo) + added + len(skipped), len(source),
+                      added, start)
     if batch:
         flush()
-    if not paths:
+    if store is None or not len(store):
         raise ValueError("no image could be indexed"
                          + (f"; skipped: {skipped[:3]}" if skipped else ""))
-    arrays = {k: np.concatenate(v) for k, v in feats.items()}
-    tmp = index_path + ".tmp.npz"
-    np.savez(tmp, paths=np.array(paths), **arrays)
-    os.replace(tmp, index_path)
-    log(f"index of {len(paths)} images written to {index_path}; skipped {len(skipped)}")
+    if added:
+        _build_ann(store, names, ann_threshold, log)
+    log(f"gallery of {len(store)} images in {index_path} (+{added}; "
+        f"{store.bytes_per_item()} B/image); skipped {len(skipped)}")
     for s in skipped:
         log(f"  skipped {s['path']}: {s['reason']}")
-    return {"images": len(paths), "skipped": skipped, "index": index_path}
+    return {"images": len(store), "added": added, "skipped": skipped, "index": index_path}
 
 
-def _image_inputs(signature, index, rows) -> dict:
-    """The signature's ``image_<feature>`` inputs, read from the index at ``rows``."""
+def _build_ann(store, names, threshold: int, log) -> None:
+    """(Re)builds the IVF over the global embeddings above ``threshold``; below it, removes
+    a stale one (exact search)."""
+    path = os.path.join(store.path, ANN_FILE)
+    index = ann.build(store.array(global_key(names)), threshold=threshold)
+    if index is None:
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    ann.save(index, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    log(f"IVF index of {index.ntotal} global embeddings ({index.nlist} lists) in {path}")
+
+
+def merge_index(output: str, shards: list[str], ann_threshold: int = ann.EXACT_BELOW,
+                log=print) -> dict:
+    """``gallery.merge`` of shard galleries into ``output``, then its IVF index."""
+    store = gallery.merge(output, shards)
+    _build_ann(store, list(store.features), ann_threshold, log)
+    log(f"merged {len(shards)} shards: {len(store)} images in {output}")
+    return {"images": len(store), "index": output}
+
+
+def _image_inputs(signature, store, rows) -> dict:
+    """The signature's ``image_<feature>`` inputs, read from the gallery at ``rows``."""
     names = [n for n in signature.structured_input_signature[1] if n.startswith("image_")]
-    missing = [n for n in names if n[len("image_"):] not in index]
+    missing = [n for n in names if n[len("image_"):] not in store.features]
     if missing:
-        raise ValueError(f"the index lacks {missing}: was it built with this SavedModel?")
-    return {n: tf.constant(index[n[len("image_"):]][rows]) for n in names}
+        raise ValueError(f"the gallery lacks {missing}: was it built with this SavedModel?")
+    return {n: tf.constant(np.asarray(store.array(n[len("image_"):])[rows], np.float32))
+            for n in names}
 
 
 DEFAULT_RERANK_K = 20  # IATV §4.2, for an export without its config
@@ -123,36 +217,62 @@ def default_rerank_k(savedmodel: str) -> int:
     return DEFAULT_RERANK_K if config is None else config.eval.rerank_k
 
 
+class Searcher:
+    """A SavedModel and a gallery opened once, for many queries (``query``, the service):
+    the gallery memory-mapped, its IVF index loaded when it has one."""
+
+    def __init__(self, savedmodel: str, index_path: str, nprobe: int = 32):
+        if index_path.endswith(".npz") or os.path.isfile(index_path):
+            raise ValueError(f"{index_path} is an index of the old single-file format; "
+                             "re-run python -m hgan.search index to build a gallery dir")
+        self.served = _load(savedmodel)
+        self.store = gallery.Gallery.open(index_path,
+                                          model=gallery.model_fingerprint(savedmodel))
+        self.key = global_key(self.store.features)
+        ann_path = os.path.join(index_path, ANN_FILE)
+        index = ann.load(ann_path) if os.path.exists(ann_path) else None
+        self.stage1 = ann.Searcher(self.store.array(self.key), index, nprobe=nprobe)
+        sigs = self.served.signatures
+        self.second = sigs.get("rerank_features") or sigs.get("score_features")
+        self.second_output = "logits" if "rerank_features" in sigs else "score"
+        self.default_rerank_k = default_rerank_k(savedmodel)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def query(self, text: str, top_k: int = 10, rerank_k: Optional[int] = None) -> list[dict]:
+        """The ``top_k`` gallery images for ``text``, best first: [{path, row, score (stage
+        1's cosine), rerank (stage 2's score, on the re-ranked ones)}]; ``rerank_k`` None:
+        the export's ``eval.rerank_k``."""
+        if not text.strip():
+            raise ValueError("the query is empty")
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        rerank_k = self.default_rerank_k if rerank_k is None else int(rerank_k)
+        if rerank_k < 0:
+            raise ValueError(f"rerank_k must be >= 0, got {rerank_k}")
+        texts = tf.constant([text])
+        encoded = self.served.signatures["encode_text"](sentences=texts)
+        vector = encoded[global_key(encoded)].numpy()
+        scores, ids = self.stage1.search(vector, max(top_k, rerank_k))
+        keep = ids[0] >= 0  # the IVF pads with -1 when it finds fewer
+        scores, ids = scores[0][keep], ids[0][keep]
+        second = {}
+        head = ids[:rerank_k] if self.second is not None else ids[:0]
+        if len(head):
+            rows = np.sort(head)  # memory-map reads in file order
+            out = self.second(texts=texts, **_image_inputs(self.second, self.store, rows))
+            second = dict(zip(rows.tolist(), out[self.second_output].numpy()[0].tolist()))
+        paths = self.store.paths()
+        results = [{"path": paths[i], "row": int(i), "score": float(s),
+                    **({"rerank": second[i]} if i in second else {})}
+                   for i, s in zip(ids.tolist(), scores.tolist())]
+        # Stage 2 orders its head (ties keep stage-1 order); the rest follow in stage-1 order.
+        head = sorted((r for r in results if "rerank" in r), key=lambda r: -r["rerank"])
+        return (head + [r for r in results if "rerank" not in r])[:top_k]
+
+
 def query(savedmodel: str, index_path: str, text: str, top_k: int = 10,
-          chunk: int = 1024, rerank_k: int | None = None) -> list[dict]:
-    """The ``top_k`` images of the index for ``text``, best first: [{path, score}], plus
-    ``rerank`` (the stage-2 logit) on the re-ranked ones of a model with
-    ``rerank_features``; ``rerank_k`` None: ``default_rerank_k(savedmodel)``."""
-    if not text.strip():
-        raise ValueError("the query is empty")
-    served = _load(savedmodel)
-    if rerank_k is None:
-        rerank_k = default_rerank_k(savedmodel)
-    score = served.signatures["score_features"]
-    index = dict(np.load(index_path))
-    n = len(index["paths"])
-    texts = tf.constant([text])
-    scores = np.concatenate([
-        score(texts=texts, **_image_inputs(score, index, slice(a, a + chunk)))["score"]
-        .numpy()[0] for a in range(0, n, chunk)])
-    second_stage = {}
-    if "rerank_features" in served.signatures and rerank_k > 0:
-        second = served.signatures["rerank_features"]
-
-        def logits(_, images):
-            out = second(texts=texts, **_image_inputs(second, index, images))["logits"]
-            second_stage.update(zip(images.tolist(), out.numpy()[0].tolist()))
-            return out.numpy()[0]
-
-        final = rerank.rerank(scores[None], logits, k=rerank_k, batch_size=rerank_k)[0]
-    else:
-        final = scores
-    order = np.argsort(-final, kind="stable")
-    return [{"path": str(index["paths"][i]), "score": float(scores[i]),
-             **({"rerank": second_stage[i]} if i in second_stage else {})}
-            for i in order[:top_k]]
+          rerank_k: Optional[int] = None) -> list[dict]:
+    """One query: ``Searcher(savedmodel, index_path).query`` (the SavedModel is cached)."""
+    return Searcher(savedmodel, index_path).query(text, top_k, rerank_k)
