@@ -447,3 +447,21 @@ def test_a_sync_batchnorm_run_loads_for_inference_with_plain_batchnorm(tiny_data
         np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), atol=1e-5)
     trained_means = [m.moving_mean.numpy() for m in norms]
     assert any(np.abs(mean).max() > 0 for mean in trained_means)  # statistics were restored
+
+
+def test_the_fused_score_is_the_one_output_of_score(trained, exported, tmp_path):
+    # TF Serving returns a lone output as `outputs`; a loaded signature's outputs come back
+    # in an order that changes between processes. So `score` has the fused score alone and
+    # the levels are in `score_levels`, by name; fused = Σ weight · level.
+    served = tf.saved_model.load(exported)
+    assert list(served.signatures["score"].structured_outputs) == ["score"]
+    assert list(served.signatures["score_features"].structured_outputs) == ["score"]
+    _, config, _ = load_model(trained)
+    texts = tf.constant(["a man in a red shirt.", "a man in blue pants."])
+    images = tf.constant([open(_png(tmp_path / "a.png", (200, 30, 30)), "rb").read()])
+    fused = served.signatures["score"](texts=texts, images=images)["score"].numpy()
+    levels = served.signatures["score_levels"](texts=texts, images=images)
+    assert set(levels) == {"sentence", "word", "phrase"}
+    weights = dict(zip(("sentence", "word", "phrase"), config.eval.score_weights))
+    np.testing.assert_allclose(fused, sum(weights[k] * levels[k].numpy() for k in levels),
+                               atol=1e-5)

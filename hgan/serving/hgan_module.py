@@ -7,10 +7,16 @@ beside TensorFlow, for its tokenizer ops):
 * ``encode_text(sentences: string[N])`` → ``global`` [N, E], ``word`` [N, L, C'],
   ``word_mask`` [N, L], ``phrase`` [N, M, C'], ``phrase_mask`` [N, M];
 * ``encode_image(images: string[N])`` (JPEG/PNG bytes) → ``global``, ``word``, ``phrase``;
-* ``score(texts: string[T], images: string[I])`` → ``score`` [T, I] (the weighted sum used
-  by eval.py) and one [T, I] matrix per enabled level;
-* ``score_features(texts, image_global, image_word, image_phrase)`` → the same, against
-  image features from ``encode_image`` (what ``hgan.search`` keeps in its index).
+* ``score(texts: string[T], images: string[I])`` → ``score`` [T, I] only: the fused score
+  eval.py ranks by (w_s·sentence + w_w·word + w_p·phrase). One output, so a client that
+  takes "the" output (TF Serving's REST API returns a lone output as ``outputs``) gets
+  the fused score: a loaded signature's outputs come back in an order that changes from
+  one process to the next;
+* ``score_levels(texts, images)`` → ``sentence``, ``word``, ``phrase`` [T, I] (the enabled
+  levels, each unweighted), read by name;
+* ``score_features(texts, image_global, image_word, image_phrase)`` → ``score``, the fused
+  score against image features from ``encode_image`` (what ``hgan.search`` keeps in its
+  gallery and re-ranks with).
 
 Requests are validated in-graph: an image that is not JPEG/PNG fails the call with a clear
 message; an empty sentence gets a defined score; a sentence longer than ``max_len`` tokens
@@ -53,11 +59,17 @@ class HGANServing(tf.Module):
     def encode_image(self, images):
         return dict(self._image_features(images))
 
+    def _scores(self, texts, images):
+        return self.model.score(self._text_features(texts), self._image_features(images),
+                                training=False)
+
     @tf.function(input_signature=[STRINGS, STRINGS])
     def score(self, texts, images):
-        scores = self.model.score(self._text_features(texts), self._image_features(images),
-                                  training=False)
-        return {"score" if k == "total" else k: v for k, v in scores.items()}
+        return {"score": self._scores(texts, images)["total"]}
+
+    @tf.function(input_signature=[STRINGS, STRINGS])
+    def score_levels(self, texts, images):
+        return {k: v for k, v in self._scores(texts, images).items() if k != "total"}
 
 
     def score_features_fn(self):
@@ -79,7 +91,7 @@ class HGANServing(tf.Module):
         def score_features(texts, image_global, image_word, image_phrase):
             image = {"global": image_global, "word": image_word, "phrase": image_phrase}
             scores = self.model.score(self._text_features(texts), image, training=False)
-            return {"score" if k == "total" else k: v for k, v in scores.items()}
+            return {"score": scores["total"]}
         return score_features
 
 
@@ -91,5 +103,6 @@ def servable(model: HGAN) -> tuple[tf.Module, dict]:
         "encode_text": module.encode_text.get_concrete_function(),
         "encode_image": module.encode_image.get_concrete_function(),
         "score": module.score.get_concrete_function(),
+        "score_levels": module.score_levels.get_concrete_function(),
         "score_features": module.score_features.get_concrete_function(),
     }
