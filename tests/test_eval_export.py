@@ -465,3 +465,41 @@ def test_the_fused_score_is_the_one_output_of_score(trained, exported, tmp_path)
     weights = dict(zip(("sentence", "word", "phrase"), config.eval.score_weights))
     np.testing.assert_allclose(fused, sum(weights[k] * levels[k].numpy() for k in levels),
                                atol=1e-5)
+
+
+def test_the_service_ranks_as_two_stage_evaluation_does(trained, exported, tiny_data, tmp_path):
+    # Through real HTTP on loopback: the service's ranking of every test caption equals
+    # eval.py's two-stage algorithm (hgan_scoring.Scorer.two_stage) on the export's own
+    # features (its in-graph phrase chunker, as a served query has).
+    import urllib.request
+    from hgan.data import records
+    from hgan.serving import service
+    gallery_dir = str(tmp_path / "gallery")
+    search.build_index(exported, gallery_dir, data_dir=tiny_data, split="test",
+                       dtype="float32", log=lambda *_: None)
+    searcher = search.Searcher(exported, gallery_dir)
+    server = service.Server(service.create_app(searcher)).start()
+    try:
+        examples = [records.parse_example(e) for e in
+                    tf.data.TFRecordDataset(pipeline.split_files(tiny_data, "test"))]
+        captions = [c.decode() for e in examples for c in e["captions"].numpy()]
+        served = tf.saved_model.load(exported)
+        texts = {k: v.numpy() for k, v in
+                 served.signatures["encode_text"](sentences=tf.constant(captions)).items()}
+        images = {k: np.asarray(searcher.store.array(k)) for k in ("global", "word", "phrase")}
+        model, _, _ = load_model(trained)
+        k = 3
+        want = hgan_scoring.Scorer(model).two_stage(texts, images, k=k, direction="t2i")
+        paths = searcher.store.paths()
+        for i, caption in enumerate(captions):
+            body = json.dumps({"text": caption, "top_k": len(paths), "rerank_k": k}).encode()
+            request = urllib.request.Request(server.url + "/api/search", data=body,
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=120) as r:
+                got = json.loads(r.read())["results"]
+            assert [r["row"] for r in got] == np.argsort(-want[i], kind="stable").tolist(), i
+            np.testing.assert_allclose([r["rerank"] for r in got[:k]],
+                                       np.sort(want[i])[::-1][:k], atol=1e-4)
+            assert [r["path"] for r in got] == [paths[r["row"]] for r in got]
+    finally:
+        server.stop()

@@ -17,7 +17,7 @@ LAYERS = [
     ("hgan.training",),
     ("hgan.serving",),
     ("hgan.families",),
-    ("hgan.export", "hgan.search"),  # the CLIs
+    ("hgan.export", "hgan.search", "hgan.serve"),  # the CLIs
 ]
 FAMILIES = {
     "hgan": ("hgan.modeling.hgan", "hgan.evaluation.hgan_scoring", "hgan.training.hgan_task",
@@ -25,7 +25,7 @@ FAMILIES = {
     "iatv": ("hgan.modeling.iatv", "hgan.evaluation.iatv_scoring", "hgan.training.iatv_task",
              "hgan.training.iatv_pairs", "hgan.serving.iatv_module"),
 }
-TOP = ("hgan.families", "hgan.export", "hgan.search")
+TOP = ("hgan.families", "hgan.export", "hgan.search", "hgan.serve")
 
 
 def _modules() -> dict:

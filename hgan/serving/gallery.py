@@ -4,7 +4,7 @@ row-major files that are memory-mapped at query time, so the gallery need not fi
 Layout of a gallery directory::
 
   gallery.json        {"version", "model", "dtype", "count", "features": {name: shape},
-                       "paths_bytes", "created", "updated"}: the committed state
+                       "paths_bytes", "source", "created", "updated"}: the committed state
   paths.jsonl         one JSON string per image (its path), in row order
   feat.<name>.bin     rows of feature <name> (dtype, row-major), in row order
 
@@ -68,8 +68,11 @@ class Gallery:
 
     # --- opening -------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str, model: str, features: dict, dtype: str = "float16") -> "Gallery":
-        """A new, empty gallery for features {name: per-row shape}."""
+    def create(cls, path: str, model: str, features: dict, dtype: str = "float16",
+               source: Optional[dict] = None) -> "Gallery":
+        """A new, empty gallery for features {name: per-row shape}; ``source`` says where
+        its images live ({"kind": "folder", "root"} or {"kind": "tfrecords", "data_dir",
+        "split"}), for a service that shows them."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if os.path.exists(os.path.join(path, MANIFEST)):
@@ -78,7 +81,8 @@ class Gallery:
         now = time.time()
         manifest = {"version": VERSION, "model": model, "dtype": dtype, "count": 0,
                     "features": {k: [int(d) for d in v] for k, v in features.items()},
-                    "paths_bytes": 0, "created": now, "updated": now}
+                    "paths_bytes": 0, "source": source or {}, "created": now,
+                    "updated": now}
         for name in manifest["features"]:
             open(os.path.join(path, _feature_file(name)), "wb").close()
         open(os.path.join(path, PATHS), "wb").close()
@@ -216,7 +220,7 @@ def merge(output: str, shards: Iterable[str], chunk: int = 65536) -> Gallery:
         if s.features != first.features or s.dtype != first.dtype:
             raise ValueError(f"{s.path} and {first.path} hold different features or dtypes")
     out = Gallery.create(output, first.manifest["model"], first.features,
-                         first.manifest["dtype"])
+                         first.manifest["dtype"], first.manifest.get("source"))
     seen: set = set()
     for s in shards:
         paths = s.paths()

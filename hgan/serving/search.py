@@ -119,6 +119,9 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
     encode = served.signatures["encode_image"]
     names = list(encode.structured_outputs)
     source = list(_folder_paths(images) if images else _record_paths(data_dir, split))
+    # Where the images live, for a service that shows them (hgan.serving.service).
+    source_info = ({"kind": "folder", "root": os.path.abspath(images)} if images else
+                   {"kind": "tfrecords", "data_dir": os.path.abspath(data_dir), "split": split})
     i, n = _shard(shard)
     source = source[i::n]
     if os.path.exists(os.path.join(index_path, gallery.MANIFEST)):
@@ -149,7 +152,8 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
         feats = {k: np.concatenate([o[k].numpy() for o in outs]) for k in names}
         if store is None:
             store = gallery.Gallery.create(index_path, fingerprint,
-                                           {k: v.shape[1:] for k, v in feats.items()}, dtype)
+                                           {k: v.shape[1:] for k, v in feats.items()}, dtype,
+                                           source=source_info)
         store.append(kept, feats)
         added += len(kept)
 

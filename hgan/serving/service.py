@@ -1,0 +1,202 @@
+"""Person search as an HTTP service: a JSON API and a web page over a SavedModel and a
+gallery (``python -m hgan.serve``), on FastAPI (Starlette) served by uvicorn.
+
+  GET  /                  the page: type a sentence, see the ranked grid with scores
+  GET  /api/health        {"images", "model", "rerank_k", "stage1": "exact" | "ivf"}
+  POST /api/search        {"text", "top_k"?, "rerank_k"?} → {"query", "top_k", "rerank_k",
+                          "results": [{"rank", "path", "row", "score", "rerank"?,
+                          "image"}], "ms"}: ``hgan.serving.search.Searcher.query``
+  GET  /api/image/{row}   the image of gallery row ``row`` (only indexed images are served)
+
+Names follow the SavedModel's: ``score`` is stage 1 (the global embeddings' cosine),
+``rerank`` stage 2 (HGAN's fused score / IATV's stage-2 logit). Bad input gets a 4xx with a
+``detail`` message and the process keeps serving: a body that is not JSON or not an object
+(400), over ``max_body`` bytes (413), an empty or over-long ``text``, ``top_k`` / ``rerank_k``
+out of range or of the wrong type (422), a row that is not in the gallery (404). A gallery
+indexed by another model is refused at start (``gallery.ModelMismatch``).
+"""
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+import threading
+import time
+from typing import Callable, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from hgan.serving import gallery
+
+MAX_TEXT = 1000  # characters of a query
+MAX_TOP_K = 100
+MAX_RERANK_K = 1000
+MAX_BODY = 16 * 1024  # bytes of a request body
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "index.html")
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def parse_search(body: bytes, max_body: int = MAX_BODY) -> dict:
+    """A search request's body → {"text", "top_k", "rerank_k"} or ``BadRequest``."""
+    if len(body) > max_body:
+        raise BadRequest(413, f"request body over {max_body} bytes")
+    try:
+        request = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BadRequest(400, "the body is not JSON: send {\"text\": \"a man in a red coat\"}")
+    if not isinstance(request, dict):
+        raise BadRequest(400, "the body must be a JSON object with a \"text\"")
+    unknown = sorted(set(request) - {"text", "top_k", "rerank_k"})
+    if unknown:
+        raise BadRequest(422, f"unknown fields {unknown}; known: text, top_k, rerank_k")
+    text = request.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise BadRequest(422, "text must be a non-empty string")
+    if len(text) > MAX_TEXT:
+        raise BadRequest(422, f"text is {len(text)} characters; at most {MAX_TEXT}")
+    out = {"text": text}
+    for name, default, top in (("top_k", 10, MAX_TOP_K), ("rerank_k", None, MAX_RERANK_K)):
+        value = request.get(name, default)
+        if value is None:
+            out[name] = None
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadRequest(422, f"{name} must be an integer")
+        low = 1 if name == "top_k" else 0
+        if not low <= value <= top:
+            raise BadRequest(422, f"{name} must be in [{low}, {top}], got {value}")
+        out[name] = value
+    return out
+
+
+class ImageSource:
+    """The bytes of a gallery row's image, from the folder or the TFRecords it was indexed
+    from: only rows of the gallery, and a folder path must resolve inside its root."""
+
+    def __init__(self, store: gallery.Gallery):
+        self.store = store
+        self.source = store.manifest.get("source") or {}
+        self._records: Optional[dict] = None
+        self._lock = threading.Lock()
+
+    def read(self, row: int) -> tuple[bytes, str]:
+        paths = self.store.paths()
+        if not 0 <= row < len(paths):
+            raise BadRequest(404, f"row {row} is not in the gallery (0..{len(paths) - 1})")
+        path = paths[row]
+        kind = self.source.get("kind")
+        if kind == "folder":
+            root = os.path.realpath(self.source["root"])
+            real = os.path.realpath(os.path.join(root, path))
+            if os.path.commonpath([root, real]) != root or not os.path.isfile(real):
+                raise BadRequest(404, f"{path} is not an image of the gallery's folder")
+            with open(real, "rb") as f:
+                data = f.read()
+        elif kind == "tfrecords":
+            data = self._record_bytes().get(path)
+            if data is None:
+                raise BadRequest(404, f"{path} is not in {self.source['data_dir']}")
+        else:
+            raise BadRequest(404, "the gallery does not say where its images are")
+        kind = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else \
+            (mimetypes.guess_type(path)[0] or "image/jpeg")
+        return data, kind
+
+    def _record_bytes(self) -> dict:
+        with self._lock:
+            if self._records is None:
+                from hgan.data import pipeline, records
+                from hgan.tf_compat import tf
+                files = pipeline.split_files(self.source["data_dir"], self.source["split"])
+                ds = tf.data.TFRecordDataset(files).map(records.parse_example)
+                self._records = {ex["path"].numpy().decode(): ex["encoded"].numpy()
+                                 for ex in ds}
+            return self._records
+
+
+def create_app(searcher, max_body: int = MAX_BODY, log: Callable[[str], None] = print):
+    """The FastAPI app over a ``search.Searcher`` (or anything with ``query``, ``store``,
+    ``default_rerank_k`` and ``stage1.exact``)."""
+    app = FastAPI(title="HGAN / IATV person search", docs_url=None, redoc_url=None)
+    images = ImageSource(searcher.store)
+    lock = threading.Lock()  # one query at a time through the SavedModel
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(_, e: BadRequest):
+        return JSONResponse({"detail": e.detail}, status_code=e.status)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page():
+        with open(PAGE, encoding="utf-8") as f:
+            return f.read()
+
+    @app.get("/api/health")
+    def health():
+        return {"images": len(searcher.store), "model": searcher.store.manifest["model"],
+                "rerank_k": searcher.default_rerank_k,
+                "stage1": "exact" if searcher.stage1.exact else "ivf"}
+
+    @app.post("/api/search")
+    async def search(request: Request):
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body:
+            raise BadRequest(413, f"request body over {max_body} bytes")
+        body = b""
+        async for part in request.stream():
+            body += part
+            if len(body) > max_body:
+                raise BadRequest(413, f"request body over {max_body} bytes")
+        args = parse_search(body, max_body)
+        start = time.perf_counter()
+        with lock:
+            results = searcher.query(args["text"], args["top_k"], args["rerank_k"])
+        ms = 1000 * (time.perf_counter() - start)
+        rerank_k = searcher.default_rerank_k if args["rerank_k"] is None else args["rerank_k"]
+        return {"query": args["text"], "top_k": args["top_k"], "rerank_k": rerank_k,
+                "results": [{"rank": i + 1, **r, "image": f"/api/image/{r['row']}"}
+                            for i, r in enumerate(results)], "ms": round(ms, 2)}
+
+    @app.get("/api/image/{row}")
+    def image(row: int):
+        data, kind = images.read(row)
+        return Response(data, media_type=kind, headers={"Cache-Control": "max-age=3600"})
+
+    return app
+
+
+class Server:
+    """uvicorn in a background thread on ``host:port`` (port 0: a free one); ``url`` once
+    started; ``stop()`` shuts it down. What ``python -m hgan.serve`` runs in the foreground,
+    and what the tests talk to over real HTTP."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+        import uvicorn
+        self.config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                     access_log=False)
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self, timeout: float = 30.0) -> "Server":
+        self.thread.start()
+        deadline = time.time() + timeout
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        return self
+
+    @property
+    def url(self) -> str:
+        sock = self.server.servers[0].sockets[0]
+        host, port = sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

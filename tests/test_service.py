@@ -1,0 +1,139 @@
+"""The HTTP service (hgan/serving/service.py) through real HTTP on loopback, over a
+stand-in searcher: every route, and every bad input answered with its status while the
+process keeps serving. The real export is served in test_eval_export.py."""
+import json
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from hgan.serving import gallery, service
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"0" * 16
+
+
+class StandIn:
+    """What the app reads of a ``search.Searcher``: query, store, default_rerank_k, stage1."""
+
+    def __init__(self, store):
+        self.store, self.default_rerank_k, self.calls = store, 7, []
+        self.stage1 = type("Stage1", (), {"exact": True})()
+
+    def query(self, text, top_k, rerank_k):
+        self.calls.append((text, top_k, rerank_k))
+        rows = list(range(len(self.store)))[::-1][:top_k]
+        return [{"path": self.store.paths()[r], "row": r, "score": 1.0 - 0.1 * i,
+                 **({"rerank": 5.0 - i} if i < 2 else {})} for i, r in enumerate(rows)]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("svc")
+    photos = root / "photos"
+    (photos / "sub").mkdir(parents=True)
+    (photos / "a.png").write_bytes(PNG)
+    (photos / "sub" / "b.jpg").write_bytes(b"\xff\xd8jpeg")
+    (root / "secret.png").write_bytes(b"TOP-SECRET-BYTES")
+    store = gallery.Gallery.create(str(root / "g"), "m", {"embedding": (2,)},
+                                   source={"kind": "folder", "root": str(photos)})
+    # A path that would escape the folder: in the gallery, but never served.
+    store.append(["a.png", "sub/b.jpg", "../secret.png"], {"embedding": np.zeros((3, 2))})
+    searcher = StandIn(gallery.Gallery.open(store.path))
+    running = service.Server(service.create_app(searcher, max_body=2048)).start()
+    yield running.url, searcher
+    running.stop()
+
+
+def _call(url, path, body=None, raw=None, headers=None):
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(url + path, data=data, headers=headers or {
+        "Content-Type": "application/json"}, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, r.headers.get("Content-Type"), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type"), e.read()
+
+
+def test_page_health_and_search(server):
+    url, searcher = server
+    status, kind, page = _call(url, "/")
+    assert status == 200 and kind.startswith("text/html") and b'id="text"' in page
+    status, _, body = _call(url, "/api/health")
+    assert status == 200 and json.loads(body) == {"images": 3, "model": "m", "rerank_k": 7,
+                                                  "stage1": "exact"}
+    status, _, body = _call(url, "/api/search", {"text": "a red coat", "top_k": 2})
+    out = json.loads(body)
+    assert status == 200 and searcher.calls[-1] == ("a red coat", 2, None)
+    assert out["query"] == "a red coat" and out["rerank_k"] == 7
+    assert [(r["rank"], r["row"], r["path"], r["image"]) for r in out["results"]] == [
+        (1, 2, "../secret.png", "/api/image/2"), (2, 1, "sub/b.jpg", "/api/image/1")]
+    assert out["results"][0]["rerank"] == 5.0 and out["results"][0]["score"] == 1.0
+    status, _, body = _call(url, "/api/search", {"text": "x", "rerank_k": 0})
+    assert status == 200 and json.loads(body)["rerank_k"] == 0
+
+
+def test_images_of_the_gallery_only(server):
+    url, _ = server
+    assert _call(url, "/api/image/0")[:3:2] == (200, PNG)
+    assert _call(url, "/api/image/0")[1] == "image/png"
+    status, kind, data = _call(url, "/api/image/1")
+    assert status == 200 and data == b"\xff\xd8jpeg" and kind == "image/jpeg"
+    for row in ("2", "3", "-1"):  # escapes the folder / not in the gallery
+        status, _, body = _call(url, f"/api/image/{row}")
+        assert status == 404 and b"TOP-SECRET" not in body, row
+    assert _call(url, "/api/image/abc")[0] == 422
+
+
+@pytest.mark.parametrize("raw,status,message", [
+    (b"not json", 400, "not JSON"),
+    (b"\xff\xfe", 400, "not JSON"),
+    (b"[1, 2]", 400, "JSON object"),
+    (b'{"text": ""}', 422, "non-empty string"),
+    (b'{"text": "   "}', 422, "non-empty string"),
+    (b'{"text": 5}', 422, "non-empty string"),
+    (b'{"top_k": 3}', 422, "non-empty string"),
+    (json.dumps({"text": "a" * 1001}).encode(), 422, "at most 1000"),
+    (b'{"text": "a", "top_k": 0}', 422, "top_k must be in"),
+    (b'{"text": "a", "top_k": 101}', 422, "top_k must be in"),
+    (b'{"text": "a", "top_k": "5"}', 422, "top_k must be an integer"),
+    (b'{"text": "a", "top_k": true}', 422, "top_k must be an integer"),
+    (b'{"text": "a", "top_k": 2.5}', 422, "top_k must be an integer"),
+    (b'{"text": "a", "rerank_k": -1}', 422, "rerank_k must be in"),
+    (b'{"text": "a", "k": 3}', 422, "unknown fields"),
+    (json.dumps({"text": "a" * 3000}).encode(), 413, "over 2048 bytes"),
+])
+def test_bad_input_gets_its_status_and_the_server_keeps_serving(server, raw, status, message):
+    url, searcher = server
+    before = len(searcher.calls)
+    got, kind, body = _call(url, "/api/search", raw=raw)
+    assert got == status and kind == "application/json"
+    assert message in json.loads(body)["detail"]
+    assert len(searcher.calls) == before  # nothing reached the model
+    assert _call(url, "/api/health")[0] == 200
+
+
+def test_a_body_over_the_limit_without_a_length_is_refused_too(server):
+    import http.client
+    url, _ = server
+    host, port = url[len("http://"):].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.putrequest("POST", "/api/search")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    for _ in range(5):
+        chunk = b" " * 1000
+        conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    conn.send(b"0\r\n\r\n")
+    response = conn.getresponse()
+    assert response.status == 413 and b"over 2048" in response.read()
+    assert _call(url, "/api/health")[0] == 200
+
+
+def test_parse_search_reads_what_it_is_given():
+    assert service.parse_search(b'{"text": "a", "top_k": 3, "rerank_k": null}') == \
+        {"text": "a", "top_k": 3, "rerank_k": None}
+    assert service.parse_search(b'{"text": "a"}') == {"text": "a", "top_k": 10,
+                                                      "rerank_k": None}
