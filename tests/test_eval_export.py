@@ -501,5 +501,22 @@ def test_the_service_ranks_as_two_stage_evaluation_does(trained, exported, tiny_
             np.testing.assert_allclose([r["rerank"] for r in got[:k]],
                                        np.sort(want[i])[::-1][:k], atol=1e-4)
             assert [r["path"] for r in got] == [paths[r["row"]] for r in got]
+        # Fig. 4 for the first caption's best result: k1 words per region, words of the
+        # caption, the same selections as the model's own word head in process.
+        body = json.dumps({"text": captions[0], "row": got[0]["row"]}).encode()
+        request = urllib.request.Request(server.url + "/api/explain", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as r:
+            explained = json.loads(r.read())
+        words = pipeline.make_tokenizer(model.config).caption_words(captions[0])
+        assert explained["words"] == words
+        k1 = min(model.config.model.k1, len(words))
+        assert all(len(region) == k1 for region in explained["regions"])
+        alpha, _ = model.word_head.selections(
+            tf.constant(texts["word"][:1]), tf.constant(texts["word_mask"][:1]),
+            tf.constant(images["word"][got[0]["row"]:got[0]["row"] + 1]))
+        want_slots = [sorted(np.flatnonzero(a > 0.5).tolist()) for a in alpha.numpy()[0, 0]]
+        assert [sorted(w["slot"] for w in region) for region in explained["regions"]] == \
+            want_slots
     finally:
         server.stop()

@@ -20,6 +20,12 @@ class StandIn:
         self.store, self.default_rerank_k, self.calls = store, 7, []
         self.stage1 = type("Stage1", (), {"exact": True})()
 
+    def explain(self, text, row):
+        if text == "iatv":
+            raise LookupError("this model exports no word-level selections to show")
+        return {"row": row, "path": self.store.paths()[row], "words": ["red", "coat"],
+                "regions": [[{"word": "red", "slot": 0, "weight": 0.7}], []]}
+
     def query(self, text, top_k, rerank_k):
         self.calls.append((text, top_k, rerank_k))
         rows = list(range(len(self.store)))[::-1][:top_k]
@@ -137,3 +143,20 @@ def test_parse_search_reads_what_it_is_given():
         {"text": "a", "top_k": 3, "rerank_k": None}
     assert service.parse_search(b'{"text": "a"}') == {"text": "a", "top_k": 10,
                                                       "rerank_k": None}
+
+
+def test_explain_returns_a_results_word_map(server):
+    url, _ = server
+    status, _, body = _call(url, "/api/explain", {"text": "a red coat", "row": 1})
+    assert status == 200
+    assert json.loads(body) == {"row": 1, "path": "sub/b.jpg", "words": ["red", "coat"],
+                                "regions": [[{"word": "red", "slot": 0, "weight": 0.7}], []]}
+    for request, code, message in ((b'{"text": "a"}', 422, "row must be"),
+                                   (b'{"text": "a", "row": -2}', 422, "row must be"),
+                                   (b'{"text": "a", "row": "1"}', 422, "row must be"),
+                                   (b'{"text": "", "row": 1}', 422, "non-empty"),
+                                   (b'{"text": "a", "row": 1, "x": 0}', 422, "unknown fields"),
+                                   (b'nope', 400, "not JSON"),
+                                   (b'{"text": "iatv", "row": 1}', 404, "no word-level")):
+        got, _, answer = _call(url, "/api/explain", raw=request)
+        assert got == code and message in json.loads(answer)["detail"], request

@@ -167,3 +167,15 @@ def test_truncation_keeps_the_part_of_a_phrase_that_fits(phrase_vocab):
     [(_, rows)] = _marked(phrase_vocab, [caption], [["blue shoes", "a red coat", "coat"]],
                           max_phrases=2)
     assert rows == [[5, 6, 7], [1, 2, 3]]
+
+
+def test_word_strings_are_caption_words_in_graph(tiny_vocab):
+    from hgan.data.tokenization import CaptionTokenizer
+    tok = CaptionTokenizer(tiny_vocab, max_len=9, max_phrases=2)
+    captions = ["a man in a red shirt with a bag.", "A T-shirt", "", "a man " * 10]
+    got = tok.word_strings(tf.constant(captions)).numpy()
+    assert got.shape == (4, 9)
+    for row, caption in zip(got, captions):
+        words = tok.caption_words(caption)
+        assert [w.decode() for w in row[:len(words)]] == words
+        assert all(w == b"" for w in row[len(words):])

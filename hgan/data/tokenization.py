@@ -116,6 +116,22 @@ class CaptionTokenizer(tf.Module):
         """Token strings of a sequence of ids (for figures and debugging)."""
         return [self._vocab[i] if 0 <= i < len(self._vocab) else "[UNK]" for i in ids]
 
+    def word_strings(self, captions: tf.Tensor) -> tf.Tensor:
+        """In-graph ``caption_words`` of a batch: [B, max_len] strings, slot w holding word
+        w's WordPieces joined ("##" dropped), "" past the last word (what an exported
+        model's explanation names its word keys with)."""
+        out = self(captions)
+        ids, index = out["input_word_ids"], out["token_word_index"]
+        pieces = tf.strings.regex_replace(tf.gather(tf.constant(self._vocab + ["[UNK]"]),
+                                                    tf.minimum(ids, self.vocab_size)), "^##", "")
+        slots = self.max_len + 1  # one extra slot per row collects the tokens of no word
+        rows = tf.range(tf.shape(ids)[0])[:, None]
+        segment = rows * slots + tf.where(index >= 0, index, self.max_len)
+        joined = tf.strings.unsorted_segment_join(
+            tf.reshape(pieces, [-1]), tf.reshape(segment, [-1]),
+            num_segments=tf.shape(ids)[0] * slots)
+        return tf.reshape(joined, [-1, slots])[:, :self.max_len]
+
     def caption_words(self, caption: str) -> list[str]:
         """The words of one caption as the word level sees them (``token_word_index``
         order, punctuation left out, truncated like the tokens): each word's WordPieces

@@ -16,7 +16,10 @@ beside TensorFlow, for its tokenizer ops):
   levels, each unweighted), read by name;
 * ``score_features(texts, image_global, image_word, image_phrase)`` → ``score``, the fused
   score against image features from ``encode_image`` (what ``hgan.search`` keeps in its
-  gallery and re-ranks with).
+  gallery and re-ranks with);
+* ``explain_features(texts, image_word)`` → ``selected``, ``weights`` [T, I, N, R] and
+  ``words`` [T, R]: which words each region picks (Fig. 4), for models with the word level
+  and whole-word keys.
 
 Requests are validated in-graph: an image that is not JPEG/PNG fails the call with a clear
 message; an empty sentence gets a defined score; a sentence longer than ``max_len`` tokens
@@ -95,11 +98,36 @@ class HGANServing(tf.Module):
         return score_features
 
 
+    def explain_features_fn(self):
+        """``explain_features(texts, image_word)`` → the word level's inference-time
+        selections (Fig. 4): ``selected`` [T, I, N, R] (1 where region n of image i picks
+        word r of text t; k1 per region), ``weights`` (Eq. 7's softmax over them) and
+        ``words`` [T, R], the word keys' strings."""
+        c = self.config
+        h, w = (partition_grid(tuple(c.model.partition_map), c.model.word_pool,
+                               c.model.word_stride) if c.model.partition_map else (None, None))
+
+        @tf.function(input_signature=[
+            STRINGS, tf.TensorSpec([None, h * w if h else None, c.model.local_dim],
+                                   tf.float32)])
+        def explain_features(texts, image_word):
+            text = self._text_features(texts)
+            selected, weights = self.model.word_head.selections(text["word"],
+                                                                text["word_mask"], image_word)
+            return {"selected": selected, "weights": weights,
+                    "words": self.tokenizer.word_strings(texts)}
+        return explain_features
+
+
 def servable(model: HGAN) -> tuple[tf.Module, dict]:
     """The serving module of a trained HGAN and its signatures."""
     module = HGANServing(model)
     module.score_features = module.score_features_fn()
-    return module, {
+    explain = {}
+    if model.word_head is not None and model.config.model.word_keys == "words":
+        module.explain_features = module.explain_features_fn()
+        explain["explain_features"] = module.explain_features.get_concrete_function()
+    return module, {**explain,
         "encode_text": module.encode_text.get_concrete_function(),
         "encode_image": module.encode_image.get_concrete_function(),
         "score": module.score.get_concrete_function(),

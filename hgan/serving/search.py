@@ -276,6 +276,35 @@ class Searcher:
         return (head + [r for r in results if "rerank" not in r])[:top_k]
 
 
+    def explain(self, text: str, row: int) -> dict:
+        """Fig. 4 for one result: which words each region of gallery image ``row`` picks
+        for ``text`` (the export's ``explain_features``) → {"row", "path", "words",
+        "regions": [[{"word", "weight"}, ...] per region, heaviest first]}."""
+        sig = self.served.signatures
+        if "explain_features" not in sig:
+            raise LookupError("this model exports no word-level selections to show (an IATV "
+                              "model, or HGAN without the word level)")
+        if not text.strip():
+            raise ValueError("the query is empty")
+        if not 0 <= row < len(self.store):
+            raise IndexError(f"row {row} is not in the gallery (0..{len(self.store) - 1})")
+        out = sig["explain_features"](
+            texts=tf.constant([text]),
+            image_word=tf.constant(np.asarray(self.store.array("word")[row:row + 1],
+                                              np.float32)))
+        selected = out["selected"].numpy()[0, 0]  # [N, R]
+        weights = out["weights"].numpy()[0, 0]
+        words = [w.decode("utf-8") for w in out["words"].numpy()[0]]
+        regions = []
+        for n in range(selected.shape[0]):
+            picked = np.flatnonzero(selected[n] > 0.5)
+            picked = picked[np.argsort(-weights[n, picked], kind="stable")]
+            regions.append([{"word": words[r], "slot": int(r), "weight": float(weights[n, r])}
+                            for r in picked])
+        return {"row": int(row), "path": self.store.paths()[row],
+                "words": [w for w in words if w], "regions": regions}
+
+
 def query(savedmodel: str, index_path: str, text: str, top_k: int = 10,
           rerank_k: Optional[int] = None) -> list[dict]:
     """One query: ``Searcher(savedmodel, index_path).query`` (the SavedModel is cached)."""

@@ -6,6 +6,9 @@ gallery (``python -m hgan.serve``), on FastAPI (Starlette) served by uvicorn.
   POST /api/search        {"text", "top_k"?, "rerank_k"?} → {"query", "top_k", "rerank_k",
                           "results": [{"rank", "path", "row", "score", "rerank"?,
                           "image"}], "ms"}: ``hgan.serving.search.Searcher.query``
+  POST /api/explain       {"text", "row"} → Fig. 4 for that result: {"row", "path", "words",
+                          "regions": [[{"word", "slot", "weight"}] per region]} (404 for
+                          a model without word-level selections: IATV)
   GET  /api/image/{row}   the image of gallery row ``row`` (only indexed images are served)
 
 Names follow the SavedModel's: ``score`` is stage 1 (the global embeddings' cosine),
@@ -44,23 +47,11 @@ class BadRequest(Exception):
 
 def parse_search(body: bytes, max_body: int = MAX_BODY) -> dict:
     """A search request's body → {"text", "top_k", "rerank_k"} or ``BadRequest``."""
-    if len(body) > max_body:
-        raise BadRequest(413, f"request body over {max_body} bytes")
-    try:
-        request = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BadRequest(400, "the body is not JSON: send {\"text\": \"a man in a red coat\"}")
-    if not isinstance(request, dict):
-        raise BadRequest(400, "the body must be a JSON object with a \"text\"")
+    request = _json_object(body, max_body, '{"text": "a man in a red coat"}')
     unknown = sorted(set(request) - {"text", "top_k", "rerank_k"})
     if unknown:
         raise BadRequest(422, f"unknown fields {unknown}; known: text, top_k, rerank_k")
-    text = request.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise BadRequest(422, "text must be a non-empty string")
-    if len(text) > MAX_TEXT:
-        raise BadRequest(422, f"text is {len(text)} characters; at most {MAX_TEXT}")
-    out = {"text": text}
+    out = {"text": _text(request)}
     for name, default, top in (("top_k", 10, MAX_TOP_K), ("rerank_k", None, MAX_RERANK_K)):
         value = request.get(name, default)
         if value is None:
@@ -120,6 +111,53 @@ class ImageSource:
             return self._records
 
 
+async def _bounded_body(request, max_body: int) -> bytes:
+    """The request's body, refused (413) past ``max_body`` bytes whether it declares its
+    length or is chunked."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_body:
+        raise BadRequest(413, f"request body over {max_body} bytes")
+    body = b""
+    async for part in request.stream():
+        body += part
+        if len(body) > max_body:
+            raise BadRequest(413, f"request body over {max_body} bytes")
+    return body
+
+
+def _json_object(body: bytes, max_body: int, example: str) -> dict:
+    if len(body) > max_body:
+        raise BadRequest(413, f"request body over {max_body} bytes")
+    try:
+        request = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BadRequest(400, f"the body is not JSON: send {example}")
+    if not isinstance(request, dict):
+        raise BadRequest(400, f"the body must be a JSON object, e.g. {example}")
+    return request
+
+
+def _text(request: dict) -> str:
+    text = request.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise BadRequest(422, "text must be a non-empty string")
+    if len(text) > MAX_TEXT:
+        raise BadRequest(422, f"text is {len(text)} characters; at most {MAX_TEXT}")
+    return text
+
+
+def parse_explain(body: bytes, max_body: int = MAX_BODY) -> dict:
+    """An explanation request's body → {"text", "row"} or ``BadRequest``."""
+    request = _json_object(body, max_body, '{"text": "a man in a red coat", "row": 3}')
+    unknown = sorted(set(request) - {"text", "row"})
+    if unknown:
+        raise BadRequest(422, f"unknown fields {unknown}; known: text, row")
+    row = request.get("row")
+    if isinstance(row, bool) or not isinstance(row, int) or row < 0:
+        raise BadRequest(422, "row must be a gallery row (an integer >= 0)")
+    return {"text": _text(request), "row": row}
+
+
 def create_app(searcher, max_body: int = MAX_BODY, log: Callable[[str], None] = print):
     """The FastAPI app over a ``search.Searcher`` (or anything with ``query``, ``store``,
     ``default_rerank_k`` and ``stage1.exact``)."""
@@ -144,15 +182,7 @@ def create_app(searcher, max_body: int = MAX_BODY, log: Callable[[str], None] = 
 
     @app.post("/api/search")
     async def search(request: Request):
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_body:
-            raise BadRequest(413, f"request body over {max_body} bytes")
-        body = b""
-        async for part in request.stream():
-            body += part
-            if len(body) > max_body:
-                raise BadRequest(413, f"request body over {max_body} bytes")
-        args = parse_search(body, max_body)
+        args = parse_search(await _bounded_body(request, max_body), max_body)
         start = time.perf_counter()
         with lock:
             results = searcher.query(args["text"], args["top_k"], args["rerank_k"])
@@ -161,6 +191,16 @@ def create_app(searcher, max_body: int = MAX_BODY, log: Callable[[str], None] = 
         return {"query": args["text"], "top_k": args["top_k"], "rerank_k": rerank_k,
                 "results": [{"rank": i + 1, **r, "image": f"/api/image/{r['row']}"}
                             for i, r in enumerate(results)], "ms": round(ms, 2)}
+
+    @app.post("/api/explain")
+    async def explain(request: Request):
+        body = await _bounded_body(request, max_body)
+        args = parse_explain(body, max_body)
+        try:
+            with lock:
+                return searcher.explain(args["text"], args["row"])
+        except LookupError as e:
+            raise BadRequest(404, str(e).strip("'\""))
 
     @app.get("/api/image/{row}")
     def image(row: int):
