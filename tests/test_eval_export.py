@@ -520,3 +520,74 @@ def test_the_service_ranks_as_two_stage_evaluation_does(trained, exported, tiny_
             want_slots
     finally:
         server.stop()
+
+
+def _browser():
+    """Headless Debian chromium through its chromedriver (scripts/test.sh installs both)."""
+    import shutil
+    webdriver = pytest.importorskip("selenium.webdriver")
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and driver):
+        pytest.skip("chromium / chromedriver not installed (scripts/test.sh installs them "
+                    "with apt when it can)")
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1200,900"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_the_page_in_a_real_browser(exported, tiny_data, tmp_path):
+    # Load the page, type a test caption, see the grid in the API's ranking (which the test
+    # above pins to two-stage evaluation), open the best result's word map; a screenshot
+    # stays in the test's tmp dir (printed).
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from hgan.data import records
+    from hgan.serving import service
+    gallery_dir = str(tmp_path / "gallery")
+    search.build_index(exported, gallery_dir, data_dir=tiny_data, split="test",
+                       log=lambda *_: None)
+    searcher = search.Searcher(exported, gallery_dir)
+    example = records.parse_example(next(iter(
+        tf.data.TFRecordDataset(pipeline.split_files(tiny_data, "test")))))
+    caption = example["captions"].numpy()[0].decode()
+    want = searcher.query(caption, top_k=10)
+    server = service.Server(service.create_app(searcher)).start()
+    browser = _browser()
+    try:
+        browser.get(server.url + "/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: "images indexed" in b.find_element(By.ID, "status").text)
+        browser.find_element(By.ID, "text").send_keys(caption)
+        browser.find_element(By.ID, "go").click()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#grid .result")) == len(want))
+        cards = browser.find_elements(By.CSS_SELECTOR, "#grid .result")
+        assert [c.get_attribute("data-path") for c in cards] == [r["path"] for r in want]
+        assert "#1" in cards[0].text and f"{want[0]['score']:.3f}" in cards[0].text
+        # Every card's image loaded (naturalWidth > 0): served from the gallery's records.
+        wait.until(lambda b: all(b.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth > 0", img)
+            for img in b.find_elements(By.CSS_SELECTOR, "#grid img")))
+        cards[0].click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#wordmap tr"))
+        rows = browser.find_elements(By.CSS_SELECTOR, "#wordmap tr")
+        explained = searcher.explain(caption, want[0]["row"])
+        assert len(rows) == len(explained["regions"])
+        first = rows[0].find_element(By.CSS_SELECTOR, ".words").text
+        assert all(w["word"] in first for w in explained["regions"][0])
+        shot = str(tmp_path / "search_page.png")
+        browser.save_screenshot(shot)
+        print(f"screenshot: {shot}")
+        assert os.path.getsize(shot) > 10_000
+        # A bad request shows its message and the page keeps working.
+        box = browser.find_element(By.ID, "text")
+        box.clear()
+        box.send_keys(" ")
+        browser.find_element(By.ID, "go").click()
+        wait.until(lambda b: "non-empty" in b.find_element(By.ID, "status").text)
+    finally:
+        browser.quit()
+        server.stop()
