@@ -77,7 +77,7 @@ def test_inception_v3_stands_in_for_googlenet(config):
 
 def test_unknown_backbone_and_missing_weights_file_are_refused(config):
     with pytest.raises(ValueError, match="iatv_backbone"):
-        stage1.build_image_tower(config.replace(iatv_backbone="googlenet"))
+        stage1.build_image_tower(config.replace(iatv_backbone="alexnet"))
     with pytest.raises(FileNotFoundError):
         stage1.build_image_tower(config.replace(iatv_backbone="vgg16", image_width=32,
                                                 backbone_weights="/nonexistent.h5"))
