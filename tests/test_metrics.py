@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from hgan.evaluation import metrics
 from hgan.evaluation.metrics import ap_at_k, class_rank1, retrieval_metrics
 
 
@@ -103,3 +104,11 @@ def test_two_stage_re_ranks_at_least_fifty_where_ap50_is_reported():
     assert rerank_depth(20, class_level=True) == 50  # IATV's 20 would leave AP@50 as stage 1's
     assert rerank_depth(100, class_level=True) == 100
     assert rerank_depth(20, class_level=False) == 20
+
+
+def test_unit_rows_normalises_each_row_and_keeps_zero_rows():
+    x = np.array([[3.0, 4.0], [0.0, 0.0], [0.0, -2.0]])
+    np.testing.assert_allclose(metrics.unit_rows(x), [[0.6, 0.8], [0, 0], [0, -1]])
+    assert metrics.unit_rows(x).dtype == np.float32
+    assert metrics.unit_rows(x, np.float64).dtype == np.float64
+    np.testing.assert_allclose(metrics.unit_rows(np.ones((2, 3, 4)))[1, 2], [0.5] * 4)

@@ -25,6 +25,7 @@ import string
 
 import numpy as np
 
+from hgan.evaluation import metrics
 from hgan.tf_compat import tf
 
 # Content words of pedestrian descriptions: what a body region can show.
@@ -54,7 +55,7 @@ def spread(x: np.ndarray) -> dict:
     """Mean pairwise cosine of the rows of ``x`` [N, D] and the first principal axis's share
     of the variance."""
     x = np.asarray(x, np.float64)
-    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    unit = metrics.unit_rows(x, np.float64)
     cos = unit @ unit.T
     n = len(x)
     mean_cos = float((cos.sum() - np.trace(cos)) / max(n * (n - 1), 1))

@@ -4,6 +4,13 @@ from __future__ import annotations
 import numpy as np
 
 
+def unit_rows(x, dtype=np.float32) -> np.ndarray:
+    """Each row of ``x`` [..., D] l2-normalised (a zero row stays zero): the cosine side
+    of every global retrieval here (stage-1 screening, IATV's pair mining, FAISS)."""
+    x = np.asarray(x, dtype)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 def _ranked_relevance(similarity, query_ids, gallery_ids):
     similarity = np.asarray(similarity)
     query_ids, gallery_ids = np.asarray(query_ids), np.asarray(gallery_ids)

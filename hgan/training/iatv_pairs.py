@@ -9,12 +9,8 @@ import numpy as np
 from hgan.config import Config
 from hgan.data import pipeline, records
 from hgan.evaluation import rerank
+from hgan.evaluation.metrics import unit_rows
 from hgan.tf_compat import tf
-
-
-def _normalise(x):
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _nearest(queries, keys, k: int, chunk: int) -> np.ndarray:
@@ -37,7 +33,7 @@ def mine_pairs(text_feats, image_feats, text_labels, image_labels, k: int = 20,
     union of every text's k nearest images and every image's k nearest texts, each pair
     once, sorted by (text, image).
     """
-    text, image = _normalise(text_feats), _normalise(image_feats)
+    text, image = unit_rows(text_feats), unit_rows(image_feats)
     text_labels, image_labels = np.asarray(text_labels), np.asarray(image_labels)
     if len(text) != len(text_labels) or len(image) != len(image_labels):
         raise ValueError("features and labels differ in length")
