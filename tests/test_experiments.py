@@ -114,12 +114,30 @@ _TINY_HGAN = ["bert=scratch:2x16", "batch_size=4", "identities_per_batch=2", "ma
               "checkpoint_every=2", "eval_every=0"]
 
 
+@pytest.fixture(scope="module")
+def tiny_cub(tmp_path_factory):
+    """A CUB import (Reed et al.'s layout through data_prep's writer): class-level data."""
+    from data_prep import writer
+    from tests_support import make_reed
+    root = tmp_path_factory.mktemp("cub")
+    names = [f"{i:03d}.{w}_Bird" for i, w in enumerate(
+        ["Red", "Blue", "Green", "Black", "White", "Yellow", "Shirt", "Jacket"], 1)]
+    make_reed(root / "raw", {n: 3 for n in names}, split_files={
+        "trainvalclasses.txt": names[:6], "valclasses.txt": names[4:6],
+        "testclasses.txt": names[6:]},
+        colours={n: (30 * i, 220 - 25 * i, 60 + 15 * i) for i, n in enumerate(names)})
+    writer.write_dataset("cub", str(root / "raw"), str(root / "tfr"))
+    return str(root / "tfr")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["hgan/table2/last", "iatv/table2/triplet",
-                                  "iatv/table2/w_o_sma_spa_stage1"])
+                                  "iatv/table2/w_o_sma_spa_stage1", "iatv/table3/stage2"])
 def test_a_row_runs_by_name_and_eval_prints_the_paper_beside_it(name, tiny_data, tiny_vocab,
-                                                                 tmp_path):
+                                                                 request, tmp_path):
     e = experiments.get(name)
+    if e.dataset == "cub":  # the CUB row on a CUB import: AP@50 over a re-rank of >= 50
+        tiny_data = request.getfixturevalue("tiny_cub")
     extra = (_TINY_HGAN if e.family == "hgan" else _TINY_IATV) + [f"vocab_file={tiny_vocab}"]
     stage1_only = e.mode == "stage1"  # stop after stage 1: the row reads stage 1 only
     extra += ["max_steps=2"] if stage1_only else []
@@ -145,6 +163,9 @@ def test_a_row_runs_by_name_and_eval_prints_the_paper_beside_it(name, tiny_data,
     assert f"Experiment {name}" in report["markdown"]
     if e.mode == "full_gallery":  # no stage-1 screening: the top level is every pair scored
         assert saved["t2i"] == saved["full_gallery"]["t2i"]
+    if e.dataset == "cub":
+        assert cells[0]["metric"] == "AP@50" and saved["candidates"] >= 50
+        assert "backbone=googlenet" in e.overrides  # §4.2's (small_cnn stands in offline)
 
 
 def test_the_seeds_table_is_mean_and_std_per_row_with_the_rule_under_it(tmp_path):
