@@ -155,12 +155,17 @@ def test_export_serves_stage1_scores_and_stage2_confidences(trained, tmp_path):
     saved = export(model_dir, str(tmp_path / "saved"))
     served = tf.saved_model.load(saved)
     assert set(served.signatures) == {"encode_text", "encode_image", "score", "rerank_score",
-                                      "score_features", "rerank_features"}
+                                      "rerank_confidence", "score_features", "rerank_features"}
+    # One output per signature: a client taking "the" output gets what the name says.
+    assert all(len(f.structured_outputs) == 1 for name, f in served.signatures.items()
+               if name not in ("encode_text", "encode_image"))
     texts = ["a man in a red shirt with a bag.", "a man wearing blue coat and pants.", ""]
     images = [_png((200, 30, 30)), _png((20, 40, 220))]
     score = served.signatures["score"](texts=tf.constant(texts), images=tf.constant(images))
     rerank = served.signatures["rerank_score"](texts=tf.constant(texts),
                                                images=tf.constant(images))
+    confidence = served.signatures["rerank_confidence"](texts=tf.constant(texts),
+                                                        images=tf.constant(images))
     model, config, _ = load_model(model_dir)
     tokens = pipeline.make_tokenizer(config)(tf.constant(texts))
     pixels = tf.stack([pipeline.preprocess_image(pipeline.decode_image(b), config) for b in images])
@@ -170,9 +175,10 @@ def test_export_serves_stage1_scores_and_stage2_confidences(trained, tmp_path):
     rows, cols = np.repeat(np.arange(3), 2), np.tile(np.arange(2), 3)
     logits = model.pair_logits(regions[cols], {k: tokens[k].numpy()[rows]
                                                for k in ("input_word_ids", "input_mask")})
-    np.testing.assert_allclose(rerank["logits"].numpy(), logits.numpy().reshape(3, 2),
+    np.testing.assert_allclose(rerank["score"].numpy(), logits.numpy().reshape(3, 2),
                                atol=1e-5)
-    assert rerank["confidence"].shape == (3, 2)
+    np.testing.assert_allclose(confidence["confidence"].numpy(),
+                               tf.sigmoid(logits).numpy().reshape(3, 2), atol=1e-5)
     enc = served.signatures["encode_image"](images=tf.constant(images[:1]))
     assert enc["embedding"].shape == (1, 16) and enc["regions"].shape == (1, 8, 64)
     with pytest.raises(tf.errors.InvalidArgumentError, match="not a JPEG or PNG"):

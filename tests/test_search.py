@@ -44,7 +44,7 @@ def _encode_text(sentences):
 
 def _logits(texts, image_regions):
     # Stage 2 reads another feature than stage 1: region [0, 0] (+1 for a "blue" query).
-    return {"logits": np.array([image_regions[:, 0, 0] + (t == b"blue") for t in texts])}
+    return {"score": np.array([image_regions[:, 0, 0] + (t == b"blue") for t in texts])}
 
 
 def _encode_image(images):

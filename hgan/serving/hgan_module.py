@@ -27,6 +27,8 @@ is truncated, as in training. Noun phrases are found in-graph (``hgan.data.phras
 """
 from __future__ import annotations
 
+import types
+
 from hgan.data import pipeline
 from hgan.data.phrase_graph import GraphPhraseChunker
 from hgan.modeling.hgan.model import HGAN
@@ -41,15 +43,28 @@ class HGANServing(tf.Module):
 
     def __init__(self, model: HGAN):
         super().__init__(name="hgan_serving")
-        self.model = model
+        # The Keras model stays out of the saved object graph (a SimpleNamespace is not
+        # tracked): only its variables, which the signatures capture, are saved. Tracked,
+        # Keras would trace every layer's call for ``keras.models.load_model``, which this
+        # SavedModel does not serve; that was half of the export time.
+        self._keras = types.SimpleNamespace(model=model)
+        self.model_variables = list(model.variables)
         self.config = model.config
         self.tokenizer = pipeline.make_tokenizer(model.config)
         self.chunker = GraphPhraseChunker()
 
+    @property
+    def model(self) -> HGAN:
+        return self._keras.model
+
+    # The encoders are functions of their own, traced once and called by every signature:
+    # inlined, the tokenizer, chunker and BERT were traced again for each of them.
+    @tf.function(input_signature=[STRINGS])
     def _text_features(self, sentences):
         inputs = self.tokenizer(sentences, self.chunker(sentences))
         return self.model.encode_text(inputs, training=False)
 
+    @tf.function(input_signature=[STRINGS])
     def _image_features(self, images):
         pixels = request_pixels(images, self.config)
         return self.model.encode_image(pixels, training=False)

@@ -8,13 +8,19 @@
   and ``regions`` [N, R, C] (stage 2's CNN, what the matcher reads);
 * ``score(texts: string[T], images: string[I])`` → ``score`` [T, I], the stage-1 cosine
   (rank a gallery with it);
-* ``rerank_score(texts: string[T], images: string[I])`` → ``logits`` and ``confidence``
-  (σ(logits), Eq. 12's C) [T, I] of stage 2 for **every** text × image pair. It runs T·I
-  pairs through the co-attention network: meant for a query's stage-1 shortlist (§4.2:
-  the top 20); rank by ``logits`` (confidences saturate to ties);
-* ``score_features(texts, image_embedding)`` and ``rerank_features(texts, image_regions)``:
-  the same two against ``encode_image`` outputs (what ``hgan.search`` keeps in its index;
-  it re-ranks each query's stage-1 top ``--rerank_k`` with the second).
+* ``rerank_score(texts: string[T], images: string[I])`` → ``score`` [T, I]: stage 2's
+  logit for **every** text × image pair, the quantity to rank by (σ of it saturates to
+  ties). It runs T·I pairs through the co-attention network: meant for a query's stage-1
+  shortlist (§4.2: the top 20);
+* ``rerank_confidence(texts, images)`` → ``confidence`` [T, I], σ(logit): Eq. 12's C;
+* ``score_features(texts, image_embedding)`` and ``rerank_features(texts, image_regions)``
+  → ``score``: the stage-1 cosine and the stage-2 logit against ``encode_image`` outputs
+  (what ``hgan.search`` keeps in its index; it re-ranks each query's stage-1 top
+  ``--rerank_k`` with the second).
+
+Every signature has one output, so a client that takes "the" output (TF Serving's REST
+API returns a lone output as ``outputs``) gets what the name says: a loaded signature's
+outputs come back in an order that changes from one process to the next.
 
 Images are checked in-graph (not JPEG/PNG: a clear error), preprocessed with
 ``hgan.data.pipeline.preprocess_image`` as in training; sentences longer than ``max_len`` tokens are
@@ -51,9 +57,14 @@ class IATVServing(tf.Module):
     def _pixels(self, images):
         return request_pixels(images, self.config)
 
+    # Traced once and called by every signature that reads sentences (see HGANServing).
+    @tf.function(input_signature=[STRINGS])
+    def _tokens(self, sentences):
+        return self.tokenizer(sentences)
+
     @tf.function(input_signature=[STRINGS])
     def encode_text(self, sentences):
-        return {"embedding": self.model.encode_text(self.tokenizer(sentences))}
+        return {"embedding": self.model.encode_text(self._tokens(sentences))}
 
     @tf.function(input_signature=[STRINGS])
     def encode_image(self, images):
@@ -63,7 +74,7 @@ class IATVServing(tf.Module):
 
     @tf.function(input_signature=[STRINGS, STRINGS])
     def score(self, texts, images):
-        text = self.model.encode_text(self.tokenizer(texts))
+        text = self.model.encode_text(self._tokens(texts))
         image = self.model.encode_image(self._pixels(images))
         return {"score": tf.matmul(tf.math.l2_normalize(text, -1),
                                    tf.math.l2_normalize(image, -1), transpose_b=True)}
@@ -71,29 +82,34 @@ class IATVServing(tf.Module):
     @tf.function(input_signature=[STRINGS, tf.TensorSpec([None, None], tf.float32)])
     def score_features(self, texts, image_embedding):
         """Stage-1 cosine of sentences against ``encode_image`` embeddings (a search index)."""
-        text = self.model.encode_text(self.tokenizer(texts))
+        text = self.model.encode_text(self._tokens(texts))
         return {"score": tf.matmul(tf.math.l2_normalize(text, -1),
                                    tf.math.l2_normalize(image_embedding, -1), transpose_b=True)}
 
     @tf.function(input_signature=[STRINGS, STRINGS])
     def rerank_score(self, texts, images):
-        return self._pair_logits(texts, self.model.encode_regions(self._pixels(images)))
+        return {"score": self._pair_logits(texts, self.model.encode_regions(
+            self._pixels(images)))}
+
+    @tf.function(input_signature=[STRINGS, STRINGS])
+    def rerank_confidence(self, texts, images):
+        return {"confidence": tf.sigmoid(self._pair_logits(
+            texts, self.model.encode_regions(self._pixels(images))))}
 
     @tf.function(input_signature=[STRINGS, tf.TensorSpec([None, None, None], tf.float32)])
     def rerank_features(self, texts, image_regions):
         """Stage-2 logits of every (sentence, image) pair from ``encode_image`` regions."""
-        return self._pair_logits(texts, image_regions)
+        return {"score": self._pair_logits(texts, image_regions)}
 
     def _pair_logits(self, texts, regions):
-        tokens = self.tokenizer(texts)
+        tokens = self._tokens(texts)
         t, i = tf.shape(texts)[0], tf.shape(regions)[0]
         text_index = tf.repeat(tf.range(t), i)  # pair p = (p // I, p % I)
         image_index = tf.tile(tf.range(i), [t])
         pair_tokens = {k: tf.gather(tokens[k], text_index)
                        for k in ("input_word_ids", "input_mask")}
         logits = self.model.pair_logits(tf.gather(regions, image_index), pair_tokens)
-        logits = tf.reshape(logits, tf.stack([t, i]))
-        return {"logits": logits, "confidence": tf.sigmoid(logits)}
+        return tf.reshape(logits, tf.stack([t, i]))
 
 
 def servable(model: IATV) -> tuple[tf.Module, dict]:
@@ -104,6 +120,7 @@ def servable(model: IATV) -> tuple[tf.Module, dict]:
         "encode_image": module.encode_image.get_concrete_function(),
         "score": module.score.get_concrete_function(),
         "rerank_score": module.rerank_score.get_concrete_function(),
+        "rerank_confidence": module.rerank_confidence.get_concrete_function(),
         "score_features": module.score_features.get_concrete_function(),
         "rerank_features": module.rerank_features.get_concrete_function(),
     }

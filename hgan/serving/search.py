@@ -238,7 +238,6 @@ class Searcher:
         self.stage1 = ann.Searcher(self.store.array(self.key), index, nprobe=nprobe)
         sigs = self.served.signatures
         self.second = sigs.get("rerank_features") or sigs.get("score_features")
-        self.second_output = "logits" if "rerank_features" in sigs else "score"
         self.default_rerank_k = default_rerank_k(savedmodel)
 
     def __len__(self) -> int:
@@ -266,7 +265,7 @@ class Searcher:
         if len(head):
             rows = np.sort(head)  # memory-map reads in file order
             out = self.second(texts=texts, **_image_inputs(self.second, self.store, rows))
-            second = dict(zip(rows.tolist(), out[self.second_output].numpy()[0].tolist()))
+            second = dict(zip(rows.tolist(), out["score"].numpy()[0].tolist()))
         paths = self.store.paths()
         results = [{"path": paths[i], "row": int(i), "score": float(s),
                     **({"rerank": second[i]} if i in second else {})}
