@@ -465,6 +465,14 @@ def test_the_fused_score_is_the_one_output_of_score(trained, exported, tmp_path)
     weights = dict(zip(("sentence", "word", "phrase"), config.eval.score_weights))
     np.testing.assert_allclose(fused, sum(weights[k] * levels[k].numpy() for k in levels),
                                atol=1e-5)
+    # score_encoded (what search re-ranks with) = the fused score from the two encoders'
+    # outputs: the sentence is not encoded a second time.
+    assert list(served.signatures["score_encoded"].structured_outputs) == ["score"]
+    text = served.signatures["encode_text"](sentences=texts)
+    image = served.signatures["encode_image"](images=images)
+    encoded = served.signatures["score_encoded"](
+        **{f"text_{k}": v for k, v in text.items()}, **{f"image_{k}": v for k, v in image.items()})
+    np.testing.assert_allclose(encoded["score"].numpy(), fused, atol=1e-5)
 
 
 def test_the_service_ranks_as_two_stage_evaluation_does(trained, exported, tiny_data, tmp_path):

@@ -17,6 +17,10 @@ beside TensorFlow, for its tokenizer ops):
 * ``score_features(texts, image_global, image_word, image_phrase)`` → ``score``, the fused
   score against image features from ``encode_image`` (what ``hgan.search`` keeps in its
   gallery and re-ranks with);
+* ``score_encoded(text_global, text_word, text_word_mask, text_phrase, text_phrase_mask,
+  image_global, image_word, image_phrase)`` → ``score``: the same against an
+  ``encode_text`` output, so a search that encoded its sentence for stage 1 re-ranks
+  without encoding it again (``hgan.search``'s path);
 * ``explain_features(texts, image_word)`` → ``selected``, ``weights`` [T, I, N, R] and
   ``words`` [T, R]: which words each region picks (Fig. 4), for models with the word level
   and whole-word keys.
@@ -92,7 +96,8 @@ class HGANServing(tf.Module):
 
     def score_features_fn(self):
         """``score_features(texts, image_global, image_word, image_phrase)`` → scores of
-        sentences against pre-computed image features (a search index)."""
+        sentences against pre-computed image features (a search index), and
+        ``score_encoded`` (the same from pre-computed text features too)."""
         c = self.config
         # The region count follows from the partition config (Table 4).
         regions = []
@@ -110,7 +115,23 @@ class HGANServing(tf.Module):
             image = {"global": image_global, "word": image_word, "phrase": image_phrase}
             scores = self.model.score(self._text_features(texts), image, training=False)
             return {"score": scores["total"]}
-        return score_features
+
+        @tf.function(input_signature=[
+            tf.TensorSpec([None, c.model.embed_dim], tf.float32),
+            tf.TensorSpec([None, None, c.model.local_dim], tf.float32),
+            tf.TensorSpec([None, None], tf.float32),
+            tf.TensorSpec([None, None, c.model.local_dim], tf.float32),
+            tf.TensorSpec([None, None], tf.float32),
+            tf.TensorSpec([None, c.model.embed_dim], tf.float32),
+            tf.TensorSpec([None, regions[0], c.model.local_dim], tf.float32),
+            tf.TensorSpec([None, regions[1], c.model.local_dim], tf.float32)])
+        def score_encoded(text_global, text_word, text_word_mask, text_phrase,
+                          text_phrase_mask, image_global, image_word, image_phrase):
+            text = {"global": text_global, "word": text_word, "word_mask": text_word_mask,
+                    "phrase": text_phrase, "phrase_mask": text_phrase_mask}
+            image = {"global": image_global, "word": image_word, "phrase": image_phrase}
+            return {"score": self.model.score(text, image, training=False)["total"]}
+        return score_features, score_encoded
 
 
     def explain_features_fn(self):
@@ -137,7 +158,7 @@ class HGANServing(tf.Module):
 def servable(model: HGAN) -> tuple[tf.Module, dict]:
     """The serving module of a trained HGAN and its signatures."""
     module = HGANServing(model)
-    module.score_features = module.score_features_fn()
+    module.score_features, module.score_encoded = module.score_features_fn()
     explain = {}
     if model.word_head is not None and model.config.model.word_keys == "words":
         module.explain_features = module.explain_features_fn()
@@ -148,4 +169,5 @@ def servable(model: HGAN) -> tuple[tf.Module, dict]:
         "score": module.score.get_concrete_function(),
         "score_levels": module.score_levels.get_concrete_function(),
         "score_features": module.score_features.get_concrete_function(),
+        "score_encoded": module.score_encoded.get_concrete_function(),
     }

@@ -201,6 +201,15 @@ def merge_index(output: str, shards: list[str], ann_threshold: int = ann.EXACT_B
     return {"images": len(store), "index": output}
 
 
+def _text_inputs(signature, texts, encoded) -> dict:
+    """The signature's sentence inputs: ``texts`` itself, or ``text_<name>`` from the
+    ``encode_text`` output ``encoded``."""
+    names = signature.structured_input_signature[1]
+    if "texts" in names:
+        return {"texts": texts}
+    return {n: encoded[n[len("text_"):]] for n in names if n.startswith("text_")}
+
+
 def _image_inputs(signature, store, rows) -> dict:
     """The signature's ``image_<feature>`` inputs, read from the gallery at ``rows``."""
     names = [n for n in signature.structured_input_signature[1] if n.startswith("image_")]
@@ -237,7 +246,10 @@ class Searcher:
         index = ann.load(ann_path) if os.path.exists(ann_path) else None
         self.stage1 = ann.Searcher(self.store.array(self.key), index, nprobe=nprobe)
         sigs = self.served.signatures
-        self.second = sigs.get("rerank_features") or sigs.get("score_features")
+        # HGAN's score_encoded takes the sentence's encode_text output, which stage 1 has
+        # already computed; score_features (an older export) encodes it again.
+        self.second = (sigs.get("rerank_features") or sigs.get("score_encoded")
+                       or sigs.get("score_features"))
         self.default_rerank_k = default_rerank_k(savedmodel)
 
     def __len__(self) -> int:
@@ -264,7 +276,8 @@ class Searcher:
         head = ids[:rerank_k] if self.second is not None else ids[:0]
         if len(head):
             rows = np.sort(head)  # memory-map reads in file order
-            out = self.second(texts=texts, **_image_inputs(self.second, self.store, rows))
+            out = self.second(**_text_inputs(self.second, texts, encoded),
+                              **_image_inputs(self.second, self.store, rows))
             second = dict(zip(rows.tolist(), out["score"].numpy()[0].tolist()))
         paths = self.store.paths()
         results = [{"path": paths[i], "row": int(i), "score": float(s),
