@@ -113,7 +113,9 @@ def main():
     print(f"IVF over {args.n:,} ({big.nlist} lists) and over the {args.tables:,} gallery "
           f"built in {time.time() - t0:.0f} s")
 
-    second = served.signatures.get("rerank_features") or served.signatures["score_features"]
+    sigs = served.signatures  # the re-ranker search.Searcher uses
+    second = (sigs.get("rerank_features") or sigs.get("score_encoded")
+              or sigs["score_features"])
 
     def pipeline_once(text, stage1):
         times = {}
@@ -127,7 +129,8 @@ def main():
         times["ann"] = time.perf_counter() - t
         t = time.perf_counter()
         rows = np.unique(ids[0][ids[0] >= 0] % args.tables)  # sorted: file order
-        score = second(texts=texts, **search._image_inputs(second, store, rows))["score"]
+        score = second(**search._text_inputs(second, texts, encoded),
+                       **search._image_inputs(second, store, rows))["score"]
         times["rerank"] = time.perf_counter() - t
         t = time.perf_counter()
         top = rows[np.argsort(-score.numpy()[0], kind="stable")[:args.top_k]]

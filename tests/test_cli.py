@@ -33,22 +33,9 @@ def _train_args(tfr, model_dir, vocab, steps):
             f"--max_steps={steps}"]
 
 
-def test_train_eval_export_commands(tfrecords, tiny_vocab, tmp_path):
-    model_dir = str(tmp_path / "run")
-    out = run_cli(*_train_args(tfrecords, model_dir, tiny_vocab, 3))
-    assert "trained to step 3" in out
-    metrics = str(tmp_path / "metrics.json")
-    out = run_cli("eval.py", f"--model_dir={model_dir}", f"--data_dir={tfrecords}",
-                  "--split=test", f"--output_json={metrics}")
-    assert "| exact | t2i |" in out
-    report = json.load(open(metrics))
-    assert report["config"]["model"]["bert"] == "scratch:2x16" and "R1" in report["t2i"]
-    saved = str(tmp_path / "saved")
-    out = run_cli("-m", "hgan.export", f"--model_dir={model_dir}", f"--output_dir={saved}")
-    assert os.path.exists(os.path.join(saved, "saved_model.pb"))
-
-
-def test_sigkill_mid_training_resumes_from_the_last_checkpoint(tfrecords, tiny_vocab, tmp_path):
+def test_train_sigkill_resume_then_eval_and_export(tfrecords, tiny_vocab, tmp_path):
+    """train.py killed mid-run (SIGKILL) resumes from its last checkpoint; eval.py and
+    hgan.export then read the run (one training run for the README's three commands)."""
     model_dir = str(tmp_path / "run")
     ckpt_dir = os.path.join(model_dir, "ckpt")
     proc = subprocess.Popen([sys.executable] + _train_args(tfrecords, model_dir, tiny_vocab, 400),
@@ -69,6 +56,15 @@ def test_sigkill_mid_training_resumes_from_the_last_checkpoint(tfrecords, tiny_v
     out = run_cli(*_train_args(tfrecords, model_dir, tiny_vocab, last + 2))
     assert f"trained to step {last + 2}" in out
     assert max(_checkpoint_steps(ckpt_dir)) == last + 2
+    metrics = str(tmp_path / "metrics.json")
+    out = run_cli("eval.py", f"--model_dir={model_dir}", f"--data_dir={tfrecords}",
+                  "--split=test", f"--output_json={metrics}")
+    assert "| exact | t2i |" in out
+    report = json.load(open(metrics))
+    assert report["config"]["model"]["bert"] == "scratch:2x16" and "R1" in report["t2i"]
+    saved = str(tmp_path / "saved")
+    out = run_cli("-m", "hgan.export", f"--model_dir={model_dir}", f"--output_dir={saved}")
+    assert os.path.exists(os.path.join(saved, "saved_model.pb"))
 
 
 def _checkpoint_steps(ckpt_dir):
