@@ -31,35 +31,20 @@ is truncated, as in training. Noun phrases are found in-graph (``hgan.data.phras
 """
 from __future__ import annotations
 
-import types
-
-from hgan.data import pipeline
 from hgan.data.phrase_graph import GraphPhraseChunker
 from hgan.modeling.hgan.model import HGAN
 from hgan.modeling.hgan.visual import partition_grid
-from hgan.serving.savedmodel import STRINGS, request_pixels
+from hgan.serving.savedmodel import STRINGS, ServingModule, request_pixels
 from hgan.tf_compat import tf
 
 
 
-class HGANServing(tf.Module):
+class HGANServing(ServingModule):
     """The serving functions around a trained model."""
 
     def __init__(self, model: HGAN):
-        super().__init__(name="hgan_serving")
-        # The Keras model stays out of the saved object graph (a SimpleNamespace is not
-        # tracked): only its variables, which the signatures capture, are saved. Tracked,
-        # Keras would trace every layer's call for ``keras.models.load_model``, which this
-        # SavedModel does not serve; that was half of the export time.
-        self._keras = types.SimpleNamespace(model=model)
-        self.model_variables = list(model.variables)
-        self.config = model.config
-        self.tokenizer = pipeline.make_tokenizer(model.config)
+        super().__init__(model, name="hgan_serving")
         self.chunker = GraphPhraseChunker()
-
-    @property
-    def model(self) -> HGAN:
-        return self._keras.model
 
     # The encoders are functions of their own, traced once and called by every signature:
     # inlined, the tokenizer, chunker and BERT were traced again for each of them.

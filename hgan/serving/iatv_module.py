@@ -28,31 +28,16 @@ truncated, as in training.
 """
 from __future__ import annotations
 
-import types
-
-from hgan.data import pipeline
 from hgan.modeling.iatv.model import IATV
-from hgan.serving.savedmodel import STRINGS, request_pixels
+from hgan.serving.savedmodel import STRINGS, ServingModule, request_pixels
 from hgan.tf_compat import tf
 
 
-class IATVServing(tf.Module):
+class IATVServing(ServingModule):
     """The serving functions around a trained IATV model."""
 
     def __init__(self, model: IATV):
-        super().__init__(name="iatv_serving")
-        # The Keras models stay out of the saved object graph (a SimpleNamespace is not
-        # tracked); only their variables, which the signatures capture, are saved. Otherwise
-        # Keras traces every layer's call for ``keras.models.load_model``, which this
-        # SavedModel does not serve, and that dominates the export time.
-        self._keras = types.SimpleNamespace(model=model)
-        self.model_variables = list(model.variables)
-        self.config = model.config
-        self.tokenizer = pipeline.make_tokenizer(model.config)
-
-    @property
-    def model(self) -> IATV:
-        return self._keras.model
+        super().__init__(model, name="iatv_serving")
 
     def _pixels(self, images):
         return request_pixels(images, self.config)

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+import types
 
 from hgan.config import CONFIG_FILE, EXPORT_EXTRA_DIR
 from hgan.data import pipeline
@@ -22,6 +23,25 @@ from hgan.tf_compat import tf
 STRINGS = tf.TensorSpec([None], tf.string)
 EXTRA_DIR = EXPORT_EXTRA_DIR  # assets.extra: TF Serving's folder for files beside a model
 CHECKPOINT_FILE = "checkpoint.txt"
+
+
+class ServingModule(tf.Module):
+    """Base of the families' serving modules: the trained Keras ``model``, its config and
+    tokenizer. The Keras model stays out of the saved object graph (a SimpleNamespace is
+    not tracked); only its variables, which the signatures capture, are saved. Tracked,
+    Keras would trace every layer's call for ``keras.models.load_model``, which these
+    SavedModels do not serve, and that was half of the export time."""
+
+    def __init__(self, model, name: str):
+        super().__init__(name=name)
+        self._keras = types.SimpleNamespace(model=model)
+        self.model_variables = list(model.variables)
+        self.config = model.config
+        self.tokenizer = pipeline.make_tokenizer(model.config)
+
+    @property
+    def model(self):
+        return self._keras.model
 
 
 def request_pixels(images, config) -> tf.Tensor:
