@@ -113,9 +113,7 @@ def main():
     print(f"IVF over {args.n:,} ({big.nlist} lists) and over the {args.tables:,} gallery "
           f"built in {time.time() - t0:.0f} s")
 
-    sigs = served.signatures  # the re-ranker search.Searcher uses
-    second = (sigs.get("rerank_features") or sigs.get("score_encoded")
-              or sigs["score_features"])
+    second = search.reranker(served.signatures)  # the one search.Searcher uses
 
     def pipeline_once(text, stage1):
         times = {}

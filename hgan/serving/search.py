@@ -18,7 +18,7 @@ IVF index over the global embeddings (``ann.faiss`` beside the gallery).
 global embeddings (the sentence level of HGAN, IATV's stage 1; ``encode_text`` /
 ``encode_image``'s ``global`` or ``embedding``), exactly or through the IVF; stage 2
 re-scores each query's ``--rerank_k`` best with the model's second scorer
-(``rerank_features``: IATV's stage 2; else ``score_features``: HGAN's fused score with the
+(``reranker``: IATV's stage 2, ``rerank_features``; else HGAN's fused score with the
 Gumbel heads), as eval.py's two_stage mode. ``--rerank_k`` defaults to the export's
 ``eval.rerank_k`` (its ``assets.extra/config.json``; 20, IATV §4.2, without one). A result
 has ``score`` (stage 1's cosine) and, when re-ranked, ``rerank`` (stage 2's score).
@@ -201,6 +201,15 @@ def merge_index(output: str, shards: list[str], ann_threshold: int = ann.EXACT_B
     return {"images": len(store), "index": output}
 
 
+def reranker(signatures):
+    """The export's stage-2 signature (None: stage 1 only): IATV's ``rerank_features``,
+    else HGAN's ``score_encoded`` (it takes the sentence's ``encode_text`` output, which
+    stage 1 has already computed), else ``score_features`` (an older export; it encodes
+    the sentence again)."""
+    return (signatures.get("rerank_features") or signatures.get("score_encoded")
+            or signatures.get("score_features"))
+
+
 def _text_inputs(signature, texts, encoded) -> dict:
     """The signature's sentence inputs: ``texts`` itself, or ``text_<name>`` from the
     ``encode_text`` output ``encoded``."""
@@ -245,11 +254,7 @@ class Searcher:
         ann_path = os.path.join(index_path, ANN_FILE)
         index = ann.load(ann_path) if os.path.exists(ann_path) else None
         self.stage1 = ann.Searcher(self.store.array(self.key), index, nprobe=nprobe)
-        sigs = self.served.signatures
-        # HGAN's score_encoded takes the sentence's encode_text output, which stage 1 has
-        # already computed; score_features (an older export) encodes it again.
-        self.second = (sigs.get("rerank_features") or sigs.get("score_encoded")
-                       or sigs.get("score_features"))
+        self.second = reranker(self.served.signatures)
         self.default_rerank_k = default_rerank_k(savedmodel)
 
     def __len__(self) -> int:
