@@ -55,5 +55,12 @@ def test_training_uses_the_cache_and_learns_the_same_variables(tiny_data, config
     assert summary["step"] == 3 and trainer.token_cache is not None
     assert any(line.startswith("token cache:") for line in lines)
     after = trainer.model.trainable_variables
+    # Every variable learns except the self-attention key biases, whose gradient is zero
+    # (a softmax does not change when one constant is added to all its logits: q·b_k is
+    # the same for every key), and the query biases, whose gradient Σ g_ij (k_j - k̄) is at
+    # rounding level in this tiny model (oneDNN's kernels keep them, Eigen's noise moved
+    # them, which this assertion used to rely on).
+    still = ("self_attention/key/bias", "self_attention/query/bias")
     moved = [not np.allclose(a, b.numpy()) for a, b in zip(before, after)]
-    assert all(moved), [v.name for v, m in zip(after, moved) if not m]
+    stuck = [v.name for v, m in zip(after, moved) if not m]
+    assert all(any(k in name for k in still) for name in stuck), stuck
