@@ -178,7 +178,4 @@ def pair_dataset(encoded, captions, text_index, image_index, match, config: Conf
     ds = (ds.map(load, num_parallel_calls=pipeline.AUTOTUNE, deterministic=True)
           .batch(config.data.batch_size, drop_remainder=True)
           .map(tokenize, num_parallel_calls=pipeline.AUTOTUNE, deterministic=True))
-    options = tf.data.Options()
-    options.deterministic = True
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(options).prefetch(pipeline.AUTOTUNE)
+    return ds.with_options(pipeline.options(distributed=True)).prefetch(pipeline.AUTOTUNE)
