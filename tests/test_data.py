@@ -92,6 +92,27 @@ def test_eval_streams_cover_the_split_once(tiny_data, tiny_config):
     assert queries[0]["caption"].numpy()[0].startswith(b"a man")
 
 
+def test_eval_streams_are_built_once_until_the_split_changes(tmp_path, tiny_config):
+    # Every validation pass reads the same split: its streams are built (the tokenizer
+    # traced) once, also for a new tokenizer of the same vocabulary; a re-imported split
+    # (same paths, new bytes) or another config is a new stream.
+    import shutil
+    from conftest import write_tiny_dataset
+    data = write_tiny_dataset(str(tmp_path / "d"))
+    query = pipeline.query_dataset(data, tiny_config, pipeline.make_tokenizer(tiny_config), "val")
+    assert pipeline.query_dataset(data, tiny_config, pipeline.make_tokenizer(tiny_config),
+                                  "val") is query
+    gallery = pipeline.gallery_dataset(data, tiny_config, "val")
+    assert pipeline.gallery_dataset(data, tiny_config, "val") is gallery
+    assert pipeline.gallery_dataset(data, tiny_config.replace(image_height=16), "val") \
+        is not gallery
+    shutil.rmtree(data)
+    write_tiny_dataset(data, {"train": 6, "val": 2, "test": 3})
+    fresh = pipeline.gallery_dataset(data, tiny_config, "val")
+    assert fresh is not gallery
+    assert sum(len(b["label"]) for b in fresh) == 4  # the new split, not the old one's 6
+
+
 def test_preprocess_is_the_same_eagerly_and_in_tf_data(tiny_config):
     image = tf.cast(tf.random.stateless_uniform([40, 20, 3], [1, 2], 0, 255), tf.uint8)
     eager = pipeline.preprocess_image(image, tiny_config).numpy()

@@ -71,6 +71,8 @@ class CaptionTokenizer(tf.Module):
         self.pad_id = vocab.index("[PAD]")
         self.vocab_size = len(vocab)
         self._vocab = vocab
+        # What the outputs depend on: two tokenizers of equal ``signature`` tokenise alike.
+        self.signature = (hash(tuple(vocab)), max_len, max_phrases, lower_case)
         table = tf.lookup.StaticVocabularyTable(
             tf.lookup.KeyValueTensorInitializer(
                 tf.constant(vocab), tf.range(len(vocab), dtype=tf.int64)),

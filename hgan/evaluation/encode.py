@@ -3,12 +3,31 @@ a model's two encoders, in the orders of ``hgan.data.pipeline.gallery_dataset`` 
 ``query_dataset`` (the split's records in shard order, each record's captions in turn)."""
 from __future__ import annotations
 
+import weakref
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from hgan.config import Config
 from hgan.data import pipeline
+
+
+# One set of compiled functions per model, reused by every evaluation of a training run:
+# fresh tf.functions per validation re-traced (and XLA re-compiled) every encoder and head
+# each time. A tf.Module attribute would be tracked, and exported with the model.
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def compiled(model, name: str, make: Callable[[Callable], Callable]) -> Callable:
+    """The function ``name`` of ``model``, ``make(ref)`` on first use (``ref()`` gives the
+    model; a strong reference in the function would keep the cache's key alive)."""
+    try:
+        fns = _COMPILED.setdefault(model, {})
+    except TypeError:  # not weakly referenceable or hashable (a stand-in): not kept
+        return make(lambda: model)
+    if name not in fns:
+        fns[name] = make(weakref.ref(model))
+    return fns[name]
 
 
 def concat(chunks: list[dict]) -> dict:

@@ -27,10 +27,10 @@ def encode_split(model: HGAN, data_dir: str, config: Config, split: str,
     """HGAN's features of a split (``hgan.evaluation.encode.encode_split``): texts ``global``,
     ``word``, ``word_mask``, ``phrase``, ``phrase_mask``; images ``global``, ``word``,
     ``phrase``. ``keep``: feature keys to hold on to; all if None."""
-    encode_image = tf.function(lambda x: model.encode_image(x, training=False),
-                               reduce_retracing=True)
-    encode_text = tf.function(lambda x: model.encode_text(x, training=False),
-                              reduce_retracing=True)
+    encode_image = encode.compiled(model, "encode_image", lambda ref: tf.function(
+        lambda x: ref().encode_image(x, training=False), reduce_retracing=True))
+    encode_text = encode.compiled(model, "encode_text", lambda ref: tf.function(
+        lambda x: ref().encode_text(x, training=False), reduce_retracing=True))
     return encode.encode_split(encode_image, encode_text, data_dir, config, split,
                                tokenizer or pipeline.make_tokenizer(config), TEXT_KEYS,
                                keep=keep)
@@ -117,31 +117,36 @@ class Scorer:
         slots). Gumbel heads: γ by oneDNN (XLA's CPU batched matmul is an order slower),
         the rest by ``score_selected`` under XLA; soft attention: the dense path."""
         if level not in self._pair_fn:
-            head = self.heads[level]
-            compiled = tf.function(head.score_selected, jit_compile=True,
-                                   reduce_retracing=True)
-
-            def fn(t_gamma, t_lin, t_mask, v_gamma, v_lin, text_rows, image_rows, layout,
-                   used):
-                tg = tf.gather(t_gamma, text_rows)[..., :used, :]
-                vg = tf.gather(v_gamma, image_rows)
-                mask = tf.gather(t_mask, text_rows)[..., :used]
-                if head.attention != "gumbel":
-                    tl = tf.gather(t_lin, text_rows)[..., :used, :]
-                    return head.score_prepared((tg, tl), mask, (vg, tf.gather(v_lin, image_rows)),
-                                               training=False, layout=layout)
-                gamma = head.pair_gamma(tg, vg, layout)
-                text_index = text_rows if layout == "text_paired" else text_rows[:, None]
-                image_index = {"grid": image_rows[None], "image_paired": image_rows,
-                               "text_paired": image_rows[:, None]}[layout]
-                pair_mask = mask if layout == "text_paired" else mask[:, None]
-                pair_mask = tf.broadcast_to(pair_mask, tf.shape(gamma)[:3])
-                return compiled(gamma, t_lin, pair_mask, text_index, v_lin, image_index)
-
-            graph_fn = tf.function(fn, reduce_retracing=True)
+            graph_fn = encode.compiled(self.model, f"pairs/{level}",
+                                       lambda ref: self._make_pair_fn(self.heads[level]))
             self._pair_fn[level] = lambda prep, *args: graph_fn(  # noqa: E731
                 *prep["text"], prep["mask_t"], *prep["image"], *args)
         return self._pair_fn[level]
+
+    @staticmethod
+    def _make_pair_fn(head):
+        """The compiled pair scorer of one head (see ``_chunk_fn``), made once per model."""
+        compiled = tf.function(head.score_selected, jit_compile=True,
+                               reduce_retracing=True)
+
+        def fn(t_gamma, t_lin, t_mask, v_gamma, v_lin, text_rows, image_rows, layout,
+               used):
+            tg = tf.gather(t_gamma, text_rows)[..., :used, :]
+            vg = tf.gather(v_gamma, image_rows)
+            mask = tf.gather(t_mask, text_rows)[..., :used]
+            if head.attention != "gumbel":
+                tl = tf.gather(t_lin, text_rows)[..., :used, :]
+                return head.score_prepared((tg, tl), mask, (vg, tf.gather(v_lin, image_rows)),
+                                           training=False, layout=layout)
+            gamma = head.pair_gamma(tg, vg, layout)
+            text_index = text_rows if layout == "text_paired" else text_rows[:, None]
+            image_index = {"grid": image_rows[None], "image_paired": image_rows,
+                           "text_paired": image_rows[:, None]}[layout]
+            pair_mask = mask if layout == "text_paired" else mask[:, None]
+            pair_mask = tf.broadcast_to(pair_mask, tf.shape(gamma)[:3])
+            return compiled(gamma, t_lin, pair_mask, text_index, v_lin, image_index)
+
+        return tf.function(fn, reduce_retracing=True)
 
     def _pairs_per_chunk(self, words: int, regions: int) -> int:
         """Pairs whose intermediates fit the memory budget: per pair, the [R, N] score maps

@@ -16,7 +16,6 @@ top-level ``t2i`` / ``i2t`` are the two-stage ones.
 from __future__ import annotations
 
 import time
-import weakref
 
 import numpy as np
 
@@ -30,28 +29,22 @@ from hgan.tf_compat import tf
 # "full_gallery": stage 2 scores every pair, no stage-1 screening (Table 2 "w/o stage-1").
 MODES = ("stage1", "two_stage", "full_gallery")
 
-# One set of compiled functions per model, reused by every evaluation of a training run (a
-# tf.Module attribute would be tracked, and exported with the model).
-_COMPILED = weakref.WeakKeyDictionary()
-
-
 def _compiled(model: IATV) -> dict:
-    if model not in _COMPILED:
-        ref = weakref.ref(model)  # a strong reference here would keep the key alive
-
+    def make(ref):
         def encode_image(image, regions):
             out = {"embedding": ref().encode_image(image, training=False)}
             if regions:
                 out["regions"] = ref().encode_regions(image, training=False)
             return out
 
-        _COMPILED[model] = {
+        return {
             "image": tf.function(encode_image, reduce_retracing=True),
             "text": tf.function(lambda x: ref().encode_text(x, training=False),
                                 reduce_retracing=True),
             "pairs": tf.function(lambda r, t: ref().pair_logits(r, t, training=False),
                                  reduce_retracing=True)}
-    return _COMPILED[model]
+
+    return encode.compiled(model, "iatv", make)
 
 
 def encode_split(model: IATV, data_dir: str, config: Config, split: str, tokenizer=None,
