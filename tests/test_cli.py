@@ -30,7 +30,7 @@ def _train_args(tfr, model_dir, vocab, steps):
     return ["train.py", "--config=tiny", f"--data_dir={tfr}", f"--model_dir={model_dir}",
             "--set=bert=scratch:2x16", "--set=bert_layers=last", f"--set=vocab_file={vocab}",
             "--set=batch_size=4", "--set=identities_per_batch=2", "--set=checkpoint_every=2",
-            f"--max_steps={steps}"]
+            f"--max_steps={steps}", "--val_split=none"]  # model selection: test_train's
 
 
 def test_train_sigkill_resume_then_eval_and_export(tfrecords, tiny_vocab, tmp_path):

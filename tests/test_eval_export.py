@@ -29,8 +29,16 @@ def trained(tiny_data, tmp_path_factory, tiny_vocab):
         checkpoint_every=2)
     model_dir = str(tmp_path_factory.mktemp("run"))
     run_dir.reconcile_config(config, model_dir)
-    families.train(config, tiny_data, model_dir, log=lambda _: None)
+    # No model selection: nothing here reads it (best.json is test_train's), and each val
+    # pass traces the encoders and heads; "best" falls back to the last checkpoint.
+    families.train(config, tiny_data, model_dir, val_split="none", log=lambda _: None)
     return model_dir
+
+
+@pytest.fixture(scope="module")
+def loaded(trained):
+    """(model, config, checkpoint) of ``trained``, built once for the module's readers."""
+    return load_model(trained)
 
 
 def test_eval_writes_json_markdown_and_figures(trained, tiny_data, tmp_path):
@@ -54,8 +62,8 @@ def test_eval_writes_json_markdown_and_figures(trained, tiny_data, tmp_path):
         assert Image.open(png).size[0] > 50
 
 
-def test_two_stage_with_k_covering_the_gallery_equals_exact(trained, tiny_data):
-    model, config, _ = load_model(trained)
+def test_two_stage_with_k_covering_the_gallery_equals_exact(loaded, tiny_data):
+    model, config, _ = loaded
     texts, images = hgan_scoring.encode_split(model, tiny_data, config, "test")
     scorer = hgan_scoring.Scorer(model)
     exact = scorer.exact(texts, images)["total"]
@@ -72,8 +80,24 @@ def test_two_stage_with_k_covering_the_gallery_equals_exact(trained, tiny_data):
         np.testing.assert_array_equal(order[k:], first[k:])
 
 
-def test_chunked_scoring_matches_one_big_chunk(trained, tiny_data):
-    model, config, _ = load_model(trained)
+def test_a_second_evaluation_of_a_model_traces_nothing_again(loaded, tiny_data):
+    # Validation runs every few hundred steps on the same model: its encoders and head
+    # scorers are compiled once per model (fresh functions re-traced each pass: 14 s of a
+    # demo val pass, now about 4).
+    from hgan.evaluation import encode
+    model, config, _ = loaded
+    hgan_scoring.evaluate(model, tiny_data, config, "test", modes=("exact", "two_stage"))
+    names = ("encode_image", "encode_text", "pairs/word", "pairs/phrase")
+    fns = [encode.compiled(model, name, None) for name in names]
+    traced = [f.experimental_get_tracing_count() for f in fns]
+    assert min(traced) >= 1
+    hgan_scoring.evaluate(model, tiny_data, config, "test", modes=("exact", "two_stage"))
+    assert [encode.compiled(model, name, None) for name in names] == fns
+    assert [f.experimental_get_tracing_count() for f in fns] == traced
+
+
+def test_chunked_scoring_matches_one_big_chunk(loaded, tiny_data):
+    model, config, _ = loaded
     texts, images = hgan_scoring.encode_split(model, tiny_data, config, "test")
     big = hgan_scoring.Scorer(model).exact(texts, images)["total"]
     small = hgan_scoring.Scorer(model, memory_budget_bytes=1)  # forces 1×1 chunks
@@ -197,7 +221,7 @@ def _png(path, colour):
     return str(path)
 
 
-def test_export_serves_the_same_scores_without_project_code(trained, exported, tmp_path):
+def test_export_serves_the_same_scores_without_project_code(loaded, exported, tmp_path):
     out_dir = exported
     texts = ["a man in a red shirt with a bag.", "a man wearing blue coat and pants.",
              "", "a man " * 50]
@@ -211,7 +235,7 @@ def test_export_serves_the_same_scores_without_project_code(trained, exported, t
     assert line, proc.stderr[-3000:]
     served = json.loads(line[0][len("RESULT"):])
 
-    model, config, _ = load_model(trained)
+    model, config, _ = loaded
     tok = pipeline.make_tokenizer(config)
     spans = tf.ragged.constant(
         [[[s, e] for _, s, e in extract_noun_phrases(t, tagger="fallback")] for t in texts],
@@ -433,7 +457,7 @@ def test_a_sync_batchnorm_run_loads_for_inference_with_plain_batchnorm(tiny_data
         checkpoint_every=2, sync_batchnorm=True)
     model_dir = str(tmp_path / "run")
     run_dir.reconcile_config(config, model_dir)
-    families.train(config, tiny_data, model_dir, log=lambda _: None)
+    families.train(config, tiny_data, model_dir, val_split="none", log=lambda _: None)
     model, loaded_config, path = load_model(model_dir, "latest")
     assert loaded_config.model.sync_batchnorm  # the saved config is reported as trained
     norms = [m for m in model.image_encoder.submodules
@@ -449,14 +473,14 @@ def test_a_sync_batchnorm_run_loads_for_inference_with_plain_batchnorm(tiny_data
     assert any(np.abs(mean).max() > 0 for mean in trained_means)  # statistics were restored
 
 
-def test_the_fused_score_is_the_one_output_of_score(trained, exported, tmp_path):
+def test_the_fused_score_is_the_one_output_of_score(loaded, exported, tmp_path):
     # TF Serving returns a lone output as `outputs`; a loaded signature's outputs come back
     # in an order that changes between processes. So `score` has the fused score alone and
     # the levels are in `score_levels`, by name; fused = Σ weight · level.
     served = tf.saved_model.load(exported)
     assert list(served.signatures["score"].structured_outputs) == ["score"]
     assert list(served.signatures["score_features"].structured_outputs) == ["score"]
-    _, config, _ = load_model(trained)
+    _, config, _ = loaded
     texts = tf.constant(["a man in a red shirt.", "a man in blue pants."])
     images = tf.constant([open(_png(tmp_path / "a.png", (200, 30, 30)), "rb").read()])
     fused = served.signatures["score"](texts=texts, images=images)["score"].numpy()
@@ -475,7 +499,7 @@ def test_the_fused_score_is_the_one_output_of_score(trained, exported, tmp_path)
     np.testing.assert_allclose(encoded["score"].numpy(), fused, atol=1e-5)
 
 
-def test_the_service_ranks_as_two_stage_evaluation_does(trained, exported, tiny_data, tmp_path):
+def test_the_service_ranks_as_two_stage_evaluation_does(loaded, exported, tiny_data, tmp_path):
     # Through real HTTP on loopback: the service's ranking of every test caption equals
     # eval.py's two-stage algorithm (hgan_scoring.Scorer.two_stage) on the export's own
     # features (its in-graph phrase chunker, as a served query has).
@@ -495,7 +519,7 @@ def test_the_service_ranks_as_two_stage_evaluation_does(trained, exported, tiny_
         texts = {k: v.numpy() for k, v in
                  served.signatures["encode_text"](sentences=tf.constant(captions)).items()}
         images = {k: np.asarray(searcher.store.array(k)) for k in ("global", "word", "phrase")}
-        model, _, _ = load_model(trained)
+        model, _, _ = loaded
         k = 3
         want = hgan_scoring.Scorer(model).two_stage(texts, images, k=k, direction="t2i")
         paths = searcher.store.paths()
