@@ -179,3 +179,6 @@ def test_word_strings_are_caption_words_in_graph(tiny_vocab):
         words = tok.caption_words(caption)
         assert [w.decode() for w in row[:len(words)]] == words
         assert all(w == b"" for w in row[len(words):])
+    # One batched call gives each caption's words as one call per caption does.
+    assert tok.captions_words(captions) == [tok.caption_words(c) for c in captions]
+    assert tok.captions_words([]) == []

@@ -138,15 +138,26 @@ class CaptionTokenizer(tf.Module):
         """The words of one caption as the word level sees them (``token_word_index``
         order, punctuation left out, truncated like the tokens): each word's WordPieces
         joined, e.g. ``["a", "man", "in", "a", "t", "-", ...]`` → without the "-"."""
-        out = self(tf.constant([caption]))
-        ids = out["input_word_ids"][0].numpy()
-        index = out["token_word_index"][0].numpy()
-        words = [""] * (int(index.max()) + 1 if index.max() >= 0 else 0)
-        for token_id, w in zip(ids, index):
-            if w >= 0:
-                piece = self.id_to_token([int(token_id)])[0]
-                words[w] += piece[2:] if piece.startswith("##") else piece
-        return words
+        return self.captions_words([caption])[0]
+
+    def captions_words(self, captions: list[str]) -> list[list[str]]:
+        """``caption_words`` of many captions, tokenised in one call (one eager call costs
+        about 0.17 s whatever its size: Fig. 4's statistics over a split took 26 s of the
+        demo's evaluation one caption at a time)."""
+        if not len(captions):
+            return []
+        out = self(tf.constant(list(captions)))
+        all_ids = out["input_word_ids"].numpy()
+        all_index = out["token_word_index"].numpy()
+        result = []
+        for ids, index in zip(all_ids, all_index):
+            words = [""] * (int(index.max()) + 1 if index.max() >= 0 else 0)
+            for token_id, w in zip(ids, index):
+                if w >= 0:
+                    piece = self.id_to_token([int(token_id)])[0]
+                    words[w] += piece[2:] if piece.startswith("##") else piece
+            result.append(words)
+        return result
 
     def _content_word_index(self, tokens: tf.RaggedTensor) -> tf.RaggedTensor:
         """Ragged [B, (tokens)] int64: each token's position among its caption's

@@ -85,12 +85,16 @@ def write(report: dict, model, config: Config, checkpoint_path: str, data_dir: s
     return report
 
 
-def word_keys_of(config):
+def word_keys_of(config, captions=()):
     """caption bytes → the strings of its word-level keys in slot order: whole words
-    (``word_keys="words"``) or WordPiece tokens after [CLS]."""
+    (``word_keys="words"``) or WordPiece tokens after [CLS]. The ``captions`` given (bytes)
+    are tokenised up front in one call."""
     tokenizer = pipeline.make_tokenizer(config)
     if config.model.word_keys == "words":
-        return lambda caption: tokenizer.caption_words(caption.decode())
+        unique = list(dict.fromkeys(captions))
+        known = dict(zip(unique, tokenizer.captions_words([c.decode() for c in unique])))
+        return lambda caption: (known[caption] if caption in known
+                                else tokenizer.caption_words(caption.decode()))
 
     def pieces(caption):
         ids = tokenizer(tf.constant([caption]))["input_word_ids"][0].numpy()
@@ -101,8 +105,10 @@ def word_keys_of(config):
 def selection_report(model, arrays: dict) -> dict:
     """Fig. 4 as numbers over the split: the shares of the word level's region selections
     that are content words and punctuation (``hgan.evaluation.diagnostics.selection_words``)."""
-    stats = diagnostics.selection_words(model.word_head, arrays["texts"], arrays["images"],
-                                        word_keys_of(model.config))
+    limit = 400  # diagnostics.selection_words' default
+    stats = diagnostics.selection_words(
+        model.word_head, arrays["texts"], arrays["images"],
+        word_keys_of(model.config, list(arrays["texts"]["caption"][:limit])), limit=limit)
     return {k: stats[k] for k in ("selections", "content_share", "punctuation_share",
                                   "most_selected")}
 
