@@ -278,8 +278,8 @@ _BUILT = collections.OrderedDict()
 def _built_once(key: tuple, data_dir: str, split: str, build) -> tf.data.Dataset:
     """``build()``, or the stream built before for ``key`` and the split's shards as they
     are on disk (path, size, mtime: a re-import is a new stream)."""
-    shards = tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns)
-                   for f in split_files(data_dir, split))
+    stats = [(f, os.stat(f)) for f in split_files(data_dir, split)]
+    shards = tuple((f, st.st_size, st.st_mtime_ns) for f, st in stats)
     key = (*key, shards)
     if key not in _BUILT:
         _BUILT[key] = build()
