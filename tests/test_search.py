@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from hgan.serving import gallery, search
+from hgan.serving import ann, gallery, search
 from hgan.tf_compat import tf
 from tests_support import ROOT
 
@@ -212,6 +212,35 @@ def test_index_skips_bad_files_resumes_and_extends(monkeypatch, model, tmp_path)
     with pytest.raises(gallery.ModelMismatch):
         search.build_index(fake_savedmodel(tmp_path / "m2", b"2"), out, images=str(folder),
                            log=lambda *_: None)
+
+
+def test_an_ivf_gallery_is_extended_without_retraining_until_it_doubles(monkeypatch, model,
+                                                                         tmp_path):
+    pytest.importorskip("faiss")
+    _use(monkeypatch, served())
+    folder, out = tmp_path / "photos", str(tmp_path / "gallery")
+    path = os.path.join(out, search.ANN_FILE)
+
+    def index(names, lines=None):
+        _photos(folder, [(f"{i}.png", f"IMG:{i}".encode()) for i in names])
+        search.build_index(model, out, images=str(folder), ann_threshold=1,
+                           log=(lines if lines is not None else []).append)
+        ivf = ann.load(path, mmap=False)
+        return ivf, ivf.quantizer.reconstruct_n(0, ivf.nlist)
+
+    first, centroids = index(range(1, 5))  # 4 images: trained on 4
+    lines = []
+    grown, kept = index([5, 6, 7], lines)  # 7 <= 2 x 4: only added
+    assert grown.ntotal == 7 and any("extended by 3" in ln for ln in lines)
+    np.testing.assert_array_equal(kept, centroids)  # the quantizer is the one trained at 4
+    # The new images are found, with their gallery rows as ids.
+    ids = ann.Searcher(gallery.Gallery.open(out).array("embedding"), grown, nprobe=1).search(
+        np.array([[7.0, 1.0]]), 7)[1][0]
+    assert sorted(ids.tolist()) == list(range(7))
+    lines = []
+    regrown, retrained = index([8, 9], lines)  # 9 > 2 x 4: trained again
+    assert regrown.ntotal == 9 and any("trained and filled" in ln for ln in lines)
+    assert not np.allclose(retrained, centroids)
 
 
 def test_shards_on_n_machines_merge_into_the_whole_gallery(monkeypatch, model, tmp_path):

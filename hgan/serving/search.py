@@ -12,7 +12,9 @@ progress and ETA) into a ``hgan.serving.gallery`` directory: every output, memor
 query time. Re-running it skips the images already there, so an interrupted run resumes
 and a grown folder is extended; ``--shard=i/N`` indexes every N-th image (N machines), and
 ``merge`` joins the shards. Above ``ann.EXACT_BELOW`` images, ``index`` also builds a FAISS
-IVF index over the global embeddings (``ann.faiss`` beside the gallery).
+IVF index over the global embeddings (``ann.faiss`` beside the gallery); an extended
+gallery's new images are added to it, and its quantizer is trained again only once the
+gallery has grown past ``RETRAIN_GROWTH`` times the size it was trained at.
 
 ``query`` is the papers' two-stage search: stage 1 ranks the gallery by the cosine of the
 global embeddings (the sentence level of HGAN, IATV's stage 1; ``encode_text`` /
@@ -28,6 +30,7 @@ JPEG/PNG images are skipped and reported.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 from typing import Optional
@@ -170,7 +173,7 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
         raise ValueError("no image could be indexed"
                          + (f"; skipped: {skipped[:3]}" if skipped else ""))
     if added:
-        _build_ann(store, names, ann_threshold, log)
+        _build_ann(store, names, ann_threshold, log, added=added)
     log(f"gallery of {len(store)} images in {index_path} (+{added}; "
         f"{store.bytes_per_item()} B/image); skipped {len(skipped)}")
     for s in skipped:
@@ -178,18 +181,51 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
     return {"images": len(store), "added": added, "skipped": skipped, "index": index_path}
 
 
-def _build_ann(store, names, threshold: int, log) -> None:
-    """(Re)builds the IVF over the global embeddings above ``threshold``; below it, removes
-    a stale one (exact search)."""
+RETRAIN_GROWTH = 2.0  # an IVF is re-trained once the gallery is this many times the size
+# its quantizer was trained at (FAISS's nlist ~ 4·sqrt(n) no longer fits); below, new
+# images are only added to the inverted lists
+
+
+def _build_ann(store, names, threshold: int, log, added: Optional[int] = None) -> None:
+    """The IVF over the global embeddings above ``threshold``; below it, removes a stale
+    one (exact search).
+
+    ``added`` (the images just appended to the gallery): when an IVF already covers the
+    other ``len(store) - added`` and the gallery is under ``RETRAIN_GROWTH`` times the size
+    its quantizer was trained at, the new vectors are added to it (ids continue; the
+    quantizer and every existing list stay as they are), as FAISS is meant to be extended.
+    Otherwise (no IVF yet, one that does not match the gallery, a merge, or a gallery
+    grown past that), it is trained anew on a sample and filled."""
     path = os.path.join(store.path, ANN_FILE)
-    index = ann.build(store.array(global_key(names)), threshold=threshold)
-    if index is None:
-        if os.path.exists(path):
-            os.remove(path)
+    meta_path = path + ".json"
+    vectors = store.array(global_key(names))
+    n = len(vectors)
+    if n < threshold:
+        for stale in (path, meta_path):
+            if os.path.exists(stale):
+                os.remove(stale)
         return
+    index, meta = None, None
+    if added and os.path.exists(path) and os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        index = ann.load(path, mmap=False)
+        if index.ntotal != n - added or n > RETRAIN_GROWTH * meta["trained_on"]:
+            index, meta = None, None
+    if index is not None:
+        ann.add(index, vectors[n - added:], start_id=n - added)
+        how = f"extended by {added} (quantizer trained at {meta['trained_on']} images kept)"
+    else:
+        index = ann.build(vectors, threshold=threshold)
+        meta = {"trained_on": n, "nlist": int(index.nlist)}
+        how = "trained and filled"
     ann.save(index, path + ".tmp")
+    with open(meta_path + ".tmp", "w") as f:
+        json.dump(meta, f)
     os.replace(path + ".tmp", path)
-    log(f"IVF index of {index.ntotal} global embeddings ({index.nlist} lists) in {path}")
+    os.replace(meta_path + ".tmp", meta_path)
+    log(f"IVF index of {index.ntotal} global embeddings ({index.nlist} lists) in {path}: "
+        f"{how}")
 
 
 def merge_index(output: str, shards: list[str], ann_threshold: int = ann.EXACT_BELOW,
