@@ -208,3 +208,18 @@ def test_mixed_precision_step_trains_with_finite_float32_losses(tiny_data, confi
         assert all(np.isfinite(v) for v in summary["loss"].values()), summary["loss"]
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_a_seed_fixes_the_initial_weights_and_another_seed_changes_them(tiny_data, config):
+    # train.seed seeds the initialisers too (loop.seed_everything), not only the batch
+    # order: two tasks of one seed start from the same weights, another seed elsewhere.
+    def weights(seed):
+        task = HGANTask(config.replace(seed=seed), tiny_data)
+        return [v.numpy() for v in task.model.trainable_variables]
+
+    a, b, c = weights(3), weights(3), weights(4)
+    assert len(a) == len(b) == len(c) > 10
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    kernels = [(x, z) for x, z in zip(a, c) if x.ndim >= 2]
+    assert all(not np.array_equal(x, z) for x, z in kernels)

@@ -22,7 +22,7 @@ from hgan.tf_compat import keras, tf
 from hgan.training import optim, run_dir
 from hgan.training.buffers import IdentityBuffers
 from hgan.training.distribution import FINITE, gather_tree, make_strategy, replicated
-from hgan.training.loop import Task
+from hgan.training.loop import Task, seed_everything
 
 
 class HGANTask(Task):
@@ -33,6 +33,7 @@ class HGANTask(Task):
         if config.family != "hgan":
             raise ValueError(f"config.family is {config.family!r}; this trains hgan")
         self.config, self.data_dir, self.val_split = config, data_dir, val_split
+        seed_everything(config.train.seed)
         self.manifest = pipeline.load_manifest(data_dir)
         if "train" not in self.manifest["splits"]:
             raise ValueError(f"{data_dir} has no train split")

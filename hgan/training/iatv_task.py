@@ -38,7 +38,7 @@ from hgan.tf_compat import keras, tf
 from hgan.training import iatv_pairs, optim, run_dir
 from hgan.training.buffers import IdentityBuffers
 from hgan.training.distribution import FINITE, gather_tree, make_strategy, replicated
-from hgan.training.loop import Task
+from hgan.training.loop import Task, seed_everything
 
 PHASES = ("stage1", "stage2_text", "stage2_joint")
 LOSS = {"stage1": "cmce", "stage2_text": "bce", "stage2_joint": "bce"}  # stage1: its loss
@@ -127,6 +127,7 @@ class IATVTask(Task):
             raise ValueError(f"unknown stage1_loss {config.model.stage1_loss!r}; choose from "
                              f"{STAGE1_LOSSES}")
         self.config, self.data_dir, self.val_split = config, data_dir, val_split
+        seed_everything(config.train.seed)
         self.manifest = pipeline.load_manifest(data_dir)
         if "train" not in self.manifest["splits"]:
             raise ValueError(f"{data_dir} has no train split")

@@ -30,9 +30,18 @@ import orbit
 from absl import logging
 
 from hgan.config import Config
-from hgan.tf_compat import tf
+from hgan.tf_compat import keras, tf
 from hgan.training import run_dir
 from hgan.training.distribution import FINITE, is_chief, worker_dir
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and TensorFlow's global seeds from ``train.seed``: the weight
+    initialisers, dropout and the Gumbel noise draw from them, so one seed is one run (the
+    data's order is seeded by ``train.seed`` on its own). A task calls it before it builds
+    its model. Without it a "seed" fixed only the batch order and two runs of one config
+    started from different weights."""
+    keras.utils.set_random_seed(int(seed))
 
 
 class Task(abc.ABC):
