@@ -485,7 +485,7 @@ _PRESETS = {
                             embed_dim=128, word_dim=128, lstm_units=128, attention_dim=128,
                             importance_hidden=128, fc_hidden=128, cnn_learning_rate=0.01,
                             stage2_learning_rate=3e-3, region_norm="l2", positive_share=0.5,
-                            random_negative_share=0.5, stage1_steps=300,
+                            random_negative_share=0.5, stage1_steps=600,
                             stage2_text_steps=450, stage2_joint_steps=150),
             train=TrainConfig(epochs=20, learning_rate=1e-3, lr_decay_epochs=(15,),
                               checkpoint_every=150, eval_every=150, log_every=20),
