@@ -1,7 +1,7 @@
 """Command line of ``hgan.serving.search`` (what the gallery holds and how a query is
 scored is written there).
 
-  python -m hgan.search index --savedmodel=DIR --images=FOLDER --index=GALLERY_DIR \
+  python -m hgan.search index --savedmodel=DIR --images=FOLDER|LIST.txt --index=GALLERY_DIR \
       [--shard=i/N] [--dtype=float16|float32] [--batch_size=32]
   python -m hgan.search index --savedmodel=DIR --data_dir=TFRECORDS --split=test --index=...
   python -m hgan.search merge --index=GALLERY_DIR SHARD_DIR [SHARD_DIR ...]
@@ -23,7 +23,8 @@ FLAGS = flags.FLAGS
 def _define_flags():
     flags.DEFINE_string("savedmodel", None, "Exported model (python -m hgan.export).")
     flags.DEFINE_string("index", None, "Gallery directory (hgan.serving.gallery).")
-    flags.DEFINE_string("images", None, "index: a folder of JPEG/PNG images.")
+    flags.DEFINE_string("images", None, "index: a folder of JPEG/PNG images, or a .txt "
+                        "file listing image paths (one a line, relative to the list).")
     flags.DEFINE_string("data_dir", None, "index: a data_prep output dir instead of a folder.")
     flags.DEFINE_string("split", "test", "index: the split of --data_dir.")
     flags.DEFINE_string("shard", None, "index: i/N, every N-th image from the i-th (N "

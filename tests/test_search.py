@@ -214,6 +214,27 @@ def test_index_skips_bad_files_resumes_and_extends(monkeypatch, model, tmp_path)
                            log=lambda *_: None)
 
 
+def test_index_reads_a_file_list_skipping_what_it_cannot_read(monkeypatch, model, tmp_path):
+    _use(monkeypatch, served())
+    _photos(tmp_path / "cams", [("a/1.png", b"IMG:1"), ("b/2.png", b"IMG:2"),
+                                ("bad.png", b"broken")])
+    _photos(tmp_path / "elsewhere", [("3.jpg", b"IMG:3")])
+    listed = tmp_path / "cams" / "list.txt"
+    listed.write_text("# the gallery\na/1.png\n\nb/2.png\na/1.png\nmissing.png\nbad.png\n"
+                      f"{tmp_path / 'elsewhere' / '3.jpg'}\n")
+    out = str(tmp_path / "gallery")
+    report = search.build_index(model, out, images=str(listed), log=lambda *_: None)
+    g = gallery.Gallery.open(out)
+    assert g.paths() == ["a/1.png", "b/2.png", str(tmp_path / "elsewhere" / "3.jpg")]
+    np.testing.assert_array_equal(g.array("embedding")[:, 0], [1, 2, 3])  # each once
+    assert [s["path"] for s in report["skipped"]] == ["missing.png", "bad.png"]
+    assert "FileNotFoundError" in report["skipped"][0]["reason"]
+    assert g.manifest["source"] == {"kind": "list", "root": str(tmp_path / "cams")}
+    with pytest.raises(ValueError, match="not a .txt file list"):
+        search.build_index(model, out, images=str(tmp_path / "cams" / "a" / "1.png"),
+                           log=lambda *_: None)
+
+
 def test_an_ivf_gallery_is_extended_without_retraining_until_it_doubles(monkeypatch, model,
                                                                          tmp_path):
     pytest.importorskip("faiss")

@@ -92,6 +92,21 @@ def test_images_of_the_gallery_only(server):
     assert _call(url, "/api/image/abc")[0] == 422
 
 
+def test_a_file_lists_images_are_served_where_it_listed_them(tmp_path):
+    (tmp_path / "cams").mkdir()
+    (tmp_path / "cams" / "a.png").write_bytes(PNG)
+    (tmp_path / "other.jpg").write_bytes(b"\xff\xd8jpeg")
+    store = gallery.Gallery.create(str(tmp_path / "g"), "m", {"embedding": (2,)},
+                                   source={"kind": "list", "root": str(tmp_path / "cams")})
+    store.append(["a.png", str(tmp_path / "other.jpg"), "gone.png"],
+                 {"embedding": np.zeros((3, 2))})
+    images = service.ImageSource(gallery.Gallery.open(store.path))
+    assert images.read(0) == (PNG, "image/png")
+    assert images.read(1) == (b"\xff\xd8jpeg", "image/jpeg")  # an absolute path listed
+    with pytest.raises(service.BadRequest, match="not an image of the gallery's list"):
+        images.read(2)  # listed, indexed, since deleted
+
+
 @pytest.mark.parametrize("raw,status,message", [
     (b"not json", 400, "not JSON"),
     (b"\xff\xfe", 400, "not JSON"),

@@ -71,8 +71,9 @@ class Gallery:
     def create(cls, path: str, model: str, features: dict, dtype: str = "float16",
                source: Optional[dict] = None) -> "Gallery":
         """A new, empty gallery for features {name: per-row shape}; ``source`` says where
-        its images live ({"kind": "folder", "root"} or {"kind": "tfrecords", "data_dir",
-        "split"}), for a service that shows them."""
+        its images live ({"kind": "folder", "root"}, {"kind": "list", "root"}: the
+        folder of a file list, which its relative paths are relative to; or {"kind":
+        "tfrecords", "data_dir", "split"}), for a service that shows them."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if os.path.exists(os.path.join(path, MANIFEST)):

@@ -1,6 +1,6 @@
 """Text → image search with an exported SavedModel over an on-disk gallery.
 
-  python -m hgan.search index --savedmodel=DIR --images=FOLDER --index=GALLERY_DIR
+  python -m hgan.search index --savedmodel=DIR --images=FOLDER|LIST.txt --index=GALLERY_DIR
   python -m hgan.search index --savedmodel=DIR --data_dir=TFRECORDS --split=test --index=...
       [--shard=i/N] [--dtype=float16]
   python -m hgan.search merge --index=GALLERY_DIR SHARD_DIR ...
@@ -64,6 +64,30 @@ def _folder_paths(folder: str):
                 yield os.path.relpath(path, folder), functools.partial(_read_file, path)
 
 
+def _list_paths(list_file: str):
+    """(path as listed, reader) of every line of a file list: one image path a line,
+    relative to the list's folder or absolute; blank lines and ``#`` comments skipped, a
+    path listed twice taken once. A listed file that cannot be read is skipped and
+    reported by ``build_index``, like a file that is not an image."""
+    base = os.path.dirname(os.path.abspath(list_file))
+    with open(list_file, encoding="utf-8") as f:
+        lines = [line.strip() for line in f]
+    for line in dict.fromkeys(ln for ln in lines if ln and not ln.startswith("#")):
+        yield line, functools.partial(_read_file, os.path.join(base, line))
+
+
+def _image_source(images: str):
+    """``--images``: a folder (every JPEG/PNG under it) or a ``.txt`` file list → (paths
+    and readers, where the service finds them)."""
+    if os.path.isfile(images):
+        if not images.lower().endswith(".txt"):
+            raise ValueError(f"--images={images} is a file but not a .txt file list (one image "
+                             "path a line); give a folder or a list")
+        return list(_list_paths(images)), {"kind": "list", "root": os.path.dirname(
+            os.path.abspath(images))}
+    return list(_folder_paths(images)), {"kind": "folder", "root": os.path.abspath(images)}
+
+
 def _read_file(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
@@ -121,10 +145,13 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
     fingerprint = gallery.model_fingerprint(savedmodel)
     encode = served.signatures["encode_image"]
     names = list(encode.structured_outputs)
-    source = list(_folder_paths(images) if images else _record_paths(data_dir, split))
     # Where the images live, for a service that shows them (hgan.serving.service).
-    source_info = ({"kind": "folder", "root": os.path.abspath(images)} if images else
-                   {"kind": "tfrecords", "data_dir": os.path.abspath(data_dir), "split": split})
+    if images:
+        source, source_info = _image_source(images)
+    else:
+        source = list(_record_paths(data_dir, split))
+        source_info = {"kind": "tfrecords", "data_dir": os.path.abspath(data_dir),
+                       "split": split}
     i, n = _shard(shard)
     source = source[i::n]
     if os.path.exists(os.path.join(index_path, gallery.MANIFEST)):
@@ -138,15 +165,22 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
 
     def flush():
         nonlocal store, added
-        kept, outs = [], []
+        kept, outs, blobs = [], [], []
+        for path, read in batch:
+            try:
+                blobs.append((path, read()))
+            except OSError as e:  # a listed file that is missing or unreadable
+                skipped.append({"path": path, "reason": f"{type(e).__name__}: {e.strerror}"})
+        if not blobs:
+            return
         try:
-            outs.append(encode(images=tf.constant([read() for _, read in batch])))
-            kept = [p for p, _ in batch]
+            outs.append(encode(images=tf.constant([blob for _, blob in blobs])))
+            kept = [p for p, _ in blobs]
         except tf.errors.InvalidArgumentError:
             # One bad file fails its batch: encode one by one to find and skip it.
-            for path, read in batch:
+            for path, blob in blobs:
                 try:
-                    outs.append(encode(images=tf.constant([read()])))
+                    outs.append(encode(images=tf.constant([blob])))
                     kept.append(path)
                 except tf.errors.InvalidArgumentError as e:
                     skipped.append({"path": path, "reason": e.message.split("\n")[0][:200]})

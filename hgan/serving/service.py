@@ -82,11 +82,14 @@ class ImageSource:
             raise BadRequest(404, f"row {row} is not in the gallery (0..{len(paths) - 1})")
         path = paths[row]
         kind = self.source.get("kind")
-        if kind == "folder":
+        if kind in ("folder", "list"):
             root = os.path.realpath(self.source["root"])
             real = os.path.realpath(os.path.join(root, path))
-            if os.path.commonpath([root, real]) != root or not os.path.isfile(real):
-                raise BadRequest(404, f"{path} is not an image of the gallery's folder")
+            # A folder's images are under its root; a list's are where it said (the path
+            # comes from the gallery row, never from the request).
+            inside = kind == "list" or os.path.commonpath([root, real]) == root
+            if not inside or not os.path.isfile(real):
+                raise BadRequest(404, f"{path} is not an image of the gallery's {kind}")
             with open(real, "rb") as f:
                 data = f.read()
         elif kind == "tfrecords":
