@@ -29,6 +29,9 @@ def _define_flags():
     flags.DEFINE_string("split", "test", "index: the split of --data_dir.")
     flags.DEFINE_string("shard", None, "index: i/N, every N-th image from the i-th (N "
                         "machines; join them with merge).")
+    flags.DEFINE_string("quantizer", None, "index: an ann.faiss (e.g. shard 0's) whose "
+                        "trained IVF quantizer this gallery's IVF adds to, so shard IVFs "
+                        "merge with FAISS's merge_from.")
     flags.DEFINE_enum("dtype", "float16", ["float16", "float32"], "index: stored dtype.")
     flags.DEFINE_integer("batch_size", 32, "index: images per encode_image call.")
     flags.DEFINE_integer("top_k", 10, "query: results to return.")
@@ -53,7 +56,8 @@ def main(argv):
         if bool(FLAGS.images) == bool(FLAGS.data_dir):
             raise app.UsageError("index needs exactly one of --images or --data_dir")
         build_index(FLAGS.savedmodel, FLAGS.index, FLAGS.images, FLAGS.data_dir, FLAGS.split,
-                    batch_size=FLAGS.batch_size, shard=FLAGS.shard, dtype=FLAGS.dtype)
+                    batch_size=FLAGS.batch_size, shard=FLAGS.shard, dtype=FLAGS.dtype,
+                    quantizer=FLAGS.quantizer)
         return 0
     if len(argv) != 3:
         raise app.UsageError('query takes one quoted sentence: query "a man in a red coat"')

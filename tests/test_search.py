@@ -287,6 +287,49 @@ def test_shards_on_n_machines_merge_into_the_whole_gallery(monkeypatch, model, t
         search.build_index(model, whole, images=str(folder), shard="1-3", log=lambda *_: None)
 
 
+def test_shards_on_one_quantizer_merge_their_ivfs_with_faiss_merge_from(monkeypatch, model,
+                                                                        tmp_path):
+    pytest.importorskip("faiss")
+    _use(monkeypatch, served())
+    folder = tmp_path / "photos"
+    _photos(folder, [(f"{i}.png", f"IMG:{i}".encode()) for i in range(9)])
+    shards = [str(tmp_path / f"shard{i}") for i in range(3)]
+    # Shard 0 trains an IVF; the others add to its quantizer (index --quantizer).
+    search.build_index(model, shards[0], images=str(folder), shard="0/3", ann_threshold=1,
+                       log=lambda *_: None)
+    trained = os.path.join(shards[0], search.ANN_FILE)
+    for i in (1, 2):
+        search.build_index(model, shards[i], images=str(folder), shard=f"{i}/3",
+                           quantizer=trained, log=lambda *_: None)
+    lines = []
+    merged = str(tmp_path / "all")
+    search.merge_index(merged, shards, ann_threshold=1, log=lines.append)
+    assert any("merge_from" in ln for ln in lines), lines
+    ivf = ann.load(os.path.join(merged, search.ANN_FILE), mmap=False)
+    assert ivf.ntotal == 9
+    shard0 = ann.load(trained, mmap=False)  # held: its quantizer is owned by it
+    np.testing.assert_array_equal(ivf.quantizer.reconstruct_n(0, ivf.nlist),
+                                  shard0.quantizer.reconstruct_n(0, shard0.nlist))
+    # Every merged id is its image's gallery row.
+    store = gallery.Gallery.open(merged)
+    vectors = store.array("embedding")
+    ids = ann.Searcher(vectors, ivf, nprobe=ivf.nlist).search(np.asarray(vectors[:9]), 1)[1]
+    np.testing.assert_array_equal(ids[:, 0], np.arange(9))
+    # Shards on their own quantizers: merge trains one IVF instead.
+    for i in (1, 2):
+        search.build_index(model, str(tmp_path / f"own{i}"), images=str(folder),
+                           shard=f"{i}/3", ann_threshold=1, log=lambda *_: None)
+    lines = []
+    search.merge_index(str(tmp_path / "all2"), [shards[0], str(tmp_path / "own1"),
+                                               str(tmp_path / "own2")],
+                       ann_threshold=1, log=lines.append)
+    assert any("trained and filled" in ln for ln in lines) and \
+        not any("merge_from" in ln for ln in lines)
+    with pytest.raises(FileNotFoundError, match="quantizer"):
+        search.build_index(model, str(tmp_path / "x"), images=str(folder),
+                           quantizer=str(tmp_path / "nope.faiss"), log=lambda *_: None)
+
+
 def test_index_errors_say_what_is_wrong(monkeypatch, model, tmp_path):
     _use(monkeypatch, served())
     with pytest.raises(FileNotFoundError, match="image folder .*nowhere not found"):

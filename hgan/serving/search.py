@@ -30,6 +30,7 @@ JPEG/PNG images are skipped and reported.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import time
@@ -136,11 +137,15 @@ def _progress(log, done: int, total: Optional[int], new: int, start: float) -> N
 
 def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, split="test",
                 batch_size: int = 32, log=print, shard: str | None = None,
-                dtype: str = "float16", ann_threshold: int = ann.EXACT_BELOW) -> dict:
+                dtype: str = "float16", ann_threshold: int = ann.EXACT_BELOW,
+                quantizer: Optional[str] = None) -> dict:
     """Encodes every image not yet in the gallery ``index_path`` (created if absent) and
     appends it, batch by batch (each batch committed: an interrupted run resumes). With
-    ``shard`` "i/N", only every N-th image from the i-th (sorted order). Returns {"images"
-    (in the gallery), "added", "skipped", "index"}."""
+    ``shard`` "i/N", only every N-th image from the i-th (sorted order). ``quantizer``: an
+    IVF file (another gallery's ``ann.faiss``, e.g. shard 0's) whose trained quantizer this
+    gallery's IVF adds to, at any size, so shards indexed on N machines merge with FAISS's
+    ``merge_from`` (``merge_index``) instead of a new training. Returns {"images" (in the
+    gallery), "added", "skipped", "index"}."""
     served = _load(savedmodel)
     fingerprint = gallery.model_fingerprint(savedmodel)
     encode = served.signatures["encode_image"]
@@ -206,7 +211,9 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
     if store is None or not len(store):
         raise ValueError("no image could be indexed"
                          + (f"; skipped: {skipped[:3]}" if skipped else ""))
-    if added:
+    if quantizer:
+        _ann_from_quantizer(store, names, quantizer, log)
+    elif added:
         _build_ann(store, names, ann_threshold, log, added=added)
     log(f"gallery of {len(store)} images in {index_path} (+{added}; "
         f"{store.bytes_per_item()} B/image); skipped {len(skipped)}")
@@ -253,20 +260,84 @@ def _build_ann(store, names, threshold: int, log, added: Optional[int] = None) -
         index = ann.build(vectors, threshold=threshold)
         meta = {"trained_on": n, "nlist": int(index.nlist)}
         how = "trained and filled"
-    ann.save(index, path + ".tmp")
-    with open(meta_path + ".tmp", "w") as f:
-        json.dump(meta, f)
-    os.replace(path + ".tmp", path)
-    os.replace(meta_path + ".tmp", meta_path)
+    _save_ann(store, index, meta)
     log(f"IVF index of {index.ntotal} global embeddings ({index.nlist} lists) in {path}: "
         f"{how}")
 
 
+def _save_ann(store, index, meta: dict) -> None:
+    path = os.path.join(store.path, ANN_FILE)
+    ann.save(index, path + ".tmp")
+    with open(path + ".json.tmp", "w") as f:
+        json.dump(meta, f)
+    os.replace(path + ".tmp", path)
+    os.replace(path + ".json.tmp", path + ".json")
+
+
+def _ann_from_quantizer(store, names, quantizer: str, log) -> None:
+    """The gallery's IVF: every global embedding added to an empty copy of the trained
+    IVF in the file ``quantizer`` (rebuilt whole: adding is cheap, training is what is
+    shared)."""
+    if not os.path.isfile(quantizer):
+        raise FileNotFoundError(f"--quantizer {quantizer} is not a file (an ann.faiss)")
+    trained = ann.load(quantizer, mmap=False)
+    dim = store.array(global_key(names)).shape[1]
+    if trained.d != dim:
+        raise ValueError(f"--quantizer {quantizer} is an IVF of {trained.d}-d vectors; this "
+                         f"gallery's global embeddings are {dim}-d")
+    index = ann.add(ann.empty_copy(trained), store.array(global_key(names)))
+    meta_path = quantizer + ".json"
+    trained_on = None
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            trained_on = json.load(f).get("trained_on")
+    _save_ann(store, index, {"trained_on": trained_on or len(store), "nlist": int(index.nlist),
+                             "quantizer": _centroid_digest(index)})
+    log(f"IVF index of {index.ntotal} global embeddings ({index.nlist} lists) on the "
+        f"quantizer of {quantizer}")
+
+
+def _centroid_digest(index) -> str:
+    """A digest of an IVF's trained centroids: equal digests, one quantizer."""
+    centroids = index.quantizer.reconstruct_n(0, index.nlist)
+    return hashlib.sha256(np.ascontiguousarray(centroids, np.float32).tobytes()).hexdigest()
+
+
+def _shard_ivfs(shards: list[str]):
+    """The shards' IVF indexes when every shard has one, covering all its images, on one
+    quantizer (``index --quantizer``); else None."""
+    indexes, digest = [], None
+    for shard in shards:
+        path = os.path.join(shard, ANN_FILE)
+        if not os.path.exists(path):
+            return None
+        index = ann.load(path, mmap=False)
+        if index.ntotal != len(gallery.Gallery.open(shard)):
+            return None
+        d = _centroid_digest(index)
+        if digest not in (None, d):
+            return None
+        digest = d
+        indexes.append(index)
+    return indexes
+
+
 def merge_index(output: str, shards: list[str], ann_threshold: int = ann.EXACT_BELOW,
                 log=print) -> dict:
-    """``gallery.merge`` of shard galleries into ``output``, then its IVF index."""
+    """``gallery.merge`` of shard galleries into ``output``, then its IVF index: the shards'
+    own IVFs joined by FAISS's ``merge_from`` (``ann.merge``) when they share one trained
+    quantizer (``index --quantizer``), else one trained over the merged gallery."""
     store = gallery.merge(output, shards)
-    _build_ann(store, list(store.features), ann_threshold, log)
+    ivfs = _shard_ivfs(shards)
+    if ivfs is not None:
+        offsets = np.cumsum([0] + [len(gallery.Gallery.open(s)) for s in shards[:-1]])
+        merged = ann.merge(ivfs, offsets.tolist())
+        _save_ann(store, merged, {"trained_on": len(store), "nlist": int(merged.nlist),
+                                  "quantizer": _centroid_digest(merged)})
+        log(f"IVF index of {merged.ntotal} global embeddings: the {len(shards)} shards' IVFs "
+            "joined by FAISS merge_from (one quantizer, no training)")
+    else:
+        _build_ann(store, list(store.features), ann_threshold, log)
     log(f"merged {len(shards)} shards: {len(store)} images in {output}")
     return {"images": len(store), "index": output}
 
