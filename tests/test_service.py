@@ -175,3 +175,36 @@ def test_explain_returns_a_results_word_map(server):
                                    (b'{"text": "iatv", "row": 1}', 404, "no word-level")):
         got, _, answer = _call(url, "/api/explain", raw=request)
         assert got == code and message in json.loads(answer)["detail"], request
+
+
+def test_the_page_and_images_are_served_while_a_query_computes(tmp_path):
+    # The model runs in the thread pool: a query that has not finished does not hold up
+    # the event loop's other routes.
+    import threading
+    store = gallery.Gallery.create(str(tmp_path / "g"), "m", {"embedding": (2,)},
+                                   source={"kind": "folder", "root": str(tmp_path)})
+    (tmp_path / "a.png").write_bytes(PNG)
+    store.append(["a.png"], {"embedding": np.zeros((1, 2))})
+    release, entered = threading.Event(), threading.Event()
+
+    class Slow(StandIn):
+        def query(self, text, top_k, rerank_k):
+            entered.set()
+            assert release.wait(30)
+            return super().query(text, top_k, rerank_k)
+
+    running = service.Server(service.create_app(Slow(gallery.Gallery.open(store.path)))).start()
+    try:
+        answer = {}
+        client = threading.Thread(target=lambda: answer.update(
+            zip(("status", "kind", "body"), _call(running.url, "/api/search", {"text": "a"}))))
+        client.start()
+        assert entered.wait(30)
+        assert _call(running.url, "/api/health")[0] == 200  # while the query waits
+        assert _call(running.url, "/api/image/0")[::2] == (200, PNG)
+        release.set()
+        client.join(30)
+        assert answer["status"] == 200 and json.loads(answer["body"])["results"]
+    finally:
+        release.set()
+        running.stop()

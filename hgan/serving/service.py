@@ -28,6 +28,7 @@ import time
 from typing import Callable, Optional
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from hgan.serving import gallery
@@ -183,25 +184,33 @@ def create_app(searcher, max_body: int = MAX_BODY, log: Callable[[str], None] = 
                 "rerank_k": searcher.default_rerank_k,
                 "stage1": "exact" if searcher.stage1.exact else "ivf"}
 
+    def locked(fn, *args):
+        with lock:
+            return fn(*args)
+
+    # The model runs in the thread pool, not on the event loop: while a query computes,
+    # the page, health checks and images are still served. The response is a plain
+    # JSONResponse (its values are JSON types already; FastAPI's encoder walk is skipped).
     @app.post("/api/search")
     async def search(request: Request):
         args = parse_search(await _bounded_body(request, max_body), max_body)
         start = time.perf_counter()
-        with lock:
-            results = searcher.query(args["text"], args["top_k"], args["rerank_k"])
+        results = await run_in_threadpool(locked, searcher.query, args["text"],
+                                          args["top_k"], args["rerank_k"])
         ms = 1000 * (time.perf_counter() - start)
         rerank_k = searcher.default_rerank_k if args["rerank_k"] is None else args["rerank_k"]
-        return {"query": args["text"], "top_k": args["top_k"], "rerank_k": rerank_k,
-                "results": [{"rank": i + 1, **r, "image": f"/api/image/{r['row']}"}
-                            for i, r in enumerate(results)], "ms": round(ms, 2)}
+        return JSONResponse({
+            "query": args["text"], "top_k": args["top_k"], "rerank_k": rerank_k,
+            "results": [{"rank": i + 1, **r, "image": f"/api/image/{r['row']}"}
+                        for i, r in enumerate(results)], "ms": round(ms, 2)})
 
     @app.post("/api/explain")
     async def explain(request: Request):
         body = await _bounded_body(request, max_body)
         args = parse_explain(body, max_body)
         try:
-            with lock:
-                return searcher.explain(args["text"], args["row"])
+            return JSONResponse(await run_in_threadpool(locked, searcher.explain,
+                                                        args["text"], args["row"]))
         except LookupError as e:
             raise BadRequest(404, str(e).strip("'\""))
 
