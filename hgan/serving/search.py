@@ -291,8 +291,7 @@ def _ann_from_quantizer(store, names, quantizer: str, log) -> None:
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             trained_on = json.load(f).get("trained_on")
-    _save_ann(store, index, {"trained_on": trained_on or len(store), "nlist": int(index.nlist),
-                             "quantizer": _centroid_digest(index)})
+    _save_ann(store, index, {"trained_on": trained_on or len(store), "nlist": int(index.nlist)})
     log(f"IVF index of {index.ntotal} global embeddings ({index.nlist} lists) on the "
         f"quantizer of {quantizer}")
 
@@ -303,16 +302,16 @@ def _centroid_digest(index) -> str:
     return hashlib.sha256(np.ascontiguousarray(centroids, np.float32).tobytes()).hexdigest()
 
 
-def _shard_ivfs(shards: list[str]):
-    """The shards' IVF indexes when every shard has one, covering all its images, on one
-    quantizer (``index --quantizer``); else None."""
+def _shard_ivfs(shards: list[str], sizes: list[int]):
+    """The shards' IVF indexes when every shard has one, covering all its ``sizes`` images,
+    on one quantizer (``index --quantizer``); else None."""
     indexes, digest = [], None
-    for shard in shards:
+    for shard, size in zip(shards, sizes):
         path = os.path.join(shard, ANN_FILE)
         if not os.path.exists(path):
             return None
         index = ann.load(path, mmap=False)
-        if index.ntotal != len(gallery.Gallery.open(shard)):
+        if index.ntotal != size:
             return None
         d = _centroid_digest(index)
         if digest not in (None, d):
@@ -328,12 +327,11 @@ def merge_index(output: str, shards: list[str], ann_threshold: int = ann.EXACT_B
     own IVFs joined by FAISS's ``merge_from`` (``ann.merge``) when they share one trained
     quantizer (``index --quantizer``), else one trained over the merged gallery."""
     store = gallery.merge(output, shards)
-    ivfs = _shard_ivfs(shards)
+    sizes = [len(gallery.Gallery.open(s)) for s in shards]
+    ivfs = _shard_ivfs(shards, sizes)
     if ivfs is not None:
-        offsets = np.cumsum([0] + [len(gallery.Gallery.open(s)) for s in shards[:-1]])
-        merged = ann.merge(ivfs, offsets.tolist())
-        _save_ann(store, merged, {"trained_on": len(store), "nlist": int(merged.nlist),
-                                  "quantizer": _centroid_digest(merged)})
+        merged = ann.merge(ivfs, np.cumsum([0] + sizes[:-1]).tolist())
+        _save_ann(store, merged, {"trained_on": len(store), "nlist": int(merged.nlist)})
         log(f"IVF index of {merged.ntotal} global embeddings: the {len(shards)} shards' IVFs "
             "joined by FAISS merge_from (one quantizer, no training)")
     else:
