@@ -238,18 +238,15 @@ def _build_ann(store, names, threshold: int, log, added: Optional[int] = None) -
     Otherwise (no IVF yet, one that does not match the gallery, a merge, or a gallery
     grown past that), it is trained anew on a sample and filled."""
     path = os.path.join(store.path, ANN_FILE)
-    meta_path = path + ".json"
     vectors = store.array(global_key(names))
     n = len(vectors)
     if n < threshold:
-        for stale in (path, meta_path):
+        for stale in (path, path + ".json"):
             if os.path.exists(stale):
                 os.remove(stale)
         return
-    index, meta = None, None
-    if added and os.path.exists(path) and os.path.exists(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
+    index, meta = None, _ann_meta(path) if added and os.path.exists(path) else None
+    if meta is not None:
         index = ann.load(path, mmap=False)
         if index.ntotal != n - added or n > RETRAIN_GROWTH * meta["trained_on"]:
             index, meta = None, None
@@ -263,6 +260,14 @@ def _build_ann(store, names, threshold: int, log, added: Optional[int] = None) -
     _save_ann(store, index, meta)
     log(f"IVF index of {index.ntotal} global embeddings ({index.nlist} lists) in {path}: "
         f"{how}")
+
+
+def _ann_meta(ann_path: str) -> Optional[dict]:
+    """The sidecar of an IVF file (``{"trained_on", "nlist"}``), None without one."""
+    if not os.path.exists(ann_path + ".json"):
+        return None
+    with open(ann_path + ".json") as f:
+        return json.load(f)
 
 
 def _save_ann(store, index, meta: dict) -> None:
@@ -281,17 +286,14 @@ def _ann_from_quantizer(store, names, quantizer: str, log) -> None:
     if not os.path.isfile(quantizer):
         raise FileNotFoundError(f"--quantizer {quantizer} is not a file (an ann.faiss)")
     trained = ann.load(quantizer, mmap=False)
-    dim = store.array(global_key(names)).shape[1]
-    if trained.d != dim:
+    vectors = store.array(global_key(names))
+    if trained.d != vectors.shape[1]:
         raise ValueError(f"--quantizer {quantizer} is an IVF of {trained.d}-d vectors; this "
-                         f"gallery's global embeddings are {dim}-d")
-    index = ann.add(ann.empty_copy(trained), store.array(global_key(names)))
-    meta_path = quantizer + ".json"
-    trained_on = None
-    if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            trained_on = json.load(f).get("trained_on")
-    _save_ann(store, index, {"trained_on": trained_on or len(store), "nlist": int(index.nlist)})
+                         f"gallery's global embeddings are {vectors.shape[1]}-d")
+    index = ann.add(ann.empty_copy(trained), vectors)
+    source = _ann_meta(quantizer) or {}
+    _save_ann(store, index, {"trained_on": source.get("trained_on") or len(store),
+                             "nlist": int(index.nlist)})
     log(f"IVF index of {index.ntotal} global embeddings ({index.nlist} lists) on the "
         f"quantizer of {quantizer}")
 
