@@ -307,6 +307,10 @@ def test_shards_on_one_quantizer_merge_their_ivfs_with_faiss_merge_from(monkeypa
     assert any("merge_from" in ln for ln in lines), lines
     ivf = ann.load(os.path.join(merged, search.ANN_FILE), mmap=False)
     assert ivf.ntotal == 9
+    # The merged IVF keeps the size its quantizer was trained at (shard 0's 3 images), so a
+    # later extension re-trains on the right growth.
+    with open(os.path.join(merged, search.ANN_FILE + ".json")) as f:
+        assert json.load(f)["trained_on"] == 3
     shard0 = ann.load(trained, mmap=False)  # held: its quantizer is owned by it
     np.testing.assert_array_equal(ivf.quantizer.reconstruct_n(0, ivf.nlist),
                                   shard0.quantizer.reconstruct_n(0, shard0.nlist))

@@ -333,7 +333,10 @@ def merge_index(output: str, shards: list[str], ann_threshold: int = ann.EXACT_B
     ivfs = _shard_ivfs(shards, sizes)
     if ivfs is not None:
         merged = ann.merge(ivfs, np.cumsum([0] + sizes[:-1]).tolist())
-        _save_ann(store, merged, {"trained_on": len(store), "nlist": int(merged.nlist)})
+        # The quantizer is the shards' one: the size it was trained at is theirs.
+        trained_on = (_ann_meta(os.path.join(shards[0], ANN_FILE)) or {}).get("trained_on")
+        _save_ann(store, merged, {"trained_on": trained_on or len(store),
+                                  "nlist": int(merged.nlist)})
         log(f"IVF index of {merged.ntotal} global embeddings: the {len(shards)} shards' IVFs "
             "joined by FAISS merge_from (one quantizer, no training)")
     else:
