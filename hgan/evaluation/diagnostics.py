@@ -73,7 +73,11 @@ def hubness(scores: np.ndarray) -> dict:
             "distinct_top1": int((counts > 0).sum())}
 
 
-def selection_words(head, texts: dict, images: dict, words_of, limit: int = 400) -> dict:
+SELECTION_QUERIES = 400  # queries selection_words reads by default
+
+
+def selection_words(head, texts: dict, images: dict, words_of,
+                    limit: int = SELECTION_QUERIES) -> dict:
     """Words the word head's regions select for each caption with its own image.
 
     ``words_of(caption bytes)`` gives the caption's word keys in slot order (e.g.

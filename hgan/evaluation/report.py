@@ -105,7 +105,7 @@ def word_keys_of(config, captions=()):
 def selection_report(model, arrays: dict) -> dict:
     """Fig. 4 as numbers over the split: the shares of the word level's region selections
     that are content words and punctuation (``hgan.evaluation.diagnostics.selection_words``)."""
-    limit = 400  # diagnostics.selection_words' default
+    limit = diagnostics.SELECTION_QUERIES
     stats = diagnostics.selection_words(
         model.word_head, arrays["texts"], arrays["images"],
         word_keys_of(model.config, list(arrays["texts"]["caption"][:limit])), limit=limit)
