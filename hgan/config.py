@@ -170,6 +170,10 @@ class IATVModel(_Section):
     # l2-normalised first (the regions' half of x_t then matches h_t's scale; DESIGN.md).
     region_norm: str = "none"
     candidates: int = 20  # §4.2: stage-2 training pairs: each sample's k nearest (stage 1)
+    # Two-stage score of a re-ranked candidate: stage 2's logit + stage1_weight · cos/τ
+    # (stage 1's CMCE logit). 0 = §4.2: stage 2 alone orders the top k (DESIGN.md, "IATV
+    # stage 2 on the demo").
+    stage1_weight: float = 0.0
     # Stage-2 pair sampling (0 = §4.2: the mined pairs as they are): the share of each batch
     # that is a mined positive, and the share of negatives that are random pairs of two
     # identities instead of stage 1's hard ones (DESIGN.md, "IATV stage 2 on the demo").
@@ -485,7 +489,7 @@ _PRESETS = {
                             embed_dim=128, word_dim=128, lstm_units=128, attention_dim=128,
                             importance_hidden=128, fc_hidden=128, cnn_learning_rate=0.01,
                             stage2_learning_rate=3e-3, region_norm="l2", positive_share=0.5,
-                            random_negative_share=0.5, stage1_steps=600,
+                            random_negative_share=0.5, stage1_weight=0.25, stage1_steps=600,
                             stage2_text_steps=450, stage2_joint_steps=150),
             train=TrainConfig(epochs=20, learning_rate=1e-3, lr_decay_epochs=(15,),
                               checkpoint_every=150, eval_every=150, log_every=20),

@@ -13,7 +13,13 @@ real stage-2 problem on a trained stage 1's cached features.
   python scripts/iatv_stage2_probe.py real --model_dir=DIR --data_dir=TFRECORDS [--steps=300
       --lr=1e-3 --positive_share=0 --set=model.positive_share=0.5 ...]
 
-Both print the per-layer gradient norms of the matcher. ``toy_problem`` / ``train_toy``
+  # Fusion: a trained model's two-stage R1 (both directions) on each split as stage 1's
+  # weight in the two-stage score (model.stage1_weight: logit + w·cos/τ) sweeps; stage 2's
+  # logits of each query's top k are computed once.
+  python scripts/iatv_stage2_probe.py fusion --model_dir=DIR --data_dir=TFRECORDS
+      [--checkpoint=best --splits=val,test --weights=0,0.1,0.25,0.5,1,2]
+
+toy and real print the per-layer gradient norms of the matcher. ``toy_problem`` / ``train_toy``
 are what tests/test_iatv_stage2.py's learning test runs.
 """
 from __future__ import annotations
@@ -262,7 +268,7 @@ def real(args) -> dict:
     from hgan.modeling.iatv.model import load_model
     from hgan.training import iatv_pairs
 
-    model, config, path = load_model(args.model_dir, args.checkpoint)
+    model, config, path = load_model(args.model_dir, args.checkpoint or "latest")
     model.initialize_stage2()  # stage 1's CNN as stage 2's (the frozen-CNN phase)
     matcher_config = parse_overrides(config, args.set)
     t0 = time.time()
@@ -366,9 +372,49 @@ def real(args) -> dict:
     return out
 
 
+def fusion(args) -> dict:
+    from hgan.evaluation import iatv_scoring, metrics, rerank
+    from hgan.modeling.iatv.model import load_model
+
+    model, config, path = load_model(args.model_dir, args.checkpoint or "best")
+    weights = [float(w) for w in args.weights.split(",")]
+    tau, k = config.model.cmce_temperature, config.eval.rerank_k
+    pairs = iatv_scoring._compiled(model)["pairs"]
+    print(f"checkpoint {path}; two-stage score = stage-2 logit + w * cos / {tau} over each "
+          f"query's stage-1 top {k}; the config's w is {config.model.stage1_weight}")
+    out = {}
+    for split in args.splits.split(","):
+        texts, images = iatv_scoring.encode_split(model, args.data_dir, config, split)
+        stage1 = iatv_scoring.stage1_scores(texts, images)
+        logits = {}  # (text, image) -> stage-2 logit, for every pair some query re-ranks
+        wanted = {(int(q), int(g)) for q, row in enumerate(rerank.top_k_ordered(stage1, k))
+                  for g in row}
+        wanted |= {(int(t), int(g)) for g, row in enumerate(rerank.top_k_ordered(stage1.T, k))
+                   for t in row}
+        todo = np.array(sorted(wanted))
+        for a in range(0, len(todo), 512):
+            t, i = todo[a:a + 512, 0], todo[a:a + 512, 1]
+            tokens = {key: texts[key][t] for key in ("input_word_ids", "input_mask")}
+            logits.update(zip(map(tuple, todo[a:a + 512].tolist()),
+                              pairs(images["regions"][i], tokens).numpy().tolist()))
+        lookup = np.vectorize(lambda t, g: logits[(int(t), int(g))], otypes=[np.float64])
+        row = {"stage1": (metrics.retrieval_metrics(stage1, texts["label"], images["label"])["R1"],
+                          metrics.retrieval_metrics(stage1.T, images["label"], texts["label"])["R1"])}
+        for w in weights:
+            t2i = rerank.rerank(stage1, lambda q, g: lookup(q, g) + w * stage1[q, g] / tau, k)
+            i2t = rerank.rerank(stage1.T, lambda q, g: lookup(g, q) + w * stage1[g, q] / tau, k)
+            row[f"w={w:g}"] = (
+                metrics.retrieval_metrics(t2i, texts["label"], images["label"])["R1"],
+                metrics.retrieval_metrics(i2t, images["label"], texts["label"])["R1"])
+        out[split] = row
+        print(f"{split}: R1 t2i / i2t  " + "  ".join(f"{name} {a:.1f} / {b:.1f}"
+                                                     for name, (a, b) in row.items()))
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("mode", choices=("toy", "real"))
+    p.add_argument("mode", choices=("toy", "real", "fusion"))
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=0.0,
                    help="Adam rate; 0: toy 1e-3, real the config's stage-2 rate")
@@ -391,12 +437,16 @@ def main():
     # real
     p.add_argument("--model_dir")
     p.add_argument("--data_dir")
-    p.add_argument("--checkpoint", default="latest")
+    p.add_argument("--checkpoint", default=None,
+                   help="real: default latest; fusion: default best (what eval.py reads)")
     p.add_argument("--val_split", default="val")
     p.add_argument("--set", action="append", default=[], help="matcher config field=value")
     p.add_argument("--init_from_stage1", type=int, default=1)
     p.add_argument("--log_every", type=int, default=50)
     p.add_argument("--output_json")
+    # fusion
+    p.add_argument("--splits", default="val,test")
+    p.add_argument("--weights", default="0,0.1,0.25,0.5,1,2")
     args = p.parse_args()
     if args.mode == "toy":
         share = args.positive_share or 0.5
@@ -415,6 +465,8 @@ def main():
             print("   first-step grad norms:",
                   " ".join(f"{k}={v:.2e}" for k, v in r["grad_norms"].items()))
             out[f"spa{spa}_sma{sma}"] = r
+    elif args.mode == "fusion":
+        out = fusion(args)
     else:
         out = real(args)
     if args.output_json:

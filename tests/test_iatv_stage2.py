@@ -6,6 +6,7 @@ import pytest
 from hgan.modeling.iatv import stage1
 from hgan.modeling.iatv import stage2
 from hgan.tf_compat import keras, tf
+from tests_support import load_script
 
 VOCAB, T, N, C = 30, 6, 5, 4
 LENGTHS = [6, 3, 1]
@@ -175,13 +176,7 @@ def test_a_few_bce_steps_separate_matching_from_non_matching_pairs(config):
 
 
 def _probe():
-    import importlib.util
-    import os
-    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "iatv_stage2_probe.py")
-    spec = importlib.util.spec_from_file_location("iatv_stage2_probe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("iatv_stage2_probe")
 
 
 def test_the_matcher_learns_the_toy_problem_that_has_a_known_answer():

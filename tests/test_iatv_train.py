@@ -1,7 +1,9 @@
 """IATV end to end at a tiny size: the three training phases, resume, eval report, export."""
+import dataclasses
 import io
 import json
 import os
+import types
 
 import numpy as np
 import pytest
@@ -13,10 +15,11 @@ from hgan.data import pipeline
 from hgan.evaluation import iatv_scoring
 from hgan.families import export
 from hgan.modeling.iatv.model import load_model
-from hgan.serving import search
+from hgan.serving import iatv_module, search
 from hgan.tf_compat import tf
 from hgan.training import iatv_pairs, loop, run_dir
 from hgan.training.iatv_task import IATVTask
+from tests_support import load_script
 
 STAGE1, TEXT, JOINT = 2, 2, 2  # steps per phase: stage 1 ends at 2, text phase at 4
 
@@ -143,6 +146,43 @@ def test_two_stage_reorders_stage1_top_k_by_stage2_logits(trained, tiny_data):
         np.testing.assert_array_equal(order[:k], top[np.argsort(-logits[q, top], kind="stable")])
         np.testing.assert_array_equal(order[k:], np.argsort(-stage1[q], kind="stable")[k:])
 
+    # With a stage-1 weight w the head is ordered by logit + w·cos/τ, by a hand loop here.
+    weighted = dataclasses.replace(config.model, stage1_weight=0.5, cmce_temperature=0.04)
+    model.config = dataclasses.replace(config, model=weighted)
+    t2i_w, i2t_w = iatv_scoring.two_stage_scores(model, texts, images, k, stage1)
+    changed = 0
+    for q in range(n_texts):
+        top = np.argsort(-stage1[q], kind="stable")[:k]
+        fused = [logits[q, g] + 0.5 * stage1[q, g] / 0.04 for g in top]
+        order = np.argsort(-t2i_w[q], kind="stable")
+        np.testing.assert_array_equal(order[:k], top[np.argsort(-np.array(fused), kind="stable")])
+        changed += not np.array_equal(order, np.argsort(-t2i[q], kind="stable"))
+    for g in range(n_images):  # image-to-text: the same sum over the image's top k texts
+        top = np.argsort(-stage1[:, g], kind="stable")[:k]
+        fused = logits[top, g] + 0.5 * stage1[top, g] / 0.04
+        np.testing.assert_array_equal(np.argsort(-i2t_w[g], kind="stable")[:k],
+                                      top[np.argsort(-fused, kind="stable")])
+    assert changed  # the weight did re-order some query (else the case would test nothing)
+    # full_gallery ("w/o stage-1") is stage 2 alone whatever the weight.
+    full, _ = iatv_scoring.two_stage_scores(model, texts, images, n_images, stage1, fuse=False)
+    for q in range(n_texts):
+        np.testing.assert_array_equal(np.argsort(-full[q], kind="stable"),
+                                      np.argsort(-logits[q], kind="stable"))
+
+
+def test_the_fusion_sweep_at_the_configs_weight_is_evals_two_stage(trained, tiny_data):
+    # scripts/iatv_stage2_probe.py fusion re-ranks from logits it caches once; at the
+    # config's weight (0 in this preset) it must give eval.py's two-stage R1, both ways.
+    args = types.SimpleNamespace(model_dir=trained[0], data_dir=tiny_data, checkpoint="best",
+                                 splits="test", weights="0,1")
+    sweep = load_script("iatv_stage2_probe").fusion(args)["test"]
+    model, config, _ = load_model(trained[0])
+    report = iatv_scoring.evaluate(model, tiny_data, config, "test")
+    assert sweep["w=0"] == pytest.approx((report["two_stage"]["t2i"]["R1"],
+                                          report["two_stage"]["i2t"]["R1"]))
+    assert sweep["stage1"] == pytest.approx((report["stage1"]["t2i"]["R1"],
+                                             report["stage1"]["i2t"]["R1"]))
+
 
 def _png(colour):
     buf = io.BytesIO()
@@ -155,7 +195,8 @@ def test_export_serves_stage1_scores_and_stage2_confidences(trained, tmp_path):
     saved = export(model_dir, str(tmp_path / "saved"))
     served = tf.saved_model.load(saved)
     assert set(served.signatures) == {"encode_text", "encode_image", "score", "rerank_score",
-                                      "rerank_confidence", "score_features", "rerank_features"}
+                                      "rerank_confidence", "score_features", "rerank_features",
+                                      "two_stage_features"}
     # One output per signature: a client taking "the" output gets what the name says.
     assert all(len(f.structured_outputs) == 1 for name, f in served.signatures.items()
                if name not in ("encode_text", "encode_image"))
@@ -179,6 +220,23 @@ def test_export_serves_stage1_scores_and_stage2_confidences(trained, tmp_path):
                                atol=1e-5)
     np.testing.assert_allclose(confidence["confidence"].numpy(),
                                tf.sigmoid(logits).numpy().reshape(3, 2), atol=1e-5)
+    # The two-stage score from encode_image outputs: the logit alone at weight 0 (this
+    # preset), logit + w·cos/τ once the config sets a weight.
+    encoded = served.signatures["encode_image"](images=tf.constant(images))
+    features = {"texts": tf.constant(texts), "image_embedding": encoded["embedding"],
+                "image_regions": encoded["regions"]}
+    np.testing.assert_allclose(served.signatures["two_stage_features"](**features)["score"],
+                               logits.numpy().reshape(3, 2), atol=1e-5)
+    weighted = dataclasses.replace(config.model, stage1_weight=0.5)
+    model.config = dataclasses.replace(config, model=weighted)
+    serving = iatv_module.IATVServing(model)  # held: its tf.functions keep a weak self
+    fused = serving.two_stage_features(**features)["score"].numpy()
+    cosine = (text / np.linalg.norm(text, axis=1, keepdims=True)) @ (
+        image / np.linalg.norm(image, axis=1, keepdims=True)).T
+    np.testing.assert_allclose(
+        fused, logits.numpy().reshape(3, 2) + 0.5 / config.model.cmce_temperature * cosine,
+        atol=1e-4)
+    model.config = config
     enc = served.signatures["encode_image"](images=tf.constant(images[:1]))
     assert enc["embedding"].shape == (1, 16) and enc["regions"].shape == (1, 8, 64)
     with pytest.raises(tf.errors.InvalidArgumentError, match="not a JPEG or PNG"):

@@ -128,6 +128,25 @@ def test_stage2_reorders_the_stage1_head_and_keeps_the_rest(monkeypatch, model, 
     assert [r["path"] for r in top2] == ["c.png", "d.png"]
 
 
+def test_an_iatv_export_reranks_by_its_two_stage_score(monkeypatch, model, index):
+    # An export with two_stage_features (stage-2 logit + weighted stage-1 logit) is re-ranked
+    # by it, fed the gallery's embeddings and regions; rerank_features is then not called.
+    served_model = served()
+    served_model.signatures["two_stage_features"] = Signature(
+        lambda texts, image_embedding, image_regions: {
+            "score": _logits(texts, image_regions)["score"] + 10 * image_embedding[None, :, 0]},
+        ["texts", "image_embedding", "image_regions"])
+    _use(monkeypatch, served_model)
+    results = search.query(model, index, "red", top_k=5, rerank_k=3)
+    # Head b, c, d: logits 1, 3, 2 plus 10·x (9, 5, 9) → 10, 8, 11: d, b, c (the logits
+    # alone order c, d, b).
+    assert [r["path"] for r in results] == ["d.png", "b.png", "c.png", "a.png", "e.png"]
+    np.testing.assert_allclose([r["rerank"] for r in results[:3]], [11.0, 10.0, 8.0])
+    (call,) = served_model.signatures["two_stage_features"].calls
+    np.testing.assert_allclose(call["image_embedding"][:, 0], [0.9, 0.5, 0.9], rtol=1e-6)  # b c d
+    assert served_model.signatures["rerank_features"].calls == []
+
+
 def test_rerank_k_zero_is_stage1_only(monkeypatch, model, index):
     served_model = _use(monkeypatch, served())
     results = search.query(model, index, "red", top_k=5, rerank_k=0)

@@ -9,6 +9,16 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def load_script(name: str):
+    """A ``scripts/NAME.py`` as a module (the scripts folder is not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts",
+                                                                     f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cli(*args, timeout=600) -> str:
     """Runs ``python ARGS`` from the repo root; returns stdout, fails with stderr's tail."""
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,

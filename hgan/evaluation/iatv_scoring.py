@@ -2,7 +2,8 @@
 
 * ``stage1``: the cosine of the stage-1 embeddings ranks the whole gallery;
 * ``two_stage``: stage 1 picks each query's ``eval.rerank_k`` (§4.2: 20) nearest items
-  of the other modality, stage 2 re-scores those pairs and re-orders them; every other item
+  of the other modality, stage 2 re-scores those pairs and re-orders them (by its logit,
+  plus stage 1's weighted by ``model.stage1_weight`` where set); every other item
   keeps its stage-1 order behind them (``hgan.evaluation.rerank.rerank``);
 * ``full_gallery``: stage 2 scores every pair (Table 2's "w/o stage-1": no "easy result
   screening"). A model trained with ``stage1_init=false`` gets it whenever ``two_stage``
@@ -80,10 +81,11 @@ def pairs_per_batch(config: Config, words: int, regions: int, channels: int,
 
 
 def two_stage_scores(model: IATV, texts: dict, images: dict, k: int,
-                     stage1=None) -> tuple[np.ndarray, np.ndarray]:
+                     stage1=None, fuse: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(t2i [Nt, Ni], i2t [Ni, Nt]) float64 two-stage matrices: row order is the final
-    ranking; each query's stage-1 top ``k`` carry their stage-2 logits, above every other
-    item, which keep their stage-1 order."""
+    ranking; each query's stage-1 top ``k`` carry their two-stage score (``IATV.two_stage_
+    score``: stage 2's logit, plus ``model.stage1_weight`` · cos/τ), above every other
+    item, which keep their stage-1 order. ``fuse=False``: stage 2's logit alone."""
     stage1 = stage1_scores(texts, images) if stage1 is None else stage1
     ids, mask, regions = texts["input_word_ids"], texts["input_mask"], images["regions"]
     batch = pairs_per_batch(model.config, ids.shape[1], regions.shape[1], regions.shape[2])
@@ -91,7 +93,8 @@ def two_stage_scores(model: IATV, texts: dict, images: dict, k: int,
 
     def pair_logits(text_index, image_index):
         tokens = {"input_word_ids": ids[text_index], "input_mask": mask[text_index]}
-        return score(regions[image_index], tokens).numpy().astype(np.float64)
+        logits = score(regions[image_index], tokens).numpy().astype(np.float64)
+        return model.two_stage_score(logits, stage1[text_index, image_index]) if fuse else logits
 
     t2i = rerank.rerank(stage1, pair_logits, k, batch)
     i2t = rerank.rerank(stage1.T, lambda q, g: pair_logits(g, q), k, batch)
@@ -137,7 +140,8 @@ def evaluate(model: IATV, data_dir: str, config: Config, split: str, modes=MODES
     if "full_gallery" in modes or (not config.model.stage1_init and "two_stage" in modes):
         t0 = time.time()
         full = max(len(texts["label"]), len(images["label"]))
-        t2i, i2t = two_stage_scores(model, texts, images, full, stage1)
+        # Stage 2 alone: "w/o stage-1" means no screening by it, nor a share of the score.
+        t2i, i2t = two_stage_scores(model, texts, images, full, stage1, fuse=False)
         report["timing"]["full_gallery_s"] = time.time() - t0
         report["full_gallery"] = metrics.both_directions(t2i, i2t, texts["label"],
                                                          images["label"], ap50=class_level)

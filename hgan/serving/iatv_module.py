@@ -17,6 +17,10 @@
   → ``score``: the stage-1 cosine and the stage-2 logit against ``encode_image`` outputs
   (what ``hgan.search`` keeps in its index; it re-ranks each query's stage-1 top
   ``--rerank_k`` with the second).
+* ``two_stage_features(texts, image_embedding, image_regions)`` → ``score``: what two-stage
+  retrieval orders the re-ranked candidates by (``IATV.two_stage_score``: the stage-2 logit
+  plus ``model.stage1_weight`` · cos/τ; equal to ``rerank_features`` when the weight is 0,
+  §4.2). ``hgan.search`` re-ranks with it, so a search orders as eval.py's two_stage does.
 
 Every signature has one output, so a client that takes "the" output (TF Serving's REST
 API returns a lone output as ``outputs``) gets what the name says: a loaded signature's
@@ -86,6 +90,16 @@ class IATVServing(ServingModule):
         """Stage-2 logits of every (sentence, image) pair from ``encode_image`` regions."""
         return {"score": self._pair_logits(texts, image_regions)}
 
+    @tf.function(input_signature=[STRINGS, tf.TensorSpec([None, None], tf.float32),
+                                  tf.TensorSpec([None, None, None], tf.float32)])
+    def two_stage_features(self, texts, image_embedding, image_regions):
+        """The two-stage score of every (sentence, image) pair from ``encode_image``
+        outputs (stage 2's logit, plus stage 1's weighted CMCE logit)."""
+        text = tf.math.l2_normalize(self.model.encode_text(self._tokens(texts)), -1)
+        cosine = tf.matmul(text, tf.math.l2_normalize(image_embedding, -1), transpose_b=True)
+        return {"score": self.model.two_stage_score(self._pair_logits(texts, image_regions),
+                                                    cosine)}
+
     def _pair_logits(self, texts, regions):
         tokens = self._tokens(texts)
         t, i = tf.shape(texts)[0], tf.shape(regions)[0]
@@ -108,4 +122,5 @@ def servable(model: IATV) -> tuple[tf.Module, dict]:
         "rerank_confidence": module.rerank_confidence.get_concrete_function(),
         "score_features": module.score_features.get_concrete_function(),
         "rerank_features": module.rerank_features.get_concrete_function(),
+        "two_stage_features": module.two_stage_features.get_concrete_function(),
     }

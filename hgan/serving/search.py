@@ -20,7 +20,7 @@ gallery has grown past ``RETRAIN_GROWTH`` times the size it was trained at.
 global embeddings (the sentence level of HGAN, IATV's stage 1; ``encode_text`` /
 ``encode_image``'s ``global`` or ``embedding``), exactly or through the IVF; stage 2
 re-scores each query's ``--rerank_k`` best with the model's second scorer
-(``reranker``: IATV's stage 2, ``rerank_features``; else HGAN's fused score with the
+(``reranker``: IATV's two-stage score, ``two_stage_features``; else HGAN's fused score with the
 Gumbel heads), as eval.py's two_stage mode. ``--rerank_k`` defaults to the export's
 ``eval.rerank_k`` (its ``assets.extra/config.json``; 20, IATV §4.2, without one). A result
 has ``score`` (stage 1's cosine) and, when re-ranked, ``rerank`` (stage 2's score).
@@ -346,12 +346,13 @@ def merge_index(output: str, shards: list[str], ann_threshold: int = ann.EXACT_B
 
 
 def reranker(signatures):
-    """The export's stage-2 signature (None: stage 1 only): IATV's ``rerank_features``,
-    else HGAN's ``score_encoded`` (it takes the sentence's ``encode_text`` output, which
-    stage 1 has already computed), else ``score_features`` (an older export; it encodes
-    the sentence again)."""
-    return (signatures.get("rerank_features") or signatures.get("score_encoded")
-            or signatures.get("score_features"))
+    """The export's stage-2 signature (None: stage 1 only): IATV's ``two_stage_features``
+    (``rerank_features`` in an export before it, which had no stage-1 weight), else HGAN's
+    ``score_encoded`` (it takes the sentence's ``encode_text`` output, which stage 1 has
+    already computed), else ``score_features`` (an older export; it encodes the sentence
+    again)."""
+    return (signatures.get("two_stage_features") or signatures.get("rerank_features")
+            or signatures.get("score_encoded") or signatures.get("score_features"))
 
 
 def _text_inputs(signature, texts, encoded) -> dict:

@@ -63,6 +63,16 @@ class IATV(tf.Module):
         return self.matcher({"regions": regions, "input_word_ids": inputs["input_word_ids"],
                              "input_mask": inputs["input_mask"]}, training=training)["logits"]
 
+    def two_stage_score(self, stage2_logits, stage1_cosine):
+        """The score two-stage retrieval orders a query's re-ranked candidates by: stage 2's
+        logit + w · cos/τ, stage 1's CMCE logit (Eq. 1–2: cosine over τ) weighted by
+        w = ``model.stage1_weight``. w = 0 is §4.2 (stage 2 alone); NumPy or TF inputs of
+        one shape, either way."""
+        model = self.config.model
+        if not model.stage1_weight:
+            return stage2_logits
+        return stage2_logits + (model.stage1_weight / model.cmce_temperature) * stage1_cosine
+
     def initialize_stage2(self) -> None:
         """§3.2: stage 1 is stage 2's initial point — its CNN (up to the regions) is copied
         into ``stage2_cnn`` and its word embedding and word-LSTM into the matcher."""
