@@ -1,6 +1,6 @@
 """A small synthetic pedestrian data set in the CUHK-PEDES layout, for demos and tests.
 
-    python -m data_prep.demo --output_dir=DIR [--identities=100 --shots=4 --seed=0]
+    python -m data_prep.demo --output_dir=DIR [--identities=300 --shots=4 --seed=0]
     python -m data_prep --dataset=demo --data_dir=DIR --output_dir=OUT
 
 Each identity is a drawn figure with its own clothing: upper garment (colour and type),
@@ -83,7 +83,7 @@ class Person:
         return (self.gender, self.upper, self.lower, self.shoes, self.hat, self.bag)
 
 
-def generate(output_dir: str, identities: int = 100, shots: int = 4, seed: int = 0) -> str:
+def generate(output_dir: str, identities: int = 300, shots: int = 4, seed: int = 0) -> str:
     """Writes the data set to ``output_dir``; returns the path of ``reid_raw.json``."""
     if identities < 3 or shots < 1:
         raise ValueError("need at least 3 identities (one per split) and 1 shot")
@@ -351,7 +351,7 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     # Defined only when run, so importing the generator claims no flag names.
     flags.DEFINE_string("output_dir", None, "Folder for reid_raw.json and imgs/.", required=True)
-    flags.DEFINE_integer("identities", 100, "Identities in all (60/20/20 % train/val/test).",
+    flags.DEFINE_integer("identities", 300, "Identities in all (60/20/20 % train/val/test).",
                          lower_bound=3)
     flags.DEFINE_integer("shots", 4, "Images per identity.", lower_bound=1)
     flags.DEFINE_integer("seed", 0, "Everything generated is a function of it.")

@@ -208,7 +208,11 @@ class TrainConfig(_Section):
     # w -= lr · wd · w (at lr 2e-4 a shrink of 1e-7 per step, no regularisation to speak of).
     weight_decay_mode: str = "l2"
     epochs: int = 60
-    max_steps: int = 0  # 0 = epochs decide
+    # HGAN: > 0 = a run of this many steps whatever the data's size (the demo's budget on a
+    # 2-core CPU); the schedule then treats steps/epochs steps as an epoch, so
+    # lr_decay_epochs fall at the same fractions of the run. 0 = epochs of the training set.
+    steps: int = 0
+    max_steps: int = 0  # 0 = the run's length decides; > 0 stops there (schedule unchanged)
     warmup_steps: int = 0
     clip_grad_norm: float = 0.0  # > 0: the summed gradients rescaled to this global norm
     lr_decay_epochs: tuple = (40,)  # ×0.1 at each
@@ -475,7 +479,7 @@ _PRESETS = {
                             partition_map=(16, 8), lstm_units=128, attention_heads=4,
                             local_dim=128, embed_dim=128, mlp_hidden=128,
                             pair_temperature=0.1, gumbel_scale=8.0),
-            train=TrainConfig(epochs=20, learning_rate=3e-4, lr_decay_epochs=(15,),
+            train=TrainConfig(steps=360, epochs=20, learning_rate=3e-4, lr_decay_epochs=(15,),
                               weight_decay_mode="decoupled", warmup_steps=50,
                               checkpoint_every=60, eval_every=60, log_every=20),
             eval=EvalConfig(rerank_k=20)),

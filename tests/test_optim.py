@@ -214,6 +214,22 @@ def test_lr_decay_epochs_become_boundaries_in_steps_of_the_training_split():
     assert constant.boundaries == [] and float(constant(tf.constant(10**6))) == pytest.approx(2e-4)
 
 
+def test_a_fixed_step_budget_sets_the_run_length_and_keeps_the_decay_fractions():
+    from hgan.config import Config
+    from hgan.training.run_dir import run_length
+    from hgan.training.schedules import learning_rate_schedule
+    small = {"splits": {"train": {"captions": 480}}}  # 15 steps an epoch at batch 32
+    large = {"splits": {"train": {"captions": 1440}}}  # 45
+    by_epochs = Config().replace(batch_size=32, epochs=20, lr_decay_epochs=(15,))
+    assert run_length(small, by_epochs) == (300, 15.0)
+    assert run_length(large, by_epochs) == (900, 45.0)
+    budget = by_epochs.replace(steps=360)
+    for manifest in (small, large):  # 360 steps and the decay at 3/4 of them, either size
+        steps, epoch = run_length(manifest, budget)
+        assert (steps, epoch) == (360, 18.0)
+        assert learning_rate_schedule(budget, epoch).boundaries == [270.0]
+
+
 def test_the_optimizer_of_a_config_applies_warmup_then_tenfold_steps_per_epoch():
     """Config → optimizer, step by step: 5 captions at batch 2 are 2 steps an epoch, so
     lr_decay_epochs (2, 3) step down at steps 4 and 6, after a 2-step warmup."""

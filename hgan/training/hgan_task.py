@@ -42,14 +42,15 @@ class HGANTask(Task):
         self.strategy = strategy or make_strategy()
         self.tokenizer = pipeline.make_tokenizer(config)
         self.per_epoch = run_dir.steps_per_epoch(self.manifest, config)
-        self.phase_end = {"train": config.train.max_steps or config.train.epochs * self.per_epoch}
+        length, schedule_epoch = run_dir.run_length(self.manifest, config)
+        self.phase_end = {"train": config.train.max_steps or length}
         if config.train.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
         with self.strategy.scope():
             self.model: HGAN = build_model(config, self.tokenizer.vocab_size + 1,
                                            self.num_classes, self.strategy)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-            optimizer = optim.make_optimizer(config, self.per_epoch)
+            optimizer = optim.make_optimizer(config, schedule_epoch)
             if config.train.mixed_precision:
                 optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
             self.optimizer = optimizer

@@ -140,7 +140,7 @@ class _Unwrapped:
 WEIGHT_DECAY_MODES = ("l2", "decoupled")
 
 
-def make_optimizer(config: Config, per_epoch: int) -> "AdamW":
+def make_optimizer(config: Config, per_epoch: float) -> "AdamW":
     """§4: Adam over ``learning_rate_schedule``; weight decay decoupled in the optimizer
     when ``weight_decay_mode="decoupled"`` (with "l2" it is a loss term, ``l2_term``)."""
     if config.train.weight_decay_mode not in WEIGHT_DECAY_MODES:

@@ -10,8 +10,9 @@ from hgan.data import pipeline, word_vocab
 from hgan.tf_compat import tf
 
 # Fields that may change when a run is resumed; anything else must match the saved config.
-RESUMABLE_FIELDS = {"train.epochs", "train.max_steps", "train.checkpoint_every",
-                    "train.keep_checkpoints", "train.eval_every", "train.log_every"}
+RESUMABLE_FIELDS = {"train.epochs", "train.steps", "train.max_steps",
+                    "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every",
+                    "train.log_every"}
 BEST_FILE = "best.json"
 
 
@@ -81,3 +82,15 @@ def reconcile_config(config: Config, model_dir: str) -> Config:
 
 def steps_per_epoch(manifest: dict, config: Config, split: str = "train") -> int:
     return max(1, manifest["splits"][split]["captions"] // config.data.batch_size)
+
+
+def run_length(manifest: dict, config: Config) -> tuple[int, float]:
+    """(steps of the run, steps the schedule counts as an epoch). ``train.steps`` > 0 fixes
+    the length whatever the data's size, and ``lr_decay_epochs`` then fall at the same
+    fractions of it (epoch = steps / epochs); else ``train.epochs`` epochs of the training
+    captions. ``train.max_steps`` is applied by the caller (it stops a run early and
+    leaves the schedule as it was)."""
+    per_epoch = steps_per_epoch(manifest, config)
+    if config.train.steps > 0:
+        return config.train.steps, config.train.steps / config.train.epochs
+    return config.train.epochs * per_epoch, float(per_epoch)

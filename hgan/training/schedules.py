@@ -25,7 +25,7 @@ class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "warmup_steps": self.warmup_steps}
 
 
-def learning_rate_schedule(config: Config, per_epoch: int) -> StepSchedule:
+def learning_rate_schedule(config: Config, per_epoch: float) -> StepSchedule:
     """×0.1 at each of ``lr_decay_epochs``, with optional linear warmup (§4 gives only the
     initial rate, 2e-4)."""
     boundaries = [float(int(e * per_epoch)) for e in config.train.lr_decay_epochs]
