@@ -485,7 +485,9 @@ _PRESETS = {
             eval=EvalConfig(rerank_k=20)),
         # The same compact CNN, 128-d towers, short phases.
         "iatv": Config(
-            family="iatv", data=_DEMO_DATA,
+            # §4.2's plain mini-batches, not HGAN's 8 identities × 4: with P×K each identity's
+            # buffer rows went stale between visits (DESIGN.md, "IATV stage 2 on the demo").
+            family="iatv", data=dataclasses.replace(_DEMO_DATA, identities_per_batch=0),
             # DESIGN.md "IATV stage 2 on the demo": the compact CNN at SGD 0.01 (stage 1
             # learns), and stage 2 on balanced pairs with random negatives, l2-normalised
             # regions and Adam 3e-3 (from the mined pairs alone it stays at chance).
