@@ -6,6 +6,7 @@ from hgan.evaluation.hgan_scoring import metrics
 from hgan.evaluation.hgan_scoring import rerank
 from hgan.training import iatv_pairs
 from hgan.modeling.iatv import stage2
+from hgan.modeling.iatv.model import IATV
 from hgan.tf_compat import tf
 
 
@@ -160,9 +161,12 @@ def test_sampled_pairs_with_positive_and_random_negative_shares():
 
 
 class _StandInIATV:
-    """What ``iatv_scoring.two_stage_scores`` uses of an IATV model: its config and
+    """What ``iatv_scoring.two_stage_scores`` uses of an IATV model: its config,
     ``pair_logits(regions, tokens)``, here sin(r · t) + t / 10 of r = Σ regions and
-    t = Σ masked word ids, which no swap of texts and images leaves unchanged."""
+    t = Σ masked word ids, which no swap of texts and images leaves unchanged, and the
+    real ``two_stage_score`` (the logit alone at this config's stage1_weight of 0)."""
+
+    two_stage_score = IATV.two_stage_score
 
     def __init__(self, config):
         self.config = config
