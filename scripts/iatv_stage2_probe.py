@@ -25,6 +25,7 @@ are what tests/test_iatv_stage2.py's learning test runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -400,12 +401,17 @@ def fusion(args) -> dict:
         lookup = np.vectorize(lambda t, g: logits[(int(t), int(g))], otypes=[np.float64])
         row = {"stage1": (metrics.retrieval_metrics(stage1, texts["label"], images["label"])["R1"],
                           metrics.retrieval_metrics(stage1.T, images["label"], texts["label"])["R1"])}
-        for w in weights:
-            t2i = rerank.rerank(stage1, lambda q, g: lookup(q, g) + w * stage1[q, g] / tau, k)
-            i2t = rerank.rerank(stage1.T, lambda q, g: lookup(g, q) + w * stage1[g, q] / tau, k)
+        for w in weights:  # the model's own two-stage score at each weight
+            model.config = dataclasses.replace(
+                config, model=dataclasses.replace(config.model, stage1_weight=w))
+            t2i = rerank.rerank(stage1, lambda q, g: model.two_stage_score(
+                lookup(q, g), stage1[q, g]), k)
+            i2t = rerank.rerank(stage1.T, lambda q, g: model.two_stage_score(
+                lookup(g, q), stage1[g, q]), k)
             row[f"w={w:g}"] = (
                 metrics.retrieval_metrics(t2i, texts["label"], images["label"])["R1"],
                 metrics.retrieval_metrics(i2t, images["label"], texts["label"])["R1"])
+        model.config = config
         out[split] = row
         print(f"{split}: R1 t2i / i2t  " + "  ".join(f"{name} {a:.1f} / {b:.1f}"
                                                      for name, (a, b) in row.items()))

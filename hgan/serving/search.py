@@ -20,8 +20,8 @@ gallery has grown past ``RETRAIN_GROWTH`` times the size it was trained at.
 global embeddings (the sentence level of HGAN, IATV's stage 1; ``encode_text`` /
 ``encode_image``'s ``global`` or ``embedding``), exactly or through the IVF; stage 2
 re-scores each query's ``--rerank_k`` best with the model's second scorer
-(``reranker``: IATV's two-stage score, ``two_stage_features``; else HGAN's fused score with the
-Gumbel heads), as eval.py's two_stage mode. ``--rerank_k`` defaults to the export's
+(``reranker``: IATV's two-stage score, ``two_stage_features``; else HGAN's fused score
+with the Gumbel heads), as eval.py's two_stage mode. ``--rerank_k`` defaults to the export's
 ``eval.rerank_k`` (its ``assets.extra/config.json``; 20, IATV §4.2, without one). A result
 has ``score`` (stage 1's cosine) and, when re-ranked, ``rerank`` (stage 2's score).
 A gallery indexed by another SavedModel is refused. Files in a folder that are not
