@@ -399,8 +399,12 @@ def fusion(args) -> dict:
             logits.update(zip(map(tuple, todo[a:a + 512].tolist()),
                               pairs(images["regions"][i], tokens).numpy().tolist()))
         lookup = np.vectorize(lambda t, g: logits[(int(t), int(g))], otypes=[np.float64])
-        row = {"stage1": (metrics.retrieval_metrics(stage1, texts["label"], images["label"])["R1"],
-                          metrics.retrieval_metrics(stage1.T, images["label"], texts["label"])["R1"])}
+
+        def r1(t2i, i2t):
+            both = metrics.both_directions(t2i, i2t, texts["label"], images["label"])
+            return both["t2i"]["R1"], both["i2t"]["R1"]
+
+        row = {"stage1": r1(stage1, stage1.T)}
         for w in weights:  # the model's own two-stage score at each weight
             model.config = dataclasses.replace(
                 config, model=dataclasses.replace(config.model, stage1_weight=w))
@@ -408,9 +412,7 @@ def fusion(args) -> dict:
                 lookup(q, g), stage1[q, g]), k)
             i2t = rerank.rerank(stage1.T, lambda q, g: model.two_stage_score(
                 lookup(g, q), stage1[g, q]), k)
-            row[f"w={w:g}"] = (
-                metrics.retrieval_metrics(t2i, texts["label"], images["label"])["R1"],
-                metrics.retrieval_metrics(i2t, images["label"], texts["label"])["R1"])
+            row[f"w={w:g}"] = r1(t2i, i2t)
         model.config = config
         out[split] = row
         print(f"{split}: R1 t2i / i2t  " + "  ".join(f"{name} {a:.1f} / {b:.1f}"
