@@ -1,38 +1,5 @@
-"""Evaluates a trained model on a split: both retrieval directions, exact and two-stage.
-
-  python eval.py --model_dir=DIR --data_dir=TFRECORDS_DIR --split=test --output_json=FILE \
-      [--checkpoint=best|latest|PATH] [--rerank_k=100] [--modes=exact,two_stage]
-
-Writes FILE ({"t2i", "i2t", "config", "timing", ...}), FILE with .md (a Markdown table),
-and, beside it, the Fig. 3 top-10 grid and the Fig. 4 word-selection map as PNG.
-"""
-from absl import app, flags
-
-from hgan import families
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "A train.py model_dir.")
-flags.DEFINE_string("data_dir", None, "Output dir of data_prep.")
-flags.DEFINE_string("split", "test", "Split to evaluate.")
-flags.DEFINE_string("output_json", None, "Where the metrics JSON goes.")
-flags.DEFINE_string("checkpoint", "best", "best (val-selected), latest, or a path.")
-flags.DEFINE_integer("rerank_k", None, "Two-stage: gallery items re-ranked per query.")
-flags.DEFINE_list("modes", ["exact", "two_stage"], "Scoring modes to report.")
-flags.DEFINE_bool("figures", True, "Write the Fig. 3 / Fig. 4 PNGs.")
-flags.DEFINE_string("experiment", None, "Paper row to compare with (default: the one "
-                    "train.py --experiment recorded in model_dir).")
-flags.mark_flags_as_required(["model_dir", "data_dir", "output_json"])
-
-
-def main(argv):
-    del argv
-    report = families.evaluate(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output_json,
-                               checkpoint=FLAGS.checkpoint, rerank_k=FLAGS.rerank_k,
-                               modes=tuple(FLAGS.modes), figures=FLAGS.figures,
-                               experiment=FLAGS.experiment)
-    print(report["markdown"])
-    print(f"metrics: {FLAGS.output_json}")
-
+"""Evaluates a trained model: the same command as ``hgan-eval`` (``hgan/cli/eval.py``)."""
+from hgan.cli.eval import run
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

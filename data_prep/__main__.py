@@ -1,10 +1,11 @@
-"""Converts one dataset to sharded TFRecords and a manifest.
+"""hgan-prep: converts one dataset to sharded TFRecords and a manifest (also
+``python -m data_prep``).
 
-    python -m data_prep --dataset=cuhk_pedes --data_dir=DIR --output_dir=OUT \
+    hgan-prep --dataset=cuhk_pedes --data_dir=DIR --output_dir=OUT \
         [--strict] [--images_per_shard=1000] [--tagger=auto|perceptron|fallback]
 
 ``--dataset`` names the layout of DIR (see ``data_prep.importers``); ``demo`` is the
-CUHK-PEDES layout written by ``python -m data_prep.demo``. With ``--strict`` the exit status
+CUHK-PEDES layout written by ``hgan-demo-data``. With ``--strict`` the exit status
 is 1 when any record was skipped (the shards and manifest are written all the same).
 ``--tagger`` picks the noun-phrase tagger (``hgan.phrases``): ``auto`` takes NLTK's
 perceptron when its data is installed, else the fallback lexicon; a named tagger that is
@@ -15,20 +16,24 @@ import sys
 from absl import app, flags
 
 from data_prep import importers, writer
+from hgan.cli import start
 from hgan.data import phrases
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("dataset", None, list(importers.LAYOUTS), "Layout of --data_dir.")
-flags.DEFINE_string("data_dir", None, "Folder of the dataset as downloaded.")
-flags.DEFINE_string("output_dir", None, "Folder for the shards and manifest.json.")
-flags.DEFINE_bool("strict", False, "Exit with status 1 if any record was skipped.")
-flags.DEFINE_integer("images_per_shard", writer.DEFAULT_IMAGES_PER_SHARD,
-                     "About this many images per shard.", lower_bound=1)
-flags.DEFINE_enum("tagger", "auto", list(phrases.TAGGER_REQUESTS),
-                  "Noun-phrase tagger: auto (perceptron if its NLTK data is installed, else "
-                  "fallback), perceptron (NLTK's; its data must be installed) or fallback "
-                  "(the domain lexicon). The manifest records the one used.")
-flags.mark_flags_as_required(["dataset", "data_dir", "output_dir"])
+
+
+def define_flags():
+    flags.DEFINE_enum("dataset", None, list(importers.LAYOUTS), "Layout of --data_dir.")
+    flags.DEFINE_string("data_dir", None, "Folder of the dataset as downloaded.")
+    flags.DEFINE_string("output_dir", None, "Folder for the shards and manifest.json.")
+    flags.DEFINE_bool("strict", False, "Exit with status 1 if any record was skipped.")
+    flags.DEFINE_integer("images_per_shard", writer.DEFAULT_IMAGES_PER_SHARD,
+                         "About this many images per shard.", lower_bound=1)
+    flags.DEFINE_enum("tagger", "auto", list(phrases.TAGGER_REQUESTS),
+                      "Noun-phrase tagger: auto (perceptron if its NLTK data is installed, "
+                      "else fallback), perceptron (NLTK's; its data must be installed) or "
+                      "fallback (the domain lexicon). The manifest records the one used.")
+    flags.mark_flags_as_required(["dataset", "data_dir", "output_dir"])
 
 
 def main(argv: list[str]) -> int:
@@ -44,5 +49,10 @@ def main(argv: list[str]) -> int:
     return 1 if FLAGS.strict and manifest["skipped"] else 0
 
 
+def run():
+    define_flags()
+    start(main, __doc__)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

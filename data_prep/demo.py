@@ -1,7 +1,8 @@
-"""A small synthetic pedestrian data set in the CUHK-PEDES layout, for demos and tests.
+"""hgan-demo-data: writes a small synthetic pedestrian data set in the CUHK-PEDES layout,
+for demos and tests.
 
-    python -m data_prep.demo --output_dir=DIR [--identities=300 --shots=4 --seed=0]
-    python -m data_prep --dataset=demo --data_dir=DIR --output_dir=OUT
+    hgan-demo-data --output_dir=DIR [--identities=300 --shots=4 --seed=0]
+    hgan-prep --dataset=demo --data_dir=DIR --output_dir=OUT
 
 Each identity is a drawn figure with its own clothing: upper garment (colour and type),
 lower garment (colour; pants, shorts or skirt), shoe colour, optional hat or cap, optional
@@ -26,6 +27,8 @@ import re
 import numpy as np
 from absl import app, flags
 from PIL import Image, ImageDraw
+
+from hgan.cli import start
 
 HEIGHT, WIDTH = 128, 64
 
@@ -348,11 +351,20 @@ def main(argv: list[str]) -> None:
     print(f"wrote {path} ({FLAGS.identities} identities x {FLAGS.shots} shots)")
 
 
-if __name__ == "__main__":
+def define_flags():
     # Defined only when run, so importing the generator claims no flag names.
     flags.DEFINE_string("output_dir", None, "Folder for reid_raw.json and imgs/.", required=True)
     flags.DEFINE_integer("identities", 300, "Identities in all (60/20/20 % train/val/test).",
                          lower_bound=3)
     flags.DEFINE_integer("shots", 4, "Images per identity.", lower_bound=1)
     flags.DEFINE_integer("seed", 0, "Everything generated is a function of it.")
-    app.run(main)
+
+
+def run():
+    """hgan-demo-data."""
+    define_flags()
+    start(main, __doc__)
+
+
+if __name__ == "__main__":
+    run()

@@ -14,7 +14,7 @@ Layouts (``data_dir`` as downloaded):
   caption a line; images under ``images/<class>/`` (CUB) or ``jpg/`` (Flowers); class lists
   ``trainclasses.txt`` (else ``trainvalclasses.txt`` minus ``valclasses.txt``),
   ``valclasses.txt``, ``testclasses.txt``. The class is the identity.
-* ``demo``: the CUHK-PEDES layout as written by ``python -m data_prep.demo``.
+* ``demo``: the CUHK-PEDES layout as written by ``hgan-demo-data``.
 
 Reading is in two stages: a layout reader turns its files into ``_Candidate`` records
 (layout-specific: JSON fields, or CUB/Flowers class folders), then ``_validate`` applies the

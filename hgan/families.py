@@ -4,19 +4,19 @@ A family is what differs between HGAN and IATV: the model and how it is loaded
 (``hgan.modeling``), the training task the loop runs (``hgan.training``), the scorer of a
 split (``hgan.evaluation``) and the serving module (``hgan.serving``). Everything else (data,
 the loop, metrics, re-ranking, reports, SavedModel saving, search) is shared and never
-imports a family. A third family adds one entry to ``FAMILIES``.
+imports a family. A family's name and config section are declared once, in
+``hgan.config.sections.MODEL_SECTIONS``; its code once, here (``FAMILIES``, checked against
+that list on import). A third family adds one entry to each.
 
-``train``, ``evaluate`` and ``export`` are what ``train.py``, ``eval.py`` and
-``python -m hgan.export`` call.
+``train``, ``evaluate`` and ``export`` are what hgan-train, hgan-eval and hgan-export call.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Callable, Optional
 
-from hgan import experiments
-from hgan.config import Config
-from hgan.evaluation import hgan_scoring, iatv_scoring
+from hgan.config import MODEL_SECTIONS, Config, experiments
+from hgan.evaluation import hgan_report, hgan_scoring, iatv_scoring
 from hgan.evaluation import report as eval_report
 from hgan.modeling.hgan import model as hgan_model
 from hgan.modeling.iatv import model as iatv_model
@@ -34,8 +34,11 @@ class Family:
     task: ``Task`` subclass, ``task(config, data_dir, val_split, strategy)``;
     load_model: ``(model_dir, which) -> (model, config, checkpoint_path)``;
     evaluate: ``(model, data_dir, config, split, modes, rerank_k) -> report``;
-    exact_mode: the name of the mode that scores every pair (eval.py's "exact");
-    servable: ``model -> (tf.Module, {signature name: concrete function})``.
+    exact_mode: the name of the mode that scores every pair (hgan-eval's "exact");
+    servable: ``model -> (tf.Module, {signature name: concrete function})``, offering the
+      serving contract of ``hgan.serving.savedmodel``;
+    report_extras: the family's own report entries and figures
+      (``hgan.evaluation.report.ReportExtras``), or None.
     """
 
     name: str
@@ -44,14 +47,20 @@ class Family:
     evaluate: Callable
     exact_mode: str
     servable: Callable
+    report_extras: Optional[Callable] = None
 
 
 FAMILIES = {
     "hgan": Family("hgan", HGANTask, hgan_model.load_model, hgan_scoring.evaluate, "exact",
-                   hgan_module.servable),
+                   hgan_module.servable, hgan_report.report_extras),
     "iatv": Family("iatv", IATVTask, iatv_model.load_model, iatv_scoring.evaluate, "stage1",
                    iatv_module.servable),
 }
+
+
+if set(FAMILIES) != set(MODEL_SECTIONS):
+    raise ImportError(f"hgan.families {sorted(FAMILIES)} and hgan.config.sections."
+                      f"MODEL_SECTIONS {sorted(MODEL_SECTIONS)} name different families")
 
 
 def get(name: str) -> Family:
@@ -75,18 +84,27 @@ def train(config: Config, data_dir: str, model_dir: str, val_split: str = "val",
 
 def evaluate(model_dir: str, data_dir: str, split: str, output_json: str, checkpoint="best",
              rerank_k=None, modes=("exact", "two_stage"), figures=True,
-             experiment: Optional[str] = None) -> dict:
-    """eval.py: the report of ``model_dir``'s model on ``split`` (JSON, Markdown, figures).
-    ``experiment`` (default: the one train.py recorded in ``model_dir``) adds the paper's
-    figures of that row beside the measured ones."""
+             experiment: Optional[str] = None, stage1_weights=()) -> dict:
+    """hgan-eval: the report of ``model_dir``'s model on ``split`` (JSON, Markdown, figures).
+    ``experiment`` (default: the one hgan-train recorded in ``model_dir``) adds the paper's
+    figures of that row beside the measured ones; ``stage1_weights`` (IATV) the two-stage
+    R1 at each weight of stage 1 in the two-stage score."""
     family = of_model_dir(model_dir)
     model, config, path = family.load_model(model_dir, checkpoint)
     modes = tuple(dict.fromkeys(family.exact_mode if m == "exact" else m for m in modes))
-    report = family.evaluate(model, data_dir, config, split, modes=modes, rerank_k=rerank_k)
+    options = {}
+    if stage1_weights:
+        if config.family != "iatv":
+            raise ValueError("stage1_weights sweeps IATV's two-stage score; "
+                             f"{model_dir} is a {config.family} model")
+        options["stage1_weights"] = tuple(stage1_weights)
+    report = family.evaluate(model, data_dir, config, split, modes=modes, rerank_k=rerank_k,
+                             **options)
     name = experiment or experiments.load_name(model_dir)
     return eval_report.write(report, model, config, path, data_dir, split, output_json,
                              figures=figures,
-                             experiment=experiments.get(name) if name else None)
+                             experiment=experiments.get(name) if name else None,
+                             extras=family.report_extras)
 
 
 def export(model_dir: str, output_dir: str, checkpoint: str = "best") -> str:

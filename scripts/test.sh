@@ -2,7 +2,7 @@
 # Sets up .venv with the dev requirements and runs the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh requirements-dev.txt
+bash scripts/setup.sh dev
 # The search page is tested in a real headless browser: Debian's chromium and its driver.
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

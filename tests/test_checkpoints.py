@@ -50,7 +50,7 @@ def test_best_falls_back_to_latest_without_a_val_selection(tmp_path):
 
 @pytest.mark.parametrize("which", ["best", "latest"])
 def test_a_model_dir_without_checkpoints_is_a_clear_error(tmp_path, which):
-    with pytest.raises(FileNotFoundError, match="no checkpoint in .*train it with train.py"):
+    with pytest.raises(FileNotFoundError, match="no checkpoint in .*train it with hgan-train"):
         checkpoints.resolve_checkpoint(str(tmp_path), which)
 
 
@@ -61,7 +61,7 @@ def test_latest_never_picks_the_best_directory(tmp_path):
 
 
 def test_load_model_says_what_is_missing(tmp_path, tiny_vocab):
-    with pytest.raises(FileNotFoundError, match="no config.json .*train.py model_dir"):
+    with pytest.raises(FileNotFoundError, match="no config.json .*hgan-train model_dir"):
         load_model(str(tmp_path))
     Config().replace(vocab_file=tiny_vocab).save(str(tmp_path))  # a config, no checkpoint yet
     with pytest.raises(FileNotFoundError, match="no checkpoint in"):

@@ -1,9 +1,10 @@
-"""The README's workflow through the real command lines, at a tiny size."""
+"""The README's workflow through the installed console scripts, at a tiny size: hgan-demo-data,
+hgan-prep, hgan-train (killed and resumed), hgan-eval, hgan-export, hgan-search index and
+query (run from another directory, as a user runs them)."""
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from hgan.evaluation import hgan_scoring
 from hgan.modeling.hgan.model import load_model
-from tests_support import ROOT, make_reed, run_cli
+from tests_support import ROOT, console_script, make_reed, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -20,26 +21,28 @@ pytestmark = pytest.mark.slow
 def tfrecords(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     raw, out = str(root / "raw"), str(root / "tfr")
-    run_cli("-m", "data_prep.demo", f"--output_dir={raw}", "--identities=10", "--shots=2")
-    run_cli("-m", "data_prep", "--dataset=demo", f"--data_dir={raw}", f"--output_dir={out}",
+    run_cli("hgan-demo-data", f"--output_dir={raw}", "--identities=10", "--shots=2")
+    run_cli("hgan-prep", "--dataset=demo", f"--data_dir={raw}", f"--output_dir={out}",
             "--strict")
     return out
 
 
 def _train_args(tfr, model_dir, vocab, steps):
-    return ["train.py", "--config=tiny", f"--data_dir={tfr}", f"--model_dir={model_dir}",
+    return ["hgan-train", "--config=tiny", f"--data_dir={tfr}", f"--model_dir={model_dir}",
             "--set=bert=scratch:2x16", "--set=bert_layers=last", f"--set=vocab_file={vocab}",
             "--set=batch_size=4", "--set=identities_per_batch=2", "--set=checkpoint_every=2",
             f"--max_steps={steps}", "--val_split=none"]  # model selection: test_train's
 
 
 def test_train_sigkill_resume_then_eval_and_export(tfrecords, tiny_vocab, tmp_path):
-    """train.py killed mid-run (SIGKILL) resumes from its last checkpoint; eval.py and
-    hgan.export then read the run (one training run for the README's three commands)."""
+    """hgan-train killed mid-run (SIGKILL) resumes from its last checkpoint; hgan-eval,
+    hgan-export and hgan-search then read the run (one training run for the README's
+    commands)."""
     model_dir = str(tmp_path / "run")
     ckpt_dir = os.path.join(model_dir, "ckpt")
-    proc = subprocess.Popen([sys.executable] + _train_args(tfrecords, model_dir, tiny_vocab, 400),
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = _train_args(tfrecords, model_dir, tiny_vocab, 400)
+    proc = subprocess.Popen([console_script(args[0]), *args[1:]], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -57,14 +60,28 @@ def test_train_sigkill_resume_then_eval_and_export(tfrecords, tiny_vocab, tmp_pa
     assert f"trained to step {last + 2}" in out
     assert max(_checkpoint_steps(ckpt_dir)) == last + 2
     metrics = str(tmp_path / "metrics.json")
-    out = run_cli("eval.py", f"--model_dir={model_dir}", f"--data_dir={tfrecords}",
+    out = run_cli("hgan-eval", f"--model_dir={model_dir}", f"--data_dir={tfrecords}",
                   "--split=test", f"--output_json={metrics}")
-    assert "| exact | t2i |" in out
     report = json.load(open(metrics))
-    assert report["config"]["model"]["bert"] == "scratch:2x16" and "R1" in report["t2i"]
+    exact = report["exact"]["t2i"]
+    assert f"| exact | t2i | {exact['R1']:.2f} | {exact['R5']:.2f} |" in out
+    assert report["config"]["model"]["bert"] == "scratch:2x16"
     saved = str(tmp_path / "saved")
-    out = run_cli("-m", "hgan.export", f"--model_dir={model_dir}", f"--output_dir={saved}")
+    out = run_cli("hgan-export", f"--model_dir={model_dir}", f"--output_dir={saved}")
     assert os.path.exists(os.path.join(saved, "saved_model.pb"))
+    # The README's search commands, from another directory, on a folder of the test images.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    gallery = str(tmp_path / "gallery")
+    run_cli("hgan-search", "index", f"--savedmodel={saved}", f"--data_dir={tfrecords}",
+            "--split=test", f"--index={gallery}", cwd=str(elsewhere))
+    out = run_cli("hgan-search", "query", f"--savedmodel={saved}", f"--index={gallery}",
+                  "--top_k=3", "--json", "a woman in a red coat", cwd=str(elsewhere))
+    results = json.loads(out)["results"]
+    from hgan.serving.gallery import Gallery
+    test_images = set(Gallery.open(gallery).paths())
+    assert len(test_images) == 4  # the 2 test identities × 2 shots of the 10-identity set
+    assert len(results) == 3 and {r["path"] for r in results} <= test_images
 
 
 def _checkpoint_steps(ckpt_dir):
@@ -88,7 +105,7 @@ def test_cub_layout_end_to_end_reports_the_class_level_metrics(tiny_vocab, tmp_p
         "testclasses.txt": names[6:]},
         colours={name: (30 * i, 220 - 25 * i, 60 + 15 * i) for i, name in enumerate(names)})
     tfr, model_dir = str(tmp_path / "tfr"), str(tmp_path / "run")
-    run_cli("-m", "data_prep", "--dataset=cub", f"--data_dir={tmp_path / 'cub'}",
+    run_cli("hgan-prep", "--dataset=cub", f"--data_dir={tmp_path / 'cub'}",
             f"--output_dir={tfr}", "--strict")
     run_cli(*_train_args(tfr, model_dir, tiny_vocab, 2))
     report_path = str(tmp_path / "report.json")

@@ -1,13 +1,13 @@
-"""``hgan.config``: sections, presets, ``--set`` overrides, config.json round trips, and the
-flat config.json files of before the sections."""
+"""``hgan.config``: sections, presets, ``--set`` overrides and config.json round trips; a
+config.json of another layout is refused with a message that names what is wrong."""
 import json
 import os
 
 import pytest
 
-from hgan.config import (CONFIG_FILE, Config, HGANModel, IATVModel, PRESETS, _parse_value,
-                         parse_overrides,
-                         preset, resolve)
+from hgan.config import (CONFIG_FILE, Config, ConfigError, HGANModel, IATVModel,
+                         parse_overrides, preset, resolve)
+from hgan.config.base import _parse_value
 
 
 def test_overrides_parse_tuples_booleans_and_numbers_by_section_or_unique_name():
@@ -30,25 +30,23 @@ def test_overrides_parse_tuples_booleans_and_numbers_by_section_or_unique_name()
         parse_overrides(Config(), ["k1"])
 
 
-def test_iatv_names_of_before_the_sections_still_work_and_only_for_iatv():
-    c = resolve("demo", ["model=iatv", "iatv_backbone=compact_cnn", "iatv_embed_dim=64",
-                         "iatv_learning_rate=0.01", "iatv_temperature=0.1"])
+def test_iatv_fields_by_bare_or_section_name_and_only_for_iatv():
+    c = resolve("demo", ["backbone=compact_cnn", "model.embed_dim=64",
+                         "learning_rate=0.01", "cmce_temperature=0.1"], family="iatv")
     assert c.family == "iatv" and isinstance(c.model, IATVModel)
     assert (c.model.backbone, c.model.embed_dim, c.model.cmce_temperature) == \
         ("compact_cnn", 64, 0.1)
     assert c.train.learning_rate == 0.01
-    # iatv_candidates was both the mining k and what evaluation re-ranked.
-    c = resolve("demo", ["model=iatv", "iatv_candidates=7"])
-    assert (c.model.candidates, c.eval.rerank_k) == (7, 7)
-    c = resolve("demo", ["model=iatv", "iatv_candidates=7", "rerank_k=50"])
-    assert (c.model.candidates, c.eval.rerank_k) == (7, 50)
-    with pytest.raises(ValueError, match="IATV field"):
-        resolve("demo", ["iatv_backbone=vgg16"])
+    c = resolve("demo", ["family=iatv", "candidates=7"])
+    assert (c.model.candidates, c.eval.rerank_k) == (7, 20)  # two fields, set apart
+    with pytest.raises(ConfigError, match="unknown config field 'stage1_steps' for family "
+                                          "'hgan'"):
+        resolve("demo", ["stage1_steps=5"])
 
 
 def test_the_family_picks_its_preset_and_model_section():
-    hgan, iatv = resolve("demo"), resolve("demo", ["model=iatv"])
-    assert hgan == PRESETS["demo"] == preset("demo", "hgan")
+    hgan, iatv = resolve("demo"), resolve("demo", ["family=iatv"])
+    assert hgan == preset("demo") == preset("demo", "hgan")
     assert iatv == preset("demo", "iatv") and isinstance(hgan.model, HGANModel)
     assert (hgan.model.backbone, iatv.model.backbone) == ("compact_cnn", "compact_cnn")
     assert iatv.model.positive_share == 0.5 and preset("paper", "iatv").model.positive_share == 0
@@ -56,9 +54,9 @@ def test_the_family_picks_its_preset_and_model_section():
     assert preset("paper", "iatv").train.learning_rate == 1e-4  # IATV §4.2, LSTM side
     # Switching the family of a config keeps data/train/eval and takes the family's
     # default model section.
-    switched = PRESETS["tiny"].replace(model="iatv", iatv_fc_units=8)
+    switched = preset("tiny").replace(family="iatv", fc_units=8)
     assert switched.family == "iatv" and switched.model.fc_units == 8
-    assert switched.data == PRESETS["tiny"].data
+    assert switched.data == preset("tiny").data
     with pytest.raises(ValueError, match="IATVModel model section"):
         Config(family="iatv")
     with pytest.raises(ValueError, match="unknown preset"):
@@ -66,7 +64,7 @@ def test_the_family_picks_its_preset_and_model_section():
 
 
 def test_saved_config_round_trips(tmp_path):
-    for c in (resolve("demo", ["k1=2"]), resolve("paper", ["model=iatv", "candidates=5"])):
+    for c in (resolve("demo", ["k1=2"]), resolve("paper", ["family=iatv", "candidates=5"])):
         c.save(str(tmp_path))
         assert Config.load(str(tmp_path)) == c
         saved = json.load(open(os.path.join(tmp_path, CONFIG_FILE)))
@@ -79,34 +77,18 @@ def _write(tmp_path, values):
     return Config.load(str(tmp_path))
 
 
-def test_a_flat_hgan_config_json_of_before_the_sections_loads_as_it_ran(tmp_path):
-    old = _write(tmp_path, {"model": "hgan", "k1": 3, "learning_rate": 3e-4,
-                            "batch_size": 16, "rerank_k": 20, "sentence_loss": "cmce",
-                            "iatv_temperature": 0.2, "iatv_backbone": "vgg16",
-                            "word_pool": [2, 2]})
-    assert old.family == "hgan" and old.model.k1 == 3 and old.model.word_pool == (2, 2)
-    assert (old.train.learning_rate, old.data.batch_size, old.eval.rerank_k) == \
-        (3e-4, 16, 20)
-    assert old.model.cmce_temperature == 0.2  # HGAN read it under sentence_loss=cmce
-    # Fields that did not exist yet keep the behaviour of their time.
-    assert old.model.word_keys == "wordpieces" and old.train.weight_decay_mode == "decoupled"
-    assert Config().model.word_keys == "words" and PRESETS["paper"].train.weight_decay_mode == "l2"
-    with pytest.raises(ValueError, match="unknown config fields"):
-        _write(tmp_path, {"model": "hgan", "k9": 1})
-
-
-def test_a_flat_iatv_config_json_of_before_the_sections_loads_as_it_ran(tmp_path):
-    old = _write(tmp_path, {"model": "iatv", "iatv_backbone": "small_cnn",
-                            "iatv_learning_rate": 1e-3, "learning_rate": 3e-4,
-                            "backbone": "compact_cnn", "backbone_weights": "none",
-                            "iatv_candidates": 7, "iatv_embed_dim": 64, "embed_dim": 128,
-                            "k1": 2, "batch_size": 16})
-    assert old.family == "iatv"
-    assert (old.model.backbone, old.model.backbone_weights, old.model.embed_dim) == \
-        ("small_cnn", "none", 64)
-    assert old.train.learning_rate == 1e-3  # the LSTM's rate; HGAN's 3e-4 was unused
-    assert (old.model.candidates, old.eval.rerank_k) == (7, 7)  # eval re-ranked that many
-    assert old.data.batch_size == 16
+@pytest.mark.parametrize("values,message", [
+    ({"model": "hgan", "k1": 3}, "not a config of this version: it needs the keys 'family'"),
+    ({"family": "vse", "model": {}}, "unknown model family 'vse'"),
+    ({"family": "iatv", "model": {"iatv_fc_units": 8}},
+     r"unknown fields in config section 'model': \['iatv_fc_units'\]"),
+    ({"family": "hgan", "model": {}, "extra": {}}, r"unknown config sections: \['extra'\]"),
+])
+def test_a_config_json_of_another_layout_is_refused_by_name(tmp_path, values, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        _write(tmp_path, values)
+    assert str(tmp_path) in str(caught.value)  # the file is named
+    assert Config().model.word_keys == "words" and preset("paper").train.weight_decay_mode == "l2"
 
 
 def test_tuple_overrides_take_the_element_type_of_the_field():
@@ -141,7 +123,7 @@ def test_other_boolean_spellings_are_errors(raw):
 
 
 def test_number_and_string_overrides():
-    c = parse_overrides(PRESETS["tiny"], [" max_len = 40 ", "learning_rate=3", "bert=a=b",
+    c = parse_overrides(preset("tiny"), [" max_len = 40 ", "learning_rate=3", "bert=a=b",
                                           "vocab_file="])
     assert c.data.max_len == 40 and c.train.learning_rate == 3.0
     assert type(c.train.learning_rate) is float

@@ -123,7 +123,7 @@ def test_preprocess_is_the_same_eagerly_and_in_tf_data(tiny_config):
 
 
 def test_missing_manifest_is_a_clear_error(tmp_path, tiny_config):
-    with pytest.raises(FileNotFoundError, match="data_prep"):
+    with pytest.raises(FileNotFoundError, match="hgan-prep"):
         pipeline.split_files(str(tmp_path), "train")
 
 
@@ -156,7 +156,7 @@ def test_normalization_follows_the_backbones_weights(tiny_config, caplog):
                                [128 - 103.939, 0 - 116.779, 255 - 123.68], rtol=1e-6)
     assert pipeline.resolve_normalization(resnet.replace(backbone_weights="none")) == "paper"
     assert pipeline.resolve_normalization(tiny_config.replace(normalization="auto")) == "paper"
-    iatv = resnet.replace(model="iatv", iatv_backbone="inception_v3")
+    iatv = resnet.replace(family="iatv", backbone="inception_v3")
     assert pipeline.resolve_normalization(iatv) == "inception"
     np.testing.assert_allclose(pipeline.normalize(image, "inception").numpy()[0, 0],
                                [1.0, -1.0, 128 / 127.5 - 1], atol=1e-6)

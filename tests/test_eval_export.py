@@ -15,15 +15,15 @@ from hgan.data.phrases import extract_noun_phrases
 from hgan.evaluation import hgan_scoring
 from hgan.families import export
 from hgan.modeling.hgan.model import build_model, load_model
-from hgan.serving import search
+from hgan.serving import searcher as search
 from hgan.tf_compat import tf
 from hgan.training import run_dir
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory, tiny_vocab):
-    from hgan.config import PRESETS
-    config = PRESETS["tiny"].replace(
+    from hgan.config import preset
+    config = preset("tiny").replace(
         vocab_file=tiny_vocab, image_height=32, image_width=16, bert="scratch:2x16",
         bert_layers="last", batch_size=4, identities_per_batch=2, max_steps=60,
         checkpoint_every=60, learning_rate=3e-3)
@@ -298,7 +298,7 @@ def test_search_indexes_a_folder_skipping_bad_files_and_ranks_by_score(exported,
 def test_search_cli_prints_json(exported, tiny_data, tmp_path):
     index = str(tmp_path / "gallery")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    base = [sys.executable, "-m", "hgan.search"]
+    base = [os.path.join(os.path.dirname(sys.executable), "hgan-search")]  # console script
     subprocess.run(base + ["index", f"--savedmodel={exported}", f"--data_dir={tiny_data}",
                            "--split=test", f"--index={index}"], check=True, cwd=root,
                    capture_output=True, timeout=300)
@@ -313,10 +313,10 @@ def test_search_cli_prints_json(exported, tiny_data, tmp_path):
 
 def test_export_writes_its_config_into_assets_extra(trained, exported):
     from hgan.modeling.checkpoints import resolve_checkpoint
-    from hgan.config import Config, load_export_config
+    from hgan.config import Config
+    from hgan.serving.savedmodel import export_config
     assert os.path.isfile(os.path.join(exported, "assets.extra", "config.json"))
-    assert not os.path.exists(os.path.join(exported, "assets.extra_config.json"))
-    assert load_export_config(exported) == Config.load(trained)
+    assert export_config(exported) == Config.load(trained)
     assert open(os.path.join(exported, "checkpoint.txt")).read() == \
         resolve_checkpoint(trained, "best") + "\n"
     assert os.listdir(os.path.dirname(exported)) == ["saved"]  # no temporary left beside it
@@ -357,7 +357,6 @@ def _tree(folder):
 @pytest.mark.parametrize("swap", ["exchange", "two_renames"])
 def test_re_export_replaces_the_old_export_whole(tiny_config, tmp_path, monkeypatch, swap):
     from hgan.serving import savedmodel as export_lib
-    from hgan.config import load_export_config
     out = tmp_path / "saved"
     _save(out, tiny_config, 3)
     exchanged = []
@@ -371,7 +370,7 @@ def test_re_export_replaces_the_old_export_whole(tiny_config, tmp_path, monkeypa
     if swap == "exchange" and exchanged != [True]:
         pytest.skip("renameat2(RENAME_EXCHANGE) is not supported on this file system")
     assert _served_factor(out) == 5.0
-    assert load_export_config(str(out)).train.seed == 5
+    assert export_lib.export_config(str(out)).train.seed == 5
     assert (out / "checkpoint.txt").read_text() == "ckpt-5\n"
     assert os.listdir(tmp_path) == ["saved"]  # the old export and the temporaries are gone
 
@@ -451,9 +450,9 @@ def test_a_sync_batchnorm_run_loads_for_inference_with_plain_batchnorm(tiny_data
     """Its checkpoint restores into the fused per-replica layers (same variables), which
     compute what the synchronised ones do at inference."""
     from hgan.modeling.checkpoints import restore_model
-    from hgan.config import PRESETS
+    from hgan.config import preset
     from hgan.tf_compat import keras
-    config = PRESETS["tiny"].replace(
+    config = preset("tiny").replace(
         vocab_file=tiny_vocab, image_height=32, image_width=16, bert="scratch:2x16",
         bert_layers="last", batch_size=4, identities_per_batch=2, max_steps=2,
         checkpoint_every=2, sync_batchnorm=True)
@@ -481,7 +480,7 @@ def test_the_fused_score_is_the_one_output_of_score(loaded, exported, tmp_path):
     # the levels are in `score_levels`, by name; fused = Σ weight · level.
     served = tf.saved_model.load(exported)
     assert list(served.signatures["score"].structured_outputs) == ["score"]
-    assert list(served.signatures["score_features"].structured_outputs) == ["score"]
+    assert list(served.signatures["rerank"].structured_outputs) == ["score"]
     _, config, _ = loaded
     texts = tf.constant(["a man in a red shirt.", "a man in blue pants."])
     images = tf.constant([open(_png(tmp_path / "a.png", (200, 30, 30)), "rb").read()])
@@ -491,12 +490,11 @@ def test_the_fused_score_is_the_one_output_of_score(loaded, exported, tmp_path):
     weights = dict(zip(("sentence", "word", "phrase"), config.eval.score_weights))
     np.testing.assert_allclose(fused, sum(weights[k] * levels[k].numpy() for k in levels),
                                atol=1e-5)
-    # score_encoded (what search re-ranks with) = the fused score from the two encoders'
-    # outputs: the sentence is not encoded a second time.
-    assert list(served.signatures["score_encoded"].structured_outputs) == ["score"]
+    # rerank (what search re-ranks with) = the fused score from the two encoders' outputs:
+    # the sentence is not encoded a second time.
     text = served.signatures["encode_text"](sentences=texts)
     image = served.signatures["encode_image"](images=images)
-    encoded = served.signatures["score_encoded"](
+    encoded = served.signatures["rerank"](
         **{f"text_{k}": v for k, v in text.items()}, **{f"image_{k}": v for k, v in image.items()})
     np.testing.assert_allclose(encoded["score"].numpy(), fused, atol=1e-5)
 

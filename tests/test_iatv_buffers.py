@@ -109,7 +109,6 @@ def test_buffers_are_not_trainable_and_survive_a_checkpoint(tmp_path):
 
 _TWO_REPLICAS = textwrap.dedent("""
     import json, sys
-    sys.path.insert(0, {root!r})
     import numpy as np
     from hgan.tf_compat import tf
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -161,11 +160,11 @@ _TWO_REPLICAS = textwrap.dedent("""
 
 
 def test_two_replicas_update_the_buffers_like_one_replica_on_the_global_batch(tiny_config):
-    config = tiny_config.replace(model="iatv", iatv_backbone="small_cnn", backbone_weights="none",
-                                 max_len=6, iatv_word_dim=8, iatv_lstm_units=8,
-                                 iatv_embed_dim=8, iatv_cnn_learning_rate=0.1,
-                                 iatv_learning_rate=0.01)
-    code = _TWO_REPLICAS.format(root=ROOT, config=config.to_json())
+    config = tiny_config.replace(family="iatv", backbone="small_cnn", backbone_weights="none",
+                                 max_len=6, word_dim=8, lstm_units=8,
+                                 embed_dim=8, cnn_learning_rate=0.1,
+                                 learning_rate=0.01)
+    code = _TWO_REPLICAS.format(config=config.to_json())
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=600, cwd=ROOT)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]

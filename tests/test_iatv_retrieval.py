@@ -93,9 +93,9 @@ def test_two_stage_fixes_a_true_match_stage1_ranked_third():
 
 @pytest.mark.parametrize("direction", ["t2i", "i2t"])
 def test_pair_scorer_scores_the_requested_pairs(tiny_config, direction):
-    cfg = tiny_config.replace(model="iatv", max_len=4, iatv_word_dim=4, iatv_lstm_units=4,
-                              iatv_attention_dim=4, iatv_importance_hidden=4,
-                              iatv_fc_hidden=4, iatv_decoder_steps=2)
+    cfg = tiny_config.replace(family="iatv", max_len=4, word_dim=4, lstm_units=4,
+                              attention_dim=4, importance_hidden=4,
+                              fc_hidden=4, decoder_steps=2)
     matcher = stage2.build_matcher(cfg, 12, region_dim=3)
     rng = np.random.default_rng(0)
     word_ids = rng.integers(1, 12, (3, 4))
@@ -206,7 +206,7 @@ def test_two_stage_scores_rerank_both_directions_against_numpy(tiny_config):
     for want, s1 in ((want_t2i, stage1), (want_i2t, stage1.T)):
         assert (want[:, :k] != np.argsort(-s1, axis=1, kind="stable")[:, :k]).any()
 
-    t2i, i2t = iatv_scoring.two_stage_scores(_StandInIATV(tiny_config.replace(model="iatv")),
+    t2i, i2t = iatv_scoring.two_stage_scores(_StandInIATV(tiny_config.replace(family="iatv")),
                                              texts, images, k)
     assert t2i.shape == (nt, ni) and i2t.shape == (ni, nt)
     np.testing.assert_array_equal(np.argsort(-t2i, axis=1, kind="stable"), want_t2i)

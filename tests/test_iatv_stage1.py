@@ -13,8 +13,8 @@ VOCAB = 30
 
 @pytest.fixture()
 def config(tiny_config):
-    return tiny_config.replace(model="iatv", iatv_backbone="small_cnn", backbone_weights="none", max_len=6,
-                               iatv_word_dim=8, iatv_lstm_units=8, iatv_embed_dim=8)
+    return tiny_config.replace(family="iatv", backbone="small_cnn", backbone_weights="none", max_len=6,
+                               word_dim=8, lstm_units=8, embed_dim=8)
 
 
 def text_inputs(word_ids, lengths, max_len=6):
@@ -54,7 +54,7 @@ def test_the_sentence_is_the_last_valid_hidden_state(config):
 def test_vgg16_tower_has_drop7_and_pool5_regions(config):
     # The real fc6/fc7 are 4096 wide; 16 keeps the test light. Input 32×32 (VGG's minimum)
     # gives a 1×1 pool5, resized to 7×7 before fc6 as at any input size.
-    cfg = config.replace(iatv_backbone="vgg16", iatv_fc_units=16, image_width=32)
+    cfg = config.replace(backbone="vgg16", fc_units=16, image_width=32)
     model = stage1.build_stage1(cfg, VOCAB)
     tower = model.image_tower
     assert tower.get_layer("fc6").kernel.shape == (7 * 7 * 512, 16)
@@ -68,7 +68,7 @@ def test_vgg16_tower_has_drop7_and_pool5_regions(config):
 
 def test_inception_v3_stands_in_for_googlenet(config):
     # 75×75 is InceptionV3's smallest input: a 1×1 last mixed block of 2048 channels.
-    cfg = config.replace(iatv_backbone="inception_v3", image_height=75, image_width=75)
+    cfg = config.replace(backbone="inception_v3", image_height=75, image_width=75)
     tower = stage1.build_image_tower(cfg)
     out = tower(tf.zeros([1, 75, 75, 3]))
     assert out["embedding"].shape == (1, 8) and out["regions"].shape == (1, 1, 2048)
@@ -76,10 +76,10 @@ def test_inception_v3_stands_in_for_googlenet(config):
 
 
 def test_unknown_backbone_and_missing_weights_file_are_refused(config):
-    with pytest.raises(ValueError, match="iatv_backbone"):
-        stage1.build_image_tower(config.replace(iatv_backbone="alexnet"))
+    with pytest.raises(ValueError, match="model.backbone"):
+        stage1.build_image_tower(config.replace(backbone="alexnet"))
     with pytest.raises(FileNotFoundError):
-        stage1.build_image_tower(config.replace(iatv_backbone="vgg16", image_width=32,
+        stage1.build_image_tower(config.replace(backbone="vgg16", image_width=32,
                                                 backbone_weights="/nonexistent.h5"))
 
 
@@ -105,7 +105,7 @@ def test_cmce_training_with_buffer_updates_reduces_the_loss(config):
     tf.random.set_seed(0)
     rng = np.random.default_rng(0)
     # The paper's τ = 0.04; learning rates raised for a 20-step toy run.
-    cfg = config.replace(iatv_learning_rate=0.01, iatv_cnn_learning_rate=0.05)
+    cfg = config.replace(learning_rate=0.01, cnn_learning_rate=0.05)
     model = stage1.build_stage1(cfg, VOCAB)
     buffers = IdentityBuffers(4, cfg.model.embed_dim, cfg.model.buffer_momentum)
     batch = toy_batch(cfg, rng)

@@ -6,7 +6,7 @@ import pytest
 from hgan.modeling.iatv import stage1
 from hgan.modeling.iatv import stage2
 from hgan.tf_compat import keras, tf
-from tests_support import load_script
+import iatv_toy
 
 VOCAB, T, N, C = 30, 6, 5, 4
 LENGTHS = [6, 3, 1]
@@ -14,9 +14,9 @@ LENGTHS = [6, 3, 1]
 
 @pytest.fixture()
 def config(tiny_config):
-    return tiny_config.replace(model="iatv", max_len=T, iatv_word_dim=8, iatv_lstm_units=8,
-                               iatv_attention_dim=6, iatv_importance_hidden=5,
-                               iatv_fc_hidden=7, iatv_decoder_steps=5)
+    return tiny_config.replace(family="iatv", max_len=T, word_dim=8, lstm_units=8,
+                               attention_dim=6, importance_hidden=5,
+                               fc_hidden=7, decoder_steps=5)
 
 
 def pairs(seed=0, word_ids=None):
@@ -97,8 +97,8 @@ def test_matcher_scores_pairs_and_ignores_padded_words(config, spa, sma):
     # A fixed init: at these tiny widths an unlucky one has an all-zero ReLU layer before
     # the logit, and then no word changes the score (the last check below).
     tf.random.set_seed(7)
-    cfg = config.replace(iatv_spatial_attention=spa, iatv_semantic_attention=sma,
-                         iatv_importance_kernel=3)
+    cfg = config.replace(spatial_attention=spa, semantic_attention=sma,
+                         importance_kernel=3)
     matcher = stage2.build_matcher(cfg, VOCAB, region_dim=C)
     inputs = pairs()
     out = matcher(inputs)
@@ -132,7 +132,7 @@ def test_matcher_and_layers_serialise(config):
 
 
 def test_stage1_initialises_the_word_encoder(config):
-    first = stage1.build_stage1(config.replace(iatv_backbone="small_cnn",
+    first = stage1.build_stage1(config.replace(backbone="small_cnn",
                                                backbone_weights="none"), VOCAB)
     matcher = stage2.build_matcher(config, VOCAB, region_dim=C)
     matcher.initialize_from_stage1(first)
@@ -175,15 +175,11 @@ def test_a_few_bce_steps_separate_matching_from_non_matching_pairs(config):
     assert history[-1] < 0.25 * history[0], history
 
 
-def _probe():
-    return load_script("iatv_stage2_probe")
-
-
 def test_the_matcher_learns_the_toy_problem_that_has_a_known_answer():
-    # scripts/iatv_stage2_probe.py's toy: the image's raised channel and the caption's one
+    # tests/iatv_toy.py: the image's raised channel and the caption's one
     # name word say the identity, half the pairs match. A matcher that cannot learn this in
     # 500 Adam steps (it leaves chance after 150–300, by the seed) cannot learn the demo either.
-    result = _probe().train_toy(steps=500, positive_share=0.5, seed=0)
+    result = iatv_toy.train_toy(steps=500, positive_share=0.5, seed=0)
     assert result["auc"] > 0.95 and result["loss"][1] < 0.3, result
 
 

@@ -3,35 +3,34 @@ import dataclasses
 import io
 import json
 import os
-import types
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from hgan import families
-from hgan.config import PRESETS, Config
+from hgan.config import Config, preset
 from hgan.data import pipeline
 from hgan.evaluation import iatv_scoring
 from hgan.families import export
 from hgan.modeling.iatv.model import load_model
-from hgan.serving import iatv_module, search
+from hgan.serving import iatv_module
+from hgan.serving import searcher as search
 from hgan.tf_compat import tf
 from hgan.training import iatv_pairs, loop, run_dir
 from hgan.training.iatv_task import IATVTask
-from tests_support import load_script
 
 STAGE1, TEXT, JOINT = 2, 2, 2  # steps per phase: stage 1 ends at 2, text phase at 4
 
 
 @pytest.fixture(scope="module")
 def config(tiny_vocab):
-    return PRESETS["tiny"].replace(
-        model="iatv", vocab_file=tiny_vocab, image_height=32, image_width=16,
-        iatv_backbone="small_cnn", iatv_fc_units=16, iatv_embed_dim=16, iatv_word_dim=8,
-        iatv_lstm_units=8, iatv_attention_dim=8, iatv_importance_hidden=8,
-        iatv_fc_hidden=8, iatv_decoder_steps=2, iatv_candidates=3, batch_size=4,
-        iatv_stage1_steps=STAGE1, iatv_stage2_text_steps=TEXT, iatv_stage2_joint_steps=JOINT,
+    return preset("tiny").replace(
+        family="iatv", vocab_file=tiny_vocab, image_height=32, image_width=16,
+        backbone="small_cnn", fc_units=16, embed_dim=16, word_dim=8,
+        lstm_units=8, attention_dim=8, importance_hidden=8,
+        fc_hidden=8, decoder_steps=2, candidates=3, rerank_k=3, batch_size=4,
+        stage1_steps=STAGE1, stage2_text_steps=TEXT, stage2_joint_steps=JOINT,
         checkpoint_every=2, keep_checkpoints=10, max_steps=3)
 
 
@@ -171,13 +170,11 @@ def test_two_stage_reorders_stage1_top_k_by_stage2_logits(trained, tiny_data):
 
 
 def test_the_fusion_sweep_at_the_configs_weight_is_evals_two_stage(trained, tiny_data):
-    # scripts/iatv_stage2_probe.py fusion re-ranks from logits it caches once; at the
-    # config's weight (0 in this preset) it must give eval.py's two-stage R1, both ways.
-    args = types.SimpleNamespace(model_dir=trained[0], data_dir=tiny_data, checkpoint="best",
-                                 splits="test", weights="0,1")
-    sweep = load_script("iatv_stage2_probe").fusion(args)["test"]
+    # hgan-eval --stage1_weights re-ranks from logits it caches once; at the config's weight
+    # (0 in this preset) it must give the two-stage R1 of the same report, both ways.
     model, config, _ = load_model(trained[0])
-    report = iatv_scoring.evaluate(model, tiny_data, config, "test")
+    report = iatv_scoring.evaluate(model, tiny_data, config, "test", stage1_weights=(0, 1))
+    sweep = report["stage1_weight_sweep"]
     assert sweep["w=0"] == pytest.approx((report["two_stage"]["t2i"]["R1"],
                                           report["two_stage"]["i2t"]["R1"]))
     assert sweep["stage1"] == pytest.approx((report["stage1"]["t2i"]["R1"],
@@ -194,9 +191,9 @@ def test_export_serves_stage1_scores_and_stage2_confidences(trained, tmp_path):
     model_dir = trained[0]
     saved = export(model_dir, str(tmp_path / "saved"))
     served = tf.saved_model.load(saved)
-    assert set(served.signatures) == {"encode_text", "encode_image", "score", "rerank_score",
-                                      "rerank_confidence", "score_features", "rerank_features",
-                                      "two_stage_features"}
+    # The serving contract (encode_text, encode_image, rerank, score) and IATV's own two.
+    assert set(served.signatures) == {"encode_text", "encode_image", "rerank", "score",
+                                      "rerank_score", "rerank_confidence"}
     # One output per signature: a client taking "the" output gets what the name says.
     assert all(len(f.structured_outputs) == 1 for name, f in served.signatures.items()
                if name not in ("encode_text", "encode_image"))
@@ -223,14 +220,14 @@ def test_export_serves_stage1_scores_and_stage2_confidences(trained, tmp_path):
     # The two-stage score from encode_image outputs: the logit alone at weight 0 (this
     # preset), logit + w·cos/τ once the config sets a weight.
     encoded = served.signatures["encode_image"](images=tf.constant(images))
-    features = {"texts": tf.constant(texts), "image_embedding": encoded["embedding"],
+    features = {"texts": tf.constant(texts), "image_global": encoded["global"],
                 "image_regions": encoded["regions"]}
-    np.testing.assert_allclose(served.signatures["two_stage_features"](**features)["score"],
+    np.testing.assert_allclose(served.signatures["rerank"](**features)["score"],
                                logits.numpy().reshape(3, 2), atol=1e-5)
     weighted = dataclasses.replace(config.model, stage1_weight=0.5)
     model.config = dataclasses.replace(config, model=weighted)
     serving = iatv_module.IATVServing(model)  # held: its tf.functions keep a weak self
-    fused = serving.two_stage_features(**features)["score"].numpy()
+    fused = serving.rerank(**features)["score"].numpy()
     cosine = (text / np.linalg.norm(text, axis=1, keepdims=True)) @ (
         image / np.linalg.norm(image, axis=1, keepdims=True)).T
     np.testing.assert_allclose(
@@ -238,7 +235,7 @@ def test_export_serves_stage1_scores_and_stage2_confidences(trained, tmp_path):
         atol=1e-4)
     model.config = config
     enc = served.signatures["encode_image"](images=tf.constant(images[:1]))
-    assert enc["embedding"].shape == (1, 16) and enc["regions"].shape == (1, 8, 64)
+    assert enc["global"].shape == (1, 16) and enc["regions"].shape == (1, 8, 64)
     with pytest.raises(tf.errors.InvalidArgumentError, match="not a JPEG or PNG"):
         served.signatures["encode_image"](images=tf.constant([b"not an image"]))
     # Search: an index of encode_image outputs; stage 1 ranks, stage 2 re-orders the top 2.
@@ -290,9 +287,9 @@ def test_pair_batches_join_the_mined_indices_to_their_image_and_caption(tiny_dat
 def test_table2_ablations_without_identities_and_without_stage1(tiny_data, config, tmp_path):
     """"w/o ID": one identity per training image in the buffers and the stage-2 labels;
     "w/o stage-1": stage 2 is not copied from stage 1 and trains on random pairs."""
-    cfg = config.replace(iatv_identity_labels=False, iatv_stage1_init=False,
-                         iatv_stage1_steps=1, iatv_stage2_text_steps=1,
-                         iatv_stage2_joint_steps=0, max_steps=2)
+    cfg = config.replace(identity_labels=False, stage1_init=False,
+                         stage1_steps=1, stage2_text_steps=1,
+                         stage2_joint_steps=0, max_steps=2)
     model_dir = str(tmp_path / "run")
     lines = []
     run_dir.reconcile_config(cfg, model_dir)

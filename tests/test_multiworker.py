@@ -60,18 +60,18 @@ def test_two_workers_train_and_the_chief_keeps_the_checkpoints(tiny_data, tiny_v
 
 def test_two_workers_train_iatv_through_both_stages_then_eval_reports_both(
         tiny_data, tiny_vocab, tmp_path):
-    """``train.py --model=iatv`` on two workers: stage 1 (CMCE, identity buffers updated
+    """``train.py --family=iatv`` on two workers: stage 1 (CMCE, identity buffers updated
     once per global step), mining, the stage-2 text phase and the joint phase; then
     ``eval.py`` on the chief's model_dir reports stage 1 and two-stage metrics."""
     model_dir = str(tmp_path / "iatv")
     sets = {"vocab_file": tiny_vocab, "image_height": 32, "image_width": 16,
-            "iatv_backbone": "small_cnn", "iatv_fc_units": 16, "iatv_embed_dim": 16,
-            "iatv_word_dim": 8, "iatv_lstm_units": 8, "iatv_attention_dim": 8,
-            "iatv_importance_hidden": 8, "iatv_fc_hidden": 8, "iatv_decoder_steps": 2,
-            "iatv_candidates": 3, "batch_size": 4, "iatv_stage1_steps": 2,
-            "iatv_stage2_text_steps": 1, "iatv_stage2_joint_steps": 1, "checkpoint_every": 2}
+            "backbone": "small_cnn", "fc_units": 16, "embed_dim": 16,
+            "word_dim": 8, "lstm_units": 8, "attention_dim": 8,
+            "importance_hidden": 8, "fc_hidden": 8, "decoder_steps": 2,
+            "candidates": 3, "rerank_k": 3, "batch_size": 4, "stage1_steps": 2,
+            "stage2_text_steps": 1, "stage2_joint_steps": 1, "checkpoint_every": 2}
     outputs = _train_two_workers(
-        ["--config=tiny", "--model=iatv", f"--data_dir={tiny_data}", f"--model_dir={model_dir}",
+        ["--config=tiny", "--family=iatv", f"--data_dir={tiny_data}", f"--model_dir={model_dir}",
          "--val_split=none", *[f"--set={k}={v}" for k, v in sets.items()]])
     for code, out, err in outputs:
         assert code == 0, err[-3000:]

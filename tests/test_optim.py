@@ -119,7 +119,6 @@ def test_all_finite_sums_once_per_tensor():
 
 _TWO_REPLICAS = textwrap.dedent("""
     import json, sys
-    sys.path.insert(0, {root!r})
     from hgan.tf_compat import tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
@@ -165,7 +164,7 @@ _TWO_REPLICAS = textwrap.dedent("""
 
 
 def test_two_replicas_skip_together_and_apply_like_one():
-    proc = subprocess.run([sys.executable, "-c", _TWO_REPLICAS.format(root=ROOT)],
+    proc = subprocess.run([sys.executable, "-c", _TWO_REPLICAS.format()],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert line, proc.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Search (hgan/search.py) against a stand-in SavedModel: chunked ranking, IATV-style
+"""Search (hgan/searcher.py) against a stand-in SavedModel: chunked ranking, IATV-style
 re-ranking of the stage-1 head, the index builder's skipping, and every error message.
 
 The real exported models are searched in test_eval_export.py (HGAN) and test_iatv_train.py
@@ -14,7 +14,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from hgan.serving import ann, gallery, search
+from hgan.config import preset
+from hgan.serving import ann, gallery, searcher
 from hgan.tf_compat import tf
 from tests_support import ROOT
 
@@ -39,7 +40,7 @@ DIRECTIONS = {b"red": [1.0, 0.0], b"blue": [0.0, 1.0]}
 
 
 def _encode_text(sentences):
-    return {"embedding": np.array([DIRECTIONS[t] for t in sentences], np.float32)}
+    return {"global": np.array([DIRECTIONS[t] for t in sentences], np.float32)}
 
 
 def _logits(texts, image_regions):
@@ -53,24 +54,26 @@ def _encode_image(images):
     if any(not blob.startswith(b"IMG:") for blob in images):
         raise tf.errors.InvalidArgumentError(None, None, "not a JPEG or PNG image\nmore")
     x = np.array([float(b[4:]) for b in images], np.float32)
-    return {"embedding": np.stack([x, np.ones_like(x)], 1),
+    return {"global": np.stack([x, np.ones_like(x)], 1),
             "regions": x[:, None, None] * np.ones((1, 2, 3), np.float32)}
 
 
-def served(rerank=True):
-    signatures = {"encode_text": Signature(_encode_text, ["sentences"], ["embedding"]),
+def served():
+    """The serving contract (``hgan.serving.savedmodel``) of a stand-in model."""
+    signatures = {"encode_text": Signature(_encode_text, ["sentences"], ["global"]),
                   "encode_image": Signature(_encode_image, ["images"],
-                                            ["embedding", "regions"])}
-    if rerank:
-        signatures["rerank_features"] = Signature(_logits, ["texts", "image_regions"])
+                                            ["global", "regions"]),
+                  "rerank": Signature(_logits, ["texts", "image_regions"])}
     return type("Served", (), {"signatures": signatures})()
 
 
-def fake_savedmodel(path, version=b"1"):
-    """A folder with what ``gallery.model_fingerprint`` reads (the graph, the index)."""
+def fake_savedmodel(path, version=b"1", rerank_k=20):
+    """A folder with what ``gallery.model_fingerprint`` reads (the graph, the index) and
+    the export's config (``eval.rerank_k``: how many candidates a query re-ranks)."""
     (path / "variables").mkdir(parents=True, exist_ok=True)
     (path / "saved_model.pb").write_bytes(b"graph" + version)
     (path / "variables" / "variables.index").write_bytes(b"index")
+    preset("tiny").replace(rerank_k=rerank_k).save(str(path / "assets.extra"))
     return str(path)
 
 
@@ -90,13 +93,13 @@ def model(tmp_path):
 def index(tmp_path, model):
     path = str(tmp_path / "gallery")
     g = gallery.Gallery.create(path, gallery.model_fingerprint(model),
-                               {"embedding": (2,), "regions": (2, 3)}, dtype="float32")
-    g.append(PATHS, {"embedding": EMBEDDING, "regions": REGIONS})
+                               {"global": (2,), "regions": (2, 3)}, dtype="float32")
+    g.append(PATHS, {"global": EMBEDDING, "regions": REGIONS})
     return path
 
 
 def _use(monkeypatch, served_model):
-    monkeypatch.setattr(search, "_load", lambda savedmodel: served_model)
+    monkeypatch.setattr(searcher, "_load", lambda savedmodel: served_model)
     return served_model
 
 
@@ -106,92 +109,95 @@ def _cosines(direction):
 
 
 def test_stage1_ranks_the_gallery_by_cosine(monkeypatch, model, index):
-    _use(monkeypatch, served(rerank=False))
-    results = search.query(model, index, "red", top_k=4)
+    served_model = _use(monkeypatch, served())
+    results = searcher.query(model, index, "red", top_k=4, rerank_k=0)
     assert [r["path"] for r in results] == ["b.png", "c.png", "d.png", "a.png"]
     np.testing.assert_allclose([r["score"] for r in results],
                                np.sort(_cosines([1, 0]))[::-1][:4], atol=1e-6)
     assert all("rerank" not in r for r in results)
-    blue = search.query(model, index, "blue", top_k=5)
+    blue = searcher.query(model, index, "blue", top_k=5, rerank_k=0)
     assert [r["path"] for r in blue] == [PATHS[i] for i in np.argsort(-_cosines([0, 1]))]
+    assert served_model.signatures["rerank"].calls == []
 
 
 def test_stage2_reorders_the_stage1_head_and_keeps_the_rest(monkeypatch, model, index):
     served_model = _use(monkeypatch, served())
-    results = search.query(model, index, "red", top_k=5, rerank_k=3)
+    results = searcher.query(model, index, "red", top_k=5, rerank_k=3)
     # Head b, c, d by stage 1; logits 1, 3, 2 → c, d, b; then a, e in stage-1 order.
     assert [r["path"] for r in results] == ["c.png", "d.png", "b.png", "a.png", "e.png"]
     assert [r.get("rerank") for r in results] == [3.0, 2.0, 1.0, None, None]
-    (call,) = served_model.signatures["rerank_features"].calls
+    (call,) = served_model.signatures["rerank"].calls
     np.testing.assert_array_equal(call["image_regions"][:, 0, 0], [1.0, 3.0, 2.0])  # rows b c d
-    top2 = search.query(model, index, "red", top_k=2, rerank_k=3)
+    top2 = searcher.query(model, index, "red", top_k=2, rerank_k=3)
     assert [r["path"] for r in top2] == ["c.png", "d.png"]
 
 
-def test_an_iatv_export_reranks_by_its_two_stage_score(monkeypatch, model, index):
-    # An export with two_stage_features (stage-2 logit + weighted stage-1 logit) is re-ranked
-    # by it, fed the gallery's embeddings and regions; rerank_features is then not called.
+def test_a_rerank_signature_gets_every_gallery_table_it_names(monkeypatch, model, index):
+    # IATV's rerank (stage-2 logit + weighted stage-1 logit) reads the gallery's global
+    # embeddings and regions: each image_<name> input is fed the gallery's table <name>.
     served_model = served()
-    served_model.signatures["two_stage_features"] = Signature(
-        lambda texts, image_embedding, image_regions: {
-            "score": _logits(texts, image_regions)["score"] + 10 * image_embedding[None, :, 0]},
-        ["texts", "image_embedding", "image_regions"])
+    served_model.signatures["rerank"] = Signature(
+        lambda texts, image_global, image_regions: {
+            "score": _logits(texts, image_regions)["score"] + 10 * image_global[None, :, 0]},
+        ["texts", "image_global", "image_regions"])
     _use(monkeypatch, served_model)
-    results = search.query(model, index, "red", top_k=5, rerank_k=3)
+    results = searcher.query(model, index, "red", top_k=5, rerank_k=3)
     # Head b, c, d: logits 1, 3, 2 plus 10·x (9, 5, 9) → 10, 8, 11: d, b, c (the logits
     # alone order c, d, b).
     assert [r["path"] for r in results] == ["d.png", "b.png", "c.png", "a.png", "e.png"]
     np.testing.assert_allclose([r["rerank"] for r in results[:3]], [11.0, 10.0, 8.0])
-    (call,) = served_model.signatures["two_stage_features"].calls
-    np.testing.assert_allclose(call["image_embedding"][:, 0], [0.9, 0.5, 0.9], rtol=1e-6)  # b c d
-    assert served_model.signatures["rerank_features"].calls == []
+    (call,) = served_model.signatures["rerank"].calls
+    np.testing.assert_allclose(call["image_global"][:, 0], [0.9, 0.5, 0.9], rtol=1e-6)  # b c d
 
 
 def test_rerank_k_zero_is_stage1_only(monkeypatch, model, index):
     served_model = _use(monkeypatch, served())
-    results = search.query(model, index, "red", top_k=5, rerank_k=0)
+    results = searcher.query(model, index, "red", top_k=5, rerank_k=0)
     assert [r["path"] for r in results] == ["b.png", "c.png", "d.png", "a.png", "e.png"]
-    assert served_model.signatures["rerank_features"].calls == []
+    assert served_model.signatures["rerank"].calls == []
 
 
 def test_rerank_k_defaults_to_the_exports_eval_rerank_k(monkeypatch, model, index, tiny_config,
                                                         tmp_path):
     _use(monkeypatch, served())
-    (tmp_path / "saved" / "assets.extra").mkdir()
-    (tmp_path / "saved" / "assets.extra" / "config.json").write_text(
-        tiny_config.replace(rerank_k=2).to_json())
-    results = search.query(model, index, "red", top_k=5)
+    tiny_config.replace(rerank_k=2).save(str(tmp_path / "saved" / "assets.extra"))
+    results = searcher.query(model, index, "red", top_k=5)
     # Head b, c (logits 1, 3) → c, b; then d, a, e.
     assert [r["path"] for r in results] == ["c.png", "b.png", "d.png", "a.png", "e.png"]
     assert sum("rerank" in r for r in results) == 2
-    # An export without its config: 20 (§4.2), here the whole gallery of 5, by logit.
+    # An export without its config is refused by name.
     os.remove(tmp_path / "saved" / "assets.extra" / "config.json")
-    assert search.default_rerank_k(model) == 20
-    results = search.query(model, index, "red", top_k=5)
-    assert [r["path"] for r in results] == ["e.png", "a.png", "c.png", "d.png", "b.png"]
+    with pytest.raises(FileNotFoundError, match="has no assets.extra/config.json"):
+        searcher.default_rerank_k(model)
 
 
 def test_query_errors_say_what_is_wrong(monkeypatch, model, index, tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a SavedModel"):
-        search.query(str(tmp_path), index, "red")  # the real loader, on an empty folder
+        searcher.query(str(tmp_path), index, "red")  # the real loader, on an empty folder
     _use(monkeypatch, served())
     for text, top_k, rerank_k, message in ((" \t\n", 5, None, "the query is empty"),
                                            ("red", 0, None, "top_k must be at least 1"),
                                            ("red", 5, -1, "rerank_k must be >= 0")):
         with pytest.raises(ValueError, match=message):
-            search.query(model, index, text, top_k, rerank_k)
+            searcher.query(model, index, text, top_k, rerank_k)
     other = fake_savedmodel(tmp_path / "retrained", version=b"2")
     with pytest.raises(gallery.ModelMismatch, match="indexed by another model"):
-        search.query(other, index, "red")
-    old = tmp_path / "index.npz"
-    old.write_bytes(b"PK")
-    with pytest.raises(ValueError, match="old single-file format"):
-        search.query(model, str(old), "red")
+        searcher.query(other, index, "red")
+    a_file = tmp_path / "index.npz"
+    a_file.write_bytes(b"PK")
+    with pytest.raises(FileNotFoundError, match="is not a gallery folder"):
+        searcher.query(model, str(a_file), "red")
+    no_rerank = served()
+    del no_rerank.signatures["rerank"]
+    _use(monkeypatch, no_rerank)
+    with pytest.raises(ValueError, match=r"has no \['rerank'\] signature"):
+        searcher.query(model, index, "red")
+    _use(monkeypatch, served())
     lacking = str(tmp_path / "lacking")  # a gallery without the re-ranker's features
-    gallery.Gallery.create(lacking, gallery.model_fingerprint(model), {"embedding": (2,)}
-                           ).append(PATHS, {"embedding": EMBEDDING})
+    gallery.Gallery.create(lacking, gallery.model_fingerprint(model), {"global": (2,)}
+                           ).append(PATHS, {"global": EMBEDDING})
     with pytest.raises(ValueError, match=r"the gallery lacks \['image_regions'\]"):
-        search.query(model, lacking, "red", rerank_k=2)
+        searcher.query(model, lacking, "red", rerank_k=2)
 
 
 def _photos(folder, items):
@@ -207,14 +213,14 @@ def test_index_skips_bad_files_resumes_and_extends(monkeypatch, model, tmp_path)
                      ("4.JPEG", b"IMG:4"), ("sub/5.png", b"IMG:5"), ("notes.txt", b"IMG:9")])
     out = str(tmp_path / "gallery")
     lines = []
-    report = search.build_index(model, out, images=str(folder), batch_size=2,
+    report = searcher.build_index(model, out, images=str(folder), batch_size=2,
                                 log=lines.append)
     assert (report["images"], report["added"]) == (4, 4)
     assert report["skipped"] == [{"path": "3.png", "reason": "not a JPEG or PNG image"}]
     assert any("ETA" in ln for ln in lines)
     g = gallery.Gallery.open(out)
     assert g.paths() == ["1.png", "2.jpg", "4.JPEG", os.path.join("sub", "5.png")]
-    np.testing.assert_array_equal(g.array("embedding")[:, 0], [1, 2, 4, 5])
+    np.testing.assert_array_equal(g.array("global")[:, 0], [1, 2, 4, 5])
     assert g.dtype == np.float16 and g.bytes_per_item() == (2 + 6) * 2
     calls = served_model.signatures["encode_image"].calls
     # Batches of 2: [1, 2], then [3, 4] fails and is retried one by one, then [5].
@@ -222,14 +228,14 @@ def test_index_skips_bad_files_resumes_and_extends(monkeypatch, model, tmp_path)
     # Re-running encodes nothing new but the bad file (retried); a new photo is appended.
     _photos(folder, [("6.png", b"IMG:6")])
     calls.clear()
-    report = search.build_index(model, out, images=str(folder), log=lambda *_: None)
+    report = searcher.build_index(model, out, images=str(folder), log=lambda *_: None)
     assert (report["images"], report["added"]) == (5, 1)
     assert [list(c["images"]) for c in calls] == [[b"broken", b"IMG:6"], [b"broken"],
                                                   [b"IMG:6"]]
     assert gallery.Gallery.open(out).paths()[-1] == "6.png"
     # Another model may not extend this gallery.
     with pytest.raises(gallery.ModelMismatch):
-        search.build_index(fake_savedmodel(tmp_path / "m2", b"2"), out, images=str(folder),
+        searcher.build_index(fake_savedmodel(tmp_path / "m2", b"2"), out, images=str(folder),
                            log=lambda *_: None)
 
 
@@ -242,15 +248,15 @@ def test_index_reads_a_file_list_skipping_what_it_cannot_read(monkeypatch, model
     listed.write_text("# the gallery\na/1.png\n\nb/2.png\na/1.png\nmissing.png\nbad.png\n"
                       f"{tmp_path / 'elsewhere' / '3.jpg'}\n")
     out = str(tmp_path / "gallery")
-    report = search.build_index(model, out, images=str(listed), log=lambda *_: None)
+    report = searcher.build_index(model, out, images=str(listed), log=lambda *_: None)
     g = gallery.Gallery.open(out)
     assert g.paths() == ["a/1.png", "b/2.png", str(tmp_path / "elsewhere" / "3.jpg")]
-    np.testing.assert_array_equal(g.array("embedding")[:, 0], [1, 2, 3])  # each once
+    np.testing.assert_array_equal(g.array("global")[:, 0], [1, 2, 3])  # each once
     assert [s["path"] for s in report["skipped"]] == ["missing.png", "bad.png"]
     assert "FileNotFoundError" in report["skipped"][0]["reason"]
     assert g.manifest["source"] == {"kind": "list", "root": str(tmp_path / "cams")}
     with pytest.raises(ValueError, match="not a .txt file list"):
-        search.build_index(model, out, images=str(tmp_path / "cams" / "a" / "1.png"),
+        searcher.build_index(model, out, images=str(tmp_path / "cams" / "a" / "1.png"),
                            log=lambda *_: None)
 
 
@@ -259,11 +265,11 @@ def test_an_ivf_gallery_is_extended_without_retraining_until_it_doubles(monkeypa
     pytest.importorskip("faiss")
     _use(monkeypatch, served())
     folder, out = tmp_path / "photos", str(tmp_path / "gallery")
-    path = os.path.join(out, search.ANN_FILE)
+    path = os.path.join(out, searcher.ANN_FILE)
 
     def index(names, lines=None):
         _photos(folder, [(f"{i}.png", f"IMG:{i}".encode()) for i in names])
-        search.build_index(model, out, images=str(folder), ann_threshold=1,
+        searcher.build_index(model, out, images=str(folder), ann_threshold=1,
                            log=(lines if lines is not None else []).append)
         ivf = ann.load(path, mmap=False)
         return ivf, ivf.quantizer.reconstruct_n(0, ivf.nlist)
@@ -274,7 +280,7 @@ def test_an_ivf_gallery_is_extended_without_retraining_until_it_doubles(monkeypa
     assert grown.ntotal == 7 and any("extended by 3" in ln for ln in lines)
     np.testing.assert_array_equal(kept, centroids)  # the quantizer is the one trained at 4
     # The new images are found, with their gallery rows as ids.
-    ids = ann.Searcher(gallery.Gallery.open(out).array("embedding"), grown, nprobe=1).search(
+    ids = ann.Searcher(gallery.Gallery.open(out).array("global"), grown, nprobe=1).search(
         np.array([[7.0, 1.0]]), 7)[1][0]
     assert sorted(ids.tolist()) == list(range(7))
     lines = []
@@ -290,20 +296,20 @@ def test_shards_on_n_machines_merge_into_the_whole_gallery(monkeypatch, model, t
     shards = []
     for i in range(3):
         shards.append(str(tmp_path / f"shard{i}"))
-        search.build_index(model, shards[-1], images=str(folder), shard=f"{i}/3",
+        searcher.build_index(model, shards[-1], images=str(folder), shard=f"{i}/3",
                            log=lambda *_: None)
     merged = str(tmp_path / "all")
-    search.merge_index(merged, shards, ann_threshold=1, log=lambda *_: None)
+    searcher.merge_index(merged, shards, ann_threshold=1, log=lambda *_: None)
     g = gallery.Gallery.open(merged)
     assert sorted(g.paths()) == sorted(f"{i}.png" for i in range(7))
-    assert os.path.exists(os.path.join(merged, search.ANN_FILE))  # above the threshold: IVF
+    assert os.path.exists(os.path.join(merged, searcher.ANN_FILE))  # above the threshold: IVF
     whole = str(tmp_path / "whole")
-    search.build_index(model, whole, images=str(folder), log=lambda *_: None)
-    a = search.query(model, merged, "red", top_k=7, rerank_k=0)
-    b = search.query(model, whole, "red", top_k=7, rerank_k=0)
+    searcher.build_index(model, whole, images=str(folder), log=lambda *_: None)
+    a = searcher.query(model, merged, "red", top_k=7, rerank_k=0)
+    b = searcher.query(model, whole, "red", top_k=7, rerank_k=0)
     assert [r["path"] for r in a] == [r["path"] for r in b]
     with pytest.raises(ValueError, match="not i/N"):
-        search.build_index(model, whole, images=str(folder), shard="1-3", log=lambda *_: None)
+        searcher.build_index(model, whole, images=str(folder), shard="1-3", log=lambda *_: None)
 
 
 def test_shards_on_one_quantizer_merge_their_ivfs_with_faiss_merge_from(monkeypatch, model,
@@ -314,64 +320,64 @@ def test_shards_on_one_quantizer_merge_their_ivfs_with_faiss_merge_from(monkeypa
     _photos(folder, [(f"{i}.png", f"IMG:{i}".encode()) for i in range(9)])
     shards = [str(tmp_path / f"shard{i}") for i in range(3)]
     # Shard 0 trains an IVF; the others add to its quantizer (index --quantizer).
-    search.build_index(model, shards[0], images=str(folder), shard="0/3", ann_threshold=1,
+    searcher.build_index(model, shards[0], images=str(folder), shard="0/3", ann_threshold=1,
                        log=lambda *_: None)
-    trained = os.path.join(shards[0], search.ANN_FILE)
+    trained = os.path.join(shards[0], searcher.ANN_FILE)
     for i in (1, 2):
-        search.build_index(model, shards[i], images=str(folder), shard=f"{i}/3",
+        searcher.build_index(model, shards[i], images=str(folder), shard=f"{i}/3",
                            quantizer=trained, log=lambda *_: None)
     lines = []
     merged = str(tmp_path / "all")
-    search.merge_index(merged, shards, ann_threshold=1, log=lines.append)
+    searcher.merge_index(merged, shards, ann_threshold=1, log=lines.append)
     assert any("merge_from" in ln for ln in lines), lines
-    ivf = ann.load(os.path.join(merged, search.ANN_FILE), mmap=False)
+    ivf = ann.load(os.path.join(merged, searcher.ANN_FILE), mmap=False)
     assert ivf.ntotal == 9
     # The merged IVF keeps the size its quantizer was trained at (shard 0's 3 images), so a
     # later extension re-trains on the right growth.
-    with open(os.path.join(merged, search.ANN_FILE + ".json")) as f:
+    with open(os.path.join(merged, searcher.ANN_FILE + ".json")) as f:
         assert json.load(f)["trained_on"] == 3
     shard0 = ann.load(trained, mmap=False)  # held: its quantizer is owned by it
     np.testing.assert_array_equal(ivf.quantizer.reconstruct_n(0, ivf.nlist),
                                   shard0.quantizer.reconstruct_n(0, shard0.nlist))
     # Every merged id is its image's gallery row.
     store = gallery.Gallery.open(merged)
-    vectors = store.array("embedding")
+    vectors = store.array("global")
     ids = ann.Searcher(vectors, ivf, nprobe=ivf.nlist).search(np.asarray(vectors[:9]), 1)[1]
     np.testing.assert_array_equal(ids[:, 0], np.arange(9))
     # Shards on their own quantizers: merge trains one IVF instead.
     for i in (1, 2):
-        search.build_index(model, str(tmp_path / f"own{i}"), images=str(folder),
+        searcher.build_index(model, str(tmp_path / f"own{i}"), images=str(folder),
                            shard=f"{i}/3", ann_threshold=1, log=lambda *_: None)
     lines = []
-    search.merge_index(str(tmp_path / "all2"), [shards[0], str(tmp_path / "own1"),
+    searcher.merge_index(str(tmp_path / "all2"), [shards[0], str(tmp_path / "own1"),
                                                str(tmp_path / "own2")],
                        ann_threshold=1, log=lines.append)
     assert any("trained and filled" in ln for ln in lines) and \
         not any("merge_from" in ln for ln in lines)
     with pytest.raises(FileNotFoundError, match="quantizer"):
-        search.build_index(model, str(tmp_path / "x"), images=str(folder),
+        searcher.build_index(model, str(tmp_path / "x"), images=str(folder),
                            quantizer=str(tmp_path / "nope.faiss"), log=lambda *_: None)
 
 
 def test_index_errors_say_what_is_wrong(monkeypatch, model, tmp_path):
     _use(monkeypatch, served())
     with pytest.raises(FileNotFoundError, match="image folder .*nowhere not found"):
-        search.build_index(model, str(tmp_path / "g"), images=str(tmp_path / "nowhere"),
+        searcher.build_index(model, str(tmp_path / "g"), images=str(tmp_path / "nowhere"),
                            log=lambda *_: None)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.png").write_bytes(b"broken")
     with pytest.raises(ValueError, match=r"no image could be indexed; skipped: \[\{'path': "
                                          "'x.png'"):
-        search.build_index(model, str(tmp_path / "g"), images=str(tmp_path / "bad"),
-                           log=lambda *_: None)
+        searcher.build_index(model, str(tmp_path / "g"), images=str(tmp_path / "bad"),
+                             log=lambda *_: None)
     assert not (tmp_path / "g").exists()
 
 
 _CLI = textwrap.dedent("""
     import json, sys
     from absl import app, flags
-    from hgan import search
-    search._define_flags()
+    from hgan.cli import search
+    search.define_flags()
     out = []
     for argv in json.loads(sys.argv[1]):
         flags.FLAGS.unparse_flags()
@@ -400,8 +406,8 @@ def test_cli_usage_errors():
     assert line, proc.stderr[-3000:]
     messages = json.loads(line[0][len("RESULT"):])
     assert messages == [
-        "usage: python -m hgan.search index|merge|query ... (see --help)",
-        "usage: python -m hgan.search index|merge|query ... (see --help)",
+        "usage: hgan-search index|merge|query ... (see --help)",
+        "usage: hgan-search index|merge|query ... (see --help)",
         "index needs exactly one of --images or --data_dir",
         "index needs exactly one of --images or --data_dir",
         'query takes one quoted sentence: query "a man in a red coat"',

@@ -41,10 +41,10 @@ def server(tmp_path_factory):
     (photos / "a.png").write_bytes(PNG)
     (photos / "sub" / "b.jpg").write_bytes(b"\xff\xd8jpeg")
     (root / "secret.png").write_bytes(b"TOP-SECRET-BYTES")
-    store = gallery.Gallery.create(str(root / "g"), "m", {"embedding": (2,)},
+    store = gallery.Gallery.create(str(root / "g"), "m", {"global": (2,)},
                                    source={"kind": "folder", "root": str(photos)})
     # A path that would escape the folder: in the gallery, but never served.
-    store.append(["a.png", "sub/b.jpg", "../secret.png"], {"embedding": np.zeros((3, 2))})
+    store.append(["a.png", "sub/b.jpg", "../secret.png"], {"global": np.zeros((3, 2))})
     searcher = StandIn(gallery.Gallery.open(store.path))
     running = service.Server(service.create_app(searcher, max_body=2048)).start()
     yield running.url, searcher
@@ -96,10 +96,10 @@ def test_a_file_lists_images_are_served_where_it_listed_them(tmp_path):
     (tmp_path / "cams").mkdir()
     (tmp_path / "cams" / "a.png").write_bytes(PNG)
     (tmp_path / "other.jpg").write_bytes(b"\xff\xd8jpeg")
-    store = gallery.Gallery.create(str(tmp_path / "g"), "m", {"embedding": (2,)},
+    store = gallery.Gallery.create(str(tmp_path / "g"), "m", {"global": (2,)},
                                    source={"kind": "list", "root": str(tmp_path / "cams")})
     store.append(["a.png", str(tmp_path / "other.jpg"), "gone.png"],
-                 {"embedding": np.zeros((3, 2))})
+                 {"global": np.zeros((3, 2))})
     images = service.ImageSource(gallery.Gallery.open(store.path))
     assert images.read(0) == (PNG, "image/png")
     assert images.read(1) == (b"\xff\xd8jpeg", "image/jpeg")  # an absolute path listed
@@ -181,10 +181,10 @@ def test_the_page_and_images_are_served_while_a_query_computes(tmp_path):
     # The model runs in the thread pool: a query that has not finished does not hold up
     # the event loop's other routes.
     import threading
-    store = gallery.Gallery.create(str(tmp_path / "g"), "m", {"embedding": (2,)},
+    store = gallery.Gallery.create(str(tmp_path / "g"), "m", {"global": (2,)},
                                    source={"kind": "folder", "root": str(tmp_path)})
     (tmp_path / "a.png").write_bytes(PNG)
-    store.append(["a.png"], {"embedding": np.zeros((1, 2))})
+    store.append(["a.png"], {"global": np.zeros((1, 2))})
     release, entered = threading.Event(), threading.Event()
 
     class Slow(StandIn):

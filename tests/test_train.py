@@ -55,7 +55,6 @@ def test_model_selection_never_uses_test(tiny_data, config, tmp_path):
 
 _TWO_REPLICAS = textwrap.dedent("""
     import json, sys
-    sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
     from hgan.tf_compat import tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
@@ -105,8 +104,7 @@ def test_two_replicas_give_the_loss_and_update_of_one(tiny_data, config, tmp_pat
     cfg = config.replace(attention="soft", dropout=0.0, batch_size=8, identities_per_batch=4,
                          random_flip=False, sentence_loss=sentence_loss,
                          sync_batchnorm=sync_batchnorm)
-    code = _TWO_REPLICAS.format(root=ROOT, tests=os.path.join(ROOT, "tests"),
-                                config=cfg.to_json(), data=tiny_data,
+    code = _TWO_REPLICAS.format(config=cfg.to_json(), data=tiny_data,
                                 model_dir=str(tmp_path / "m"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=600, cwd=ROOT)

@@ -44,7 +44,7 @@ def test_train_copies_the_data_vocabulary_into_the_run(tmp_path):
     data.mkdir()
     config = preset("paper", "iatv")
     assert config.data.text_vocab == "words"  # §3.2.1 is the paper preset's reading
-    with pytest.raises(FileNotFoundError, match="re-run python -m data_prep"):
+    with pytest.raises(FileNotFoundError, match="re-run hgan-prep"):
         run_dir.resolve_vocab(config, str(data), model_dir)
     with pytest.raises(ValueError, match="set vocab_file"):
         pipeline.make_tokenizer(config)

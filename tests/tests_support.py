@@ -9,22 +9,23 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_script(name: str):
-    """A ``scripts/NAME.py`` as a module (the scripts folder is not a package)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts",
-                                                                     f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def console_script(name: str) -> str:
+    """The path of the installed package's console script ``name`` (beside this Python)."""
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    if not os.path.exists(path):
+        raise AssertionError(f"no console script {path}: install the package (pip install -e .)")
+    return path
 
 
-def run_cli(*args, timeout=600) -> str:
-    """Runs ``python ARGS`` from the repo root; returns stdout, fails with stderr's tail."""
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+def run_cli(*args, timeout=600, cwd=ROOT) -> str:
+    """Runs a console script (``hgan-train ARGS``) or ``python ARGS`` (a module or a top-level
+    script) from ``cwd``; returns stdout, fails with stderr's tail."""
+    command = ([console_script(args[0]), *args[1:]] if args[0].startswith("hgan-")
+               else [sys.executable, *args])
+    proc = subprocess.run(command, cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     if proc.returncode != 0:
-        raise AssertionError(f"python {' '.join(args)} exited {proc.returncode}:\n"
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}:\n"
                              f"{proc.stderr[-4000:]}")
     return proc.stdout
 

@@ -17,7 +17,7 @@ Two taggers:
 
 ``resolve_tagger`` turns a request (``"auto"``, or a tagger by name) into the tagger a run
 uses: ``"auto"`` picks by what is installed, a named tagger is that tagger or an error, so
-``python -m data_prep --tagger=...`` writes the same phrases on every machine or fails.
+``hgan-prep --tagger=...`` writes the same phrases on every machine or fails.
 """
 from __future__ import annotations
 

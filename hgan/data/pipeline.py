@@ -36,7 +36,7 @@ def load_manifest(data_dir: str) -> dict:
     path = os.path.join(data_dir, MANIFEST)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(
-            f"{path} not found: data_dir must be the output_dir of `python -m data_prep`")
+            f"{path} not found: data_dir must be the output_dir of `hgan-prep`")
     with tf.io.gfile.GFile(path) as f:
         manifest = json.load(f)
     if manifest.get("schema_version") != records.SCHEMA_VERSION:
@@ -336,7 +336,7 @@ def make_tokenizer(config: Config) -> CaptionTokenizer:
                          f"{TEXT_VOCABS}")
     if config.data.text_vocab == "words" and not config.data.vocab_file:
         raise ValueError("text_vocab=words reads the data's word vocabulary: set vocab_file "
-                         "(train.py sets it from the data dir's word_vocab.txt)")
+                         "(hgan-train sets it from the data dir's word_vocab.txt)")
     return CaptionTokenizer(vocab_path(config.model.bert, config.data.vocab_file),
                             config.data.max_len,
                             config.data.max_phrases, config.data.lower_case)

@@ -1,6 +1,6 @@
 """Why a model does or does not learn: numbers read off a split's features and scores.
 
-``scripts/diagnose.py`` prints them for a model_dir; ``eval.py`` reports the selection
+hgan-diagnose prints them for a model_dir; hgan-eval reports the selection
 share (Fig. 4 as a number). Each function takes numpy arrays from
 ``hgan.evaluation.hgan_scoring.encode_split`` / ``Scorer`` and is cheap at the demo's sizes.
 

@@ -101,12 +101,52 @@ def two_stage_scores(model: IATV, texts: dict, images: dict, k: int,
     return t2i, i2t
 
 
+def stage1_weight_sweep(model: IATV, texts: dict, images: dict, stage1: np.ndarray, k: int,
+                        weights) -> dict:
+    """Two-stage R1 both ways as ``model.stage1_weight`` takes each of ``weights``, stage 2's
+    logits of every re-ranked pair computed once → {"stage1": (t2i R1, i2t R1),
+    "w=<weight>": (...), ...}. hgan-eval --stage1_weights prints it (how the demo preset's
+    weight was chosen on the val split)."""
+    pairs = _compiled(model)["pairs"]
+    wanted = {(int(q), int(g)) for q, row in enumerate(rerank.top_k_ordered(stage1, k))
+              for g in row}
+    wanted |= {(int(t), int(g)) for g, row in enumerate(rerank.top_k_ordered(stage1.T, k))
+               for t in row}
+    todo = np.array(sorted(wanted))
+    logits = {}  # (text, image) → stage-2 logit, for every pair some query re-ranks
+    for a in range(0, len(todo), 512):
+        t, i = todo[a:a + 512, 0], todo[a:a + 512, 1]
+        tokens = {key: texts[key][t] for key in ("input_word_ids", "input_mask")}
+        logits.update(zip(map(tuple, todo[a:a + 512].tolist()),
+                          pairs(images["regions"][i], tokens).numpy().tolist()))
+    lookup = np.vectorize(lambda t, g: logits[(int(t), int(g))], otypes=[np.float64])
+
+    def r1(t2i, i2t):
+        both = metrics.both_directions(t2i, i2t, texts["label"], images["label"])
+        return both["t2i"]["R1"], both["i2t"]["R1"]
+
+    config = model.config
+    out = {"stage1": r1(stage1, stage1.T)}
+    try:
+        for w in weights:  # the model's own two-stage score at each weight
+            model.config = config.replace(stage1_weight=float(w))
+            t2i = rerank.rerank(stage1, lambda q, g: model.two_stage_score(
+                lookup(q, g), stage1[q, g]), k)
+            i2t = rerank.rerank(stage1.T, lambda q, g: model.two_stage_score(
+                lookup(g, q), stage1[g, q]), k)
+            out[f"w={float(w):g}"] = r1(t2i, i2t)
+    finally:
+        model.config = config
+    return out
+
+
 def evaluate(model: IATV, data_dir: str, config: Config, split: str, modes=MODES,
-             rerank_k=None) -> dict:
+             rerank_k=None, stage1_weights=()) -> dict:
     """The report: {"split", "queries", "gallery", "candidates", "timing", "stage1",
     "two_stage", "t2i", "i2t"} (each mode {"t2i", "i2t"} of metrics; top-level = two-stage,
     or stage 1 without it) plus, under ``"_arrays"``, the final t2i matrix and the features
-    for ``hgan.evaluation.report``'s figures.
+    for ``hgan.evaluation.report``'s figures. ``stage1_weights``: also
+    ``"stage1_weight_sweep"`` (``stage1_weight_sweep``) over those weights.
 
     On CUB / Flowers, AP@50 (rank-based) is reported for both modes; class Rank-1, which
     averages raw scores over a class's sentences, for stage 1 only (two-stage scores of
@@ -145,6 +185,9 @@ def evaluate(model: IATV, data_dir: str, config: Config, split: str, modes=MODES
         report["timing"]["full_gallery_s"] = time.time() - t0
         report["full_gallery"] = metrics.both_directions(t2i, i2t, texts["label"],
                                                          images["label"], ap50=class_level)
+    if stage1_weights:
+        report["stage1_weight_sweep"] = stage1_weight_sweep(model, texts, images, stage1, k,
+                                                            stage1_weights)
     main = report[next(m for m in ("full_gallery", "two_stage", "stage1") if m in report)]
     report["t2i"], report["i2t"] = main["t2i"], main["i2t"]
     report["_arrays"] = {"t2i": t2i, "texts": texts, "images": images}

@@ -1,17 +1,20 @@
-"""The evaluation report of any family: the JSON, the Markdown table, the Fig. 3 / Fig. 4
-PNGs and Fig. 4 as numbers (``hgan.families.evaluate`` gives it a family's report)."""
+"""The evaluation report of any family: the JSON, the Markdown table and the Fig. 3 PNG
+(``hgan.families.evaluate`` gives it a family's report).
+
+What only one family can show (HGAN's Fig. 4: which words the regions select) comes from
+the family's ``ReportExtras`` hook (``hgan.families``), never from probing the model."""
 from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-from hgan import experiments
+from hgan.config import experiments
 from hgan.config import Config
 from hgan.data import pipeline, records
-from hgan.evaluation import diagnostics, figures
+from hgan.evaluation import figures
 from hgan.tf_compat import tf
 
 _COLUMNS = ("R1", "R5", "R10", "mAP", "mINP")
@@ -40,6 +43,10 @@ def markdown_table(report: dict) -> str:
                      f"selected words are content words (colours, garments, accessories, "
                      f"hair), {100 * sel['punctuation_share']:.1f}% punctuation; most "
                      f"selected: {', '.join(w for w, _ in sel['most_selected'][:6])}")
+    if report.get("stage1_weight_sweep"):
+        lines += ["", "| two-stage score (logit + w · cos/τ) | t2i R1 | i2t R1 |", "|---|---|---|"]
+        for name, (t2i, i2t) in report["stage1_weight_sweep"].items():
+            lines.append(f"| {name} | {t2i:.2f} | {i2t:.2f} |")
     for mode in ("exact", "stage1", "two_stage", "full_gallery"):
         m = report.get(mode, {})
         if "AP@50" in m.get("t2i", {}):
@@ -50,16 +57,27 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+# A family's hook: (model, arrays, queries, figure prefix or None) → (entries to add to the
+# report, {figure name: path} of the figures it wrote). ``arrays`` are the exact mode's
+# {"t2i", "texts", "images"}; ``queries`` the caption rows the Fig. 3 grid shows.
+ReportExtras = Callable[..., tuple]
+
+
 def write(report: dict, model, config: Config, checkpoint_path: str, data_dir: str,
           split: str, output_json: str, figures: bool = True,
-          experiment: Optional[experiments.Experiment] = None) -> dict:
+          experiment: Optional[experiments.Experiment] = None,
+          extras: Optional[ReportExtras] = None) -> dict:
     """Completes a family's evaluation report and writes it: ``output_json``, the Markdown
-    table beside it (.md) and, with ``figures``, the Fig. 3 / Fig. 4 PNGs. With an
-    ``experiment``, the paper's figures of that row beside the measured ones
-    (``report["experiment"]`` and the Markdown's last table)."""
+    table beside it (.md) and, with ``figures``, the Fig. 3 PNG and the family's
+    (``extras``). With an ``experiment``, the paper's figures of that row beside the
+    measured ones (``report["experiment"]`` and the Markdown's last table)."""
     arrays = report.pop("_arrays", None)
-    if arrays is not None and getattr(model, "word_head", None) is not None:
-        report["selection"] = selection_report(model, arrays)
+    prefix = os.path.splitext(output_json)[0]
+    extra_figures = {}
+    if arrays is not None and extras is not None:
+        entries, extra_figures = extras(model, arrays, fig3_queries(arrays),
+                                        prefix if figures else None)
+        report.update(entries)
     # The JSON's top-level t2i/i2t are HGAN's exact mode (the reference), IATV's two-stage
     # (its final ranking), or the only mode's.
     main_mode = next(m for m in ("exact", "full_gallery", "two_stage", "stage1") if m in report)
@@ -80,37 +98,8 @@ def write(report: dict, model, config: Config, checkpoint_path: str, data_dir: s
     with open(os.path.splitext(output_json)[0] + ".md", "w") as f:
         f.write(report["markdown"] + "\n")
     if figures and arrays is not None:
-        report["figures"] = write_figures(model, data_dir, split, arrays,
-                                          os.path.splitext(output_json)[0])
+        report["figures"] = {**write_figures(data_dir, split, arrays, prefix), **extra_figures}
     return report
-
-
-def word_keys_of(config, captions=()):
-    """caption bytes → the strings of its word-level keys in slot order: whole words
-    (``word_keys="words"``) or WordPiece tokens after [CLS]. The ``captions`` given (bytes)
-    are tokenised up front in one call."""
-    tokenizer = pipeline.make_tokenizer(config)
-    if config.model.word_keys == "words":
-        unique = list(dict.fromkeys(captions))
-        known = dict(zip(unique, tokenizer.captions_words([c.decode() for c in unique])))
-        return lambda caption: (known[caption] if caption in known
-                                else tokenizer.caption_words(caption.decode()))
-
-    def pieces(caption):
-        ids = tokenizer(tf.constant([caption]))["input_word_ids"][0].numpy()
-        return tokenizer.id_to_token(ids)[1:]
-    return pieces
-
-
-def selection_report(model, arrays: dict) -> dict:
-    """Fig. 4 as numbers over the split: the shares of the word level's region selections
-    that are content words and punctuation (``hgan.evaluation.diagnostics.selection_words``)."""
-    limit = diagnostics.SELECTION_QUERIES
-    stats = diagnostics.selection_words(
-        model.word_head, arrays["texts"], arrays["images"],
-        word_keys_of(model.config, list(arrays["texts"]["caption"][:limit])), limit=limit)
-    return {k: stats[k] for k in ("selections", "content_share", "punctuation_share",
-                                  "most_selected")}
 
 
 def _jsonable(value):
@@ -126,11 +115,17 @@ def _image_bytes(data_dir: str, split: str) -> list[bytes]:
     return [ex["encoded"].numpy() for ex in ds]
 
 
-def write_figures(model, data_dir: str, split: str, arrays: dict, prefix: str,
-                  queries: int = 4) -> dict:
+def fig3_queries(arrays: dict, queries: int = 4) -> np.ndarray:
+    """The caption rows the Fig. 3 grid shows: ``queries`` spread over the split."""
+    n = len(arrays["texts"]["label"])
+    return np.linspace(0, n - 1, min(queries, n)).astype(int)
+
+
+def write_figures(data_dir: str, split: str, arrays: dict, prefix: str) -> dict:
+    """Fig. 3: the top 10 images of a few captions, the right identity marked."""
     texts, images, t2i = arrays["texts"], arrays["images"], arrays["t2i"]
     encoded = _image_bytes(data_dir, split)
-    picks = np.linspace(0, len(texts["label"]) - 1, min(queries, len(texts["label"]))).astype(int)
+    picks = fig3_queries(arrays)
     ranked = np.argsort(-t2i[picks], axis=1, kind="stable")[:, :10]
     grid = figures.top10_grid(
         [texts["caption"][q].decode() for q in picks], texts["label"][picks],
@@ -138,15 +133,4 @@ def write_figures(model, data_dir: str, split: str, arrays: dict, prefix: str,
         [images["label"][row] for row in ranked])
     out = {"top10": prefix + "_top10.png"}
     grid.save(out["top10"])
-    if getattr(model, "word_head", None) is not None:
-        q = int(picks[0])
-        g = int(texts["image_index"][q])
-        _, weights = model.word_head.selections(texts["word"][q:q + 1], texts["word_mask"][q:q + 1],
-                                                images["word"][g:g + 1])
-        words = word_keys_of(model.config)(texts["caption"][q])
-        keep = np.flatnonzero(texts["word_mask"][q] > 0)
-        figure = figures.word_selection_map([words[i] for i in range(len(keep))],
-                                            weights.numpy()[0, 0][:, keep])
-        out["word_map"] = prefix + "_word_map.png"
-        figure.save(out["word_map"])
     return out

@@ -61,7 +61,7 @@ class GumbelTopK(keras.layers.Layer):
         Inference (no noise) does not depend on it.
       norm_epsilon: ε of line 8's norm, √(‖γ_i‖² + ε). Its gradient, (I − γ'γ'ᵀ)/‖γ_i‖,
         grows without bound as a row shrinks: on the demo, rows near zero gave gradient
-        norms of 1e4–1e6 that collapsed training (scripts/diagnose.py's gradient table
+        norms of 1e4–1e6 that collapsed training (hgan-diagnose's gradient table
         put them on the word level's path). ε = 1 caps that gain for rows below unit norm
         and leaves larger rows as printed; the default is a numerical guard only.
 

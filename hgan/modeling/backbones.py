@@ -85,7 +85,7 @@ def _backbone(name: str, shape, weights: str, sync_batchnorm: bool) -> keras.Mod
 # while the weights move fast: with Keras's 0.99 the moving statistics trail the weights by
 # ~100 steps, and inference normalised with stale statistics collapsed the demo's image
 # embeddings (mean pairwise cosine 0.82 on the test images with the moving statistics,
-# 0.10 with the batch's own; scripts/diagnose.py's "spread").
+# 0.10 with the batch's own; hgan-diagnose's "spread").
 CPU_BN_MOMENTUM = 0.9
 
 

@@ -1,4 +1,4 @@
-"""A ``train.py`` model_dir's checkpoints: which one to load, and a strict restore (each
+"""A hgan-train model_dir's checkpoints: which one to load, and a strict restore (each
 family's ``load_model`` builds its model from config.json, then calls these)."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def resolve_checkpoint(model_dir: str, which: str = "best") -> str:
             return best
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "ckpt"))
     if not latest:
-        raise FileNotFoundError(f"no checkpoint in {model_dir}: train it with train.py first")
+        raise FileNotFoundError(f"no checkpoint in {model_dir}: train it with hgan-train first")
     return latest
 
 

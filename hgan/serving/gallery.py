@@ -97,7 +97,7 @@ class Gallery:
         file = os.path.join(path, MANIFEST)
         if not os.path.exists(file):
             raise FileNotFoundError(f"{path} is not a gallery (no {MANIFEST}); build one with "
-                                    "python -m hgan.search index")
+                                    "hgan-search index")
         with open(file) as f:
             manifest = json.load(f)
         if manifest.get("version") != VERSION:

@@ -1,5 +1,5 @@
 """HGAN's serving module: a SavedModel that serves raw sentences and image bytes
-(``python -m hgan.export`` writes it).
+(``hgan-export`` writes it). It offers the contract of ``hgan.serving.savedmodel``.
 
 Signatures (load with ``tf.saved_model.load``; only ``import tensorflow_text`` is needed
 beside TensorFlow, for its tokenizer ops):
@@ -8,22 +8,19 @@ beside TensorFlow, for its tokenizer ops):
   ``word_mask`` [N, L], ``phrase`` [N, M, C'], ``phrase_mask`` [N, M];
 * ``encode_image(images: string[N])`` (JPEG/PNG bytes) → ``global``, ``word``, ``phrase``;
 * ``score(texts: string[T], images: string[I])`` → ``score`` [T, I] only: the fused score
-  eval.py ranks by (w_s·sentence + w_w·word + w_p·phrase). One output, so a client that
+  hgan-eval ranks by (w_s·sentence + w_w·word + w_p·phrase). One output, so a client that
   takes "the" output (TF Serving's REST API returns a lone output as ``outputs``) gets
   the fused score: a loaded signature's outputs come back in an order that changes from
   one process to the next;
 * ``score_levels(texts, images)`` → ``sentence``, ``word``, ``phrase`` [T, I] (the enabled
   levels, each unweighted), read by name;
-* ``score_features(texts, image_global, image_word, image_phrase)`` → ``score``, the fused
-  score against image features from ``encode_image`` (what ``hgan.search`` keeps in its
-  gallery and re-ranks with);
-* ``score_encoded(text_global, text_word, text_word_mask, text_phrase, text_phrase_mask,
-  image_global, image_word, image_phrase)`` → ``score``: the same against an
-  ``encode_text`` output, so a search that encoded its sentence for stage 1 re-ranks
-  without encoding it again (``hgan.search``'s path);
-* ``explain_features(texts, image_word)`` → ``selected``, ``weights`` [T, I, N, R] and
-  ``words`` [T, R]: which words each region picks (Fig. 4), for models with the word level
-  and whole-word keys.
+* ``rerank(text_global, text_word, text_word_mask, text_phrase, text_phrase_mask,
+  image_global, image_word, image_phrase)`` → ``score``: the fused score from an
+  ``encode_text`` output and ``encode_image`` outputs (a gallery's tables), so a search that
+  encoded its sentence for stage 1 re-ranks without encoding it again;
+* ``explain(texts, image_word)`` → ``selected``, ``weights`` [T, I, N, R] and ``words``
+  [T, R]: which words each region picks (Fig. 4), for models with the word level and
+  whole-word keys.
 
 Requests are validated in-graph: an image that is not JPEG/PNG fails the call with a clear
 message; an empty sentence gets a defined score; a sentence longer than ``max_len`` tokens
@@ -34,7 +31,8 @@ from __future__ import annotations
 from hgan.data.phrase_graph import GraphPhraseChunker
 from hgan.modeling.hgan.model import HGAN
 from hgan.modeling.hgan.visual import partition_grid
-from hgan.serving.savedmodel import STRINGS, ServingModule, request_pixels
+from hgan.serving.savedmodel import (ENCODE_IMAGE, ENCODE_TEXT, EXPLAIN, RERANK, SCORE,
+                                     STRINGS, ServingModule, request_pixels)
 from hgan.tf_compat import tf
 
 
@@ -79,10 +77,9 @@ class HGANServing(ServingModule):
         return {k: v for k, v in self._scores(texts, images).items() if k != "total"}
 
 
-    def score_features_fn(self):
-        """``score_features(texts, image_global, image_word, image_phrase)`` → scores of
-        sentences against pre-computed image features (a search index), and
-        ``score_encoded`` (the same from pre-computed text features too)."""
+    def rerank_fn(self):
+        """``rerank``: the fused score of pre-computed text features (``encode_text``)
+        against pre-computed image features (a gallery's tables)."""
         c = self.config
         # The region count follows from the partition config (Table 4).
         regions = []
@@ -93,15 +90,6 @@ class HGANServing(ServingModule):
             regions.append(h * w if h else None)
 
         @tf.function(input_signature=[
-            STRINGS, tf.TensorSpec([None, c.model.embed_dim], tf.float32),
-            tf.TensorSpec([None, regions[0], c.model.local_dim], tf.float32),
-            tf.TensorSpec([None, regions[1], c.model.local_dim], tf.float32)])
-        def score_features(texts, image_global, image_word, image_phrase):
-            image = {"global": image_global, "word": image_word, "phrase": image_phrase}
-            scores = self.model.score(self._text_features(texts), image, training=False)
-            return {"score": scores["total"]}
-
-        @tf.function(input_signature=[
             tf.TensorSpec([None, c.model.embed_dim], tf.float32),
             tf.TensorSpec([None, None, c.model.local_dim], tf.float32),
             tf.TensorSpec([None, None], tf.float32),
@@ -110,17 +98,17 @@ class HGANServing(ServingModule):
             tf.TensorSpec([None, c.model.embed_dim], tf.float32),
             tf.TensorSpec([None, regions[0], c.model.local_dim], tf.float32),
             tf.TensorSpec([None, regions[1], c.model.local_dim], tf.float32)])
-        def score_encoded(text_global, text_word, text_word_mask, text_phrase,
+        def rerank(text_global, text_word, text_word_mask, text_phrase,
                           text_phrase_mask, image_global, image_word, image_phrase):
             text = {"global": text_global, "word": text_word, "word_mask": text_word_mask,
                     "phrase": text_phrase, "phrase_mask": text_phrase_mask}
             image = {"global": image_global, "word": image_word, "phrase": image_phrase}
             return {"score": self.model.score(text, image, training=False)["total"]}
-        return score_features, score_encoded
+        return rerank
 
 
-    def explain_features_fn(self):
-        """``explain_features(texts, image_word)`` → the word level's inference-time
+    def explain_fn(self):
+        """``explain(texts, image_word)`` → the word level's inference-time
         selections (Fig. 4): ``selected`` [T, I, N, R] (1 where region n of image i picks
         word r of text t; k1 per region), ``weights`` (Eq. 7's softmax over them) and
         ``words`` [T, R], the word keys' strings."""
@@ -131,28 +119,28 @@ class HGANServing(ServingModule):
         @tf.function(input_signature=[
             STRINGS, tf.TensorSpec([None, h * w if h else None, c.model.local_dim],
                                    tf.float32)])
-        def explain_features(texts, image_word):
+        def explain(texts, image_word):
             text = self._text_features(texts)
             selected, weights = self.model.word_head.selections(text["word"],
                                                                 text["word_mask"], image_word)
             return {"selected": selected, "weights": weights,
                     "words": self.tokenizer.word_strings(texts)}
-        return explain_features
+        return explain
 
 
 def servable(model: HGAN) -> tuple[tf.Module, dict]:
     """The serving module of a trained HGAN and its signatures."""
     module = HGANServing(model)
-    module.score_features, module.score_encoded = module.score_features_fn()
+    module.rerank = module.rerank_fn()
     explain = {}
     if model.word_head is not None and model.config.model.word_keys == "words":
-        module.explain_features = module.explain_features_fn()
-        explain["explain_features"] = module.explain_features.get_concrete_function()
-    return module, {**explain,
-        "encode_text": module.encode_text.get_concrete_function(),
-        "encode_image": module.encode_image.get_concrete_function(),
-        "score": module.score.get_concrete_function(),
+        module.explain = module.explain_fn()
+        explain[EXPLAIN] = module.explain.get_concrete_function()
+    return module, {
+        **explain,
+        ENCODE_TEXT: module.encode_text.get_concrete_function(),
+        ENCODE_IMAGE: module.encode_image.get_concrete_function(),
+        SCORE: module.score.get_concrete_function(),
         "score_levels": module.score_levels.get_concrete_function(),
-        "score_features": module.score_features.get_concrete_function(),
-        "score_encoded": module.score_encoded.get_concrete_function(),
+        RERANK: module.rerank.get_concrete_function(),
     }

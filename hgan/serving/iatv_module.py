@@ -1,26 +1,23 @@
 """IATV's serving module: a SavedModel serving raw sentences and image bytes.
 
-``python -m hgan.export --model_dir=DIR --output_dir=OUT`` comes here when DIR's config has
-``model=iatv``. Signatures (``tf.saved_model.load`` + ``import tensorflow_text``):
+``hgan-export --model_dir=DIR --output_dir=OUT`` comes here when DIR's config has
+``family: iatv``. The signatures of every family's export (``hgan.serving.savedmodel``),
+then IATV's own (``tf.saved_model.load`` + ``import tensorflow_text``):
 
-* ``encode_text(sentences: string[N])`` → ``embedding`` [N, E], stage 1 (l2-normalised);
-* ``encode_image(images: string[N])`` (JPEG/PNG bytes) → ``embedding`` [N, E] (stage 1)
+* ``encode_text(sentences: string[N])`` → ``global`` [N, E], stage 1 (l2-normalised);
+* ``encode_image(images: string[N])`` (JPEG/PNG bytes) → ``global`` [N, E] (stage 1)
   and ``regions`` [N, R, C] (stage 2's CNN, what the matcher reads);
+* ``rerank(texts, image_global, image_regions)`` → ``score``: what two-stage retrieval
+  orders the re-ranked candidates by (``IATV.two_stage_score``: the stage-2 logit plus
+  ``model.stage1_weight`` · cos/τ; §4.2's stage-2 logit alone when the weight is 0), from
+  ``encode_image`` outputs; hgan-search re-ranks with it, as hgan-eval's two_stage does;
 * ``score(texts: string[T], images: string[I])`` → ``score`` [T, I], the stage-1 cosine
   (rank a gallery with it);
 * ``rerank_score(texts: string[T], images: string[I])`` → ``score`` [T, I]: stage 2's
   logit for **every** text × image pair, the quantity to rank by (σ of it saturates to
   ties). It runs T·I pairs through the co-attention network: meant for a query's stage-1
   shortlist (§4.2: the top 20);
-* ``rerank_confidence(texts, images)`` → ``confidence`` [T, I], σ(logit): Eq. 12's C;
-* ``score_features(texts, image_embedding)`` and ``rerank_features(texts, image_regions)``
-  → ``score``: the stage-1 cosine and the stage-2 logit against ``encode_image`` outputs
-  (what ``hgan.search`` keeps in its index; it re-ranks each query's stage-1 top
-  ``--rerank_k`` with the second).
-* ``two_stage_features(texts, image_embedding, image_regions)`` → ``score``: what two-stage
-  retrieval orders the re-ranked candidates by (``IATV.two_stage_score``: the stage-2 logit
-  plus ``model.stage1_weight`` · cos/τ; equal to ``rerank_features`` when the weight is 0,
-  §4.2). ``hgan.search`` re-ranks with it, so a search orders as eval.py's two_stage does.
+* ``rerank_confidence(texts, images)`` → ``confidence`` [T, I], σ(logit): Eq. 12's C.
 
 Every signature has one output, so a client that takes "the" output (TF Serving's REST
 API returns a lone output as ``outputs``) gets what the name says: a loaded signature's
@@ -33,7 +30,8 @@ truncated, as in training.
 from __future__ import annotations
 
 from hgan.modeling.iatv.model import IATV
-from hgan.serving.savedmodel import STRINGS, ServingModule, request_pixels
+from hgan.serving.savedmodel import (ENCODE_IMAGE, ENCODE_TEXT, GLOBAL, RERANK, SCORE,
+                                     STRINGS, ServingModule, request_pixels)
 from hgan.tf_compat import tf
 
 
@@ -53,12 +51,12 @@ class IATVServing(ServingModule):
 
     @tf.function(input_signature=[STRINGS])
     def encode_text(self, sentences):
-        return {"embedding": self.model.encode_text(self._tokens(sentences))}
+        return {GLOBAL: self.model.encode_text(self._tokens(sentences))}
 
     @tf.function(input_signature=[STRINGS])
     def encode_image(self, images):
         pixels = self._pixels(images)
-        return {"embedding": self.model.encode_image(pixels),
+        return {GLOBAL: self.model.encode_image(pixels),
                 "regions": self.model.encode_regions(pixels)}
 
     @tf.function(input_signature=[STRINGS, STRINGS])
@@ -67,13 +65,6 @@ class IATVServing(ServingModule):
         image = self.model.encode_image(self._pixels(images))
         return {"score": tf.matmul(tf.math.l2_normalize(text, -1),
                                    tf.math.l2_normalize(image, -1), transpose_b=True)}
-
-    @tf.function(input_signature=[STRINGS, tf.TensorSpec([None, None], tf.float32)])
-    def score_features(self, texts, image_embedding):
-        """Stage-1 cosine of sentences against ``encode_image`` embeddings (a search index)."""
-        text = self.model.encode_text(self._tokens(texts))
-        return {"score": tf.matmul(tf.math.l2_normalize(text, -1),
-                                   tf.math.l2_normalize(image_embedding, -1), transpose_b=True)}
 
     @tf.function(input_signature=[STRINGS, STRINGS])
     def rerank_score(self, texts, images):
@@ -85,18 +76,13 @@ class IATVServing(ServingModule):
         return {"confidence": tf.sigmoid(self._pair_logits(
             texts, self.model.encode_regions(self._pixels(images))))}
 
-    @tf.function(input_signature=[STRINGS, tf.TensorSpec([None, None, None], tf.float32)])
-    def rerank_features(self, texts, image_regions):
-        """Stage-2 logits of every (sentence, image) pair from ``encode_image`` regions."""
-        return {"score": self._pair_logits(texts, image_regions)}
-
     @tf.function(input_signature=[STRINGS, tf.TensorSpec([None, None], tf.float32),
                                   tf.TensorSpec([None, None, None], tf.float32)])
-    def two_stage_features(self, texts, image_embedding, image_regions):
+    def rerank(self, texts, image_global, image_regions):
         """The two-stage score of every (sentence, image) pair from ``encode_image``
         outputs (stage 2's logit, plus stage 1's weighted CMCE logit)."""
         text = tf.math.l2_normalize(self.model.encode_text(self._tokens(texts)), -1)
-        cosine = tf.matmul(text, tf.math.l2_normalize(image_embedding, -1), transpose_b=True)
+        cosine = tf.matmul(text, tf.math.l2_normalize(image_global, -1), transpose_b=True)
         return {"score": self.model.two_stage_score(self._pair_logits(texts, image_regions),
                                                     cosine)}
 
@@ -115,12 +101,10 @@ def servable(model: IATV) -> tuple[tf.Module, dict]:
     """The serving module of a trained IATV model and its signatures."""
     module = IATVServing(model)
     return module, {
-        "encode_text": module.encode_text.get_concrete_function(),
-        "encode_image": module.encode_image.get_concrete_function(),
-        "score": module.score.get_concrete_function(),
+        ENCODE_TEXT: module.encode_text.get_concrete_function(),
+        ENCODE_IMAGE: module.encode_image.get_concrete_function(),
+        SCORE: module.score.get_concrete_function(),
         "rerank_score": module.rerank_score.get_concrete_function(),
         "rerank_confidence": module.rerank_confidence.get_concrete_function(),
-        "score_features": module.score_features.get_concrete_function(),
-        "rerank_features": module.rerank_features.get_concrete_function(),
-        "two_stage_features": module.two_stage_features.get_concrete_function(),
+        RERANK: module.rerank.get_concrete_function(),
     }

@@ -1,8 +1,23 @@
-"""What every family's SavedModel shares: request images decoded and checked in-graph, and
-an atomic save with the config and checkpoint it came from beside it.
+"""What every family's SavedModel shares: the serving contract, request images decoded and
+checked in-graph, and an atomic save with the config and checkpoint it came from beside it.
+
+The contract: every family's export offers these signatures, so ``hgan.serving`` and TF
+Serving clients use any model the same way (a family adds its own beside them):
+
+* ``encode_text(sentences: string[N])`` → ``global`` [N, E] (the stage-1 embedding) and
+  any text features its ``rerank`` reads;
+* ``encode_image(images: string[N])`` (JPEG/PNG bytes) → ``global`` [N, E] and the per-image
+  re-rank tables a gallery stores (every output is stored);
+* ``rerank(...)`` → ``score`` [T, I]: the second-stage score of a query's candidates. Its
+  inputs are named ``texts`` (the sentences) or ``text_<name>`` (output ``name`` of
+  ``encode_text``) and ``image_<name>`` (output ``name`` of ``encode_image``, read from the
+  gallery);
+* ``score(texts, images)`` → ``score`` [T, I]: the family's ranking score from raw inputs;
+* ``explain(texts, image_word)`` (optional) → ``selected``, ``weights``, ``words``: which
+  words each region selects (HGAN's Fig. 4).
 
 Beside the SavedModel: ``assets.extra/config.json`` (TF Serving's folder for extra files;
-the training config, read back by ``hgan.config.load_export_config``) and
+the training config, read back by ``export_config``) and
 ``checkpoint.txt`` (the checkpoint it was exported from). An existing ``output_dir`` is
 replaced atomically.
 """
@@ -16,13 +31,26 @@ import sys
 import tempfile
 import types
 
-from hgan.config import CONFIG_FILE, EXPORT_EXTRA_DIR
+from hgan.config import CONFIG_FILE, Config
 from hgan.data import pipeline
 from hgan.tf_compat import tf
 
 STRINGS = tf.TensorSpec([None], tf.string)
-EXTRA_DIR = EXPORT_EXTRA_DIR  # assets.extra: TF Serving's folder for files beside a model
+# The contract's names.
+ENCODE_TEXT, ENCODE_IMAGE, RERANK, SCORE, EXPLAIN = (
+    "encode_text", "encode_image", "rerank", "score", "explain")
+GLOBAL = "global"  # the stage-1 embedding among encode_text / encode_image's outputs
+EXTRA_DIR = "assets.extra"  # TF Serving's folder for files beside a model
 CHECKPOINT_FILE = "checkpoint.txt"
+
+
+def export_config(savedmodel: str) -> Config:
+    """The config an exported SavedModel was made from (``assets.extra/config.json``)."""
+    folder = os.path.join(savedmodel, EXTRA_DIR)
+    if not os.path.exists(os.path.join(folder, CONFIG_FILE)):
+        raise FileNotFoundError(f"{savedmodel} has no {EXTRA_DIR}/{CONFIG_FILE}: it is not a "
+                                "SavedModel written by hgan-export")
+    return Config.load(folder)
 
 
 class ServingModule(tf.Module):

@@ -1,11 +1,11 @@
 """Person search as an HTTP service: a JSON API and a web page over a SavedModel and a
-gallery (``python -m hgan.serve``), on FastAPI (Starlette) served by uvicorn.
+gallery (``hgan-serve``), on FastAPI (Starlette) served by uvicorn.
 
   GET  /                  the page: type a sentence, see the ranked grid with scores
   GET  /api/health        {"images", "model", "rerank_k", "stage1": "exact" | "ivf"}
   POST /api/search        {"text", "top_k"?, "rerank_k"?} → {"query", "top_k", "rerank_k",
                           "results": [{"rank", "path", "row", "score", "rerank"?,
-                          "image"}], "ms"}: ``hgan.serving.search.Searcher.query``
+                          "image"}], "ms"}: ``hgan.serving.searcher.Searcher.query``
   POST /api/explain       {"text", "row"} → Fig. 4 for that result: {"row", "path", "words",
                           "regions": [[{"word", "slot", "weight"}] per region]} (404 for
                           a model without word-level selections: IATV)
@@ -224,7 +224,7 @@ def create_app(searcher, max_body: int = MAX_BODY, log: Callable[[str], None] = 
 
 class Server:
     """uvicorn in a background thread on ``host:port`` (port 0: a free one); ``url`` once
-    started; ``stop()`` shuts it down. What ``python -m hgan.serve`` runs in the foreground,
+    started; ``stop()`` shuts it down. What ``hgan-serve`` runs in the foreground,
     and what the tests talk to over real HTTP."""
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0):

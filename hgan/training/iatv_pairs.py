@@ -93,7 +93,7 @@ def sample_pairs(text_index, image_index, match, text_labels, image_labels,
     replacement), else a mined negative (the mined pairs are 12–16 % positive on the demo).
     ``random_negative_share`` > 0: a negative is, with this probability, a random pair of
     two different identities instead of a mined (stage-1 hard) one. Both are demo-only
-    departures (DESIGN.md, "IATV stage 2 on the demo"): from scratch on hard negatives
+    departures (docs/design.md, "IATV stage 2 on the demo"): from scratch on hard negatives
     alone the matcher stays at chance for the demo's step budget.
     Deterministic for a seed. ``text_labels`` / ``image_labels``: identities of all
     training captions / images (the random negatives' pool).

@@ -18,13 +18,16 @@ BEST_FILE = "best.json"
 
 def best_value(model_dir: str) -> float:
     """The selection metric's value in model_dir/best.json, or -inf before any model was
-    selected (best.json files of older runs hold only ``metrics.R1``)."""
+    selected."""
     path = os.path.join(model_dir, BEST_FILE)
-    if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path) as f:
-            record = json.load(f)
-        return float(record.get("value", record["metrics"].get("R1", float("-inf"))))
-    return float("-inf")
+    if not tf.io.gfile.exists(path):
+        return float("-inf")
+    with tf.io.gfile.GFile(path) as f:
+        record = json.load(f)
+    if "value" not in record:
+        raise ValueError(f"{path} has no 'value' (the selection metric's value): it was not "
+                         "written by this version's hgan-train; delete it to select again")
+    return float(record["value"])
 
 
 def write_best(model_dir: str, record: dict) -> None:
@@ -55,7 +58,7 @@ def resolve_vocab(config: Config, data_dir: str, model_dir: str) -> Config:
     source = os.path.join(data_dir, word_vocab.FILE)
     if not tf.io.gfile.exists(source):
         raise FileNotFoundError(f"text_vocab=words: {data_dir} has no {word_vocab.FILE}; "
-                                "re-run python -m data_prep on the dataset to write it")
+                                "re-run hgan-prep on the dataset to write it")
     target = os.path.join(model_dir, word_vocab.FILE)
     tf.io.gfile.makedirs(model_dir)
     if not tf.io.gfile.exists(target):

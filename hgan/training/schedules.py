@@ -1,5 +1,5 @@
 """Learning-rate schedules: §4 gives only HGAN's initial rate (2e-4); the ×0.1 steps and the
-warmup are this project's choices (DESIGN.md)."""
+warmup are this project's choices (docs/design.md)."""
 from __future__ import annotations
 
 from hgan.config import Config

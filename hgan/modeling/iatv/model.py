@@ -4,7 +4,7 @@ Stage 2 is its own network "initialised from stage 1" (§3.2): ``stage2_cnn`` is
 stage 1's CNN up to the region features (VGG-16 "pool5", §4.2), and the matcher's word
 embedding and word-LSTM start from stage 1's. Stage 2's joint phase fine-tunes its CNN copy
 while stage 1 keeps the weights it was trained with, so stage 1 still screens candidates
-(§4.2) with the features it learnt. ``load_model`` rebuilds the model of a ``train.py``
+(§4.2) with the features it learnt. ``load_model`` rebuilds the model of a hgan-train
 model_dir for evaluation and export.
 """
 from __future__ import annotations

@@ -56,7 +56,7 @@ def _vgg16(config: Config, image):
     drop7 = keras.layers.Dropout(0.5, name="drop7")(fc7(x))
     if weights not in ("none", ""):
         if config.model.fc_units != 4096:
-            raise ValueError("pretrained VGG-16 fc6/fc7 need iatv_fc_units=4096")
+            raise ValueError("pretrained VGG-16 fc6/fc7 need model.fc_units=4096")
         reference = keras.applications.VGG16(include_top=True, weights=weights)
         for layer in conv.layers:
             if layer.weights:
@@ -119,7 +119,7 @@ def _googlenet(config: Config, image):
 def build_image_tower(config: Config) -> keras.Model:
     """Image [B, H, W, 3] → {"embedding": [B, E] l2-normalised, "regions": [B, N, C]}.
 
-    ``iatv_backbone``: "vgg16" (the paper's CUHK-PEDES CNN; feature = drop7, regions =
+    ``model.backbone``: "vgg16" (the paper's CUHK-PEDES CNN; feature = drop7, regions =
     pool5), "googlenet" (§4.2's CNN for CUB / Flowers, from TF-Hub; avgpool / inception
     (5b)), "inception_v3" (its offline Keras stand-in; avgpool / last mixed block), or "resnet50" / "compact_cnn" / "small_cnn" from ``hgan.modeling.backbones``
     (global average pool / last feature map; ``compact_cnn`` is the CPU demo's,
@@ -140,7 +140,7 @@ def build_image_tower(config: Config) -> keras.Model:
             config.model.backbone_weights)(image)
         feature = keras.layers.GlobalAveragePooling2D(name="avgpool")(feature_map)
     else:
-        raise ValueError(f"unknown iatv_backbone {config.model.backbone!r}; "
+        raise ValueError(f"unknown model.backbone {config.model.backbone!r}; "
                          f"choose from {BACKBONES}")
     embedding = keras.layers.Dense(config.model.embed_dim, name="image_embed")(feature)
     embedding = L2Normalize(name="image_l2")(embedding)

@@ -23,7 +23,7 @@ from hgan.tf_compat import keras, tf
 
 _NEG = -1e9
 # What the matcher does to the CNN's region features first: "none" (§4.2: pool5 as is) or
-# "l2": each region l2-normalised (demo; DESIGN.md "IATV stage 2 on the demo").
+# "l2": each region l2-normalised (demo; docs/design.md "IATV stage 2 on the demo").
 REGION_NORMS = ("none", "l2")
 
 

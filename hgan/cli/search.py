@@ -1,27 +1,26 @@
-"""Command line of ``hgan.serving.search`` (what the gallery holds and how a query is
-scored is written there).
+"""hgan-search: builds, merges and queries a gallery index with an exported model (what the
+gallery holds and how a query is scored: ``hgan.serving.searcher``).
 
-  python -m hgan.search index --savedmodel=DIR --images=FOLDER|LIST.txt --index=GALLERY_DIR \
+  hgan-search index --savedmodel=DIR --images=FOLDER|LIST.txt --index=GALLERY_DIR \
       [--shard=i/N] [--dtype=float16|float32] [--batch_size=32]
-  python -m hgan.search index --savedmodel=DIR --data_dir=TFRECORDS --split=test --index=...
-  python -m hgan.search merge --index=GALLERY_DIR SHARD_DIR [SHARD_DIR ...]
-  python -m hgan.search query --savedmodel=DIR --index=GALLERY_DIR "a woman in a red coat" \
+  hgan-search index --savedmodel=DIR --data_dir=TFRECORDS --split=test --index=...
+  hgan-search merge --index=GALLERY_DIR SHARD_DIR [SHARD_DIR ...]
+  hgan-search query --savedmodel=DIR --index=GALLERY_DIR "a woman in a red coat" \
       [--top_k=10] [--rerank_k=K] [--json]
 """
 from __future__ import annotations
 
 import json
-import sys
 
 from absl import app, flags
 
-from hgan.serving.search import build_index, merge_index, query
+from hgan.cli import start
 
 FLAGS = flags.FLAGS
 
 
-def _define_flags():
-    flags.DEFINE_string("savedmodel", None, "Exported model (python -m hgan.export).")
+def define_flags():
+    flags.DEFINE_string("savedmodel", None, "Exported model (hgan-export).")
     flags.DEFINE_string("index", None, "Gallery directory (hgan.serving.gallery).")
     flags.DEFINE_string("images", None, "index: a folder of JPEG/PNG images, or a .txt "
                         "file listing image paths (one a line, relative to the list).")
@@ -44,7 +43,8 @@ def _define_flags():
 
 def main(argv):
     if len(argv) < 2 or argv[1] not in ("index", "merge", "query"):
-        raise app.UsageError("usage: python -m hgan.search index|merge|query ... (see --help)")
+        raise app.UsageError("usage: hgan-search index|merge|query ... (see --help)")
+    from hgan.serving.searcher import build_index, merge_index, query
     if argv[1] == "merge":
         if len(argv) < 3:
             raise app.UsageError("merge takes the shard gallery dirs: merge --index=OUT S1 S2")
@@ -72,6 +72,10 @@ def main(argv):
     return 0
 
 
+def run():
+    define_flags()
+    start(main, __doc__)
+
+
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main, argv=sys.argv)
+    run()

@@ -1,6 +1,7 @@
-"""Prints why an HGAN model_dir does or does not learn (``hgan.evaluation.diagnostics``).
+"""hgan-diagnose: prints why an HGAN model_dir does or does not learn
+(``hgan.evaluation.diagnostics``).
 
-  python scripts/diagnose.py --model_dir=DIR --data_dir=TFRECORDS [--split=val] [--checkpoint=best]
+  hgan-diagnose --model_dir=DIR --data_dir=TFRECORDS [--split=val] [--checkpoint=best]
 
 Per level (sentence, word, phrase, fused): R1 both ways, the hub share of image-to-text
 top-1s; the spread of the sentence-level embeddings of both modalities (and of the images
@@ -10,31 +11,30 @@ the noiseless top-k the training-time Gumbel top-k keeps; the gradient norms of 
 training batch, per loss term and for the largest variables.
 """
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from hgan.data import pipeline  # noqa: E402
-from hgan.evaluation import diagnostics
-from hgan.evaluation import report as eval_report
-from hgan.evaluation import hgan_scoring
-from hgan.evaluation import metrics
-from hgan.modeling.hgan.model import load_model  # noqa: E402
+from hgan.cli import start
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "A train.py model_dir (HGAN).")
-flags.DEFINE_string("data_dir", None, "Output dir of data_prep.")
-flags.DEFINE_string("split", "val", "Split to read.")
-flags.DEFINE_string("checkpoint", "best", "best, latest, or a path.")
-flags.DEFINE_string("output_json", None, "Also write the numbers here.")
-flags.mark_flags_as_required(["model_dir", "data_dir"])
+
+
+def define_flags():
+    flags.DEFINE_string("model_dir", None, "A hgan-train model_dir (HGAN).")
+    flags.DEFINE_string("data_dir", None, "Output dir of hgan-prep.")
+    flags.DEFINE_string("split", "val", "Split to read.")
+    flags.DEFINE_string("checkpoint", "best", "best, latest, or a path.")
+    flags.DEFINE_string("output_json", None, "Also write the numbers here.")
+    flags.mark_flags_as_required(["model_dir", "data_dir"])
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from hgan.data import pipeline
+    from hgan.evaluation import diagnostics, hgan_report, hgan_scoring, metrics
+    from hgan.modeling.hgan.model import load_model
+
     model, config, path = load_model(FLAGS.model_dir, FLAGS.checkpoint)
     texts, images = hgan_scoring.encode_split(model, FLAGS.data_dir, config, FLAGS.split)
     scores = hgan_scoring.Scorer(model).exact(texts, images)
@@ -54,7 +54,7 @@ def main(argv):
         model.encode_image(pixels, training=True)["global"].numpy())
     if model.word_head is not None:
         out["selection"] = diagnostics.selection_words(model.word_head, texts, images,
-                                                       eval_report.word_keys_of(config))
+                                                       hgan_report.word_keys_of(config))
         out["gumbel"] = diagnostics.gumbel_overlap(model.word_head, texts, images)
     if not model.uses_buffers:  # one training batch (CMCE would need its buffers)
         batch = next(iter(pipeline.train_dataset(FLAGS.data_dir, config,
@@ -66,5 +66,10 @@ def main(argv):
             json.dump(out, f, indent=1, default=str)
 
 
+def run():
+    define_flags()
+    start(main, __doc__)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -1,10 +1,10 @@
 """Text → image search with an exported SavedModel over an on-disk gallery.
 
-  python -m hgan.search index --savedmodel=DIR --images=FOLDER|LIST.txt --index=GALLERY_DIR
-  python -m hgan.search index --savedmodel=DIR --data_dir=TFRECORDS --split=test --index=...
+  hgan-search index --savedmodel=DIR --images=FOLDER|LIST.txt --index=GALLERY_DIR
+  hgan-search index --savedmodel=DIR --data_dir=TFRECORDS --split=test --index=...
       [--shard=i/N] [--dtype=float16]
-  python -m hgan.search merge --index=GALLERY_DIR SHARD_DIR ...
-  python -m hgan.search query --savedmodel=DIR --index=GALLERY_DIR "a woman in a red coat" \
+  hgan-search merge --index=GALLERY_DIR SHARD_DIR ...
+  hgan-search query --savedmodel=DIR --index=GALLERY_DIR "a woman in a red coat" \
       [--top_k=10] [--rerank_k=K] [--json]
 
 ``index`` streams images through the model's ``encode_image`` signature in batches (with
@@ -16,14 +16,14 @@ IVF index over the global embeddings (``ann.faiss`` beside the gallery); an exte
 gallery's new images are added to it, and its quantizer is trained again only once the
 gallery has grown past ``RETRAIN_GROWTH`` times the size it was trained at.
 
-``query`` is the papers' two-stage search: stage 1 ranks the gallery by the cosine of the
-global embeddings (the sentence level of HGAN, IATV's stage 1; ``encode_text`` /
-``encode_image``'s ``global`` or ``embedding``), exactly or through the IVF; stage 2
-re-scores each query's ``--rerank_k`` best with the model's second scorer
-(``reranker``: IATV's two-stage score, ``two_stage_features``; else HGAN's fused score
-with the Gumbel heads), as eval.py's two_stage mode. ``--rerank_k`` defaults to the export's
-``eval.rerank_k`` (its ``assets.extra/config.json``; 20, IATV §4.2, without one). A result
-has ``score`` (stage 1's cosine) and, when re-ranked, ``rerank`` (stage 2's score).
+``query`` is the papers' two-stage search over the serving contract of
+``hgan.serving.savedmodel``: stage 1 ranks the gallery by the cosine of the ``global``
+embeddings (the sentence level of HGAN, IATV's stage 1), exactly or through the IVF; stage
+2 re-scores each query's ``--rerank_k`` best with the export's ``rerank`` signature (HGAN's
+fused score with the Gumbel heads; IATV's two-stage score), as hgan-eval's two_stage mode.
+``--rerank_k`` defaults to the export's ``eval.rerank_k`` (its
+``assets.extra/config.json``). A result has ``score`` (stage 1's cosine) and, when
+re-ranked, ``rerank`` (stage 2's score).
 A gallery indexed by another SavedModel is refused. Files in a folder that are not
 JPEG/PNG images are skipped and reported.
 """
@@ -38,9 +38,10 @@ from typing import Optional
 
 import numpy as np
 
-from hgan.config import load_export_config
 from hgan.data import pipeline, records
 from hgan.serving import ann, gallery
+from hgan.serving.savedmodel import (ENCODE_IMAGE, ENCODE_TEXT, EXPLAIN, GLOBAL, RERANK,
+                                     export_config)
 from hgan.tf_compat import tf
 
 _EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -50,7 +51,7 @@ _EXTENSIONS = (".jpg", ".jpeg", ".png")
 def _load(savedmodel: str):
     import tensorflow_text  # noqa: F401  (registers the tokenizer ops the model uses)
     if not tf.io.gfile.exists(os.path.join(savedmodel, "saved_model.pb")):
-        raise FileNotFoundError(f"{savedmodel} is not a SavedModel (python -m hgan.export)")
+        raise FileNotFoundError(f"{savedmodel} is not a SavedModel (hgan-export)")
     return tf.saved_model.load(savedmodel)
 
 
@@ -101,17 +102,17 @@ def _record_paths(data_dir: str, split: str):
         yield ex["path"].numpy().decode(), (lambda b=blob: b)
 
 
-GLOBAL_KEYS = ("global", "embedding")  # HGAN's / IATV's global embedding, both signatures
 ANN_FILE = "ann.faiss"
 
 
-def global_key(outputs) -> str:
-    """The global-embedding output of ``encode_image`` / ``encode_text``."""
-    for key in GLOBAL_KEYS:
-        if key in outputs:
-            return key
-    raise ValueError(f"no global embedding among the outputs {sorted(outputs)} (expected one "
-                     f"of {GLOBAL_KEYS}): is this an hgan.export SavedModel?")
+def check_contract(signatures) -> None:
+    """Refuses a SavedModel without the serving contract's signatures, naming what is
+    missing (``hgan.serving.savedmodel``)."""
+    missing = [n for n in (ENCODE_TEXT, ENCODE_IMAGE, RERANK) if n not in signatures]
+    if missing:
+        raise ValueError(f"the SavedModel has no {missing} signature(s) (it has "
+                         f"{sorted(signatures)}): export the model with this version's "
+                         "hgan-export")
 
 
 def _shard(spec: str | None) -> tuple[int, int]:
@@ -148,7 +149,8 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
     gallery), "added", "skipped", "index"}."""
     served = _load(savedmodel)
     fingerprint = gallery.model_fingerprint(savedmodel)
-    encode = served.signatures["encode_image"]
+    check_contract(served.signatures)
+    encode = served.signatures[ENCODE_IMAGE]
     names = list(encode.structured_outputs)
     # Where the images live, for a service that shows them (hgan.serving.service).
     if images:
@@ -238,7 +240,7 @@ def _build_ann(store, names, threshold: int, log, added: Optional[int] = None) -
     Otherwise (no IVF yet, one that does not match the gallery, a merge, or a gallery
     grown past that), it is trained anew on a sample and filled."""
     path = os.path.join(store.path, ANN_FILE)
-    vectors = store.array(global_key(names))
+    vectors = store.array(GLOBAL)
     n = len(vectors)
     if n < threshold:
         for stale in (path, path + ".json"):
@@ -286,7 +288,7 @@ def _ann_from_quantizer(store, names, quantizer: str, log) -> None:
     if not os.path.isfile(quantizer):
         raise FileNotFoundError(f"--quantizer {quantizer} is not a file (an ann.faiss)")
     trained = ann.load(quantizer, mmap=False)
-    vectors = store.array(global_key(names))
+    vectors = store.array(GLOBAL)
     if trained.d != vectors.shape[1]:
         raise ValueError(f"--quantizer {quantizer} is an IVF of {trained.d}-d vectors; this "
                          f"gallery's global embeddings are {vectors.shape[1]}-d")
@@ -345,16 +347,6 @@ def merge_index(output: str, shards: list[str], ann_threshold: int = ann.EXACT_B
     return {"images": len(store), "index": output}
 
 
-def reranker(signatures):
-    """The export's stage-2 signature (None: stage 1 only): IATV's ``two_stage_features``
-    (``rerank_features`` in an export before it, which had no stage-1 weight), else HGAN's
-    ``score_encoded`` (it takes the sentence's ``encode_text`` output, which stage 1 has
-    already computed), else ``score_features`` (an older export; it encodes the sentence
-    again)."""
-    return (signatures.get("two_stage_features") or signatures.get("rerank_features")
-            or signatures.get("score_encoded") or signatures.get("score_features"))
-
-
 def _text_inputs(signature, texts, encoded) -> dict:
     """The signature's sentence inputs: ``texts`` itself, or ``text_<name>`` from the
     ``encode_text`` output ``encoded``."""
@@ -374,14 +366,10 @@ def _image_inputs(signature, store, rows) -> dict:
             for n in names}
 
 
-DEFAULT_RERANK_K = 20  # IATV §4.2, for an export without its config
-
-
 def default_rerank_k(savedmodel: str) -> int:
     """The stage-1 candidates evaluation re-ranks for this export: its config's
-    ``eval.rerank_k``, or ``DEFAULT_RERANK_K`` for an export without a config."""
-    config = load_export_config(savedmodel)
-    return DEFAULT_RERANK_K if config is None else config.eval.rerank_k
+    ``eval.rerank_k``."""
+    return export_config(savedmodel).eval.rerank_k
 
 
 class Searcher:
@@ -389,17 +377,17 @@ class Searcher:
     the gallery memory-mapped, its IVF index loaded when it has one."""
 
     def __init__(self, savedmodel: str, index_path: str, nprobe: int = 32):
-        if index_path.endswith(".npz") or os.path.isfile(index_path):
-            raise ValueError(f"{index_path} is an index of the old single-file format; "
-                             "re-run python -m hgan.search index to build a gallery dir")
+        if not os.path.isdir(index_path):
+            raise FileNotFoundError(f"{index_path} is not a gallery folder (hgan-search index "
+                                    "builds one)")
         self.served = _load(savedmodel)
+        check_contract(self.served.signatures)
         self.store = gallery.Gallery.open(index_path,
                                           model=gallery.model_fingerprint(savedmodel))
-        self.key = global_key(self.store.features)
         ann_path = os.path.join(index_path, ANN_FILE)
         index = ann.load(ann_path) if os.path.exists(ann_path) else None
-        self.stage1 = ann.Searcher(self.store.array(self.key), index, nprobe=nprobe)
-        self.second = reranker(self.served.signatures)
+        self.stage1 = ann.Searcher(self.store.array(GLOBAL), index, nprobe=nprobe)
+        self.second = self.served.signatures[RERANK]
         self.default_rerank_k = default_rerank_k(savedmodel)
 
     def __len__(self) -> int:
@@ -417,13 +405,13 @@ class Searcher:
         if rerank_k < 0:
             raise ValueError(f"rerank_k must be >= 0, got {rerank_k}")
         texts = tf.constant([text])
-        encoded = self.served.signatures["encode_text"](sentences=texts)
-        vector = encoded[global_key(encoded)].numpy()
+        encoded = self.served.signatures[ENCODE_TEXT](sentences=texts)
+        vector = encoded[GLOBAL].numpy()
         scores, ids = self.stage1.search(vector, max(top_k, rerank_k))
         keep = ids[0] >= 0  # the IVF pads with -1 when it finds fewer
         scores, ids = scores[0][keep], ids[0][keep]
         second = {}
-        head = ids[:rerank_k] if self.second is not None else ids[:0]
+        head = ids[:rerank_k]
         if len(head):
             rows = np.sort(head)  # memory-map reads in file order
             out = self.second(**_text_inputs(self.second, texts, encoded),
@@ -440,17 +428,17 @@ class Searcher:
 
     def explain(self, text: str, row: int) -> dict:
         """Fig. 4 for one result: which words each region of gallery image ``row`` picks
-        for ``text`` (the export's ``explain_features``) → {"row", "path", "words",
+        for ``text`` (the export's ``explain``) → {"row", "path", "words",
         "regions": [[{"word", "weight"}, ...] per region, heaviest first]}."""
         sig = self.served.signatures
-        if "explain_features" not in sig:
+        if EXPLAIN not in sig:
             raise LookupError("this model exports no word-level selections to show (an IATV "
                               "model, or HGAN without the word level)")
         if not text.strip():
             raise ValueError("the query is empty")
         if not 0 <= row < len(self.store):
             raise IndexError(f"row {row} is not in the gallery (0..{len(self.store) - 1})")
-        out = sig["explain_features"](
+        out = sig[EXPLAIN](
             texts=tf.constant([text]),
             image_word=tf.constant(np.asarray(self.store.array("word")[row:row + 1],
                                               np.float32)))

@@ -1,16 +1,19 @@
-"""Runs named paper rows (hgan/experiments.py) over seeds and writes one table.
+"""hgan-experiments: runs named paper rows (``hgan.config.experiments``) over seeds and
+writes one table.
 
-  python scripts/experiments.py --experiments=hgan/table3/+BERT,hgan/table3/+phrase \
+  hgan-experiments --experiments=hgan/table3/+BERT,hgan/table3/+phrase \
       --seeds=0,1,2 --config=demo --data_dir=demo_out/tfrecords --bert=demo_out/bert \
-      --out_dir=runs/seeds [--set=...] [--split=test] [--report_only] [--list]
+      --out_dir=runs/seeds [--set=...] [--split=test] [--levels] [--report_only] [--list]
 
-Every (row, seed) is a ``train.py --experiment=ROW --set=seed=S`` run in
-OUT_DIR/ROW/seedS (re-running resumes unfinished runs and skips evaluated ones), evaluated by
-``eval.py`` on --split with the checkpoint train.py selected on the val split. The table
-has, per row, mean ± std over the seeds of R1 / R5 / R10 / mAP both ways in the mode the
-paper's figures correspond to (and AP@50 / class Rank-1 where the data has them), the
+Every (row, seed) is a ``hgan-train --experiment=ROW --set=train.seed=S`` run in
+OUT_DIR/ROW/seedS (re-running resumes unfinished runs and skips evaluated ones), evaluated
+by ``hgan-eval`` on --split with the checkpoint hgan-train selected on the val split. The
+table has, per row, mean ± std over the seeds of R1 / R5 / R10 / mAP both ways in the mode
+the paper's figures correspond to (and AP@50 / class Rank-1 where the data has them), the
 paper's text-to-image headline figure beside it, and under it the selection rule, the
-seeds and the data. Written to OUT_DIR/table.md, table.csv and table.json.
+seeds and the data. ``--levels`` adds HGAN's levels ranked alone (sentence / word / phrase
+text-to-image R1 of the exact scores). Written to OUT_DIR/table.md, table.csv and
+table.json.
 """
 import csv
 import json
@@ -21,29 +24,37 @@ import sys
 import numpy as np
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hgan import experiments  # noqa: E402  (the runs themselves are subprocesses)
+from hgan.cli import start
+from hgan.config import experiments
+from hgan.config.experiments import LEVELS
+from hgan.training.run_dir import BEST_FILE
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLUMNS = [("t2i", "R1"), ("t2i", "R5"), ("t2i", "R10"), ("t2i", "mAP"), ("t2i", "AP@50"),
            ("i2t", "R1"), ("i2t", "mAP"), ("i2t", "class_R1")]
+# --levels: each HGAN level ranked alone (the exact scores of that level only).
+LEVEL_COLUMNS = [(level, "R1") for level in LEVELS]
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("experiments", [], "Rows of hgan/experiments.py (see --list).")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (train.seed).")
-flags.DEFINE_string("config", "demo", "train.py preset.")
-flags.DEFINE_string("data_dir", None, "Output dir of data_prep.")
-flags.DEFINE_string("bert", None, "BERT handle or SavedModel dir.")
-flags.DEFINE_string("out_dir", None, "Where the runs and the table go.")
-flags.DEFINE_multi_string("set", [], "Extra overrides for every run (after the row's).")
-flags.DEFINE_string("split", "test", "Split the table reports.")
-flags.DEFINE_bool("report_only", False, "Write the table from the runs already evaluated.")
-flags.DEFINE_bool("list", False, "Print every experiment's name and stop.")
+
+
+def define_flags():
+    flags.DEFINE_list("experiments", [], "Rows of hgan.config.experiments (see --list).")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (train.seed).")
+    flags.DEFINE_string("config", "demo", "hgan-train preset.")
+    flags.DEFINE_string("data_dir", None, "Output dir of hgan-prep.")
+    flags.DEFINE_string("bert", None, "BERT handle or SavedModel dir.")
+    flags.DEFINE_string("out_dir", None, "Where the runs and the table go.")
+    flags.DEFINE_multi_string("set", [], "Extra overrides for every run (after the row's).")
+    flags.DEFINE_string("split", "test", "Split the table reports.")
+    flags.DEFINE_bool("levels", False, "Add each HGAN level's text-to-image R1 ranked alone "
+                      "(sentence / word / phrase).")
+    flags.DEFINE_bool("report_only", False, "Write the table from the runs already evaluated.")
+    flags.DEFINE_bool("list", False, "Print every experiment's name and stop.")
 
 
 def _run(args):
     print("+", " ".join(args), flush=True)
-    subprocess.run(args, check=True, cwd=ROOT)
+    subprocess.run(args, check=True)
 
 
 def run_dir_of(name: str, seed: str) -> str:
@@ -52,25 +63,26 @@ def run_dir_of(name: str, seed: str) -> str:
 
 
 def one(name: str, seed: str):
-    """The eval.py report of (row, seed), training and evaluating it first if needed;
+    """The hgan-eval report of (row, seed), training and evaluating it first if needed;
     None with --report_only when it has not been evaluated."""
     model_dir = run_dir_of(name, seed)
     result = os.path.join(model_dir, f"{FLAGS.split}.json")
     if not os.path.exists(result):
         if FLAGS.report_only:
             return None
-        train = [sys.executable, "train.py", f"--experiment={name}", f"--config={FLAGS.config}",
-                 f"--data_dir={FLAGS.data_dir}", f"--model_dir={model_dir}",
-                 *[f"--set={o}" for o in FLAGS.set], f"--set=seed={seed}"]
+        train = [sys.executable, "-m", "hgan.cli.train", f"--experiment={name}",
+                 f"--config={FLAGS.config}", f"--data_dir={FLAGS.data_dir}",
+                 f"--model_dir={model_dir}", *[f"--set={o}" for o in FLAGS.set],
+                 f"--set=train.seed={seed}"]
         if FLAGS.bert:
             train.append(f"--bert={FLAGS.bert}")
         _run(train)
-        _run([sys.executable, "eval.py", f"--model_dir={model_dir}",
+        _run([sys.executable, "-m", "hgan.cli.eval", f"--model_dir={model_dir}",
               f"--data_dir={FLAGS.data_dir}", f"--split={FLAGS.split}",
               f"--output_json={result}", "--figures=false"])
     with open(result) as f:
         report = json.load(f)
-    best = os.path.join(model_dir, "best.json")
+    best = os.path.join(model_dir, BEST_FILE)
     if os.path.exists(best):
         with open(best) as f:
             report["_best"] = json.load(f)
@@ -84,18 +96,22 @@ def cell(values) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values):.1f}"
 
 
-def summarise(results: dict) -> tuple[list[dict], list[tuple]]:
+def summarise(results: dict, levels: bool = False) -> tuple[list[dict], list[tuple]]:
     """(rows of the table, the columns that have a value anywhere)."""
     rows = []
+    columns = COLUMNS + (LEVEL_COLUMNS if levels else [])
     for name, runs in results.items():
         e = experiments.get(name)
         values = {c: [r.get(e.mode, {}).get(c[0], {}).get(c[1]) for r in runs.values()]
                   for c in COLUMNS}
+        for c in columns[len(COLUMNS):]:
+            values[c] = [r.get("levels_exact", {}).get(c[0], {}).get("t2i", {}).get(c[1])
+                         for r in runs.values()]
         rule = sorted({r["_best"].get("selected_by", "?") if "_best" in r
                        else "last checkpoint (no validation)" for r in runs.values()})
         rows.append({"experiment": name, "mode": e.mode, "seeds": list(runs),
                      "values": values, "paper": e.paper, "selected_by": rule})
-    used = [c for c in COLUMNS if any(v is not None for r in rows for v in r["values"][c])]
+    used = [c for c in columns if any(v is not None for r in rows for v in r["values"][c])]
     return rows, used
 
 
@@ -106,8 +122,13 @@ def headline(paper: dict) -> str:
     return "–"
 
 
+def _head(column: tuple) -> str:
+    return f"{column[0]} t2i {column[1]}" if column in LEVEL_COLUMNS else " ".join(column)
+
+
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.list:
         for name, e in experiments.EXPERIMENTS.items():
             print(f"{name:40s} {e.dataset:10s} {e.description}")
@@ -118,8 +139,8 @@ def main(argv):
         experiments.get(name)  # every name checked before anything runs
     results = {name: {s: one(name, s) for s in FLAGS.seeds} for name in FLAGS.experiments}
     results = {n: {s: r for s, r in runs.items() if r is not None} for n, runs in results.items()}
-    rows, used = summarise(results)
-    head = [f"{d} {m}" for d, m in used]
+    rows, used = summarise(results, FLAGS.levels)
+    head = [_head(c) for c in used]
     lines = ["| experiment | mode | seeds | " + " | ".join(head) + " | paper |",
              "|---|---|---|" + "---|" * (len(head) + 1)]
     for r in rows:
@@ -158,5 +179,10 @@ def main(argv):
                    "set": FLAGS.set, "seeds": FLAGS.seeds}, f, indent=1)
 
 
+def run():
+    define_flags()
+    start(main, __doc__)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

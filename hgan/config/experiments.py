@@ -1,22 +1,22 @@
 """Every table row of both papers as a named experiment: its family, the overrides on top of
 a preset, the dataset it was reported on, and the paper's figures.
 
-  python train.py --experiment=hgan/table3/+word --config=demo --data_dir=... --model_dir=...
-  python eval.py --model_dir=... --data_dir=... --output_json=...   # prints paper vs measured
-  python scripts/experiments.py run --experiments=hgan/table3/+BERT,hgan/table3/+phrase ...
+  hgan-train --experiment=hgan/table3/+word --config=demo --data_dir=... --model_dir=...
+  hgan-eval --model_dir=... --data_dir=... --output_json=...   # prints paper vs measured
+  hgan-experiments --experiments=hgan/table3/+BERT,hgan/table3/+phrase --seeds=0,1,2 ...
 
-``train.py`` writes the experiment's name into the model_dir (``experiment.json``), so
-``eval.py`` knows which row it measured. The README's table of rows is generated from here
-(``readme_table``; ``tests/test_experiments.py`` checks the README against it).
+hgan-train writes the experiment's name into the model_dir (``experiment.json``), so
+hgan-eval knows which row it measured. docs/experiments.md's table of rows is generated from
+here (``table_markdown``; ``tests/test_experiments.py`` keeps the page equal to it).
 
 Figures are as printed: percent, keyed ``{direction: {metric: value}}`` with directions
 ``t2i`` / ``i2t`` and metrics ``R1`` / ``R5`` / ``R10`` / ``mAP`` / ``AP@50`` /
-``class_R1`` (the names of ``eval.py``'s report). ``mode`` says which of the report's
+``class_R1`` (the names of hgan-eval's report). ``mode`` says which of the report's
 modes the paper's number corresponds to: HGAN scores every pair (``exact``); IATV's
 stage-1 rows are ``stage1``, its stage-2 rows ``two_stage`` (or ``full_gallery`` for "w/o
 stage-1", which the caption says does not screen with stage 1).
 
-How rows were read where the papers leave it open (each also in DESIGN.md):
+How rows were read where the papers leave it open (each also in docs/design.md):
 - HGAN Table 2's "Concat Last Four" (55.2 / 77.3 / 84.9) equals Table 3's "+BERT" row:
   Table 2 is the sentence-level model, so its rows switch the word and phrase levels off.
 - HGAN Table 4's row of the default partition (4×4 / 3×2, 58.34) equals Table 3's "+word"
@@ -24,7 +24,8 @@ How rows were read where the papers leave it open (each also in DESIGN.md):
 - HGAN Table 5's "HGAN w Max Gumbel" selects one item (k1 = k2 = 1); "w/o Gumbel" is soft
   attention (Eqs. 3–4). The text's "w/o reward" (57.0) has no row in the table.
 - HGAN Fig. 5's values are only plotted; the text gives the best setting (k1 = 4, k2 = 2,
-  the full model's 59.0). Its rows sweep one of k1, k2 with the other at its best.
+  the full model's 59.0). Its rows sweep the word level's k1 or k2 with the other at its
+  best, and hold the phrase level at the full model's k1 = 4, k2 = 2.
 - IATV Tables 1 and 2 share their Stage-1 / Stage-2 rows; both names exist.
 """
 from __future__ import annotations
@@ -34,31 +35,36 @@ import json
 import os
 from typing import Optional
 
-from hgan.config import Config, resolve
+from hgan.config.base import Config
+from hgan.config.presets import resolve
 
 EXPERIMENT_FILE = "experiment.json"
 DIRECTIONS = ("t2i", "i2t")
 METRICS = ("R1", "R5", "R10", "mAP", "AP@50", "class_R1")
+# HGAN's matching levels, each of which evaluation also ranks alone (``levels_exact``).
+LEVELS = ("sentence", "word", "phrase")
 
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
     name: str
     family: str  # "hgan" | "iatv"
-    overrides: tuple  # "field=value" items on top of the preset, as --set reads them
+    overrides: tuple  # "section.field=value" items on top of the preset, as --set reads them
     dataset: str  # what the paper reported it on: cuhk_pedes | cub | flowers
     paper: dict  # {"t2i": {"R1": ...}, "i2t": {...}}: percent, as printed
     mode: str  # the report mode the paper's figures correspond to
     description: str
 
     def command(self) -> str:
-        """The train.py command line of this row (data and model dirs left to the user)."""
-        return f"python train.py --experiment={self.name} --data_dir=... --model_dir=..."
+        """The hgan-train command line of this row (data and model dirs left to the user)."""
+        return f"hgan-train --experiment={self.name} --data_dir=... --model_dir=..."
 
 
 _HGAN_MODES = ("exact",)
 _CUHK_METRICS = ("R1", "R5", "R10", "mAP")
-_SENTENCE_ONLY = ("use_word=false", "use_phrase=false")
+_SENTENCE_ONLY = ("model.use_word=false", "model.use_phrase=false")
+# Fig. 5 sweeps the word level's k only: the phrase head keeps the full model's k1 / k2.
+_PHRASE_AT_BEST = ("model.phrase_k1=4", "model.phrase_k2=2")
 
 
 def _t2i(*values, metrics=("R1", "R5", "R10")) -> dict:
@@ -81,15 +87,16 @@ def _rows() -> list[Experiment]:
                                     ("second_to_last", "Second-to-last Hidden", 54.3, 77.1,
                                      84.3),
                                     ("concat4", "Concat Last Four Hidden", 55.2, 77.3, 84.9)):
-        add(f"hgan/table2/{key}", "hgan", [f"bert_layers={key}", *_SENTENCE_ONLY],
+        add(f"hgan/table2/{key}", "hgan", [f"model.bert_layers={key}", *_SENTENCE_ONLY],
             "cuhk_pedes", _t2i(r1, r5, r10), "exact",
             f"BERT layers (Table 2): {label}; the sentence-level model (its last row is "
             "Table 3's +BERT)")
-    table3 = (("L_ide", ["weight_pair=0", "use_bert=false", *_SENTENCE_ONLY], 43.5, 74.1),
-              ("L_pair", ["weight_ide=0", "use_bert=false", *_SENTENCE_ONLY], 47.1, 79.8),
-              ("L_ide+L_pair", ["use_bert=false", *_SENTENCE_ONLY], 51.8, 82.5),
+    no_bert = ("model.use_bert=false", *_SENTENCE_ONLY)
+    table3 = (("L_ide", ["model.weight_pair=0", *no_bert], 43.5, 74.1),
+              ("L_pair", ["model.weight_ide=0", *no_bert], 47.1, 79.8),
+              ("L_ide+L_pair", list(no_bert), 51.8, 82.5),
               ("+BERT", list(_SENTENCE_ONLY), 55.2, 84.9),
-              ("+word", ["use_phrase=false"], 58.3, 85.7),
+              ("+word", ["model.use_phrase=false"], 58.3, 85.7),
               ("+phrase", [], 59.0, 86.6))
     for key, overrides, r1, r10 in table3:
         add(f"hgan/table3/{key}", "hgan", overrides, "cuhk_pedes",
@@ -104,24 +111,27 @@ def _rows() -> list[Experiment]:
     for pool, stride, regions, r1, r5, r10 in table4:
         p, s = ",".join(map(str, pool)), ",".join(map(str, stride))
         add(f"hgan/table4/k{pool[0]}x{pool[1]}_s{stride[0]}x{stride[1]}", "hgan",
-            [f"word_pool={p}", f"word_stride={s}", "use_phrase=false"], "cuhk_pedes",
+            [f"model.word_pool={p}", f"model.word_stride={s}", "model.use_phrase=false"],
+            "cuhk_pedes",
             _t2i(r1, r5, r10), "exact",
             f"Partition (Table 4): kernel {pool[0]}×{pool[1]}, stride {stride[0]}×"
             f"{stride[1]}, {regions} regions; the word-level model (its 4×4 / 3×2 row is "
             "Table 3's +word)")
-    add("hgan/table5/w_o_gumbel", "hgan", ["attention=soft"], "cuhk_pedes",
+    add("hgan/table5/w_o_gumbel", "hgan", ["model.attention=soft"], "cuhk_pedes",
         _t2i(56.1, 78.1, 85.5), "exact", "Gumbel module (Table 5): soft attention")
-    add("hgan/table5/max_gumbel", "hgan", ["k1=1", "k2=1"], "cuhk_pedes",
+    add("hgan/table5/max_gumbel", "hgan", ["model.k1=1", "model.k2=1"], "cuhk_pedes",
         _t2i(57.6, 78.5, 86.0), "exact", "Gumbel module (Table 5): one item selected")
     add("hgan/table5/hgan", "hgan", [], "cuhk_pedes", _t2i(59.0, 79.5, 86.6), "exact",
         "Gumbel module (Table 5): the full model")
     for k1 in (1, 2, 3, 4, 5, 6):
-        add(f"hgan/fig5/k1={k1}", "hgan", [f"k1={k1}", "k2=2"], "cuhk_pedes",
+        add(f"hgan/fig5/k1={k1}", "hgan", [f"model.k1={k1}", "model.k2=2", *_PHRASE_AT_BEST],
+            "cuhk_pedes",
             _t2i(59.0) if k1 == 4 else {}, "exact",
             f"Fig. 5: k1 = {k1} words per region, k2 = 2 (values only plotted; k1 = 4 is "
             "the best, the full model)")
     for k2 in (1, 3, 4):
-        add(f"hgan/fig5/k2={k2}", "hgan", ["k1=4", f"k2={k2}"], "cuhk_pedes", {}, "exact",
+        add(f"hgan/fig5/k2={k2}", "hgan", ["model.k1=4", f"model.k2={k2}", *_PHRASE_AT_BEST],
+            "cuhk_pedes", {}, "exact",
             f"Fig. 5: k2 = {k2} regions per word, k1 = 4 (values only plotted)")
     for dataset, i2t, ap50 in (("cub", 68.9, 71.7), ("flowers", 72.4, 75.1)):
         add(f"hgan/table6/{dataset}", "hgan", [], dataset,
@@ -136,22 +146,24 @@ def _rows() -> list[Experiment]:
             "Stage-1 (CNN-LSTM with the CMCE loss), its own ranking")
         add(f"iatv/{table}/stage2", "iatv", [], "cuhk_pedes", stage2, "two_stage",
             "Stage-2 (latent co-attention) re-ranking stage 1's top 20")
-    triplet = ["stage1_loss=triplet"]
+    triplet = ["model.stage1_loss=triplet"]
     add("iatv/table2/triplet", "iatv", triplet, "cuhk_pedes", _t2i(14.76, None, 51.29),
         "stage1", "Stage 1 trained with a triplet loss instead of CMCE")
     add("iatv/table2/w_o_sma_spa_stage1", "iatv",
-        ["semantic_attention=false", "spatial_attention=false", "stage1_init=false"],
+        ["model.semantic_attention=false", "model.spatial_attention=false",
+         "model.stage1_init=false"],
         "cuhk_pedes", _t2i(17.19, None, 57.82), "full_gallery",
         "Stage-2 w/o SMA+SPA+stage-1: no stage-1 initialisation, no stage-1 screening "
         "(every gallery item scored)")
     add("iatv/table2/w_o_sma_spa", "iatv",
-        ["semantic_attention=false", "spatial_attention=false"], "cuhk_pedes",
+        ["model.semantic_attention=false", "model.spatial_attention=false"], "cuhk_pedes",
         _t2i(22.11, None, 58.05), "two_stage", "Stage-2 w/o SMA+SPA")
-    add("iatv/table2/w_o_sma", "iatv", ["semantic_attention=false"], "cuhk_pedes",
+    add("iatv/table2/w_o_sma", "iatv", ["model.semantic_attention=false"], "cuhk_pedes",
         _t2i(23.58, None, 58.68), "two_stage", "Stage-2 w/o SMA")
-    add("iatv/table2/w_o_id", "iatv", ["identity_labels=false"], "cuhk_pedes",
+    add("iatv/table2/w_o_id", "iatv", ["model.identity_labels=false"], "cuhk_pedes",
         _t2i(23.47, None, 54.77), "two_stage", "Stage-2 w/o ID: every image its own identity")
-    cub_flowers = ["backbone=googlenet"]  # §4.2's GoogLeNet (TF-Hub); eval re-ranks ≥ 50
+    # §4.2's GoogLeNet (TF-Hub); evaluation re-ranks at least 50
+    cub_flowers = ["model.backbone=googlenet"]
     for table, dataset, trip, s1, s2 in (("table3", "cub", (52.5, 52.4), (61.5, 55.5), 57.6),
                                          ("table4", "flowers", (64.3, 64.9), (68.4, 68.0),
                                           70.1)):
@@ -175,7 +187,7 @@ def get(name: str) -> Experiment:
         close = [n for n in EXPERIMENTS if name.split("/")[-1] in n][:8]
         raise ValueError(f"unknown experiment {name!r}"
                          + (f"; did you mean one of {close}?" if close else "")
-                         + " (hgan.experiments.EXPERIMENTS lists them all)")
+                         + " (hgan-experiments --list prints them all)")
     return EXPERIMENTS[name]
 
 
@@ -183,7 +195,7 @@ def config(name: str, preset: str = "paper", overrides=()) -> Config:
     """The config of experiment ``name``: ``preset`` with the row's family and overrides,
     then ``overrides`` (a user's --set items, which win)."""
     e = get(name)
-    return resolve(preset, [f"model={e.family}", *e.overrides, *overrides])
+    return resolve(preset, [*e.overrides, *overrides], family=e.family)
 
 
 # --- the name beside a run --------------------------------------------------------------
@@ -210,7 +222,7 @@ def load_name(model_dir: str) -> Optional[str]:
 
 # --- paper against measured -------------------------------------------------------------
 def measured(experiment: Experiment, report: dict) -> dict:
-    """{direction: {metric: value}} of ``report`` (eval.py's) in the experiment's mode, for
+    """{direction: {metric: value}} of ``report`` (hgan-eval's) in the experiment's mode, for
     the metrics the paper gives; a mode or metric the report lacks is left out."""
     section = report.get(experiment.mode, {})
     out = {}
@@ -263,8 +275,8 @@ def _figures(paper: dict) -> str:
     return ", ".join(parts) or "plotted only"
 
 
-def readme_table() -> str:
-    """The README's table of every row (generated; the test keeps the README equal)."""
+def table_markdown() -> str:
+    """docs/experiments.md's table of every row (generated; a test keeps the page equal)."""
     lines = ["| Experiment (`--experiment=`) | Paper row | Overrides | Data | Paper |",
              "|---|---|---|---|---|"]
     for e in EXPERIMENTS.values():

@@ -1,0 +1,20 @@
+"""The package's commands: each module parses absl flags and calls the library.
+
+Every module here is a console script of the installed package (``pyproject.toml``) and a
+``python -m hgan.cli.NAME`` module: ``define_flags()`` declares its flags (only when it
+runs, so tests can import several commands in one process) and ``run()`` starts it.
+"""
+import sys
+
+from absl import app, flags
+
+
+def start(main, doc: str) -> None:
+    """Runs ``main`` under absl with ``doc`` (the command module's docstring) and the
+    command module's flags as what ``--help`` prints: a console script's ``__main__`` is a
+    wrapper without either."""
+    sys.modules["__main__"].__doc__ = doc
+    if main.__module__ != "__main__":
+        for flag in flags.FLAGS.flags_by_module_dict().get(main.__module__, []):
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    app.run(main)

@@ -1,0 +1,80 @@
+"""hgan-train: trains HGAN (or IATV with --family=iatv) on TFRecords written by hgan-prep.
+
+  hgan-train --config=demo --data_dir=TFRECORDS_DIR --model_dir=DIR \
+      [--family=hgan|iatv] [--set=section.field=value ...] [--max_steps=N] [--bert=PATH]
+  hgan-train --experiment=hgan/table3/+word --config=demo ...   # a paper row by name
+
+An experiment (``hgan.config.experiments``) sets the family and its row's overrides on top
+of the preset; --set items come after it. Its name is recorded in DIR, so hgan-eval prints
+the paper's figures beside the measured ones.
+
+The resolved config is saved as DIR/config.json; re-running with the same DIR resumes from
+the latest checkpoint. The best checkpoint on the val split goes to DIR/best/.
+"""
+from absl import app, flags, logging
+
+from hgan.cli import start
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    from hgan.config import FAMILY_NAMES, PRESET_NAMES
+    flags.DEFINE_enum("config", "paper", PRESET_NAMES, "Preset to start from.")
+    flags.DEFINE_enum("family", None, FAMILY_NAMES,
+                      "Model family (default: the experiment's, else hgan).")
+    flags.DEFINE_string("data_dir", None, "Output dir of hgan-prep (shards + manifest.json).")
+    flags.DEFINE_string("model_dir", None, "Where checkpoints, config.json and logs go.")
+    flags.DEFINE_multi_string("set", [], "Config override section.field=value (repeatable).")
+    flags.DEFINE_string("bert", None, "BERT handle or SavedModel dir (overrides the preset).")
+    flags.DEFINE_integer("max_steps", None, "Stop after this many steps (overrides epochs).")
+    flags.DEFINE_string("val_split", "val", "Split for model selection; never the test split.")
+    flags.DEFINE_string("experiment", None, "A paper row of hgan.config.experiments, e.g. "
+                        "hgan/table3/+word or iatv/table2/triplet (sets family and overrides).")
+    flags.mark_flags_as_required(["data_dir", "model_dir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from hgan import families
+    from hgan.config import experiments, resolve
+    from hgan.data import pipeline
+    from hgan.training import run_dir
+
+    overrides = list(FLAGS.set)
+    experiment = experiments.get(FLAGS.experiment) if FLAGS.experiment else None
+    manifest = pipeline.load_manifest(FLAGS.data_dir)
+    if experiment is not None:
+        if FLAGS.family is not None and FLAGS.family != experiment.family:
+            raise app.UsageError(f"--experiment={experiment.name} is a {experiment.family} "
+                                 f"row; drop --family={FLAGS.family}")
+        dataset = manifest.get("dataset")
+        if dataset != experiment.dataset:
+            logging.warning("experiment %s was reported on %s; %s is %s: its paper figures "
+                            "are a reference, not a target", experiment.name,
+                            experiment.dataset, FLAGS.data_dir, dataset)
+    if FLAGS.bert:
+        overrides.append(f"model.bert={FLAGS.bert}")
+    if FLAGS.max_steps is not None:
+        overrides.append(f"train.max_steps={FLAGS.max_steps}")
+    if experiment is not None:
+        config = experiments.config(experiment.name, FLAGS.config, overrides)
+    else:
+        config = resolve(FLAGS.config, overrides, family=FLAGS.family or "hgan")
+    config = run_dir.resolve_vocab(config, FLAGS.data_dir, FLAGS.model_dir)
+    config = run_dir.reconcile_config(config, FLAGS.model_dir)
+    if experiment is not None:
+        experiments.save_name(FLAGS.model_dir, experiment.name)
+    summary = families.train(config, FLAGS.data_dir, FLAGS.model_dir, val_split=FLAGS.val_split)
+    logging.info("done: %s", summary)
+    print(f"trained to step {summary['step']}; checkpoints in {FLAGS.model_dir}")
+
+
+def run():
+    define_flags()
+    start(main, __doc__)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,57 @@
+"""The package as a user installs it: every console script answers ``--help`` from another
+directory with what it does, the README's commands are console scripts of the package,
+and requirements.txt pins what pyproject.toml does."""
+import os
+import re
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from tests_support import ROOT, console_script
+
+PYPROJECT = tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))
+SCRIPTS = PYPROJECT["project"]["scripts"]
+
+
+def test_requirements_txt_pins_what_pyproject_does():
+    lines = [ln.strip() for ln in open(os.path.join(ROOT, "requirements.txt"))]
+    pins = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert pins == PYPROJECT["project"]["dependencies"]
+    assert "tensorflow==2.20.*" in pins and "tf-models-official==2.20.0" in pins
+    assert PYPROJECT["project"]["optional-dependencies"]["gpu"] == ["tensorflow[and-cuda]==2.20.*"]
+
+
+@pytest.mark.slow
+def test_every_console_script_says_what_it_does_from_another_directory(tmp_path):
+    assert len(SCRIPTS) >= 11
+    # One process for all: each --help imports TensorFlow, about 3 s a command.
+    code = ("import subprocess, sys, json; print(json.dumps({n: subprocess.run([p, '--help'], "
+            "capture_output=True, text=True) .stdout for n, p in json.loads(sys.argv[1]).items()}))")
+    import json
+    paths = {name: console_script(name) for name in SCRIPTS}
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(paths)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    helps = json.loads(proc.stdout)
+    for name, text in helps.items():
+        # absl's --help: the command's docstring (which names it), then its flags.
+        assert text.lstrip().startswith(name) or f"{name} " in text.split("\n\n")[0], (
+            name, text[:300])
+        assert "flags:" in text, (name, text[:300])
+
+
+def test_the_readmes_commands_are_console_scripts_of_the_package():
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    commands = {line.split()[0] for block in blocks for line in block.splitlines()
+                if line.strip() and not line.startswith("#")}
+    assert commands, "the README shows no command"
+    hgan = {c for c in commands if c.startswith("hgan-")}
+    assert hgan and hgan <= set(SCRIPTS), hgan - set(SCRIPTS)
+    others = commands - hgan
+    assert others <= {"bash", "python", ".venv/bin/pip"}, others
+    for block in blocks:
+        for script in re.findall(r"bash (scripts/\S+)", block):
+            assert os.path.exists(os.path.join(ROOT, script)), script
