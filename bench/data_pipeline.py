@@ -3,9 +3,10 @@ the rate of the training step the pipeline feeds.
 
   python bench/data_pipeline.py [--identities=300] [--batches=40] [--identities_per_batch=8]
                                 [--train_steps=2 | --train_images_per_s=RATE]
-                                [--backbone=resnet50] [--bert=scratch:12x768]
+                                [--backbone=resnet50] [--bert=scratch:12x768] [--batch_size=32]
+  python bench/data_pipeline.py --small
 
-Write: the demo generator's raw CUHK-PEDES-layout set through `python -m data_prep`'s writer
+Write: the demo generator's raw CUHK-PEDES-layout set through `hgan-prep`'s writer
 (validation, noun phrases, sharding). Read: ``hgan.data.pipeline.train_dataset`` at 384×192 — parse,
 decode, resize, flip, normalise, WordPiece-tokenise and phrase masks — in image-caption
 pairs per second, along both of its batching paths: the plain shuffle
@@ -22,50 +23,50 @@ pipeline: ``--backbone`` at the same image size, ``--bert`` frozen and run every
 given with ``--train_images_per_s`` (e.g. batch / median step time from
 ``bench/train_step.py``), or skipped with ``--train_steps=0``. The printout says which.
 Prints its figures; asserts nothing.
+
+``--small`` (tests/test_benches.py): 12 identities, batches of 8 at 64×32 (P×K: P=2),
+2 batches per path, one timed step of ``small_cnn`` + a 4x16 scratch BERT; every line of
+the full run in about 30 s, figures that only show it runs.
 """
 import os
+import shutil
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
+import numpy as np
 
-from absl import app, flags  # noqa: E402
-import numpy as np  # noqa: E402
-
-from data_prep import demo, writer  # noqa: E402
-from hgan.data import pipeline  # noqa: E402
-from hgan.config import PRESETS  # noqa: E402
+import _small
+from hgan.config import preset
+from hgan.data import pipeline
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("identities", 300, "Synthetic identities (4 images each).")
-flags.DEFINE_integer("batches", 40, "Training batches of 32 to read per path, after the first.")
-flags.DEFINE_string("vocab", "", "vocab.txt for the tokenizer (default: a generated one).")
-flags.DEFINE_list("image_size", ["384", "192"], "Image height,width (the paper: 384,192).")
-flags.DEFINE_integer("identities_per_batch", 8, "P of the P×K path (the demo preset: 8); "
-                     "0 times the plain shuffle only.")
-flags.DEFINE_float("train_images_per_s", 0.0, "A measured training rate (images/s) to compare "
-                   "with instead of measuring one here (bench/train_step.py: batch / median "
-                   "step time of 'full').")
-flags.DEFINE_integer("train_steps", 2, "Without --train_images_per_s: timed training steps "
-                     "to measure the rate with (after one untimed); 0 = no comparison.")
-flags.DEFINE_string("backbone", "resnet50", "config.model.backbone of the measured training step.")
-flags.DEFINE_string("bert", "scratch:12x768", "config.model.bert of the measured training step "
-                    "(scratch:LxH, as bench/train_step.py; or a BERT SavedModel dir).")
+SMALL = {"identities": 12, "batches": 2, "batch_size": 8, "image_size": ["64", "32"],
+         "identities_per_batch": 2, "train_steps": 1, "backbone": "small_cnn",
+         "bert": "scratch:4x16"}  # 4 layers: the paper's concat4
 
 
-def _vocab(root: str, raw: str) -> str:
-    import json
-    import re
-    words = set()
-    for record in json.load(open(os.path.join(raw, "reid_raw.json"))):
-        for caption in record["captions"]:
-            words.update(re.findall(r"\w+|[^\w\s]", caption.lower()))
-    path = os.path.join(root, "vocab.txt")
-    with open(path, "w") as f:
-        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(words)) + "\n")
-    return path
+def define_flags():
+    flags.DEFINE_integer("identities", 300, "Synthetic identities (4 images each).")
+    flags.DEFINE_integer("batches", 40, "Training batches to read per path, after the first.")
+    flags.DEFINE_integer("batch_size", 32, "config.data.batch_size (the paper: 32).")
+    flags.DEFINE_string("vocab", "", "vocab.txt for the tokenizer (default: one made of the "
+                        "captions' words).")
+    flags.DEFINE_list("image_size", ["384", "192"], "Image height,width (the paper: 384,192).")
+    flags.DEFINE_integer("identities_per_batch", 8, "P of the P×K path (the demo preset: 8); "
+                         "0 times the plain shuffle only.")
+    flags.DEFINE_float("train_images_per_s", 0.0, "A measured training rate (images/s) to "
+                       "compare with instead of measuring one here (bench/train_step.py: "
+                       "batch / median step time of 'full').")
+    flags.DEFINE_integer("train_steps", 2, "Without --train_images_per_s: timed training "
+                         "steps to measure the rate with (after one untimed); 0 = no "
+                         "comparison.")
+    flags.DEFINE_string("backbone", "resnet50",
+                        "config.model.backbone of the measured training step.")
+    flags.DEFINE_string("bert", "scratch:12x768", "config.model.bert of the measured training "
+                        "step (scratch:LxH, as bench/train_step.py; or a BERT SavedModel dir).")
+    _small.define_flag()
 
 
 def time_reads(out: str, config, tokenizer, batches: int) -> tuple[float, float, dict]:
@@ -105,6 +106,11 @@ def measure_train_rate(out: str, config, batch: dict, steps: int) -> tuple[float
 
 def main(argv):
     del argv
+    if _small.apply(SMALL):
+        print(f"--small: {FLAGS.identities} identities, batches of {FLAGS.batch_size} at "
+              f"{'x'.join(FLAGS.image_size)}, {FLAGS.backbone} + bert={FLAGS.bert}: a check "
+              "that the bench runs, its figures say nothing about speed")
+    from data_prep import demo, writer
     root = tempfile.mkdtemp(prefix="bench_data_")
     raw, out = os.path.join(root, "raw"), os.path.join(root, "tfr")
     demo.generate(raw, identities=FLAGS.identities, shots=4, seed=0)
@@ -116,8 +122,9 @@ def main(argv):
           f"(validate + noun phrases ({manifest['phrase_tagger']}) + serialise + shard)")
 
     height, width = (int(x) for x in FLAGS.image_size)
-    config = PRESETS["paper"].replace(vocab_file=FLAGS.vocab or _vocab(root, raw),
-                                      image_height=height, image_width=width)
+    vocab = FLAGS.vocab or _small.caption_vocab(raw, os.path.join(root, "vocab.txt"))
+    config = preset("paper").replace(vocab_file=vocab, image_height=height, image_width=width,
+                                     batch_size=FLAGS.batch_size)
     tokenizer = pipeline.make_tokenizer(config)
     paths = [("shuffle", config)]
     if FLAGS.identities_per_batch:
@@ -128,11 +135,10 @@ def main(argv):
         batch = batch if batch is not None else first
         rates[name] = rate
         labels = np.unique(first["label"].numpy(), return_counts=True)[1]
+        p = path_config.data.identities_per_batch
         shape = (f"{len(labels)} identities x {sorted(set(labels.tolist()))} pairs"
-                 if path_config.identities_per_batch else f"{len(labels)} identities")
-        label = (f"P×K, P={path_config.identities_per_batch} "
-                 f"K={path_config.batch_size // path_config.identities_per_batch}"
-                 if path_config.identities_per_batch else "plain shuffle")
+                 if p else f"{len(labels)} identities")
+        label = f"P×K, P={p} K={path_config.data.batch_size // p}" if p else "plain shuffle"
         print(f"read ({label}): {FLAGS.batches * config.data.batch_size} pairs at {height}x{width} "
               f"= {rate:.0f} pairs/s (decode + resize + flip + tokenise + phrase masks); "
               f"first batch {first_s:.1f} s; first batch holds {shape}")
@@ -145,11 +151,14 @@ def main(argv):
         train_rate, source = measure_train_rate(out, config, batch, FLAGS.train_steps)
     else:
         print("training rate: not compared (--train_steps=0, no --train_images_per_s)")
+        shutil.rmtree(root, ignore_errors=True)
         return
     print(f"for scale: training runs at {train_rate:.2f} images/s ({source}), so the pipeline "
           "is " + ", ".join(f"{rate / train_rate:.0f}x ({name})" for name, rate in rates.items())
           + " faster than the model it feeds")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -3,29 +3,56 @@ embeddings, and the memory-mapped gallery's bytes per image and candidate reads.
 
   python bench/gallery_index.py [--n=1000000] [--dim=512] [--queries=200] [--k=100]
       [--nprobe=16,32,64] [--tables=100000] [--dir=/tmp/gallery_bench]
+  python bench/gallery_index.py --small
 
 Prints, for --n vectors of --dim (clustered like real embeddings: 2,000 centres plus
-noise, l2-normalised): the IVF's train and add times, its bytes, recall@k against exact
-search for each nprobe, query latency p50 / p99 (one query at a time, warm) for IVF and for
-exact brute force over the float16 memory-map measured in the same run; then the
+noise, l2-normalised), written to a memory-mapped gallery (``hgan.serving.gallery``,
+float16) as ``hgan-search index`` writes one: the IVF that the product builds over them
+(``hgan.serving.ann.build``, what ``hgan-search index`` calls above ``ann.EXACT_BELOW``
+images; its quantizer training and its adds are timed inside that call), its bytes,
+recall@k against exact search for each nprobe, and query latency p50 / p99 (one query at a
+time, warm) of ``ann.Searcher`` as ``hgan.serving.searcher.Searcher`` sets it up: over the
+gallery's memory-mapped float16 globals, exact (no IVF) or with the IVF file loaded by
+``ann.load`` (FAISS's IO_FLAG_MMAP: its inverted lists are memory-mapped too). Then the
 gallery's bytes per image at the paper's sizes (global 512 + word and phrase tables of
 15 × 512 each) in float16 and float32, the 1 M footprint, the float16 ranking change, and
 the time to gather k candidates' local tables from a --tables-image memory-mapped gallery
 (what re-ranking reads per query). Nothing here is asserted.
+
+``--small`` (tests/test_benches.py): 5,000 × 32, 20 queries, k = 10, nprobe 4 and 8,
+2,000 images' tables; every line of the full run in about 10 s.
 """
-import argparse
+import contextlib
 import os
 import shutil
-import sys
 import time
 
+from absl import app, flags
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hgan.serving import ann, gallery  # noqa: E402
+import _small
+
+FLAGS = flags.FLAGS
+SMALL = {"n": 5000, "dim": 32, "queries": 20, "k": 10, "nprobe": ["4", "8"],
+         "tables": 2000, "dir": "/tmp/gallery_bench_small"}
+BLOCK = 10_000  # rows appended to a gallery at a time
+
+
+def define_flags():
+    flags.DEFINE_integer("n", 1_000_000, "Global embeddings in the gallery.")
+    flags.DEFINE_integer("dim", 512, "Their width (the paper: 512).")
+    flags.DEFINE_integer("queries", 200, "Queries (near gallery vectors).")
+    flags.DEFINE_integer("k", 100, "Neighbours per query (the re-ranker's K).")
+    flags.DEFINE_list("nprobe", ["16", "32", "64"], "IVF lists probed per query.")
+    flags.DEFINE_integer("tables", 100_000, "Images of the paper-size local-table gallery.")
+    flags.DEFINE_string("dir", "/tmp/gallery_bench", "Scratch folder (deleted at the end).")
+    _small.define_flag()
 
 
 def synthetic(n, dim, seed=0, chunk=100_000):
+    """``n`` l2-normalised float16 vectors of ``dim`` around 2,000 centres (like real
+    embeddings), in RAM."""
+    from hgan.serving import ann
     rng = np.random.default_rng(seed)
     centres = ann.normalise(rng.normal(size=(2000, dim)))
     out = np.empty((n, dim), np.float16)
@@ -41,81 +68,102 @@ def percentiles(times_s):
     return f"p50 {np.percentile(t, 50):.1f} ms, p99 {np.percentile(t, 99):.1f} ms"
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=1_000_000)
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--queries", type=int, default=200)
-    p.add_argument("--k", type=int, default=100)
-    p.add_argument("--nprobe", default="16,32,64")
-    p.add_argument("--tables", type=int, default=100_000)
-    p.add_argument("--dir", default="/tmp/gallery_bench")
-    args = p.parse_args()
+@contextlib.contextmanager
+def timing_inside(module, names):
+    """Times the module functions ``names`` while a product function runs them (they are
+    looked up as module globals): yields {name: [(seconds, first argument's shape)]}."""
+    originals = {name: getattr(module, name) for name in names}
+    calls = {name: [] for name in names}
+
+    def timed(name, fn):
+        def call(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            calls[name].append((time.perf_counter() - t0, np.shape(args[0]) if args else ()))
+            return out
+        return call
+
+    for name, fn in originals.items():
+        setattr(module, name, timed(name, fn))
+    try:
+        yield calls
+    finally:
+        for name, fn in originals.items():
+            setattr(module, name, fn)
+
+
+def main(argv):
+    del argv
+    _small.apply(SMALL)
     import faiss
+    from hgan.serving import ann, gallery
+    n, dim, k = FLAGS.n, FLAGS.dim, FLAGS.k
     print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads; "
-          f"{args.n:,} × {args.dim}, {args.queries} queries, k = {args.k}")
-    shutil.rmtree(args.dir, ignore_errors=True)
-    os.makedirs(args.dir)
+          f"{n:,} × {dim}, {FLAGS.queries} queries, k = {k}")
+    shutil.rmtree(FLAGS.dir, ignore_errors=True)
+    os.makedirs(FLAGS.dir)
 
     t0 = time.time()
-    vectors = synthetic(args.n, args.dim)
+    vectors = synthetic(n, dim)
     rng = np.random.default_rng(1)
-    queries = ann.normalise(vectors[rng.choice(args.n, args.queries)].astype(np.float32)
-                            + 0.5 / np.sqrt(args.dim) * rng.normal(size=(args.queries,
-                                                                          args.dim)))
-    g = gallery.Gallery.create(os.path.join(args.dir, "global"), "bench",
-                               {"global": (args.dim,)})
-    for a in range(0, args.n, 100_000):
-        g.append([str(i) for i in range(a, min(a + 100_000, args.n))],
+    queries = ann.normalise(vectors[rng.choice(n, FLAGS.queries)].astype(np.float32)
+                            + 0.5 / np.sqrt(dim) * rng.normal(size=(FLAGS.queries, dim)))
+    g = gallery.Gallery.create(os.path.join(FLAGS.dir, "global"), "bench", {"global": (dim,)})
+    for a in range(0, n, 100_000):
+        g.append([str(i) for i in range(a, min(a + 100_000, n))],
                  {"global": vectors[a:a + 100_000]})
     mapped = gallery.Gallery.open(g.path).array("global")
     print(f"data + gallery write: {time.time() - t0:.0f} s; global float16 = "
-          f"{g.bytes_per_item()} B/image")
+          f"{g.bytes_per_item()} B/image; searched below as {type(mapped).__name__} of "
+          f"{g.path} (memory-mapped, as hgan.serving.searcher.Searcher opens it)")
 
-    exact = ann.Searcher(mapped, chunk=131072)
+    exact = ann.Searcher(mapped)
     t0 = time.time()
-    truth = np.concatenate([exact.search(queries[a:a + 50], args.k)[1]
-                            for a in range(0, args.queries, 50)])
-    print(f"exact, batched: {time.time() - t0:.1f} s for {args.queries} queries")
+    truth = np.concatenate([exact.search(queries[a:a + 50], k)[1]
+                            for a in range(0, FLAGS.queries, 50)])
+    print(f"exact, batched: {time.time() - t0:.1f} s for {FLAGS.queries} queries")
     times = []
     for q in queries[:20]:
         t0 = time.perf_counter()
-        exact.search(q, args.k)
+        exact.search(q, k)
         times.append(time.perf_counter() - t0)
     print(f"exact brute force over the float16 memory-map, one query: {percentiles(times)}")
 
-    nlist = ann.default_nlist(args.n)
+    # The product's IVF build (ann.build), its two phases timed inside it.
     t0 = time.time()
-    rows = np.sort(rng.choice(args.n, min(args.n, max(200_000, 39 * nlist)), replace=False))
-    index = ann.train(np.asarray(vectors[rows], np.float32), nlist)
-    train_s = time.time() - t0
-    t0 = time.time()
-    ann.add(index, mapped)
-    add_s = time.time() - t0
-    path = os.path.join(args.dir, "ivf.faiss")
+    with timing_inside(ann, ["train", "add"]) as calls:
+        index = ann.build(mapped, threshold=0)
+    build_s = time.time() - t0
+    (train_s, sample), = calls["train"]
+    add_s = sum(s for s, _ in calls["add"])
+    path = os.path.join(FLAGS.dir, "ivf.faiss")
     ann.save(index, path)
-    print(f"IVF{nlist},Flat: train {train_s:.0f} s on {len(rows):,}, add {add_s:.0f} s; "
-          f"{os.path.getsize(path) / args.n:.0f} B/image on disk")
-    for nprobe in map(int, args.nprobe.split(",")):
+    index = ann.load(path)  # as Searcher opens a gallery's ann.faiss
+    lists = type(faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists))
+    print(f"IVF{index.nlist},Flat by hgan.serving.ann.build: {build_s:.0f} s (train "
+          f"{train_s:.0f} s on {sample[0]:,}, add {add_s:.0f} s); "
+          f"{os.path.getsize(path) / n:.0f} B/image on disk; loaded by ann.load: "
+          f"{lists.__name__} (memory-mapped)")
+    for nprobe in map(int, FLAGS.nprobe):
         searcher = ann.Searcher(mapped, index, nprobe=nprobe)
-        got = searcher.search(queries, args.k)[1]
-        recall = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(got, truth)])
+        got = searcher.search(queries, k)[1]
+        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(got, truth)])
         for q in queries[:10]:
-            searcher.search(q, args.k)  # warm
+            searcher.search(q, k)  # warm
         times = []
         for q in queries:
             t0 = time.perf_counter()
-            searcher.search(q, args.k)
+            searcher.search(q, k)
             times.append(time.perf_counter() - t0)
-        print(f"  nprobe {nprobe:3d}: recall@{args.k} {recall:.3f}, one query "
+        print(f"  nprobe {nprobe:3d}: recall@{k} {recall:.3f}, one query "
               f"{percentiles(times)}")
 
     # float16 against float32: does the ranking change?
     sub = np.asarray(vectors[:100_000], np.float32)
-    r32 = ann.Searcher(sub).search(queries[:50], args.k)[1]
-    r16 = ann.Searcher(sub.astype(np.float16)).search(queries[:50], args.k)[1]
-    same = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(r32, r16)])
-    print(f"float16 vs float32 top-{args.k} overlap over {len(sub):,}: {same:.4f}")
+    r32 = ann.Searcher(sub).search(queries[:50], k)[1]
+    r16 = ann.Searcher(sub.astype(np.float16)).search(queries[:50], k)[1]
+    same = np.mean([len(set(a) & set(b)) / k for a, b in zip(r32, r16)])
+    print(f"float16 vs float32 top-{k} overlap over {len(sub):,}: {same:.4f}")
 
     # The re-ranker's local tables at the paper's sizes, memory-mapped.
     paper = {"global": (512,), "word": (15, 512), "phrase": (15, 512)}
@@ -124,25 +172,28 @@ def main():
           f"({2 * per16 / 1024:.1f} KiB float32); 1 M images = {per16 * 1e6 / 2**30:.1f} GiB "
           f"float16, {2 * per16 * 1e6 / 2**30:.1f} GiB float32, "
           f"~{per16 * 1e6 / 2**31:.1f} GiB int8")
-    t = gallery.Gallery.create(os.path.join(args.dir, "tables"), "bench", paper)
-    block = {k: rng.normal(size=(10_000, *s)).astype(np.float16) for k, s in paper.items()}
+    t = gallery.Gallery.create(os.path.join(FLAGS.dir, "tables"), "bench", paper)
+    block = {name: rng.normal(size=(BLOCK, *s)).astype(np.float16)
+             for name, s in paper.items()}
     t0 = time.time()
-    for a in range(0, args.tables, 10_000):
-        t.append([str(i) for i in range(a, a + 10_000)], block)
-    print(f"wrote {args.tables:,} images' tables in {time.time() - t0:.0f} s "
-          f"({args.tables * per16 / 2**30:.1f} GiB)")
+    for a in range(0, FLAGS.tables, BLOCK):
+        m = min(BLOCK, FLAGS.tables - a)
+        t.append([str(i) for i in range(a, a + m)], {name: v[:m] for name, v in block.items()})
+    print(f"wrote {FLAGS.tables:,} images' tables in {time.time() - t0:.0f} s "
+          f"({FLAGS.tables * per16 / 2**30:.1f} GiB)")
     tables = gallery.Gallery.open(t.path)
     word, phrase = tables.array("word"), tables.array("phrase")
     times = []
     for _ in range(100):
-        ids = np.sort(rng.choice(args.tables, args.k, replace=False))
+        ids = np.sort(rng.choice(FLAGS.tables, k, replace=False))
         t0 = time.perf_counter()
         _ = np.asarray(word[ids], np.float32), np.asarray(phrase[ids], np.float32)
         times.append(time.perf_counter() - t0)
-    print(f"gather {args.k} candidates' word + phrase tables (page cache as it is): "
+    print(f"gather {k} candidates' word + phrase tables (page cache as it is): "
           f"{percentiles(times)}")
-    shutil.rmtree(args.dir, ignore_errors=True)
+    shutil.rmtree(FLAGS.dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

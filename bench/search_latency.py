@@ -1,46 +1,82 @@
-"""Query latency of person search end to end: sentence → encode → stage-1 ANN over a
-million images → re-rank the top K with the exported heads → top 10, warm, one query at a
-time, on this machine; and the same through the HTTP service.
+"""Query latency of person search end to end, as ``hgan-search query`` and the service run
+it: ``hgan.serving.searcher.Searcher.query`` (sentence → ``encode_text`` → stage-1 search
+of the global embeddings → re-rank exactly K candidates with the export's ``rerank``
+signature → top k), warm, one query at a time, on this machine; and the same through the
+HTTP service.
 
-  python bench/search_latency.py --savedmodel=SAVEDMODEL --data_dir=TFRECORDS \
-      [--n=1000000] [--tables=100000] [--rerank_k=100] [--top_k=10] [--queries=200] \
-      [--nprobe=32] [--exact_queries=10] [--dir=/tmp/search_bench]
+  python bench/search_latency.py --savedmodel=SAVEDMODEL --data_dir=TFRECORDS \\
+      [--n=100000] [--rerank_k=100] [--top_k=10] [--queries=200] [--nprobe=32] \\
+      [--exact_queries=20] [--dir=/tmp/search_bench]
+  python bench/search_latency.py --small
 
 The queries are the --data_dir test split's captions, encoded by the SavedModel's
-``encode_text`` (its BERT, BiLSTM and heads: a real model). The gallery is synthetic in the
-SavedModel's own feature shapes (``encode_image`` of one image gives them): --n clustered,
-l2-normalised global embeddings (as in bench/gallery_index.py) in a FAISS IVF, and a real
-memory-mapped gallery directory (``hgan.serving.gallery``, float16) of --tables images
-holding the globals and the re-ranker's local tables. Stage 1 searches all --n; the
-re-rank reads its K candidates' tables from the --tables gallery (candidate id mod
---tables: the disk holds --tables images' tables, the 1 M footprint is printed from the
-bytes per image). Printed:
+``encode_text`` (its BERT, BiLSTM and heads: a real model). The gallery is a real gallery
+directory (``hgan.serving.gallery``, float16, as ``hgan-search index`` writes one) of --n
+synthetic images in the SavedModel's own feature shapes (``encode_image`` of one image gives
+them): clustered, l2-normalised global embeddings (as in bench/gallery_index.py) and the
+re-ranker's local tables of every image (one random block of them repeated: the bytes are
+on disk, their values do not matter for latency). ``Searcher`` opens it as it opens any
+gallery: every feature memory-mapped (the globals too: stage 1 reads them from the
+memory-map, through the page cache, never from an array of this script), the IVF file
+loaded with FAISS's IO_FLAG_MMAP. The run prints where they live.
 
-* per phase (encode, ANN, gather + re-rank, sort) and in total, p50 / p99 in ms, for the
-  IVF and, in the same run, exact brute force over the --n memory-mapped globals;
-* the service (``hgan.serving.service`` on loopback, a ``Searcher`` over the --tables
-  gallery with its own IVF): POST /api/search round trips, p50 / p99.
+Timed: each ``Searcher.query(text, top_k, rerank_k=K)`` call whole, and inside the same
+calls (its stage-1 searcher and its two signatures wrapped in timers) the ``encode_text``
+signature, the stage-1 search (exact, or the IVF), the ``rerank`` signature on the K
+candidates, and the rest (gathering the K candidates' tables from the memory-map,
+ordering). Every query's re-rank is checked to get exactly K candidates, and the count is
+printed. Stage 1 runs first exactly (the gallery without an IVF: what ``Searcher`` does
+below ``ann.EXACT_BELOW`` images; --exact_queries queries), then with the IVF that
+``hgan.serving.ann.build`` makes (what ``hgan-search index`` builds above that size; built
+here at any size) and --nprobe. Then the service (``hgan.serving.service`` on loopback,
+over a ``Searcher`` of the same gallery and IVF): POST /api/search round trips, p50 / p99.
 
-For the paper's sizes (512-d global, 15 × 512 local tables) export a model of those
-widths; its weights do not matter for latency (e.g. one training step of
-``--config=demo --set=embed_dim=512 --set=local_dim=512 --set=lstm_units=512``). Nothing
-here is asserted.
+For the paper's sizes (512-d global, 15 × 512 local tables: 31 KiB an image, 30 GiB a
+million) export a model of those widths; its weights do not matter for latency (e.g. one
+training step of ``--config=demo --set=embed_dim=512 --set=local_dim=512
+--set=lstm_units=512``). --n=1000000 needs that much disk; the 1 M footprint is printed from
+the bytes per image, and bench/gallery_index.py times stage 1 alone at 1 M. Nothing here is
+asserted.
+
+``--small`` (tests/test_benches.py): writes a 10-identity demo set, exports the ``tiny``
+preset's HGAN with random weights (``bench/_small.py``), and searches a 2,000-image
+gallery with K = 20, 20 queries (5 exact); every line of the full run in about 30 s.
 """
-import argparse
 import io
 import json
 import os
 import shutil
-import sys
 import time
+import types
 import urllib.request
 
+from absl import app, flags
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-from gallery_index import percentiles, synthetic  # noqa: E402
+import _small
+from gallery_index import percentiles, synthetic
+
+FLAGS = flags.FLAGS
+SMALL = {"n": 2000, "rerank_k": 20, "top_k": 5, "queries": 20, "exact_queries": 5,
+         "nprobe": 8, "dir": "/tmp/search_bench_small"}
+BLOCK = 10_000  # rows appended to the gallery at a time
+PHASES = ("encode", "stage1", "rerank", "other", "total")
+
+
+def define_flags():
+    flags.DEFINE_string("savedmodel", None, "An hgan-export SavedModel (--small: a random one "
+                        "is made).")
+    flags.DEFINE_string("data_dir", None, "TFRecords: its test split's captions are the "
+                        "queries (--small: a tiny demo set is made).")
+    flags.DEFINE_integer("n", 100_000, "Images in the synthetic gallery.")
+    flags.DEFINE_integer("rerank_k", 100, "K: candidates re-ranked per query.")
+    flags.DEFINE_integer("top_k", 10, "Results per query.")
+    flags.DEFINE_integer("queries", 200, "Timed queries (after 5 warm-up ones), IVF and "
+                         "service.")
+    flags.DEFINE_integer("exact_queries", 20, "Timed queries with exact stage 1.")
+    flags.DEFINE_integer("nprobe", 32, "IVF lists probed per query.")
+    flags.DEFINE_string("dir", "/tmp/search_bench", "Scratch folder (deleted at the end).")
+    _small.define_flag()
 
 
 def _png() -> bytes:
@@ -57,103 +93,164 @@ def _post(url: str, body: dict) -> dict:
         return json.load(response)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--savedmodel", required=True)
-    p.add_argument("--data_dir", required=True, help="its test split's captions are the queries")
-    p.add_argument("--n", type=int, default=1_000_000)
-    p.add_argument("--tables", type=int, default=100_000)
-    p.add_argument("--rerank_k", type=int, default=100)
-    p.add_argument("--top_k", type=int, default=10)
-    p.add_argument("--queries", type=int, default=200)
-    p.add_argument("--exact_queries", type=int, default=10)
-    p.add_argument("--nprobe", type=int, default=32)
-    p.add_argument("--dir", default="/tmp/search_bench")
-    args = p.parse_args()
+class _Timed:
+    """A callable (a signature) that records the seconds of each call; every other
+    attribute is the wrapped one's (``structured_input_signature``, ...)."""
+
+    def __init__(self, fn, times: list, on_call=None):
+        self._fn, self._times, self._on_call = fn, times, on_call
+
+    def __call__(self, *args, **kwargs):
+        if self._on_call is not None:
+            self._on_call(kwargs)
+        t0 = time.perf_counter()
+        out = self._fn(*args, **kwargs)
+        self._times.append(time.perf_counter() - t0)
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self._fn, name)
+
+
+class Phases:
+    """Times the phases of ``Searcher.query`` from inside it: ``searcher``'s stage-1
+    searcher and its ``encode_text`` and ``rerank`` signatures are wrapped in timers (the
+    signatures are the loaded SavedModel's, unchanged); counts each re-rank's candidates."""
+
+    def __init__(self, searcher):
+        from hgan.serving.savedmodel import ENCODE_TEXT
+        self.times = {"encode": [], "stage1": [], "rerank": []}
+        self.candidates = []
+        signatures = dict(searcher.served.signatures)
+        signatures[ENCODE_TEXT] = _Timed(signatures[ENCODE_TEXT], self.times["encode"])
+        searcher.served = types.SimpleNamespace(signatures=signatures)
+        stage1 = searcher.stage1
+        searcher.stage1 = types.SimpleNamespace(
+            search=_Timed(stage1.search, self.times["stage1"]), vectors=stage1.vectors,
+            index=stage1.index)
+        searcher.second = _Timed(searcher.second, self.times["rerank"], self._count)
+        self.searcher = searcher
+
+    def _count(self, inputs: dict) -> None:
+        rows = {len(v) for k, v in inputs.items() if k.startswith("image_")}
+        self.candidates.append(rows.pop() if len(rows) == 1 else -1)
+
+    def run(self, texts, top_k: int, rerank_k: int) -> dict:
+        """Warm (5 untimed queries), then one ``Searcher.query`` per text → {phase: [s]}."""
+        for text in texts[:5]:
+            self.searcher.query(text, top_k, rerank_k)
+        for kept in self.times.values():
+            kept.clear()
+        self.candidates.clear()
+        totals = []
+        for text in texts:
+            t0 = time.perf_counter()
+            self.searcher.query(text, top_k, rerank_k)
+            totals.append(time.perf_counter() - t0)
+        out = {k: np.asarray(v) for k, v in self.times.items()}
+        if len(out["rerank"]) != len(totals):  # rerank_k = 0: stage 1 only
+            out["rerank"] = np.zeros(len(totals))
+        out["total"] = np.asarray(totals)
+        out["other"] = out["total"] - out["encode"] - out["stage1"] - out["rerank"]
+        return out
+
+
+def report(name: str, phases: Phases, texts, k: int) -> None:
+    runs = phases.run(texts, FLAGS.top_k, k)
+    counts = sorted(set(phases.candidates))
+    exact_k = counts == [k]
+    print(f"{name}: Searcher.query, {len(texts)} queries one at a time; re-ranked "
+          + (f"exactly K = {k} candidates in every query" if exact_k else
+             f"{counts} candidates (asked K = {k}): NOT exactly K"))
+    for phase in PHASES:
+        print(f"  {phase:7s} {percentiles(runs[phase])}")
+
+
+def _small_setup() -> None:
+    """--small: a tiny demo set and a random-initialised tiny export."""
+    root = os.path.join(FLAGS.dir, "small")
+    os.makedirs(root)
+    raw, data_dir, _ = _small.demo_data(root, identities=10)
+    if FLAGS.data_dir is None:
+        FLAGS.data_dir = data_dir
+    if FLAGS.savedmodel is None:
+        config = _small.tiny_config(_small.caption_vocab(raw, os.path.join(root, "vocab.txt")))
+        FLAGS.savedmodel = _small.random_export(config, os.path.join(root, "savedmodel"))
+
+
+def main(argv):
+    del argv
+    _small.apply(SMALL)
+    if not FLAGS.small and (FLAGS.savedmodel is None or FLAGS.data_dir is None):
+        raise app.UsageError("--savedmodel and --data_dir are required (or --small)")
+    shutil.rmtree(FLAGS.dir, ignore_errors=True)
+    os.makedirs(FLAGS.dir)
+    if FLAGS.small:
+        _small_setup()
     from hgan.data import pipeline, records
-    from hgan.serving import ann, gallery, search, service
+    from hgan.serving import ann, gallery, service
+    from hgan.serving import searcher as search
+    from hgan.serving.savedmodel import GLOBAL
     from hgan.tf_compat import tf
 
     examples = [records.parse_example(e) for e in
-                tf.data.TFRecordDataset(pipeline.split_files(args.data_dir, "test"))]
+                tf.data.TFRecordDataset(pipeline.split_files(FLAGS.data_dir, "test"))]
     captions = [c.decode() for e in examples for c in e["captions"].numpy()]
-    queries = [captions[i % len(captions)] for i in range(args.queries)]
-    served = search._load(args.savedmodel)
+    queries = [captions[i % len(captions)] for i in range(FLAGS.queries)]
+    served = search._load(FLAGS.savedmodel)  # the loader (and cache) Searcher uses
     shapes = {k: tuple(v.shape[1:]) for k, v in
               served.signatures["encode_image"](images=tf.constant([_png()])).items()}
-    key = search.global_key(shapes)
-    dim = shapes[key][0]
-    print(f"{args.savedmodel}: features {shapes}; {len(captions)} test captions; "
-          f"n = {args.n:,}, tables of {args.tables:,} images, re-rank {args.rerank_k}, "
-          f"top {args.top_k}, nprobe {args.nprobe}")
+    dim = shapes[GLOBAL][0]
+    k = FLAGS.rerank_k
+    print(f"{FLAGS.savedmodel}: features {shapes}; {len(captions)} test captions; "
+          f"n = {FLAGS.n:,}, re-rank K = {k}, top {FLAGS.top_k}, nprobe {FLAGS.nprobe}")
 
-    shutil.rmtree(args.dir, ignore_errors=True)
-    os.makedirs(args.dir)
     t0 = time.time()
-    vectors = synthetic(args.n, dim)
-    path = os.path.join(args.dir, "gallery")
-    store = gallery.Gallery.create(path, gallery.model_fingerprint(args.savedmodel), shapes)
+    path = os.path.join(FLAGS.dir, "gallery")
+    store = gallery.Gallery.create(path, gallery.model_fingerprint(FLAGS.savedmodel), shapes)
     rng = np.random.default_rng(2)
-    block = 10_000
-    local = {k: rng.normal(size=(block, *s)).astype(np.float16)
-             for k, s in shapes.items() if k != key}
-    for a in range(0, args.tables, block):
-        m = min(block, args.tables - a)
+    local = {name: rng.normal(size=(BLOCK, *s)).astype(np.float16)
+             for name, s in shapes.items() if name != GLOBAL}
+    vectors = synthetic(FLAGS.n, dim)
+    for a in range(0, FLAGS.n, BLOCK):
+        m = min(BLOCK, FLAGS.n - a)
         store.append([f"synthetic/{i}.jpg" for i in range(a, a + m)],
-                     {key: vectors[a:a + m], **{k: v[:m] for k, v in local.items()}})
+                     {GLOBAL: vectors[a:a + m], **{name: v[:m] for name, v in local.items()}})
+    del vectors, local  # from here on, the gallery on disk is all there is
     store = gallery.Gallery.open(path)
-    print(f"gallery of {args.tables:,}: {store.bytes_per_item():,} B/image float16 "
-          f"({args.tables * store.bytes_per_item() / 2**30:.1f} GiB; 1 M images = "
-          f"{1e6 * store.bytes_per_item() / 2**30:.1f} GiB), written in {time.time() - t0:.0f} s")
+    per = store.bytes_per_item()
+    print(f"gallery of {FLAGS.n:,}: {per:,} B/image float16 ({FLAGS.n * per / 2**30:.2f} GiB; "
+          f"1 M images = {1e6 * per / 2**30:.1f} GiB), written in {time.time() - t0:.0f} s")
+
+    exact = search.Searcher(FLAGS.savedmodel, path, nprobe=FLAGS.nprobe)
+    assert exact.stage1.exact  # no ann.faiss yet
+    print(f"global vectors: {type(exact.stage1.vectors).__name__} of "
+          f"{os.path.join(path, 'feat.' + GLOBAL + '.bin')} ({dim}-d float16, "
+          f"{FLAGS.n * dim * 2 / 2**20:.1f} MiB): memory-mapped, read through the page "
+          "cache (warm: just written, and the warm-up queries read them)")
+    report(f"exact brute force over {FLAGS.n:,}", Phases(exact), queries[:FLAGS.exact_queries],
+           k)
+
     t0 = time.time()
-    small = ann.build(store.array(key))
-    if small is not None:
-        ann.save(small, os.path.join(path, search.ANN_FILE))
-    big = ann.build(vectors)
-    print(f"IVF over {args.n:,} ({big.nlist} lists) and over the {args.tables:,} gallery "
-          f"built in {time.time() - t0:.0f} s")
+    index = ann.build(store.array(GLOBAL), threshold=0)
+    ann.save(index, os.path.join(path, search.ANN_FILE))
+    print(f"IVF over {FLAGS.n:,} ({index.nlist} lists) built by hgan.serving.ann.build in "
+          f"{time.time() - t0:.0f} s" + ("" if FLAGS.n >= ann.EXACT_BELOW else
+                                         f" (hgan-search index builds one from "
+                                         f"{ann.EXACT_BELOW:,} images; here for the figure)"))
+    ivf = search.Searcher(FLAGS.savedmodel, path, nprobe=FLAGS.nprobe)
+    import faiss
+    lists = type(faiss.downcast_InvertedLists(faiss.extract_index_ivf(ivf.stage1.index)
+                                              .invlists)).__name__
+    print(f"IVF lists: {lists} of {os.path.join(path, search.ANN_FILE)} (ann.load: "
+          f"memory-mapped); global vectors still {type(ivf.stage1.vectors).__name__}")
+    report(f"IVF{index.nlist} nprobe {FLAGS.nprobe} over {FLAGS.n:,}", Phases(ivf), queries, k)
 
-    second = search.reranker(served.signatures)  # the one search.Searcher uses
-
-    def pipeline_once(text, stage1):
-        times = {}
-        t = time.perf_counter()
-        texts = tf.constant([text])
-        encoded = served.signatures["encode_text"](sentences=texts)
-        vector = encoded[search.global_key(encoded)].numpy()
-        times["encode"] = time.perf_counter() - t
-        t = time.perf_counter()
-        _, ids = stage1.search(vector, args.rerank_k)
-        times["ann"] = time.perf_counter() - t
-        t = time.perf_counter()
-        rows = np.unique(ids[0][ids[0] >= 0] % args.tables)  # sorted: file order
-        score = second(**search._text_inputs(second, texts, encoded),
-                       **search._image_inputs(second, store, rows))["score"]
-        times["rerank"] = time.perf_counter() - t
-        t = time.perf_counter()
-        top = rows[np.argsort(-score.numpy()[0], kind="stable")[:args.top_k]]
-        times["sort"] = time.perf_counter() - t
-        times["total"] = sum(times.values())
-        return top, times
-
-    def report(name, stage1, texts):
-        for text in texts[:5]:
-            pipeline_once(text, stage1)  # warm: traces, page cache
-        runs = [pipeline_once(text, stage1)[1] for text in texts]
-        print(f"{name}:")
-        for phase in ("encode", "ann", "rerank", "sort", "total"):
-            print(f"  {phase:7s} {percentiles([r[phase] for r in runs])}")
-
-    report(f"IVF{big.nlist} nprobe {args.nprobe} over {args.n:,}",
-           ann.Searcher(vectors, big, nprobe=args.nprobe), queries)
-    report(f"exact brute force over {args.n:,} ({args.exact_queries} queries)",
-           ann.Searcher(vectors), queries[:args.exact_queries])
-
-    searcher = search.Searcher(args.savedmodel, path, nprobe=args.nprobe)
+    searcher = search.Searcher(FLAGS.savedmodel, path, nprobe=FLAGS.nprobe)
     server = service.Server(service.create_app(searcher, log=lambda _: None)).start()
     try:
         url = server.url + "/api/search"
-        body = lambda q: {"text": q, "top_k": args.top_k, "rerank_k": args.rerank_k}
+        body = lambda q: {"text": q, "top_k": FLAGS.top_k, "rerank_k": k}  # noqa: E731
         for q in queries[:5]:
             _post(url, body(q))
         times = []
@@ -161,13 +258,14 @@ def main():
             t = time.perf_counter()
             _post(url, body(q))
             times.append(time.perf_counter() - t)
-        print(f"service, POST /api/search over the {args.tables:,} gallery "
-              f"(IVF {'on' if small is not None else 'off'}), {len(queries)} requests one "
-              f"at a time: {percentiles(times)}")
+        print(f"service, POST /api/search over the {FLAGS.n:,} gallery (IVF, nprobe "
+              f"{FLAGS.nprobe}, K = {k}), {len(queries)} requests one at a time: "
+              f"{percentiles(times)}")
     finally:
         server.stop()
-    shutil.rmtree(args.dir, ignore_errors=True)
+    shutil.rmtree(FLAGS.dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

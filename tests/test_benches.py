@@ -1,0 +1,87 @@
+"""Every bench runs to its end at its small size (``--small``): one subprocess per bench,
+from the repository root, as ``python bench/NAME.py --small``. Each test reads the bench's
+last figure (and the figures the bench promises to print) from its output, so a bench that
+crashes, stops early or stops printing what it measures fails here; the figures'
+values at these sizes mean nothing and are not checked."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from hgan.config import preset
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUMBER = r"[\d.,]+"
+MS = rf"p50 {NUMBER} ms, p99 {NUMBER} ms"
+
+# {bench: regexes that must all match its stdout; the first is its final figure line}
+EXPECTED = {
+    "data_pipeline": [
+        rf"for scale: training runs at {NUMBER} images/s \(measured here: .*\), so the "
+        rf"pipeline is {NUMBER}x \(shuffle\), {NUMBER}x \(P×K\) faster than the model it feeds",
+        rf"write: {NUMBER} images in {NUMBER} s",
+        rf"read \(plain shuffle\): {NUMBER} pairs at 64x32 = {NUMBER} pairs/s",
+        rf"read \(P×K, P=2 K=4\): {NUMBER} pairs at 64x32 = {NUMBER} pairs/s",
+    ],
+    "demo_step": [
+        # The run length is the demo preset's own step count.
+        rf"oneDNN on: build {NUMBER} s, token cache {NUMBER} s, first step {NUMBER} s, step "
+        rf"median {NUMBER} ms over 2 \({preset('demo').train.steps} demo steps: {NUMBER} min\)",
+        rf"oneDNN off: build {NUMBER} s, .* step median {NUMBER} ms over 2",
+    ],
+    "eval_scoring": [
+        rf"two_stage: {NUMBER} s \(prepare {NUMBER} s, t2i {NUMBER} s, i2t {NUMBER} s\).*"
+        rf"metrics {NUMBER} s\n(.*\n){{3}}  memory: .* peak {NUMBER} GiB  target < 4 GiB",
+        rf"exact: {NUMBER} s \(prepare {NUMBER} s\)",
+        rf"word: {NUMBER} pairs computed \(padding included\) = {NUMBER}x the 300 needed",
+        rf"projected at 6156x3074: {NUMBER} s",
+    ],
+    "gallery_index": [
+        rf"gather 10 candidates' word \+ phrase tables \(page cache as it is\): {MS}",
+        rf"IVF{NUMBER},Flat by hgan.serving.ann.build: .* loaded by ann.load: "
+        r"OnDiskInvertedLists",
+        rf"nprobe   8: recall@10 {NUMBER}, one query {MS}",
+        rf"float16 vs float32 top-10 overlap over 5,000: {NUMBER}",
+    ],
+    "search_latency": [
+        rf"service, POST /api/search over the 2,000 gallery \(IVF, nprobe 8, K = 20\), 20 "
+        rf"requests one at a time: {MS}",
+        r"global vectors: memmap of .*feat\.global\.bin",
+        r"exact brute force over 2,000: Searcher\.query, 5 queries one at a time; re-ranked "
+        r"exactly K = 20 candidates in every query",
+        r"IVF\d+ nprobe 8 over 2,000: Searcher\.query, 20 queries one at a time; re-ranked "
+        r"exactly K = 20 candidates in every query",
+        rf"  rerank  {MS}\n  other   {MS}\n  total   {MS}",
+    ],
+    "service_load": [
+        rf"\d+ images, 2 clients × 5 requests \(client threads in the server's own process, "
+        rf"sharing its \d+ cores\), top_k 5, rerank_k \d+: {NUMBER} requests/s, p50 \d+ ms, "
+        rf"p99 \d+ ms, 0 errors; RSS \(server \+ clients\) \d+ → \d+ MiB",
+        rf"indexed the test split in {NUMBER} s",
+    ],
+    "train_step": [
+        rf"ratio full / backbones: {NUMBER}   \(target <= 1.15: (met|NOT met)\)",
+        r"Adam, weight decay 0.0005 \(l2\)",
+        rf"baseline: median +{NUMBER} ms/step",
+        rf"    full: median +{NUMBER} ms/step",
+    ],
+}
+
+
+@pytest.mark.parametrize("bench", sorted(EXPECTED))
+def test_bench_runs_to_its_end_at_small_size(bench):
+    proc = subprocess.run([sys.executable, os.path.join("bench", f"{bench}.py"), "--small"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, f"bench/{bench}.py --small exited {proc.returncode}:\n" \
+                                 f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    final, *others = EXPECTED[bench]
+    assert re.search(rf"(?:{final})\s*\Z", proc.stdout), \
+        f"bench/{bench}.py --small did not end with its last figure:\n{proc.stdout[-2000:]}"
+    for pattern in others:
+        assert re.search(pattern, proc.stdout), \
+            f"bench/{bench}.py --small printed no {pattern!r}:\n{proc.stdout[-3000:]}"
