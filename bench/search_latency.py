@@ -247,7 +247,7 @@ def main(argv):
     report(f"IVF{index.nlist} nprobe {FLAGS.nprobe} over {FLAGS.n:,}", Phases(ivf), queries, k)
 
     searcher = search.Searcher(FLAGS.savedmodel, path, nprobe=FLAGS.nprobe)
-    server = service.Server(service.create_app(searcher, log=lambda _: None)).start()
+    server = service.Server(service.create_app(searcher)).start()
     try:
         url = server.url + "/api/search"
         body = lambda q: {"text": q, "top_k": FLAGS.top_k, "rerank_k": k}  # noqa: E731

@@ -92,7 +92,7 @@ def main(argv):
                            log=lambda _: None)
         print(f"indexed the {FLAGS.split} split in {time.time() - t0:.1f} s")
     searcher = search.Searcher(FLAGS.savedmodel, index)
-    server = service.Server(service.create_app(searcher, log=lambda _: None)).start()
+    server = service.Server(service.create_app(searcher)).start()
     body = {"top_k": FLAGS.top_k}
     if FLAGS.rerank_k is not None:
         body["rerank_k"] = FLAGS.rerank_k

@@ -131,3 +131,17 @@ def test_number_and_string_overrides():
     assert c.model.backbone == "small_cnn" and c.data.batch_size == 8  # the rest: the preset's
     with pytest.raises(ValueError, match="k1: expected a number, got '3.0'"):
         parse_overrides(Config(), ["k1=3.0"])  # an int field takes integers only
+
+
+def test_config_json_is_read_once_per_process_until_it_changes(tmp_path):
+    from hgan.config import base
+    c = resolve("demo", ["k1=2"])
+    c.save(str(tmp_path))
+    before = base._load.cache_info().misses
+    assert Config.load(str(tmp_path)) == c and Config.load(str(tmp_path)) == c
+    assert base._load.cache_info().misses == before + 1
+    changed = resolve("demo", ["k1=3"])
+    path = os.path.join(tmp_path, CONFIG_FILE)
+    changed.save(str(tmp_path))
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+    assert Config.load(str(tmp_path)) == changed  # a rewritten file is read again

@@ -1,3 +1,6 @@
+import json
+import os
+
 import numpy as np
 import pytest
 
@@ -165,3 +168,20 @@ def test_normalization_follows_the_backbones_weights(tiny_config, caplog):
     assert "expect 'caffe'" in caplog.text
     with pytest.raises(ValueError, match="unknown normalization"):
         pipeline.resolve_normalization(resnet.replace(normalization="bgr"))
+
+
+def test_the_manifest_is_read_once_per_process_until_it_changes(tiny_data, tmp_path):
+    import shutil
+    data = str(tmp_path / "data")
+    shutil.copytree(tiny_data, data)
+    before = pipeline._read_manifest.cache_info().misses
+    first = pipeline.load_manifest(data)
+    first["splits"].clear()  # a caller's copy: changing it changes nothing for the next
+    assert pipeline.load_manifest(data)["splits"]["train"]["identities"] == 6
+    assert pipeline._read_manifest.cache_info().misses == before + 1
+    path = os.path.join(data, "manifest.json")
+    manifest = json.load(open(path))
+    manifest["dataset"] = "other"
+    json.dump(manifest, open(path, "w"))
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+    assert pipeline.load_manifest(data)["dataset"] == "other"

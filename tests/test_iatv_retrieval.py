@@ -2,8 +2,7 @@
 import numpy as np
 import pytest
 
-from hgan.evaluation.hgan_scoring import metrics
-from hgan.evaluation.hgan_scoring import rerank
+from hgan.evaluation import iatv_scoring, metrics, rerank
 from hgan.training import iatv_pairs
 from hgan.modeling.iatv import stage2
 from hgan.modeling.iatv.model import IATV
@@ -101,7 +100,7 @@ def test_pair_scorer_scores_the_requested_pairs(tiny_config, direction):
     word_ids = rng.integers(1, 12, (3, 4))
     mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
     regions = rng.normal(size=(2, 5, 3)).astype(np.float32)
-    fn = rerank.pair_scorer(matcher, word_ids, mask, regions, direction)
+    fn = iatv_scoring.pair_scorer(matcher, word_ids, mask, regions, direction)
     texts, images = np.array([2, 0, 1]), np.array([1, 1, 0])
     got = fn(texts, images) if direction == "t2i" else fn(images, texts)
     want = matcher({"regions": tf.constant(regions[images]),

@@ -27,7 +27,7 @@ LAYERS = [
 FAMILIES = {
     "hgan": ("hgan.modeling.hgan", "hgan.evaluation.hgan_scoring",
              "hgan.evaluation.hgan_report", "hgan.training.hgan_task",
-             "hgan.serving.hgan_module"),
+             "hgan.training.hgan_token_cache", "hgan.serving.hgan_module"),
     "iatv": ("hgan.modeling.iatv", "hgan.evaluation.iatv_scoring", "hgan.training.iatv_task",
              "hgan.training.iatv_pairs", "hgan.serving.iatv_module"),
 }

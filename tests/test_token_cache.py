@@ -1,9 +1,9 @@
-"""``hgan.modeling.hgan.token_cache``: a frozen BERT's token embeddings computed once, used in training."""
+"""``hgan.training.hgan_token_cache``: a frozen BERT's token embeddings computed once, used in training."""
 import numpy as np
 import pytest
 
 from hgan.data import pipeline, records
-from hgan.modeling.hgan import token_cache
+from hgan.training import hgan_token_cache as token_cache
 from hgan.modeling.hgan.model import build_model
 from hgan.tf_compat import tf
 from hgan.training import loop
@@ -46,6 +46,7 @@ def test_no_cache_when_bert_trains_or_it_would_not_fit(tiny_data, config):
     assert "token cache off" in lines[0]
 
 
+@pytest.mark.slow
 def test_training_uses_the_cache_and_learns_the_same_variables(tiny_data, config, tmp_path):
     model_dir = str(tmp_path / "run")
     lines = []

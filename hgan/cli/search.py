@@ -36,7 +36,7 @@ def define_flags():
     flags.DEFINE_integer("top_k", 10, "query: results to return.")
     flags.DEFINE_integer("rerank_k", None, "query: stage-1 best re-ranked by a model's "
                          "two-stage score (IATV: stage 2, plus stage 1's weighted); default: "
-                         "the export's eval.rerank_k (§4.2: 20); 0 = stage 1 only.")
+                         "the export's eval.rerank_k; 0 = stage 1 only.")
     flags.DEFINE_bool("json", False, "query: print JSON.")
     flags.mark_flags_as_required(["index"])
 

@@ -11,6 +11,7 @@ it from a preset (``hgan.config.presets``) and ``--set`` items, and saves it as
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Union
@@ -155,20 +156,29 @@ class Config:
 
     @classmethod
     def load(cls, folder: str) -> "Config":
-        """The config in ``folder/config.json`` (a model_dir, or an export's assets.extra)."""
+        """The config in ``folder/config.json`` (a model_dir, or an export's assets.extra),
+        read once per process while the file is unchanged (a frozen object: every step of
+        a command can share it)."""
         path = os.path.join(folder, CONFIG_FILE)
         if not os.path.exists(path):
             raise FileNotFoundError(f"no {CONFIG_FILE} in {folder}: is it a hgan-train "
                                     "model_dir?")
-        with open(path) as f:
-            try:
-                values = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path} is not JSON: {e}") from e
+        stat = os.stat(path)
+        return _load(cls, path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _load(cls, path: str, mtime_ns: int, size: int) -> Config:
+    del mtime_ns, size  # the cache key: a rewritten config.json is read again
+    with open(path) as f:
         try:
-            return cls.from_dict(values)
-        except (ConfigError, TypeError) as e:
-            raise ConfigError(f"{path}: {e}") from e
+            values = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not JSON: {e}") from e
+    try:
+        return cls.from_dict(values)
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(f"{path}: {e}") from e
 
 
 def _section_from_dict(cls, values: dict, name: str):

@@ -189,14 +189,16 @@ class TrainConfig(_Section):
     # 2-core CPU); the schedule then treats steps/epochs steps as an epoch, so
     # lr_decay_epochs fall at the same fractions of the run. 0 = epochs of the training set.
     steps: int = 0
-    max_steps: int = 0  # 0 = the run's length decides; > 0 stops there (schedule unchanged)
+    # 0 = the run's length decides; > 0: the run ends at this step, before or after its
+    # length (the schedule is unchanged)
+    max_steps: int = 0
     warmup_steps: int = 0
     clip_grad_norm: float = 0.0  # > 0: the summed gradients rescaled to this global norm
     lr_decay_epochs: tuple = (40,)  # ×0.1 at each
     mixed_precision: bool = False
     seed: int = 0
     # A frozen BERT's token embeddings of the training captions are computed once and kept
-    # in memory when they fit in this many GiB (hgan.modeling.hgan.token_cache); 0 = every
+    # in memory when they fit in this many GiB (hgan.training.hgan_token_cache); 0 = every
     # step.
     token_cache_gib: float = 2.0
     checkpoint_every: int = 500

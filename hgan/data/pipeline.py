@@ -14,6 +14,8 @@ SavedModel all call it.
 from __future__ import annotations
 
 import collections
+import copy
+import functools
 import json
 import os
 from typing import Optional
@@ -33,15 +35,24 @@ _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
 
 def load_manifest(data_dir: str) -> dict:
+    """``data_dir/manifest.json``, read once per process while the file is unchanged (a
+    command's steps all ask for it; each gets its own copy)."""
     path = os.path.join(data_dir, MANIFEST)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(
             f"{path} not found: data_dir must be the output_dir of `hgan-prep`")
+    stat = tf.io.gfile.stat(path)
+    return copy.deepcopy(_read_manifest(path, stat.mtime_nsec, stat.length))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_manifest(path: str, mtime_nsec: int, length: int) -> dict:
+    del mtime_nsec, length  # the cache key: a rewritten manifest is read again
     with tf.io.gfile.GFile(path) as f:
         manifest = json.load(f)
     if manifest.get("schema_version") != records.SCHEMA_VERSION:
         raise ValueError(f"{path} has schema {manifest.get('schema_version')}, this code reads "
-                         f"{records.SCHEMA_VERSION}: re-run data_prep")
+                         f"{records.SCHEMA_VERSION}: re-run hgan-prep")
     return manifest
 
 
@@ -163,7 +174,8 @@ def train_dataset(data_dir: str, config: Config, tokenizer: CaptionTokenizer,
     """Batched training pairs: ``image`` [B,H,W,3], BERT inputs [B,L],
     ``phrase_token_mask`` [B,M,L], ``label`` [B]. Deterministic for a fixed seed.
 
-    ``keep_caption``: batches keep the ``caption`` strings (for ``hgan.modeling.hgan.token_cache``).
+    ``keep_caption``: batches keep the ``caption`` strings (for
+    ``hgan.training.hgan_token_cache``).
 
     ``label_by_image``: ``label`` is the image's index (``image_index_table``) instead of
     its identity, every image its own identity (IATV's "w/o ID", Table 2).

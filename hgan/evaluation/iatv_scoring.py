@@ -101,6 +101,33 @@ def two_stage_scores(model: IATV, texts: dict, images: dict, k: int,
     return t2i, i2t
 
 
+def pair_scorer(matcher, word_ids, input_mask, regions, direction: str = "t2i"):
+    """A ``stage2_fn`` for ``rerank`` from a stage-2 matcher and precomputed inputs.
+
+    Args:
+      matcher: a ``CoAttentionMatcher``.
+      word_ids, input_mask: [Nt, T] tokens of the texts; regions: [Ni, N, C] the CNN's
+        region features of the images.
+      direction: "t2i" (queries are texts) or "i2t" (queries are images).
+    Returns: fn(query_indices, gallery_indices) -> [P] float64 logits.
+    """
+    if direction not in ("t2i", "i2t"):
+        raise ValueError(f"direction must be t2i or i2t, got {direction!r}")
+    word_ids, input_mask = np.asarray(word_ids), np.asarray(input_mask)
+    regions = np.asarray(regions, np.float32)
+    score = tf.function(lambda inputs: matcher(inputs, training=False)["logits"],
+                        reduce_retracing=True)
+
+    def fn(query_indices, gallery_indices):
+        texts, images = ((query_indices, gallery_indices) if direction == "t2i"
+                         else (gallery_indices, query_indices))
+        inputs = {"regions": regions[images], "input_word_ids": word_ids[texts],
+                  "input_mask": input_mask[texts]}
+        return score(inputs).numpy().astype(np.float64)
+
+    return fn
+
+
 def stage1_weight_sweep(model: IATV, texts: dict, images: dict, stage1: np.ndarray, k: int,
                         weights) -> dict:
     """Two-stage R1 both ways as ``model.stage1_weight`` takes each of ``weights``, stage 2's

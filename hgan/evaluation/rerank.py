@@ -16,7 +16,6 @@ from typing import Callable
 
 import numpy as np
 
-from hgan.tf_compat import tf
 
 
 def top_k_ordered(scores: np.ndarray, k: int, rows: int = 1024) -> np.ndarray:
@@ -92,30 +91,3 @@ def _break_ties_by_position(scores: np.ndarray) -> np.ndarray:
         gap = np.diff(distinct).min() if len(distinct) > 1 else 1.0
         row -= np.arange(len(row)) * (gap / (2.0 * len(row)))
     return out
-
-
-def pair_scorer(matcher, word_ids, input_mask, regions, direction: str = "t2i"):
-    """A ``stage2_fn`` for ``rerank`` from a stage-2 matcher and precomputed inputs.
-
-    Args:
-      matcher: a ``CoAttentionMatcher``.
-      word_ids, input_mask: [Nt, T] tokens of the texts; regions: [Ni, N, C] the CNN's
-        region features of the images.
-      direction: "t2i" (queries are texts) or "i2t" (queries are images).
-    Returns: fn(query_indices, gallery_indices) -> [P] float64 logits.
-    """
-    if direction not in ("t2i", "i2t"):
-        raise ValueError(f"direction must be t2i or i2t, got {direction!r}")
-    word_ids, input_mask = np.asarray(word_ids), np.asarray(input_mask)
-    regions = np.asarray(regions, np.float32)
-    score = tf.function(lambda inputs: matcher(inputs, training=False)["logits"],
-                        reduce_retracing=True)
-
-    def fn(query_indices, gallery_indices):
-        texts, images = ((query_indices, gallery_indices) if direction == "t2i"
-                         else (gallery_indices, query_indices))
-        inputs = {"regions": regions[images], "input_word_ids": word_ids[texts],
-                  "input_mask": input_mask[texts]}
-        return score(inputs).numpy().astype(np.float64)
-
-    return fn

@@ -12,8 +12,8 @@ gallery (``hgan-serve``), on FastAPI (Starlette) served by uvicorn.
   GET  /api/image/{row}   the image of gallery row ``row`` (only indexed images are served)
 
 Names follow the SavedModel's: ``score`` is stage 1 (the global embeddings' cosine),
-``rerank`` stage 2 (HGAN's fused score / IATV's stage-2 logit). Bad input gets a 4xx with a
-``detail`` message and the process keeps serving: a body that is not JSON or not an object
+``rerank`` stage 2 (the export's ``rerank`` signature: HGAN's fused score, IATV's two-stage
+score). Bad input gets a 4xx with a ``detail`` message and the process keeps serving: a body that is not JSON or not an object
 (400), over ``max_body`` bytes (413), an empty or over-long ``text``, ``top_k`` / ``rerank_k``
 out of range or of the wrong type (422), a row that is not in the gallery (404). A gallery
 indexed by another model is refused at start (``gallery.ModelMismatch``).
@@ -25,7 +25,7 @@ import mimetypes
 import os
 import threading
 import time
-from typing import Callable, Optional
+from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -162,8 +162,8 @@ def parse_explain(body: bytes, max_body: int = MAX_BODY) -> dict:
     return {"text": _text(request), "row": row}
 
 
-def create_app(searcher, max_body: int = MAX_BODY, log: Callable[[str], None] = print):
-    """The FastAPI app over a ``search.Searcher`` (or anything with ``query``, ``store``,
+def create_app(searcher, max_body: int = MAX_BODY):
+    """The FastAPI app over a ``searcher.Searcher`` (or anything with ``query``, ``store``,
     ``default_rerank_k`` and ``stage1.exact``)."""
     app = FastAPI(title="HGAN / IATV person search", docs_url=None, redoc_url=None)
     images = ImageSource(searcher.store)

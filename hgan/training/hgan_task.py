@@ -16,7 +16,7 @@ from typing import Callable, Optional
 from hgan.config import Config
 from hgan.data import pipeline
 from hgan.evaluation import hgan_scoring
-from hgan.modeling.hgan import token_cache
+from hgan.training import hgan_token_cache as token_cache
 from hgan.modeling.hgan.model import HGAN, build_model
 from hgan.tf_compat import keras, tf
 from hgan.training import optim, run_dir

@@ -1,12 +1,12 @@
 """IATV's training task (§3.1, §3.2, §4.2) for ``hgan.training.loop``.
 
-One global step counter runs through three phases (lengths ``iatv_stage1_steps``,
-``iatv_stage2_text_steps``, ``iatv_stage2_joint_steps``; ``max_steps`` stops early):
+One global step counter runs through three phases (lengths ``model.stage1_steps``,
+``model.stage2_text_steps``, ``model.stage2_joint_steps``; ``train.max_steps`` stops early):
 
 1. ``stage1``: the CNN–LSTM with the CMCE loss (Eqs. 1–3). Before the first step the
    identity buffers V and S are filled by one pass over the training set (per-identity mean,
    §3.1.1); every step then updates the batch's rows (Fig. 2 Step-2).
-2. ``stage2_text``: stage 1 mines each training caption's and image's ``iatv_candidates``
+2. ``stage2_text``: stage 1 mines each training caption's and image's ``model.candidates``
    (§4.2: 20) nearest samples of the other modality (``iatv_pairs.mine_pairs``); stage 2 is
    initialised from stage 1 (``IATV.initialize_stage2``) and trained on those pairs with
    Eq. 12's binary cross-entropy, the CNN frozen: "we first train the language model and

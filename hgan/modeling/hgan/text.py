@@ -131,7 +131,7 @@ def build_text_encoder(config: Config, vocab_size: int) -> keras.Model:
     """BERT inputs + phrase membership → {global, word, word_mask, phrase, phrase_mask}:
     ``build_token_embedder`` then ``build_text_head``, two nested models (a frozen BERT's
     token embeddings can be computed once and fed to the head alone,
-    ``hgan.modeling.hgan.token_cache``).
+    ``hgan.training.hgan_token_cache``).
     """
     L, M = config.data.max_len, config.data.max_phrases
     inputs = {k: keras.Input((L,), dtype=tf.int32, name=k) for k in BERT_INPUTS}
