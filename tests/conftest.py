@@ -1,17 +1,24 @@
-"""Shared fixtures: a tiny TFRecord dataset and vocab written straight through the schema.
+"""Shared fixtures: a tiny TFRecord dataset and vocab written straight through the schema,
+and the trained tiny runs (HGAN, its export, IATV) that many tests read.
 
-They do not go through ``data_prep`` on purpose: model and pipeline tests should not break
-when an importer changes, and importer tests build their own raw-layout fixtures.
+The data do not go through ``data_prep`` on purpose: model and pipeline tests should not
+break when an importer changes, and importer tests build their own raw-layout fixtures.
+
+Every session fixture here is built once per test run, whichever xdist worker asks first
+(``build_once``: the others wait on its lock and read the result), never once per worker.
+The tests only read them; a test that changes a run copies it first.
 """
 import io
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
-from hgan.data import records
 from hgan.config import preset
+from hgan.data import records
 from hgan.tf_compat import tf
 
 COLOURS = ["red", "blue", "green", "black", "white", "yellow"]
@@ -76,13 +83,100 @@ def write_tiny_dataset(root: str, identities: dict | None = None, shots: int = 2
 
 
 @pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory):
-    return write_tiny_dataset(str(tmp_path_factory.mktemp("tiny_data")))
+def shared_root(tmp_path_factory, worker_id):
+    """A folder every xdist worker of this test run sees: the parent of their basetemps."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
+def build_once(root, name: str, build):
+    """``root/name``, made by ``build(path)`` the first time any worker asks for it in this
+    test run; a worker that asks meanwhile waits for it. A half-built folder (a worker
+    killed mid-way) is built again."""
+    target = root / name
+    with FileLock(str(target) + ".lock"):
+        if not (root / f"{name}.done").exists():
+            if target.exists():
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            build(str(target))
+            (root / f"{name}.done").touch()
+    return str(target)
 
 
 @pytest.fixture(scope="session")
-def tiny_vocab(tmp_path_factory):
-    return write_vocab(str(tmp_path_factory.mktemp("vocab") / "vocab.txt"))
+def tiny_data(shared_root):
+    return build_once(shared_root, "tiny_data", write_tiny_dataset)
+
+
+@pytest.fixture(scope="session")
+def tiny_vocab(shared_root):
+    return build_once(shared_root, "vocab.txt", write_vocab)
+
+
+@pytest.fixture(scope="session")
+def hgan_run(shared_root, tiny_data, tiny_vocab):
+    """A tiny HGAN trained 60 steps at lr 3e-3 (seeded): the test split's captions find
+    their own identity first for 10 of 12 (2 steps stayed at chance), so the page's test
+    can ask for it. No model selection: nothing reading it needs one, and each val pass
+    traces the encoders and heads; "best" falls back to the last checkpoint."""
+    def build(model_dir):
+        from hgan import families
+        from hgan.training import run_dir
+        config = preset("tiny").replace(
+            vocab_file=tiny_vocab, image_height=32, image_width=16, bert="scratch:2x16",
+            bert_layers="last", batch_size=4, identities_per_batch=2, max_steps=60,
+            checkpoint_every=60, learning_rate=3e-3)
+        run_dir.reconcile_config(config, model_dir)
+        families.train(config, tiny_data, model_dir, val_split="none", log=lambda _: None)
+    return build_once(shared_root, "hgan_run", build)
+
+
+@pytest.fixture(scope="session")
+def hgan_export(shared_root, hgan_run):
+    """``hgan_run`` exported as hgan-export does, alone in its folder."""
+    def build(folder):
+        from hgan.families import export
+        os.makedirs(folder)
+        export(hgan_run, os.path.join(folder, "saved"))
+    return os.path.join(build_once(shared_root, "hgan_export", build), "saved")
+
+
+IATV_STEPS = (2, 2, 2)  # steps per phase: stage 1 ends at 2, the text phase at 4
+
+
+def iatv_config(tiny_vocab):
+    """The tiny IATV of the tests: three phases of ``IATV_STEPS`` steps, stopped at 3."""
+    stage1, text, joint = IATV_STEPS
+    return preset("tiny").replace(
+        family="iatv", vocab_file=tiny_vocab, image_height=32, image_width=16,
+        backbone="small_cnn", fc_units=16, embed_dim=16, word_dim=8,
+        lstm_units=8, attention_dim=8, importance_hidden=8,
+        fc_hidden=8, decoder_steps=2, candidates=3, rerank_k=3, batch_size=4,
+        stage1_steps=stage1, stage2_text_steps=text, stage2_joint_steps=joint,
+        checkpoint_every=2, keep_checkpoints=10, max_steps=3)
+
+
+@pytest.fixture(scope="session")
+def iatv_run(shared_root, tiny_data, tiny_vocab):
+    """A tiny IATV run stopped in the text phase (step 3), then resumed to the end (step
+    6) → (model_dir, first summary, second summary, the log lines of both). The first run
+    skips validation (no such split), which only costs time here."""
+    def build(folder):
+        from hgan import families
+        from hgan.training import run_dir
+        config, model_dir, lines = iatv_config(tiny_vocab), os.path.join(folder, "run"), []
+        run_dir.reconcile_config(config, model_dir)
+        first = families.train(config, tiny_data, model_dir, val_split="none",
+                               log=lines.append)
+        more = config.replace(max_steps=0)
+        run_dir.reconcile_config(more, model_dir)
+        second = families.train(more, tiny_data, model_dir, log=lines.append)
+        with open(os.path.join(folder, "result.json"), "w") as f:
+            json.dump({"first": first, "second": second, "lines": lines}, f, default=str)
+    folder = build_once(shared_root, "iatv_run", build)
+    with open(os.path.join(folder, "result.json")) as f:
+        result = json.load(f)
+    return os.path.join(folder, "run"), result["first"], result["second"], result["lines"]
 
 
 @pytest.fixture()

@@ -241,6 +241,7 @@ def test_wrong_model_type(tmp_path):
     assert not os.path.exists(tmp_path / "tf")
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_input_in_one_line(tmp_path):
     hf_dir = write_hf_dir(tmp_path / "hf", {**TINY_CONFIG, "model_type": "gpt2"})
     result = subprocess.run(

@@ -5,6 +5,7 @@ import random
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from data_prep import demo, importers
@@ -75,8 +76,10 @@ def test_shots_of_one_identity_differ():
     assert first.tobytes() != second.tobytes()
 
 
+@pytest.mark.slow
 def test_documented_commands(tmp_path):
-    """``python -m data_prep.demo`` then ``python -m data_prep --dataset=demo``, as documented."""
+    """``python -m data_prep.demo`` then ``python -m data_prep --dataset=demo`` (the modules
+    behind hgan-demo-data and hgan-prep)."""
     raw, out = tmp_path / "raw", tmp_path / "out"
     subprocess.run([sys.executable, "-m", "data_prep.demo", f"--output_dir={raw}",
                     "--identities=5", "--shots=2", "--seed=3"], cwd=REPO, check=True, timeout=120)

@@ -19,22 +19,14 @@ from hgan.serving import searcher as search
 from hgan.tf_compat import tf
 from hgan.training import run_dir
 
+# Each test trains or loads a tiny model (the fast tier, -m "not slow", skips them).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory, tiny_vocab):
-    from hgan.config import preset
-    config = preset("tiny").replace(
-        vocab_file=tiny_vocab, image_height=32, image_width=16, bert="scratch:2x16",
-        bert_layers="last", batch_size=4, identities_per_batch=2, max_steps=60,
-        checkpoint_every=60, learning_rate=3e-3)
-    model_dir = str(tmp_path_factory.mktemp("run"))
-    run_dir.reconcile_config(config, model_dir)
-    # 60 steps at lr 3e-3 (seeded): the test split's captions find their own identity
-    # first for 10 of 12 (2 steps stayed at chance), so the page's test can ask for it.
-    # No model selection: nothing here reads it (best.json is test_train's), and each val
-    # pass traces the encoders and heads; "best" falls back to the last checkpoint.
-    families.train(config, tiny_data, model_dir, val_split="none", log=lambda _: None)
-    return model_dir
+def trained(hgan_run):
+    """conftest's ``hgan_run``: a tiny HGAN trained 60 steps (read only)."""
+    return hgan_run
 
 
 @pytest.fixture(scope="module")
@@ -214,8 +206,9 @@ _SERVE = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def exported(trained, tmp_path_factory):
-    return export(trained, str(tmp_path_factory.mktemp("export") / "saved"))
+def exported(hgan_export):
+    """conftest's ``hgan_export`` of ``hgan_run`` (read only)."""
+    return hgan_export
 
 
 def _png(path, colour):

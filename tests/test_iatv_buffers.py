@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from hgan.training.buffers import IdentityBuffers
 from hgan.tf_compat import tf
@@ -159,6 +160,7 @@ _TWO_REPLICAS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_replicas_update_the_buffers_like_one_replica_on_the_global_batch(tiny_config):
     config = tiny_config.replace(family="iatv", backbone="small_cnn", backbone_weights="none",
                                  max_len=6, word_dim=8, lstm_units=8,

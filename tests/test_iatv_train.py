@@ -20,32 +20,23 @@ from hgan.tf_compat import tf
 from hgan.training import iatv_pairs, loop, run_dir
 from hgan.training.iatv_task import IATVTask
 
-STAGE1, TEXT, JOINT = 2, 2, 2  # steps per phase: stage 1 ends at 2, text phase at 4
+from conftest import IATV_STEPS, iatv_config
+
+# Each test trains or loads a tiny model (the fast tier, -m "not slow", skips them).
+pytestmark = pytest.mark.slow
+
+STAGE1, TEXT, JOINT = IATV_STEPS
 
 
 @pytest.fixture(scope="module")
 def config(tiny_vocab):
-    return preset("tiny").replace(
-        family="iatv", vocab_file=tiny_vocab, image_height=32, image_width=16,
-        backbone="small_cnn", fc_units=16, embed_dim=16, word_dim=8,
-        lstm_units=8, attention_dim=8, importance_hidden=8,
-        fc_hidden=8, decoder_steps=2, candidates=3, rerank_k=3, batch_size=4,
-        stage1_steps=STAGE1, stage2_text_steps=TEXT, stage2_joint_steps=JOINT,
-        checkpoint_every=2, keep_checkpoints=10, max_steps=3)
+    return iatv_config(tiny_vocab)
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data, config, tmp_path_factory):
-    """A run stopped in the text phase (step 3), then resumed to the end (step 6). The first
-    run skips validation (no such split), which only costs time here."""
-    model_dir = str(tmp_path_factory.mktemp("iatv_run"))
-    lines = []
-    run_dir.reconcile_config(config, model_dir)
-    first = families.train(config, tiny_data, model_dir, val_split="none", log=lines.append)
-    more = config.replace(max_steps=0)
-    run_dir.reconcile_config(more, model_dir)
-    second = families.train(more, tiny_data, model_dir, log=lines.append)
-    return model_dir, first, second, lines
+def trained(iatv_run):
+    """conftest's ``iatv_run``: stopped in the text phase (step 3), resumed to step 6."""
+    return iatv_run
 
 
 def test_phases_resume_and_model_selection(trained):

@@ -163,6 +163,7 @@ _TWO_REPLICAS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_replicas_skip_together_and_apply_like_one():
     proc = subprocess.run([sys.executable, "-c", _TWO_REPLICAS.format()],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)

@@ -390,6 +390,7 @@ _CLI = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_cli_usage_errors():
     cases = [["--savedmodel=m", "--index=i"],
              ["find", "--savedmodel=m", "--index=i"],

@@ -13,6 +13,9 @@ from hgan.training import loop, run_dir
 from hgan.training.distribution import FINITE
 from hgan.training.hgan_task import HGANTask
 
+# Each test trains or loads a tiny model (the fast tier, -m "not slow", skips them).
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -206,6 +209,48 @@ def test_mixed_precision_step_trains_with_finite_float32_losses(tiny_data, confi
         assert all(np.isfinite(v) for v in summary["loss"].values()), summary["loss"]
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_mixed_precision_trains_through_validation_evaluation_and_export(tiny_data, config,
+                                                                         tmp_path):
+    """mixed_float16 end to end: validation passes during training, hgan-eval in both modes,
+    the export; the scores every reader ranks by are float32 and finite."""
+    from hgan import families
+    from hgan.evaluation import hgan_scoring
+    from hgan.modeling.hgan.model import load_model
+    from hgan.tf_compat import keras, tf
+    keras.utils.set_random_seed(1)
+    try:
+        cfg = config.replace(mixed_precision=True, max_steps=4, eval_every=2,
+                             checkpoint_every=2)
+        model_dir = str(tmp_path / "run")
+        run_dir.reconcile_config(cfg, model_dir)
+        lines = []
+        summary = families.train(cfg, tiny_data, model_dir, log=lines.append)
+        assert summary["step"] == 4
+        assert [ln.split()[2] for ln in lines if ln.startswith("val step")] == ["2:", "4:"]
+        report = families.evaluate(model_dir, tiny_data, "test", str(tmp_path / "m.json"),
+                                   figures=False)
+        assert set(report) >= {"exact", "two_stage"}
+        model, _, _ = load_model(model_dir)
+        texts, images = hgan_scoring.encode_split(model, tiny_data, model.config, "test")
+        exact = hgan_scoring.Scorer(model).exact(texts, images)
+        assert exact["total"].dtype == np.float32 and np.isfinite(exact["total"]).all()
+        saved = families.export(model_dir, str(tmp_path / "saved"))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    served = tf.saved_model.load(saved)
+    score = served.signatures["score"](texts=tf.constant(["a man in a red shirt."]),
+                                       images=tf.constant([_png_bytes()]))["score"]
+    assert score.dtype == tf.float32 and np.isfinite(score.numpy()).all()
+
+
+def _png_bytes():
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 32), (200, 30, 30)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def test_a_seed_fixes_the_initial_weights_and_another_seed_changes_them(tiny_data, config):

@@ -130,6 +130,7 @@ def test_interrupted_run_leaves_no_manifest_and_no_partial_shard(data_dir, tmp_p
         assert sum(1 for _ in tf.data.TFRecordDataset(shard)) > 0
 
 
+@pytest.mark.slow
 def test_strict_cli_exits_non_zero_after_writing_the_report(data_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "data_prep", "--dataset=demo", f"--data_dir={data_dir}",
@@ -196,6 +197,7 @@ def test_a_missing_tagger_fails_before_the_output_is_touched(data_dir, tmp_path,
 
 @pytest.mark.skipif(phrases._perceptron() is not None,
                     reason="NLTK's perceptron data is installed: nothing to fail on")
+@pytest.mark.slow
 def test_cli_refuses_a_tagger_that_is_not_installed(data_dir, tmp_path):
     out = tmp_path / "out"
     result = subprocess.run(

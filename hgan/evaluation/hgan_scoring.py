@@ -22,6 +22,10 @@ from hgan.tf_compat import tf
 LOCAL_LEVELS = ("word", "phrase")
 
 
+def _as_float32(tables):
+    return type(tables)(tf.cast(t, tf.float32) for t in tables)
+
+
 def encode_split(model: HGAN, data_dir: str, config: Config, split: str,
                  tokenizer=None, keep=None) -> tuple[dict, dict]:
     """HGAN's features of a split (``hgan.evaluation.encode.encode_split``): texts ``global``,
@@ -104,8 +108,10 @@ class Scorer:
                 continue
             mask = texts[f"{level}_mask"]
             used = _used_length(mask, bucket=1)
-            text = _map_chunked(head.prepare_text, texts[level][:, :used])
-            image = _map_chunked(head.prepare_image, images[level])
+            # Scores are computed in float32 whatever the compute dtype (a mixed_float16
+            # model's heads give float16 tables; its variables stay float32).
+            text = _as_float32(_map_chunked(head.prepare_text, texts[level][:, :used]))
+            image = _as_float32(_map_chunked(head.prepare_image, images[level]))
             prep[level] = {"text": text, "mask": mask[:, :used],
                            "mask_t": tf.constant(mask[:, :used], tf.float32), "image": image}
         return prep

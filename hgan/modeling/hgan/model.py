@@ -66,7 +66,7 @@ class HGAN(keras.Model):
 
     def encode_text(self, inputs, training=None, tokens=None):
         """Text features; ``tokens`` [B, L, D]: the batch's token embeddings when computed
-        already (``hgan.modeling.hgan.token_cache``), so only the text head runs."""
+        already (``hgan.training.hgan_token_cache``), so only the text head runs."""
         if tokens is None:
             return self.text_encoder({k: inputs[k] for k in TEXT_KEYS}, training=training)
         head = self.text_encoder.get_layer("text_head")
@@ -94,6 +94,9 @@ class HGAN(keras.Model):
         if self.phrase_head is not None:
             out["phrase"] = self.phrase_head(
                 (text["phrase"], text["phrase_mask"], image["phrase"]), training=training)
+        # float32 whatever the compute dtype: the losses and rankings read these (Keras's
+        # mixed-precision guide keeps a model's outputs in float32).
+        out = {k: tf.cast(v, tf.float32) for k, v in out.items()}
         out["total"] = tf.add_n([weights[k] * v for k, v in out.items()])
         return out
 
