@@ -229,6 +229,8 @@ def test_mixed_precision_trains_through_validation_evaluation_and_export(tiny_da
         summary = families.train(cfg, tiny_data, model_dir, log=lines.append)
         assert summary["step"] == 4
         assert [ln.split()[2] for ln in lines if ln.startswith("val step")] == ["2:", "4:"]
+        progress = [ln for ln in lines if ln.startswith("step ")]
+        assert progress and not any("=inf" in ln or "=nan" in ln for ln in progress), progress
         report = families.evaluate(model_dir, tiny_data, "test", str(tmp_path / "m.json"),
                                    figures=False)
         assert set(report) >= {"exact", "two_stage"}

@@ -23,13 +23,20 @@ def _weights_over_selection(selection, scores, mask):
     whenever the Gumbel noise picked keys far below it, which at training time is most of
     the time: the sum fell to the 1e-9 guard, the weights to ~0 and their gradient to
     ~1e9, and every compact-CNN demo run collapsed after 100–180 steps.)
+
+    Computed in float32 whatever the inputs' dtype, as Keras's mixed-precision guide keeps
+    softmaxes: in float16 the -1e9 of a padded key is -inf, and a row with no selected key
+    (a padded word or phrase) gave -inf - (-inf) = NaN, a non-finite loss.
     """
+    dtype = scores.dtype
+    scores, selection = tf.cast(scores, tf.float32), tf.cast(selection, tf.float32)
     scores = tf.where(mask, scores, -1e9)
     picked = tf.logical_and(tf.stop_gradient(selection) > 0.5, mask)
     top = tf.reduce_max(tf.where(picked, scores, -1e9), axis=-1, keepdims=True)
     shifted = tf.minimum(scores - tf.stop_gradient(top), 0.0)  # unselected terms: × α = 0
     numerator = selection * tf.exp(shifted) * tf.cast(mask, scores.dtype)
-    return numerator / (tf.reduce_sum(numerator, axis=-1, keepdims=True) + 1e-9)
+    weights = numerator / (tf.reduce_sum(numerator, axis=-1, keepdims=True) + 1e-9)
+    return tf.cast(weights, dtype)
 
 
 # Einsum operands of the three pair layouts of ``LocalMatching.score_prepared`` (x: rows of

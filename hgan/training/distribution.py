@@ -14,6 +14,9 @@ from typing import Callable
 from hgan.tf_compat import tf
 
 FINITE = "_finite"  # a step's flag: 1.0 when its loss and gradients were finite (applied)
+# Mixed precision: 1.0 when the loss scale overflowed and the LossScaleOptimizer skipped the
+# step (it lowers the scale; the run goes on).
+SCALE_SKIPPED = "_scale_skipped"
 
 
 def gather_replicas(ctx: tf.distribute.ReplicaContext, local: tf.Tensor) -> tf.Tensor:

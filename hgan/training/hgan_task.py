@@ -21,7 +21,8 @@ from hgan.modeling.hgan.model import HGAN, build_model
 from hgan.tf_compat import keras, tf
 from hgan.training import optim, run_dir
 from hgan.training.buffers import IdentityBuffers
-from hgan.training.distribution import FINITE, gather_tree, make_strategy, replicated
+from hgan.training.distribution import (FINITE, SCALE_SKIPPED, gather_tree, make_strategy,
+                                        replicated)
 from hgan.training.loop import Task, seed_everything
 
 
@@ -99,7 +100,12 @@ class HGANTask(Task):
         # grad_norm (logged; spikes come before a collapse): the global norm of the summed
         # gradients, before clip_grad_norm; under mixed precision, this replica's.
         if self.config.train.mixed_precision:
-            terms["grad_norm"] = tf.linalg.global_norm([g for g in grads if g is not None])
+            # The unscaled gradients are inf / NaN exactly when the loss scale overflowed;
+            # the LossScaleOptimizer then skips the step: say so rather than log inf.
+            present = [g for g in grads if g is not None]
+            overflow = tf.logical_not(optim.all_finite(present))
+            terms["grad_norm"] = tf.where(overflow, 0.0, tf.linalg.global_norm(present))
+            terms[SCALE_SKIPPED] = tf.cast(overflow, tf.float32)
             self.optimizer.apply_gradients(
                 [(g, v) for g, v in zip(grads, variables) if g is not None])
         else:

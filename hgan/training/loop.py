@@ -32,7 +32,7 @@ from absl import logging
 from hgan.config import Config
 from hgan.tf_compat import keras, tf
 from hgan.training import run_dir
-from hgan.training.distribution import FINITE, is_chief, worker_dir
+from hgan.training.distribution import FINITE, SCALE_SKIPPED, is_chief, worker_dir
 
 
 def seed_everything(seed: int) -> None:
@@ -146,6 +146,7 @@ class _Runner(orbit.AbstractTrainer, orbit.AbstractEvaluator):
         self.task, self.log = task, log
         self.batches, self.batch_source = None, None
         self.terms, self.since = {}, (time.time(), int(task.step.numpy()))
+        self.scale_skips = 0  # steps the loss scale skipped since the last progress line
         self.phase = task.phase(max(1, int(task.step.numpy())))
 
     def train(self, num_steps):
@@ -163,6 +164,10 @@ class _Runner(orbit.AbstractTrainer, orbit.AbstractEvaluator):
                 raise FloatingPointError(
                     f"non-finite loss or gradient at step {step} ({phase}: {terms}); that step "
                     f"was not applied and the last good checkpoint is {self.latest()}")
+            if terms.pop(SCALE_SKIPPED, 0.0):
+                # The progress line keeps the last applied step's terms and counts skips.
+                self.scale_skips += 1
+                terms = {**terms, **{k: v for k, v in self.terms.items() if k == "grad_norm"}}
             self.terms, self.phase = terms, phase
         return task.summaries(self.phase, dict(self.terms))
 
@@ -172,10 +177,12 @@ class _Runner(orbit.AbstractTrainer, orbit.AbstractEvaluator):
     def progress(self, _output) -> None:
         """Train action: the progress line of the inner loop that just ended."""
         step = int(self.task.step.numpy())
+        extra = self.task.progress_extra(self.phase)
+        if self.scale_skips:
+            extra += f"  loss scale skipped {self.scale_skips} step(s)"
         self.log(progress_line(step, self.task.total_steps, dict(self.terms), self.since,
-                               self.task.progress_extra(self.phase),
-                               label="" if len(self.task.phase_end) == 1 else self.phase))
-        self.since = (time.time(), step)
+                               extra, label="" if len(self.task.phase_end) == 1 else self.phase))
+        self.since, self.scale_skips = (time.time(), step), 0
 
     def evaluate(self, num_steps):
         del num_steps  # always the whole val split
