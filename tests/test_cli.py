@@ -127,3 +127,16 @@ def test_cub_layout_end_to_end_reports_the_class_level_metrics(tiny_vocab, tmp_p
     margin = fused[rows, images["label"]] - fused[rows, 1 - images["label"]]
     assert (np.abs(margin) > 1e-5).all(), margin  # no near-tie: the count below is decisive
     assert report["i2t"]["class_R1"] == pytest.approx(100 * np.mean(margin > 0))
+
+
+def test_a_paper_run_on_fallback_tagged_phrases_stops_before_training(tfrecords, tmp_path):
+    manifest = json.load(open(os.path.join(tfrecords, "manifest.json")))
+    if manifest["phrase_tagger"] != "fallback":
+        pytest.skip("NLTK's perceptron data is installed here: the import used it")
+    model_dir = tmp_path / "run"
+    proc = subprocess.run([console_script("hgan-train"), "--config=paper",
+                           f"--data_dir={tfrecords}", f"--model_dir={model_dir}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "--allow_fallback_tagger" in proc.stderr, proc.stderr[-2000:]
+    assert "nltk.downloader averaged_perceptron_tagger_eng" in proc.stderr
+    assert not model_dir.exists()  # refused before anything was written

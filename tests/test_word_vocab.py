@@ -63,3 +63,15 @@ def test_hgan_with_bert_refuses_the_word_vocabulary(tiny_config, tmp_path):
     config = tiny_config.replace(text_vocab="words", bert="scratch:2x16")
     with pytest.raises(ValueError, match="text_vocab=words needs use_bert=false"):
         text.build_token_embedder(config, 30)
+
+
+def test_a_paper_run_refuses_fallback_tagged_phrases_unless_asked(tmp_path):
+    from hgan.training.run_dir import check_phrase_tagger
+    fallback = {"phrase_tagger": "fallback", "phrase_tagger_requested": "auto"}
+    with pytest.raises(ValueError, match=r"fallback lexicon tagger .*requested: auto.*"
+                                         r"nltk\.downloader averaged_perceptron_tagger_eng.*"
+                                         r"--allow_fallback_tagger"):
+        check_phrase_tagger(fallback, "DATA", paper=True)
+    check_phrase_tagger(fallback, "DATA", paper=True, allow_fallback=True)  # asked for
+    check_phrase_tagger(fallback, "DATA", paper=False)  # the demo and tiny presets
+    check_phrase_tagger({"phrase_tagger": "perceptron"}, "DATA", paper=True)

@@ -31,6 +31,8 @@ def define_flags():
     flags.DEFINE_string("val_split", "val", "Split for model selection; never the test split.")
     flags.DEFINE_string("experiment", None, "A paper row of hgan.config.experiments, e.g. "
                         "hgan/table3/+word or iatv/table2/triplet (sets family and overrides).")
+    flags.DEFINE_bool("allow_fallback_tagger", False, "Let a --config=paper run train on noun "
+                      "phrases from hgan-prep's fallback lexicon tagger (refused otherwise).")
     flags.mark_flags_as_required(["data_dir", "model_dir"])
 
 
@@ -45,6 +47,11 @@ def main(argv):
     overrides = list(FLAGS.set)
     experiment = experiments.get(FLAGS.experiment) if FLAGS.experiment else None
     manifest = pipeline.load_manifest(FLAGS.data_dir)
+    try:
+        run_dir.check_phrase_tagger(manifest, FLAGS.data_dir, paper=FLAGS.config == "paper",
+                                    allow_fallback=FLAGS.allow_fallback_tagger)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     if experiment is not None:
         if FLAGS.family is not None and FLAGS.family != experiment.family:
             raise app.UsageError(f"--experiment={experiment.name} is a {experiment.family} "

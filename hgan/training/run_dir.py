@@ -97,3 +97,19 @@ def run_length(manifest: dict, config: Config) -> tuple[int, float]:
     if config.train.steps > 0:
         return config.train.steps, config.train.steps / config.train.epochs
     return config.train.epochs * per_epoch, float(per_epoch)
+
+
+def check_phrase_tagger(manifest: dict, data_dir: str, paper: bool,
+                        allow_fallback: bool = False) -> None:
+    """Refuses a ``paper`` run on noun phrases from the fallback lexicon tagger (what
+    ``hgan-prep --tagger=auto`` uses when NLTK's perceptron data is missing), unless
+    ``allow_fallback``: the paper's phrases come from a real part-of-speech tagger."""
+    if not paper or allow_fallback or manifest.get("phrase_tagger") != "fallback":
+        return
+    raise ValueError(
+        f"{data_dir}'s noun phrases come from the fallback lexicon tagger "
+        f"(phrase_tagger=fallback in its manifest; requested: "
+        f"{manifest.get('phrase_tagger_requested', '?')}), not NLTK's perceptron tagger. "
+        "For a paper run, install the tagger's data (python -m nltk.downloader "
+        "averaged_perceptron_tagger_eng) and re-run hgan-prep --tagger=perceptron; or pass "
+        "--allow_fallback_tagger to train on these phrases anyway")
