@@ -73,3 +73,15 @@ def random_export(config, output_dir: str, num_classes: int = 2) -> str:
     module, signatures = hgan_module.servable(model)
     return savedmodel.save_servable(module, signatures, output_dir, config,
                                     "none: random initial weights (bench/_small.py)")
+
+
+def data_and_export(root: str, flag_values=flags.FLAGS) -> None:
+    """``--small`` of the serving benches: a 10-identity demo set and a random-initialised
+    tiny export in ``root``, for whichever of ``--data_dir`` / ``--savedmodel`` the command
+    line left unset."""
+    raw, data_dir, _ = demo_data(os.path.join(root, "data"), identities=10)
+    if flag_values.data_dir is None:
+        flag_values.data_dir = data_dir
+    if flag_values.savedmodel is None:
+        config = tiny_config(caption_vocab(raw, os.path.join(root, "vocab.txt")))
+        flag_values.savedmodel = random_export(config, os.path.join(root, "savedmodel"))

@@ -166,18 +166,6 @@ def report(name: str, phases: Phases, texts, k: int) -> None:
         print(f"  {phase:7s} {percentiles(runs[phase])}")
 
 
-def _small_setup() -> None:
-    """--small: a tiny demo set and a random-initialised tiny export."""
-    root = os.path.join(FLAGS.dir, "small")
-    os.makedirs(root)
-    raw, data_dir, _ = _small.demo_data(root, identities=10)
-    if FLAGS.data_dir is None:
-        FLAGS.data_dir = data_dir
-    if FLAGS.savedmodel is None:
-        config = _small.tiny_config(_small.caption_vocab(raw, os.path.join(root, "vocab.txt")))
-        FLAGS.savedmodel = _small.random_export(config, os.path.join(root, "savedmodel"))
-
-
 def main(argv):
     del argv
     _small.apply(SMALL)
@@ -186,7 +174,9 @@ def main(argv):
     shutil.rmtree(FLAGS.dir, ignore_errors=True)
     os.makedirs(FLAGS.dir)
     if FLAGS.small:
-        _small_setup()
+        small_root = os.path.join(FLAGS.dir, "small")
+        os.makedirs(small_root)
+        _small.data_and_export(small_root)
     from hgan.data import pipeline, records
     from hgan.serving import ann, gallery, service
     from hgan.serving import searcher as search

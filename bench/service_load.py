@@ -59,16 +59,6 @@ def rss_mib() -> float:
     return float("nan")
 
 
-def _small_setup(root: str) -> None:
-    """--small: a tiny demo set and a random-initialised tiny export."""
-    raw, data_dir, _ = _small.demo_data(os.path.join(root, "data"), identities=10)
-    if FLAGS.data_dir is None:
-        FLAGS.data_dir = data_dir
-    if FLAGS.savedmodel is None:
-        config = _small.tiny_config(_small.caption_vocab(raw, os.path.join(root, "vocab.txt")))
-        FLAGS.savedmodel = _small.random_export(config, os.path.join(root, "savedmodel"))
-
-
 def main(argv):
     del argv
     _small.apply(SMALL)
@@ -76,7 +66,7 @@ def main(argv):
         raise app.UsageError("--savedmodel and --data_dir are required (or --small)")
     tmp = tempfile.mkdtemp(prefix="bench_service_")
     if FLAGS.small:
-        _small_setup(tmp)
+        _small.data_and_export(tmp)
     from hgan.data import pipeline, records
     from hgan.serving import searcher as search
     from hgan.serving import service
