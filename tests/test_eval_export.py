@@ -12,7 +12,7 @@ from PIL import Image
 from hgan import families
 from hgan.data import pipeline
 from hgan.data.phrases import extract_noun_phrases
-from hgan.evaluation import hgan_scoring
+from hgan.evaluation import hgan_scoring, metrics
 from hgan.families import export
 from hgan.modeling.hgan.model import build_model, load_model
 from hgan.serving import searcher as search
@@ -47,8 +47,13 @@ def test_eval_writes_json_markdown_and_figures(trained, tiny_data, tmp_path):
     assert "| exact | t2i |" in table and "| level alone (exact) |" in table
     # Each level ranked alone, and Fig. 4 as numbers over the split.
     assert set(saved["levels_exact"]) == {"sentence", "word", "phrase"}
-    for level in saved["levels_exact"].values():
-        assert 0.0 <= level["t2i"]["R1"] <= 100.0 and "mAP" in level["i2t"]
+    model, config, _ = load_model(trained)
+    texts, images = hgan_scoring.encode_split(model, tiny_data, config, "test")
+    exact = hgan_scoring.Scorer(model).exact(texts, images)
+    for name, level in saved["levels_exact"].items():  # each level's own ranking
+        want = metrics.retrieval_metrics(exact[name], texts["label"], images["label"])
+        assert level["t2i"]["R1"] == pytest.approx(want["R1"])
+        assert level["t2i"]["mAP"] == pytest.approx(want["mAP"])
     selection = saved["selection"]
     assert selection["selections"] > 0 and selection["punctuation_share"] == 0.0
     assert "Fig. 4 over the split" in table

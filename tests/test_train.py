@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -34,7 +35,12 @@ def test_trains_checkpoints_and_resumes(tiny_data, config, tmp_path):
     assert any("steps/s" in line and "ETA" in line for line in lines)
     assert os.path.exists(os.path.join(model_dir, "best.json"))
     best = json.load(open(os.path.join(model_dir, "best.json")))
-    assert best["split"] == "val" and 0 <= best["metrics"]["R1"] <= 100
+    val = {int(ln.split()[2].rstrip(":")): float(re.search(r" R1=([\d.]+)", ln)[1])
+           for ln in lines if ln.startswith("val step")}
+    assert best["split"] == "val" and val
+    # The best checkpoint is the val pass with the highest R1 (the first of ties).
+    assert best["step"] == max(val, key=lambda s: (val[s], -s))
+    assert best["metrics"]["R1"] == pytest.approx(val[best["step"]], abs=0.005)
     # More steps on the same model_dir: resumes at 3, the counter continues to 5.
     more = config.replace(max_steps=5)
     run_dir.reconcile_config(more, model_dir)
