@@ -22,7 +22,7 @@ from absl import app, flags
 import _small
 
 FLAGS = flags.FLAGS
-SMALL = {"seeds": 2, "steps": 4, "eval_every": 2, "identities": 10}
+SMALL = {"seeds": 1, "steps": 2, "eval_every": 2, "identities": 10}
 
 
 def define_flags():

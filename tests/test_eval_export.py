@@ -293,22 +293,6 @@ def test_search_indexes_a_folder_skipping_bad_files_and_ranks_by_score(exported,
         search.query(exported, index, "   ")
 
 
-def test_search_cli_prints_json(exported, tiny_data, tmp_path):
-    index = str(tmp_path / "gallery")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    base = [os.path.join(os.path.dirname(sys.executable), "hgan-search")]  # console script
-    subprocess.run(base + ["index", f"--savedmodel={exported}", f"--data_dir={tiny_data}",
-                           "--split=test", f"--index={index}"], check=True, cwd=root,
-                   capture_output=True, timeout=300)
-    proc = subprocess.run(base + ["query", f"--savedmodel={exported}", f"--index={index}",
-                                  "--top_k=3", "--json", "a man in a blue coat"],
-                          capture_output=True, text=True, cwd=root, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout)
-    assert out["query"] == "a man in a blue coat" and len(out["results"]) == 3
-    assert all(r["path"].startswith("test/") for r in out["results"])
-
-
 def test_export_writes_its_config_into_assets_extra(trained, exported):
     from hgan.modeling.checkpoints import resolve_checkpoint
     from hgan.config import Config
