@@ -109,6 +109,7 @@ def evaluate(model_dir: str, data_dir: str, split: str, output_json: str, checkp
 
 def export(model_dir: str, output_dir: str, checkpoint: str = "best") -> str:
     """Writes ``model_dir``'s model as a SavedModel, atomically; returns its path."""
-    model, config, path = of_model_dir(model_dir).load_model(model_dir, checkpoint)
-    module, signatures = of_model_dir(model_dir).servable(model)
+    family = of_model_dir(model_dir)
+    model, config, path = family.load_model(model_dir, checkpoint)
+    module, signatures = family.servable(model)
     return savedmodel.save_servable(module, signatures, output_dir, config, path)

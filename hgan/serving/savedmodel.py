@@ -44,6 +44,15 @@ EXTRA_DIR = "assets.extra"  # TF Serving's folder for files beside a model
 CHECKPOINT_FILE = "checkpoint.txt"
 
 
+def check_contract(signatures) -> None:
+    """Refuses a SavedModel without the contract's signatures, naming what is missing."""
+    missing = [n for n in (ENCODE_TEXT, ENCODE_IMAGE, RERANK) if n not in signatures]
+    if missing:
+        raise ValueError(f"the SavedModel has no {missing} signature(s) (it has "
+                         f"{sorted(signatures)}): export the model with this version's "
+                         "hgan-export")
+
+
 def export_config(savedmodel: str) -> Config:
     """The config an exported SavedModel was made from (``assets.extra/config.json``)."""
     folder = os.path.join(savedmodel, EXTRA_DIR)

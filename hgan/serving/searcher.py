@@ -41,7 +41,7 @@ import numpy as np
 from hgan.data import pipeline, records
 from hgan.serving import ann, gallery
 from hgan.serving.savedmodel import (ENCODE_IMAGE, ENCODE_TEXT, EXPLAIN, GLOBAL, RERANK,
-                                     export_config)
+                                     check_contract, export_config)
 from hgan.tf_compat import tf
 
 _EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -103,16 +103,6 @@ def _record_paths(data_dir: str, split: str):
 
 
 ANN_FILE = "ann.faiss"
-
-
-def check_contract(signatures) -> None:
-    """Refuses a SavedModel without the serving contract's signatures, naming what is
-    missing (``hgan.serving.savedmodel``)."""
-    missing = [n for n in (ENCODE_TEXT, ENCODE_IMAGE, RERANK) if n not in signatures]
-    if missing:
-        raise ValueError(f"the SavedModel has no {missing} signature(s) (it has "
-                         f"{sorted(signatures)}): export the model with this version's "
-                         "hgan-export")
 
 
 def _shard(spec: str | None) -> tuple[int, int]:

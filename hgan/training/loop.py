@@ -167,7 +167,8 @@ class _Runner(orbit.AbstractTrainer, orbit.AbstractEvaluator):
             if terms.pop(SCALE_SKIPPED, 0.0):
                 # The progress line keeps the last applied step's terms and counts skips.
                 self.scale_skips += 1
-                terms = {**terms, **{k: v for k, v in self.terms.items() if k == "grad_norm"}}
+                if "grad_norm" in self.terms:
+                    terms["grad_norm"] = self.terms["grad_norm"]
             self.terms, self.phase = terms, phase
         return task.summaries(self.phase, dict(self.terms))
 
