@@ -18,7 +18,10 @@ afterwards (``metrics.both_directions``, outside its ``{mode}_s``) are timed apa
 scorer's memory budget is ``--budget_mb`` (hgan-eval: ``Scorer``'s default, 512 MiB). Each
 mode runs in its own subprocess, so its peak resident set (``ru_maxrss``) is its own.
 
-Reported per mode: wall time, the (text, image) pairs the local heads actually computed,
+Reported per mode: wall time; the floating-point operations computed (``pair_flops`` per
+computed pair and level), the GFLOP/s they ran at, and its share of TensorFlow's float32
+matmul peak measured in the same process just before (``matmul_peak_gflops``), with the
+time over that peak's floor; the (text, image) pairs the local heads actually computed,
 counted at each call of the scorer's compiled chunk function, padding included (a partial
 chunk is padded to the compiled shape: its extra rows cost time and their scores are
 dropped), against the pairs the mode needs (Q·G for exact, (Q + G)·K for two-stage), so a
@@ -132,6 +135,34 @@ def computed_pairs(text_rows, image_rows, layout: str) -> int:
     raise ValueError(f"unknown layout {layout!r}")
 
 
+def pair_flops(words: int, regions: int, hidden: int, k1: int, k2: int) -> int:
+    """Floating-point operations of one (text, image) pair at one local level, as the
+    Gumbel scorer computes it (``LocalMatching.pair_gamma`` + ``score_selected``), counting
+    a multiply-add as 2: Eq. 2's γ = φ_t(T)·φ_v(V)ᵀ, [R, H] × [H, N]: 2·R·N·H; Eqs. 6–7's
+    fused vectors, k1 words per region and k2 regions per word: 2·(k1·N + k2·R)·H; Eq. 8's
+    output layer on every region and word: 2·(N + R)·H. The top-k, softmaxes, sigmoids
+    and means are O(R·N) and left out. ``words`` is the chunk's word slots (its padding
+    included: what is computed)."""
+    return 2 * hidden * (words * regions + k1 * regions + k2 * words + regions + words)
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """TensorFlow's float32 matmul rate on this machine, in GFLOP/s: the best of
+    ``repeats`` [size, size] × [size, size] products (2·size³ FLOPs each), in a
+    ``tf.function``, after one warm-up call."""
+    from hgan.tf_compat import tf
+    a = tf.random.normal([size, size], seed=1)
+    b = tf.random.normal([size, size], seed=2)
+    product = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)))
+    product(a, b).numpy()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        product(a, b).numpy()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size ** 3 / best / 1e9
+
+
 def run_mode(mode: str) -> dict:
     from hgan.evaluation import hgan_scoring, metrics
     from hgan.config import preset
@@ -149,6 +180,7 @@ def run_mode(mode: str) -> dict:
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.pairs = {level: 0 for level in hgan_scoring.LOCAL_LEVELS}
+            self.flops = {level: 0 for level in hgan_scoring.LOCAL_LEVELS}
             self.parts = {}
 
         def _timed(self, name, fn, *args, **kwargs):
@@ -167,7 +199,11 @@ def run_mode(mode: str) -> dict:
             fn = super()._chunk_fn(level)
 
             def counted(prep, text_rows, image_rows, layout, used):
-                self.pairs[level] += computed_pairs(text_rows, image_rows, layout)
+                pairs = computed_pairs(text_rows, image_rows, layout)
+                self.pairs[level] += pairs
+                c = self.config.model
+                self.flops[level] += pairs * pair_flops(
+                    used, prep["image"][0].shape[1], c.mlp_hidden, c.k1, c.k2)
                 return fn(prep, text_rows, image_rows, layout, used)
             return counted
 
@@ -190,6 +226,7 @@ def run_mode(mode: str) -> dict:
     model = types.SimpleNamespace(config=config, word_head=heads["word"],
                                   phrase_head=heads["phrase"])
     rss_base = _rss()
+    peak = matmul_peak_gflops(*((512, 3) if FLAGS.small else ()))
     texts, images = make_features(config, FLAGS.queries, FLAGS.gallery, regions,
                                   FLAGS.identities, FLAGS.seed)
     rss_features = _rss()
@@ -212,7 +249,8 @@ def run_mode(mode: str) -> dict:
     t0 = time.perf_counter()
     metrics.both_directions(t2i, i2t, texts["label"], images["label"])
     return {"mode": mode, "timing": timing, "metrics_s": time.perf_counter() - t0,
-            "pairs": scorer.pairs, "needed": needed, "rss_base": rss_base,
+            "pairs": scorer.pairs, "flops": scorer.flops, "peak_gflops": peak,
+            "needed": needed, "rss_base": rss_base,
             "rss_features": rss_features, "rss_peak": _peak_rss()}
 
 
@@ -230,6 +268,12 @@ def _report(r: dict):
               f"{pairs / r['needed']:.2f}x the {r['needed']:,} needed")
     print(f"  {scored / total / 1e3:.1f} k computed pairs/s over both local levels "
           f"({len(r['pairs']) * r['needed'] / total / 1e3:.1f} k needed pairs/s)")
+    flops, peak_gflops = sum(r["flops"].values()), r["peak_gflops"]
+    achieved = flops / total / 1e9
+    print(f"  {achieved:.1f} GFLOP/s achieved ({flops / 1e12:.3f} TFLOP computed, "
+          f"pair_flops per pair and level) = {100 * achieved / peak_gflops:.1f} % of the "
+          f"float32 matmul peak measured in this process, {peak_gflops:.0f} GFLOP/s; "
+          f"{total / (flops / peak_gflops / 1e9):.1f}x the FLOP floor at that peak")
     if mode == "exact" and (q, g) != FULL:
         print(f"  projected at {FULL[0]}x{FULL[1]}: {total * FULL[0] * FULL[1] / (q * g):.0f} s "
               "(time x pairs)")

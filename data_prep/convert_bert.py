@@ -12,7 +12,6 @@ import sys
 
 from absl import app, flags
 
-from data_prep import hf_bert
 from hgan.cli import start
 
 FLAGS = flags.FLAGS
@@ -29,6 +28,7 @@ def define_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from data_prep import hf_bert  # TensorFlow: imported when the command runs, not for --help
     try:
         hf_bert.convert(FLAGS.hf_dir, FLAGS.output_dir)
     except (FileNotFoundError, FileExistsError, hf_bert.ConversionError) as e:

@@ -35,8 +35,8 @@ class Family:
     load_model: ``(model_dir, which) -> (model, config, checkpoint_path)``;
     evaluate: ``(model, data_dir, config, split, modes, rerank_k) -> report``;
     exact_mode: the name of the mode that scores every pair (hgan-eval's "exact");
-    servable: ``model -> (tf.Module, {signature name: concrete function})``, offering the
-      serving contract of ``hgan.serving.savedmodel``;
+    servable: ``model -> (tf.Module, {signature name: tf.function with an input
+      signature})``, offering the serving contract of ``hgan.serving.savedmodel``;
     report_extras: the family's own report entries and figures
       (``hgan.evaluation.report.ReportExtras``), or None.
     """

@@ -27,6 +27,11 @@ WORDS = ["a", "man", "woman", "in", "with", "and", "wearing", "bag", "pants", "s
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+def make_tiny_config(vocab: str):
+    """The ``tiny`` preset at the tiny dataset's image size, over ``vocab``."""
+    return preset("tiny").replace(vocab_file=vocab, image_height=32, image_width=16)
+
+
 def write_vocab(path: str) -> str:
     with open(path, "w") as f:
         f.write("\n".join(SPECIAL + COLOURS + GARMENTS + WORDS) + "\n")
@@ -83,10 +88,11 @@ def write_tiny_dataset(root: str, identities: dict | None = None, shots: int = 2
 
 
 @pytest.fixture(scope="session")
-def shared_root(tmp_path_factory, worker_id):
-    """A folder every xdist worker of this test run sees: the parent of their basetemps."""
+def shared_root(tmp_path_factory, request):
+    """A folder every xdist worker of this test run sees: the parent of their basetemps
+    (the basetemp itself without xdist)."""
     base = tmp_path_factory.getbasetemp()
-    return base if worker_id == "master" else base.parent
+    return base.parent if hasattr(request.config, "workerinput") else base
 
 
 def build_once(root, name: str, build):
@@ -181,4 +187,27 @@ def iatv_run(shared_root, tiny_data, tiny_vocab):
 
 @pytest.fixture()
 def tiny_config(tiny_vocab):
-    return preset("tiny").replace(vocab_file=tiny_vocab, image_height=32, image_width=16)
+    return make_tiny_config(tiny_vocab)
+
+
+@pytest.fixture(scope="session")
+def two_replica_results(shared_root, tiny_data, tiny_vocab):
+    """Every one-replica-against-two check (``tests/two_replicas.py``), computed once per
+    test run in one process of its own → {check: its figures}."""
+    import subprocess
+    import sys
+
+    def build(path):
+        config_path = path + ".config.json"
+        with open(config_path, "w") as f:
+            f.write(make_tiny_config(tiny_vocab).to_json())
+        script = os.path.join(os.path.dirname(__file__), "two_replicas.py")
+        proc = subprocess.run([sys.executable, script, config_path, tiny_data, path],
+                              capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        if proc.returncode:
+            raise AssertionError(f"tests/two_replicas.py exited {proc.returncode}:\n"
+                                 f"{proc.stderr[-4000:]}")
+
+    with open(build_once(shared_root, "two_replicas.json", build)) as f:
+        return json.load(f)

@@ -38,6 +38,8 @@ EXPECTED = {
         rf"metrics {NUMBER} s\n(.*\n){{3}}  memory: .* peak {NUMBER} GiB  target < 4 GiB",
         rf"exact: {NUMBER} s \(prepare {NUMBER} s\)",
         rf"word: {NUMBER} pairs computed \(padding included\) = {NUMBER}x the 300 needed",
+        rf"{NUMBER} GFLOP/s achieved .* = {NUMBER} % of the float32 matmul peak measured in "
+        rf"this process, {NUMBER} GFLOP/s; {NUMBER}x the FLOP floor at that peak",
         rf"projected at 6156x3074: {NUMBER} s",
     ],
     "gallery_index": [

@@ -13,7 +13,6 @@ from hgan import families
 from hgan.data import pipeline
 from hgan.data.phrases import extract_noun_phrases
 from hgan.evaluation import hgan_scoring, metrics
-from hgan.families import export
 from hgan.modeling.hgan.model import build_model, load_model
 from hgan.serving import searcher as search
 from hgan.tf_compat import tf

@@ -1,18 +1,10 @@
 """IATV §3.1.1 buffers: initialisation and the 0.5/0.5 update pinned to hand values, the
 checkpoint round trip, and one step on two replicas equal to one step on one."""
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 
 from hgan.training.buffers import IdentityBuffers
 from hgan.tf_compat import tf
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Three identities in 2-D. Images: identity 0 twice, identity 2 once, identity 1 never.
 IMAGES = np.array([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]], np.float32)
@@ -108,70 +100,12 @@ def test_buffers_are_not_trainable_and_survive_a_checkpoint(tmp_path):
     np.testing.assert_array_equal(restored.text.numpy(), buffers.text.numpy())
 
 
-_TWO_REPLICAS = textwrap.dedent("""
-    import json, sys
-    import numpy as np
-    from hgan.tf_compat import tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from hgan.config import Config
-    from hgan.modeling.iatv import stage1
-    from hgan.training import iatv_task
-    from hgan.training.buffers import IdentityBuffers
-    config = Config.from_dict(json.loads({config!r}))
-    rng = np.random.default_rng(0)
-    batch = {{"image": rng.uniform(size=(8, config.data.image_height, config.data.image_width, 3)),
-              "input_word_ids": rng.integers(1, 30, (8, config.data.max_len)),
-              "input_mask": (np.arange(config.data.max_len)[None] < rng.integers(2, 7, (8, 1))),
-              "label": np.array([0, 1, 1, 2, 3, 0, 2, 2])}}
-    batch = {{k: tf.constant(v, tf.float32 if k == "image" else tf.int32)
-              for k, v in batch.items()}}
-    init = rng.normal(size=(2, 8, config.model.embed_dim)).astype(np.float32)
-    out = {{}}
-    for name, devices in (("one", ["/cpu:0"]), ("two", ["/cpu:0", "/cpu:1"])):
-        strategy = tf.distribute.MirroredStrategy(devices)
-        with strategy.scope():
-            model = stage1.build_stage1(config, 30)
-            # BatchNorm would normalise with per-replica statistics; frozen, the features
-            # of both runs are the same and what is compared is the buffer update.
-            for layer in model.image_tower.submodules:
-                if isinstance(layer, tf.keras.layers.BatchNormalization):
-                    layer.trainable = False
-            buffers = IdentityBuffers(4, config.model.embed_dim)
-            buffers.initialize(init[0], np.array([0, 1, 2, 3] * 2), init[1],
-                               np.array([3, 2, 1, 0] * 2))
-            optimizers = iatv_task.make_optimizers(config)
-        if name == "two":
-            model.set_weights(weights)
-        weights = model.get_weights()
-        before = buffers.image.numpy()
-        step = iatv_task.make_stage1_step(model, buffers, optimizers, strategy)
-        dist = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
-        out[name] = {{"loss": float(step(next(iter(dist)))["cmce"]),
-                      "image": buffers.image.numpy().tolist(),
-                      "text": buffers.text.numpy().tolist(),
-                      "moved": float(np.abs(buffers.image.numpy() - before).max()),
-                      "weights": float(sum(np.abs(w).sum() for w in model.get_weights()))}}
-        # Every mirror holds the same buffer.
-        copies = [v.numpy() for v in strategy.experimental_local_results(buffers.image)]
-        out[name]["mirrors_agree"] = all(np.array_equal(c, copies[0]) for c in copies)
-    print("RESULT" + json.dumps(out))
-""")
 
 
 @pytest.mark.slow
-def test_two_replicas_update_the_buffers_like_one_replica_on_the_global_batch(tiny_config):
-    config = tiny_config.replace(family="iatv", backbone="small_cnn", backbone_weights="none",
-                                 max_len=6, word_dim=8, lstm_units=8,
-                                 embed_dim=8, cnn_learning_rate=0.1,
-                                 learning_rate=0.01)
-    code = _TWO_REPLICAS.format(config=config.to_json())
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT)
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
-    assert line, proc.stderr[-3000:]
-    out = json.loads(line[0][len("RESULT"):])
+def test_two_replicas_update_the_buffers_like_one_replica_on_the_global_batch(
+        two_replica_results):
+    out = two_replica_results["iatv_buffers"]  # tests/two_replicas.py: iatv_buffer_step
     one, two = out["one"], out["two"]
     assert one["moved"] > 1e-3  # the step did change the buffers
     assert one["mirrors_agree"] and two["mirrors_agree"]

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from hgan import families
-from hgan.config import Config, preset
+from hgan.config import Config
 from hgan.data import pipeline
 from hgan.evaluation import iatv_scoring
 from hgan.families import export

@@ -1,18 +1,10 @@
 """hgan.training.optim: the fused AdamW against Keras's Adam, and the finite-only step (skipped whole,
 on one replica and on two)."""
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 
 from hgan.training import optim
 from hgan.tf_compat import keras, tf
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _problem(seed=0):
@@ -117,59 +109,11 @@ def test_all_finite_sums_once_per_tensor():
     assert bool(optim.all_finite([]))
 
 
-_TWO_REPLICAS = textwrap.dedent("""
-    import json, sys
-    from hgan.tf_compat import tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from hgan.training import optim
-    out = {{}}
-    for name, devices in (("one", ["/cpu:0"]), ("two", ["/cpu:0", "/cpu:1"])):
-        strategy = tf.distribute.MirroredStrategy(devices)
-        with strategy.scope():
-            w = tf.Variable([[1.0, -2.0], [0.5, 3.0]])
-            opt = optim.AdamW(learning_rate=0.1, weight_decay=0.1)
-            opt.build([w])
-        # Global batch of 4 rows; row 3 is poisoned in the second step (on replica 2 of 2).
-        x = tf.constant([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5], [2.0, 1.0]])
-
-        def replica_step(rows, poison, veto_last):
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_sum(tf.tanh(rows @ w) * poison) / 4.0
-            ctx = tf.distribute.get_replica_context()
-            last = ctx.replica_id_in_sync_group == ctx.num_replicas_in_sync - 1
-            return optim.apply_if_finite(opt, [(tape.gradient(loss, w), w)],
-                                         finite=tf.logical_not(veto_last & last))
-
-        @tf.function
-        def step(poison, veto_last=False):
-            dist = strategy.experimental_distribute_values_from_function(
-                lambda ctx: (tf.split(x, ctx.num_replicas_in_sync)[ctx.replica_id_in_sync_group],
-                             tf.split(poison, ctx.num_replicas_in_sync)[ctx.replica_id_in_sync_group]))
-            flags = strategy.run(replica_step, args=(*dist, tf.constant(veto_last)))
-            return strategy.experimental_local_results(flags)
-
-        applied = [bool(f) for f in step(tf.ones([4, 1]))]
-        after_good = w.numpy().tolist()
-        skipped = [bool(f) for f in step(tf.constant([[1.0], [1.0], [1.0], [float("nan")]]))]
-        # Finite gradients, but the last replica's own flag (its loss) says no.
-        vetoed = [bool(f) for f in step(tf.ones([4, 1]), veto_last=True)]
-        out[name] = dict(applied=applied, skipped=skipped + vetoed, after_good=after_good,
-                         after_bad=[v.numpy().tolist() for v in strategy.experimental_local_results(w)],
-                         slots=[s.numpy().tolist() for s in opt.variables()[1:]],
-                         iterations=int(opt.iterations.numpy()))
-    print("RESULT" + json.dumps(out))
-""")
 
 
 @pytest.mark.slow
-def test_two_replicas_skip_together_and_apply_like_one():
-    proc = subprocess.run([sys.executable, "-c", _TWO_REPLICAS.format()],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
-    assert line, proc.stderr[-3000:]
-    out = json.loads(line[0][len("RESULT"):])
+def test_two_replicas_skip_together_and_apply_like_one(two_replica_results):
+    out = two_replica_results["optim"]  # tests/two_replicas.py: optim_steps
     one, two = out["one"], out["two"]
     assert one["applied"] == [True] and two["applied"] == [True, True]
     assert one["skipped"] == [False] * 2 and two["skipped"] == [False] * 4

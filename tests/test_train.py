@@ -1,9 +1,6 @@
 import json
 import os
 import re
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -62,68 +59,21 @@ def test_model_selection_never_uses_test(tiny_data, config, tmp_path):
         families.train(config, tiny_data, str(tmp_path), val_split="test")
 
 
-_TWO_REPLICAS = textwrap.dedent("""
-    import json, sys
-    from hgan.tf_compat import tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from hgan.data import pipeline
-    from hgan.config import Config
-    from hgan.training.hgan_task import HGANTask
-    config = Config.from_dict(json.loads({config!r}))
-    out = {{}}
-    for name, devices in (("one", ["/cpu:0"]), ("two", ["/cpu:0", "/cpu:1"])):
-        tf.random.set_seed(0)
-        trainer = HGANTask(config, {data!r},
-                           strategy=tf.distribute.MirroredStrategy(devices))
-        # BatchNorm normalises with per-replica statistics (as usual under Mirrored-
-        # Strategy) unless sync_batchnorm; freezing it then isolates what is tested: the
-        # gathered in-batch losses.
-        for layer in trainer.model.image_encoder.submodules:
-            if (isinstance(layer, tf.keras.layers.BatchNormalization)
-                    and not config.model.sync_batchnorm):
-                layer.trainable = False
-        batch = next(iter(pipeline.train_dataset({data!r}, config, trainer.tokenizer)))
-        if name == "two":
-            trainer.model.set_weights(weights)
-        weights = trainer.model.get_weights()
-        if trainer.buffers is not None:  # sentence_loss=cmce
-            trainer.initialize_buffers(log=lambda _: None)
-        dist = trainer.strategy.experimental_distribute_dataset(
-            tf.data.Dataset.from_tensors(batch))
-        terms = trainer.train_step("train", next(iter(dist)))
-        out[name] = {{k: float(v) for k, v in terms.items()}}
-        out[name + "_w"] = float(sum(abs(w).sum() for w in trainer.model.get_weights()))
-        if trainer.buffers is not None:
-            out[name + "_buffers"] = [trainer.buffers.image.numpy().tolist(),
-                                      trainer.buffers.text.numpy().tolist()]
-    print("RESULT" + json.dumps(out))
-""")
 
 
-@pytest.mark.parametrize("sentence_loss,sync_batchnorm", [("cmpm", False), ("cmce", True)])
-def test_two_replicas_give_the_loss_and_update_of_one(tiny_data, config, tmp_path,
-                                                      sentence_loss, sync_batchnorm):
+@pytest.mark.parametrize("check", ["hgan_cmpm", "hgan_cmce_sync_bn"])
+def test_two_replicas_give_the_loss_and_update_of_one(two_replica_results, check):
     # Soft attention and no dropout make the step deterministic, so the comparison is exact
     # up to float summation order; what it checks is the cross-replica gather and scaling
     # (with CMCE, that both replicas' identities reach the buffers exactly once; with
     # sync_batchnorm, that trainable BatchNorm, moving statistics included, sees the
     # global batch).
-    cfg = config.replace(attention="soft", dropout=0.0, batch_size=8, identities_per_batch=4,
-                         random_flip=False, sentence_loss=sentence_loss,
-                         sync_batchnorm=sync_batchnorm)
-    code = _TWO_REPLICAS.format(config=cfg.to_json(), data=tiny_data,
-                                model_dir=str(tmp_path / "m"))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT)
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
-    assert line, proc.stderr[-3000:]
-    out = json.loads(line[0][len("RESULT"):])
+    # (tests/two_replicas.py: hgan_config, hgan_step)
+    out = two_replica_results[check]
     for key, value in out["one"].items():
         np.testing.assert_allclose(out["two"][key], value, rtol=1e-4, err_msg=key)
     np.testing.assert_allclose(out["two_w"], out["one_w"], rtol=1e-5)
-    if sentence_loss == "cmce":
+    if check == "hgan_cmce_sync_bn":
         assert "cmce" in out["one"] and "pair" not in out["one"]
         np.testing.assert_allclose(out["two_buffers"], out["one_buffers"], atol=1e-5)
 

@@ -27,7 +27,6 @@ from absl import app, flags
 from hgan.cli import start
 from hgan.config import experiments
 from hgan.config.experiments import LEVELS
-from hgan.training.run_dir import BEST_FILE
 
 COLUMNS = [("t2i", "R1"), ("t2i", "R5"), ("t2i", "R10"), ("t2i", "mAP"), ("t2i", "AP@50"),
            ("i2t", "R1"), ("i2t", "mAP"), ("i2t", "class_R1")]
@@ -82,6 +81,7 @@ def one(name: str, seed: str):
               f"--output_json={result}", "--figures=false"])
     with open(result) as f:
         report = json.load(f)
+    from hgan.training.run_dir import BEST_FILE  # TensorFlow: not for --help
     best = os.path.join(model_dir, BEST_FILE)
     if os.path.exists(best):
         with open(best) as f:

@@ -23,8 +23,13 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import TYPE_CHECKING
 
-import nltk
+if TYPE_CHECKING:
+    import nltk
+
+# nltk is imported where a tagger or chunker is built: importing it takes seconds, and
+# every command that only reads the lexicon (serving, evaluation) would pay for it.
 
 # A word is letters/digits with inner hyphens or apostrophes ("t-shirt", "woman's");
 # every other non-space character is a token of its own (punctuation, symbols, emoji).
@@ -111,6 +116,7 @@ SUFFIX_RULES = [
 @functools.lru_cache(maxsize=None)
 def _perceptron() -> nltk.tag.PerceptronTagger | None:
     """NLTK's averaged-perceptron tagger, or None when its data is not installed."""
+    import nltk
     try:
         return nltk.tag.PerceptronTagger()
     except LookupError:
@@ -119,11 +125,13 @@ def _perceptron() -> nltk.tag.PerceptronTagger | None:
 
 @functools.lru_cache(maxsize=None)
 def _fallback() -> nltk.tag.SequentialBackoffTagger:
+    import nltk
     return nltk.UnigramTagger(model=LEXICON, backoff=nltk.RegexpTagger(SUFFIX_RULES))
 
 
 @functools.lru_cache(maxsize=None)
 def _chunker() -> nltk.RegexpParser:
+    import nltk
     return nltk.RegexpParser(GRAMMAR)
 
 
@@ -145,6 +153,7 @@ def resolve_tagger(requested: str = "auto") -> str:
     if requested not in TAGGERS:
         raise ValueError(f"unknown tagger {requested!r}; expected one of {TAGGER_REQUESTS}")
     if requested == "perceptron" and _perceptron() is None:
+        import nltk
         raise LookupError(
             f"tagger 'perceptron' was requested but NLTK data '{PERCEPTRON_DATA}' is not "
             f"installed (searched {list(nltk.data.path)}): install it (python -m "

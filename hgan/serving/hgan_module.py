@@ -129,18 +129,19 @@ class HGANServing(ServingModule):
 
 
 def servable(model: HGAN) -> tuple[tf.Module, dict]:
-    """The serving module of a trained HGAN and its signatures."""
+    """The serving module of a trained HGAN and its signatures (``tf.function``s with input
+    signatures, traced by the save: ``savedmodel.save_servable``)."""
     module = HGANServing(model)
     module.rerank = module.rerank_fn()
     explain = {}
     if model.word_head is not None and model.config.model.word_keys == "words":
         module.explain = module.explain_fn()
-        explain[EXPLAIN] = module.explain.get_concrete_function()
+        explain[EXPLAIN] = module.explain
     return module, {
         **explain,
-        ENCODE_TEXT: module.encode_text.get_concrete_function(),
-        ENCODE_IMAGE: module.encode_image.get_concrete_function(),
-        SCORE: module.score.get_concrete_function(),
-        "score_levels": module.score_levels.get_concrete_function(),
-        RERANK: module.rerank.get_concrete_function(),
+        ENCODE_TEXT: module.encode_text,
+        ENCODE_IMAGE: module.encode_image,
+        SCORE: module.score,
+        "score_levels": module.score_levels,
+        RERANK: module.rerank,
     }

@@ -98,13 +98,14 @@ class IATVServing(ServingModule):
 
 
 def servable(model: IATV) -> tuple[tf.Module, dict]:
-    """The serving module of a trained IATV model and its signatures."""
+    """The serving module of a trained IATV model and its signatures (``tf.function``s with
+    input signatures, traced by the save: ``savedmodel.save_servable``)."""
     module = IATVServing(model)
     return module, {
-        ENCODE_TEXT: module.encode_text.get_concrete_function(),
-        ENCODE_IMAGE: module.encode_image.get_concrete_function(),
-        SCORE: module.score.get_concrete_function(),
-        "rerank_score": module.rerank_score.get_concrete_function(),
-        "rerank_confidence": module.rerank_confidence.get_concrete_function(),
-        RERANK: module.rerank.get_concrete_function(),
+        ENCODE_TEXT: module.encode_text,
+        ENCODE_IMAGE: module.encode_image,
+        SCORE: module.score,
+        "rerank_score": module.rerank_score,
+        "rerank_confidence": module.rerank_confidence,
+        RERANK: module.rerank,
     }

@@ -100,6 +100,11 @@ def save_servable(module: tf.Module, signatures: dict, output_dir: str, config,
     """Saves ``module`` with ``signatures``, the config (``assets.extra/config.json``) and
     the checkpoint it came from (``checkpoint.txt``) beside it; returns ``output_dir``.
 
+    ``signatures`` maps names to ``tf.function``s with input signatures, not to concrete
+    functions: the save traces each function once, in its own context, and serialises the
+    module's functions from that trace; a function traced before the save is traced again
+    by it (the save context is part of the trace cache's key): two traces instead of one.
+
     Everything is written to a hidden temporary sibling of ``output_dir`` first, which then
     takes its place (``_replace_dir``): ``output_dir`` never holds a partial export, and an
     existing export is only deleted once the new one is complete. An existing
