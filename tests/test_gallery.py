@@ -212,3 +212,31 @@ def test_one_writer_at_a_time_and_a_killed_writer_frees_the_gallery(tmp_path):
         child.wait(30)
     gallery.Gallery.open(path, writable=True).append(["6"], _rows(1))
     assert gallery.Gallery.open(path).paths()[-1] == "6"
+
+
+def test_an_ivf_of_a_prefix_is_searched_with_the_rest_exactly():
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(4)
+    vectors, queries = rng.normal(size=(3000, 16)), rng.normal(size=(20, 16))
+    index = ann.build(vectors[:2000], threshold=0, nlist=8, train_size=2000)
+    mixed = ann.Searcher(vectors, index, nprobe=8)  # every list: the IVF part is exact too
+    assert mixed.tail == 1000 and not mixed.exact
+    scores, ids = mixed.search(queries, 10)
+    want_s, want_i = ann.Searcher(vectors).search(queries, 10)
+    np.testing.assert_array_equal(ids, want_i)
+    np.testing.assert_allclose(scores, want_s, rtol=1e-5)
+    assert (ids >= 2000).any() and (ids < 2000).any()  # both parts reach the top 10
+
+
+def test_misplaced_tells_a_galleries_ivf_from_another_one():
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(1000, 8)).astype(np.float16)
+    vectors[500] = vectors[100]  # duplicate rows: either id is the row's
+    own = ann.build(vectors, threshold=0, nlist=4, train_size=1000)
+    assert ann.misplaced(own, vectors) is None
+    assert ann.misplaced(ann.build(vectors[:600], threshold=0, nlist=4), vectors) is None
+    other = rng.normal(size=(1000, 8)).astype(np.float16)
+    assert ann.misplaced(ann.build(other, threshold=0, nlist=4), vectors) == 0
+    shuffled = vectors[rng.permutation(1000)]  # the same images in another order
+    assert ann.misplaced(ann.build(shuffled, threshold=0, nlist=4), vectors) is not None
