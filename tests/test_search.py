@@ -2,8 +2,8 @@
 re-ranking of the stage-1 head, the index builder's skipping, and every error message.
 
 The real exported models are searched in test_eval_export.py (HGAN) and test_iatv_train.py
-(IATV); here the signatures are plain functions of hand-made features, so every ranking is
-known in advance.
+(IATV); here the signatures are plain functions of hand-made features (search_standin.py),
+so every ranking is known in advance.
 """
 import json
 import os
@@ -14,67 +14,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from hgan.config import preset
 from hgan.serving import ann, gallery, searcher
-from hgan.tf_compat import tf
+from search_standin import Signature, fake_savedmodel, logits, served
 from tests_support import ROOT
-
-
-class Signature:
-    """What search reads of a concrete function: its input names, output names, a call."""
-
-    def __init__(self, fn, inputs, outputs=()):
-        self.fn = fn
-        self.structured_input_signature = ((), {name: None for name in inputs})
-        self.structured_outputs = {name: None for name in outputs}
-        self.calls = []
-
-    def __call__(self, **kwargs):
-        arrays = {k: v.numpy() for k, v in kwargs.items()}
-        self.calls.append(arrays)
-        return {k: tf.constant(v) for k, v in self.fn(**arrays).items()}
-
-
-# A query's direction in a 2-d feature space; stage 1 is the cosine with it.
-DIRECTIONS = {b"red": [1.0, 0.0], b"blue": [0.0, 1.0]}
-
-
-def _encode_text(sentences):
-    return {"global": np.array([DIRECTIONS[t] for t in sentences], np.float32)}
-
-
-def _logits(texts, image_regions):
-    # Stage 2 reads another feature than stage 1: region [0, 0] (+1 for a "blue" query).
-    return {"score": np.array([image_regions[:, 0, 0] + (t == b"blue") for t in texts])}
-
-
-def _encode_image(images):
-    """"IMG:<x>" bytes → embedding [x, 1] and regions of x; other bytes fail their call, as
-    the exported models' in-graph check does."""
-    if any(not blob.startswith(b"IMG:") for blob in images):
-        raise tf.errors.InvalidArgumentError(None, None, "not a JPEG or PNG image\nmore")
-    x = np.array([float(b[4:]) for b in images], np.float32)
-    return {"global": np.stack([x, np.ones_like(x)], 1),
-            "regions": x[:, None, None] * np.ones((1, 2, 3), np.float32)}
-
-
-def served():
-    """The serving contract (``hgan.serving.savedmodel``) of a stand-in model."""
-    signatures = {"encode_text": Signature(_encode_text, ["sentences"], ["global"]),
-                  "encode_image": Signature(_encode_image, ["images"],
-                                            ["global", "regions"]),
-                  "rerank": Signature(_logits, ["texts", "image_regions"])}
-    return type("Served", (), {"signatures": signatures})()
-
-
-def fake_savedmodel(path, version=b"1", rerank_k=20):
-    """A folder with what ``gallery.model_fingerprint`` reads (the graph, the index) and
-    the export's config (``eval.rerank_k``: how many candidates a query re-ranks)."""
-    (path / "variables").mkdir(parents=True, exist_ok=True)
-    (path / "saved_model.pb").write_bytes(b"graph" + version)
-    (path / "variables" / "variables.index").write_bytes(b"index")
-    preset("tiny").replace(rerank_k=rerank_k).save(str(path / "assets.extra"))
-    return str(path)
 
 
 # Stage 1 for "red": cosines of [0.2, 0.3] ... with [1, 0]: a .55 b 1 c .98 d .75 e .14,
@@ -138,7 +80,7 @@ def test_a_rerank_signature_gets_every_gallery_table_it_names(monkeypatch, model
     served_model = served()
     served_model.signatures["rerank"] = Signature(
         lambda texts, image_global, image_regions: {
-            "score": _logits(texts, image_regions)["score"] + 10 * image_global[None, :, 0]},
+            "score": logits(texts, image_regions)["score"] + 10 * image_global[None, :, 0]},
         ["texts", "image_global", "image_regions"])
     _use(monkeypatch, served_model)
     results = searcher.query(model, index, "red", top_k=5, rerank_k=3)
