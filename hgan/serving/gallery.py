@@ -352,7 +352,7 @@ def _read_manifest(path: str) -> dict:
     if missing:
         raise GalleryDamaged(
             f"{file} is damaged (it lacks {', '.join(missing)}): the gallery cannot be read; "
-            "copy it again, or index its images into a new folder")
+            "copy it again, or index its images into an empty folder")
     if manifest["version"] != VERSION:
         raise ValueError(f"{path}: gallery version {manifest['version']} is not {VERSION}; "
                          "rebuild it")

@@ -252,7 +252,7 @@ def _build_ann(store, threshold: int, log) -> None:
     try:
         index = snapshot.load_ivf(store)  # memory-mapped: only checked here
     except snapshot.IVFError as e:
-        log(f"{e.problem}: training a new one")
+        log(f"{e.problem}: training another")
         index = None
     meta = _ann_meta(path) if index is not None else None
     if meta is None or meta.get("vectors") != index.ntotal or \

@@ -11,7 +11,7 @@ gallery (``hgan-serve``), on FastAPI (Starlette) served by uvicorn.
                           "regions": [[{"word", "slot", "weight"}] per region]} (404 for
                           a model without word-level selections: IATV)
   GET  /api/image/{row}   the image of gallery row ``row`` (only indexed images are served)
-  POST /api/reload        serve the gallery as it is on disk now, once it checks out →
+  POST /api/reload        serve the gallery as it is on disk, once it checks out →
                           {"images", "previous"}; 409 with the reason, the loaded state kept
 
 Names follow the SavedModel's: ``score`` is stage 1 (the global embeddings' cosine),
@@ -80,7 +80,7 @@ def parse_search(body: bytes, max_body: int = MAX_BODY) -> dict:
 class ImageSource:
     """The bytes of a gallery row's image, from the folder or the TFRecords it was indexed
     from: only rows of the gallery, and a folder path must resolve inside its root.
-    ``store``: the gallery, or a function that returns the one served now."""
+    ``store``: the gallery, or a function that returns the one being served."""
 
     def __init__(self, store: Union[gallery.Gallery, Callable[[], gallery.Gallery]]):
         self.current = store if callable(store) else (lambda: store)
@@ -175,7 +175,7 @@ def parse_explain(body: bytes, max_body: int = MAX_BODY) -> dict:
 
 class Reloader:
     """Keeps a ``searcher.Searcher`` on the newest state of its gallery that checks out:
-    ``reload`` now, ``check`` when the gallery's files changed, ``watch`` every few seconds.
+    ``reload`` at once, ``check`` when the gallery's files changed, ``watch`` every few seconds.
     A state that does not check out leaves the served one in place; ``error`` keeps why
     (None once a reload succeeds)."""
 

@@ -99,7 +99,7 @@ class Snapshot:
     @classmethod
     def open(cls, path: str, model: Optional[str] = None, nprobe: int = 32,
              previous: Optional["Snapshot"] = None, attempts: int = 5) -> "Snapshot":
-        """The gallery at ``path`` as it is now, checked (``gallery.GalleryDamaged``,
+        """The gallery at ``path`` as it is on disk, checked (``gallery.GalleryDamaged``,
         ``gallery.ModelMismatch``, ``IVFError``); ``previous``, an earlier snapshot of
         it, saves reading its paths again."""
         for attempt in range(attempts):
