@@ -124,8 +124,8 @@ class Phases:
         signatures = dict(searcher.served.signatures)
         signatures[ENCODE_TEXT] = _Timed(signatures[ENCODE_TEXT], self.times["encode"])
         searcher.served = types.SimpleNamespace(signatures=signatures)
-        stage1 = searcher.stage1
-        searcher.stage1 = types.SimpleNamespace(
+        stage1 = searcher.stage1  # the served state's (Searcher.snapshot)
+        searcher.snapshot.stage1 = types.SimpleNamespace(
             search=_Timed(stage1.search, self.times["stage1"]), vectors=stage1.vectors,
             index=stage1.index)
         searcher.second = _Timed(searcher.second, self.times["rerank"], self._count)

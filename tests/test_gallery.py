@@ -34,6 +34,7 @@ def test_a_crash_between_write_and_commit_loses_nothing_committed(tmp_path):
     path = str(tmp_path / "g")
     g = gallery.Gallery.create(path, "m1", FEATURES, dtype="float32")
     g.append(["a", "b"], _rows(2))
+    g.close()
     # Rows written after the last commit (an interrupted append): dropped on reopen.
     with open(os.path.join(path, "feat.global.bin"), "ab") as f:
         f.write(b"\0" * 4 * 4)
@@ -112,3 +113,130 @@ def test_ivf_recall_and_the_shard_merge_is_faiss_own():
     assert merged.ntotal == 6000
     got = ann.Searcher(vectors, merged, nprobe=8).search(queries, 20)[1]
     np.testing.assert_array_equal(got, approx)  # the same index as one built at once
+
+
+def _committed(path, n=6, dtype="float32"):
+    """A closed gallery of n rows "0" .. "n-1" (rows of seed 3) → the rows appended."""
+    rows = _rows(n, 3)
+    g = gallery.Gallery.create(path, "m1", FEATURES, dtype=dtype)
+    g.append([str(i) for i in range(n)], rows)
+    g.close()
+    return rows
+
+
+def test_a_feature_file_cut_short_is_refused_by_name_and_a_writer_keeps_its_whole_rows(
+        tmp_path):
+    path = str(tmp_path / "g")
+    rows = _committed(path)
+    word = os.path.join(path, "feat.word.bin")
+    os.truncate(word, 4 * 6 * 4 + 5)  # 4 whole rows of 6 floats, and part of the fifth
+    with pytest.raises(gallery.GalleryDamaged,
+                       match=r"feat\.word\.bin holds 4 whole rows of the 6 that gallery\.json "
+                             r"commits \(cut short\): re-run hgan-search index --index=.*g "
+                             "with its --savedmodel and images"):
+        gallery.Gallery.open(path)
+    g = gallery.Gallery.open(path, writable=True)  # what index does first: the repair
+    assert g.repaired and "kept its first 4 rows, the other 2 are indexed again" in g.repaired
+    assert len(g) == 4 and g.paths() == ["0", "1", "2", "3"]
+    g.append(["4", "5"], {k: v[4:] for k, v in rows.items()})
+    g.close()
+    again = gallery.Gallery.open(path)
+    assert again.paths() == [str(i) for i in range(6)]
+    for name in FEATURES:
+        np.testing.assert_allclose(again.array(name), rows[name], rtol=1e-6)
+
+
+def test_a_path_list_cut_short_or_garbled_is_refused_and_repaired(tmp_path):
+    path = str(tmp_path / "g")
+    _committed(path)
+    file = os.path.join(path, gallery.PATHS)
+    data = open(file, "rb").read()
+    open(file, "wb").write(data[:-3])  # the last line cut
+    with pytest.raises(gallery.GalleryDamaged, match=r"paths\.jsonl holds 21 of the 24 bytes"):
+        gallery.Gallery.open(path)
+    g = gallery.Gallery.open(path, writable=True)
+    assert len(g) == 5 and g.paths() == ["0", "1", "2", "3", "4"]
+    g.close()
+    # A line that is not a JSON string, the size intact: the reader finds it in the list.
+    path = str(tmp_path / "g2")
+    _committed(path)
+    file = os.path.join(path, gallery.PATHS)
+    open(file, "wb").write(data[:8] + b"?" + data[9:])  # line 3 ("2") garbled
+    with pytest.raises(gallery.GalleryDamaged, match=r"paths\.jsonl lists 2 readable paths "
+                                                     "where gallery.json commits 6 rows: re-run"):
+        gallery.Gallery.open(path).paths()
+    g = gallery.Gallery.open(path, writable=True)
+    assert g.paths() == ["0", "1"] and len(g) == 2
+    assert os.path.getsize(os.path.join(path, "feat.global.bin")) == 2 * 4 * 4
+
+
+@pytest.mark.parametrize("text,lacks", [("", "a JSON object \\(not JSON"),
+                                        ('{"version": 1, "model": "m1", "dty', "a JSON object"),
+                                        ("[1, 2]", r"a JSON object \(\[1, 2\]\)"),
+                                        ('{"version": 1, "model": "m1"}', "dtype, count")])
+def test_a_damaged_manifest_is_refused_by_name(tmp_path, text, lacks):
+    path = str(tmp_path / "g")
+    _committed(path)
+    with open(os.path.join(path, gallery.MANIFEST), "w") as f:
+        f.write(text)
+    for writable in (False, True):
+        with pytest.raises(gallery.GalleryDamaged, match=rf"gallery\.json is damaged \(it lacks "
+                                                         rf"{lacks}.*copy it again"):
+            gallery.Gallery.open(path, writable=writable)
+
+
+def test_one_writer_at_a_time_and_a_killed_writer_frees_the_gallery(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    path = str(tmp_path / "g")
+    _committed(path)
+    writer = gallery.Gallery.open(path, writable=True)
+    with pytest.raises(gallery.GalleryBusy, match=rf"another writer \(process {os.getpid()} "
+                                                  r"holds .*index\.lock\)"):
+        gallery.Gallery.open(path, writable=True)
+    assert len(gallery.Gallery.open(path)) == 6  # readers are never held up
+    writer.close()
+    gallery.Gallery.open(path, writable=True).close()
+    # A writer killed while it holds the lock (SIGKILL: no clean-up of its own).
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from hgan.serving import gallery; "
+         "g = gallery.Gallery.open(sys.argv[1], writable=True); print('locked', flush=True); "
+         "time.sleep(60)", path], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(gallery.GalleryBusy, match=f"process {child.pid} holds"):
+            gallery.Gallery.open(path, writable=True)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    gallery.Gallery.open(path, writable=True).append(["6"], _rows(1))
+    assert gallery.Gallery.open(path).paths()[-1] == "6"
+
+
+def test_an_ivf_of_a_prefix_is_searched_with_the_rest_exactly():
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(4)
+    vectors, queries = rng.normal(size=(3000, 16)), rng.normal(size=(20, 16))
+    index = ann.build(vectors[:2000], threshold=0, nlist=8, train_size=2000)
+    mixed = ann.Searcher(vectors, index, nprobe=8)  # every list: the IVF part is exact too
+    assert mixed.tail == 1000 and not mixed.exact
+    scores, ids = mixed.search(queries, 10)
+    want_s, want_i = ann.Searcher(vectors).search(queries, 10)
+    np.testing.assert_array_equal(ids, want_i)
+    np.testing.assert_allclose(scores, want_s, rtol=1e-5)
+    assert (ids >= 2000).any() and (ids < 2000).any()  # both parts reach the top 10
+
+
+def test_misplaced_tells_a_galleries_ivf_from_another_one():
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(1000, 8)).astype(np.float16)
+    vectors[500] = vectors[100]  # duplicate rows: either id is the row's
+    own = ann.build(vectors, threshold=0, nlist=4, train_size=1000)
+    assert ann.misplaced(own, vectors) is None
+    assert ann.misplaced(ann.build(vectors[:600], threshold=0, nlist=4), vectors) is None
+    other = rng.normal(size=(1000, 8)).astype(np.float16)
+    assert ann.misplaced(ann.build(other, threshold=0, nlist=4), vectors) == 0
+    shuffled = vectors[rng.permutation(1000)]  # the same images in another order
+    assert ann.misplaced(ann.build(shuffled, threshold=0, nlist=4), vectors) is not None

@@ -2,8 +2,8 @@
 re-ranking of the stage-1 head, the index builder's skipping, and every error message.
 
 The real exported models are searched in test_eval_export.py (HGAN) and test_iatv_train.py
-(IATV); here the signatures are plain functions of hand-made features, so every ranking is
-known in advance.
+(IATV); here the signatures are plain functions of hand-made features (search_standin.py),
+so every ranking is known in advance.
 """
 import json
 import os
@@ -14,67 +14,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from hgan.config import preset
-from hgan.serving import ann, gallery, searcher
-from hgan.tf_compat import tf
+from hgan.serving import ann, gallery, searcher, snapshot
+from search_standin import Signature, fake_savedmodel, logits, served
 from tests_support import ROOT
-
-
-class Signature:
-    """What search reads of a concrete function: its input names, output names, a call."""
-
-    def __init__(self, fn, inputs, outputs=()):
-        self.fn = fn
-        self.structured_input_signature = ((), {name: None for name in inputs})
-        self.structured_outputs = {name: None for name in outputs}
-        self.calls = []
-
-    def __call__(self, **kwargs):
-        arrays = {k: v.numpy() for k, v in kwargs.items()}
-        self.calls.append(arrays)
-        return {k: tf.constant(v) for k, v in self.fn(**arrays).items()}
-
-
-# A query's direction in a 2-d feature space; stage 1 is the cosine with it.
-DIRECTIONS = {b"red": [1.0, 0.0], b"blue": [0.0, 1.0]}
-
-
-def _encode_text(sentences):
-    return {"global": np.array([DIRECTIONS[t] for t in sentences], np.float32)}
-
-
-def _logits(texts, image_regions):
-    # Stage 2 reads another feature than stage 1: region [0, 0] (+1 for a "blue" query).
-    return {"score": np.array([image_regions[:, 0, 0] + (t == b"blue") for t in texts])}
-
-
-def _encode_image(images):
-    """"IMG:<x>" bytes → embedding [x, 1] and regions of x; other bytes fail their call, as
-    the exported models' in-graph check does."""
-    if any(not blob.startswith(b"IMG:") for blob in images):
-        raise tf.errors.InvalidArgumentError(None, None, "not a JPEG or PNG image\nmore")
-    x = np.array([float(b[4:]) for b in images], np.float32)
-    return {"global": np.stack([x, np.ones_like(x)], 1),
-            "regions": x[:, None, None] * np.ones((1, 2, 3), np.float32)}
-
-
-def served():
-    """The serving contract (``hgan.serving.savedmodel``) of a stand-in model."""
-    signatures = {"encode_text": Signature(_encode_text, ["sentences"], ["global"]),
-                  "encode_image": Signature(_encode_image, ["images"],
-                                            ["global", "regions"]),
-                  "rerank": Signature(_logits, ["texts", "image_regions"])}
-    return type("Served", (), {"signatures": signatures})()
-
-
-def fake_savedmodel(path, version=b"1", rerank_k=20):
-    """A folder with what ``gallery.model_fingerprint`` reads (the graph, the index) and
-    the export's config (``eval.rerank_k``: how many candidates a query re-ranks)."""
-    (path / "variables").mkdir(parents=True, exist_ok=True)
-    (path / "saved_model.pb").write_bytes(b"graph" + version)
-    (path / "variables" / "variables.index").write_bytes(b"index")
-    preset("tiny").replace(rerank_k=rerank_k).save(str(path / "assets.extra"))
-    return str(path)
 
 
 # Stage 1 for "red": cosines of [0.2, 0.3] ... with [1, 0]: a .55 b 1 c .98 d .75 e .14,
@@ -138,7 +80,7 @@ def test_a_rerank_signature_gets_every_gallery_table_it_names(monkeypatch, model
     served_model = served()
     served_model.signatures["rerank"] = Signature(
         lambda texts, image_global, image_regions: {
-            "score": _logits(texts, image_regions)["score"] + 10 * image_global[None, :, 0]},
+            "score": logits(texts, image_regions)["score"] + 10 * image_global[None, :, 0]},
         ["texts", "image_global", "image_regions"])
     _use(monkeypatch, served_model)
     results = searcher.query(model, index, "red", top_k=5, rerank_k=3)
@@ -371,6 +313,213 @@ def test_index_errors_say_what_is_wrong(monkeypatch, model, tmp_path):
         searcher.build_index(model, str(tmp_path / "g"), images=str(tmp_path / "bad"),
                              log=lambda *_: None)
     assert not (tmp_path / "g").exists()
+
+
+def _every_image_once(out, numbers):
+    """The gallery ``out`` holds image ``<i>.png`` of each of ``numbers`` once, with its
+    own features (the stand-in's global embedding [i, 1]); returns the gallery."""
+    g = gallery.Gallery.open(out)
+    paths = g.paths()
+    assert sorted(paths) == sorted(f"{i}.png" for i in numbers) and len(set(paths)) == len(g)
+    np.testing.assert_array_equal(g.array("global")[:, 0], [float(p[:-4]) for p in paths])
+    return g
+
+
+def _found(engine):
+    """Every gallery path stage 1 finds for a query."""
+    return {r["path"] for r in engine.query("red", top_k=100, rerank_k=0)}
+
+
+def test_a_searcher_serves_its_state_until_reload_and_keeps_it_against_a_bad_one(
+        monkeypatch, model, tmp_path):
+    pytest.importorskip("faiss")
+    _use(monkeypatch, served())
+    folder, out = tmp_path / "photos", str(tmp_path / "gallery")
+    _photos(folder, [(f"{i}.png", f"IMG:{i}".encode()) for i in range(1, 5)])
+    searcher.build_index(model, out, images=str(folder), ann_threshold=1, log=lambda *_: None)
+    engine = searcher.Searcher(model, out)
+    assert len(engine) == 4 and not engine.changed()
+    # index grows the gallery while it is served: the loaded state is what is answered.
+    _photos(folder, [("5.png", b"IMG:5"), ("6.png", b"IMG:6")])
+    searcher.build_index(model, out, images=str(folder), ann_threshold=1, log=lambda *_: None)
+    assert engine.changed() and len(engine) == 4
+    assert _found(engine) == {f"{i}.png" for i in range(1, 5)}
+    assert engine.reload() == {"images": 6, "previous": 4}
+    assert not engine.changed() and engine.stage1.tail == 0  # its IVF covers all six
+    assert _found(engine) == {f"{i}.png" for i in range(1, 7)}
+    # A state on disk that does not check out is not served; the loaded one stays.
+    ivf = os.path.join(out, searcher.ANN_FILE)
+    foreign = ann.build(np.random.default_rng(0).normal(size=(6, 2)), threshold=0, nlist=1)
+    ann.save(foreign, ivf + ".other")
+    os.replace(ivf + ".other", ivf)  # replaced whole, as index does
+    assert engine.changed()
+    with pytest.raises(snapshot.IVFError, match="does not hold the gallery's row 0"):
+        engine.reload()
+    assert len(engine) == 6 and _found(engine) == {f"{i}.png" for i in range(1, 7)}
+    with pytest.raises(snapshot.IVFError, match="another gallery's IVF"):
+        searcher.Searcher(model, out)  # and a server would not start on it
+
+
+def test_index_repairs_a_gallery_cut_short_and_rebuilds_a_foreign_ivf(monkeypatch, model,
+                                                                       tmp_path):
+    pytest.importorskip("faiss")
+    served_model = _use(monkeypatch, served())
+    folder, out = tmp_path / "photos", str(tmp_path / "gallery")
+    _photos(folder, [(f"{i}.png", f"IMG:{i}".encode()) for i in range(1, 9)])
+    searcher.build_index(model, out, images=str(folder), ann_threshold=1, log=lambda *_: None)
+    # A copy cut short: the regions file holds 5 whole rows of 8 (and part of the sixth).
+    os.truncate(os.path.join(out, "feat.regions.bin"), 5 * 6 * 2 + 3)
+    with pytest.raises(gallery.GalleryDamaged, match=r"feat\.regions\.bin holds 5 whole rows "
+                                                     "of the 8"):
+        searcher.Searcher(model, out)
+    calls = served_model.signatures["encode_image"].calls
+    calls.clear()
+    lines = []
+    report = searcher.build_index(model, out, images=str(folder), ann_threshold=1,
+                                  log=lines.append)
+    assert any("kept its first 5 rows, the other 3 are indexed again; its IVF is built "
+               "again" in ln for ln in lines), lines
+    assert report["added"] == 3 and [len(c["images"]) for c in calls] == [3]
+    g = _every_image_once(out, range(1, 9))
+    np.testing.assert_array_equal(g.array("regions")[:, 0, 0], g.array("global")[:, 0])
+    assert any("trained and filled" in ln for ln in lines)
+    assert searcher.Searcher(model, out).stage1.tail == 0
+    # A corrupt ann.faiss: index (with nothing to encode) builds it again.
+    with open(os.path.join(out, searcher.ANN_FILE), "r+b") as f:
+        f.write(b"garbage!")
+    with pytest.raises(snapshot.IVFError, match="cannot be read as an IVF index"):
+        searcher.Searcher(model, out)
+    lines = []
+    searcher.build_index(model, out, images=str(folder), ann_threshold=1, log=lines.append)
+    assert any("cannot be read" in ln and "training another" in ln for ln in lines)
+    assert _found(searcher.Searcher(model, out)) == {f"{i}.png" for i in range(1, 9)}
+
+
+class Stopped(BaseException):
+    """What a test hook raises to stop an index run where a kill would."""
+
+
+def _stop_at(monkeypatch, where):
+    """Stops the next index run: ``commit``, its second batch's rows written but not
+    committed; ``ivf``, every row committed but no IVF saved; ``sidecar``, the IVF put in
+    place but not its sidecar."""
+    if where == "commit":
+        commit, count = gallery.Gallery._commit, []
+
+        def stop(self):
+            count.append(1)
+            if len(count) == 2:
+                raise Stopped()
+            commit(self)
+        monkeypatch.setattr(gallery.Gallery, "_commit", stop)
+    elif where == "ivf":
+        monkeypatch.setattr(ann, "save", lambda *_: (_ for _ in ()).throw(Stopped()))
+    else:
+        replace = os.replace
+
+        def stop(src, dst):
+            if dst.endswith(searcher.ANN_FILE + ".json"):
+                raise Stopped()
+            replace(src, dst)
+        monkeypatch.setattr(searcher.os, "replace", stop)
+
+
+@pytest.mark.parametrize("where,committed,tail,then", [
+    ("commit", 6, 2, "extended by 4"),
+    ("ivf", 8, 4, "extended by 4"),
+    ("sidecar", 8, 0, "trained and filled")])
+def test_an_index_run_stopped_anywhere_resumes_with_every_image_once(monkeypatch, model,
+                                                                     tmp_path, where,
+                                                                     committed, tail, then):
+    pytest.importorskip("faiss")
+    _use(monkeypatch, served())
+    folder, out = tmp_path / "photos", str(tmp_path / "gallery")
+    _photos(folder, [(f"{i}.png", f"IMG:{i}".encode()) for i in range(1, 5)])
+    searcher.build_index(model, out, images=str(folder), ann_threshold=1, log=lambda *_: None)
+    _photos(folder, [(f"{i}.png", f"IMG:{i}".encode()) for i in range(5, 9)])
+    with monkeypatch.context() as hooks:
+        _stop_at(hooks, where)
+        with pytest.raises(Stopped):
+            searcher.build_index(model, out, images=str(folder), batch_size=2,
+                                 ann_threshold=1, log=lambda *_: None)
+    # What is committed is served (the rows past the IVF exactly), and nothing else.
+    engine = searcher.Searcher(model, out)
+    assert len(engine) == committed and engine.stage1.tail == tail
+    assert _found(engine) == {f"{i}.png" for i in range(1, committed + 1)}
+    lines = []
+    searcher.build_index(model, out, images=str(folder), ann_threshold=1, log=lines.append)
+    assert any(f"{committed} already indexed" in ln for ln in lines)
+    assert any(then in ln for ln in lines), lines
+    _every_image_once(out, range(1, 9))
+    engine = searcher.Searcher(model, out)
+    assert engine.stage1.tail == 0 and _found(engine) == {f"{i}.png" for i in range(1, 9)}
+
+
+def test_a_second_index_run_on_a_gallery_being_written_is_refused(monkeypatch, model,
+                                                                  tmp_path):
+    _use(monkeypatch, served())
+    folder, out = tmp_path / "photos", str(tmp_path / "gallery")
+    _photos(folder, [("1.png", b"IMG:1")])
+    searcher.build_index(model, out, images=str(folder), log=lambda *_: None)
+    _photos(folder, [("2.png", b"IMG:2")])
+    first = gallery.Gallery.open(out, writable=True)  # a run that is going
+    with pytest.raises(gallery.GalleryBusy, match="being written by another writer"):
+        searcher.build_index(model, out, images=str(folder), log=lambda *_: None)
+    first.close()
+    searcher.build_index(model, out, images=str(folder), log=lambda *_: None)
+    _every_image_once(out, [1, 2])
+
+
+_KILLED = textwrap.dedent("""
+    # hgan-search index with the stand-in model, each batch slowed down so that the test
+    # can kill it between two batches.
+    import sys, time
+    from search_standin import served
+    from hgan.cli import search
+    from hgan.serving import searcher
+    model = served()
+    encode = model.signatures["encode_image"]
+    fast = encode.fn
+    encode.fn = lambda images: (time.sleep(0.4), fast(images))[1]
+    searcher._load = lambda path: model
+    sys.argv = ["hgan-search", "index"] + sys.argv[1:]
+    search.run()
+""")
+
+
+@pytest.mark.slow
+def test_an_index_run_killed_half_way_resumes_with_every_image_once(monkeypatch, model,
+                                                                     tmp_path):
+    import signal
+    import time
+    folder, out = tmp_path / "photos", str(tmp_path / "gallery")
+    _photos(folder, [(f"{i}.png", f"IMG:{i}".encode()) for i in range(1, 13)])
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.Popen([sys.executable, "-c", _KILLED, f"--savedmodel={model}",
+                            f"--images={folder}", f"--index={out}", "--batch_size=2"],
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    manifest = os.path.join(out, gallery.MANIFEST)
+    deadline = time.time() + 120
+    try:
+        while not (os.path.exists(manifest) and len(gallery.Gallery.open(out)) >= 2):
+            assert run.poll() is None, run.stderr.read().decode()[-3000:]
+            assert time.time() < deadline, "no batch committed in 120 s"
+            time.sleep(0.02)
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.communicate(timeout=60)
+    assert run.returncode == -signal.SIGKILL
+    kept = gallery.Gallery.open(out).paths()
+    assert 2 <= len(kept) < 12  # killed half-way, its first batches committed
+    _use(monkeypatch, served())
+    assert _found(searcher.Searcher(model, out)) == set(kept)
+    lines = []
+    report = searcher.build_index(model, out, images=str(folder), log=lines.append)
+    assert report["added"] == 12 - len(kept)
+    assert any(f"{len(kept)} already indexed, {12 - len(kept)} to encode" in ln for ln in lines)
+    _every_image_once(out, range(1, 13))
 
 
 _CLI = textwrap.dedent("""

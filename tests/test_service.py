@@ -1,14 +1,16 @@
 """The HTTP service (hgan/serving/service.py) through real HTTP on loopback, over a
 stand-in searcher: every route, and every bad input answered with its status while the
-process keeps serving. The real export is served in test_eval_export.py."""
+process keeps serving; then a real ``Searcher`` (over search_standin.py's model) whose
+gallery grows while it is served. The real export is served in test_eval_export.py."""
 import json
+import os
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
 
-from hgan.serving import gallery, service
+from hgan.serving import ann, gallery, service
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"0" * 16
 
@@ -67,8 +69,9 @@ def test_page_health_and_search(server):
     status, kind, page = _call(url, "/")
     assert status == 200 and kind.startswith("text/html") and b'id="text"' in page
     status, _, body = _call(url, "/api/health")
-    assert status == 200 and json.loads(body) == {"images": 3, "model": "m", "rerank_k": 7,
-                                                  "stage1": "exact"}
+    assert status == 200 and json.loads(body) == {
+        "images": 3, "model": "m", "rerank_k": 7, "stage1": "exact",
+        "updated": searcher.store.manifest["updated"], "reload_error": None}
     status, _, body = _call(url, "/api/search", {"text": "a red coat", "top_k": 2})
     out = json.loads(body)
     assert status == 200 and searcher.calls[-1] == ("a red coat", 2, None)
@@ -207,4 +210,81 @@ def test_the_page_and_images_are_served_while_a_query_computes(tmp_path):
         assert answer["status"] == 200 and json.loads(answer["body"])["results"]
     finally:
         release.set()
+        running.stop()
+
+
+def _grown_gallery_service(monkeypatch, tmp_path, reload_every):
+    """A real ``searcher.Searcher`` (over the stand-in model) of photos 1-3 served, and a
+    function that indexes more photos into its gallery as ``hgan-search index`` would."""
+    from hgan.serving import searcher
+    from search_standin import fake_savedmodel, served
+    monkeypatch.setattr(searcher, "_load", lambda savedmodel: served())
+    model, folder, out = fake_savedmodel(tmp_path / "saved"), tmp_path / "photos", \
+        str(tmp_path / "gallery")
+    folder.mkdir()
+
+    def index(numbers):
+        for i in numbers:
+            (folder / f"{i}.png").write_bytes(f"IMG:{i}".encode())
+        searcher.build_index(model, out, images=str(folder), ann_threshold=1,
+                             log=lambda *_: None)
+
+    index([1, 2, 3])
+    logged = []
+    app = service.create_app(searcher.Searcher(model, out), reload_every=reload_every,
+                             log=logged.append)
+    return service.Server(app).start(), index, out, logged
+
+
+def _paths_found(url):
+    status, _, body = _call(url, "/api/search", {"text": "red", "top_k": 100, "rerank_k": 0})
+    assert status == 200
+    return sorted(r["path"] for r in json.loads(body)["results"])
+
+
+def test_reload_serves_the_grown_gallery_and_refuses_a_damaged_one(monkeypatch, tmp_path):
+    pytest.importorskip("faiss")
+    running, index, out, logged = _grown_gallery_service(monkeypatch, tmp_path, 0)
+    try:
+        index([4, 5])  # while it serves
+        assert json.loads(_call(running.url, "/api/health")[2])["images"] == 3
+        assert _paths_found(running.url) == ["1.png", "2.png", "3.png"]
+        assert _call(running.url, "/api/image/4")[0] == 404  # not in the served state
+        status, _, body = _call(running.url, "/api/reload", raw=b"")
+        assert status == 200 and json.loads(body) == {"images": 5, "previous": 3}
+        assert _paths_found(running.url) == [f"{i}.png" for i in range(1, 6)]
+        assert _call(running.url, "/api/image/4")[::2] == (200, b"IMG:5")
+        assert logged == ["serving 5 images (was 3)"]
+        # Another gallery's IVF put in place: refused, the loaded state still served.
+        ivf = os.path.join(out, "ann.faiss")
+        ann.save(ann.build(np.random.default_rng(0).normal(size=(5, 2)), threshold=0,
+                           nlist=1), ivf + ".other")
+        os.replace(ivf + ".other", ivf)
+        status, _, body = _call(running.url, "/api/reload", raw=b"")
+        detail = json.loads(body)["detail"]
+        assert status == 409 and "ann.faiss does not hold the gallery's row 0" in detail
+        assert "still serving the 5 images loaded before" in detail
+        health = json.loads(_call(running.url, "/api/health")[2])
+        assert health["images"] == 5 and "another gallery's IVF" in health["reload_error"]
+        assert _paths_found(running.url) == [f"{i}.png" for i in range(1, 6)]
+        index([6])  # index finds the IVF foreign, trains one: the next reload is served
+        assert _call(running.url, "/api/reload", raw=b"")[0] == 200
+        health = json.loads(_call(running.url, "/api/health")[2])
+        assert health["images"] == 6 and health["reload_error"] is None
+    finally:
+        running.stop()
+
+
+def test_the_service_picks_up_a_grown_gallery_by_itself(monkeypatch, tmp_path):
+    import time
+    running, index, _, logged = _grown_gallery_service(monkeypatch, tmp_path, 0.05)
+    try:
+        index([4])
+        deadline = time.time() + 30
+        while json.loads(_call(running.url, "/api/health")[2])["images"] != 4:
+            assert time.time() < deadline, "the grown gallery was not picked up in 30 s"
+            time.sleep(0.05)
+        assert _paths_found(running.url) == ["1.png", "2.png", "3.png", "4.png"]
+        assert logged == ["serving 4 images (was 3)"]
+    finally:
         running.stop()

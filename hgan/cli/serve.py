@@ -2,12 +2,17 @@
 (``hgan.serving.service``).
 
   hgan-serve --savedmodel=demo_out/savedmodel --index=demo_out/gallery \
-      [--host=127.0.0.1] [--port=8080] [--nprobe=32]
+      [--host=127.0.0.1] [--port=8080] [--nprobe=32] [--reload_every=30]
 
 Then open http://127.0.0.1:8080/ (or POST {"text": ...} to /api/search). The gallery comes
-from ``hgan-search index``; one made by another model is refused.
+from ``hgan-search index``; one made by another model, or one whose files are damaged, is
+refused. While ``index`` grows the gallery, the loaded state is served; every
+``--reload_every`` seconds (and on POST /api/reload) a changed gallery is checked and, if
+it checks out, served in its place.
 """
 from __future__ import annotations
+
+import functools
 
 from absl import app, flags
 
@@ -22,6 +27,9 @@ def define_flags():
     flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (loopback by default).")
     flags.DEFINE_integer("port", 8080, "Port (0: any free one).")
     flags.DEFINE_integer("nprobe", 32, "IVF lists visited per query (galleries with an IVF).")
+    flags.DEFINE_float("reload_every", 30.0, "Seconds between checks of the gallery's files; "
+                       "a changed gallery that checks out is served in place of the loaded "
+                       "one (0: only on POST /api/reload).")
     flags.mark_flags_as_required(["savedmodel", "index"])
 
 
@@ -31,7 +39,9 @@ def main(argv):
     from hgan.serving import searcher, service
     engine = searcher.Searcher(FLAGS.savedmodel, FLAGS.index, nprobe=FLAGS.nprobe)
     engine.query("a person", top_k=1)  # warm: the first call traces the signatures
-    server = service.Server(service.create_app(engine), FLAGS.host, FLAGS.port).start()
+    app = service.create_app(engine, reload_every=FLAGS.reload_every,
+                             log=functools.partial(print, flush=True))
+    server = service.Server(app, FLAGS.host, FLAGS.port).start()
     print(f"serving {len(engine)} images at {server.url}/  (Ctrl-C stops)", flush=True)
     try:
         server.thread.join()

@@ -7,6 +7,10 @@ gallery adds its vectors to a copy (``add``), and shards are merged with FAISS's
 ``merge_from`` (ids shifted by each shard's offset), so N machines build one index with
 the library's tools. ``bench/gallery_index.py`` measures recall@100 against exact search,
 build time and latency at 1,000,000 × 512.
+
+An IVF may cover only a prefix of a gallery's rows (rows committed after it was built):
+``Searcher`` searches the rest exactly and merges. ``misplaced`` checks that an IVF holds a
+gallery's rows at their ids, so another gallery's IVF of the same size is not used.
 """
 from __future__ import annotations
 
@@ -77,13 +81,46 @@ def save(index, path: str) -> None:
 
 
 def load(path: str, mmap: bool = True):
+    """The IVF index in ``path`` (FAISS's ``RuntimeError`` if it cannot be read; a
+    ``ValueError`` if it is another kind of index)."""
     faiss = _faiss()
-    return faiss.read_index(path, faiss.IO_FLAG_MMAP if mmap else 0)
+    index = faiss.read_index(path, faiss.IO_FLAG_MMAP if mmap else 0)
+    if not isinstance(index, faiss.IndexIVF):
+        raise ValueError(f"{path} is a FAISS {type(index).__name__}, not an IVF index")
+    return index
+
+
+def misplaced(index, vectors, samples: int = 16) -> Optional[int]:
+    """The first of ``samples`` rows spread over ``index``'s ids (the first and last
+    included) whose vector (``vectors[row]``, normalised) the IVF does not hold at id
+    ``row``, or None: an IVF built from ``vectors[:index.ntotal]`` finds each such row
+    at cosine 1 under its own id (or, for a duplicate row, at an id whose row is equal)."""
+    n = int(index.ntotal)
+    if not n:
+        return None
+    rows = np.unique(np.linspace(0, n - 1, min(samples, n)).round().astype(np.int64))
+    queries = normalise(np.asarray(vectors[rows], np.float32))
+    saved = index.nprobe
+    index.nprobe = min(int(index.nlist), 4)  # a near-tie of two centroids: both lists
+    try:
+        scores, ids = index.search(queries, 8)
+    finally:
+        index.nprobe = saved
+    for row, query, s, i in zip(rows.tolist(), queries, scores, ids):
+        if not query.any():  # a zero vector has no direction to find
+            continue
+        if np.any((i == row) & (s >= 1 - 1e-4)):
+            continue
+        if i[0] >= 0 and s[0] >= 1 - 1e-4 and np.array_equal(vectors[i[0]], vectors[row]):
+            continue
+        return row
+    return None
 
 
 class Searcher:
     """Top-k by cosine over a gallery's global embeddings [N, D] (a memory-map is fine):
-    the FAISS ``index`` when given, else exact (chunked matmul)."""
+    the FAISS ``index`` when given, else exact (chunked matmul). An index that holds the
+    first ``index.ntotal`` rows only has the rows past them searched exactly."""
 
     def __init__(self, vectors, index=None, nprobe: int = 32, chunk: int = 65536):
         self.vectors, self.index, self.chunk = vectors, index, chunk
@@ -94,19 +131,35 @@ class Searcher:
     def exact(self) -> bool:
         return self.index is None
 
+    @property
+    def tail(self) -> int:
+        """Rows past the IVF, searched exactly (all of them without one)."""
+        return len(self.vectors) - (int(self.index.ntotal) if self.index is not None else 0)
+
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores [Q, k'], ids [Q, k']) best first, k' = min(k, N); ids index the gallery."""
+        """(scores [Q, k'], ids [Q, k']) best first, k' = min(k, N); ids index the gallery
+        (an IVF pads with id -1 when its probed lists hold fewer than k')."""
         queries = normalise(np.atleast_2d(queries))
         n = len(self.vectors)
         k = min(int(k), n)
         if k <= 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        if self.index is not None:
-            scores, ids = self.index.search(queries, k)
+        if self.index is None:
+            return self._exact(queries, k, 0)
+        scores, ids = self.index.search(queries, k)
+        if not self.tail:
             return scores, ids
+        tail_s, tail_i = self._exact(queries, min(k, self.tail), n - self.tail)
+        scores = np.concatenate([np.where(ids >= 0, scores, -np.inf), tail_s], axis=1)
+        ids = np.concatenate([ids, tail_i], axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+    def _exact(self, queries, k: int, start: int) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``k`` of rows ``start`` onwards, by a chunked matmul."""
         best_s = np.full((len(queries), 0), -np.inf, np.float32)
         best_i = np.zeros((len(queries), 0), np.int64)
-        for a in range(0, n, self.chunk):
+        for a in range(start, len(self.vectors), self.chunk):
             block = normalise(np.asarray(self.vectors[a:a + self.chunk], np.float32))
             s = queries @ block.T
             s = np.concatenate([best_s, s], axis=1)

@@ -7,13 +7,20 @@ Layout of a gallery directory::
                        "paths_bytes", "source", "created", "updated"}: the committed state
   paths.jsonl         one JSON string per image (its path), in row order
   feat.<name>.bin     rows of feature <name> (dtype, row-major), in row order
+  ann.faiss           the IVF over a prefix of the rows (``hgan.serving.searcher``), if any
+  index.lock          held by the one process that writes the gallery
 
 Appending writes rows past the committed count and then commits ``gallery.json``
-atomically; a crash between the two leaves rows that the next open truncates away, so a
-gallery is always a prefix of what was appended (``index`` resumes from it). ``model`` is
-the SavedModel's fingerprint (``model_fingerprint``): a gallery made by another model is
-refused. float16 halves the bytes of float32; ``bench/gallery_index.py`` measures what it
-changes in a ranking.
+atomically; a crash between the two leaves rows that the next writable open truncates
+away, so a gallery is always a prefix of what was appended (``index`` resumes from it), and
+a reader, which sees only committed rows, can read while a writer appends. One writer at a
+time: a second one is refused (``GalleryBusy``) while the first holds ``index.lock`` (a
+killed writer's lock is released with its process). A file shorter than the committed
+rows (a copy cut short, a full disk) is refused on reading by name (``GalleryDamaged``); a
+writable open repairs it by keeping the rows that are whole in every file, so the next
+``index`` encodes the rest again. ``model`` is the SavedModel's fingerprint
+(``model_fingerprint``): a gallery made by another model is refused. float16 halves the
+bytes of float32; ``bench/gallery_index.py`` measures what it changes in a ranking.
 """
 from __future__ import annotations
 
@@ -25,14 +32,62 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: writers are not locked
+    fcntl = None
+
 VERSION = 1
 MANIFEST = "gallery.json"
 PATHS = "paths.jsonl"
+ANN_FILE = "ann.faiss"
+LOCK = "index.lock"
 DTYPES = ("float16", "float32")
+_KEYS = ("version", "model", "dtype", "count", "features", "paths_bytes")
 
 
 class ModelMismatch(ValueError):
     """The gallery was built by another model than the one asked to use it."""
+
+
+class GalleryDamaged(ValueError):
+    """A gallery file holds less (or other) than its manifest commits: a copy cut short, a
+    full disk, an edit."""
+
+
+class GalleryBusy(RuntimeError):
+    """Another writer (another process, or another writable open in this one) holds the
+    gallery's ``index.lock``."""
+
+
+def _repair_hint(path: str) -> str:
+    return (f"re-run hgan-search index --index={path} with its --savedmodel and images (the "
+            "same --images or --data_dir) to repair it: the rows that are whole are kept and "
+            "the rest encoded again; or copy the gallery again")
+
+
+def _lock(path: str):
+    """The gallery's writer lock, held until the returned file is closed (or the process
+    ends, killed or not); ``GalleryBusy`` if another process holds it."""
+    if fcntl is None:
+        return None
+    os.makedirs(path, exist_ok=True)
+    f = open(os.path.join(path, LOCK), "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise GalleryBusy(
+            f"{path} is being written by another writer (process {holder or '?'} holds "
+            f"{os.path.join(path, LOCK)}): wait for that hgan-search index or merge to end, "
+            "or stop it") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
 
 
 def model_fingerprint(savedmodel: str) -> str:
@@ -59,12 +114,22 @@ class Gallery:
     """A gallery directory opened for reading (memory-mapped) and, with ``writable``,
     appending. Use ``Gallery.create`` for a new one and ``Gallery.open`` otherwise."""
 
-    def __init__(self, path: str, manifest: dict, writable: bool):
+    def __init__(self, path: str, manifest: dict, writable: bool, lock=None):
         self.path, self.manifest, self.writable = path, manifest, writable
         self._paths: Optional[list[str]] = None
         self._known: Optional[set] = None
+        self._lock = lock  # a writer's index.lock (``_lock``)
+        self.repaired: Optional[str] = None  # what a writable open cut away, if anything
         if writable:
             self._truncate_to_committed()
+        else:
+            self._check_sizes()
+
+    def close(self) -> None:
+        """Releases the writer lock (a reader holds none); the gallery stays readable."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # --- opening -------------------------------------------------------------------------
     @classmethod
@@ -79,35 +144,47 @@ class Gallery:
         if os.path.exists(os.path.join(path, MANIFEST)):
             raise FileExistsError(f"{path} already holds a gallery; open it to extend it")
         os.makedirs(path, exist_ok=True)
-        now = time.time()
-        manifest = {"version": VERSION, "model": model, "dtype": dtype, "count": 0,
-                    "features": {k: [int(d) for d in v] for k, v in features.items()},
-                    "paths_bytes": 0, "source": source or {}, "created": now,
-                    "updated": now}
-        for name in manifest["features"]:
-            open(os.path.join(path, _feature_file(name)), "wb").close()
-        open(os.path.join(path, PATHS), "wb").close()
-        gallery = cls(path, manifest, writable=True)
-        gallery._commit()
+        lock = _lock(path)
+        try:
+            if os.path.exists(os.path.join(path, MANIFEST)):  # another writer was first
+                raise FileExistsError(f"{path} already holds a gallery; open it to extend it")
+            now = time.time()
+            manifest = {"version": VERSION, "model": model, "dtype": dtype, "count": 0,
+                        "features": {k: [int(d) for d in v] for k, v in features.items()},
+                        "paths_bytes": 0, "source": source or {}, "created": now,
+                        "updated": now}
+            for name in manifest["features"]:
+                open(os.path.join(path, _feature_file(name)), "wb").close()
+            open(os.path.join(path, PATHS), "wb").close()
+            gallery = cls(path, manifest, writable=True, lock=lock)
+            gallery._commit()
+        except BaseException:
+            if lock is not None:
+                lock.close()
+            raise
         return gallery
 
     @classmethod
     def open(cls, path: str, model: Optional[str] = None, writable: bool = False) -> "Gallery":
-        """An existing gallery; ``model`` (a fingerprint) must match the one that made it."""
-        file = os.path.join(path, MANIFEST)
-        if not os.path.exists(file):
+        """An existing gallery; ``model`` (a fingerprint) must match the one that made it.
+        Read-only, its files are checked to hold the committed rows (``GalleryDamaged``);
+        ``writable`` takes the writer lock (``GalleryBusy``) and repairs what it can."""
+        if not os.path.exists(os.path.join(path, MANIFEST)):
             raise FileNotFoundError(f"{path} is not a gallery (no {MANIFEST}); build one with "
                                     "hgan-search index")
-        with open(file) as f:
-            manifest = json.load(f)
-        if manifest.get("version") != VERSION:
-            raise ValueError(f"{path}: gallery version {manifest.get('version')} is not "
-                             f"{VERSION}; rebuild it")
-        if model is not None and manifest["model"] != model:
-            raise ModelMismatch(
-                f"{path} was indexed by another model (fingerprint {manifest['model']}, this "
-                f"one {model}): re-index the gallery with this model")
-        return cls(path, manifest, writable)
+        # A writer reads the manifest under the lock: one read before it could be stale.
+        lock = _lock(path) if writable else None
+        try:
+            manifest = _read_manifest(path)
+            if model is not None and manifest["model"] != model:
+                raise ModelMismatch(
+                    f"{path} was indexed by another model (fingerprint {manifest['model']}, "
+                    f"this one {model}): re-index the gallery with this model")
+            return cls(path, manifest, writable, lock)
+        except BaseException:
+            if lock is not None:
+                lock.close()
+            raise
 
     # --- reading -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -135,11 +212,26 @@ class Gallery:
         return np.memmap(os.path.join(self.path, _feature_file(name)), self.dtype, "r",
                          shape=(len(self), *shape))
 
-    def paths(self) -> list[str]:
+    def paths(self, previous: Optional["Gallery"] = None) -> list[str]:
+        """The path of every committed row, checked against the manifest's count (read
+        once). ``previous``: an earlier open of the same gallery whose paths are read, so
+        only the rows appended since are read from the file."""
         if self._paths is None:
-            with open(os.path.join(self.path, PATHS), "rb") as f:
-                data = f.read(self.manifest["paths_bytes"])
-            self._paths = [json.loads(line) for line in data.decode("utf-8").splitlines()]
+            head, start = [], 0
+            if (previous is not None and previous._paths is not None
+                    and previous.manifest["created"] == self.manifest["created"]
+                    and previous.manifest["paths_bytes"] <= self.manifest["paths_bytes"]):
+                head, start = previous._paths, previous.manifest["paths_bytes"]
+            file = os.path.join(self.path, PATHS)
+            with open(file, "rb") as f:
+                f.seek(start)
+                data = f.read(self.manifest["paths_bytes"] - start)
+            tail, ends = _whole_paths(data)
+            if len(head) + len(tail) != len(self) or (ends[-1] if ends else 0) != len(data):
+                raise GalleryDamaged(
+                    f"{file} lists {len(head) + len(tail)} readable paths where {MANIFEST} "
+                    f"commits {len(self)} rows: {_repair_hint(self.path)}")
+            self._paths = head + tail
         return self._paths
 
     def __contains__(self, path: str) -> bool:
@@ -191,21 +283,97 @@ class Gallery:
             os.fsync(f.fileno())
         os.replace(tmp, file)
 
-    def _truncate_to_committed(self) -> None:
-        """Drops rows written after the last commit (an interrupted append)."""
-        row_bytes = {k: int(np.prod(s, dtype=np.int64)) * self.dtype.itemsize
-                     for k, s in self.features.items()}
-        for name, size in row_bytes.items():
-            file = os.path.join(self.path, _feature_file(name))
-            want = len(self) * size
-            if os.path.getsize(file) < want:
-                raise ValueError(f"{file} is shorter than its {len(self)} committed rows: the "
-                                 "gallery is damaged; rebuild it")
-            if os.path.getsize(file) > want:
-                os.truncate(file, want)
+    def _row_bytes(self) -> dict:
+        """{feature file: bytes per row}."""
+        return {os.path.join(self.path, _feature_file(k)):
+                int(np.prod(s, dtype=np.int64)) * self.dtype.itemsize
+                for k, s in self.features.items()}
+
+    def _check_sizes(self) -> None:
+        """A reader's check that every file holds the committed rows (sizes only: ``paths``
+        reads the path list's lines)."""
+        for file, size in self._row_bytes().items():
+            rows = os.path.getsize(file) // size if os.path.exists(file) else 0
+            if rows < len(self):
+                raise GalleryDamaged(
+                    f"{file} holds {rows} whole rows of the {len(self)} that {MANIFEST} "
+                    f"commits (cut short): {_repair_hint(self.path)}")
         file = os.path.join(self.path, PATHS)
-        if os.path.getsize(file) > self.manifest["paths_bytes"]:
-            os.truncate(file, self.manifest["paths_bytes"])
+        have = os.path.getsize(file) if os.path.exists(file) else 0
+        if have < self.manifest["paths_bytes"]:
+            raise GalleryDamaged(
+                f"{file} holds {have} of the {self.manifest['paths_bytes']} bytes of paths "
+                f"that {MANIFEST} commits (cut short): {_repair_hint(self.path)}")
+
+    def _truncate_to_committed(self) -> None:
+        """Drops rows written after the last commit (an interrupted append), and repairs a
+        gallery cut short: the committed rows become the longest prefix that is whole in
+        every file (``repaired`` says what was cut), so ``index`` encodes the rest again."""
+        for name in os.listdir(self.path):
+            if name.startswith(f"{MANIFEST}.tmp"):
+                os.remove(os.path.join(self.path, name))  # a killed commit's leftover
+        paths_file = os.path.join(self.path, PATHS)
+        for file in [*self._row_bytes(), paths_file]:
+            if not os.path.exists(file):  # lost: none of its rows are whole
+                open(file, "wb").close()
+        whole = {file: os.path.getsize(file) // size for file, size in self._row_bytes().items()}
+        with open(paths_file, "rb") as f:
+            paths, ends = _whole_paths(f.read(self.manifest["paths_bytes"]))
+        whole[paths_file] = len(paths)
+        keep = min(min(whole.values()), len(self))
+        if keep < len(self):
+            short = ", ".join(f"{os.path.basename(f)} {n}" for f, n in whole.items()
+                              if n < len(self))
+            self.repaired = (f"{self.path} was cut short (whole rows: {short}; committed "
+                             f"{len(self)}): kept its first {keep} rows, the other "
+                             f"{len(self) - keep} are indexed again")
+            self.manifest["count"] = keep
+            self.manifest["paths_bytes"] = ends[keep - 1] if keep else 0
+            self._commit()
+        for file, size in self._row_bytes().items():
+            if os.path.getsize(file) > len(self) * size:
+                os.truncate(file, len(self) * size)
+        if os.path.getsize(paths_file) > self.manifest["paths_bytes"]:
+            os.truncate(paths_file, self.manifest["paths_bytes"])
+        self._paths = paths[:len(self)]
+
+
+def _read_manifest(path: str) -> dict:
+    file = os.path.join(path, MANIFEST)
+    try:
+        with open(file, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        manifest = f"not JSON: {e}"
+    if isinstance(manifest, dict):
+        missing = [k for k in _KEYS if k not in manifest]
+    else:
+        missing = [f"a JSON object ({str(manifest)[:80]})"]
+    if missing:
+        raise GalleryDamaged(
+            f"{file} is damaged (it lacks {', '.join(missing)}): the gallery cannot be read; "
+            "copy it again, or index its images into an empty folder")
+    if manifest["version"] != VERSION:
+        raise ValueError(f"{path}: gallery version {manifest['version']} is not {VERSION}; "
+                         "rebuild it")
+    return manifest
+
+
+def _whole_paths(data: bytes) -> tuple[list[str], list[int]]:
+    """The paths of the whole, readable lines at the start of a path list's bytes, and the
+    byte offset where each of those lines ends."""
+    paths, ends, end = [], [], 0
+    for line in data.split(b"\n")[:-1]:  # the last piece has no newline: not whole
+        try:
+            path = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            break
+        if not isinstance(path, str):
+            break
+        end += len(line) + 1
+        paths.append(path)
+        ends.append(end)
+    return paths, ends
 
 
 def merge(output: str, shards: Iterable[str], chunk: int = 65536) -> Gallery:

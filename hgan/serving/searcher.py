@@ -9,12 +9,14 @@
 
 ``index`` streams images through the model's ``encode_image`` signature in batches (with
 progress and ETA) into a ``hgan.serving.gallery`` directory: every output, memory-mapped at
-query time. Re-running it skips the images already there, so an interrupted run resumes
-and a grown folder is extended; ``--shard=i/N`` indexes every N-th image (N machines), and
-``merge`` joins the shards. Above ``ann.EXACT_BELOW`` images, ``index`` also builds a FAISS
-IVF index over the global embeddings (``ann.faiss`` beside the gallery); an extended
-gallery's new images are added to it, and its quantizer is trained again only once the
-gallery has grown past ``RETRAIN_GROWTH`` times the size it was trained at.
+query time. Re-running it skips the images already there, so an interrupted (even killed)
+run resumes, a gallery cut short is repaired, and a grown folder is extended;
+``--shard=i/N`` indexes every N-th image (N machines), and ``merge`` joins the shards.
+Above ``ann.EXACT_BELOW`` images, ``index`` also builds a FAISS IVF index over the global
+embeddings (``ann.faiss`` beside the gallery), last, once the rows it covers are
+committed; a run extends it by the rows past it, and its quantizer is trained again only
+once the gallery has grown past ``RETRAIN_GROWTH`` times the size it was trained at (or
+when it is not this gallery's IVF).
 
 ``query`` is the papers' two-stage search over the serving contract of
 ``hgan.serving.savedmodel``: stage 1 ranks the gallery by the cosine of the ``global``
@@ -25,7 +27,8 @@ fused score with the Gumbel heads; IATV's two-stage score), as hgan-eval's two_s
 ``assets.extra/config.json``). A result has ``score`` (stage 1's cosine) and, when
 re-ranked, ``rerank`` (stage 2's score).
 A gallery indexed by another SavedModel is refused. Files in a folder that are not
-JPEG/PNG images are skipped and reported.
+JPEG/PNG images are skipped and reported. ``Searcher`` serves one checked state of the
+gallery (``hgan.serving.snapshot``) until ``reload`` switches to the state on disk.
 """
 from __future__ import annotations
 
@@ -39,7 +42,8 @@ from typing import Optional
 import numpy as np
 
 from hgan.data import pipeline, records
-from hgan.serving import ann, gallery
+from hgan.serving import ann, gallery, snapshot
+from hgan.serving.gallery import ANN_FILE
 from hgan.serving.savedmodel import (ENCODE_IMAGE, ENCODE_TEXT, EXPLAIN, GLOBAL, RERANK,
                                      check_contract, export_config)
 from hgan.tf_compat import tf
@@ -102,9 +106,6 @@ def _record_paths(data_dir: str, split: str):
         yield ex["path"].numpy().decode(), (lambda b=blob: b)
 
 
-ANN_FILE = "ann.faiss"
-
-
 def _shard(spec: str | None) -> tuple[int, int]:
     if not spec:
         return 0, 1
@@ -131,12 +132,13 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
                 dtype: str = "float16", ann_threshold: int = ann.EXACT_BELOW,
                 quantizer: Optional[str] = None) -> dict:
     """Encodes every image not yet in the gallery ``index_path`` (created if absent) and
-    appends it, batch by batch (each batch committed: an interrupted run resumes). With
-    ``shard`` "i/N", only every N-th image from the i-th (sorted order). ``quantizer``: an
-    IVF file (another gallery's ``ann.faiss``, e.g. shard 0's) whose trained quantizer this
-    gallery's IVF adds to, at any size, so shards indexed on N machines merge with FAISS's
-    ``merge_from`` (``merge_index``) instead of a new training. Returns {"images" (in the
-    gallery), "added", "skipped", "index"}."""
+    appends it, batch by batch (each batch committed: an interrupted run resumes, and a
+    gallery cut short is repaired to its whole rows and completed), then brings its IVF up
+    to date. With ``shard`` "i/N", only every N-th image from the i-th (sorted order).
+    ``quantizer``: an IVF file (another gallery's ``ann.faiss``, e.g. shard 0's) whose
+    trained quantizer this gallery's IVF adds to, at any size, so shards indexed on N
+    machines merge with FAISS's ``merge_from`` (``merge_index``) instead of a new training.
+    Returns {"images" (in the gallery), "added", "skipped", "index"}."""
     served = _load(savedmodel)
     fingerprint = gallery.model_fingerprint(savedmodel)
     check_contract(served.signatures)
@@ -153,65 +155,75 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
     source = source[i::n]
     if os.path.exists(os.path.join(index_path, gallery.MANIFEST)):
         store = gallery.Gallery.open(index_path, model=fingerprint, writable=True)
+        if store.repaired:
+            # Its IVF may hold rows that were cut, under ids the rows encoded again take.
+            _remove_ann(store)
+            log(f"{store.repaired}; its IVF is built again")
     else:
         store = None
-    todo = [item for item in source if store is None or item[0] not in store]
-    log(f"{len(source)} images{f' in shard {i}/{n}' if n > 1 else ''}, "
-        f"{len(source) - len(todo)} already indexed, {len(todo)} to encode")
-    skipped, batch, added, start = [], [], 0, time.time()
+    try:  # however the run ends, the writer lock is released
+        todo = [item for item in source if store is None or item[0] not in store]
+        log(f"{len(source)} images{f' in shard {i}/{n}' if n > 1 else ''}, "
+            f"{len(source) - len(todo)} already indexed, {len(todo)} to encode")
+        skipped, batch, added, start = [], [], 0, time.time()
 
-    def flush():
-        nonlocal store, added
-        kept, outs, blobs = [], [], []
-        for path, read in batch:
-            try:
-                blobs.append((path, read()))
-            except OSError as e:  # a listed file that is missing or unreadable
-                skipped.append({"path": path, "reason": f"{type(e).__name__}: {e.strerror}"})
-        if not blobs:
-            return
-        try:
-            outs.append(encode(images=tf.constant([blob for _, blob in blobs])))
-            kept = [p for p, _ in blobs]
-        except tf.errors.InvalidArgumentError:
-            # One bad file fails its batch: encode one by one to find and skip it.
-            for path, blob in blobs:
+        def flush():
+            nonlocal store, added
+            kept, outs, blobs = [], [], []
+            for path, read in batch:
                 try:
-                    outs.append(encode(images=tf.constant([blob])))
-                    kept.append(path)
-                except tf.errors.InvalidArgumentError as e:
-                    skipped.append({"path": path, "reason": e.message.split("\n")[0][:200]})
-        if not kept:
-            return
-        feats = {k: np.concatenate([o[k].numpy() for o in outs]) for k in names}
-        if store is None:
-            store = gallery.Gallery.create(index_path, fingerprint,
-                                           {k: v.shape[1:] for k, v in feats.items()}, dtype,
-                                           source=source_info)
-        store.append(kept, feats)
-        added += len(kept)
+                    blobs.append((path, read()))
+                except OSError as e:  # a listed file that is missing or unreadable
+                    skipped.append({"path": path,
+                                    "reason": f"{type(e).__name__}: {e.strerror}"})
+            if not blobs:
+                return
+            try:
+                outs.append(encode(images=tf.constant([blob for _, blob in blobs])))
+                kept = [p for p, _ in blobs]
+            except tf.errors.InvalidArgumentError:
+                # One bad file fails its batch: encode one by one to find and skip it.
+                for path, blob in blobs:
+                    try:
+                        outs.append(encode(images=tf.constant([blob])))
+                        kept.append(path)
+                    except tf.errors.InvalidArgumentError as e:
+                        skipped.append({"path": path,
+                                        "reason": e.message.split("\n")[0][:200]})
+            if not kept:
+                return
+            feats = {k: np.concatenate([o[k].numpy() for o in outs]) for k in names}
+            if store is None:
+                store = gallery.Gallery.create(index_path, fingerprint,
+                                               {k: v.shape[1:] for k, v in feats.items()},
+                                               dtype, source=source_info)
+            store.append(kept, feats)
+            added += len(kept)
 
-    for item in todo:
-        batch.append(item)
-        if len(batch) == batch_size:
+        for item in todo:
+            batch.append(item)
+            if len(batch) == batch_size:
+                flush()
+                batch = []
+                _progress(log, len(source) - len(todo) + added + len(skipped), len(source),
+                          added, start)
+        if batch:
             flush()
-            batch = []
-            _progress(log, len(source) - len(todo) + added + len(skipped), len(source),
-                      added, start)
-    if batch:
-        flush()
-    if store is None or not len(store):
-        raise ValueError("no image could be indexed"
-                         + (f"; skipped: {skipped[:3]}" if skipped else ""))
-    if quantizer:
-        _ann_from_quantizer(store, names, quantizer, log)
-    elif added:
-        _build_ann(store, names, ann_threshold, log, added=added)
-    log(f"gallery of {len(store)} images in {index_path} (+{added}; "
-        f"{store.bytes_per_item()} B/image); skipped {len(skipped)}")
-    for s in skipped:
-        log(f"  skipped {s['path']}: {s['reason']}")
-    return {"images": len(store), "added": added, "skipped": skipped, "index": index_path}
+        if store is None or not len(store):
+            raise ValueError("no image could be indexed"
+                             + (f"; skipped: {skipped[:3]}" if skipped else ""))
+        if quantizer:
+            _ann_from_quantizer(store, names, quantizer, log)
+        else:
+            _build_ann(store, ann_threshold, log)
+        log(f"gallery of {len(store)} images in {index_path} (+{added}; "
+            f"{store.bytes_per_item()} B/image); skipped {len(skipped)}")
+        for s in skipped:
+            log(f"  skipped {s['path']}: {s['reason']}")
+        return {"images": len(store), "added": added, "skipped": skipped, "index": index_path}
+    finally:
+        if store is not None:
+            store.close()
 
 
 RETRAIN_GROWTH = 2.0  # an IVF is re-trained once the gallery is this many times the size
@@ -219,32 +231,39 @@ RETRAIN_GROWTH = 2.0  # an IVF is re-trained once the gallery is this many times
 # images are only added to the inverted lists
 
 
-def _build_ann(store, names, threshold: int, log, added: Optional[int] = None) -> None:
+def _build_ann(store, threshold: int, log) -> None:
     """The IVF over the global embeddings above ``threshold``; below it, removes a stale
     one (exact search).
 
-    ``added`` (the images just appended to the gallery): when an IVF already covers the
-    other ``len(store) - added`` and the gallery is under ``RETRAIN_GROWTH`` times the size
-    its quantizer was trained at, the new vectors are added to it (ids continue; the
-    quantizer and every existing list stay as they are), as FAISS is meant to be extended.
-    Otherwise (no IVF yet, one that does not match the gallery, a merge, or a gallery
-    grown past that), it is trained anew on a sample and filled."""
+    An IVF that holds the first m rows (checked: ``snapshot.load_ivf``; a killed run can
+    leave one that lags) has the rows past them added (ids continue; the quantizer and
+    every existing list stay as they are), as FAISS is meant to be extended, while the
+    gallery is under ``RETRAIN_GROWTH`` times the size its quantizer was trained at.
+    Otherwise (no IVF yet, one that is not this gallery's or cannot be read, a merge, or a
+    gallery grown past that), one is trained anew on a sample and filled. It is saved
+    whole, in place of the old one (``_save_ann``), after the rows it covers are
+    committed, so a reader's IVF always covers a prefix of the rows it reads."""
     path = os.path.join(store.path, ANN_FILE)
     vectors = store.array(GLOBAL)
     n = len(vectors)
     if n < threshold:
-        for stale in (path, path + ".json"):
-            if os.path.exists(stale):
-                os.remove(stale)
+        _remove_ann(store)
         return
-    index, meta = None, _ann_meta(path) if added and os.path.exists(path) else None
-    if meta is not None:
-        index = ann.load(path, mmap=False)
-        if index.ntotal != n - added or n > RETRAIN_GROWTH * meta["trained_on"]:
-            index, meta = None, None
+    try:
+        index = snapshot.load_ivf(store)  # memory-mapped: only checked here
+    except snapshot.IVFError as e:
+        log(f"{e.problem}: training another")
+        index = None
+    meta = _ann_meta(path) if index is not None else None
+    if meta is None or meta.get("vectors") != index.ntotal or \
+            n > RETRAIN_GROWTH * meta["trained_on"]:
+        index = None  # a sidecar that is not this file's says nothing of its quantizer
+    if index is not None and index.ntotal == n:
+        return
     if index is not None:
-        ann.add(index, vectors[n - added:], start_id=n - added)
-        how = f"extended by {added} (quantizer trained at {meta['trained_on']} images kept)"
+        m = int(index.ntotal)
+        index = ann.add(ann.load(path, mmap=False), vectors[m:], start_id=m)
+        how = f"extended by {n - m} (quantizer trained at {meta['trained_on']} images kept)"
     else:
         index = ann.build(vectors, threshold=threshold)
         meta = {"trained_on": n, "nlist": int(index.nlist)}
@@ -254,19 +273,33 @@ def _build_ann(store, names, threshold: int, log, added: Optional[int] = None) -
         f"{how}")
 
 
+def _remove_ann(store) -> None:
+    """Removes the gallery's IVF and its sidecar (a reader that has it open keeps it)."""
+    path = os.path.join(store.path, ANN_FILE)
+    for stale in (path, path + ".json"):
+        if os.path.exists(stale):
+            os.remove(stale)
+
+
 def _ann_meta(ann_path: str) -> Optional[dict]:
-    """The sidecar of an IVF file (``{"trained_on", "nlist"}``), None without one."""
-    if not os.path.exists(ann_path + ".json"):
+    """The sidecar of an IVF file (``{"trained_on", "nlist", "vectors"}``), None without
+    one or with one that cannot be read."""
+    try:
+        with open(ann_path + ".json") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
         return None
-    with open(ann_path + ".json") as f:
-        return json.load(f)
+    return meta if isinstance(meta, dict) and "trained_on" in meta else None
 
 
 def _save_ann(store, index, meta: dict) -> None:
+    """Writes the IVF and its sidecar beside, then puts each in place (``os.replace``): a
+    reader has the old file or the new one, never a part; a run killed between the two
+    leaves a sidecar whose ``vectors`` is not the IVF's, which the next run trains anew."""
     path = os.path.join(store.path, ANN_FILE)
     ann.save(index, path + ".tmp")
     with open(path + ".json.tmp", "w") as f:
-        json.dump(meta, f)
+        json.dump({**meta, "vectors": int(index.ntotal)}, f)
     os.replace(path + ".tmp", path)
     os.replace(path + ".json.tmp", path + ".json")
 
@@ -277,7 +310,11 @@ def _ann_from_quantizer(store, names, quantizer: str, log) -> None:
     shared)."""
     if not os.path.isfile(quantizer):
         raise FileNotFoundError(f"--quantizer {quantizer} is not a file (an ann.faiss)")
-    trained = ann.load(quantizer, mmap=False)
+    try:
+        trained = ann.load(quantizer, mmap=False)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"--quantizer {quantizer} cannot be read as an IVF index: "
+                         f"{str(e).strip()[-200:]}") from None
     vectors = store.array(GLOBAL)
     if trained.d != vectors.shape[1]:
         raise ValueError(f"--quantizer {quantizer} is an IVF of {trained.d}-d vectors; this "
@@ -296,16 +333,18 @@ def _centroid_digest(index) -> str:
     return hashlib.sha256(np.ascontiguousarray(centroids, np.float32).tobytes()).hexdigest()
 
 
-def _shard_ivfs(shards: list[str], sizes: list[int]):
-    """The shards' IVF indexes when every shard has one, covering all its ``sizes`` images,
-    on one quantizer (``index --quantizer``); else None."""
+def _shard_ivfs(shards: list[str]):
+    """The shards' IVF indexes when every shard has one that holds its rows (checked:
+    ``snapshot.load_ivf``), all of them, on one quantizer (``index --quantizer``); else
+    None."""
     indexes, digest = [], None
-    for shard, size in zip(shards, sizes):
-        path = os.path.join(shard, ANN_FILE)
-        if not os.path.exists(path):
+    for shard in shards:
+        store = gallery.Gallery.open(shard)
+        try:
+            index = snapshot.load_ivf(store, mmap=False)
+        except snapshot.IVFError:
             return None
-        index = ann.load(path, mmap=False)
-        if index.ntotal != size:
+        if index is None or index.ntotal != len(store):
             return None
         d = _centroid_digest(index)
         if digest not in (None, d):
@@ -321,18 +360,22 @@ def merge_index(output: str, shards: list[str], ann_threshold: int = ann.EXACT_B
     own IVFs joined by FAISS's ``merge_from`` (``ann.merge``) when they share one trained
     quantizer (``index --quantizer``), else one trained over the merged gallery."""
     store = gallery.merge(output, shards)
-    sizes = [len(gallery.Gallery.open(s)) for s in shards]
-    ivfs = _shard_ivfs(shards, sizes)
-    if ivfs is not None:
-        merged = ann.merge(ivfs, np.cumsum([0] + sizes[:-1]).tolist())
-        # The quantizer is the shards' one: the size it was trained at is theirs.
-        trained_on = (_ann_meta(os.path.join(shards[0], ANN_FILE)) or {}).get("trained_on")
-        _save_ann(store, merged, {"trained_on": trained_on or len(store),
-                                  "nlist": int(merged.nlist)})
-        log(f"IVF index of {merged.ntotal} global embeddings: the {len(shards)} shards' IVFs "
-            "joined by FAISS merge_from (one quantizer, no training)")
-    else:
-        _build_ann(store, list(store.features), ann_threshold, log)
+    try:  # the merged gallery's writer lock is released however this ends
+        sizes = [len(gallery.Gallery.open(s)) for s in shards]
+        ivfs = _shard_ivfs(shards)
+        if ivfs is not None:
+            merged = ann.merge(ivfs, np.cumsum([0] + sizes[:-1]).tolist())
+            # The quantizer is the shards' one: the size it was trained at is theirs.
+            trained_on = (_ann_meta(os.path.join(shards[0], ANN_FILE)) or {}).get(
+                "trained_on")
+            _save_ann(store, merged, {"trained_on": trained_on or len(store),
+                                      "nlist": int(merged.nlist)})
+            log(f"IVF index of {merged.ntotal} global embeddings: the {len(shards)} shards' "
+                "IVFs joined by FAISS merge_from (one quantizer, no training)")
+        else:
+            _build_ann(store, ann_threshold, log)
+    finally:
+        store.close()
     log(f"merged {len(shards)} shards: {len(store)} images in {output}")
     return {"images": len(store), "index": output}
 
@@ -364,7 +407,9 @@ def default_rerank_k(savedmodel: str) -> int:
 
 class Searcher:
     """A SavedModel and a gallery opened once, for many queries (``query``, the service):
-    the gallery memory-mapped, its IVF index loaded when it has one."""
+    one checked state of the gallery (``snapshot.Snapshot``: memory-mapped, its IVF index
+    loaded when it has one), served until ``reload`` replaces it with the state on disk.
+    A query reads the state it started with to its end."""
 
     def __init__(self, savedmodel: str, index_path: str, nprobe: int = 32):
         if not os.path.isdir(index_path):
@@ -372,16 +417,35 @@ class Searcher:
                                     "builds one)")
         self.served = _load(savedmodel)
         check_contract(self.served.signatures)
-        self.store = gallery.Gallery.open(index_path,
-                                          model=gallery.model_fingerprint(savedmodel))
-        ann_path = os.path.join(index_path, ANN_FILE)
-        index = ann.load(ann_path) if os.path.exists(ann_path) else None
-        self.stage1 = ann.Searcher(self.store.array(GLOBAL), index, nprobe=nprobe)
+        self.index_path, self.nprobe = index_path, nprobe
+        self.fingerprint = gallery.model_fingerprint(savedmodel)
+        self.snapshot = snapshot.Snapshot.open(index_path, self.fingerprint, nprobe)
         self.second = self.served.signatures[RERANK]
         self.default_rerank_k = default_rerank_k(savedmodel)
 
+    @property
+    def store(self) -> gallery.Gallery:
+        return self.snapshot.store
+
+    @property
+    def stage1(self) -> ann.Searcher:
+        return self.snapshot.stage1
+
     def __len__(self) -> int:
-        return len(self.store)
+        return len(self.snapshot)
+
+    def changed(self) -> bool:
+        """Whether the gallery on disk differs from the state served (a cheap ``stat``)."""
+        return snapshot.state_key(self.index_path) != self.snapshot.key
+
+    def reload(self) -> dict:
+        """Opens the gallery as it is on disk and, once it checks out, serves it in place of
+        the current state, in one step; a state that does not check out raises (its
+        file and what to do) and the current one stays. → {"images", "previous"}."""
+        fresh = snapshot.Snapshot.open(self.index_path, self.fingerprint, self.nprobe,
+                                       previous=self.snapshot)
+        previous, self.snapshot = self.snapshot, fresh
+        return {"images": len(fresh), "previous": len(previous)}
 
     def query(self, text: str, top_k: int = 10, rerank_k: Optional[int] = None) -> list[dict]:
         """The ``top_k`` gallery images for ``text``, best first: [{path, row, score (stage
@@ -394,10 +458,11 @@ class Searcher:
         rerank_k = self.default_rerank_k if rerank_k is None else int(rerank_k)
         if rerank_k < 0:
             raise ValueError(f"rerank_k must be >= 0, got {rerank_k}")
+        state = self.snapshot  # one state for the whole query, whatever a reload does
         texts = tf.constant([text])
         encoded = self.served.signatures[ENCODE_TEXT](sentences=texts)
         vector = encoded[GLOBAL].numpy()
-        scores, ids = self.stage1.search(vector, max(top_k, rerank_k))
+        scores, ids = state.stage1.search(vector, max(top_k, rerank_k))
         keep = ids[0] >= 0  # the IVF pads with -1 when it finds fewer
         scores, ids = scores[0][keep], ids[0][keep]
         second = {}
@@ -405,16 +470,15 @@ class Searcher:
         if len(head):
             rows = np.sort(head)  # memory-map reads in file order
             out = self.second(**_text_inputs(self.second, texts, encoded),
-                              **_image_inputs(self.second, self.store, rows))
+                              **_image_inputs(self.second, state.store, rows))
             second = dict(zip(rows.tolist(), out["score"].numpy()[0].tolist()))
-        paths = self.store.paths()
+        paths = state.store.paths()
         results = [{"path": paths[i], "row": int(i), "score": float(s),
                     **({"rerank": second[i]} if i in second else {})}
                    for i, s in zip(ids.tolist(), scores.tolist())]
         # Stage 2 orders its head (ties keep stage-1 order); the rest follow in stage-1 order.
         head = sorted((r for r in results if "rerank" in r), key=lambda r: -r["rerank"])
         return (head + [r for r in results if "rerank" not in r])[:top_k]
-
 
     def explain(self, text: str, row: int) -> dict:
         """Fig. 4 for one result: which words each region of gallery image ``row`` picks
@@ -426,12 +490,12 @@ class Searcher:
                               "model, or HGAN without the word level)")
         if not text.strip():
             raise ValueError("the query is empty")
-        if not 0 <= row < len(self.store):
-            raise IndexError(f"row {row} is not in the gallery (0..{len(self.store) - 1})")
+        store = self.store  # one state for the whole call
+        if not 0 <= row < len(store):
+            raise IndexError(f"row {row} is not in the gallery (0..{len(store) - 1})")
         out = sig[EXPLAIN](
             texts=tf.constant([text]),
-            image_word=tf.constant(np.asarray(self.store.array("word")[row:row + 1],
-                                              np.float32)))
+            image_word=tf.constant(np.asarray(store.array("word")[row:row + 1], np.float32)))
         selected = out["selected"].numpy()[0, 0]  # [N, R]
         weights = out["weights"].numpy()[0, 0]
         words = [w.decode("utf-8") for w in out["words"].numpy()[0]]
@@ -441,7 +505,7 @@ class Searcher:
             picked = picked[np.argsort(-weights[n, picked], kind="stable")]
             regions.append([{"word": words[r], "slot": int(r), "weight": float(weights[n, r])}
                             for r in picked])
-        return {"row": int(row), "path": self.store.paths()[row],
+        return {"row": int(row), "path": store.paths()[row],
                 "words": [w for w in words if w], "regions": regions}
 
 

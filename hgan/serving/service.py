@@ -2,7 +2,8 @@
 gallery (``hgan-serve``), on FastAPI (Starlette) served by uvicorn.
 
   GET  /                  the page: type a sentence, see the ranked grid with scores
-  GET  /api/health        {"images", "model", "rerank_k", "stage1": "exact" | "ivf"}
+  GET  /api/health        {"images", "model", "rerank_k", "stage1": "exact" | "ivf",
+                          "updated" (the served state's commit time), "reload_error"}
   POST /api/search        {"text", "top_k"?, "rerank_k"?} → {"query", "top_k", "rerank_k",
                           "results": [{"rank", "path", "row", "score", "rerank"?,
                           "image"}], "ms"}: ``hgan.serving.searcher.Searcher.query``
@@ -10,6 +11,8 @@ gallery (``hgan-serve``), on FastAPI (Starlette) served by uvicorn.
                           "regions": [[{"word", "slot", "weight"}] per region]} (404 for
                           a model without word-level selections: IATV)
   GET  /api/image/{row}   the image of gallery row ``row`` (only indexed images are served)
+  POST /api/reload        serve the gallery as it is on disk, once it checks out →
+                          {"images", "previous"}; 409 with the reason, the loaded state kept
 
 Names follow the SavedModel's: ``score`` is stage 1 (the global embeddings' cosine),
 ``rerank`` stage 2 (the export's ``rerank`` signature: HGAN's fused score, IATV's two-stage
@@ -17,15 +20,22 @@ score). Bad input gets a 4xx with a ``detail`` message and the process keeps ser
 (400), over ``max_body`` bytes (413), an empty or over-long ``text``, ``top_k`` / ``rerank_k``
 out of range or of the wrong type (422), a row that is not in the gallery (404). A gallery
 indexed by another model is refused at start (``gallery.ModelMismatch``).
+
+The service answers from one checked state of the gallery (``hgan.serving.snapshot``)
+while ``hgan-search index`` grows it: ``Reloader`` switches to the state on disk on
+``POST /api/reload`` and, with ``reload_every``, whenever the gallery's files change; a
+state that does not check out is not served (the loaded one stays, and ``/api/health``
+gives the reason as ``reload_error``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import mimetypes
 import os
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional, Union
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -69,16 +79,17 @@ def parse_search(body: bytes, max_body: int = MAX_BODY) -> dict:
 
 class ImageSource:
     """The bytes of a gallery row's image, from the folder or the TFRecords it was indexed
-    from: only rows of the gallery, and a folder path must resolve inside its root."""
+    from: only rows of the gallery, and a folder path must resolve inside its root.
+    ``store``: the gallery, or a function that returns the one being served."""
 
-    def __init__(self, store: gallery.Gallery):
-        self.store = store
-        self.source = store.manifest.get("source") or {}
+    def __init__(self, store: Union[gallery.Gallery, Callable[[], gallery.Gallery]]):
+        self.current = store if callable(store) else (lambda: store)
+        self.source = self.current().manifest.get("source") or {}
         self._records: Optional[dict] = None
         self._lock = threading.Lock()
 
     def read(self, row: int) -> tuple[bytes, str]:
-        paths = self.store.paths()
+        paths = self.current().paths()
         if not 0 <= row < len(paths):
             raise BadRequest(404, f"row {row} is not in the gallery (0..{len(paths) - 1})")
         path = paths[row]
@@ -162,11 +173,64 @@ def parse_explain(body: bytes, max_body: int = MAX_BODY) -> dict:
     return {"text": _text(request), "row": row}
 
 
-def create_app(searcher, max_body: int = MAX_BODY):
+class Reloader:
+    """Keeps a ``searcher.Searcher`` on the newest state of its gallery that checks out:
+    ``reload`` at once, ``check`` when the gallery's files changed, ``watch`` every few seconds.
+    A state that does not check out leaves the served one in place; ``error`` keeps why
+    (None once a reload succeeds)."""
+
+    def __init__(self, searcher, log: Optional[Callable[[str], None]] = None):
+        self.searcher, self.log = searcher, log or (lambda _: None)
+        self.error: Optional[str] = None
+        self._lock = threading.Lock()  # one reload at a time
+
+    def reload(self) -> dict:
+        """``searcher.reload()``; raises its error (ValueError, OSError) after noting it."""
+        with self._lock:
+            try:
+                out = self.searcher.reload()
+            except (ValueError, OSError) as e:
+                if str(e) != self.error:
+                    self.log(f"still serving {len(self.searcher.store)} images: {e}")
+                self.error = str(e)
+                raise
+            self.error = None
+            if out["images"] != out["previous"]:
+                self.log(f"serving {out['images']} images (was {out['previous']})")
+            return out
+
+    def check(self) -> None:
+        """Reloads if the gallery's files changed since the served state was opened."""
+        with contextlib.suppress(ValueError, OSError):  # kept in ``error``; tried again
+            if self.searcher.changed():
+                self.reload()
+
+    def watch(self, every: float, stop: threading.Event) -> None:
+        while not stop.wait(every):
+            self.check()
+
+
+def create_app(searcher, max_body: int = MAX_BODY, reload_every: float = 0.0,
+               log: Optional[Callable[[str], None]] = None):
     """The FastAPI app over a ``searcher.Searcher`` (or anything with ``query``, ``store``,
-    ``default_rerank_k`` and ``stage1.exact``)."""
-    app = FastAPI(title="HGAN / IATV person search", docs_url=None, redoc_url=None)
-    images = ImageSource(searcher.store)
+    ``default_rerank_k``, ``stage1.exact``, and for reloading ``reload`` and
+    ``changed``). ``reload_every`` > 0: seconds between checks of the gallery's files (a
+    ``stat``), reloading when they changed; ``log`` hears of each switch and each state
+    refused."""
+    reloader = Reloader(searcher, log)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_):
+        stop = threading.Event()
+        if reload_every > 0:
+            threading.Thread(target=reloader.watch, args=(reload_every, stop),
+                             daemon=True).start()
+        yield
+        stop.set()
+
+    app = FastAPI(title="HGAN / IATV person search", docs_url=None, redoc_url=None,
+                  lifespan=lifespan)
+    images = ImageSource(lambda: searcher.store)
     lock = threading.Lock()  # one query at a time through the SavedModel
 
     @app.exception_handler(BadRequest)
@@ -180,9 +244,19 @@ def create_app(searcher, max_body: int = MAX_BODY):
 
     @app.get("/api/health")
     def health():
-        return {"images": len(searcher.store), "model": searcher.store.manifest["model"],
+        store = searcher.store
+        return {"images": len(store), "model": store.manifest["model"],
                 "rerank_k": searcher.default_rerank_k,
-                "stage1": "exact" if searcher.stage1.exact else "ivf"}
+                "stage1": "exact" if searcher.stage1.exact else "ivf",
+                "updated": store.manifest.get("updated"), "reload_error": reloader.error}
+
+    @app.post("/api/reload")
+    async def reload():
+        try:
+            return JSONResponse(await run_in_threadpool(reloader.reload))
+        except (ValueError, OSError) as e:
+            raise BadRequest(409, f"{e} (still serving the {len(searcher.store)} images "
+                                  "loaded before)")
 
     def locked(fn, *args):
         with lock:
