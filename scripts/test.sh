@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up .venv with the dev requirements and runs the whole test suite.
+# Sets up .venv with the dev requirements and runs the whole test suite (two xdist workers;
+# worksteal, because a few tests take a minute and most take a second).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
@@ -14,4 +15,4 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   fi
 fi
 export TF_CPP_MIN_LOG_LEVEL=2
-exec .venv/bin/python -m pytest -q -n 2 --durations=15 "$@"
+exec .venv/bin/python -m pytest -q -n 2 --dist worksteal --durations=15 "$@"

@@ -1,11 +1,5 @@
-"""Text → image search with an exported SavedModel over an on-disk gallery.
-
-  hgan-search index --savedmodel=DIR --images=FOLDER|LIST.txt --index=GALLERY_DIR
-  hgan-search index --savedmodel=DIR --data_dir=TFRECORDS --split=test --index=...
-      [--shard=i/N] [--dtype=float16]
-  hgan-search merge --index=GALLERY_DIR SHARD_DIR ...
-  hgan-search query --savedmodel=DIR --index=GALLERY_DIR "a woman in a red coat" \
-      [--top_k=10] [--rerank_k=K] [--json]
+"""Text → image search with an exported SavedModel over an on-disk gallery: the library
+under ``hgan-search`` (``hgan.cli.search``, whose docstring gives the commands).
 
 ``index`` streams images through the model's ``encode_image`` signature in batches (with
 progress and ETA) into a ``hgan.serving.gallery`` directory: every output, memory-mapped at
