@@ -5,8 +5,9 @@ A family is what differs between HGAN and IATV: the model and how it is loaded
 split (``hgan.evaluation``) and the serving module (``hgan.serving``). Everything else (data,
 the loop, metrics, re-ranking, reports, SavedModel saving, search) is shared and never
 imports a family. A family's name and config section are declared once, in
-``hgan.config.sections.MODEL_SECTIONS``; its code once, here (``FAMILIES``, checked against
-that list on import). A third family adds one entry to each.
+``hgan.config.sections.MODEL_SECTIONS``; its code once, here, keyed by that section
+(``FAMILIES`` is built from the list). A third family adds a section to the list and its
+code here.
 
 ``train``, ``evaluate`` and ``export`` are what hgan-train, hgan-eval and hgan-export call.
 """
@@ -16,6 +17,7 @@ import dataclasses
 from typing import Callable, Optional
 
 from hgan.config import MODEL_SECTIONS, Config, experiments
+from hgan.config.sections import HGANModel, IATVModel
 from hgan.evaluation import hgan_report, hgan_scoring, iatv_scoring
 from hgan.evaluation import report as eval_report
 from hgan.modeling.hgan import model as hgan_model
@@ -50,17 +52,17 @@ class Family:
     report_extras: Optional[Callable] = None
 
 
-FAMILIES = {
-    "hgan": Family("hgan", HGANTask, hgan_model.load_model, hgan_scoring.evaluate, "exact",
-                   hgan_module.servable, hgan_report.report_extras),
-    "iatv": Family("iatv", IATVTask, iatv_model.load_model, iatv_scoring.evaluate, "stage1",
-                   iatv_module.servable),
+# Each family's code, keyed by its config section: the names come from MODEL_SECTIONS, the
+# one list of families, so a family is named in one place.
+_CODE = {
+    HGANModel: dict(task=HGANTask, load_model=hgan_model.load_model,
+                    evaluate=hgan_scoring.evaluate, exact_mode="exact",
+                    servable=hgan_module.servable, report_extras=hgan_report.report_extras),
+    IATVModel: dict(task=IATVTask, load_model=iatv_model.load_model,
+                    evaluate=iatv_scoring.evaluate, exact_mode="stage1",
+                    servable=iatv_module.servable),
 }
-
-
-if set(FAMILIES) != set(MODEL_SECTIONS):
-    raise ImportError(f"hgan.families {sorted(FAMILIES)} and hgan.config.sections."
-                      f"MODEL_SECTIONS {sorted(MODEL_SECTIONS)} name different families")
+FAMILIES = {name: Family(name, **_CODE[section]) for name, section in MODEL_SECTIONS.items()}
 
 
 def get(name: str) -> Family:
