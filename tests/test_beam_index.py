@@ -190,10 +190,14 @@ _CLI = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_cli_says_what_is_wrong_and_how_to_install_beam(tmp_path):
-    base = ["--savedmodel=m", f"--index={tmp_path / 'g'}"]
+def test_cli_builds_a_gallery_says_what_is_wrong_and_how_to_install_beam(hgan_export,
+                                                                          tiny_data, tmp_path):
+    _photos(tiny_data, tmp_path / "photos")
+    base = [f"--savedmodel={hgan_export}", f"--index={tmp_path / 'g'}"]
     cases = [[base + ["--images=f", "--data_dir=d"], False],
              [base + ["--images=f", "--direct_num_workers=2", "--runer=Dataflow"], False],
+             [base + [f"--data_dir={tiny_data}", "--split=val", "--direct_num_workers=1"],
+              False],
              [base + ["--images=f"], True]]
     proc = subprocess.run([sys.executable, "-c", _CLI, json.dumps(cases)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300,
@@ -203,5 +207,9 @@ def test_cli_says_what_is_wrong_and_how_to_install_beam(tmp_path):
     messages = json.loads(line[0][len("RESULT"):])
     assert messages[0] == "hgan-beam-index needs exactly one of --images or --data_dir"
     assert messages[1] == "not an option of this command nor of Beam: --runer=Dataflow"
-    assert messages[2].startswith("error: hgan-beam-index needs Apache Beam") and \
-        'pip install -e ".[beam]"' in messages[2]
+    assert messages[2] == 0 and "1 units: 0 already encoded, 1 to encode" in proc.stdout
+    assert gallery.Gallery.open(str(tmp_path / "g")).manifest["source"] == {
+        "kind": "tfrecords", "data_dir": tiny_data, "split": "val"}
+    assert len(gallery.Gallery.open(str(tmp_path / "g"))) == 6
+    assert messages[3].startswith("error: hgan-beam-index needs Apache Beam") and \
+        'pip install -e ".[beam]"' in messages[3]
