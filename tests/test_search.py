@@ -301,6 +301,41 @@ def test_shards_on_one_quantizer_merge_their_ivfs_with_faiss_merge_from(monkeypa
                            quantizer=str(tmp_path / "nope.faiss"), log=lambda *_: None)
 
 
+def test_a_quantizer_trained_on_a_sample_lets_every_shard_start_at_once(monkeypatch, model,
+                                                                         tmp_path):
+    pytest.importorskip("faiss")
+    served_model = _use(monkeypatch, served())
+    folder = tmp_path / "photos"
+    _photos(folder, [(f"{i}.png", f"IMG:{i}".encode()) for i in range(1, 10)])
+    quantizer = str(tmp_path / "quantizer.faiss")
+    lines = []
+    report = searcher.train_quantizer(model, quantizer, images=str(folder), sample=6, nlist=2,
+                                      batch_size=4, log=lines.append)
+    assert report == {"images": 9, "sample": 6, "encoded": 6, "nlist": 2, "skipped": []}
+    calls = served_model.signatures["encode_image"].calls
+    assert [len(c["images"]) for c in calls] == [4, 2]  # the sample only, nothing else
+    with open(quantizer + ".json") as f:
+        assert json.load(f) == {"trained_on": 9, "nlist": 2}  # sized for the whole folder
+    trained = ann.load(quantizer, mmap=False)
+    assert trained.is_trained and trained.ntotal == 0
+    # Every shard starts at once on it (here the last first), and merge joins their IVFs.
+    shards = [str(tmp_path / f"shard{i}") for i in range(3)]
+    for i in (2, 1, 0):
+        searcher.build_index(model, shards[i], images=str(folder), shard=f"{i}/3",
+                             quantizer=quantizer, log=lambda *_: None)
+    lines = []
+    merged = str(tmp_path / "all")
+    searcher.merge_index(merged, shards, ann_threshold=1, log=lines.append)
+    assert any("merge_from" in ln for ln in lines), lines
+    ivf = ann.load(os.path.join(merged, searcher.ANN_FILE), mmap=False)
+    assert ivf.ntotal == 9
+    np.testing.assert_array_equal(ivf.quantizer.reconstruct_n(0, 2),
+                                  trained.quantizer.reconstruct_n(0, 2))
+    with pytest.raises(ValueError, match="larger --sample"):
+        searcher.train_quantizer(model, quantizer, images=str(folder), sample=3, nlist=4,
+                                 log=lambda *_: None)
+
+
 def test_index_errors_say_what_is_wrong(monkeypatch, model, tmp_path):
     _use(monkeypatch, served())
     with pytest.raises(FileNotFoundError, match="image folder .*nowhere not found"):
@@ -548,7 +583,10 @@ def test_cli_usage_errors():
              ["query", "--savedmodel=m", "--index=i"],
              ["query", "--savedmodel=m", "--index=i", "a", "red coat"],
              ["query", "--index=i", "red coat"],
-             ["merge", "--index=i"]]
+             ["merge", "--index=i"],
+             ["query", "--savedmodel=m", "red coat"],
+             ["quantizer", "--savedmodel=m", "--images=f"],
+             ["quantizer", "--savedmodel=m", "--quantizer=q.faiss"]]
     proc = subprocess.run([sys.executable, "-c", _CLI, json.dumps(cases)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -556,12 +594,15 @@ def test_cli_usage_errors():
     assert line, proc.stderr[-3000:]
     messages = json.loads(line[0][len("RESULT"):])
     assert messages == [
-        "usage: hgan-search index|merge|query ... (see --help)",
-        "usage: hgan-search index|merge|query ... (see --help)",
+        "usage: hgan-search index|merge|query|quantizer ... (see --help)",
+        "usage: hgan-search index|merge|query|quantizer ... (see --help)",
         "index needs exactly one of --images or --data_dir",
         "index needs exactly one of --images or --data_dir",
         'query takes one quoted sentence: query "a man in a red coat"',
         'query takes one quoted sentence: query "a man in a red coat"',
         "query needs --savedmodel",
         "merge takes the shard gallery dirs: merge --index=OUT S1 S2",
+        "query needs --index",
+        "quantizer needs --savedmodel and --quantizer (the file to write)",
+        "quantizer needs exactly one of --images or --data_dir",
     ]

@@ -9,12 +9,13 @@ import sys
 from absl import app, flags
 
 
-def start(main, doc: str) -> None:
+def start(main, doc: str, flags_parser=None) -> None:
     """Runs ``main`` under absl with ``doc`` (the command module's docstring) and the
     command module's flags as what ``--help`` prints: a console script's ``__main__`` is a
-    wrapper without either."""
+    wrapper without either. ``flags_parser``: absl's, for a command that hands the
+    arguments it does not know to another parser."""
     sys.modules["__main__"].__doc__ = doc
     if main.__module__ != "__main__":
         for flag in flags.FLAGS.flags_by_module_dict().get(main.__module__, []):
             flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(main)
+    app.run(main, flags_parser=flags_parser or app.parse_flags_with_usage)

@@ -5,8 +5,13 @@ gallery holds and how a query is scored: ``hgan.serving.searcher``).
       [--shard=i/N] [--dtype=float16|float32] [--batch_size=32]
   hgan-search index --savedmodel=DIR --data_dir=TFRECORDS --split=test --index=...
   hgan-search merge --index=GALLERY_DIR SHARD_DIR [SHARD_DIR ...]
+  hgan-search quantizer --savedmodel=DIR --images=...|--data_dir=... --quantizer=OUT.faiss \
+      [--sample=N] [--nlist=K]
   hgan-search query --savedmodel=DIR --index=GALLERY_DIR "a woman in a red coat" \
       [--top_k=10] [--rerank_k=K] [--json]
+
+``quantizer`` trains an IVF quantizer on a sample of the images before any shard is
+encoded, so that every ``index --shard=i/N --quantizer=OUT.faiss`` starts at once.
 """
 from __future__ import annotations
 
@@ -28,9 +33,13 @@ def define_flags():
     flags.DEFINE_string("split", "test", "index: the split of --data_dir.")
     flags.DEFINE_string("shard", None, "index: i/N, every N-th image from the i-th (N "
                         "machines; join them with merge).")
-    flags.DEFINE_string("quantizer", None, "index: an ann.faiss (e.g. shard 0's) whose "
-                        "trained IVF quantizer this gallery's IVF adds to, so shard IVFs "
-                        "merge with FAISS's merge_from.")
+    flags.DEFINE_string("quantizer", None, "index: an ann.faiss (hgan-search quantizer's, "
+                        "or shard 0's) whose trained IVF quantizer this gallery's IVF adds "
+                        "to, so shard IVFs merge with FAISS's merge_from; quantizer: the "
+                        "file to write.")
+    flags.DEFINE_integer("sample", 0, "quantizer: images encoded to train it (0: 39 per "
+                         "list, FAISS's minimum without a warning).")
+    flags.DEFINE_integer("nlist", 0, "quantizer: inverted lists (0: about 4·sqrt(images)).")
     flags.DEFINE_enum("dtype", "float16", ["float16", "float32"], "index: stored dtype.")
     flags.DEFINE_integer("batch_size", 32, "index: images per encode_image call.")
     flags.DEFINE_integer("top_k", 10, "query: results to return.")
@@ -38,12 +47,15 @@ def define_flags():
                          "two-stage score (IATV: stage 2, plus stage 1's weighted); default: "
                          "the export's eval.rerank_k; 0 = stage 1 only.")
     flags.DEFINE_bool("json", False, "query: print JSON.")
-    flags.mark_flags_as_required(["index"])
 
 
 def main(argv):
-    if len(argv) < 2 or argv[1] not in ("index", "merge", "query"):
-        raise app.UsageError("usage: hgan-search index|merge|query ... (see --help)")
+    if len(argv) < 2 or argv[1] not in ("index", "merge", "query", "quantizer"):
+        raise app.UsageError("usage: hgan-search index|merge|query|quantizer ... (see --help)")
+    if argv[1] == "quantizer":
+        return _quantizer(argv)
+    if not FLAGS.index:
+        raise app.UsageError(f"{argv[1]} needs --index")
     from hgan.serving.searcher import build_index, merge_index, query
     if argv[1] == "merge":
         if len(argv) < 3:
@@ -69,6 +81,18 @@ def main(argv):
         for rank, r in enumerate(results, 1):
             second = f"  stage-2 {r['rerank']:+.3f}" if "rerank" in r else ""
             print(f"{rank:3d}  {r['score']:.4f}{second}  {r['path']}")
+    return 0
+
+
+def _quantizer(argv):
+    if not FLAGS.savedmodel or not FLAGS.quantizer:
+        raise app.UsageError("quantizer needs --savedmodel and --quantizer (the file to write)")
+    if bool(FLAGS.images) == bool(FLAGS.data_dir):
+        raise app.UsageError("quantizer needs exactly one of --images or --data_dir")
+    from hgan.serving.searcher import train_quantizer
+    train_quantizer(FLAGS.savedmodel, FLAGS.quantizer, FLAGS.images, FLAGS.data_dir,
+                    FLAGS.split, sample=FLAGS.sample, nlist=FLAGS.nlist,
+                    batch_size=FLAGS.batch_size)
     return 0
 
 

@@ -39,9 +39,9 @@ def main(argv):
     from hgan.serving import searcher, service
     engine = searcher.Searcher(FLAGS.savedmodel, FLAGS.index, nprobe=FLAGS.nprobe)
     engine.query("a person", top_k=1)  # warm: the first call traces the signatures
-    app = service.create_app(engine, reload_every=FLAGS.reload_every,
-                             log=functools.partial(print, flush=True))
-    server = service.Server(app, FLAGS.host, FLAGS.port).start()
+    web_app = service.create_app(engine, reload_every=FLAGS.reload_every,
+                                 log=functools.partial(print, flush=True))
+    server = service.Server(web_app, FLAGS.host, FLAGS.port).start()
     print(f"serving {len(engine)} images at {server.url}/  (Ctrl-C stops)", flush=True)
     try:
         server.thread.join()

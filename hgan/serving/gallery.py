@@ -24,6 +24,7 @@ bytes of float32; ``bench/gallery_index.py`` measures what it changes in a ranki
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -90,15 +91,18 @@ def _lock(path: str):
     return f
 
 
-def model_fingerprint(savedmodel: str) -> str:
+def model_fingerprint(savedmodel: str, open_file=None) -> str:
     """sha256 of the SavedModel's graph and variable index: equal exactly for the same
-    export (its weights are in the variable shards the index names)."""
+    export (its weights are in the variable shards the index names). ``open_file(path)``
+    opens a file for reading in binary (default: a local file), e.g. on ``gs://``."""
     h = hashlib.sha256()
-    for name in ("saved_model.pb", os.path.join("variables", "variables.index")):
-        path = os.path.join(savedmodel, name)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{savedmodel} is not a SavedModel (no {name})")
-        with open(path, "rb") as f:
+    for name in ("saved_model.pb", "variables/variables.index"):
+        try:
+            f = (open_file or functools.partial(open, mode="rb"))(
+                f"{savedmodel.rstrip('/')}/{name}")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{savedmodel} is not a SavedModel (no {name})") from None
+        with f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()[:32]

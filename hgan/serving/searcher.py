@@ -54,18 +54,18 @@ def _load(savedmodel: str):
 
 
 def _folder_paths(folder: str):
-    """(relative path, reader) of every JPEG/PNG under ``folder``, sorted."""
+    """(relative path, file) of every JPEG/PNG under ``folder``, sorted."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"image folder {folder} not found")
     for dirpath, _, files in sorted(os.walk(folder)):
         for name in sorted(files):
             if name.lower().endswith(_EXTENSIONS):
                 path = os.path.join(dirpath, name)
-                yield os.path.relpath(path, folder), functools.partial(_read_file, path)
+                yield os.path.relpath(path, folder), path
 
 
 def _list_paths(list_file: str):
-    """(path as listed, reader) of every line of a file list: one image path a line,
+    """(path as listed, file) of every line of a file list: one image path a line,
     relative to the list's folder or absolute; blank lines and ``#`` comments skipped, a
     path listed twice taken once. A listed file that cannot be read is skipped and
     reported by ``build_index``, like a file that is not an image."""
@@ -73,12 +73,14 @@ def _list_paths(list_file: str):
     with open(list_file, encoding="utf-8") as f:
         lines = [line.strip() for line in f]
     for line in dict.fromkeys(ln for ln in lines if ln and not ln.startswith("#")):
-        yield line, functools.partial(_read_file, os.path.join(base, line))
+        # A URL (gs://...) is read as it is by hgan-beam-index's workers.
+        yield line, line if "://" in line else os.path.join(base, line)
 
 
-def _image_source(images: str):
-    """``--images``: a folder (every JPEG/PNG under it) or a ``.txt`` file list → (paths
-    and readers, where the service finds them)."""
+def image_files(images: str) -> tuple[list, dict]:
+    """``--images``: a folder (every JPEG/PNG under it) or a ``.txt`` file list → ([(path
+    as the gallery stores it, file to read)] in gallery order, where the service finds
+    them: the gallery's ``source``)."""
     if os.path.isfile(images):
         if not images.lower().endswith(".txt"):
             raise ValueError(f"--images={images} is a file but not a .txt file list (one image "
@@ -88,16 +90,47 @@ def _image_source(images: str):
     return list(_folder_paths(images)), {"kind": "folder", "root": os.path.abspath(images)}
 
 
-def _read_file(path: str) -> bytes:
+def read_file(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
 
 
-def _record_paths(data_dir: str, split: str):
-    ds = tf.data.TFRecordDataset(pipeline.split_files(data_dir, split)).map(records.parse_example)
-    for ex in ds:
-        blob = ex["encoded"].numpy()
-        yield ex["path"].numpy().decode(), (lambda b=blob: b)
+def read_records(files: list[str]):
+    """(path, image bytes) of every record of these TFRecord files, in order."""
+    for ex in tf.data.TFRecordDataset(files).map(records.parse_example):
+        yield ex["path"].numpy().decode(), ex["encoded"].numpy()
+
+
+def tfrecords_source(data_dir: str, split: str) -> dict:
+    """The gallery's ``source`` for a split of a data_prep output."""
+    return {"kind": "tfrecords", "split": split,
+            "data_dir": data_dir if "://" in data_dir else os.path.abspath(data_dir)}
+
+
+def _sources(images, data_dir, split) -> tuple[list, dict]:
+    """[(path, reader)] of ``--images`` or of a TFRecord split, and the gallery's source."""
+    if images:
+        files, info = image_files(images)
+        return [(p, functools.partial(read_file, f)) for p, f in files], info
+    return ([(p, (lambda b=blob: b)) for p, blob in
+             read_records(pipeline.split_files(data_dir, split))],
+            tfrecords_source(data_dir, split))
+
+
+def encode_images(encode, blobs: list[bytes]) -> list:
+    """``encode_image`` over ``blobs`` in one call → one entry per blob: {output: row} or,
+    for a blob the model refuses, the reason (str). A bad file fails its whole call (the
+    in-graph check), so a failed call is retried one blob at a time to find it."""
+    if not blobs:
+        return []
+    try:
+        out = encode(images=tf.constant(blobs))
+    except tf.errors.InvalidArgumentError as e:
+        if len(blobs) == 1:
+            return [e.message.split("\n")[0][:200]]
+        return [r for blob in blobs for r in encode_images(encode, [blob])]
+    arrays = {k: v.numpy() for k, v in out.items()}
+    return [{k: a[i] for k, a in arrays.items()} for i in range(len(blobs))]
 
 
 def _shard(spec: str | None) -> tuple[int, int]:
@@ -139,12 +172,7 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
     encode = served.signatures[ENCODE_IMAGE]
     names = list(encode.structured_outputs)
     # Where the images live, for a service that shows them (hgan.serving.service).
-    if images:
-        source, source_info = _image_source(images)
-    else:
-        source = list(_record_paths(data_dir, split))
-        source_info = {"kind": "tfrecords", "data_dir": os.path.abspath(data_dir),
-                       "split": split}
+    source, source_info = _sources(images, data_dir, split)
     i, n = _shard(shard)
     source = source[i::n]
     if os.path.exists(os.path.join(index_path, gallery.MANIFEST)):
@@ -163,30 +191,21 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
 
         def flush():
             nonlocal store, added
-            kept, outs, blobs = [], [], []
+            kept, rows, blobs = [], [], []
             for path, read in batch:
                 try:
                     blobs.append((path, read()))
                 except OSError as e:  # a listed file that is missing or unreadable
-                    skipped.append({"path": path,
-                                    "reason": f"{type(e).__name__}: {e.strerror}"})
-            if not blobs:
-                return
-            try:
-                outs.append(encode(images=tf.constant([blob for _, blob in blobs])))
-                kept = [p for p, _ in blobs]
-            except tf.errors.InvalidArgumentError:
-                # One bad file fails its batch: encode one by one to find and skip it.
-                for path, blob in blobs:
-                    try:
-                        outs.append(encode(images=tf.constant([blob])))
-                        kept.append(path)
-                    except tf.errors.InvalidArgumentError as e:
-                        skipped.append({"path": path,
-                                        "reason": e.message.split("\n")[0][:200]})
+                    skipped.append({"path": path, "reason": read_error(e)})
+            for (path, _), out in zip(blobs, encode_images(encode, [b for _, b in blobs])):
+                if isinstance(out, str):
+                    skipped.append({"path": path, "reason": out})
+                else:
+                    kept.append(path)
+                    rows.append(out)
             if not kept:
                 return
-            feats = {k: np.concatenate([o[k].numpy() for o in outs]) for k in names}
+            feats = {k: np.stack([r[k] for r in rows]) for k in names}
             if store is None:
                 store = gallery.Gallery.create(index_path, fingerprint,
                                                {k: v.shape[1:] for k, v in feats.items()},
@@ -209,7 +228,7 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
         if quantizer:
             _ann_from_quantizer(store, names, quantizer, log)
         else:
-            _build_ann(store, ann_threshold, log)
+            build_ann(store, ann_threshold, log)
         log(f"gallery of {len(store)} images in {index_path} (+{added}; "
             f"{store.bytes_per_item()} B/image); skipped {len(skipped)}")
         for s in skipped:
@@ -220,12 +239,17 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
             store.close()
 
 
+def read_error(e: OSError) -> str:
+    """Why a file could not be read, as a skipped image's reason."""
+    return f"{type(e).__name__}: {e.strerror or e}"
+
+
 RETRAIN_GROWTH = 2.0  # an IVF is re-trained once the gallery is this many times the size
 # its quantizer was trained at (FAISS's nlist ~ 4·sqrt(n) no longer fits); below, new
 # images are only added to the inverted lists
 
 
-def _build_ann(store, threshold: int, log) -> None:
+def build_ann(store, threshold: int, log) -> None:
     """The IVF over the global embeddings above ``threshold``; below it, removes a stale
     one (exact search).
 
@@ -287,10 +311,14 @@ def _ann_meta(ann_path: str) -> Optional[dict]:
 
 
 def _save_ann(store, index, meta: dict) -> None:
-    """Writes the IVF and its sidecar beside, then puts each in place (``os.replace``): a
-    reader has the old file or the new one, never a part; a run killed between the two
-    leaves a sidecar whose ``vectors`` is not the IVF's, which the next run trains anew."""
-    path = os.path.join(store.path, ANN_FILE)
+    write_ann(os.path.join(store.path, ANN_FILE), index, meta)
+
+
+def write_ann(path: str, index, meta: dict) -> None:
+    """Writes an IVF and its sidecar (``meta`` + the IVF's ``vectors``) beside, then puts
+    each in place (``os.replace``): a reader has the old file or the new one, never a
+    part; a run killed between the two leaves a sidecar whose ``vectors`` is not the
+    IVF's, which the next run trains anew."""
     ann.save(index, path + ".tmp")
     with open(path + ".json.tmp", "w") as f:
         json.dump({**meta, "vectors": int(index.ntotal)}, f)
@@ -302,6 +330,19 @@ def _ann_from_quantizer(store, names, quantizer: str, log) -> None:
     """The gallery's IVF: every global embedding added to an empty copy of the trained
     IVF in the file ``quantizer`` (rebuilt whole: adding is cheap, training is what is
     shared)."""
+    vectors = store.array(GLOBAL)
+    trained, trained_on = load_quantizer(quantizer, vectors.shape[1])
+    index = ann.add(ann.empty_copy(trained), vectors)
+    _save_ann(store, index, {"trained_on": trained_on or len(store),
+                             "nlist": int(index.nlist)})
+    log(f"IVF index of {index.ntotal} global embeddings ({index.nlist} lists) on the "
+        f"quantizer of {quantizer}")
+
+
+def load_quantizer(quantizer: str, dim: int):
+    """The trained IVF in the file ``quantizer`` (``--quantizer``: another gallery's
+    ``ann.faiss`` or ``train_quantizer``'s output), checked against the gallery's ``dim``-d
+    global embeddings → (IVF, the gallery size it was trained for or None)."""
     if not os.path.isfile(quantizer):
         raise FileNotFoundError(f"--quantizer {quantizer} is not a file (an ann.faiss)")
     try:
@@ -309,16 +350,54 @@ def _ann_from_quantizer(store, names, quantizer: str, log) -> None:
     except (RuntimeError, ValueError) as e:
         raise ValueError(f"--quantizer {quantizer} cannot be read as an IVF index: "
                          f"{str(e).strip()[-200:]}") from None
-    vectors = store.array(GLOBAL)
-    if trained.d != vectors.shape[1]:
+    if trained.d != dim:
         raise ValueError(f"--quantizer {quantizer} is an IVF of {trained.d}-d vectors; this "
-                         f"gallery's global embeddings are {vectors.shape[1]}-d")
-    index = ann.add(ann.empty_copy(trained), vectors)
-    source = _ann_meta(quantizer) or {}
-    _save_ann(store, index, {"trained_on": source.get("trained_on") or len(store),
-                             "nlist": int(index.nlist)})
-    log(f"IVF index of {index.ntotal} global embeddings ({index.nlist} lists) on the "
-        f"quantizer of {quantizer}")
+                         f"gallery's global embeddings are {dim}-d")
+    return trained, (_ann_meta(quantizer) or {}).get("trained_on")
+
+
+def train_quantizer(savedmodel: str, output: str, images=None, data_dir=None, split="test",
+                    sample: int = 0, nlist: int = 0, batch_size: int = 32, seed: int = 0,
+                    log=print) -> dict:
+    """An empty IVF in ``output`` whose quantizer is trained on the global embeddings of a
+    seeded random ``sample`` of the images (default: 39 per list, FAISS's minimum without
+    a warning), with ``nlist`` lists (default: ``ann.default_nlist`` of all the images).
+    Made before any shard is encoded, it lets every ``index --shard=i/N
+    --quantizer=output`` (and hgan-beam-index's workers) start at once; their IVFs join
+    with FAISS's ``merge_from``. Returns {"images", "sample", "encoded", "nlist",
+    "skipped"}."""
+    served = _load(savedmodel)
+    check_contract(served.signatures)
+    encode = served.signatures[ENCODE_IMAGE]
+    source, _ = _sources(images, data_dir, split)
+    if not source:
+        raise ValueError("no image to sample from")
+    nlist = int(nlist) or ann.default_nlist(len(source))
+    size = min(len(source), int(sample) or 39 * nlist)
+    rows = np.sort(np.random.default_rng(seed).choice(len(source), size, replace=False))
+    vectors, skipped = [], []
+    for a in range(0, size, batch_size):
+        batch, blobs = [source[r] for r in rows[a:a + batch_size]], []
+        for path, read in batch:
+            try:
+                blobs.append((path, read()))
+            except OSError as e:
+                skipped.append({"path": path, "reason": read_error(e)})
+        for (path, _), out in zip(blobs, encode_images(encode, [b for _, b in blobs])):
+            if isinstance(out, str):
+                skipped.append({"path": path, "reason": out})
+            else:
+                vectors.append(out[GLOBAL])
+    if len(vectors) < nlist:
+        raise ValueError(f"{len(vectors)} sample images encoded for {nlist} lists: give a "
+                         "larger --sample (FAISS needs at least one per list)")
+    index = ann.train(np.stack(vectors).astype(np.float32), nlist, seed)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    write_ann(output, index, {"trained_on": len(source), "nlist": nlist})
+    log(f"IVF quantizer of {nlist} lists trained on {len(vectors)} of {len(source)} images "
+        f"(sample of {size}; skipped {len(skipped)}) in {output}")
+    return {"images": len(source), "sample": size, "encoded": len(vectors), "nlist": nlist,
+            "skipped": skipped}
 
 
 def _centroid_digest(index) -> str:
@@ -367,7 +446,7 @@ def merge_index(output: str, shards: list[str], ann_threshold: int = ann.EXACT_B
             log(f"IVF index of {merged.ntotal} global embeddings: the {len(shards)} shards' "
                 "IVFs joined by FAISS merge_from (one quantizer, no training)")
         else:
-            _build_ann(store, ann_threshold, log)
+            build_ann(store, ann_threshold, log)
     finally:
         store.close()
     log(f"merged {len(shards)} shards: {len(store)} images in {output}")
