@@ -143,7 +143,7 @@ def test_the_workers_fill_a_quantizer_trained_before_any_shard(hgan_export, tiny
     np.testing.assert_array_equal(ivf.quantizer.reconstruct_n(0, 2),
                                   q.quantizer.reconstruct_n(0, 2))
     with open(os.path.join(out, searcher.ANN_FILE + ".json")) as f:
-        assert json.load(f) == {"trained_on": 24, "nlist": 2}
+        assert json.load(f) == {"trained_on": 24, "nlist": 2, "vectors": 24}
     # Every id is its image's gallery row, as index --quantizer makes it.
     by_index = str(tmp_path / "index")
     searcher.build_index(hgan_export, by_index, images=folder, quantizer=quantizer,

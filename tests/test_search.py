@@ -315,7 +315,7 @@ def test_a_quantizer_trained_on_a_sample_lets_every_shard_start_at_once(monkeypa
     calls = served_model.signatures["encode_image"].calls
     assert [len(c["images"]) for c in calls] == [4, 2]  # the sample only, nothing else
     with open(quantizer + ".json") as f:
-        assert json.load(f) == {"trained_on": 9, "nlist": 2}  # sized for the whole folder
+        assert json.load(f) == {"trained_on": 9, "nlist": 2, "vectors": 0}  # sized for the whole folder, empty
     trained = ann.load(quantizer, mmap=False)
     assert trained.is_trained and trained.ntotal == 0
     # Every shard starts at once on it (here the last first), and merge joins their IVFs.
