@@ -35,7 +35,7 @@ EXPECTED = {
     ],
     "eval_scoring": [
         rf"two_stage: {NUMBER} s \(prepare {NUMBER} s, t2i {NUMBER} s, i2t {NUMBER} s\).*"
-        rf"metrics {NUMBER} s\n(.*\n){{3}}  memory: .* peak {NUMBER} GiB  target < 4 GiB",
+        rf"metrics {NUMBER} s\n(.*\n){{4}}  memory: .* peak {NUMBER} GiB  target < 4 GiB",
         rf"exact: {NUMBER} s \(prepare {NUMBER} s\)",
         rf"word: {NUMBER} pairs computed \(padding included\) = {NUMBER}x the 300 needed",
         rf"{NUMBER} GFLOP/s achieved .* = {NUMBER} % of the float32 matmul peak measured in "
