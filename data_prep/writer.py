@@ -5,7 +5,8 @@ Output folder ``OUT``::
     OUT/train-00000-of-00035.tfrecord ...   one tf.train.Example per image
     OUT/manifest.json                       counts, shard names, label maps, skipped records
 
-Guarantees, so that a reader can trust any manifest it finds:
+The copy is checked first (``data_prep.check``): one that cannot be imported at all stops
+the import before ``OUT`` is touched. Guarantees, so that a reader can trust any manifest it finds:
 
 * a shard only ever appears under its final name complete (written to a hidden temporary
   file in ``OUT``, fsync'ed, then ``os.replace``'d);
@@ -25,7 +26,7 @@ import math
 import os
 from typing import Callable, Iterator, Sequence
 
-from data_prep import importers
+from data_prep import check, importers
 from hgan.data import phrases
 from hgan.data import records
 from hgan.data import word_vocab
@@ -51,10 +52,18 @@ def write_dataset(dataset: str, data_dir: str, output_dir: str,
 
     Returns:
       the manifest, as written to ``output_dir/manifest.json``.
+
+    Raises:
+      check.CopyError: the copy cannot be imported at all (``check.check`` says why; its
+        report is logged first). Nothing is written then.
     """
     if images_per_shard < 1:
         raise ValueError(f"images_per_shard must be >= 1, got {images_per_shard}")
     requested, tagger = tagger, phrases.resolve_tagger(tagger)
+    report = check.check(dataset, data_dir)
+    log(report.text())
+    if not report.importable:
+        raise check.CopyError(report)
     os.makedirs(output_dir, exist_ok=True)
     _remove_unfinished(output_dir)
     kept, skipped = _read(dataset, data_dir, log)
@@ -188,17 +197,17 @@ def _log_summary(manifest: dict, log: Log) -> None:
     for split, info in manifest["splits"].items():
         log(f"{split}: {info['images']} images, {info['captions']} captions, "
             f"{info['identities']} identities, {len(info['shards'])} shards")
-    check = manifest.get("official_sizes")
-    if check and not check["matches"]:
+    sizes = manifest.get("official_sizes")
+    if sizes and not sizes["matches"]:
         missing = sum(s["reason"] == importers.MISSING_IMAGE for s in manifest["skipped"])
         log(f"WARNING: this is not the official {manifest['dataset']} split; results will "
             "not be comparable with the papers':")
-        for line in check["differences"]:
+        for line in sizes["differences"]:
             log(f"  {line}")
         if missing:
             log(f"  ({missing} records name an image that is not in the image folder: is the "
                 "folder the one the annotation file was made for?)")
-    elif check:
+    elif sizes:
         log(f"sizes match the official {manifest['dataset']} split")
     reasons = collections.Counter(skip["reason"] for skip in manifest["skipped"])
     log(f"skipped {len(manifest['skipped'])} records" + (":" if reasons else ""))

@@ -24,6 +24,7 @@ def tfrecords(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     raw, out = str(root / "raw"), str(root / "tfr")
     run_command("hgan-demo-data", f"--output_dir={raw}", "--identities=10", "--shots=2")
+    run_command("hgan-prep", "check", "--dataset=demo", f"--data_dir={raw}")
     run_command("hgan-prep", "--dataset=demo", f"--data_dir={raw}", f"--output_dir={out}",
             "--strict")
     return out
