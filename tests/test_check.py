@@ -289,7 +289,7 @@ def test_the_command_exits_0_on_a_whole_copy_1_on_a_broken_one_and_writes_nothin
     assert result.returncode == 1
     assert "what to do: hgan-demo-data --output_dir=" in result.stdout
     # The import runs the same check first and stops before writing anything.
-    result = prep("--dataset=demo", f"--data_dir={raw}", f"--output_dir={out}")
+    result = prep("--dataset=demo", f"--data_dir={raw}", f"--output_dir={out}", "--bert=none")
     assert result.returncode == 1
     assert "cannot be imported as --dataset=demo: no annotation file" in result.stderr
     assert not out.exists()

@@ -133,3 +133,13 @@ def make_pedes(root, layout="cuhk_pedes", identities=None, shots=2, captions=Non
     write(root / (annotation or name), json.dumps(entries))
     return entries
 
+
+# A WordPiece vocabulary in which "wearing" is two pieces ("wear" "##ing").
+WORDPIECES = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "man", "woman", "in", "red",
+              "coat", "black", "shoes", "and", "with", "bag", ".", "wear", "##ing"]
+
+
+def write_wordpiece_vocab(path) -> str:
+    """``WORDPIECES`` as a vocab.txt at the pathlib ``path``."""
+    write(path, "\n".join(WORDPIECES) + "\n")
+    return str(path)
