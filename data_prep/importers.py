@@ -20,7 +20,8 @@ Reading is in two stages: a layout reader turns its files into ``_Candidate`` re
 (layout-specific: JSON fields, or CUB/Flowers class folders), then ``_validate`` applies the
 checks common to all layouts: known split, non-blank cleaned captions, an image path that
 stays inside the image root, no duplicate, and an image that PIL can fully decode as JPEG or
-PNG. Nothing outside ``data_dir`` is ever opened: every path is resolved with
+PNG (``decode=False``: a JPEG or PNG file header, which is what ``data_prep.check`` reads).
+Nothing outside ``data_dir`` is ever opened: every path is resolved with
 ``os.path.realpath`` (following symlinks) and checked for containment before it is read.
 """
 from __future__ import annotations
@@ -98,6 +99,7 @@ BAD_FORMAT = "unsupported image format"
 DUPLICATE = "duplicate record"
 CONFLICT = "image already used with another identity or split"
 MISSING_CLASS = "missing class folder"
+MISSING_KEYS = "missing keys"  # how a MALFORMED detail names the keys a JSON record lacks
 
 
 class Record(NamedTuple):
@@ -106,6 +108,7 @@ class Record(NamedTuple):
     identity: str
     path: str  # of the real file, relative to image_root(layout, data_dir)
     captions: tuple[str, ...]
+    blank_captions: int = 0  # captions of the record left out as blank once cleaned
 
 
 class Skip(NamedTuple):
@@ -145,8 +148,12 @@ def image_root(layout: str, data_dir: str) -> str:
     return os.path.realpath(os.path.join(data_dir, "imgs"))
 
 
-def iter_records(layout: str, data_dir: str) -> Iterator[Record | Skip]:
+def iter_records(layout: str, data_dir: str, decode: bool = True
+                 ) -> Iterator[Record | Skip]:
     """Yields a Record or a Skip for every record of ``data_dir``, in file order.
+
+    ``decode=False`` checks each image by its file header (JPEG or PNG) instead of decoding
+    it: what the import keeps, except for images whose data is damaged past the header.
 
     Raises:
       ValueError: unknown layout, or an annotation file that is not what the layout needs.
@@ -161,7 +168,7 @@ def iter_records(layout: str, data_dir: str) -> Iterator[Record | Skip]:
             yield item
             continue
         try:
-            yield _validate(item, SPLITS[layout], root, accepted)
+            yield _validate(item, SPLITS[layout], root, accepted, decode)
         except SkipError as e:
             yield Skip(item.locator, item.path, e.reason, e.detail)
 
@@ -196,13 +203,13 @@ def clean_caption(text: str) -> str:
 # ----------------------------------------------------------------------- common checks
 
 def _validate(item: _Candidate, splits: tuple[str, ...], root: str,
-              accepted: dict[str, _Candidate]) -> Record:
-    """Applies the layout-independent checks, cheapest first (decoding the image last)."""
+              accepted: dict[str, _Candidate], decode: bool = True) -> Record:
+    """Applies the layout-independent checks, cheapest first (the image last)."""
     if item.split not in splits:
         raise SkipError(UNKNOWN_SPLIT, f"{item.split!r} not in {splits}")
     captions = tuple(c for c in map(clean_caption, item.captions) if c)
     if not captions:
-        raise SkipError(NO_CAPTIONS)
+        raise SkipError(NO_CAPTIONS, f"{len(item.captions)} blank" if item.captions else "")
     real = _resolve_inside(root, item.path)
     first = accepted.get(real)
     if first is not None:
@@ -210,10 +217,14 @@ def _validate(item: _Candidate, splits: tuple[str, ...], root: str,
             raise SkipError(DUPLICATE, f"same image as {first.locator}")
         raise SkipError(CONFLICT, f"{first.locator} has split {first.split!r}, "
                                   f"identity {first.identity!r}")
-    load_image(root, item.path)
+    if decode:
+        load_image(root, item.path)
+    else:
+        _sniff_image(real)
     accepted[real] = item
     # The path of the file that was checked: symlinks and "x/../" resolved.
-    return Record(item.split, item.identity, os.path.relpath(real, root), captions)
+    return Record(item.split, item.identity, os.path.relpath(real, root), captions,
+                  len(item.captions) - len(captions))
 
 
 def _resolve_inside(root: str, path: str) -> str:
@@ -240,6 +251,25 @@ def _is_inside(root: str, real: str) -> bool:
     return os.path.commonpath([root, real]) == root
 
 
+# File signatures: the formats the import takes, and others it refuses by name.
+_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF",
+               b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"RIFF": "WEBP"}
+
+
+def _sniff_image(real: str) -> None:
+    """The header check of ``iter_records(decode=False)``: the file starts like a JPEG or a
+    PNG. Raises SkipError with the reasons a decode would give (BAD_FORMAT for another
+    image format, BAD_IMAGE for anything else)."""
+    with open(real, "rb") as f:
+        head = f.read(8)
+    image_format = next((name for magic, name in _SIGNATURES.items()
+                         if head.startswith(magic)), None)
+    if image_format is None:
+        raise SkipError(BAD_IMAGE, "empty file" if not head else "not an image file header")
+    if image_format not in IMAGE_FORMATS:
+        raise SkipError(BAD_FORMAT, image_format)
+
+
 def _check_image(data: bytes) -> None:
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -256,7 +286,7 @@ def _check_image(data: bytes) -> None:
 # ------------------------------------------------------------- JSON layouts (person search)
 
 # Layout -> (accepted annotation file names, key of the image path).
-_JSON_LAYOUTS = {
+JSON_LAYOUTS = {
     "cuhk_pedes": (("reid_raw.json", "caption_all.json"), "file_path"),
     "demo": (("reid_raw.json",), "file_path"),
     "icfg_pedes": (("ICFG-PEDES.json", "ICFG_PEDES.json"), "file_path"),
@@ -265,7 +295,7 @@ _JSON_LAYOUTS = {
 
 
 def _json_reader(layout: str) -> Callable[[str], Iterator[_Candidate | Skip]]:
-    names, path_key = _JSON_LAYOUTS[layout]
+    names, path_key = JSON_LAYOUTS[layout]
 
     def read(data_dir: str) -> Iterator[_Candidate | Skip]:
         file_name, entries = _load_json_list(data_dir, names)
@@ -307,7 +337,7 @@ def _json_candidate(locator: str, entry: object, path_key: str) -> _Candidate:
         raise SkipError(MALFORMED, f"a record must be an object, not {type(entry).__name__}")
     missing = [k for k in ("split", "id", "captions", path_key) if k not in entry]
     if missing:
-        raise SkipError(MALFORMED, f"missing keys {missing}")
+        raise SkipError(MALFORMED, f"{MISSING_KEYS} {missing}")
     split, identity, captions, path = (entry[k] for k in ("split", "id", "captions", path_key))
     # bool is an int subclass, but True is no identity.
     if isinstance(identity, bool) or not isinstance(identity, (int, str)):
@@ -321,27 +351,43 @@ def _json_candidate(locator: str, entry: object, path_key: str) -> _Candidate:
 
 # ------------------------------------------------------- CUB / Flowers (Reed et al. 2016)
 
-def _read_reed(data_dir: str) -> Iterator[_Candidate | Skip]:
-    """Class folders of ``text_c10/`` listed in the split files; the class is the identity."""
-    root = os.path.realpath(data_dir)
-    text_root = os.path.join(root, "text_c10")
-    for split, classes in _reed_splits(root).items():
-        for class_name in classes:
-            locator = f"{split} class {class_name}"
-            try:
-                class_dir = _resolve_dir(text_root, class_name)
-            except SkipError as e:
-                yield Skip(locator, f"text_c10/{class_name}", e.reason, e.detail)
-                continue
-            for file_name in sorted(os.listdir(class_dir)):
-                if file_name.endswith(".txt"):
-                    yield _reed_candidate(root, split, class_name, file_name)
+# Layout -> where its images are (relative to data_dir; the reader also looks in the other).
+REED_IMAGE_FOLDERS = {"cub": "images/{class_name}", "flowers": "jpg"}
+# The class lists, by the name of the split they give ("trainval" = train + val).
+REED_CLASS_LISTS = {name: f"{name}classes.txt" for name in ("train", "trainval", "val", "test")}
 
 
-def _reed_splits(root: str) -> dict[str, list[str]]:
-    """Split -> class names, from trainclasses.txt (or trainvalclasses - valclasses), etc."""
-    read = {name: _read_class_list(root, f"{name}classes.txt")
-            for name in ("train", "trainval", "val", "test")}
+def _reed_reader(layout: str) -> Callable[[str], Iterator[_Candidate | Skip]]:
+    folder = REED_IMAGE_FOLDERS[layout]
+
+    def read(data_dir: str) -> Iterator[_Candidate | Skip]:
+        """Class folders of ``text_c10/`` listed in the split files; the class is the
+        identity."""
+        root = os.path.realpath(data_dir)
+        text_root = os.path.join(root, "text_c10")
+        for split, classes in reed_splits(root).items():
+            for class_name in classes:
+                locator = f"{split} class {class_name}"
+                try:
+                    class_dir = _resolve_dir(text_root, class_name)
+                except SkipError as e:
+                    yield Skip(locator, f"text_c10/{class_name}", e.reason, e.detail)
+                    continue
+                for file_name in sorted(os.listdir(class_dir)):
+                    if file_name.endswith(".txt"):
+                        yield _reed_candidate(root, split, class_name, file_name,
+                                              folder.format(class_name=class_name))
+
+    return read
+
+
+def reed_splits(root: str) -> dict[str, list[str]]:
+    """Split -> class names, from trainclasses.txt (or trainvalclasses - valclasses), etc.
+
+    Raises:
+      FileNotFoundError: none of the class lists is in ``root``.
+    """
+    read = {name: _read_class_list(root, file) for name, file in REED_CLASS_LISTS.items()}
     if all(classes is None for classes in read.values()):
         raise FileNotFoundError(f"no *classes.txt split files in {root}")
     val, test = read["val"] or [], read["test"] or []
@@ -374,8 +420,8 @@ def _resolve_dir(parent: str, name: str) -> str:
     return real
 
 
-def _reed_candidate(root: str, split: str, class_name: str, file_name: str
-                    ) -> _Candidate | Skip:
+def _reed_candidate(root: str, split: str, class_name: str, file_name: str,
+                    image_folder: str) -> _Candidate | Skip:
     text_path = f"text_c10/{class_name}/{file_name}"
     stem = file_name[:-len(".txt")]
     try:
@@ -388,14 +434,14 @@ def _reed_candidate(root: str, split: str, class_name: str, file_name: str
         return Skip(text_path, text_path, NOT_UTF8, str(e))
     image = _find_reed_image(root, class_name, stem)
     if image is None:
-        return Skip(text_path, f"images/{class_name}/{stem}.*", MISSING_IMAGE,
+        return Skip(text_path, f"{image_folder}/{stem}.*", MISSING_IMAGE,
                     "neither images/<class>/<stem>.* nor jpg/<stem>.*")
     return _Candidate(text_path, split, class_name, image, captions)
 
 
 def _find_reed_image(root: str, class_name: str, stem: str) -> str | None:
     """``images/<class>/<stem>.*`` (CUB), else ``jpg/<stem>.*`` (Flowers), relative to root."""
-    for folder in (f"images/{class_name}", "jpg"):
+    for folder in (f.format(class_name=class_name) for f in REED_IMAGE_FOLDERS.values()):
         pattern = os.path.join(glob.escape(os.path.join(root, folder)), glob.escape(stem) + ".*")
         matches = sorted(glob.glob(pattern))
         if matches:
@@ -404,7 +450,6 @@ def _find_reed_image(root: str, class_name: str, stem: str) -> str | None:
 
 
 _READERS: dict[str, Callable[[str], Iterator[_Candidate | Skip]]] = {
-    **{layout: _json_reader(layout) for layout in _JSON_LAYOUTS},
-    "cub": _read_reed,
-    "flowers": _read_reed,
+    **{layout: _json_reader(layout) for layout in JSON_LAYOUTS},
+    **{layout: _reed_reader(layout) for layout in REED_IMAGE_FOLDERS},
 }

@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 from hgan.config import MODEL_SECTIONS, Config, experiments
 from hgan.config.sections import HGANModel, IATVModel
+from hgan.data import caption_stats, pipeline
 from hgan.evaluation import hgan_report, hgan_scoring, iatv_scoring
 from hgan.evaluation import report as eval_report
 from hgan.modeling.hgan import model as hgan_model
@@ -78,7 +79,10 @@ def of_model_dir(model_dir: str) -> Family:
 def train(config: Config, data_dir: str, model_dir: str, val_split: str = "val",
           strategy: Optional[tf.distribute.Strategy] = None, log=print) -> dict:
     """Trains ``config``'s family into ``model_dir`` (resuming it), validating on
-    ``val_split`` when the data has it."""
+    ``val_split`` when the data has it. Logs first what the config's caps cut of the
+    training captions (``caption_stats``)."""
+    caption_stats.log_run_cuts(pipeline.load_manifest(data_dir), config, "train", data_dir,
+                               log)
     validate = run_dir.has_validation(data_dir, val_split, log)
     task = get(config.family).task(config, data_dir, val_split if validate else None, strategy)
     return loop.fit(task, model_dir, validate=validate, log=log)
@@ -86,13 +90,16 @@ def train(config: Config, data_dir: str, model_dir: str, val_split: str = "val",
 
 def evaluate(model_dir: str, data_dir: str, split: str, output_json: str, checkpoint="best",
              rerank_k=None, modes=("exact", "two_stage"), figures=True,
-             experiment: Optional[str] = None, stage1_weights=()) -> dict:
+             experiment: Optional[str] = None, stage1_weights=(), log=print) -> dict:
     """hgan-eval: the report of ``model_dir``'s model on ``split`` (JSON, Markdown, figures).
     ``experiment`` (default: the one hgan-train recorded in ``model_dir``) adds the paper's
     figures of that row beside the measured ones; ``stage1_weights`` (IATV) the two-stage
-    R1 at each weight of stage 1 in the two-stage score."""
+    R1 at each weight of stage 1 in the two-stage score. What the caps cut of the split's
+    captions is logged first and kept in the report (``captions_cut``)."""
     family = of_model_dir(model_dir)
     model, config, path = family.load_model(model_dir, checkpoint)
+    cut = caption_stats.log_run_cuts(pipeline.load_manifest(data_dir), config, split,
+                                     data_dir, log)
     modes = tuple(dict.fromkeys(family.exact_mode if m == "exact" else m for m in modes))
     options = {}
     if stage1_weights:
@@ -102,6 +109,7 @@ def evaluate(model_dir: str, data_dir: str, split: str, output_json: str, checkp
         options["stage1_weights"] = tuple(stage1_weights)
     report = family.evaluate(model, data_dir, config, split, modes=modes, rerank_k=rerank_k,
                              **options)
+    report["captions_cut"] = cut
     name = experiment or experiments.load_name(model_dir)
     return eval_report.write(report, model, config, path, data_dir, split, output_json,
                              figures=figures,

@@ -55,16 +55,22 @@ def _png(colour_index: int, shade: int, size=(24, 12)) -> bytes:
     return buf.getvalue()
 
 
-def write_tiny_dataset(root: str, identities: dict | None = None, shots: int = 2) -> str:
-    """Writes ``{split}-00000-of-00001.tfrecord`` + manifest for train/val/test."""
+def write_tiny_dataset(root: str, identities: dict | None = None, shots: int = 2,
+                       vocab_file: str = "") -> str:
+    """Writes ``{split}-00000-of-00001.tfrecord`` + manifest for train/val/test; the
+    manifest's caption lengths are counted in ``vocab_file``'s WordPieces (words only
+    without one), as hgan-prep counts them."""
+    from hgan.data import caption_stats
     identities = identities or {"train": 6, "val": 3, "test": 3}
     os.makedirs(root, exist_ok=True)
     manifest = {"schema_version": records.SCHEMA_VERSION, "dataset": "tiny", "splits": {},
                 "skipped": []}
+    lengths = {}
     offset = 0
     for split, count in identities.items():
         name = records.shard_name(split, 0, 1)
         n_images = n_captions = 0
+        captions, phrase_counts = [], []
         with tf.io.TFRecordWriter(os.path.join(root, name)) as w:
             for label in range(count):
                 colour = COLOURS[(label + offset) % len(COLOURS)]
@@ -79,9 +85,14 @@ def write_tiny_dataset(root: str, identities: dict | None = None, shots: int = 2
                     w.write(ex.SerializeToString())
                     n_images += 1
                     n_captions += 2
+                    captions += [c1, c2]
+                    phrase_counts += [len(p) for p in phrases]
         manifest["splits"][split] = {"images": n_images, "captions": n_captions,
                                      "identities": count, "shards": [name]}
+        lengths[split] = {**caption_stats.count(captions, vocab_file), "phrases": phrase_counts}
         offset += count
+    manifest["caption_lengths"] = caption_stats.summarize(
+        lengths, caption_stats.fingerprint(vocab_file) if vocab_file else None, "")
     with open(os.path.join(root, "manifest.json"), "w") as f:
         json.dump(manifest, f)
     return root
@@ -110,13 +121,14 @@ def build_once(root, name: str, build):
 
 
 @pytest.fixture(scope="session")
-def tiny_data(shared_root):
-    return build_once(shared_root, "tiny_data", write_tiny_dataset)
+def tiny_vocab(shared_root):
+    return build_once(shared_root, "vocab.txt", write_vocab)
 
 
 @pytest.fixture(scope="session")
-def tiny_vocab(shared_root):
-    return build_once(shared_root, "vocab.txt", write_vocab)
+def tiny_data(shared_root, tiny_vocab):
+    return build_once(shared_root, "tiny_data",
+                      lambda root: write_tiny_dataset(root, vocab_file=tiny_vocab))
 
 
 @pytest.fixture(scope="session")

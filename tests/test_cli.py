@@ -20,12 +20,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def tfrecords(tmp_path_factory):
+def tfrecords(tmp_path_factory, tiny_vocab):
     root = tmp_path_factory.mktemp("cli")
     raw, out = str(root / "raw"), str(root / "tfr")
     run_command("hgan-demo-data", f"--output_dir={raw}", "--identities=10", "--shots=2")
+    run_command("hgan-prep", "check", "--dataset=demo", f"--data_dir={raw}")
     run_command("hgan-prep", "--dataset=demo", f"--data_dir={raw}", f"--output_dir={out}",
-            "--strict")
+                "--strict", f"--vocab_file={tiny_vocab}")
     return out
 
 
@@ -108,7 +109,7 @@ def test_cub_layout_end_to_end_reports_the_class_level_metrics(tiny_vocab, tmp_p
         colours={name: (30 * i, 220 - 25 * i, 60 + 15 * i) for i, name in enumerate(names)})
     tfr, model_dir = str(tmp_path / "tfr"), str(tmp_path / "run")
     run_command("hgan-prep", "--dataset=cub", f"--data_dir={tmp_path / 'cub'}",
-            f"--output_dir={tfr}", "--strict")
+                f"--output_dir={tfr}", "--strict", f"--vocab_file={tiny_vocab}")
     run_command(*_train_args(tfr, model_dir, tiny_vocab, 2))
     report_path = str(tmp_path / "report.json")
     run_command("hgan-eval", f"--model_dir={model_dir}", f"--data_dir={tfr}", "--split=test",

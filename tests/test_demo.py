@@ -85,7 +85,7 @@ def test_documented_commands(tmp_path):
                     "--identities=5", "--shots=2", "--seed=3"], cwd=REPO, check=True, timeout=120)
     result = subprocess.run(
         [sys.executable, "-m", "data_prep", "--dataset=demo", f"--data_dir={raw}",
-         f"--output_dir={out}", "--strict"],
+         f"--output_dir={out}", "--strict", "--bert=none"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())

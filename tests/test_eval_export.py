@@ -36,8 +36,16 @@ def loaded(trained):
 
 def test_eval_writes_json_markdown_and_figures(trained, tiny_data, tmp_path):
     out = str(tmp_path / "metrics.json")
-    report = families.evaluate(trained, tiny_data, "test", out)
+    lines = []
+    report = families.evaluate(trained, tiny_data, "test", out, log=lines.append)
     saved = json.load(open(out))
+    # What the caps cut, first: the test captions have 10 and 8 WordPieces, 2 phrases each.
+    assert lines == [
+        "test captions cut by data.max_len=16 (14 WordPieces after [CLS] and [SEP]): 0 of 12 "
+        "(0.000 %); the longest has 10",
+        "test captions with more noun phrases than data.max_phrases=3 (the last ones are "
+        "dropped): 0 of 12 (0.000 %); the most is 2"]
+    assert (saved["captions_cut"]["tokens"]["cut"], saved["captions_cut"]["captions"]) == (0, 12)
     for key in ("t2i", "i2t", "config", "timing", "exact", "two_stage"):
         assert key in saved
     assert set(saved["t2i"]) >= {"R1", "R5", "R10", "mAP", "mINP"}

@@ -7,11 +7,7 @@ import pytest
 
 from data_prep import importers as imp
 from tests_support import image_bytes, make_reed, write
-
-
-def entry(path, split="train", pid=1, captions=("A man in a red shirt.",), path_key="file_path"):
-    return {"split": split, "id": pid, "captions": list(captions), path_key: path,
-            "processed_tokens": []}
+from tests_support import pedes_entry as entry
 
 
 def read(layout, data_dir):

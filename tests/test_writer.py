@@ -1,5 +1,6 @@
 """Shard writer (data_prep/writer.py): round trip, determinism, atomicity, strict mode."""
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ from data_prep import demo, importers, writer
 from hgan.data import phrases
 from hgan.data import records
 from hgan.tf_compat import tf
+from tests_support import make_pedes, write_wordpiece_vocab
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,7 +136,8 @@ def test_interrupted_run_leaves_no_manifest_and_no_partial_shard(data_dir, tmp_p
 def test_strict_cli_exits_non_zero_after_writing_the_report(data_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "data_prep", "--dataset=demo", f"--data_dir={data_dir}",
-         f"--output_dir={tmp_path}", "--strict", "--images_per_shard=100", "--tagger=fallback"],
+         f"--output_dir={tmp_path}", "--strict", "--images_per_shard=100", "--tagger=fallback",
+         "--bert=none"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr
     manifest = json.loads((tmp_path / writer.MANIFEST).read_text())
@@ -249,7 +252,66 @@ def test_the_word_vocabulary_comes_from_the_training_captions_only(data_dir, tmp
     out = tmp_path / "out"
     manifest = write(data_dir, out)
     vocab = (out / word_vocab.FILE).read_text().split("\n")[:-1]
-    assert manifest["word_vocab"] == {"file": word_vocab.FILE, "tokens": len(vocab)}
+    assert manifest["word_vocab"] == {
+        "file": word_vocab.FILE, "tokens": len(vocab),
+        "sha256": hashlib.sha256((out / word_vocab.FILE).read_bytes()).hexdigest()}
     train = [c for e in read_split(out, "train") for c in e["captions"]]
     expected = word_vocab.build([c.decode() for c in train])
     assert vocab == expected
+
+
+def test_the_manifest_gives_caption_lengths_and_what_the_presets_caps_cut(tmp_path):
+    """Four captions whose lengths are counted here by hand: WordPieces (with a vocab in
+    which "wearing" is "wear" "##ing"), words (the period is one) and noun phrases."""
+    long_caption = " ".join(["a red coat"] * 13) + "."  # 40 words and WordPieces, 13 phrases
+    texts = {1: ["a man in a red coat.",  # 7, 7, 2: a man / a red coat
+                 "a man wearing black shoes and a red coat with a bag."],  # 14, 13, 4
+             2: [long_caption, "a woman in a red coat."]}  # 40, 40, 13; 7, 7, 2
+    make_pedes(tmp_path / "raw", layout="demo", identities={"train": 2}, shots=1,
+               captions=lambda split, pid, shot: texts[pid])
+    vocab = write_wordpiece_vocab(tmp_path / "vocab.txt")
+    lines = []
+    manifest = writer.write_dataset("demo", str(tmp_path / "raw"), str(tmp_path / "out"),
+                                    log=lines.append, tagger="fallback", vocab_file=vocab)
+    lengths = manifest["caption_lengths"]
+    on_disk = json.loads((tmp_path / "out" / writer.MANIFEST).read_text())
+    assert on_disk["caption_lengths"] == lengths
+    assert lengths["lower_case"] is True
+    assert lengths["wordpiece_vocab"] == {"source": vocab, "tokens": 19, "sha256": hashlib.sha256(
+        open(vocab, "rb").read()).hexdigest()}
+    assert lengths["word_vocab_sha256"] == manifest["word_vocab"]["sha256"] == hashlib.sha256(
+        (tmp_path / "out" / "word_vocab.txt").read_bytes()).hexdigest()
+    train = lengths["splits"]["train"]
+    assert train["captions"] == 4
+    assert train["wordpieces"] == {"counts": {"7": 2, "14": 1, "40": 1}, "percentiles": {
+        "50": 7, "90": 40, "99": 40, "99.9": 40, "max": 40}, "mean": 17.0}
+    assert train["words"] == {"counts": {"7": 2, "13": 1, "40": 1}, "percentiles": {
+        "50": 7, "90": 40, "99": 40, "99.9": 40, "max": 40}, "mean": 16.75}
+    assert train["phrases"] == {"counts": {"2": 2, "4": 1, "13": 1}, "percentiles": {
+        "50": 2, "90": 13, "99": 13, "99.9": 13, "max": 13}, "mean": 5.25}
+    presets = train["cut_by_presets"]
+    # paper: 62 tokens and 8 phrases; demo: 38 tokens and 6 phrases.
+    assert {name: (cut["tokens"]["cut"], cut.get("phrases", {}).get("cut"))
+            for name, cut in presets.items()} == {
+        "paper/hgan": (0, 1), "paper/iatv": (0, None), "demo/hgan": (1, 1),
+        "demo/iatv": (1, None)}
+    text = "\n".join(lines)
+    assert f"  WordPieces ({vocab}): p50 7  p90 40  p99 40  p99.9 40  max 40  mean 17.0" in text
+    assert "    0-5: 0 | 6-11: 2 | 12-17: 1 | 18-23: 0 | 24-29: 0 | 30-35: 0 | 36-41: 1" in text
+    assert ("  paper/hgan caps would cut 0 (0.000 %) over 62 WordPieces, 1 (25.000 %) over "
+            "8 noun phrases") in text
+    assert "  paper/iatv caps would cut 0 (0.000 %) over 62 words" in text
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_vocabulary_it_cannot_read_before_writing(data_dir, tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "data_prep", "--dataset=demo", f"--data_dir={data_dir}",
+         f"--output_dir={out}", f"--vocab_file={tmp_path / 'no_vocab.txt'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert f"--vocab_file={tmp_path / 'no_vocab.txt'}: cannot read its WordPiece " \
+        "vocabulary" in result.stderr
+    assert "--bert=none to count words only" in result.stderr
+    assert not out.exists()

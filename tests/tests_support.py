@@ -1,6 +1,7 @@
 """Helpers shared by the tests: the command-line runners and raw-layout writers."""
 import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -90,3 +91,55 @@ def make_reed(root, classes, flowers=False, split_files=None, colours=None):
                   f"this {class_name} has {index} spots.\n\nit is small.\n")
     for name, listed in (split_files or {}).items():
         write(root / name, "".join(f"{c}\n" for c in listed))
+
+
+def pedes_entry(path, split="train", pid=1, captions=("A man in a red shirt.",),
+                path_key="file_path"):
+    """One record of the person-search JSON layouts (CUHK-PEDES's reid_raw.json)."""
+    return {"split": split, "id": pid, "captions": list(captions), path_key: path,
+            "processed_tokens": []}
+
+
+# The JSON layouts: annotation file, key of the image path, and the image folder of each
+# split in the files make_pedes writes (CUHK-PEDES keeps its test images in test_query/).
+PEDES_LAYOUTS = {
+    "cuhk_pedes": ("reid_raw.json", "file_path",
+                   {"train": "CUHK01", "val": "cam_a", "test": "test_query"}),
+    "demo": ("reid_raw.json", "file_path", {"train": "demo", "val": "demo", "test": "demo"}),
+    "icfg_pedes": ("ICFG-PEDES.json", "file_path", {"train": "train", "test": "test"}),
+    "rstpreid": ("data_captions.json", "img_path", {"train": "", "val": "", "test": ""}),
+}
+
+
+def make_pedes(root, layout="cuhk_pedes", identities=None, shots=2, captions=None,
+               annotation=None):
+    """A person-search JSON layout under ``root``: ``identities`` {split: count} (default 3
+    / 1 / 1, or 3 / 1 for ICFG-PEDES), ``shots`` images each, two captions per image that
+    no other image has (or ``captions(split, pid, shot)`` -> list). ``annotation``: the
+    file name, default the layout's. Returns the records written."""
+    name, path_key, folders = PEDES_LAYOUTS[layout]
+    identities = identities or {split: (3 if split == "train" else 1) for split in folders}
+    entries, pid = [], 0
+    for split, count in identities.items():
+        for _ in range(count):
+            pid += 1
+            for shot in range(shots):
+                path = f"{folders[split]}/{pid:04d}_{shot}.jpg".lstrip("/")
+                write(root / "imgs" / path, image_bytes(colour=(40 * pid % 256, 30, 20 * shot)))
+                texts = (captions(split, pid, shot) if captions else
+                         [f"a person {pid} in a red coat, shot {shot}.",
+                          f"person {pid} walks, shot {shot}."])
+                entries.append(pedes_entry(path, split, pid, texts, path_key))
+    write(root / (annotation or name), json.dumps(entries))
+    return entries
+
+
+# A WordPiece vocabulary in which "wearing" is two pieces ("wear" "##ing").
+WORDPIECES = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "man", "woman", "in", "red",
+              "coat", "black", "shoes", "and", "with", "bag", ".", "wear", "##ing"]
+
+
+def write_wordpiece_vocab(path) -> str:
+    """``WORDPIECES`` as a vocab.txt at the pathlib ``path``."""
+    write(path, "\n".join(WORDPIECES) + "\n")
+    return str(path)

@@ -111,6 +111,11 @@ class HGANModel(_Section):
     buffer_momentum: float = 0.5  # sentence_loss=cmce: IATV §3.1.1's S_t = 0.5 S_t + 0.5 s
     num_classes: int = 0  # training identities; 0 = read from the manifest
 
+    @property
+    def uses_phrases(self) -> bool:
+        """Whether the captions' noun phrases (and so ``data.max_phrases``) matter."""
+        return self.use_phrase
+
 
 @dataclasses.dataclass(frozen=True)
 class IATVModel(_Section):
@@ -172,6 +177,11 @@ class IATVModel(_Section):
     stage2_text_steps: int = 0  # §4.2: "first train the language model and fix the CNN"
     stage2_joint_steps: int = 0  # §4.2: "then fine-tune the whole network jointly"
     num_classes: int = 0  # training identities; 0 = read from the manifest
+
+    @property
+    def uses_phrases(self) -> bool:
+        """IATV reads no noun phrases."""
+        return False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,8 @@ Phrases are stored as byte spans of their caption rather than as separate string
 re-tokenised, so the pipeline can pool the caption's own contextual BERT token embeddings
 over each phrase (HGAN §3.2) whatever tokenizer is used later.
 
-``SCHEMA_VERSION`` is written to every ``manifest.json``; bump it when this table changes.
+``SCHEMA_VERSION`` is written to every ``manifest.json``; bump it when this table or the
+manifest's fields change.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from typing import Sequence
 
 from hgan.tf_compat import tf
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 FEATURE_SPEC = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),

@@ -114,6 +114,16 @@ class CaptionTokenizer(tf.Module):
             out["phrase_token_mask"] = self._phrase_mask(captions, phrase_spans, word_of_token)
         return out
 
+    def lengths(self, captions) -> tuple[list[int], list[int]]:
+        """Each caption's words (BERT's basic split, punctuation marks included) and
+        WordPieces, untruncated and without [CLS]/[SEP]: what ``max_len`` is measured
+        against (``hgan.data.caption_stats``)."""
+        if not len(captions):
+            return [], []
+        tokens = self._tokenizer.tokenize(tf.constant(list(captions), tf.string))
+        return (tokens.row_lengths(axis=1).numpy().tolist(),
+                tokens.merge_dims(-2, -1).row_lengths().numpy().tolist())
+
     def id_to_token(self, ids) -> list[str]:
         """Token strings of a sequence of ids (for figures and debugging)."""
         return [self._vocab[i] if 0 <= i < len(self._vocab) else "[UNK]" for i in ids]
