@@ -25,12 +25,15 @@ import sys
 
 from absl import app, flags
 
-from data_prep import check, importers, writer
+from data_prep import check, importers
 from hgan.cli import start
 from hgan.config import HGANModel
-from hgan.data import phrases, tokenization
+from hgan.data import phrases
 
 FLAGS = flags.FLAGS
+# writer's default, repeated: importing writer imports TensorFlow, which --help does not need
+# (tests/test_writer.py keeps the two equal).
+DEFAULT_IMAGES_PER_SHARD = 1000
 NO_BERT = "none"
 
 
@@ -40,7 +43,7 @@ def define_flags():
     flags.DEFINE_string("output_dir", None, "Folder for the shards and manifest.json "
                         "(not for check).")
     flags.DEFINE_bool("strict", False, "Exit with status 1 if any record was skipped.")
-    flags.DEFINE_integer("images_per_shard", writer.DEFAULT_IMAGES_PER_SHARD,
+    flags.DEFINE_integer("images_per_shard", DEFAULT_IMAGES_PER_SHARD,
                          "About this many images per shard.", lower_bound=1)
     flags.DEFINE_enum("tagger", "auto", list(phrases.TAGGER_REQUESTS),
                       "Noun-phrase tagger: auto (perceptron if its NLTK data is installed, "
@@ -69,6 +72,7 @@ def main(argv: list[str]) -> int:
         sys.exit(f"error: --tagger={FLAGS.tagger}: {e}")  # status 1, the message on stderr
     vocab = _vocab_file()
     try:
+        from data_prep import writer  # TensorFlow
         manifest = writer.write_dataset(FLAGS.dataset, FLAGS.data_dir, FLAGS.output_dir,
                                         images_per_shard=FLAGS.images_per_shard,
                                         tagger=FLAGS.tagger, vocab_file=vocab)
@@ -82,6 +86,7 @@ def _vocab_file() -> str:
     if not FLAGS.vocab_file and FLAGS.bert == NO_BERT:
         return ""
     try:
+        from hgan.data import tokenization  # TensorFlow
         return tokenization.vocab_path(FLAGS.bert, FLAGS.vocab_file)
     # A TF-Hub handle fails in many ways offline (URLError, OSError, ValueError, ...).
     except Exception as e:  # noqa: BLE001

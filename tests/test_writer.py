@@ -315,3 +315,8 @@ def test_cli_refuses_a_vocabulary_it_cannot_read_before_writing(data_dir, tmp_pa
         "vocabulary" in result.stderr
     assert "--bert=none to count words only" in result.stderr
     assert not out.exists()
+
+
+def test_the_cli_default_shard_size_is_the_writers():
+    import data_prep.__main__ as cli
+    assert cli.DEFAULT_IMAGES_PER_SHARD == writer.DEFAULT_IMAGES_PER_SHARD
