@@ -1,5 +1,5 @@
-"""The evaluation report of any family: the JSON, the Markdown table and the Fig. 3 PNG
-(``hgan.families.evaluate`` gives it a family's report).
+"""The evaluation report of any family: the JSON, the Markdown table, the Fig. 3 PNG and the
+HTML page (``hgan.families.evaluate`` gives it a family's report).
 
 What only one family can show (HGAN's levels and Fig. 4, IATV's two stages and its
 stage-1 weight sweep) comes from the family's ``report_extras`` hook (``hgan.families``),
@@ -16,11 +16,13 @@ import numpy as np
 from hgan.config import experiments
 from hgan.config import Config
 from hgan.data import pipeline, records
-from hgan.evaluation import figures
+from hgan.evaluation import figures, html_report, metrics
 from hgan.tf_compat import tf
 
 _COLUMNS = ("R1", "R5", "R10", "mAP", "mINP")
 MODES = ("exact", "stage1", "two_stage", "full_gallery")
+# The worst queries whose pictures a family's hook draws (HGAN: two Fig. 4 word maps each).
+QUERY_FIGURES = 3
 
 
 @dataclasses.dataclass
@@ -87,15 +89,22 @@ def write(report: dict, model, config: Config, checkpoint_path: str, data_dir: s
           experiment: Optional[experiments.Experiment] = None,
           extras: Optional[ReportExtras] = None) -> dict:
     """Completes a family's evaluation report and writes it: ``output_json``, the Markdown
-    table beside it (.md) and, with ``figures``, the Fig. 3 PNG and the family's PNGs
-    (``extras``). With an ``experiment``, the paper's figures of that row beside the
-    measured ones (``report["experiment"]`` and the Markdown's last table)."""
+    table beside it (.md) and, with ``figures``, the Fig. 3 PNG, the family's PNGs
+    (``extras``) and the HTML page (.html, ``report["html"]``). With an ``experiment``, the
+    paper's figures of that row beside the measured ones (``report["experiment"]``, the
+    Markdown's last table and the page's metrics table)."""
     arrays = report.pop("_arrays", None)
     prefix = os.path.splitext(output_json)[0]
     os.makedirs(os.path.dirname(os.path.abspath(output_json)), exist_ok=True)
+    ranks = worst = None
+    if arrays is not None:
+        ranks = metrics.first_match_rank(arrays["t2i"], arrays["texts"]["label"],
+                                         arrays["images"]["label"])
+        worst = html_report.worst_queries(ranks)
     family = Extras()
     if extras is not None:
-        queries = {"fig3": fig3_queries(arrays) if arrays is not None else [], "worst": []}
+        queries = {"fig3": fig3_queries(arrays) if arrays is not None else [],
+                   "worst": worst[:QUERY_FIGURES] if figures and worst is not None else []}
         family = extras(model, report, arrays, queries, prefix if figures else None)
         report.update(family.entries)
     # The JSON's top-level t2i/i2t are HGAN's exact mode (the reference), IATV's two-stage
@@ -105,8 +114,8 @@ def write(report: dict, model, config: Config, checkpoint_path: str, data_dir: s
     report.update(checkpoint=checkpoint_path, config=config.to_dict(),
                   data_dir=data_dir)
     report["markdown"] = markdown_table(report, family.markdown)
+    dataset = pipeline.load_manifest(data_dir).get("dataset", "")
     if experiment is not None:
-        dataset = pipeline.load_manifest(data_dir).get("dataset", "")
         report["experiment"] = {"name": experiment.name, "paper_dataset": experiment.dataset,
                                 "dataset": dataset, "mode": experiment.mode,
                                 "comparison": experiments.comparison(experiment, report)}
@@ -117,8 +126,12 @@ def write(report: dict, model, config: Config, checkpoint_path: str, data_dir: s
     with open(prefix + ".md", "w") as f:
         f.write(report["markdown"] + "\n")
     if figures and arrays is not None:
-        report["figures"] = {**write_figures(_image_bytes(data_dir, split), arrays, prefix),
+        split_records = read_split(data_dir, split, pipeline.make_tokenizer(config))
+        report["figures"] = {**write_figures(split_records["encoded"], arrays, prefix),
                              **family.figures}
+        page = html_report.page(report, arrays, family, split_records, ranks,
+                                main_mode=main_mode, dataset=dataset)
+        report["html"] = _write_text(prefix + ".html", page)
     return report
 
 
@@ -130,9 +143,27 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
-def _image_bytes(data_dir: str, split: str) -> list[bytes]:
+def read_split(data_dir: str, split: str, tokenizer) -> dict:
+    """What the page shows of a split's records: per image (gallery order) ``encoded``
+    bytes and ``identity`` (the dataset's own id); per caption (query order) ``captions``,
+    ``phrases`` (its noun phrases, all of them) and ``pieces`` (its WordPieces before
+    truncation)."""
+    out = {"encoded": [], "identity": [], "captions": [], "phrases": []}
     ds = tf.data.TFRecordDataset(pipeline.split_files(data_dir, split)).map(records.parse_example)
-    return [ex["encoded"].numpy() for ex in ds]
+    for ex in ds:
+        out["encoded"].append(ex["encoded"].numpy())
+        out["identity"].append(ex["identity"].numpy().decode("utf-8", "replace"))
+        out["captions"].extend(ex["captions"].numpy().tolist())
+        out["phrases"].extend(ex["phrase_spans"].row_lengths().numpy().tolist())
+    out["pieces"] = tokenizer.lengths(out["captions"])[1]
+    return out
+
+
+def _write_text(path: str, text: str) -> str:
+    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(f"{path}.tmp", path)
+    return path
 
 
 def fig3_queries(arrays: dict, queries: int = 4) -> np.ndarray:
