@@ -19,7 +19,7 @@ from typing import Callable, Optional
 from hgan.config import MODEL_SECTIONS, Config, experiments
 from hgan.config.sections import HGANModel, IATVModel
 from hgan.data import caption_stats, pipeline
-from hgan.evaluation import hgan_report, hgan_scoring, iatv_scoring
+from hgan.evaluation import hgan_report, hgan_scoring, iatv_report, iatv_scoring
 from hgan.evaluation import report as eval_report
 from hgan.modeling.hgan import model as hgan_model
 from hgan.modeling.iatv import model as iatv_model
@@ -40,8 +40,9 @@ class Family:
     exact_mode: the name of the mode that scores every pair (hgan-eval's "exact");
     servable: ``model -> (tf.Module, {signature name: tf.function with an input
       signature})``, offering the serving contract of ``hgan.serving.savedmodel``;
-    report_extras: the family's own report entries and figures
-      (``hgan.evaluation.report.ReportExtras``), or None.
+    report_extras: the family's part of the report: its entries, Markdown lines, levels
+      ranked alone and figures (``hgan.evaluation.report.ReportExtras`` → ``Extras``), or
+      None.
     """
 
     name: str
@@ -61,7 +62,7 @@ _CODE = {
                     servable=hgan_module.servable, report_extras=hgan_report.report_extras),
     IATVModel: dict(task=IATVTask, load_model=iatv_model.load_model,
                     evaluate=iatv_scoring.evaluate, exact_mode="stage1",
-                    servable=iatv_module.servable),
+                    servable=iatv_module.servable, report_extras=iatv_report.report_extras),
 }
 FAMILIES = {name: Family(name, **_CODE[section]) for name, section in MODEL_SECTIONS.items()}
 
@@ -91,11 +92,12 @@ def train(config: Config, data_dir: str, model_dir: str, val_split: str = "val",
 def evaluate(model_dir: str, data_dir: str, split: str, output_json: str, checkpoint="best",
              rerank_k=None, modes=("exact", "two_stage"), figures=True,
              experiment: Optional[str] = None, stage1_weights=(), log=print) -> dict:
-    """hgan-eval: the report of ``model_dir``'s model on ``split`` (JSON, Markdown, figures).
-    ``experiment`` (default: the one hgan-train recorded in ``model_dir``) adds the paper's
-    figures of that row beside the measured ones; ``stage1_weights`` (IATV) the two-stage
-    R1 at each weight of stage 1 in the two-stage score. What the caps cut of the split's
-    captions is logged first and kept in the report (``captions_cut``)."""
+    """hgan-eval: the report of ``model_dir``'s model on ``split`` (JSON, Markdown and, with
+    ``figures``, the PNGs and the HTML page). ``experiment`` (default: the one hgan-train
+    recorded in ``model_dir``) adds the paper's figures of that row beside the measured
+    ones; ``stage1_weights`` (IATV) the two-stage R1 at each weight of stage 1 in the
+    two-stage score. What the caps cut of the split's captions is logged first and kept in
+    the report (``captions_cut``)."""
     family = of_model_dir(model_dir)
     model, config, path = family.load_model(model_dir, checkpoint)
     cut = caption_stats.log_run_cuts(pipeline.load_manifest(data_dir), config, split,

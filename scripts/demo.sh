@@ -35,6 +35,6 @@ phase "evaluate on the test split" \
 phase "export the SavedModel" \
   $BIN/hgan-export --model_dir="$OUT/run" --output_dir="$OUT/savedmodel"
 echo
-echo "metrics:    $OUT/metrics.json (table: $OUT/metrics.md; figures: $OUT/metrics_*.png)"
+echo "metrics:    $OUT/metrics.json (table: $OUT/metrics.md; why: $OUT/metrics.html; figures: $OUT/metrics_*.png)"
 echo "SavedModel: $OUT/savedmodel"
 echo "total:      $((SECONDS - START)) s"

@@ -18,6 +18,8 @@ from hgan.serving import searcher as search
 from hgan.tf_compat import tf
 from hgan.training import run_dir
 
+from tests_support import headless_browser
+
 # Each test trains or loads a tiny model (the fast tier, -m "not slow", skips them).
 pytestmark = pytest.mark.slow
 
@@ -543,23 +545,6 @@ def test_the_service_ranks_as_two_stage_evaluation_does(loaded, exported, tiny_d
         server.stop()
 
 
-def _browser():
-    """Headless Debian chromium through its chromedriver (scripts/test.sh installs both)."""
-    import shutil
-    webdriver = pytest.importorskip("selenium.webdriver")
-    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (binary and driver):
-        pytest.skip("chromium / chromedriver not installed (scripts/test.sh installs them "
-                    "with apt when it can)")
-    from selenium.webdriver.chrome.service import Service
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1200,900"):
-        options.add_argument(arg)
-    return webdriver.Chrome(service=Service(driver), options=options)
-
-
 def test_the_page_in_a_real_browser(exported, tiny_data, tmp_path):
     # Load the page, type a test caption, see the grid in the API's ranking (which the test
     # above pins to two-stage evaluation), open the best result's word map; a screenshot
@@ -577,7 +562,7 @@ def test_the_page_in_a_real_browser(exported, tiny_data, tmp_path):
     caption = example["captions"].numpy()[0].decode()
     want = searcher.query(caption, top_k=10)
     server = service.Server(service.create_app(searcher)).start()
-    browser = _browser()
+    browser = headless_browser()
     try:
         browser.get(server.url + "/")
         wait = WebDriverWait(browser, 60)

@@ -28,7 +28,8 @@ FAMILIES = {
     "hgan": ("hgan.modeling.hgan", "hgan.evaluation.hgan_scoring",
              "hgan.evaluation.hgan_report", "hgan.training.hgan_task",
              "hgan.training.hgan_token_cache", "hgan.serving.hgan_module"),
-    "iatv": ("hgan.modeling.iatv", "hgan.evaluation.iatv_scoring", "hgan.training.iatv_task",
+    "iatv": ("hgan.modeling.iatv", "hgan.evaluation.iatv_scoring",
+             "hgan.evaluation.iatv_report", "hgan.training.iatv_task",
              "hgan.training.iatv_pairs", "hgan.serving.iatv_module"),
 }
 TOP = ("hgan.families", "hgan.cli", "data_prep", "bench", "train", "eval")

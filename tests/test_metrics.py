@@ -20,6 +20,32 @@ def test_retrieval_metrics_hand_computed():
     assert m["queries_without_match"] == 0
 
 
+def test_first_match_rank_is_the_position_that_r1_reads():
+    # The hand-computed case above: query 0's first relevant item is 2nd, query 1's 1st;
+    # a query with no relevant item gets 0. Ties keep gallery order, as the metrics do.
+    gallery = np.array([1, 2, 3, 1])
+    sim = np.array([[0.8, 0.9, 0.5, 0.1],
+                    [0.2, 0.4, 0.95, 0.1],
+                    [0.5, 0.5, 0.5, 0.5],
+                    [0.5, 0.5, 0.5, 0.5]])
+    ranks = metrics.first_match_rank(sim, [1, 3, 3, 7], gallery, rows=3)
+    assert ranks.tolist() == [2, 1, 3, 0]
+    # Against a stable sort, on scores with many ties (one decimal).
+    rng = np.random.default_rng(0)
+    sim, ids = rng.standard_normal((40, 30)).round(1), rng.integers(0, 14, 40)
+    gallery = np.arange(30) % 12
+    ranks = metrics.first_match_rank(sim, ids, gallery, rows=7)
+    order = np.argsort(-sim, axis=1, kind="stable")
+    relevant = gallery[order] == ids[:, None]
+    want = np.where(relevant.any(axis=1), relevant.argmax(axis=1) + 1, 0)
+    np.testing.assert_array_equal(ranks, want)
+    assert (ranks == 0).any() and (ranks > 1).any()
+    assert 100 * np.mean(ranks[ranks > 0] == 1) == pytest.approx(
+        retrieval_metrics(sim, ids, gallery)["R1"])
+    with pytest.raises(ValueError, match=r"\(40, 30\) does not match 39 queries"):
+        metrics.first_match_rank(sim, ids[:39], np.arange(30), rows=16)
+
+
 def test_queries_without_a_match_are_left_out_and_counted():
     m = retrieval_metrics([[0.1, 0.9], [0.5, 0.4]], [7, 1], [1, 2])
     assert m["queries_without_match"] == 1 and m["R1"] == pytest.approx(100.0)

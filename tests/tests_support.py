@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: the command-line runners and raw-layout writers."""
+"""Helpers shared by the tests: the command-line runners, raw-layout writers and the
+headless browser."""
 import contextlib
 import io
 import json
@@ -7,6 +8,7 @@ import subprocess
 import sys
 from importlib import metadata
 
+import pytest
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,3 +145,20 @@ def write_wordpiece_vocab(path) -> str:
     """``WORDPIECES`` as a vocab.txt at the pathlib ``path``."""
     write(path, "\n".join(WORDPIECES) + "\n")
     return str(path)
+
+
+def headless_browser():
+    """Headless Debian chromium through its chromedriver (scripts/test.sh installs both)."""
+    import shutil
+    webdriver = pytest.importorskip("selenium.webdriver")
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and driver):
+        pytest.skip("chromium / chromedriver not installed (scripts/test.sh installs them "
+                    "with apt when it can)")
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1200,900"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=options)

@@ -4,7 +4,9 @@
       [--checkpoint=best|latest|PATH] [--rerank_k=100] [--modes=exact,two_stage]
 
 Writes FILE ({"t2i", "i2t", "config", "timing", ...}), FILE with .md (a Markdown table),
-and, beside it, the Fig. 3 top-10 grid and the Fig. 4 word-selection map as PNG.
+and, beside it, the Fig. 3 top-10 grid and the Fig. 4 word-selection map as PNG, and FILE
+with .html: one self-contained page that shows why the figures are what they are (each
+level alone, R1 by caption length and noun phrases, the queries that fail worst).
 """
 from absl import app, flags
 
@@ -21,7 +23,7 @@ def define_flags():
     flags.DEFINE_string("checkpoint", "best", "best (val-selected), latest, or a path.")
     flags.DEFINE_integer("rerank_k", None, "Two-stage: gallery items re-ranked per query.")
     flags.DEFINE_list("modes", ["exact", "two_stage"], "Scoring modes to report.")
-    flags.DEFINE_bool("figures", True, "Write the Fig. 3 / Fig. 4 PNGs.")
+    flags.DEFINE_bool("figures", True, "Write the Fig. 3 / Fig. 4 PNGs and the HTML page.")
     flags.DEFINE_string("experiment", None, "Paper row to compare with (default: the one "
                         "hgan-train --experiment recorded in model_dir).")
     flags.DEFINE_list("stage1_weights", [], "IATV: also the two-stage R1 with stage 1's "
@@ -41,6 +43,8 @@ def main(argv):
                                stage1_weights=[float(w) for w in FLAGS.stage1_weights])
     print(report["markdown"])
     print(f"metrics: {FLAGS.output_json}")
+    if "html" in report:
+        print(f"report: {report['html']}")
 
 
 def run():

@@ -256,8 +256,9 @@ class Scorer:
 
 def evaluate(model: HGAN, data_dir: str, config: Config, split: str,
              modes=("exact", "two_stage"), rerank_k=None) -> dict:
-    """The full report: {"t2i", "i2t", "timing", ...} per mode, plus the raw arrays used by
-    the figures under ``"_arrays"``."""
+    """The full report: {"t2i", "i2t", "timing", ...} per mode, plus, from the exact mode,
+    the arrays the figures and the page read under ``"_arrays"`` (the fused matrix, the
+    features, and each level's [Q, G] scores under ``"levels"``)."""
     manifest = pipeline.load_manifest(data_dir)
     class_level = manifest.get("dataset") in metrics.CLASS_LEVEL_DATASETS
     t0 = time.time()
@@ -290,5 +291,6 @@ def evaluate(model: HGAN, data_dir: str, config: Config, split: str,
             report["levels_exact"] = {
                 level: metrics.both_directions(m, m.T, texts["label"], images["label"])
                 for level, m in per_level.items()}
-            report["_arrays"] = {"t2i": t2i, "texts": texts, "images": images}
+            report["_arrays"] = {"t2i": t2i, "texts": texts, "images": images,
+                                 "levels": per_level}
     return report

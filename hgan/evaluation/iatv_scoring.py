@@ -17,6 +17,7 @@ top-level ``t2i`` / ``i2t`` are the two-stage ones.
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -81,11 +82,13 @@ def pairs_per_batch(config: Config, words: int, regions: int, channels: int,
 
 
 def two_stage_scores(model: IATV, texts: dict, images: dict, k: int,
-                     stage1=None, fuse: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                     stage1=None, fuse: bool = True,
+                     logits: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """(t2i [Nt, Ni], i2t [Ni, Nt]) float64 two-stage matrices: row order is the final
     ranking; each query's stage-1 top ``k`` carry their two-stage score (``IATV.two_stage_
     score``: stage 2's logit, plus ``model.stage1_weight`` · cos/τ), above every other
-    item, which keep their stage-1 order. ``fuse=False``: stage 2's logit alone."""
+    item, which keep their stage-1 order. ``fuse=False``: stage 2's logit alone.
+    ``logits`` [Nt, Ni]: receives stage 2's logit of every pair scored."""
     stage1 = stage1_scores(texts, images) if stage1 is None else stage1
     ids, mask, regions = texts["input_word_ids"], texts["input_mask"], images["regions"]
     batch = pairs_per_batch(model.config, ids.shape[1], regions.shape[1], regions.shape[2])
@@ -93,8 +96,10 @@ def two_stage_scores(model: IATV, texts: dict, images: dict, k: int,
 
     def pair_logits(text_index, image_index):
         tokens = {"input_word_ids": ids[text_index], "input_mask": mask[text_index]}
-        logits = score(regions[image_index], tokens).numpy().astype(np.float64)
-        return model.two_stage_score(logits, stage1[text_index, image_index]) if fuse else logits
+        raw = score(regions[image_index], tokens).numpy().astype(np.float64)
+        if logits is not None:
+            logits[text_index, image_index] = raw
+        return model.two_stage_score(raw, stage1[text_index, image_index]) if fuse else raw
 
     t2i = rerank.rerank(stage1, pair_logits, k, batch)
     i2t = rerank.rerank(stage1.T, lambda q, g: pair_logits(g, q), k, batch)
@@ -171,8 +176,9 @@ def evaluate(model: IATV, data_dir: str, config: Config, split: str, modes=MODES
              rerank_k=None, stage1_weights=()) -> dict:
     """The report: {"split", "queries", "gallery", "candidates", "timing", "stage1",
     "two_stage", "t2i", "i2t"} (each mode {"t2i", "i2t"} of metrics; top-level = two-stage,
-    or stage 1 without it) plus, under ``"_arrays"``, the final t2i matrix and the features
-    for ``hgan.evaluation.report``'s figures. ``stage1_weights``: also
+    or stage 1 without it) plus, under ``"_arrays"``, the final t2i matrix, the features and
+    the levels' scores (``"levels"``: stage 1's cosine, stage 2's logit of the pairs it
+    scored) for ``hgan.evaluation.report``'s figures and page. ``stage1_weights``: also
     ``"stage1_weight_sweep"`` (``stage1_weight_sweep``) over those weights.
 
     On CUB / Flowers, AP@50 (rank-based) is reported for both modes; class Rank-1, which
@@ -198,9 +204,11 @@ def evaluate(model: IATV, data_dir: str, config: Config, split: str, modes=MODES
                                                    images["label"], ap50=class_level,
                                                    class_r1=class_level)
     t2i = stage1
+    # Stage 2's logit of every pair it scores (NaN elsewhere): the report's stage 2 alone.
+    logits = np.full(stage1.shape, np.nan)
     if "two_stage" in modes:
         t0 = time.time()
-        t2i, i2t = two_stage_scores(model, texts, images, k, stage1)
+        t2i, i2t = two_stage_scores(model, texts, images, k, stage1, logits=logits)
         report["timing"]["two_stage_s"] = time.time() - t0
         report["two_stage"] = metrics.both_directions(t2i, i2t, texts["label"],
                                                       images["label"], ap50=class_level)
@@ -208,7 +216,8 @@ def evaluate(model: IATV, data_dir: str, config: Config, split: str, modes=MODES
         t0 = time.time()
         full = max(len(texts["label"]), len(images["label"]))
         # Stage 2 alone: "w/o stage-1" means no screening by it, nor a share of the score.
-        t2i, i2t = two_stage_scores(model, texts, images, full, stage1, fuse=False)
+        t2i, i2t = two_stage_scores(model, texts, images, full, stage1, fuse=False,
+                                    logits=logits)
         report["timing"]["full_gallery_s"] = time.time() - t0
         report["full_gallery"] = metrics.both_directions(t2i, i2t, texts["label"],
                                                          images["label"], ap50=class_level)
@@ -217,5 +226,8 @@ def evaluate(model: IATV, data_dir: str, config: Config, split: str, modes=MODES
                                                             stage1_weights)
     main = report[next(m for m in ("full_gallery", "two_stage", "stage1") if m in report)]
     report["t2i"], report["i2t"] = main["t2i"], main["i2t"]
-    report["_arrays"] = {"t2i": t2i, "texts": texts, "images": images}
+    levels = {"stage 1": stage1}
+    if not np.isnan(logits).all():
+        levels["stage 2"] = logits
+    report["_arrays"] = {"t2i": t2i, "texts": texts, "images": images, "levels": levels}
     return report

@@ -48,6 +48,29 @@ def retrieval_metrics(similarity, query_ids, gallery_ids) -> dict:
     return out
 
 
+def first_match_rank(similarity, query_ids, gallery_ids, rows: int = 1024) -> np.ndarray:
+    """[Q] int: the 1-based position of each query's first relevant gallery item in its
+    ranking (the ranking ``retrieval_metrics`` reads: ties keep gallery order), 0 for a
+    query with none. R1 is the share of 1s among the non-zero entries. Counts instead of
+    sorting, ``rows`` queries at a time."""
+    similarity = np.asarray(similarity)
+    query_ids, gallery_ids = np.asarray(query_ids), np.asarray(gallery_ids)
+    if similarity.shape != (len(query_ids), len(gallery_ids)):
+        raise ValueError(f"similarity {similarity.shape} does not match {len(query_ids)} "
+                         f"queries × {len(gallery_ids)} gallery items")
+    out = np.zeros(len(query_ids), np.int64)
+    columns = np.arange(len(gallery_ids))
+    for a in range(0, len(query_ids), rows):
+        scores = similarity[a:a + rows]
+        relevant = gallery_ids[None] == query_ids[a:a + rows, None]
+        best = np.where(relevant, scores, -np.inf).max(axis=1, initial=-np.inf)[:, None]
+        # Ahead of the first relevant item: every higher score, and equal ones to its left.
+        first = np.argmax(relevant & (scores == best), axis=1)[:, None]
+        ahead = (scores > best).sum(axis=1) + ((scores == best) & (columns < first)).sum(axis=1)
+        out[a:a + rows] = np.where(relevant.any(axis=1), ahead + 1, 0)
+    return out
+
+
 def ap_at_k(similarity, query_classes, gallery_classes, k: int = 50) -> float:
     """Text-to-image AP@k of Reed et al. 2016 (CUB / Flowers), in percent.
 
