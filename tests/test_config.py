@@ -63,6 +63,17 @@ def test_the_family_picks_its_preset_and_model_section():
         resolve("fast")
 
 
+def test_the_paper_presets_augment_nothing_and_the_demo_flips():
+    # Neither paper names an augmentation (HGAN §4, IATV §4.2); the demo flips, swapping
+    # the flipped image's left and right in its caption (hgan.data.mirror).
+    from hgan.config import experiments
+    for family in ("hgan", "iatv"):
+        assert preset("paper", family).data.random_flip is False, family
+        assert preset("demo", family).data.random_flip is True, family
+    assert not any("random_flip" in item for e in experiments.EXPERIMENTS.values()
+                   for item in e.overrides)  # no paper row turns it on
+
+
 def test_saved_config_round_trips(tmp_path):
     for c in (resolve("demo", ["k1=2"]), resolve("paper", ["family=iatv", "candidates=5"])):
         c.save(str(tmp_path))

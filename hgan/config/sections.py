@@ -30,7 +30,10 @@ class DataConfig(_Section):
     # VGG-16, [-1, 1] for InceptionV3, §4's x/256 from scratch); or "paper" | "caffe" |
     # "inception" explicitly (hgan.data.pipeline.resolve_normalization).
     normalization: str = "auto"
-    random_flip: bool = True
+    # Training images flipped left to right on half the draws, each flipped image's caption
+    # with "left" and "right" swapped (hgan.data.mirror). Neither paper names an
+    # augmentation (HGAN §4, IATV §4.2), so the paper presets have none.
+    random_flip: bool = False
     max_len: int = 64  # WordPiece tokens incl. [CLS]/[SEP]
     max_phrases: int = 8  # noun phrases kept per caption (§3.2)
     lower_case: bool = True
