@@ -121,6 +121,38 @@ def test_eval_report_has_both_stages(trained, tiny_data, tmp_path):
     assert os.path.exists(report["figures"]["top10"])
 
 
+def test_class_level_rows_compare_the_class_queries_ap50(trained, tiny_data, tmp_path):
+    """On CUB / Flowers (here the tiny split relabelled as CUB: 3 classes of 4 sentences)
+    both modes report AP@50 of class queries, the papers' figure, beside the per-sentence
+    one; the CUB stage-2 row compares the class queries' figure and labels the other."""
+    import shutil
+    from hgan.evaluation import metrics
+    data = str(tmp_path / "cub_like")
+    shutil.copytree(tiny_data, data)
+    manifest = json.load(open(os.path.join(data, "manifest.json")))
+    with open(os.path.join(data, "manifest.json"), "w") as f:
+        json.dump({**manifest, "dataset": "cub"}, f)
+    out = str(tmp_path / "metrics.json")
+    families.evaluate(trained[0], data, "test", out, figures=False,
+                      experiment="iatv/table3/stage2")
+    saved = json.load(open(out))
+    assert saved["candidates"] == 50  # AP@50 re-ranks at least 50 (here every image)
+    for mode in ("stage1", "two_stage"):
+        assert {"AP@50", "class_AP@50"} <= set(saved[mode]["t2i"]), mode
+    model, config, _ = load_model(trained[0])
+    texts, images = iatv_scoring.encode_split(model, data, config, "test")
+    classes, ranked = iatv_scoring.class_two_stage_scores(model, texts, images, 50)
+    assert saved["two_stage"]["t2i"]["class_AP@50"] == pytest.approx(
+        metrics.class_query_ap_at_k(ranked, classes, images["label"]), abs=1e-6)
+    [cell] = saved["experiment"]["comparison"]
+    assert (cell["metric"], cell["paper"]) == ("class_AP@50", 57.6)
+    assert cell["measured"] == saved["two_stage"]["t2i"]["class_AP@50"]
+    per_sentence = saved["two_stage"]["t2i"]["AP@50"]
+    assert f"one query per sentence, not the paper's figure: {per_sentence:.2f}" in \
+        saved["markdown"]
+    assert f"per sentence = {per_sentence:.2f}" in saved["markdown"]
+
+
 def test_two_stage_reorders_stage1_top_k_by_stage2_logits(trained, tiny_data):
     model, config, _ = load_model(trained[0])
     texts, images = iatv_scoring.encode_split(model, tiny_data, config, "test")
