@@ -312,6 +312,28 @@ def test_pair_batches_join_the_mined_indices_to_their_image_and_caption(tiny_dat
         np.testing.assert_allclose(batch["image"][row], image, atol=1e-6)
 
 
+def test_w_o_stage1_selects_on_the_full_gallery_figure_it_reports(tiny_data, config,
+                                                                  monkeypatch):
+    """Table 2's "w/o stage-1" reports stage 2 scoring every pair (no stage-1 screening):
+    its val passes compute that figure and select on it, not on the two-stage one."""
+    asked = []
+
+    def evaluate(model, data_dir, config, split, modes):
+        asked.append(modes)
+        return {m: {"t2i": {"R1": r1, "R5": 0.0, "R10": 0.0, "mAP": 0.0}}
+                for m, r1 in zip(modes, (10.0, 20.0))}
+
+    monkeypatch.setattr(iatv_scoring, "evaluate", evaluate)
+    for stage1_init, mode in ((True, "two_stage"), (False, "full_gallery")):
+        task = IATVTask(config.replace(stage1_init=stage1_init), tiny_data, val_split="val")
+        assert task.selection("stage1") is None
+        assert task.selection("stage2_text") == task.selection("stage2_joint") == f"{mode}_R1"
+        metrics = task.validate("stage2_joint")
+        assert asked[-1] == ("stage1", mode)
+        assert metrics[f"{mode}_R1"] == 20.0
+        assert task.best_metrics(metrics)["R1"] == 20.0 and metrics["stage1_R1"] == 10.0
+
+
 def test_table2_ablations_without_identities_and_without_stage1(tiny_data, config, tmp_path):
     """"w/o ID": one identity per training image in the buffers and the stage-2 labels;
     "w/o stage-1": stage 2 is not copied from stage 1 and trains on random pairs."""

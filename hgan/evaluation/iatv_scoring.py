@@ -32,6 +32,14 @@ from hgan.tf_compat import tf
 MODES = ("stage1", "two_stage", "full_gallery")
 
 
+def reported_mode(config: Config) -> str:
+    """The ranking an IATV model's figures are read from (the report's top level, and the
+    val figure that selects its checkpoint): "two_stage", or "full_gallery" for Table 2's
+    "w/o stage-1" (``stage1_init=false``: "not using stage-1 network for ... easy result
+    screening")."""
+    return "two_stage" if config.model.stage1_init else "full_gallery"
+
+
 def _compiled(model: IATV) -> dict:
     def make(ref):
         def encode_image(image, regions):
