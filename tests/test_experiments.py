@@ -75,11 +75,17 @@ def test_rows_read_as_the_papers_numbers_say():
                                                 "i2t": {"class_R1": 72.4}}
     # A user's --set items come after the row's.
     assert experiments.config("hgan/table3/+word", "demo", ["use_phrase=true"]).model.use_phrase
-    # Fig. 5 sweeps the word level's k only: the phrase head stays at the full model's.
-    for name in ("hgan/fig5/k1=1", "hgan/fig5/k2=4"):
-        model = experiments.config(name).model
-        assert (model.phrase_k1, model.phrase_k2) == (4, 2), name
-    assert experiments.config("hgan/fig5/k1=1").model.k1 == 1
+    # Fig. 5 sweeps the word level's k only: the phrase head stays at the full model's
+    # k1 = 4, k2 = 2 in every row, on every preset, while the word level moves.
+    full = experiments.config("hgan/table1/hgan").model
+    fig5 = [n for n in experiments.EXPERIMENTS if n.startswith("hgan/fig5/")]
+    for preset in PRESET_NAMES:
+        for name in fig5:
+            model = experiments.config(name, preset).model
+            assert (model.phrase_k1, model.phrase_k2) == (full.k1, full.k2) == (4, 2), name
+            key, value = name.rsplit("/", 1)[1].split("=")
+            assert getattr(model, key) == int(value), name
+    assert {experiments.config(n).model.k1 for n in fig5} == {1, 2, 3, 4, 5, 6}
 
 
 def test_unknown_names_say_where_the_names_are():
