@@ -4,7 +4,7 @@
                              [--bert_trainable] [--steps=5] [--warmup=2]
   python bench/train_step.py --small
 
-The defaults are the ``paper`` preset's setting (§4: batch 32, 384×192, BERT-base, frozen);
+The defaults are the ``paper`` preset's setting (§4: batch 32, 384×192, BERT-base; frozen as §3.2 reads);
 about 3 minutes on 2 CPU cores.
 
 Full: ``hgan.training.hgan_task.HGANTask``'s compiled step (MirroredStrategy on /cpu:0), i.e.

@@ -52,7 +52,7 @@ PRESETS = {
             eval=EvalConfig(rerank_k=20)),
         # The same compact CNN, 128-d towers, short phases.
         "iatv": Config(
-            # §4.2's plain mini-batches, not HGAN's 8 identities × 4: with P×K each identity's
+            # Fig. 2's plain mini-batches, not HGAN's 8 identities × 4: with P×K each identity's
             # buffer rows went stale between visits (docs/design.md, "IATV stage 2 on the demo").
             family="iatv", data=dataclasses.replace(_DEMO_DATA, identities_per_batch=0),
             # docs/design.md "IATV stage 2 on the demo": the compact CNN at SGD 0.01 (stage 1
