@@ -156,3 +156,22 @@ def test_config_json_is_read_once_per_process_until_it_changes(tmp_path):
     changed.save(str(tmp_path))
     os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
     assert Config.load(str(tmp_path)) == changed  # a rewritten file is read again
+
+
+def test_every_departure_of_the_demo_preset_is_written_down():
+    """docs/design.md states each field where ``demo`` departs from ``paper`` (its "Demo
+    preset" and "IATV stage 2 on the demo" sections name the field)."""
+    import re
+    from tests_support import ROOT
+    text = open(os.path.join(ROOT, "docs", "design.md"), encoding="utf-8").read()
+    sections = [part for part in text.split("\n## ")
+                if part.startswith(("Demo preset", "IATV stage 2 on the demo"))]
+    assert len(sections) == 2
+    spans = " ".join(re.findall(r"`([^`]*)`", "\n".join(sections)))
+    missing = []
+    for family in ("hgan", "iatv"):
+        paper, demo = preset("paper", family).flat(), preset("demo", family).flat()
+        for key in sorted(k for k in paper if paper[k] != demo[k]):
+            if not re.search(rf"\b{key.split('.')[-1]}\b", spans):
+                missing.append(f"{family}: {key} ({paper[key]!r} → {demo[key]!r})")
+    assert not missing, "demo departures not in docs/design.md: " + ", ".join(missing)
