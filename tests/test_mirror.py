@@ -12,8 +12,10 @@ from hgan.tf_compat import tf
 # Both words, their case kept, a WordPiece compound ("leftmost" is left ##most), a
 # two-byte character before them (spans are UTF-8 bytes), and phrases before, around and
 # after each swapped word.
-CAPTION = "A man in a café with a red bag in his left hand, Right shoe and leftmost CAP ON THE LEFT."
-SWAPPED = "A man in a café with a red bag in his right hand, Left shoe and rightmost CAP ON THE RIGHT."
+CAPTION = ("A man in a café with a red bag in his left hand, Right shoe and leftmost CAP ON "
+           "THE LEFT.")
+SWAPPED = ("A man in a café with a red bag in his right hand, Left shoe and rightmost CAP ON "
+           "THE RIGHT.")
 PHRASES = ("A man", "a red bag", "his left hand", "Right shoe", "leftmost CAP", "THE LEFT")
 SWAPPED_PHRASES = ("A man", "a red bag", "his right hand", "Left shoe", "rightmost CAP",
                    "THE RIGHT")

@@ -11,9 +11,9 @@ by ``hgan-eval`` on --split with the checkpoint hgan-train selected on the val s
 table has, per row, mean ± std over the seeds of R1 / R5 / R10 / mAP both ways in the mode
 the paper's figures correspond to (and where the data has them AP@50 of class queries,
 the papers' figure, AP@50 per sentence and class Rank-1), the paper's text-to-image
-headline figure beside it, and under it the selection rule, the seeds and the data. ``--levels`` adds HGAN's levels ranked alone (sentence / word / phrase
-text-to-image R1 of the exact scores). Written to OUT_DIR/table.md, table.csv and
-table.json.
+headline figure beside it, and under it the selection rule, the seeds and the data.
+``--levels`` adds HGAN's levels ranked alone (sentence / word / phrase text-to-image R1 of
+the exact scores). Written to OUT_DIR/table.md, table.csv and table.json.
 """
 import csv
 import json

@@ -13,10 +13,10 @@ Figures are as printed: percent, keyed ``{direction: {metric: value}}`` with dir
 ``t2i`` / ``i2t`` and metrics ``R1`` / ``R5`` / ``R10`` / ``mAP`` / ``AP@50`` /
 ``class_AP@50`` / ``class_R1`` (the names of hgan-eval's report). CUB / Flowers' AP@50 is
 one query per class ("given a query textual class", IATV §4.1; HGAN §4 the same), so those
-rows compare ``class_AP@50``; the report's ``AP@50`` is one query per sentence. ``mode`` says which of the report's
-modes the paper's number corresponds to: HGAN scores every pair (``exact``); IATV's
-stage-1 rows are ``stage1``, its stage-2 rows ``two_stage`` (or ``full_gallery`` for "w/o
-stage-1", which the caption says does not screen with stage 1).
+rows compare ``class_AP@50``; the report's ``AP@50`` is one query per sentence. ``mode``
+says which of the report's modes the paper's number corresponds to: HGAN scores every pair
+(``exact``); IATV's stage-1 rows are ``stage1``, its stage-2 rows ``two_stage`` (or
+``full_gallery`` for "w/o stage-1", which the caption says does not screen with stage 1).
 
 How rows were read where the papers leave it open (each also in docs/design.md):
 - HGAN Table 2's "Concat Last Four" (55.2 / 77.3 / 84.9) equals Table 3's "+BERT" row:

@@ -2,10 +2,9 @@
 
 A flipped image shows a person whose sides are exchanged (a bag in the right hand is in the
 left one), so a training pair whose image is flipped keeps its caption true only if the
-caption's sides swap with it. The swap
-is made on the caption text, before tokenisation, so every tokenizer sees it: BERT's
-WordPieces ("leftmost" is ``left ##most``, and becomes ``right ##most``) and the word
-vocabulary of ``hgan.data.word_vocab`` alike.
+caption's sides swap with it. The swap is made on the caption text, before tokenisation, so
+every tokenizer sees it: BERT's WordPieces ("leftmost" is ``left ##most``, and becomes
+``right ##most``) and the word vocabulary of ``hgan.data.word_vocab`` alike.
 
 Words are found the way BERT's basic tokenizer splits a caption (whitespace, punctuation,
 CJK characters; ``left-hand`` is three words), so a swapped word is a word the tokenizer
