@@ -334,6 +334,15 @@ def test_w_o_stage1_selects_on_the_full_gallery_figure_it_reports(tiny_data, con
         assert task.best_metrics(metrics)["R1"] == 20.0 and metrics["stage1_R1"] == 10.0
 
 
+def test_the_full_gallery_is_scored_without_the_two_stage_mode(trained, tiny_data):
+    # What a "w/o stage-1" run validates with: stage 1 and stage 2 over every pair.
+    model, config, _ = load_model(trained[0])
+    report = iatv_scoring.evaluate(model, tiny_data, config, "val",
+                                   modes=("stage1", "full_gallery"))
+    assert "two_stage" not in report and report["t2i"] == report["full_gallery"]["t2i"]
+    assert 0 <= report["full_gallery"]["t2i"]["R1"] <= 100
+
+
 def test_table2_ablations_without_identities_and_without_stage1(tiny_data, config, tmp_path):
     """"w/o ID": one identity per training image in the buffers and the stage-2 labels;
     "w/o stage-1": stage 2 is not copied from stage 1 and trains on random pairs."""

@@ -234,7 +234,7 @@ def evaluate(model: IATV, data_dir: str, config: Config, split: str, modes=MODES
     k = metrics.rerank_depth(rerank_k or config.eval.rerank_k, class_level)
     t0 = time.time()
     texts, images = encode_split(model, data_dir, config, split,
-                                 regions="two_stage" in modes)
+                                 regions=bool({"two_stage", "full_gallery"} & set(modes)))
     report = {"split": split, "queries": int(len(texts["label"])),
               "gallery": int(len(images["label"])), "candidates": int(k),
               "timing": {"encode_s": time.time() - t0}}
