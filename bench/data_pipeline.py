@@ -8,7 +8,8 @@ the rate of the training step the pipeline feeds.
 
 Write: the demo generator's raw CUHK-PEDES-layout set through `hgan-prep`'s writer
 (validation, noun phrases, sharding). Read: ``hgan.data.pipeline.train_dataset`` at 384×192 — parse,
-decode, resize, flip, normalise, WordPiece-tokenise and phrase masks — in image-caption
+decode, resize, flip (with the captions' left / right swap; off in the paper preset, on
+here), normalise, WordPiece-tokenise and phrase masks — in image-caption
 pairs per second, along both of its batching paths: the plain shuffle
 (``identities_per_batch=0``, the paper preset) and the identity-aware P×K batches
 (``--identities_per_batch=P``, default 8 as in the demo preset: ``group_by_window`` +
@@ -123,8 +124,9 @@ def main(argv):
 
     height, width = (int(x) for x in FLAGS.image_size)
     vocab = FLAGS.vocab or _small.caption_vocab(raw, os.path.join(root, "vocab.txt"))
+    # The flip (with its caption swap) on, though the paper preset has none: the heavier path.
     config = preset("paper").replace(vocab_file=vocab, image_height=height, image_width=width,
-                                     batch_size=FLAGS.batch_size)
+                                     batch_size=FLAGS.batch_size, random_flip=True)
     tokenizer = pipeline.make_tokenizer(config)
     paths = [("shuffle", config)]
     if FLAGS.identities_per_batch:

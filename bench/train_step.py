@@ -4,8 +4,8 @@
                              [--bert_trainable] [--steps=5] [--warmup=2]
   python bench/train_step.py --small
 
-The defaults are the ``paper`` preset's setting (§4: batch 32, 384×192, BERT-base, frozen);
-about 3 minutes on 2 CPU cores.
+The defaults are the ``paper`` preset's setting (§4: batch 32, 384×192, BERT-base; frozen as
+§3.2 reads); about 3 minutes on 2 CPU cores.
 
 Full: ``hgan.training.hgan_task.HGANTask``'s compiled step (MirroredStrategy on /cpu:0), i.e.
 both towers, the three matching levels, every loss of §3.4 and the paper preset's

@@ -52,7 +52,7 @@ LAYOUTS = tuple(SPLITS)
 # not enforced: a subset or a re-split is allowed, and said so). CUHK-PEDES: Li et al.
 # 2017 (IATV §4.1); ICFG-PEDES: Ding et al. 2021 (one caption per image); RSTPReid: Zhu et
 # al. 2021 (5 images per identity, 2 captions per image); CUB / Flowers: the class-disjoint
-# splits of Reed et al. 2016 (IATV §4.1, HGAN §4.1), classes only.
+# splits of Reed et al. 2016 (IATV §4.1, HGAN §4), classes only.
 EXPECTED_SIZES = {
     "cuhk_pedes": {"train": {"identities": 11003, "images": 34054, "captions": 68108},
                    "val": {"identities": 1000, "images": 3078, "captions": 6158},

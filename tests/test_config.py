@@ -63,6 +63,17 @@ def test_the_family_picks_its_preset_and_model_section():
         resolve("fast")
 
 
+def test_the_paper_presets_augment_nothing_and_the_demo_flips():
+    # Neither paper names an augmentation (HGAN §4, IATV §4.2); the demo flips, swapping
+    # the flipped image's left and right in its caption (hgan.data.mirror).
+    from hgan.config import experiments
+    for family in ("hgan", "iatv"):
+        assert preset("paper", family).data.random_flip is False, family
+        assert preset("demo", family).data.random_flip is True, family
+    assert not any("random_flip" in item for e in experiments.EXPERIMENTS.values()
+                   for item in e.overrides)  # no paper row turns it on
+
+
 def test_saved_config_round_trips(tmp_path):
     for c in (resolve("demo", ["k1=2"]), resolve("paper", ["family=iatv", "candidates=5"])):
         c.save(str(tmp_path))
@@ -145,3 +156,22 @@ def test_config_json_is_read_once_per_process_until_it_changes(tmp_path):
     changed.save(str(tmp_path))
     os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
     assert Config.load(str(tmp_path)) == changed  # a rewritten file is read again
+
+
+def test_every_departure_of_the_demo_preset_is_written_down():
+    """docs/design.md states each field where ``demo`` departs from ``paper`` (its "Demo
+    preset" and "IATV stage 2 on the demo" sections name the field)."""
+    import re
+    from tests_support import ROOT
+    text = open(os.path.join(ROOT, "docs", "design.md"), encoding="utf-8").read()
+    sections = [part for part in text.split("\n## ")
+                if part.startswith(("Demo preset", "IATV stage 2 on the demo"))]
+    assert len(sections) == 2
+    spans = " ".join(re.findall(r"`([^`]*)`", "\n".join(sections)))
+    missing = []
+    for family in ("hgan", "iatv"):
+        paper, demo = preset("paper", family).flat(), preset("demo", family).flat()
+        for key in sorted(k for k in paper if paper[k] != demo[k]):
+            if not re.search(rf"\b{key.split('.')[-1]}\b", spans):
+                missing.append(f"{family}: {key} ({paper[key]!r} → {demo[key]!r})")
+    assert not missing, "demo departures not in docs/design.md: " + ", ".join(missing)

@@ -185,3 +185,81 @@ def test_the_manifest_is_read_once_per_process_until_it_changes(tiny_data, tmp_p
     json.dump(manifest, open(path, "w"))
     os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
     assert pipeline.load_manifest(data)["dataset"] == "other"
+
+
+# --- the flip: image and caption on one draw ----------------------------------------------
+def _sided(tmp_path, **changes):
+    from hgan.config import preset
+    from tests_support import write_sided_dataset
+    data = write_sided_dataset(tmp_path / "sided")
+    config = preset("tiny").replace(vocab_file=os.path.join(data, "vocab.txt"),
+                                    image_height=24, image_width=12, max_len=20,
+                                    max_phrases=4, batch_size=4, **changes)
+    return data, config
+
+
+def _colour_on_the_left(image) -> bool:
+    """The sided images are coloured on one half, white on the other."""
+    return bool(image[:, :6].mean() < image[:, 6:].mean())
+
+
+def test_a_flipped_pair_has_left_and_right_swapped_in_its_caption(tmp_path):
+    """Inside tf.data (``train_dataset``): a pair's image is flipped exactly when its
+    caption's sides are swapped, and its phrase masks are those of the swapped caption."""
+    import tests_support as sided
+    data, config = _sided(tmp_path)
+    assert config.data.random_flip
+    tok = pipeline.make_tokenizer(config)
+
+    def spans(templates, phrases):  # caption → its phrases' (text, start, end)
+        return {t.format(c=c).encode(): sided.byte_spans(t.format(c=c),
+                                                         [p.format(c=c) for p in ps])
+                for c in ("red", "green", "blue") for t, ps in zip(templates, phrases)}
+
+    as_written = spans(sided.SIDED_CAPTIONS, sided.SIDED_PHRASES)
+    as_flipped = spans(sided.SIDED_FLIPPED, sided.SIDED_FLIPPED_PHRASES)
+    batches = list(pipeline.train_dataset(data, config, tok, seed=1, keep_caption=True).take(6))
+    captions = np.concatenate([b["caption"].numpy() for b in batches])
+    flipped = np.array([c in as_flipped for c in captions])
+    assert all(f or c in as_written for c, f in zip(captions, flipped)), captions
+    on_the_left = [_colour_on_the_left(i) for b in batches for i in b["image"].numpy()]
+    np.testing.assert_array_equal(on_the_left, ~flipped)
+    assert 0.25 < flipped.mean() < 0.75  # both kinds seen, about half flipped
+    spans = [[s[1:] for s in (as_flipped if f else as_written)[c]]
+             for c, f in zip(captions, flipped)]
+    np.testing.assert_array_equal(
+        np.concatenate([b["phrase_token_mask"].numpy() for b in batches]),
+        tok(tf.constant(captions), tf.constant(spans))["phrase_token_mask"])
+
+
+
+def test_the_flip_and_the_swap_share_their_draw_eagerly(tmp_path):
+    """The element function (``training_image``, also IATV's stage-2 pairs') and the batch
+    function (``_tokenize``) called eagerly: a row's caption is swapped exactly when its
+    image was flipped, on the draws where ``tf.image.stateless_random_flip_left_right``
+    flips with the same seed."""
+    from hgan.data import records
+    data, config = _sided(tmp_path)
+    example = records.parse_example(next(iter(
+        tf.data.TFRecordDataset(pipeline.split_files(data, "train")))))
+    caption = example["captions"][0]
+    seeds = [tf.constant([s, 7], tf.int64) for s in range(16)]
+    images, flips = zip(*(pipeline.training_image(example["encoded"], config, seed)
+                          for seed in seeds))
+    flips = np.array([bool(f) for f in flips])
+    assert 0 < flips.sum() < 16
+    for image, seed, flip in zip(images, seeds, flips):
+        reference = tf.image.stateless_random_flip_left_right(
+            pipeline.decode_image(example["encoded"]), seed)
+        assert _colour_on_the_left(image.numpy()) is not flip
+        assert _colour_on_the_left(reference.numpy()) is not flip
+    spans = tf.tile(pipeline._dense_spans(example["phrase_spans"], 4)[:1], [16, 1, 1])
+    tok = pipeline.make_tokenizer(config)
+    batch = pipeline._tokenize({"caption": tf.fill([16], caption), "phrase_spans": spans,
+                                pipeline.FLIPPED: tf.constant(flips)}, tok, keep_text=True)
+    assert pipeline.FLIPPED not in batch
+    np.testing.assert_array_equal(batch["caption"].numpy() != caption.numpy(), flips)
+    # random_flip=false (the paper presets): nothing flipped, no flag for the batch.
+    config = config.replace(random_flip=False)
+    image, flip = pipeline.training_image(example["encoded"], config, seeds[0])
+    assert flip is None and _colour_on_the_left(image.numpy())

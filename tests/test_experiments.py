@@ -57,14 +57,35 @@ def test_rows_read_as_the_papers_numbers_say():
     assert experiments.config("iatv/table2/triplet").model.stage1_loss == "triplet"
     assert not experiments.config("iatv/table2/w_o_sma_spa_stage1").model.stage1_init
     assert get("iatv/table2/w_o_sma_spa_stage1").mode == "full_gallery"
-    assert get("iatv/table3/stage2").paper == {"t2i": {"AP@50": 57.6}}
+    # Each IATV stage-2 row selects its checkpoint on the ranking it reports ("w/o
+    # stage-1": every val pair scored by stage 2, not the two-stage figure).
+    from hgan.evaluation import iatv_scoring
+    for name, e in experiments.EXPERIMENTS.items():
+        if e.family == "iatv" and e.mode != "stage1":
+            assert iatv_scoring.reported_mode(experiments.config(name)) == e.mode, name
+    # CUB / Flowers' AP@50 is one query per class (IATV §4.1, HGAN §4): those rows compare
+    # class_AP@50 (the report's AP@50 is one query per sentence).
+    assert get("iatv/table3/stage2").paper == {"t2i": {"class_AP@50": 57.6}}
+    for name in ("hgan/table6/cub", "hgan/table6/flowers", "iatv/table3/triplet",
+                 "iatv/table3/stage1", "iatv/table4/triplet", "iatv/table4/stage1",
+                 "iatv/table4/stage2"):
+        assert "class_AP@50" in get(name).paper["t2i"] and \
+            "AP@50" not in get(name).paper["t2i"], name
+    assert get("hgan/table6/flowers").paper == {"t2i": {"class_AP@50": 75.1},
+                                                "i2t": {"class_R1": 72.4}}
     # A user's --set items come after the row's.
     assert experiments.config("hgan/table3/+word", "demo", ["use_phrase=true"]).model.use_phrase
-    # Fig. 5 sweeps the word level's k only: the phrase head stays at the full model's.
-    for name in ("hgan/fig5/k1=1", "hgan/fig5/k2=4"):
-        model = experiments.config(name).model
-        assert (model.phrase_k1, model.phrase_k2) == (4, 2), name
-    assert experiments.config("hgan/fig5/k1=1").model.k1 == 1
+    # Fig. 5 sweeps the word level's k only: the phrase head stays at the full model's
+    # k1 = 4, k2 = 2 in every row, on every preset, while the word level moves.
+    full = experiments.config("hgan/table1/hgan").model
+    fig5 = [n for n in experiments.EXPERIMENTS if n.startswith("hgan/fig5/")]
+    for preset in PRESET_NAMES:
+        for name in fig5:
+            model = experiments.config(name, preset).model
+            assert (model.phrase_k1, model.phrase_k2) == (full.k1, full.k2) == (4, 2), name
+            key, value = name.rsplit("/", 1)[1].split("=")
+            assert getattr(model, key) == int(value), name
+    assert {experiments.config(n).model.k1 for n in fig5} == {1, 2, 3, 4, 5, 6}
 
 
 def test_unknown_names_say_where_the_names_are():
@@ -97,6 +118,15 @@ def test_comparison_puts_the_paper_beside_the_measured_row():
     assert [r["measured"] for r in experiments.comparison(iatv, report)] == [None, None]
     text = experiments.comparison_markdown(e, report, dataset="demo")
     assert "| t2i | R1 | 58.30 | 60.00 | +1.70 |" in text and "this run is on demo" in text
+    # A class-level row compares the class queries' AP@50 and labels the per-sentence one.
+    cub = experiments.get("hgan/table6/cub")
+    report = {"exact": {"t2i": {"AP@50": 40.0, "class_AP@50": 70.0, "R1": 9.0},
+                        "i2t": {"class_R1": 60.0}}}
+    assert [(r["metric"], r["measured"]) for r in experiments.comparison(cub, report)] == [
+        ("class_AP@50", 70.0), ("class_R1", 60.0)]
+    text = experiments.comparison_markdown(cub, report, dataset="cub")
+    assert "| t2i | class_AP@50 | 71.70 | 70.00 | -1.70 |" in text
+    assert "one query per sentence, not the paper's figure: 40.00" in text
 
 
 def test_a_model_dir_keeps_its_experiment(tmp_path):
@@ -172,7 +202,7 @@ def test_a_row_runs_by_name_and_eval_prints_the_paper_beside_it(name, tiny_data,
     if e.mode == "full_gallery":  # no stage-1 screening: the top level is every pair scored
         assert saved["t2i"] == saved["full_gallery"]["t2i"]
     if e.dataset == "cub":
-        assert cells[0]["metric"] == "AP@50" and saved["candidates"] >= 50
+        assert cells[0]["metric"] == "class_AP@50" and saved["candidates"] >= 50
         assert "backbone=googlenet" in e.overrides  # §4.2's (small_cnn stands in offline)
 
 

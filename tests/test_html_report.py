@@ -118,22 +118,27 @@ def test_a_named_row_puts_the_papers_figures_in_the_table():
 
 
 def test_class_level_figures_get_their_columns():
-    # A CUB row: the paper gives t2i AP@50 and i2t class Rank-1; the report has them too.
+    # A CUB row: the paper gives t2i AP@50 of class queries and i2t class Rank-1; the
+    # report has them, and AP@50 per sentence beside them, labelled.
     report, arrays, extras, split, ranks = _inputs()
     report["exact"]["t2i"]["AP@50"], report["exact"]["i2t"]["class_R1"] = 55.5, 66.6
+    report["exact"]["t2i"]["class_AP@50"] = 60.25
     e = experiments.get("hgan/table6/cub")
     report["experiment"] = {"name": e.name, "paper_dataset": "cub", "dataset": "cub",
                             "mode": "exact", "comparison": experiments.comparison(e, report)}
     page = html_report.page(report, arrays, extras, split, ranks, "exact", dataset="cub")
     header = re.search(r"<table id='metrics'><tr>(.*?)</tr>", page, re.S).group(1)
     assert re.findall(r"<th>([^<]+)</th>", header)[2:] == [
-        "R1", "R5", "R10", "mAP", "mINP", "AP@50", "class_R1", "time (s)"]
+        "R1", "R5", "R10", "mAP", "mINP", "AP@50 per sentence", "AP@50 class queries",
+        "class_R1", "time (s)"]
     rows = {(a, d): dict(re.findall(r"data-metric='([^']+)'>([^<]*)<", cells))
             for a, d, cells in re.findall(
                 r"<tr (?:class='(\w+)' )?data-mode='exact' data-direction='(\w+)'>(.*?)</tr>",
                 page, re.S)}
     assert rows[("", "t2i")]["AP@50"] == "55.50" and rows[("", "i2t")]["AP@50"] == "–"
-    assert rows[("paper", "t2i")]["AP@50"] == "71.70"
+    assert rows[("", "t2i")]["class_AP@50"] == "60.25"
+    assert rows[("paper", "t2i")]["class_AP@50"] == "71.70"
+    assert rows[("paper", "t2i")]["AP@50"] == "–"  # the paper's AP@50 is the class queries'
     assert rows[("paper", "i2t")]["class_R1"] == "68.90"
     assert "compare directions" not in page  # the paper's dataset
 

@@ -219,6 +219,40 @@ def test_two_stage_scores_rerank_both_directions_against_numpy(tiny_config):
         np.testing.assert_allclose(i2t[g, first], row - np.arange(k) * eps, atol=1e-4)  # f32
 
 
+def test_class_queries_rerank_by_their_sentences_mean_two_stage_score(tiny_config):
+    """CUB / Flowers' AP@50 is one query per class (IATV §4.1): its two-stage ranking takes
+    the class's mean stage-1 score, and re-orders the top k by the mean over the class's
+    sentences of their stage-2 logits with each image."""
+    rng = np.random.default_rng(5)
+    nt, ni, k = 9, 6, 3
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])  # classes of 3, 2 and 4 sentences
+    ids = rng.integers(1, 12, (nt, 5)).astype(np.int32)
+    mask = np.ones_like(ids)
+    regions = rng.uniform(0.0, 1.0, (ni, 2, 3)).astype(np.float32)
+    texts = {"embedding": rng.normal(size=(nt, 4)).astype(np.float32),
+             "input_word_ids": ids, "input_mask": mask, "label": labels}
+    images = {"embedding": rng.normal(size=(ni, 4)).astype(np.float32), "regions": regions,
+              "label": np.array([0, 1, 2, 0, 1, 2])}
+    stage1 = iatv_scoring.stage1_scores(texts, images)
+    logits = np.sin(ids.sum(1)[:, None] * regions.sum(axis=(1, 2))[None]) + \
+        ids.sum(1)[:, None] / 10.0
+    want = []
+    for c in range(3):
+        first = np.argsort(-stage1[labels == c].mean(0), kind="stable")
+        head = first[:k][np.argsort(-logits[labels == c][:, first[:k]].mean(0), kind="stable")]
+        want.append(np.concatenate([head, first[k:]]))
+    assert (np.array(want)[:, :k] != np.argsort(
+        -metrics.class_queries(stage1, labels)[1], axis=1, kind="stable")[:, :k]).any()
+    classes, ranked = iatv_scoring.class_two_stage_scores(
+        _StandInIATV(tiny_config.replace(family="iatv")), texts, images, k)
+    np.testing.assert_array_equal(classes, [0, 1, 2])
+    np.testing.assert_array_equal(np.argsort(-ranked, axis=1, kind="stable"), want)
+    # Its AP@k: each class's share of its own images among its top k, averaged.
+    share = [np.mean(images["label"][row[:2]] == c) for c, row in enumerate(want)]
+    assert metrics.class_query_ap_at_k(ranked, classes, images["label"], 2) == \
+        pytest.approx(100 * np.mean(share))
+
+
 def test_sampled_pairs_refuse_a_share_outside_0_1():
     with pytest.raises(ValueError, match="positive_share"):
         _draw(1, **SAMPLE, positive_share=1.5)

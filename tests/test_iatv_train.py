@@ -121,6 +121,38 @@ def test_eval_report_has_both_stages(trained, tiny_data, tmp_path):
     assert os.path.exists(report["figures"]["top10"])
 
 
+def test_class_level_rows_compare_the_class_queries_ap50(trained, tiny_data, tmp_path):
+    """On CUB / Flowers (here the tiny split relabelled as CUB: 3 classes of 4 sentences)
+    both modes report AP@50 of class queries, the papers' figure, beside the per-sentence
+    one; the CUB stage-2 row compares the class queries' figure and labels the other."""
+    import shutil
+    from hgan.evaluation import metrics
+    data = str(tmp_path / "cub_like")
+    shutil.copytree(tiny_data, data)
+    manifest = json.load(open(os.path.join(data, "manifest.json")))
+    with open(os.path.join(data, "manifest.json"), "w") as f:
+        json.dump({**manifest, "dataset": "cub"}, f)
+    out = str(tmp_path / "metrics.json")
+    families.evaluate(trained[0], data, "test", out, figures=False,
+                      experiment="iatv/table3/stage2")
+    saved = json.load(open(out))
+    assert saved["candidates"] == 50  # AP@50 re-ranks at least 50 (here every image)
+    for mode in ("stage1", "two_stage"):
+        assert {"AP@50", "class_AP@50"} <= set(saved[mode]["t2i"]), mode
+    model, config, _ = load_model(trained[0])
+    texts, images = iatv_scoring.encode_split(model, data, config, "test")
+    classes, ranked = iatv_scoring.class_two_stage_scores(model, texts, images, 50)
+    assert saved["two_stage"]["t2i"]["class_AP@50"] == pytest.approx(
+        metrics.class_query_ap_at_k(ranked, classes, images["label"]), abs=1e-6)
+    [cell] = saved["experiment"]["comparison"]
+    assert (cell["metric"], cell["paper"]) == ("class_AP@50", 57.6)
+    assert cell["measured"] == saved["two_stage"]["t2i"]["class_AP@50"]
+    per_sentence = saved["two_stage"]["t2i"]["AP@50"]
+    assert f"one query per sentence, not the paper's figure: {per_sentence:.2f}" in \
+        saved["markdown"]
+    assert f"per sentence = {per_sentence:.2f}" in saved["markdown"]
+
+
 def test_two_stage_reorders_stage1_top_k_by_stage2_logits(trained, tiny_data):
     model, config, _ = load_model(trained[0])
     texts, images = iatv_scoring.encode_split(model, tiny_data, config, "test")
@@ -278,6 +310,37 @@ def test_pair_batches_join_the_mined_indices_to_their_image_and_caption(tiny_dat
         assert len(pair) == 1
         image = pipeline.preprocess_image(pipeline.decode_image(encoded[image_index[pair[0]]]), cfg)
         np.testing.assert_allclose(batch["image"][row], image, atol=1e-6)
+
+
+def test_w_o_stage1_selects_on_the_full_gallery_figure_it_reports(tiny_data, config,
+                                                                  monkeypatch):
+    """Table 2's "w/o stage-1" reports stage 2 scoring every pair (no stage-1 screening):
+    its val passes compute that figure and select on it, not on the two-stage one."""
+    asked = []
+
+    def evaluate(model, data_dir, config, split, modes):
+        asked.append(modes)
+        return {m: {"t2i": {"R1": r1, "R5": 0.0, "R10": 0.0, "mAP": 0.0}}
+                for m, r1 in zip(modes, (10.0, 20.0))}
+
+    monkeypatch.setattr(iatv_scoring, "evaluate", evaluate)
+    for stage1_init, mode in ((True, "two_stage"), (False, "full_gallery")):
+        task = IATVTask(config.replace(stage1_init=stage1_init), tiny_data, val_split="val")
+        assert task.selection("stage1") is None
+        assert task.selection("stage2_text") == task.selection("stage2_joint") == f"{mode}_R1"
+        metrics = task.validate("stage2_joint")
+        assert asked[-1] == ("stage1", mode)
+        assert metrics[f"{mode}_R1"] == 20.0
+        assert task.best_metrics(metrics)["R1"] == 20.0 and metrics["stage1_R1"] == 10.0
+
+
+def test_the_full_gallery_is_scored_without_the_two_stage_mode(trained, tiny_data):
+    # What a "w/o stage-1" run validates with: stage 1 and stage 2 over every pair.
+    model, config, _ = load_model(trained[0])
+    report = iatv_scoring.evaluate(model, tiny_data, config, "val",
+                                   modes=("stage1", "full_gallery"))
+    assert "two_stage" not in report and report["t2i"] == report["full_gallery"]["t2i"]
+    assert 0 <= report["full_gallery"]["t2i"]["R1"] <= 100
 
 
 def test_table2_ablations_without_identities_and_without_stage1(tiny_data, config, tmp_path):

@@ -65,3 +65,41 @@ def test_training_uses_the_cache_and_learns_the_same_variables(tiny_data, config
     moved = [not np.allclose(a, b.numpy()) for a, b in zip(before, after)]
     stuck = [v.name for v, m in zip(after, moved) if not m]
     assert all(any(k in name for k in still) for name in stuck), stuck
+
+
+def test_flipped_pairs_find_the_embeddings_of_their_swapped_captions(tmp_path):
+    """With random_flip a flipped pair's caption reaches the step with left and right
+    swapped: the cache holds each such caption's own (contextual) embeddings too."""
+    from hgan.config import preset
+    from tests_support import write_sided_dataset
+    data = write_sided_dataset(tmp_path / "sided")
+    config = preset("tiny").replace(
+        vocab_file=f"{data}/vocab.txt", image_height=24, image_width=12, max_len=20,
+        max_phrases=4, batch_size=4, identities_per_batch=2, bert="scratch:2x16",
+        bert_layers="last")
+    assert config.data.random_flip
+    tokenizer = pipeline.make_tokenizer(config)
+    model = build_model(config, tokenizer.vocab_size + 1, 4)
+    lines = []
+    cache = token_cache.build(model, data, config, tokenizer, log=lines.append)
+    # 3 colours × 2 sentences, every one naming both sides: each also swapped.
+    assert cache.size == 12
+    assert lines[0].startswith("token cache: 6 train captions + 6 with left and right swapped")
+    embedder = model.text_encoder.get_layer("token_embeddings")
+
+    def embed(captions):
+        inputs = tokenizer(tf.constant(captions))
+        return embedder({k: inputs[k] for k in ("input_word_ids", "input_mask",
+                                                 "input_type_ids")}, training=False).numpy()
+
+    batches = pipeline.train_dataset(data, config, tokenizer, keep_caption=True).take(4)
+    captions = np.concatenate([b["caption"].numpy() for b in batches])
+    originals = {c for e in tf.data.TFRecordDataset(pipeline.split_files(data, "train"))
+                 for c in records.parse_example(e)["captions"].numpy()}
+    flipped = [c for c in captions if c not in originals]
+    assert flipped  # the pipeline fed swapped captions; each row is its own caption's
+    np.testing.assert_allclose(cache.lookup(tf.constant(captions)).numpy(),
+                               embed(list(captions)), atol=1e-5)
+    # Without the flip the cache holds the training captions alone.
+    assert token_cache.build(model, data, config.replace(random_flip=False), tokenizer,
+                             log=lambda _: None).size == 6

@@ -7,6 +7,7 @@ import pytest
 from hgan.config import preset
 from hgan.data import pipeline, word_vocab
 from hgan.data.tokenization import CaptionTokenizer
+from hgan.tf_compat import tf
 from hgan.training import run_dir
 
 
@@ -75,3 +76,21 @@ def test_a_paper_run_refuses_fallback_tagged_phrases_unless_asked(tmp_path):
     check_phrase_tagger(fallback, "DATA", paper=True, allow_fallback=True)  # asked for
     check_phrase_tagger(fallback, "DATA", paper=False)  # the demo and tiny presets
     check_phrase_tagger({"phrase_tagger": "perceptron"}, "DATA", paper=True)
+
+
+def test_a_flip_never_makes_a_side_word_unknown(tmp_path):
+    # A flipped training image has "left" and "right" swapped in its caption
+    # (hgan.data.mirror): each side word's mirror image is in the vocabulary, next to it.
+    from hgan.data import mirror
+    caption = "Left hand on a bag, leftmost cap on the left."
+    vocab = word_vocab.build([caption, "a bag"])
+    # "right" counts as often as "left" (2), ranked among the words seen twice.
+    assert vocab[4:9] == ["a", "bag", "left", "on", "right"]
+    assert {"leftmost", "rightmost"} <= set(vocab)
+    assert word_vocab.build(["a bag"]) == list(word_vocab.SPECIALS) + ["a", "bag"]
+    path = str(tmp_path / word_vocab.FILE)
+    word_vocab.write(path, vocab)
+    ids = CaptionTokenizer(path, max_len=16, max_phrases=2)(
+        mirror.mirror_captions([caption])[0])["input_word_ids"].numpy()[0]
+    assert vocab.index("[UNK]") not in ids
+    assert [vocab[i] for i in ids[:6]] == ["[CLS]", "right", "hand", "on", "a", "bag"]

@@ -162,3 +162,66 @@ def headless_browser():
                 "--window-size=1200,900"):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(driver), options=options)
+
+
+# Captions naming which side of the image each colour is on (the image's left and right),
+# for the flip: a flipped image's caption must say the other.
+SIDED_CAPTIONS = ("a {c} bag on the left and a white cap on the right.",
+                  "the right shows a white cap, the left a {c} bag.")
+SIDED_PHRASES = (("a {c} bag", "the left", "a white cap", "the right"),
+                 ("the right", "a white cap", "the left", "a {c} bag"))
+# The same captions and phrases of a flipped image.
+SIDED_FLIPPED = ("a {c} bag on the right and a white cap on the left.",
+                 "the left shows a white cap, the right a {c} bag.")
+SIDED_FLIPPED_PHRASES = (("a {c} bag", "the right", "a white cap", "the left"),
+                         ("the left", "a white cap", "the right", "a {c} bag"))
+SIDED_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "the", "on", "and", "shows", "left",
+               "right", "bag", "white", "cap", "red", "green", "blue", ",", "."]
+
+
+def byte_spans(caption: str, phrases) -> list:
+    """``(text, start, end)`` of each phrase, found in order in ``caption`` (UTF-8 bytes)."""
+    data, out, start = caption.encode(), [], 0
+    for phrase in phrases:
+        start = data.index(phrase.encode(), start)
+        out.append((phrase, start, start + len(phrase.encode())))
+        start += 1
+    return out
+
+
+def write_sided_dataset(root, identities: int = 4, shots: int = 2) -> str:
+    """One ``train`` split (plus one-identity val / test) of images coloured on their left
+    half only (red, green or blue by identity; the right half white), each with the two
+    ``SIDED_CAPTIONS``, written through the schema with ``vocab.txt`` (``SIDED_VOCAB``)."""
+    import numpy as np
+
+    from hgan.data import records
+    from hgan.tf_compat import tf
+    os.makedirs(root, exist_ok=True)
+    colours = ("red", "green", "blue")
+    manifest = {"schema_version": records.SCHEMA_VERSION, "dataset": "sided", "splits": {},
+                "skipped": []}
+    for split, count in (("train", identities), ("val", 1), ("test", 1)):
+        name = records.shard_name(split, 0, 1)
+        with tf.io.TFRecordWriter(os.path.join(root, name)) as writer:
+            for label in range(count):
+                c = colours[label % 3]
+                pixels = np.full((24, 12, 3), 255, np.uint8)
+                pixels[:, :6] = 0
+                pixels[:, :6, label % 3] = 200 + 10 * (label // 3)
+                buffer = io.BytesIO()
+                Image.fromarray(pixels).save(buffer, format="PNG")
+                captions = [t.format(c=c) for t in SIDED_CAPTIONS]
+                phrases = [byte_spans(caption, [p.format(c=c) for p in ps])
+                           for caption, ps in zip(captions, SIDED_PHRASES)]
+                for shot in range(shots):
+                    writer.write(records.make_example(
+                        buffer.getvalue(), f"{split}/{label}_{shot}.png", label, str(label),
+                        captions, phrases).SerializeToString())
+        manifest["splits"][split] = {"images": count * shots, "captions": 2 * count * shots,
+                                     "identities": count, "shards": [name]}
+    with open(os.path.join(root, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    with open(os.path.join(root, "vocab.txt"), "w") as f:
+        f.write("\n".join(SIDED_VOCAB) + "\n")
+    return str(root)

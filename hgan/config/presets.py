@@ -3,7 +3,8 @@
   * ``paper``: HGAN §4 "Implementation Details": Adam lr 2e-4, weight decay 5e-4, batch
     32, 384×192 images, ResNet-50, BERT (concat of last four layers), bi-LSTM 512, FC 512,
     k1=4, k2=2, 4×4/3×2 partitions (15 regions, Table 4); IATV §4.2: VGG-16, 512-d joint
-    space, τ = 0.04, Adam 1e-4 for the LSTM, SGD for the CNN, 20 candidates.
+    space, τ = 0.04, Adam 1e-4 for the LSTM, SGD for the CNN, 20 candidates. No
+    augmentation: neither paper names one.
   * ``demo``: the same families shrunk to train on the synthetic demo set on a 2-core CPU
     in a few minutes (docs/design.md, "Demo preset", says why each value differs).
   * ``tiny``: for unit tests only.
@@ -18,10 +19,13 @@ from typing import Optional
 from hgan.config.base import Config, ConfigError, check_family, parse_overrides
 from hgan.config.sections import DataConfig, EvalConfig, HGANModel, IATVModel, TrainConfig
 
+# The demo flips training images, swapping each flipped image's "left" and "right" in its
+# caption; the paper presets do not (docs/design.md, "Demo preset").
 _DEMO_DATA = DataConfig(image_height=128, image_width=64, max_len=40, max_phrases=6,
-                        batch_size=32, identities_per_batch=8, shuffle_buffer=2048)
+                        batch_size=32, identities_per_batch=8, shuffle_buffer=2048,
+                        random_flip=True)
 _TINY_DATA = DataConfig(image_height=64, image_width=32, max_len=16, max_phrases=3,
-                        batch_size=8, shuffle_buffer=64)
+                        batch_size=8, shuffle_buffer=64, random_flip=True)
 _TINY_TRAIN = TrainConfig(epochs=1, checkpoint_every=5, log_every=1)
 
 PRESETS = {
@@ -48,7 +52,7 @@ PRESETS = {
             eval=EvalConfig(rerank_k=20)),
         # The same compact CNN, 128-d towers, short phases.
         "iatv": Config(
-            # §4.2's plain mini-batches, not HGAN's 8 identities × 4: with P×K each identity's
+            # Fig. 2's plain mini-batches, not HGAN's 8 identities × 4: with P×K each identity's
             # buffer rows went stale between visits (docs/design.md, "IATV stage 2 on the demo").
             family="iatv", data=dataclasses.replace(_DEMO_DATA, identities_per_batch=0),
             # docs/design.md "IATV stage 2 on the demo": the compact CNN at SGD 0.01 (stage 1

@@ -30,9 +30,12 @@ class DataConfig(_Section):
     # VGG-16, [-1, 1] for InceptionV3, §4's x/256 from scratch); or "paper" | "caffe" |
     # "inception" explicitly (hgan.data.pipeline.resolve_normalization).
     normalization: str = "auto"
-    random_flip: bool = True
+    # Training images flipped left to right on half the draws, each flipped image's caption
+    # with "left" and "right" swapped (hgan.data.mirror). Neither paper names an
+    # augmentation (HGAN §4, IATV §4.2), so the paper presets have none.
+    random_flip: bool = False
     max_len: int = 64  # WordPiece tokens incl. [CLS]/[SEP]
-    max_phrases: int = 8  # noun phrases kept per caption (§3.2)
+    max_phrases: int = 8  # noun phrases kept per caption (§3.2's M; the paper gives no cap)
     lower_case: bool = True
     vocab_file: str = ""  # default: {model.bert}/assets/vocab.txt
     # "bert": BERT's WordPieces (model.bert's vocab, or vocab_file); "words": the word
@@ -219,7 +222,8 @@ class TrainConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig(_Section):
-    """Scoring (HGAN §3.3's fused score S = S_s + S_w + S_p; IATV §4.2)."""
+    """Scoring (HGAN's fused score S = S_s + S_w + S_p of the three levels of §3.3, whose
+    sum the paper does not write out; IATV §4.2)."""
 
     score_weights: tuple = (1.0, 1.0, 1.0)  # HGAN: sentence, word, phrase
     rerank_k: int = 100  # two-stage: items of each query's stage-1 ranking re-scored

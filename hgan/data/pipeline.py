@@ -2,7 +2,8 @@
 
 Three streams:
   * ``train_dataset``: one element per (image, caption) pair — HGAN §3.1 trains on the N
-    image-text pairs — decoded, resized, flipped, normalised and tokenised, batched
+    image-text pairs — decoded, resized, flipped with its caption's left and right swapped
+    (``data.random_flip``), normalised and tokenised, batched
     (optionally identity-aware, P identities × K pairs), repeated.
   * ``gallery_dataset``: every image of a split once, in shard order, with its label.
   * ``query_dataset``: every caption of a split once, in shard order, with its label and
@@ -22,7 +23,7 @@ from typing import Optional
 
 from absl import logging
 
-from hgan.data import records
+from hgan.data import mirror, records
 from hgan.config import Config
 from hgan.tf_compat import tf
 from hgan.data.tokenization import CaptionTokenizer, vocab_path
@@ -75,19 +76,35 @@ def decode_image(encoded: tf.Tensor) -> tf.Tensor:
     return image
 
 
-def preprocess_image(image: tf.Tensor, config: Config, training: bool = False,
-                     seed: Optional[tf.Tensor] = None) -> tf.Tensor:
+def preprocess_image(image: tf.Tensor, config: Config,
+                     flip: Optional[tf.Tensor] = None) -> tf.Tensor:
     """[h, w, 3] uint8 → [H, W, 3] float32: resize, (flip), normalise (§4: ×1/256).
 
     Args:
-      seed: a [2] int seed for the stateless random flip (training only), so a pipeline
-        is deterministic under its seed whatever the parallelism.
+      flip: a scalar bool (training only, ``flip_draw``): mirror the image left to right.
     """
     image = tf.image.resize(image, [config.data.image_height, config.data.image_width],
                             method="bilinear", antialias=True)
-    if training and config.data.random_flip:
-        image = tf.image.stateless_random_flip_left_right(image, seed=seed)
+    if flip is not None:
+        image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
     return normalize(image, resolve_normalization(config))
+
+
+def flip_draw(seed: tf.Tensor) -> tf.Tensor:
+    """Whether a training pair is flipped: a scalar bool, true half the time, from a [2] int
+    seed (stateless, so a pipeline is deterministic under its seed whatever the
+    parallelism). The same draw as ``tf.image.stateless_random_flip_left_right``'s."""
+    return tf.random.stateless_uniform([], seed, minval=0.0, maxval=1.0) < 0.5
+
+
+def training_image(encoded: tf.Tensor, config: Config, seed: tf.Tensor):
+    """A training pair's image [H, W, 3] and, with ``data.random_flip``, whether it was
+    flipped (a scalar bool; None without the flip): flipped on half the draws of ``seed``.
+    The batch then swaps "left" and "right" in the captions of the flipped rows
+    (``hgan.data.mirror.mirror_where``, in ``_tokenize``), so each caption stays true of
+    its image."""
+    flip = flip_draw(seed) if config.data.random_flip else None
+    return preprocess_image(decode_image(encoded), config, flip=flip), flip
 
 
 # What each backbone's pretrained tf_keras.applications weights were trained on: caffe
@@ -174,8 +191,8 @@ def train_dataset(data_dir: str, config: Config, tokenizer: CaptionTokenizer,
     """Batched training pairs: ``image`` [B,H,W,3], BERT inputs [B,L],
     ``phrase_token_mask`` [B,M,L], ``label`` [B]. Deterministic for a fixed seed.
 
-    ``keep_caption``: batches keep the ``caption`` strings (for
-    ``hgan.training.hgan_token_cache``).
+    ``keep_caption``: batches keep the ``caption`` strings as tokenised, a flipped image's
+    with left and right swapped (for ``hgan.training.hgan_token_cache``).
 
     ``label_by_image``: ``label`` is the image's index (``image_index_table``) instead of
     its identity, every image its own identity (IATV's "w/o ID", Table 2).
@@ -218,10 +235,10 @@ def train_dataset(data_dir: str, config: Config, tokenizer: CaptionTokenizer,
     ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(2)))
 
     def load(pair, flip_seed):
-        image = preprocess_image(decode_image(pair["encoded"]), config, training=True,
-                                 seed=flip_seed)
-        return {"image": image, "label": pair["label"], "caption": pair["caption"],
-                "phrase_spans": pair["phrase_spans"]}
+        image, flipped = training_image(pair["encoded"], config, flip_seed)
+        out = {"image": image, "label": pair["label"], "caption": pair["caption"],
+               "phrase_spans": pair["phrase_spans"]}
+        return out if flipped is None else {**out, FLIPPED: flipped}
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     # P×K: _identity_groups gave whole groups of P·K pairs, so this batch cuts along them.
@@ -272,10 +289,17 @@ def _identity_groups(ds: tf.data.Dataset, p: int, k: int, labels: int) -> tf.dat
     return groups.map(lambda _, window: window)
 
 
+# A training batch's [B] bool: which rows' images were flipped (``training_image``).
+FLIPPED = "flipped"
+
+
 def _tokenize(batch: dict, tokenizer: CaptionTokenizer, keep_text: bool = False) -> dict:
-    """Replaces ``caption`` + ``phrase_spans`` by the tokenizer's outputs."""
+    """Replaces ``caption`` + ``phrase_spans`` by the tokenizer's outputs, the captions of
+    ``FLIPPED`` rows with their left and right swapped first (the kept ``caption`` too)."""
     out = dict(batch)
     spans = out.pop("phrase_spans")
+    if FLIPPED in out:
+        out["caption"], spans = mirror.mirror_where(out.pop(FLIPPED), out["caption"], spans)
     caption = out["caption"] if keep_text else out.pop("caption")
     out.update(tokenizer(caption, spans))
     return out

@@ -13,6 +13,7 @@ import collections
 import os
 from typing import Iterable
 
+from hgan.data import mirror
 from hgan.tf_compat import tf
 
 FILE = "word_vocab.txt"
@@ -30,15 +31,23 @@ def split_words(captions: list[str], lower_case: bool = True) -> list[list[str]]
 
 def build(captions: Iterable[str], min_count: int = 1, lower_case: bool = True,
           batch: int = 4096) -> list[str]:
-    """The vocabulary: ``SPECIALS``, then every word seen at least ``min_count`` times,
-    most frequent first (ties alphabetical), so the file is the same on every run."""
+    """The vocabulary: ``SPECIALS``, then every word seen at least ``min_count`` times and
+    the mirror image of each such "left" / "right" word (``hgan.data.mirror``), most
+    frequent first (ties alphabetical), so the file is the same on every run."""
     counts: collections.Counter = collections.Counter()
     captions = list(captions)
     for a in range(0, len(captions), batch):
         for words in split_words(captions[a:a + batch], lower_case):
             counts.update(words)
-    words = sorted((w for w, c in counts.items() if c >= min_count and w not in SPECIALS),
-                   key=lambda w: (-counts[w], w))
+    kept = {w for w, c in counts.items() if c >= min_count and w not in SPECIALS}
+    # A flipped training image has its caption's left and right swapped (hgan.data.mirror):
+    # a side word's mirror image is kept with it, ranked as if seen as often.
+    for word in sorted(kept):
+        partner = mirror.mirror_word(word)
+        if partner is not None and partner not in kept:
+            kept.add(partner)
+            counts[partner] = counts[word]
+    words = sorted(kept, key=lambda w: (-counts[w], w))
     return list(SPECIALS) + words
 
 

@@ -28,6 +28,9 @@ TOP = 10
 THUMB_HEIGHT = 64
 MODES = ("exact", "stage1", "two_stage", "full_gallery")
 COLUMNS = ("R1", "R5", "R10", "mAP", "mINP", "AP@50", "class_AP@50", "class_R1")
+# CUB / Flowers: the papers' AP@50 is the class queries' (``class_AP@50``); ``AP@50`` is one
+# query per sentence.
+HEADINGS = {"AP@50": "AP@50 per sentence", "class_AP@50": "AP@50 class queries"}
 
 _STYLE = """
 body { font: 14px/1.4 sans-serif; margin: 24px auto; max-width: 1180px; color: #222; }
@@ -93,7 +96,8 @@ def _metrics(report: dict) -> str:
     present |= {c for figures in paper.values() for c in figures}
     columns = [c for c in COLUMNS if c in present]
     rows = ["<table id='metrics'><tr><th>mode</th><th>direction</th>" +
-            "".join(f"<th>{_e(c)}</th>" for c in columns) + "<th>time (s)</th></tr>"]
+            "".join(f"<th>{_e(HEADINGS.get(c, c))}</th>" for c in columns) +
+            "<th>time (s)</th></tr>"]
     for mode in modes:
         seconds = report.get("timing", {}).get(f"{mode}_s")
         for direction in ("t2i", "i2t"):

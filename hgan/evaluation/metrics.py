@@ -84,19 +84,31 @@ def ap_at_k(similarity, query_classes, gallery_classes, k: int = 50) -> float:
                                   for c in np.unique(query_classes)]))
 
 
-def class_ap_at_k(text_image_scores, text_classes, image_classes, k: int = 50) -> float:
-    """Text-to-image AP@k with one query per class ("given a query textual class", IATV
-    §4.1; Reed et al. 2016), in percent: a class's query scores each image by the mean of
-    its sentences' scores (for cosine scores, the same ranking as the mean of the l2-
-    normalised sentence embeddings), and its AP@k is the fraction of its top-k images of
-    that class; the mean over classes. Needs scores on one scale across a row (stage 1,
-    exact mode), not two-stage rows."""
+def class_queries(text_image_scores, text_classes) -> tuple[np.ndarray, np.ndarray]:
+    """(classes [C], scores [C, Ni]): one text query per class ("given a query textual
+    class", IATV §4.1; Reed et al. 2016) that scores each image by the mean of its
+    sentences' scores (for cosine scores, the same ranking as the mean of the l2-normalised
+    sentence embeddings). Needs scores on one scale across a row (stage 1, exact mode)."""
     scores = np.asarray(text_image_scores, np.float64)
-    text_classes, image_classes = np.asarray(text_classes), np.asarray(image_classes)
+    text_classes = np.asarray(text_classes)
     classes = np.unique(text_classes)
-    fused = np.stack([scores[text_classes == c].mean(axis=0) for c in classes])  # [C, Ni]
-    relevant = _ranked_relevance(fused, classes, image_classes)[:, :k]
+    return classes, np.stack([scores[text_classes == c].mean(axis=0) for c in classes])
+
+
+def class_query_ap_at_k(class_scores, classes, image_classes, k: int = 50) -> float:
+    """AP@k of class queries (``class_queries``, or a two-stage ranking of them) [C, Ni],
+    in percent: each class's fraction of its top-k images of that class, the mean over
+    classes (IATV §4.1: "the average matching percentage of all 50 test classes")."""
+    relevant = _ranked_relevance(class_scores, classes, np.asarray(image_classes))[:, :k]
     return 100.0 * float(relevant.mean(axis=1).mean())
+
+
+def class_ap_at_k(text_image_scores, text_classes, image_classes, k: int = 50) -> float:
+    """Text-to-image AP@k with one query per class (``class_queries``), in percent: the
+    papers' AP@50 on CUB / Flowers (IATV §4.1, HGAN §4), where ``ap_at_k`` is one query per
+    sentence."""
+    classes, fused = class_queries(text_image_scores, text_classes)
+    return class_query_ap_at_k(fused, classes, image_classes, k)
 
 
 # AP@50 reads each query's top 50: a two-stage ranking re-scores at least that many, or its
@@ -132,10 +144,10 @@ CLASS_LEVEL_DATASETS = ("cub", "flowers")
 def both_directions(t2i, i2t, text_labels, image_labels, ap50: bool = False,
                     class_r1: bool = False) -> dict:
     """{"t2i", "i2t"} retrieval metrics of a [Nt, Ni] and a [Ni, Nt] score matrix; with
-    ``ap50`` text-to-image AP@50 (one query per sentence, averaged per class); with
-    ``class_r1`` (scores on one scale: stage 1 / exact) also the class-level query's
-    ``class_AP@50`` and image-to-text class Rank-1 (both average raw scores over a class's
-    sentences)."""
+    ``ap50`` text-to-image ``AP@50`` (one query per sentence, averaged per class); with
+    ``class_r1`` (scores on one scale: stage 1 / exact) also ``class_AP@50`` (one query per
+    class: the papers' AP@50) and image-to-text class Rank-1 (both average raw scores over
+    a class's sentences)."""
     out = {"t2i": retrieval_metrics(t2i, text_labels, image_labels),
            "i2t": retrieval_metrics(i2t, image_labels, text_labels)}
     if ap50:

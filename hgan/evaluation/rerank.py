@@ -1,9 +1,9 @@
 """Two-stage retrieval, shared by both families and by search: a stage-1 score ranks the
 whole gallery, a heavier scorer re-scores each query's top k, and every other item keeps
 its stage-1 order behind them (IATV §4.4: "stage-1 network chooses only 20 most closest
-images of each query text for stage 2"). HGAN scores every pair (§4); its two-stage mode
-is this project's faster search path (the sentence level's cosine, then the word and phrase
-heads), reported beside the exact figures.
+images of each query text for stage 2"). HGAN scores every pair (it describes no
+screening); its two-stage mode is this project's faster search path (the sentence level's
+cosine, then the word and phrase heads), reported beside the exact figures.
 
 * ``top_k_ordered`` / ``top_k_unordered``: each row's k best columns, best first / in any
   order (the cheaper one, when the caller re-scores them anyway);

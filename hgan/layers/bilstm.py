@@ -1,5 +1,6 @@
-"""The sentence-level bi-LSTM of HGAN (§3.2, §4: "bi-LSTM 512"), with its input projection
-hoisted out of the recurrence and a hand-written backward pass."""
+"""The sentence-level bi-LSTM of HGAN (§3.2; §4: "the embedding size of Bi-LSTM is set to
+512"), with its input projection hoisted out of the recurrence and a hand-written backward
+pass."""
 from __future__ import annotations
 
 from hgan.tf_compat import keras, tf

@@ -8,6 +8,11 @@ dropout to differ. Recomputing them was most of a demo step (about 400 of 700 ms
 and keeps the result in memory; the training step gathers a batch's rows by caption and
 feeds ``text_head`` directly. Only when the whole cache fits ``config.train.token_cache_gib``
 (CUHK-PEDES' 68k captions × 64 tokens × 3072 floats would not).
+
+With ``data.random_flip`` a flipped pair's caption has its left and right swapped before it
+reaches BERT, and a frozen BERT's contextual embeddings of the swapped caption are not a
+rearrangement of the original's: the cache also holds, under its own text, every caption
+that the swap changes, so a flipped pair finds its swapped caption's embeddings.
 """
 from __future__ import annotations
 
@@ -15,8 +20,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from hgan.data import pipeline
-from hgan.data import records
+from hgan.data import mirror, pipeline, records
 from hgan.config import Config
 from hgan.tf_compat import tf
 from hgan.modeling.hgan.text import BERT_INPUTS
@@ -55,6 +59,9 @@ def build(model, data_dir: str, config: Config, tokenizer, split: str = "train",
     width = int(embedder.output.shape[-1])
     captions = sorted({c for e in tf.data.TFRecordDataset(pipeline.split_files(data_dir, split))
                        for c in records.parse_example(e)["captions"].numpy()})
+    originals = len(captions)
+    if config.data.random_flip:
+        captions = sorted(set(captions) | set(mirrored_forms(captions)))
     need = cache_bytes(len(captions), config, width)
     if need > config.train.token_cache_gib * 2 ** 30:
         log(f"token cache off: {len(captions)} captions would take {need / 2 ** 30:.1f} GiB "
@@ -65,6 +72,19 @@ def build(model, data_dir: str, config: Config, tokenizer, split: str = "train",
     for a in range(0, len(captions), batch_size):
         inputs = tokenizer(tf.constant(captions[a:a + batch_size]))
         values[a:a + batch_size] = embed({k: inputs[k] for k in BERT_INPUTS}).numpy()
-    log(f"token cache: {len(captions)} {split} captions, {need / 2 ** 20:.0f} MiB "
-        "(frozen BERT computed once)")
+    extra = len(captions) - originals
+    log(f"token cache: {originals} {split} captions"
+        + (f" + {extra} with left and right swapped (random_flip)" if extra else "")
+        + f", {need / 2 ** 20:.0f} MiB (frozen BERT computed once)")
     return TokenCache(captions, values)
+
+
+def mirrored_forms(captions: list, batch_size: int = 1024) -> list:
+    """The captions that a flip changes, as the flipped pipeline feeds them
+    (``hgan.data.mirror``): the captions with "left" or "right" in them, swapped."""
+    out = []
+    for a in range(0, len(captions), batch_size):
+        part = captions[a:a + batch_size]
+        swapped = mirror.mirror_captions(tf.constant(part))[0].numpy()
+        out += [m for c, m in zip(part, swapped) if m != c]
+    return out

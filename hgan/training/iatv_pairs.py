@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from hgan.config import Config
-from hgan.data import pipeline, records
+from hgan.data import mirror, pipeline, records
 from hgan.evaluation import rerank
 from hgan.evaluation.metrics import unit_rows
 from hgan.tf_compat import tf
@@ -145,9 +145,10 @@ def pair_dataset(encoded, captions, text_index, image_index, match, config: Conf
                  tokenizer, seed: int, text_labels=None, image_labels=None) -> tf.data.Dataset:
     """Batches of stage-2 pairs (``sample_pairs`` with ``model.positive_share`` and
     ``model.random_negative_share``; shuffled and repeated): ``image`` [B, H, W, 3]
-    (augmented as in stage 1), the tokenizer's outputs [B, L] and ``match`` [B] (1 = same
-    identity). ``text_labels`` / ``image_labels``: identities of all ``captions`` /
-    ``encoded`` images (needed for random negatives). Deterministic for a seed."""
+    (flipped as in stage 1, the caption's left and right swapped with it), the tokenizer's
+    outputs [B, L] and ``match`` [B] (1 = same identity). ``text_labels`` /
+    ``image_labels``: identities of all ``captions`` / ``encoded`` images (needed for random
+    negatives). Deterministic for a seed."""
     share = config.model.random_negative_share
     if share > 0 and (text_labels is None or image_labels is None):
         raise ValueError("model.random_negative_share > 0 needs text_labels and image_labels")
@@ -166,13 +167,16 @@ def pair_dataset(encoded, captions, text_index, image_index, match, config: Conf
 
     def load(pair, flip_seed):
         image_bytes, caption, label = pair
-        image = pipeline.preprocess_image(pipeline.decode_image(image_bytes), config, training=True,
-                                      seed=flip_seed)
-        return {"image": image, "caption": caption, "match": label}
+        image, flipped = pipeline.training_image(image_bytes, config, flip_seed)
+        out = {"image": image, "caption": caption, "match": label}
+        return out if flipped is None else {**out, pipeline.FLIPPED: flipped}
 
     def tokenize(batch):
-        out = {k: v for k, v in batch.items() if k != "caption"}
-        out.update(tokenizer(batch["caption"]))
+        out = {k: v for k, v in batch.items() if k not in ("caption", pipeline.FLIPPED)}
+        caption = batch["caption"]
+        if pipeline.FLIPPED in batch:  # the flipped images' captions, left and right swapped
+            caption = mirror.mirror_where(batch[pipeline.FLIPPED], caption)[0]
+        out.update(tokenizer(caption))
         return out
 
     ds = (ds.map(load, num_parallel_calls=pipeline.AUTOTUNE, deterministic=True)

@@ -20,7 +20,9 @@ resume gives the same pairs.
 
 Model selection: stage 1 is taken at its last step (its weights are what mining and stage 2
 start from); during stage 1 val stage-1 metrics are only logged; during stage 2 the val
-**two-stage** text-to-image R1 selects.
+text-to-image R1 of the ranking the model reports selects: **two-stage**, or for Table 2's
+"w/o stage-1" (``stage1_init=false``) **full-gallery** (stage 2 scores every val pair, as
+its test figure does).
 """
 from __future__ import annotations
 
@@ -279,7 +281,7 @@ class IATVTask(Task):
         return {phase: terms}
 
     def validate(self, phase: str) -> dict:
-        modes = ("stage1",) if phase == "stage1" else ("stage1", "two_stage")
+        modes = ("stage1",) if phase == "stage1" else ("stage1", self.reported_mode)
         report = iatv_scoring.evaluate(self.model, self.data_dir, self.config, self.val_split,
                                        modes=modes)
         out = {}
@@ -288,13 +290,18 @@ class IATVTask(Task):
                         for k in ("R1", "R5", "R10", "mAP")})
         return out
 
+    @property
+    def reported_mode(self) -> str:
+        """The ranking the model's figures are read from, which selects its checkpoint:
+        ``iatv_scoring.reported_mode``."""
+        return iatv_scoring.reported_mode(self.config)
+
     def selection(self, phase: str) -> Optional[str]:
-        return None if phase == "stage1" else "two_stage_R1"
+        return None if phase == "stage1" else f"{self.reported_mode}_R1"
 
     def best_metrics(self, metrics: dict) -> dict:
-        """The two-stage metrics as ``R1``... (the final ranking) and stage 1's as
-        ``stage1_R1``..."""
-        out = {k[len("two_stage_"):]: v for k, v in metrics.items()
-               if k.startswith("two_stage_")}
+        """The reported ranking's metrics as ``R1``... and stage 1's as ``stage1_R1``..."""
+        prefix = f"{self.reported_mode}_"
+        out = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
         out.update({k: v for k, v in metrics.items() if k.startswith("stage1_")})
         return out

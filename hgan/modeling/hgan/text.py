@@ -98,7 +98,7 @@ class WordPooling(keras.layers.Layer):
 
 
 def _self_attention(config: Config, name: str) -> keras.layers.Layer:
-    """The "one transformer layer" of §3.2 [29] over words or phrases."""
+    """The "one transform layer" (self-attention [29]) of §3.2 over words or phrases."""
     return nlp_layers.TransformerEncoderBlock(
         num_attention_heads=config.model.attention_heads, inner_dim=2 * config.model.local_dim,
         inner_activation="gelu", output_dropout=config.model.dropout,

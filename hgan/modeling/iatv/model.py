@@ -1,6 +1,6 @@
 """The whole trained IATV model: stage 1, and stage 2's CNN and co-attention matcher.
 
-Stage 2 is its own network "initialised from stage 1" (§3.2): ``stage2_cnn`` is a copy of
+Stage 2 is its own network, stage 1 its "initial point" (§3.2): ``stage2_cnn`` is a copy of
 stage 1's CNN up to the region features (VGG-16 "pool5", §4.2), and the matcher's word
 embedding and word-LSTM start from stage 1's. Stage 2's joint phase fine-tunes its CNN copy
 while stage 1 keeps the weights it was trained with, so stage 1 still screens candidates
