@@ -268,11 +268,7 @@ def test_shards_on_one_quantizer_merge_their_ivfs_with_faiss_merge_from(monkeypa
     for i in (1, 2):
         searcher.build_index(model, shards[i], images=str(folder), shard=f"{i}/3",
                            quantizer=trained, log=lambda *_: None)
-    lines = []
-    merged = str(tmp_path / "all")
-    searcher.merge_index(merged, shards, ann_threshold=1, log=lines.append)
-    assert any("merge_from" in ln for ln in lines), lines
-    ivf = ann.load(os.path.join(merged, searcher.ANN_FILE), mmap=False)
+    merged, ivf = _merged_by_merge_from(shards, str(tmp_path / "all"))
     assert ivf.ntotal == 9
     # The merged IVF keeps the size its quantizer was trained at (shard 0's 3 images), so a
     # later extension re-trains on the right growth.
@@ -315,7 +311,8 @@ def test_a_quantizer_trained_on_a_sample_lets_every_shard_start_at_once(monkeypa
     calls = served_model.signatures["encode_image"].calls
     assert [len(c["images"]) for c in calls] == [4, 2]  # the sample only, nothing else
     with open(quantizer + ".json") as f:
-        assert json.load(f) == {"trained_on": 9, "nlist": 2, "vectors": 0}  # sized for the whole folder, empty
+        # Sized for the whole folder, and empty.
+        assert json.load(f) == {"trained_on": 9, "nlist": 2, "vectors": 0}
     trained = ann.load(quantizer, mmap=False)
     assert trained.is_trained and trained.ntotal == 0
     # Every shard starts at once on it (here the last first), and merge joins their IVFs.
@@ -323,11 +320,7 @@ def test_a_quantizer_trained_on_a_sample_lets_every_shard_start_at_once(monkeypa
     for i in (2, 1, 0):
         searcher.build_index(model, shards[i], images=str(folder), shard=f"{i}/3",
                              quantizer=quantizer, log=lambda *_: None)
-    lines = []
-    merged = str(tmp_path / "all")
-    searcher.merge_index(merged, shards, ann_threshold=1, log=lines.append)
-    assert any("merge_from" in ln for ln in lines), lines
-    ivf = ann.load(os.path.join(merged, searcher.ANN_FILE), mmap=False)
+    merged, ivf = _merged_by_merge_from(shards, str(tmp_path / "all"))
     assert ivf.ntotal == 9
     np.testing.assert_array_equal(ivf.quantizer.reconstruct_n(0, 2),
                                   trained.quantizer.reconstruct_n(0, 2))
@@ -606,3 +599,12 @@ def test_cli_usage_errors():
         "quantizer needs --savedmodel and --quantizer (the file to write)",
         "quantizer needs exactly one of --images or --data_dir",
     ]
+
+
+def _merged_by_merge_from(shards, merged):
+    """``merge_index`` of ``shards`` into ``merged``, which must join the shards' IVFs by
+    FAISS's merge_from → (merged, its IVF)."""
+    lines = []
+    searcher.merge_index(merged, shards, ann_threshold=1, log=lines.append)
+    assert any("merge_from" in ln for ln in lines), lines
+    return merged, ann.load(os.path.join(merged, searcher.ANN_FILE), mmap=False)
