@@ -79,6 +79,8 @@ def data_and_export(root: str, flag_values=flags.FLAGS) -> None:
     """``--small`` of the serving benches: a 10-identity demo set and a random-initialised
     tiny export in ``root``, for whichever of ``--data_dir`` / ``--savedmodel`` the command
     line left unset."""
+    if flag_values.data_dir is not None and flag_values.savedmodel is not None:
+        return
     raw, data_dir, _ = demo_data(os.path.join(root, "data"), identities=10)
     if flag_values.data_dir is None:
         flag_values.data_dir = data_dir

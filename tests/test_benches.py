@@ -1,5 +1,8 @@
 """Every bench runs to its end at its small size (``--small``): one subprocess per bench,
-from the repository root, as ``python bench/NAME.py --small``. Each test reads the bench's
+from the repository root, as ``python bench/NAME.py --small``. ``search_latency`` is given
+the test run's trained tiny export and data (``--savedmodel`` / ``--data_dir``, the flags
+its full size takes) instead of making its own; ``service_load`` makes its own, so
+``bench/_small.py``'s demo set and random export stay run. Each test reads the bench's
 last figure (and the figures the bench promises to print) from its output, so a bench that
 crashes, stops early or stops printing what it measures fails here; the figures'
 values at these sizes mean nothing and are not checked."""
@@ -81,12 +84,18 @@ EXPECTED = {
 
 # Extra flags of a bench's small run.
 EXTRA = {"demo_step": ["--onednn=on"]}
+# Benches that read the test run's trained tiny export and data instead of making their own.
+SERVING = ("search_latency",)
 
 
 @pytest.mark.parametrize("bench", sorted(EXPECTED))
-def test_bench_runs_to_its_end_at_small_size(bench):
+def test_bench_runs_to_its_end_at_small_size(bench, request):
+    extra = list(EXTRA.get(bench, []))
+    if bench in SERVING:
+        extra += [f"--savedmodel={request.getfixturevalue('hgan_export')}",
+                  f"--data_dir={request.getfixturevalue('tiny_data')}"]
     proc = subprocess.run([sys.executable, os.path.join("bench", f"{bench}.py"), "--small",
-                           *EXTRA.get(bench, [])],
+                           *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert proc.returncode == 0, f"bench/{bench}.py --small exited {proc.returncode}:\n" \
