@@ -49,6 +49,12 @@ EXPECTED = {
         rf"nprobe   8: recall@10 {NUMBER}, one query {MS}",
         rf"float16 vs float32 top-10 overlap over 5,000: {NUMBER}",
     ],
+    "gallery_verify": [
+        rf"a 1 M-image gallery \({NUMBER} GB\): verify {NUMBER} s from disk, {NUMBER} s from "
+        r"the page cache",
+        rf"CRC-32 of appended bytes \(the writer's added work, in memory\): {NUMBER} MB/s",
+        rf"verify, files in the page cache: {NUMBER} MB in {NUMBER} s = {NUMBER} MB/s \(clean\)",
+    ],
     "mixed_precision": [
         rf"1 seeds: float32 finished 1, mixed_float16 finished 1; mean \|val t2i R1 "
         rf"difference\| {NUMBER} points over 1 seeds",
