@@ -56,8 +56,8 @@ def define_flags():
 
 def main(argv):
     if len(argv) < 2 or argv[1] not in ("index", "merge", "query", "quantizer", "verify"):
-        raise app.UsageError("usage: hgan-search index|merge|query|quantizer|verify ... "
-                             "(see --help)")
+        raise app.UsageError("usage: hgan-search index|merge|query|quantizer|verify ... (see "
+                             "--help)")
     if argv[1] == "quantizer":
         return _quantizer(argv)
     if not FLAGS.index:
