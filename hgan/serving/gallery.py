@@ -424,8 +424,8 @@ def merge(output: str, shards: Iterable[str], chunk: int = 65536) -> Gallery:
     for s in shards:  # the merged gallery's checksums must not bless damaged bytes
         verdict = s.verify()
         if not verdict.ok:
-            raise GalleryDamaged(f"{s.path}: {verdict.mismatches[0]}: "
-                                 f"{_repair_hint(s.path)}")
+            raise GalleryDamaged(f"{s.path}: {verdict.mismatches[0]}: copy that shard again, "
+                                 "or index its images into an empty folder")
     out = Gallery.create(output, first.manifest["model"], first.features,
                          first.manifest["dtype"], first.manifest.get("source"))
     seen: set = set()
