@@ -37,8 +37,10 @@ FLOPs at ``--peak_tflops`` × ``--utilisation``, or the bytes moved at ``--hbm_g
 whichever is longer.
 
 The defaults: A100 40 GB SXM, 312 TFLOP/s dense float16 on its tensor cores, 1,555 GB/s of
-HBM2; a utilisation of 20 %, what NVIDIA's published mixed-precision ResNet-50 training
-throughput on one A100 (about 2,500 images/s at 224×224, 3 × 8.2 GFLOPs an image) comes to.
+HBM2; a utilisation of 20 %, about what NVIDIA's published TensorFlow ResNet-50 v1.5
+training throughput on one A100 40GB comes to (DeepLearningExamples, mixed precision + XLA,
+batch 256: 2,375 images/s × 3 × 8.2 GFLOPs at 224×224 = 58 TFLOP/s, 19 %). That run had
+XLA and 8× this batch, so the estimate is more likely optimistic than not.
 
 ``--small`` (tests/test_benches.py): the ``tiny`` preset's shapes; every line of the full
 run, at sizes that say nothing.
