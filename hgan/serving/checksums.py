@@ -31,8 +31,8 @@ from typing import Callable, Sequence
 
 ALGORITHM = "crc32"
 # Rows per chunk: a changed byte is located to within this many rows; gallery.json, written
-# whole at every commit, holds two numbers per chunk and file (1 M images, three files:
-# ~730 chunks, ~15 kB); a writer that cuts a gallery back reads one chunk per file again.
+# whole at every commit, holds two numbers per chunk and file (1 M images, four files:
+# ~980 chunks, ~20 kB); a writer that cuts a gallery back reads one chunk per file again.
 CHUNK_ROWS = 4096
 
 
