@@ -18,7 +18,7 @@ pytest.importorskip("apache_beam")
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
 
 from hgan.data import records  # noqa: E402
-from hgan.serving import ann, beam_index, gallery, searcher  # noqa: E402
+from hgan.serving import ann, beam_index, checksums, gallery, searcher  # noqa: E402
 from hgan.tf_compat import tf  # noqa: E402
 from tests_support import ROOT  # noqa: E402
 
@@ -143,7 +143,9 @@ def test_the_workers_fill_a_quantizer_trained_before_any_shard(hgan_export, tiny
     np.testing.assert_array_equal(ivf.quantizer.reconstruct_n(0, 2),
                                   q.quantizer.reconstruct_n(0, 2))
     with open(os.path.join(out, searcher.ANN_FILE + ".json")) as f:
-        assert json.load(f) == {"trained_on": 24, "nlist": 2, "vectors": 24}
+        meta = json.load(f)
+    assert meta == {"trained_on": 24, "nlist": 2, "vectors": 24, "crc32": meta["crc32"]}
+    assert meta["crc32"] == checksums.file_crc(os.path.join(out, searcher.ANN_FILE))
     # Every id is its image's gallery row, as index --quantizer makes it.
     by_index = str(tmp_path / "index")
     searcher.build_index(hgan_export, by_index, images=folder, quantizer=quantizer,

@@ -52,6 +52,21 @@ EXPECTED = {
         rf"nprobe   8: recall@10 {NUMBER}, one query {MS}",
         rf"float16 vs float32 top-10 overlap over 5,000: {NUMBER}",
     ],
+    "gallery_verify": [
+        rf"a 1 M-image gallery \({NUMBER} GB\): verify {NUMBER} s from disk, {NUMBER} s from "
+        r"the page cache",
+        rf"CRC-32 of appended bytes \(the writer's added work, in memory\): {NUMBER} MB/s",
+        rf"verify, files in the page cache: {NUMBER} MB in {NUMBER} s = {NUMBER} MB/s \(clean\)",
+    ],
+    "gpu_estimate": [
+        r"  TF_FORCE_GPU_ALLOW_GROWTH=true hgan-train --config=paper .*"
+        r"--set=train.mixed_precision=true .*nvidia-smi --query-gpu=memory.used .*",
+        r"ESTIMATE \(not measured\): the tiny preset's HGAN, batch 4",
+        rf"training step: {NUMBER} TFLOPs \(3 x the trained forward \+ the BERT forward\)",
+        rf"memory: .* = {NUMBER} GB of the A100 40GB SXM's 40 GB",
+        rf"step time on one A100 40GB SXM .*: compute {NUMBER} ms, memory traffic {NUMBER} "
+        rf"ms -> about {NUMBER} ms a step",
+    ],
     "mixed_precision": [
         rf"1 seeds: float32 finished 1, mixed_float16 finished 1; mean \|val t2i R1 "
         rf"difference\| {NUMBER} points over 1 seeds",

@@ -293,3 +293,26 @@ def test_the_command_exits_0_on_a_whole_copy_1_on_a_broken_one_and_writes_nothin
     assert result.returncode == 1
     assert "cannot be imported as --dataset=demo: no annotation file" in result.stderr
     assert not out.exists()
+
+
+# The console script's work in a process of its own: its verdict, its exit status and
+# whether anything imported TensorFlow (the check reads JSON and image headers only).
+_CHECK_WITHOUT_TF = """
+import sys
+sys.argv = ["hgan-prep", "check", "--dataset=demo", "--data_dir=" + sys.argv[1]]
+from data_prep.__main__ import run
+try:
+    run()
+except SystemExit as e:
+    status = e.code
+print("exit", status, "tensorflow" in sys.modules, "tensorflow_text" in sys.modules)
+"""
+
+
+@pytest.mark.slow
+def test_the_check_imports_no_tensorflow(tmp_path):
+    make_pedes(tmp_path, layout="demo")
+    result = subprocess.run([sys.executable, "-c", _CHECK_WITHOUT_TF, str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "can be imported whole" in result.stdout, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "exit 0 False False", result.stdout

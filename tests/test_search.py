@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from hgan.serving import ann, gallery, searcher, snapshot
+from hgan.serving import ann, checksums, gallery, searcher, snapshot
 from search_standin import Signature, fake_savedmodel, logits, served
 from tests_support import ROOT
 
@@ -311,8 +311,10 @@ def test_a_quantizer_trained_on_a_sample_lets_every_shard_start_at_once(monkeypa
     calls = served_model.signatures["encode_image"].calls
     assert [len(c["images"]) for c in calls] == [4, 2]  # the sample only, nothing else
     with open(quantizer + ".json") as f:
-        # Sized for the whole folder, and empty.
-        assert json.load(f) == {"trained_on": 9, "nlist": 2, "vectors": 0}
+        meta = json.load(f)
+    # Sized for the whole folder, and empty; the CRC-32 is the file's (hgan-search verify).
+    assert meta == {"trained_on": 9, "nlist": 2, "vectors": 0, "crc32": meta["crc32"]}
+    assert meta["crc32"] == checksums.file_crc(quantizer)
     trained = ann.load(quantizer, mmap=False)
     assert trained.is_trained and trained.ntotal == 0
     # Every shard starts at once on it (here the last first), and merge joins their IVFs.
@@ -578,6 +580,7 @@ def test_cli_usage_errors():
              ["query", "--index=i", "red coat"],
              ["merge", "--index=i"],
              ["query", "--savedmodel=m", "red coat"],
+             ["verify"],
              ["quantizer", "--savedmodel=m", "--images=f"],
              ["quantizer", "--savedmodel=m", "--quantizer=q.faiss"]]
     proc = subprocess.run([sys.executable, "-c", _CLI, json.dumps(cases)], cwd=ROOT,
@@ -587,8 +590,8 @@ def test_cli_usage_errors():
     assert line, proc.stderr[-3000:]
     messages = json.loads(line[0][len("RESULT"):])
     assert messages == [
-        "usage: hgan-search index|merge|query|quantizer ... (see --help)",
-        "usage: hgan-search index|merge|query|quantizer ... (see --help)",
+        "usage: hgan-search index|merge|query|quantizer|verify ... (see --help)",
+        "usage: hgan-search index|merge|query|quantizer|verify ... (see --help)",
         "index needs exactly one of --images or --data_dir",
         "index needs exactly one of --images or --data_dir",
         'query takes one quoted sentence: query "a man in a red coat"',
@@ -596,6 +599,7 @@ def test_cli_usage_errors():
         "query needs --savedmodel",
         "merge takes the shard gallery dirs: merge --index=OUT S1 S2",
         "query needs --index",
+        "verify needs --index",
         "quantizer needs --savedmodel and --quantizer (the file to write)",
         "quantizer needs exactly one of --images or --data_dir",
     ]

@@ -9,9 +9,14 @@ gallery holds and how a query is scored: ``hgan.serving.searcher``).
       [--sample=N] [--nlist=K]
   hgan-search query --savedmodel=DIR --index=GALLERY_DIR "a woman in a red coat" \
       [--top_k=10] [--rerank_k=K] [--json]
+  hgan-search verify --index=GALLERY_DIR
 
 ``quantizer`` trains an IVF quantizer on a sample of the images before any shard is
 encoded, so that every ``index --shard=i/N --quantizer=OUT.faiss`` starts at once.
+
+``verify`` reads every file of the gallery again against the checksums its writer recorded
+(``hgan.serving.checksums``) and names the file and rows of each chunk whose bytes
+changed; exit status 1 when any did. It needs no model and reads the whole gallery once.
 """
 from __future__ import annotations
 
@@ -50,12 +55,15 @@ def define_flags():
 
 
 def main(argv):
-    if len(argv) < 2 or argv[1] not in ("index", "merge", "query", "quantizer"):
-        raise app.UsageError("usage: hgan-search index|merge|query|quantizer ... (see --help)")
+    if len(argv) < 2 or argv[1] not in ("index", "merge", "query", "quantizer", "verify"):
+        raise app.UsageError("usage: hgan-search index|merge|query|quantizer|verify ... (see "
+                             "--help)")
     if argv[1] == "quantizer":
         return _quantizer(argv)
     if not FLAGS.index:
         raise app.UsageError(f"{argv[1]} needs --index")
+    if argv[1] == "verify":
+        return _verify(FLAGS.index)
     from hgan.serving.searcher import build_index, merge_index, query
     if argv[1] == "merge":
         if len(argv) < 3:
@@ -94,6 +102,46 @@ def _quantizer(argv):
                     FLAGS.split, sample=FLAGS.sample, nlist=FLAGS.nlist,
                     batch_size=FLAGS.batch_size)
     return 0
+
+
+def _verify(path: str) -> int:
+    import os
+    from hgan.serving import checksums, gallery
+    store = gallery.Gallery.open(path)
+    verdict = store.verify()
+    if not verdict.recorded:
+        print(f"{path}: no checksums recorded (written without them); a writer records them: "
+              f"re-run hgan-search index --index={path} with its --savedmodel and images")
+        return 0
+    seen = (f"{len(store)} rows, {verdict.files} files, {verdict.checked_bytes / 1e6:.1f} MB "
+            f"in {verdict.seconds:.2f} s ({verdict.mb_per_s:.0f} MB/s)")
+    if verdict.ok:
+        print(f"{path} verified: {seen}; no byte differs from what was written")
+    else:
+        print(f"{path}: {len(verdict.mismatches)} chunk(s) differ from what was written "
+              f"({seen}):")
+        for m in verdict.mismatches:
+            print(f"  {m}")
+        print("the rows named cannot be trusted: copy the gallery again from a good copy, or "
+              "index its images into an empty folder (hgan-search index)")
+    ivf = os.path.join(path, gallery.ANN_FILE)
+    try:
+        with open(ivf + ".json") as f:
+            recorded = json.load(f).get("crc32")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if not os.path.exists(ivf):
+        return 0 if verdict.ok else 1
+    if recorded is None:
+        print(f"{ivf}: no checksum recorded beside it (ann.faiss.json); not checked")
+    elif checksums.file_crc(ivf) != recorded:
+        print(f"{ivf} differs from what was written (CRC-32 against ann.faiss.json; or a run "
+              f"was killed between the two): the next hgan-search index --index={path} "
+              "trains it again; deleting it makes stage 1 exact")
+        return 1
+    else:
+        print(f"{ivf} verified")
+    return 0 if verdict.ok else 1
 
 
 def run():

@@ -4,7 +4,8 @@ row-major files that are memory-mapped at query time, so the gallery need not fi
 Layout of a gallery directory::
 
   gallery.json        {"version", "model", "dtype", "count", "features": {name: shape},
-                       "paths_bytes", "source", "created", "updated"}: the committed state
+                       "paths_bytes", "source", "created", "updated", "checksums"}: the
+                       committed state (``checksums``: ``hgan.serving.checksums``)
   paths.jsonl         one JSON string per image (its path), in row order
   feat.<name>.bin     rows of feature <name> (dtype, row-major), in row order
   ann.faiss           the IVF over a prefix of the rows (``hgan.serving.searcher``), if any
@@ -26,12 +27,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import os
 import time
 from typing import Iterable, Optional
 
 import numpy as np
+
+from hgan.serving import checksums
 
 try:
     import fcntl
@@ -156,7 +160,7 @@ class Gallery:
             manifest = {"version": VERSION, "model": model, "dtype": dtype, "count": 0,
                         "features": {k: [int(d) for d in v] for k, v in features.items()},
                         "paths_bytes": 0, "source": source or {}, "created": now,
-                        "updated": now}
+                        "updated": now, "checksums": checksums.empty()}
             for name in manifest["features"]:
                 open(os.path.join(path, _feature_file(name)), "wb").close()
             open(os.path.join(path, PATHS), "wb").close()
@@ -258,17 +262,26 @@ class Gallery:
                 raise ValueError(f"feature {name}: shape {rows.shape}, expected {(n, *shape)}")
         if not n:
             return
+        # The checksums of what is written, committed with the rows (hgan.serving.checksums).
+        sums = json.loads(json.dumps(self.manifest["checksums"]))
         for name in self.features:
             rows = np.ascontiguousarray(np.asarray(features[name]), dtype=self.dtype)
+            data = rows.tobytes()
             with open(os.path.join(self.path, _feature_file(name)), "ab") as f:
-                f.write(rows.tobytes())
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-        lines = "".join(json.dumps(p) + "\n" for p in paths).encode("utf-8")
+            checksums.add(sums, _feature_file(name), data,
+                          range(len(data) // n, len(data) + 1, len(data) // n), len(self))
+        encoded = [(json.dumps(p) + "\n").encode("utf-8") for p in paths]
+        lines = b"".join(encoded)
         with open(os.path.join(self.path, PATHS), "ab") as f:
             f.write(lines)
             f.flush()
             os.fsync(f.fileno())
+        checksums.add(sums, PATHS, lines, list(itertools.accumulate(map(len, encoded))),
+                      len(self))
+        self.manifest["checksums"] = sums
         self.manifest["count"] += n
         self.manifest["paths_bytes"] += len(lines)
         self._commit()
@@ -286,6 +299,12 @@ class Gallery:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, file)
+
+    def verify(self) -> checksums.Verdict:
+        """Every committed chunk of every file read again against its recorded CRC-32
+        (``hgan.serving.checksums``): the verdict names the file and rows of each that
+        differs."""
+        return checksums.verify(self.path, self.manifest.get("checksums"), len(self))
 
     def _row_bytes(self) -> dict:
         """{feature file: bytes per row}."""
@@ -325,6 +344,16 @@ class Gallery:
             paths, ends = _whole_paths(f.read(self.manifest["paths_bytes"]))
         whole[paths_file] = len(paths)
         keep = min(min(whole.values()), len(self))
+        if keep < len(self) or "checksums" not in self.manifest:
+            # The chunks past the rows kept are checksummed again as they are on disk (all
+            # of them for a gallery written without checksums).
+            sums = self.manifest.setdefault("checksums", checksums.empty())
+            for file, size in self._row_bytes().items():
+                checksums.rebuild(sums, self.path, os.path.basename(file), keep,
+                                  lambda r, size=size: (r + 1) * size)
+            checksums.rebuild(sums, self.path, PATHS, keep, lambda r: ends[r])
+            if keep == len(self):
+                self._commit()
         if keep < len(self):
             short = ", ".join(f"{os.path.basename(f)} {n}" for f, n in whole.items()
                               if n < len(self))
@@ -392,6 +421,11 @@ def merge(output: str, shards: Iterable[str], chunk: int = 65536) -> Gallery:
             raise ModelMismatch(f"{s.path} and {first.path} were indexed by different models")
         if s.features != first.features or s.dtype != first.dtype:
             raise ValueError(f"{s.path} and {first.path} hold different features or dtypes")
+    for s in shards:  # the merged gallery's checksums must not bless damaged bytes
+        verdict = s.verify()
+        if not verdict.ok:
+            raise GalleryDamaged(f"{s.path}: {verdict.mismatches[0]}: copy that shard again, "
+                                 "or index its images into an empty folder")
     out = Gallery.create(output, first.manifest["model"], first.features,
                          first.manifest["dtype"], first.manifest.get("source"))
     seen: set = set()

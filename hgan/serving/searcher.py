@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 
 from hgan.data import pipeline, records
-from hgan.serving import ann, gallery, snapshot
+from hgan.serving import ann, checksums, gallery, snapshot
 from hgan.serving.gallery import ANN_FILE
 from hgan.serving.savedmodel import (ENCODE_IMAGE, ENCODE_TEXT, EXPLAIN, GLOBAL, RERANK,
                                      check_contract, export_config)
@@ -315,13 +315,15 @@ def _save_ann(store, index, meta: dict) -> None:
 
 
 def write_ann(path: str, index, meta: dict) -> None:
-    """Writes an IVF and its sidecar (``meta`` + the IVF's ``vectors``) beside, then puts
+    """Writes an IVF and its sidecar (``meta`` + the IVF's ``vectors`` and CRC-32, which
+    ``hgan-search verify`` checks) beside, then puts
     each in place (``os.replace``): a reader has the old file or the new one, never a
     part; a run killed between the two leaves a sidecar whose ``vectors`` is not the
     IVF's, which the next run trains anew."""
     ann.save(index, path + ".tmp")
     with open(path + ".json.tmp", "w") as f:
-        json.dump({**meta, "vectors": int(index.ntotal)}, f)
+        json.dump({**meta, "vectors": int(index.ntotal),
+                   "crc32": checksums.file_crc(path + ".tmp")}, f)
     os.replace(path + ".tmp", path)
     os.replace(path + ".json.tmp", path + ".json")
 
