@@ -13,22 +13,13 @@ import json
 import os
 import shutil
 
-# Each xdist worker takes its share of the cores for TensorFlow's kernels and OpenMP
-# (FAISS), before anything imports them, and the commands it starts inherit it: workers
-# whose pools are each as wide as the machine preempt each other's threads inside every
-# parallel op. TensorFlow's inter-op pool keeps its default (collectives wait on it).
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-if _WORKERS > 1:
-    for _name in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
-        os.environ.setdefault(_name, str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+import numpy as np
+import pytest
+from filelock import FileLock
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from filelock import FileLock  # noqa: E402
-
-from hgan.config import preset  # noqa: E402
-from hgan.data import records  # noqa: E402
-from hgan.tf_compat import tf  # noqa: E402
+from hgan.config import preset
+from hgan.data import records
+from hgan.tf_compat import tf
 
 COLOURS = ["red", "blue", "green", "black", "white", "yellow"]
 GARMENTS = ["shirt", "jacket", "coat"]
