@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests_support import ROOT, run_cli
+from tests_support import ROOT, run_command
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ def test_two_workers_train_iatv_through_both_stages_then_eval_reports_both(
         tiny_data, tiny_vocab, tmp_path):
     """``train.py --family=iatv`` on two workers: stage 1 (CMCE, identity buffers updated
     once per global step), mining, the stage-2 text phase and the joint phase; then
-    ``eval.py`` on the chief's model_dir reports stage 1 and two-stage metrics."""
+    ``hgan-eval`` on the chief's model_dir reports stage 1 and two-stage metrics."""
     model_dir = str(tmp_path / "iatv")
     sets = {"vocab_file": tiny_vocab, "image_height": 32, "image_width": 16,
             "backbone": "small_cnn", "fc_units": 16, "embed_dim": 16,
@@ -81,8 +81,9 @@ def test_two_workers_train_iatv_through_both_stages_then_eval_reports_both(
     assert ckpts == ["ckpt-2.index", "ckpt-3.index", "ckpt-4.index"]
     assert not [d for d in os.listdir(model_dir) if d.endswith("_scratch")]
     report_path = str(tmp_path / "report.json")
-    out = run_cli("eval.py", f"--model_dir={model_dir}", f"--data_dir={tiny_data}",
-                  "--split=test", f"--output_json={report_path}")
+    # eval.py runs hgan-eval's entry point (test_packaging): here, in this process.
+    out = run_command("hgan-eval", f"--model_dir={model_dir}", f"--data_dir={tiny_data}",
+                      "--split=test", f"--output_json={report_path}")
     assert "two_stage" in out
     with open(report_path) as f:
         report = json.load(f)

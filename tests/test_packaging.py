@@ -55,3 +55,17 @@ def test_the_readmes_commands_are_console_scripts_of_the_package():
     for block in blocks:
         for script in re.findall(r"bash (scripts/\S+)", block):
             assert os.path.exists(os.path.join(ROOT, script)), script
+
+
+def test_train_py_and_eval_py_run_the_console_scripts_entry_points():
+    """The design's top-level ``train.py`` / ``eval.py`` are ``hgan-train`` / ``hgan-eval``:
+    each imports that script's entry point and calls it under ``__main__``, nothing else."""
+    import ast
+    for script, name in (("train.py", "hgan-train"), ("eval.py", "hgan-eval")):
+        module, function = SCRIPTS[name].split(":")
+        tree = ast.parse(open(os.path.join(ROOT, script)).read())
+        body = [node for node in tree.body if not (
+            isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
+        assert ast.unparse(body[0]) == f"from {module} import {function}", script
+        assert ast.unparse(body[1]) == f"if __name__ == '__main__':\n    {function}()", script
+        assert len(body) == 2, script
