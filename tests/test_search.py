@@ -163,7 +163,7 @@ def test_index_skips_bad_files_resumes_and_extends(monkeypatch, model, tmp_path)
     g = gallery.Gallery.open(out)
     assert g.paths() == ["1.png", "2.jpg", "4.JPEG", os.path.join("sub", "5.png")]
     np.testing.assert_array_equal(g.array("global")[:, 0], [1, 2, 4, 5])
-    assert g.dtype == np.float16 and g.bytes_per_item() == (2 + 6) * 2
+    assert g.dtype == "float16" and g.bytes_per_item() == (2 + 6) * 2
     calls = served_model.signatures["encode_image"].calls
     # Batches of 2: [1, 2], then [3, 4] fails and is retried one by one, then [5].
     assert [len(c["images"]) for c in calls] == [2, 2, 1, 1, 1]
@@ -312,7 +312,8 @@ def test_a_quantizer_trained_on_a_sample_lets_every_shard_start_at_once(monkeypa
     assert [len(c["images"]) for c in calls] == [4, 2]  # the sample only, nothing else
     with open(quantizer + ".json") as f:
         # Sized for the whole folder, and empty.
-        assert json.load(f) == {"trained_on": 9, "nlist": 2, "vectors": 0}
+        assert json.load(f) == {"trained_on": 9, "nlist": 2, "vectors": 0,
+                                "kind": "flat"}
     trained = ann.load(quantizer, mmap=False)
     assert trained.is_trained and trained.ntotal == 0
     # Every shard starts at once on it (here the last first), and merge joins their IVFs.
