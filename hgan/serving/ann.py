@@ -47,7 +47,8 @@ def kind_for(n: int, dim: int) -> str:
 def kind_of(index) -> str:
     """``pq`` for an IVF-PQ, else ``flat``."""
     faiss = _faiss()
-    return "pq" if isinstance(faiss.extract_index_ivf(index), faiss.IndexIVFPQ) else "flat"
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    return "pq" if isinstance(ivf, faiss.IndexIVFPQ) else "flat"
 
 
 def _faiss():
@@ -132,9 +133,10 @@ def misplaced(index, vectors, samples: int = 16) -> Optional[int]:
     included) whose vector (``vectors[row]``, normalised) the IVF does not hold at id
     ``row``, or None: an IVF-Flat built from ``vectors[:index.ntotal]`` finds each such
     row at cosine 1 under its own id (or, for a duplicate row, at an id whose row is
-    equal); an IVF-PQ, whose scores are approximate, among its best 32."""
+    equal); an IVF-PQ, whose scores are approximate, in the list its vector is assigned
+    to."""
     if kind_of(index) == "pq":
-        return _misplaced_approximate(index, vectors, samples)
+        return _misplaced_by_lists(index, vectors, samples)
     n = int(index.ntotal)
     if not n:
         return None
@@ -157,23 +159,23 @@ def misplaced(index, vectors, samples: int = 16) -> Optional[int]:
     return None
 
 
-def _misplaced_approximate(index, vectors, samples: int, k: int = 32) -> Optional[int]:
+def _misplaced_by_lists(index, vectors, samples: int) -> Optional[int]:
+    """``misplaced`` for an IVF whose scores are approximate (IVF-PQ): the first sampled
+    row whose id is not in the inverted list its vector is assigned to."""
+    faiss = _faiss()
+    ivf = faiss.extract_index_ivf(index)
     n = int(index.ntotal)
     if not n:
         return None
     rows = np.unique(np.linspace(0, n - 1, min(samples, n)).round().astype(np.int64))
     queries = normalise(np.asarray(vectors[rows], np.float32))
-    saved = index.nprobe
-    index.nprobe = min(int(index.nlist), 4)
-    try:
-        _, ids = index.search(queries, k)
-    finally:
-        index.nprobe = saved
-    for row, query, i in zip(rows.tolist(), queries, ids):
-        if not query.any() or row in i:
+    _, lists = ivf.quantizer.search(queries, 1)
+    for row, query, (list_no,) in zip(rows.tolist(), queries, lists.tolist()):
+        if not query.any():
             continue
-        same = [j for j in i if j >= 0 and np.array_equal(vectors[j], vectors[row])]
-        if not same:
+        size = ivf.invlists.list_size(list_no)
+        ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), size) if size else []
+        if row not in np.asarray(ids):
             return row
     return None
 
