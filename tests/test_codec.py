@@ -130,3 +130,40 @@ def test_an_unknown_dtype_a_cut_file_and_a_changed_codebook_are_refused(tmp_path
         gallery.Gallery.open(g.path)
     with pytest.raises(ValueError, match="needs a codebook"):
         gallery.Gallery.create(str(tmp_path / "h"), "m", shapes, "pq")
+
+
+@pytest.mark.slow
+def test_a_gallery_indexed_int8_or_pq_ranks_the_test_captions_as_float32(hgan_export,
+                                                                        tiny_data, tmp_path):
+    # The tiny export over the tiny test split: every test caption's top 10 (the whole
+    # re-ranked gallery) through Searcher, as hgan-search query and the service rank it.
+    from hgan.data import pipeline, records
+    from hgan.serving import searcher
+    from hgan.tf_compat import tf
+    quiet = {"log": lambda *_: None}
+    paths = {}
+    for dtype in ("float32", "int8", "pq"):
+        paths[dtype] = str(tmp_path / dtype)
+        # ann_threshold=0: the IVF too (IVF-PQ for a pq gallery), so both stages run.
+        searcher.build_index(hgan_export, paths[dtype], data_dir=tiny_data, split="test",
+                             dtype=dtype, ann_threshold=0,
+                             ann_kind="pq" if dtype == "pq" else "flat", **quiet)
+    captions = [c.decode() for e in tf.data.TFRecordDataset(
+        pipeline.split_files(tiny_data, "test")).map(records.parse_example)
+        for c in e["captions"].numpy()]
+    tops = {}
+    for dtype, path in paths.items():
+        s = searcher.Searcher(hgan_export, path)
+        assert s.store.dtype == dtype and s.stage1.index is not None
+        tops[dtype] = [[r["row"] for r in s.query(c, top_k=10, rerank_k=10)]
+                       for c in captions]
+    assert gallery.Gallery.open(paths["pq"]).codebooks.keys() == {"word", "phrase"}
+    assert searcher.Searcher(hgan_export, paths["pq"]).stage1.refine == 4
+    # Every caption's best image is float32's; the whole order is for 10 of the 12
+    # captions (the other two swap two images whose fused scores lie 0.005 apart, where
+    # int8's per-row step moves a Gumbel top-k selection). The pq codebooks of a 6-image
+    # gallery hold a centroid for nearly every row (min(256, rows)), so pq orders as float32.
+    for dtype, same_order in (("int8", 10), ("pq", 12)):
+        assert [t[0] for t in tops[dtype]] == [t[0] for t in tops["float32"]]
+        assert sum(a == b for a, b in zip(tops[dtype], tops["float32"])) == same_order
+    assert len(captions) == 12

@@ -76,7 +76,9 @@ def train(sample, nlist: int, seed: int = 0, kind: str = "flat"):
         if dim % PQ_SUBDIM:
             raise ValueError(f"IVF-PQ codes {PQ_SUBDIM} dimensions a byte; {dim} is not a "
                              "multiple")
-        index = faiss.IndexIVFPQ(quantizer, dim, int(nlist), dim // PQ_SUBDIM, 8,
+        # 256 centroids per sub-space (8 bits), fewer for a sample under 256 vectors.
+        nbits = int(max(1, min(8, np.log2(max(len(sample), 2)))))
+        index = faiss.IndexIVFPQ(quantizer, dim, int(nlist), dim // PQ_SUBDIM, nbits,
                                  faiss.METRIC_INNER_PRODUCT)
         index.pq.cp.seed = seed
     else:

@@ -31,7 +31,8 @@ PLAIN = ("float16", "float32")
 DTYPES = PLAIN + ("int8", "pq")
 PQ_SUBDIM = 8  # values per PQ sub-vector: 1 byte per 8 float values
 PQ_CENTROIDS = 256  # centroids per sub-space (one uint8 code)
-PQ_TRAIN_ROWS = 65_536  # rows a codebook is trained on, at most (a seeded sample)
+PQ_TRAIN_ROWS = 16_384  # rows a codebook is trained on, at most (a seeded sample): 64
+# per centroid, above FAISS's 39-per-centroid minimum
 
 
 class Plain:
@@ -90,23 +91,27 @@ class PQRows:
         self.shape = tuple(shape)
         self.codebook = np.ascontiguousarray(codebook, np.float32)
         m, k, sub = self.codebook.shape
-        if m * sub != self.shape[-1] or k > 256:
+        if m * sub != self.shape[-1] or k != PQ_CENTROIDS:
             raise ValueError(f"a codebook {self.codebook.shape} does not code rows of "
-                             f"{self.shape[-1]} values in uint8")
+                             f"{self.shape[-1]} values with {PQ_CENTROIDS} centroids")
         self.m = m
         self.record = np.dtype([("c", np.uint8, (*self.shape[:-1], m))])
-        self._norms = (self.codebook ** 2).sum(-1)  # [M, K]
+        self._pq = None
 
-    def encode(self, rows, chunk: int = 4096) -> np.ndarray:
-        x = np.asarray(rows, np.float32)
+    def _quantizer(self):
+        """FAISS's ProductQuantizer holding this codebook (its encoder is ~50x NumPy's)."""
+        if self._pq is None:
+            import faiss
+            pq = faiss.ProductQuantizer(self.shape[-1], self.m, 8)
+            faiss.copy_array_to_vector(self.codebook.ravel(), pq.centroids)
+            self._pq = pq
+        return self._pq
+
+    def encode(self, rows) -> np.ndarray:
+        """Each sub-vector → the index of its nearest centroid (squared l2)."""
+        x = np.ascontiguousarray(np.asarray(rows, np.float32))
         n = len(x)
-        flat = x.reshape(-1, self.m, self.codebook.shape[2])  # [n·rows, M, sub]
-        codes = np.empty(flat.shape[:2], np.uint8)
-        for a in range(0, len(flat), chunk):
-            part = flat[a:a + chunk].transpose(1, 0, 2)  # [M, c, sub]
-            # ||x - c||² = ||x||² - 2 x·c + ||c||²: the first term does not change the argmin.
-            dist = self._norms[:, None, :] - 2 * np.matmul(part, self.codebook.transpose(0, 2, 1))
-            codes[a:a + chunk] = dist.argmin(-1).T
+        codes = self._quantizer().compute_codes(x.reshape(-1, self.shape[-1]))
         out = np.empty(n, self.record)
         out["c"] = codes.reshape(n, *self.shape[:-1], self.m)
         return out
@@ -125,7 +130,9 @@ def train_codebook(rows, dim: int, seed: int = 0, subdim: int = PQ_SUBDIM,
                    max_rows: int = PQ_TRAIN_ROWS) -> np.ndarray:
     """A PQ codebook [dim / subdim, K, subdim] float32 for rows of ``dim`` values
     (``rows``: [..., dim], a seeded sample of at most ``max_rows`` used), by FAISS's
-    k-means in each sub-space; K = ``centroids``, or the number of rows when fewer."""
+    k-means in each sub-space. With fewer rows than ``centroids``, as many centroids as
+    rows are learnt and the last repeated up to ``centroids`` (a code that points at a
+    repeat decodes to the same values)."""
     import faiss
     if dim % subdim:
         raise ValueError(f"rows of {dim} values do not split into sub-vectors of {subdim}")
@@ -143,6 +150,8 @@ def train_codebook(rows, dim: int, seed: int = 0, subdim: int = PQ_SUBDIM,
                           min_points_per_centroid=1)
         km.train(part)
         book[j] = km.centroids
+    if k < centroids:
+        book = np.concatenate([book, np.repeat(book[:, -1:], centroids - k, axis=1)], axis=1)
     return book
 
 
