@@ -2,7 +2,8 @@
 embeddings, and the memory-mapped gallery's bytes per image and candidate reads.
 
   python bench/gallery_index.py [--n=1000000] [--dim=512] [--queries=200] [--k=100]
-      [--nprobe=16,32,64] [--tables=100000] [--compact=20000] [--dir=/tmp/gallery_bench]
+      [--nprobe=16,32,64] [--tables=100000] [--compact=20000] [--exact_queries=20]
+      [--noflat] [--dir=/tmp/gallery_bench]
   python bench/gallery_index.py --small
 
 Prints, for --n vectors of --dim (clustered like real embeddings: 2,000 centres plus
@@ -30,6 +31,8 @@ own ``bytes_per_item``), the pq store built for --compact synthetic images (code
 trained on ``searcher.CODEBOOK_SAMPLE`` images' tables, then coded and appended; its
 rate gives the 1 M figure, labelled computed), and the time to gather and decode k
 candidates' tables from it. Synthetic vectors throughout; nothing here is asserted.
+``--noflat`` leaves out the IVF-Flat (its build, recall and latency), ``--exact_queries``
+sets how many exact one-query searches are timed (each reads the whole memory-map).
 
 ``--small`` (tests/test_benches.py): 5,000 × 32, 20 queries, k = 10, nprobe 4 and 8,
 2,000 images' tables, 2,000 compact; every line of the full run in about 20 s.
@@ -59,6 +62,8 @@ def define_flags():
     flags.DEFINE_list("nprobe", ["16", "32", "64"], "IVF lists probed per query.")
     flags.DEFINE_integer("tables", 100_000, "Images of the paper-size local-table gallery.")
     flags.DEFINE_integer("compact", 20_000, "Images of the paper-size pq store built.")
+    flags.DEFINE_integer("exact_queries", 20, "Exact one-query searches timed.")
+    flags.DEFINE_bool("flat", True, "Build and measure the IVF-Flat too.")
     flags.DEFINE_string("dir", "/tmp/gallery_bench", "Scratch folder (deleted at the end).")
     _small.define_flag()
 
@@ -143,13 +148,30 @@ def main(argv):
                             for a in range(0, FLAGS.queries, 50)])
     print(f"exact, batched: {time.time() - t0:.1f} s for {FLAGS.queries} queries")
     times = []
-    for q in queries[:20]:
+    for q in queries[:FLAGS.exact_queries]:
         t0 = time.perf_counter()
         exact.search(q, k)
         times.append(time.perf_counter() - t0)
     print(f"exact brute force over the float16 memory-map, one query: {percentiles(times)}")
 
-    # The product's IVF build (ann.build), its two phases timed inside it.
+    if FLAGS.flat:
+        flat_bytes = ivf_flat(mapped, queries, truth)
+    else:
+        flat_bytes = 4 * dim * n
+        print(f"IVF-Flat not built (--noflat): its lists would hold {flat_bytes / n:,.0f} "
+              "B/image of float32 vectors")
+    ivf_pq(mapped, queries, truth, flat_bytes)
+    tables(vectors, queries, rng)
+    compact_store(rng)
+    shutil.rmtree(FLAGS.dir, ignore_errors=True)
+
+
+def ivf_flat(mapped, queries, truth):
+    """The product's IVF-Flat build (ann.build), its two phases timed inside it → its file
+    bytes."""
+    import faiss
+    from hgan.serving import ann
+    n, k = len(mapped), FLAGS.k
     t0 = time.time()
     with timing_inside(ann, ["train", "add"]) as calls:
         index = ann.build(mapped, threshold=0, kind="flat")
@@ -178,10 +200,13 @@ def main(argv):
         print(f"  nprobe {nprobe:3d}: recall@{k} {recall:.3f}, one query "
               f"{percentiles(times)}")
 
-    flat_bytes = os.path.getsize(path)
-    del index
-    ivf_pq(mapped, queries, truth, flat_bytes)
+    return os.path.getsize(path)
 
+
+def tables(vectors, queries, rng):
+    """The float16 ranking change, and the paper-size float16 tables."""
+    from hgan.serving import ann, gallery
+    k = FLAGS.k
     # float16 against float32: does the ranking change?
     sub = np.asarray(vectors[:100_000], np.float32)
     r32 = ann.Searcher(sub).search(queries[:50], k)[1]
@@ -215,8 +240,6 @@ def main(argv):
         times.append(time.perf_counter() - t0)
     print(f"gather {k} candidates' word + phrase tables (page cache as it is): "
           f"{percentiles(times)}")
-    compact_store(rng)
-    shutil.rmtree(FLAGS.dir, ignore_errors=True)
 
 
 def ivf_pq(mapped, queries, truth, flat_bytes):

@@ -63,6 +63,9 @@ EXPECTED = {
         rf"service, POST /api/search over the 2,000 gallery \(IVF, nprobe 8, K = 20\), 20 "
         rf"requests one at a time: {MS}",
         r"global vectors: memmap of .*feat\.global\.bin",
+        rf"fidelity, int8 \({NUMBER} B/image\): t2i R1 {NUMBER} \([-+]{NUMBER}\) mAP {NUMBER} "
+        rf"\([-+]{NUMBER}\); i2t R1 {NUMBER} \([-+]{NUMBER}\) mAP {NUMBER} \([-+]{NUMBER}\)",
+        r"fidelity over the test split: \d+ images, \d+ captions, K = \d+",
         r"exact brute force over 2,000: Searcher\.query, 5 queries one at a time; re-ranked "
         r"exactly K = 20 candidates in every query",
         r"IVF\d+ nprobe 8 over 2,000: Searcher\.query, 20 queries one at a time; re-ranked "
