@@ -50,6 +50,10 @@ def test_pq_codes_each_sub_vector_by_its_nearest_centroid_as_numpy_does():
     np.testing.assert_allclose(((decoded - x).reshape(-1, 4, 8) ** 2).sum(-1),
                                dist.min(-1), rtol=1e-4, atol=1e-5)
     assert records.dtype.itemsize == 5 * 4
+    # A width 8 does not divide is cut into the largest sub-vectors up to 8 that divide it.
+    odd = codec.train_codebook(_rows((2, 18), n=40), 18)
+    assert odd.shape == (3, 256, 6)  # 18 = 3 · 6
+    assert codec.PQRows((2, 18), odd).record.itemsize == 2 * 3
 
 
 # The global embedding (stage 1's) stays float16; the re-rank tables are coded.

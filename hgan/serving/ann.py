@@ -73,12 +73,11 @@ def train(sample, nlist: int, seed: int = 0, kind: str = "flat"):
     if kind == "flat":
         index = faiss.IndexIVFFlat(quantizer, dim, int(nlist), faiss.METRIC_INNER_PRODUCT)
     elif kind == "pq":
-        if dim % PQ_SUBDIM:
-            raise ValueError(f"IVF-PQ codes {PQ_SUBDIM} dimensions a byte; {dim} is not a "
-                             "multiple")
-        # 256 centroids per sub-space (8 bits), fewer for a sample under 256 vectors.
+        # D/8 sub-quantizers (D/s for the largest divisor s ≤ 8 of another D), 256
+        # centroids each (8 bits), fewer for a sample under 256 vectors.
+        sub = max(d for d in range(1, PQ_SUBDIM + 1) if dim % d == 0)
         nbits = int(max(1, min(8, np.log2(max(len(sample), 2)))))
-        index = faiss.IndexIVFPQ(quantizer, dim, int(nlist), dim // PQ_SUBDIM, nbits,
+        index = faiss.IndexIVFPQ(quantizer, dim, int(nlist), dim // sub, nbits,
                                  faiss.METRIC_INNER_PRODUCT)
         index.pq.cp.seed = seed
     else:

@@ -125,17 +125,23 @@ class PQRows:
         return self.record, ()
 
 
+def sub_width(dim: int, most: int = PQ_SUBDIM) -> int:
+    """Values per PQ sub-vector for rows of ``dim``: the largest divisor of ``dim`` up to
+    ``most`` (8 for C' = 128 or 512)."""
+    return max(d for d in range(1, most + 1) if dim % d == 0)
+
+
 def train_codebook(rows, dim: int, seed: int = 0, subdim: int = PQ_SUBDIM,
                    centroids: int = PQ_CENTROIDS,
                    max_rows: int = PQ_TRAIN_ROWS) -> np.ndarray:
-    """A PQ codebook [dim / subdim, K, subdim] float32 for rows of ``dim`` values
-    (``rows``: [..., dim], a seeded sample of at most ``max_rows`` used), by FAISS's
+    """A PQ codebook [dim / s, K, s] float32 for rows of ``dim`` values, s =
+    ``sub_width(dim, subdim)`` (``rows``: [..., dim], a seeded sample of at most
+    ``max_rows`` used), by FAISS's
     k-means in each sub-space. With fewer rows than ``centroids``, as many centroids as
     rows are learnt and the last repeated up to ``centroids`` (a code that points at a
     repeat decodes to the same values)."""
     import faiss
-    if dim % subdim:
-        raise ValueError(f"rows of {dim} values do not split into sub-vectors of {subdim}")
+    subdim = sub_width(dim, subdim)
     x = np.asarray(rows, np.float32).reshape(-1, dim)
     if len(x) > max_rows:
         x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_rows, replace=False))]
