@@ -11,7 +11,8 @@ feature file is an array of records that is memory-mapped and read at any rows
   largest values set the step of every other). The global embedding (one axis) stays
   float16: stage 1 ranks the whole gallery by it.
 * ``pq``: every table with a product quantiser (``PQRows``): each row cut into
-  M = C' / ``PQ_SUBDIM`` sub-vectors, each stored as the 1-byte index of its nearest of
+  M = C' / ``PQ_SUBDIM`` sub-vectors (``sub_width``: the largest divisor of C' up to 8),
+  each stored as the 1-byte index of its nearest of
   ``PQ_CENTROIDS`` centroids, learnt per sub-space by k-means (FAISS's) on a sample of
   the gallery's own rows: N·M bytes a table, plus the codebook [M, K, C'/M] float32 once
   per gallery (``codebook.<name>.npy``). The global embedding stays float16.
