@@ -36,8 +36,9 @@ def define_flags():
     flags.DEFINE_string("data_dir", None, "A data_prep output dir instead of a folder.")
     flags.DEFINE_string("split", "test", "The split of --data_dir.")
     flags.DEFINE_enum("dtype", "float16", ["float16", "float32", "int8", "pq"],
-                      "How the features are stored (hgan.serving.codec): int8 with a scale "
-                      "per row; pq: tables product-quantised, global int8.")
+                      "How the features are stored (hgan.serving.codec): int8, the re-rank "
+                      "tables as int8 with a scale per row; pq, product-quantised; the "
+                      "global embedding stays float16 in both.")
     flags.DEFINE_string("codebook", None, "dtype=pq: a gallery whose pq codebooks this one "
                         "codes with (so the two merge); default: trained on the first "
                         "images.")

@@ -13,8 +13,9 @@ gallery holds and how a query is scored: ``hgan.serving.searcher``).
 
 ``quantizer`` trains an IVF quantizer on a sample of the images before any shard is
 encoded, so that every ``index --shard=i/N --quantizer=OUT.faiss`` starts at once.
-``--dtype=int8`` stores every feature as int8 with a scale per row, ``--dtype=pq`` the
-re-rank tables product-quantised (``hgan.serving.codec``); shards to merge share one pq
+``--dtype=int8`` stores the re-rank tables as int8 with a scale per row, ``--dtype=pq``
+product-quantised (``hgan.serving.codec``; the global embedding stays float16 in both);
+shards to merge share one pq
 codebook (``--codebook`` = shard 0's gallery). ``--ann`` picks the IVF's kind (default:
 by the gallery's size, ``hgan.serving.ann.kind_for``).
 """
@@ -47,7 +48,8 @@ def define_flags():
     flags.DEFINE_integer("nlist", 0, "quantizer: inverted lists (0: about 4·sqrt(images)).")
     flags.DEFINE_enum("dtype", "float16", ["float16", "float32", "int8", "pq"],
                       "index: how a new gallery stores the features (hgan.serving.codec): "
-                      "int8 with a scale per row; pq: tables product-quantised, global int8.")
+                      "int8, the re-rank tables as int8 with a scale per row; pq, "
+                      "product-quantised; the global embedding stays float16 in both.")
     flags.DEFINE_string("codebook", None, "index --dtype=pq: a gallery (e.g. shard 0's) whose "
                         "pq codebooks this one codes with, so the two merge; default: trained "
                         "on the first images encoded.")
