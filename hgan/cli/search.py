@@ -15,9 +15,8 @@ gallery holds and how a query is scored: ``hgan.serving.searcher``).
 encoded, so that every ``index --shard=i/N --quantizer=OUT.faiss`` starts at once.
 ``--dtype=int8`` stores the re-rank tables as int8 with a scale per row, ``--dtype=pq``
 product-quantised (``hgan.serving.codec``; the global embedding stays float16 in both);
-shards to merge share one pq
-codebook (``--codebook`` = shard 0's gallery). ``--ann`` picks the IVF's kind (default:
-by the gallery's size, ``hgan.serving.ann.kind_for``).
+shards to merge share one pq codebook (``--codebook`` = shard 0's gallery). ``--ann``
+picks the IVF's kind (default: by the gallery's size, ``hgan.serving.ann.kind_for``).
 """
 from __future__ import annotations
 
