@@ -2,7 +2,8 @@
 embeddings, and the memory-mapped gallery's bytes per image and candidate reads.
 
   python bench/gallery_index.py [--n=1000000] [--dim=512] [--queries=200] [--k=100]
-      [--nprobe=16,32,64] [--tables=100000] [--dir=/tmp/gallery_bench]
+      [--nprobe=16,32,64] [--tables=100000] [--compact=20000] [--exact_queries=20]
+      [--noflat] [--dir=/tmp/gallery_bench]
   python bench/gallery_index.py --small
 
 Prints, for --n vectors of --dim (clustered like real embeddings: 2,000 centres plus
@@ -17,10 +18,24 @@ gallery's memory-mapped float16 globals, exact (no IVF) or with the IVF file loa
 gallery's bytes per image at the paper's sizes (global 512 + word and phrase tables of
 15 × 512 each) in float16 and float32, the 1 M footprint, the float16 ranking change, and
 the time to gather k candidates' local tables from a --tables-image memory-mapped gallery
-(what re-ranking reads per query). Nothing here is asserted.
+(what re-ranking reads per query).
+
+Then the compact forms. IVF-PQ (``ann.build(kind="pq")``, what ``hgan-search index``
+builds once IVF-Flat's vectors would pass ``ann.FLAT_MAX_BYTES``) over the same vectors:
+build time (train and add), bytes per image of its file, the process's resident memory
+after loading it (``ann.load``, lists memory-mapped) and querying, and recall@k against
+exact search and one-query p50 / p99 per nprobe with its short list re-scored exactly
+over the float16 memory-map (``ann.Searcher``). Then the re-rank store at the paper's
+widths: bytes per image of float16, int8 and pq (``hgan.serving.codec``, from a gallery's
+own ``bytes_per_item``), the pq store built for --compact synthetic images (codebooks
+trained on ``searcher.CODEBOOK_SAMPLE`` images' tables, then coded and appended; its
+rate gives the 1 M figure, labelled computed), and the time to gather and decode k
+candidates' tables from it. Synthetic vectors throughout; nothing here is asserted.
+``--noflat`` leaves out the IVF-Flat (its build, recall and latency), ``--exact_queries``
+sets how many exact one-query searches are timed (each reads the whole memory-map).
 
 ``--small`` (tests/test_benches.py): 5,000 × 32, 20 queries, k = 10, nprobe 4 and 8,
-2,000 images' tables; every line of the full run in about 10 s.
+2,000 images' tables, 300 compact; every line of the full run in under a minute.
 """
 import contextlib
 import os
@@ -34,7 +49,8 @@ import _small
 
 FLAGS = flags.FLAGS
 SMALL = {"n": 5000, "dim": 32, "queries": 20, "k": 10, "nprobe": ["4", "8"],
-         "tables": 2000, "dir": "/tmp/gallery_bench_small"}
+         "tables": 2000, "compact": 300, "dir": "/tmp/gallery_bench_small"}
+PAPER = {"global": (512,), "word": (15, 512), "phrase": (15, 512)}
 BLOCK = 10_000  # rows appended to a gallery at a time
 
 
@@ -45,6 +61,9 @@ def define_flags():
     flags.DEFINE_integer("k", 100, "Neighbours per query (the re-ranker's K).")
     flags.DEFINE_list("nprobe", ["16", "32", "64"], "IVF lists probed per query.")
     flags.DEFINE_integer("tables", 100_000, "Images of the paper-size local-table gallery.")
+    flags.DEFINE_integer("compact", 20_000, "Images of the paper-size pq store built.")
+    flags.DEFINE_integer("exact_queries", 20, "Exact one-query searches timed.")
+    flags.DEFINE_bool("flat", True, "Build and measure the IVF-Flat too.")
     flags.DEFINE_string("dir", "/tmp/gallery_bench", "Scratch folder (deleted at the end).")
     _small.define_flag()
 
@@ -61,6 +80,12 @@ def synthetic(n, dim, seed=0, chunk=100_000):
         x = centres[rng.integers(0, 2000, m)] + 0.6 / np.sqrt(dim) * rng.normal(size=(m, dim))
         out[a:a + m] = ann.normalise(x)
     return out
+
+
+def rss_mib() -> float:
+    """This process's resident memory now (Linux /proc), MiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def percentiles(times_s):
@@ -123,16 +148,33 @@ def main(argv):
                             for a in range(0, FLAGS.queries, 50)])
     print(f"exact, batched: {time.time() - t0:.1f} s for {FLAGS.queries} queries")
     times = []
-    for q in queries[:20]:
+    for q in queries[:FLAGS.exact_queries]:
         t0 = time.perf_counter()
         exact.search(q, k)
         times.append(time.perf_counter() - t0)
     print(f"exact brute force over the float16 memory-map, one query: {percentiles(times)}")
 
-    # The product's IVF build (ann.build), its two phases timed inside it.
+    if FLAGS.flat:
+        flat_bytes = ivf_flat(mapped, queries, truth)
+    else:
+        flat_bytes = 4 * dim * n
+        print(f"IVF-Flat not built (--noflat): its lists would hold {flat_bytes / n:,.0f} "
+              "B/image of float32 vectors")
+    ivf_pq(mapped, queries, truth, flat_bytes)
+    tables(vectors, queries, rng)
+    compact_store(rng)
+    shutil.rmtree(FLAGS.dir, ignore_errors=True)
+
+
+def ivf_flat(mapped, queries, truth):
+    """The product's IVF-Flat build (ann.build), its two phases timed inside it → its file
+    bytes."""
+    import faiss
+    from hgan.serving import ann
+    n, k = len(mapped), FLAGS.k
     t0 = time.time()
     with timing_inside(ann, ["train", "add"]) as calls:
-        index = ann.build(mapped, threshold=0)
+        index = ann.build(mapped, threshold=0, kind="flat")
     build_s = time.time() - t0
     (train_s, sample), = calls["train"]
     add_s = sum(s for s, _ in calls["add"])
@@ -158,6 +200,13 @@ def main(argv):
         print(f"  nprobe {nprobe:3d}: recall@{k} {recall:.3f}, one query "
               f"{percentiles(times)}")
 
+    return os.path.getsize(path)
+
+
+def tables(vectors, queries, rng):
+    """The float16 ranking change, and the paper-size float16 tables."""
+    from hgan.serving import ann, gallery
+    k = FLAGS.k
     # float16 against float32: does the ranking change?
     sub = np.asarray(vectors[:100_000], np.float32)
     r32 = ann.Searcher(sub).search(queries[:50], k)[1]
@@ -191,7 +240,98 @@ def main(argv):
         times.append(time.perf_counter() - t0)
     print(f"gather {k} candidates' word + phrase tables (page cache as it is): "
           f"{percentiles(times)}")
-    shutil.rmtree(FLAGS.dir, ignore_errors=True)
+
+
+def ivf_pq(mapped, queries, truth, flat_bytes):
+    """IVF-PQ over the gallery's memory-mapped globals: build, bytes, memory, recall, latency."""
+    import faiss
+    from hgan.serving import ann
+    n, k = len(mapped), FLAGS.k
+    before = rss_mib()
+    t0 = time.time()
+    with timing_inside(ann, ["train", "add"]) as calls:
+        index = ann.build(mapped, threshold=0, kind="pq")
+    build_s = time.time() - t0
+    (train_s, sample), = calls["train"]
+    add_s = sum(s for s, _ in calls["add"])
+    built = rss_mib()
+    path = os.path.join(FLAGS.dir, "ivfpq.faiss")
+    ann.save(index, path)
+    nlist, m = index.nlist, index.pq.M
+    del index
+    index = ann.load(path)
+    size = os.path.getsize(path)
+    print(f"IVF{nlist},PQ{m} by hgan.serving.ann.build(kind='pq'): {build_s:.0f} s (train "
+          f"{train_s:.0f} s on {sample[0]:,}, add {add_s:.0f} s); {size / n:.0f} B/image on "
+          f"disk ({size / 2**20:.0f} MiB; IVF-Flat {flat_bytes / n:.0f} B/image, "
+          f"{flat_bytes / 2**20:.0f} MiB); process RSS {before:.0f} MiB before the build, "
+          f"{built:.0f} MiB after it")
+    for nprobe in map(int, FLAGS.nprobe):
+        searcher = ann.Searcher(mapped, index, nprobe=nprobe)
+        got = np.concatenate([searcher.search(queries[a:a + 50], k)[1]
+                              for a in range(0, len(queries), 50)])
+        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(got, truth)])
+        for q in queries[:10]:
+            searcher.search(q, k)  # warm
+        times = []
+        for q in queries:
+            t0 = time.perf_counter()
+            searcher.search(q, k)
+            times.append(time.perf_counter() - t0)
+        print(f"  IVF-PQ nprobe {nprobe:3d}, short list {ann.REFINE * k} re-scored exactly: "
+              f"recall@{k} {recall:.3f}, one query {percentiles(times)}; process RSS "
+              f"{rss_mib():.0f} MiB")
+    del faiss
+
+
+def compact_store(rng):
+    """The re-rank store at the paper's widths: bytes per image of each dtype, the pq
+    store's build rate and memory, and gathering + decoding k candidates' tables."""
+    from hgan.serving import gallery, searcher
+    k = FLAGS.k
+    sample = {name: rng.normal(size=(min(FLAGS.compact, searcher.CODEBOOK_SAMPLE), *s))
+              .astype(np.float32) for name, s in PAPER.items()}
+    sizes = {}
+    for dtype in ("float16", "int8", "pq"):
+        books = None
+        if dtype == "pq":
+            t0 = time.time()
+            books = gallery.train_codebooks(dtype, sample)
+            train_s = time.time() - t0
+        g = gallery.Gallery.create(os.path.join(FLAGS.dir, f"store_{dtype}"), "bench", PAPER,
+                                   dtype, codebooks=books)
+        sizes[dtype] = g.bytes_per_item()
+        if dtype != "pq":
+            continue
+        before = rss_mib()
+        block = {name: v[:BLOCK] for name, v in sample.items()}
+        t0 = time.time()
+        for a in range(0, FLAGS.compact, BLOCK):
+            m = min(BLOCK, FLAGS.compact - a, len(block["word"]))
+            g.append([str(i) for i in range(a, a + m)], {name: v[:m] for name, v in block.items()})
+        append_s = time.time() - t0
+        rate = FLAGS.compact / append_s
+        print(f"pq store: codebooks trained on {len(sample['word']):,} images' tables in "
+              f"{train_s:.1f} s; {FLAGS.compact:,} images coded and appended in "
+              f"{append_s:.1f} s = {rate:,.0f} images/s, process RSS {before:.0f} → "
+              f"{rss_mib():.0f} MiB; 1 M images (computed from that rate): "
+              f"{train_s + 1e6 / rate:.0f} s of one process, "
+              f"{sizes['pq'] * 1e6 / 2**30:.2f} GiB on disk")
+        store = gallery.Gallery.open(g.path)
+        word, phrase = store.array("word"), store.array("phrase")
+        times = []
+        for _ in range(100):
+            ids = np.sort(rng.choice(len(store), min(k, len(store)), replace=False))
+            t0 = time.perf_counter()
+            _ = word[ids], phrase[ids]
+            times.append(time.perf_counter() - t0)
+        print(f"pq store: gather and decode {k} candidates' word + phrase tables: "
+              f"{percentiles(times)}")
+    print(f"re-rank store at the paper's widths (global float16 + word and phrase 15 × 512): "
+          f"float16 {sizes['float16']:,} B/image, int8 {sizes['int8']:,}, pq "
+          f"{sizes['pq']:,} ({sizes['float16'] / sizes['pq']:.1f}x smaller than float16; "
+          f"1 M images {sizes['pq'] * 1e6 / 2**30:.2f} GiB, 10 M "
+          f"{sizes['pq'] * 1e7 / 2**30:.1f} GiB)")
 
 
 if __name__ == "__main__":

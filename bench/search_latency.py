@@ -6,7 +6,8 @@ HTTP service.
 
   python bench/search_latency.py --savedmodel=SAVEDMODEL --data_dir=TFRECORDS \\
       [--n=100000] [--rerank_k=100] [--top_k=10] [--queries=200] [--nprobe=32] \\
-      [--exact_queries=20] [--dir=/tmp/search_bench]
+      [--exact_queries=20] [--dtype=float16|int8|pq] [--ann=auto|flat|pq]
+      [--fidelity=float32,float16,int8,pq] [--dir=/tmp/search_bench]
   python bench/search_latency.py --small
 
 The queries are the --data_dir test split's captions, encoded by the SavedModel's
@@ -37,6 +38,15 @@ training step of ``--config=demo --set=embed_dim=512 --set=local_dim=512
 --set=lstm_units=512``). --n=1000000 needs that much disk; the 1 M footprint is printed from
 the bytes per image, and bench/gallery_index.py times stage 1 alone at 1 M. Nothing here is
 asserted.
+
+``--dtype`` stores the synthetic gallery's re-rank tables as ``hgan-search index
+--dtype`` does (``hgan.serving.codec``; pq codebooks trained on the random block), and
+``--ann`` picks the IVF's kind (``ann.build``; auto: by size). ``--fidelity`` first indexes
+the --data_dir test split itself with ``hgan.serving.searcher.build_index`` once per listed
+dtype and prints, for each, the two-stage ranking of the split in both directions (stage 1
+the cosine of the stored global embeddings, the export's ``rerank`` signature on each
+query's K = ``eval.rerank_k`` best, the rest in stage-1 order: hgan-eval's two_stage mode,
+over what the gallery stores): R1 and mAP, and their change from the first dtype listed.
 
 ``--small`` (tests/test_benches.py): writes a 10-identity demo set, exports the ``tiny``
 preset's HGAN with random weights (``bench/_small.py``), and searches a 2,000-image
@@ -75,6 +85,13 @@ def define_flags():
                          "service.")
     flags.DEFINE_integer("exact_queries", 20, "Timed queries with exact stage 1.")
     flags.DEFINE_integer("nprobe", 32, "IVF lists probed per query.")
+    flags.DEFINE_enum("dtype", "float16", ["float16", "float32", "int8", "pq"],
+                      "How the synthetic gallery stores its features (hgan.serving.codec).")
+    flags.DEFINE_enum("ann", "auto", ["auto", "flat", "pq"], "The IVF's kind (auto: by "
+                      "size, ann.kind_for).")
+    flags.DEFINE_list("fidelity", ["float32", "float16", "int8", "pq"], "Stored dtypes whose "
+                      "two-stage ranking of the test split is measured (empty: none); the "
+                      "first is the reference.")
     flags.DEFINE_string("dir", "/tmp/search_bench", "Scratch folder (deleted at the end).")
     _small.define_flag()
 
@@ -166,6 +183,77 @@ def report(name: str, phases: Phases, texts, k: int) -> None:
         print(f"  {phase:7s} {percentiles(runs[phase])}")
 
 
+def fidelity(savedmodel: str, data_dir: str, dtypes: list) -> None:
+    """The test split indexed once per dtype; two-stage R1 / mAP both ways from each."""
+    from hgan.data import pipeline, records
+    from hgan.evaluation import metrics, rerank
+    from hgan.serving import gallery, searcher as search
+    from hgan.serving.savedmodel import ENCODE_TEXT, GLOBAL, RERANK
+    from hgan.tf_compat import tf
+    served = search._load(savedmodel)
+    k = search.default_rerank_k(savedmodel)
+    examples = [records.parse_example(e) for e in
+                tf.data.TFRecordDataset(pipeline.split_files(data_dir, "test"))]
+    labels = np.array([int(e["label"]) for e in examples])
+    captions = [c.decode() for e in examples for c in e["captions"].numpy()]
+    caption_labels = np.array([int(e["label"]) for e in examples
+                               for _ in e["captions"].numpy()])
+    texts = {}
+    for a in range(0, len(captions), 64):
+        out = served.signatures[ENCODE_TEXT](sentences=tf.constant(captions[a:a + 64]))
+        for name, v in out.items():
+            texts.setdefault(name, []).append(v.numpy())
+    texts = {name: np.concatenate(v) for name, v in texts.items()}
+    second = served.signatures[RERANK]
+    inputs = [n for n in second.structured_input_signature[1]]
+    text_names = [n[len("text_"):] for n in inputs if n.startswith("text_")]
+    image_names = [n[len("image_"):] for n in inputs if n.startswith("image_")]
+
+    def scored(images, text_rows, image_rows):
+        out = second(**{f"text_{n}": tf.constant(texts[n][text_rows]) for n in text_names},
+                     **{f"image_{n}": tf.constant(images[n][image_rows]) for n in image_names})
+        return out["score"].numpy()  # [T, I]
+
+    def t2i(images):
+        def fn(q, g):
+            out = np.empty(len(q))
+            for u in np.unique(q):
+                sel = np.flatnonzero(q == u)
+                out[sel] = scored(images, [u], g[sel])[0]
+            return out
+        return fn
+
+    def i2t(images):
+        def fn(q, g):
+            out = np.empty(len(q))
+            for u in np.unique(q):
+                sel = np.flatnonzero(q == u)
+                out[sel] = scored(images, g[sel], [u])[:, 0]
+            return out
+        return fn
+
+    base = None
+    for dtype in dtypes:
+        path = os.path.join(FLAGS.dir, f"fidelity_{dtype}")
+        search.build_index(savedmodel, path, data_dir=data_dir, split="test", dtype=dtype,
+                           log=lambda *_: None)
+        store = gallery.Gallery.open(path)
+        assert store.paths() == [e["path"].numpy().decode() for e in examples]
+        images = {n: np.asarray(store.array(n), np.float32) for n in store.features}
+        stage1 = metrics.unit_rows(texts[GLOBAL]) @ metrics.unit_rows(images[GLOBAL]).T
+        got = {"t2i": metrics.retrieval_metrics(rerank.rerank(stage1, t2i(images), k),
+                                                caption_labels, labels),
+               "i2t": metrics.retrieval_metrics(rerank.rerank(stage1.T, i2t(images), k),
+                                                labels, caption_labels)}
+        base = base or got
+        line = "; ".join(
+            f"{d} R1 {got[d]['R1']:.2f} ({got[d]['R1'] - base[d]['R1']:+.2f}) mAP "
+            f"{got[d]['mAP']:.2f} ({got[d]['mAP'] - base[d]['mAP']:+.2f})" for d in got)
+        print(f"fidelity, {dtype} ({store.bytes_per_item():,} B/image): {line}")
+    print(f"fidelity over the test split: {len(labels)} images, {len(captions)} captions, "
+          f"K = {k}; change from {dtypes[0]} in brackets")
+
+
 def main(argv):
     del argv
     _small.apply(SMALL)
@@ -183,6 +271,8 @@ def main(argv):
     from hgan.serving.savedmodel import GLOBAL
     from hgan.tf_compat import tf
 
+    if FLAGS.fidelity:
+        fidelity(FLAGS.savedmodel, FLAGS.data_dir, FLAGS.fidelity)
     examples = [records.parse_example(e) for e in
                 tf.data.TFRecordDataset(pipeline.split_files(FLAGS.data_dir, "test"))]
     captions = [c.decode() for e in examples for c in e["captions"].numpy()]
@@ -197,10 +287,12 @@ def main(argv):
 
     t0 = time.time()
     path = os.path.join(FLAGS.dir, "gallery")
-    store = gallery.Gallery.create(path, gallery.model_fingerprint(FLAGS.savedmodel), shapes)
     rng = np.random.default_rng(2)
     local = {name: rng.normal(size=(BLOCK, *s)).astype(np.float16)
              for name, s in shapes.items() if name != GLOBAL}
+    store = gallery.Gallery.create(path, gallery.model_fingerprint(FLAGS.savedmodel), shapes,
+                                   FLAGS.dtype,
+                                   codebooks=gallery.train_codebooks(FLAGS.dtype, local))
     vectors = synthetic(FLAGS.n, dim)
     for a in range(0, FLAGS.n, BLOCK):
         m = min(BLOCK, FLAGS.n - a)
@@ -209,7 +301,8 @@ def main(argv):
     del vectors, local  # from here on, the gallery on disk is all there is
     store = gallery.Gallery.open(path)
     per = store.bytes_per_item()
-    print(f"gallery of {FLAGS.n:,}: {per:,} B/image float16 ({FLAGS.n * per / 2**30:.2f} GiB; "
+    print(f"gallery of {FLAGS.n:,}: {per:,} B/image {FLAGS.dtype} "
+          f"({FLAGS.n * per / 2**30:.2f} GiB; "
           f"1 M images = {1e6 * per / 2**30:.1f} GiB), written in {time.time() - t0:.0f} s")
 
     exact = search.Searcher(FLAGS.savedmodel, path, nprobe=FLAGS.nprobe)
@@ -222,9 +315,10 @@ def main(argv):
            k)
 
     t0 = time.time()
-    index = ann.build(store.array(GLOBAL), threshold=0)
+    index = ann.build(store.array(GLOBAL), threshold=0, kind=FLAGS.ann)
     ann.save(index, os.path.join(path, search.ANN_FILE))
-    print(f"IVF over {FLAGS.n:,} ({index.nlist} lists) built by hgan.serving.ann.build in "
+    print(f"IVF-{ann.kind_of(index).upper()} over {FLAGS.n:,} ({index.nlist} lists) built by "
+          f"hgan.serving.ann.build in "
           f"{time.time() - t0:.0f} s" + ("" if FLAGS.n >= ann.EXACT_BELOW else
                                          f" (hgan-search index builds one from "
                                          f"{ann.EXACT_BELOW:,} images; here for the figure)"))

@@ -215,3 +215,39 @@ def test_cli_builds_a_gallery_says_what_is_wrong_and_how_to_install_beam(hgan_ex
     assert len(gallery.Gallery.open(str(tmp_path / "g"))) == 6
     assert messages[3].startswith("error: hgan-beam-index needs Apache Beam") and \
         'pip install -e ".[beam]"' in messages[3]
+
+
+def test_a_pq_gallery_is_assembled_from_float32_shards_with_codebooks_trained_or_given(
+        tmp_path):
+    # No model: shards as the workers write them for a coded dtype (float32 rows,
+    # _by_unit), appended and coded by the launching process.
+    import io
+    from apache_beam.ml.inference.base import PredictionResult
+    rng = np.random.default_rng(0)
+    row = {"global": rng.normal(size=8), "word": rng.normal(size=(3, 16))}
+    unit, (_, _, cast) = beam_index._by_unit(((0, 0, "a.png"), PredictionResult(None, row)),
+                                             "pq")
+    assert unit == 0 and cast["word"].dtype == np.float32
+    work = str(tmp_path / "work")
+    paths = [[f"u{u}/{i}.png" for i in range(20)] for u in range(2)]
+    rows = [{"global": rng.normal(size=(20, 8)).astype(np.float32),
+             "word": rng.normal(size=(20, 3, 16)).astype(np.float32)} for _ in range(2)]
+    for u in range(2):
+        buffer = io.BytesIO()
+        meta = {"paths": paths[u], "worker": "w:1", "TF_USE_LEGACY_KERAS": "1", "skipped": []}
+        np.savez(buffer, meta=np.array(json.dumps(meta)),
+                 **{f"f.{k}": v for k, v in rows[u].items()})
+        beam_index._write(beam_index._shard_file(work, u), buffer.getvalue())
+    plan = {"model": "m", "dtype": "pq", "source": {}, "units": 2}
+    quiet = {"log": lambda *_: None}
+    first = str(tmp_path / "first")
+    beam_index.assemble(first, work, plan, **quiet)
+    store = gallery.Gallery.open(first)
+    assert store.dtype == "pq" and len(store) == 40 and list(store.codebooks) == ["word"]
+    want = store.codecs["word"].decode(store.codecs["word"].encode(
+        np.concatenate([r["word"] for r in rows])))
+    np.testing.assert_array_equal(store.array("word")[:], want)
+    second = str(tmp_path / "second")
+    beam_index.assemble(second, work, plan, codebook=first, **quiet)
+    np.testing.assert_array_equal(gallery.Gallery.open(second).records("word"),
+                                  store.records("word"))

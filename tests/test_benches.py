@@ -46,7 +46,12 @@ EXPECTED = {
         rf"projected at 6156x3074: {NUMBER} s",
     ],
     "gallery_index": [
+        r"re-rank store at the paper's widths \(global float16 \+ word and phrase 15 × 512\): "
+        r"float16 31,744 B/image, int8 16,504, pq 2,944 \(10\.8x smaller than float16; .*\)",
         rf"gather 10 candidates' word \+ phrase tables \(page cache as it is\): {MS}",
+        rf"  IVF-PQ nprobe   8, short list 40 re-scored exactly: recall@10 {NUMBER}, one "
+        rf"query {MS}",
+        rf"pq store: gather and decode 10 candidates' word \+ phrase tables: {MS}",
         rf"IVF{NUMBER},Flat by hgan.serving.ann.build: .* loaded by ann.load: "
         r"OnDiskInvertedLists",
         rf"nprobe   8: recall@10 {NUMBER}, one query {MS}",
@@ -76,6 +81,9 @@ EXPECTED = {
         rf"service, POST /api/search over the 2,000 gallery \(IVF, nprobe 8, K = 20\), 20 "
         rf"requests one at a time: {MS}",
         r"global vectors: memmap of .*feat\.global\.bin",
+        rf"fidelity, int8 \({NUMBER} B/image\): t2i R1 {NUMBER} \([-+]{NUMBER}\) mAP {NUMBER} "
+        rf"\([-+]{NUMBER}\); i2t R1 {NUMBER} \([-+]{NUMBER}\) mAP {NUMBER} \([-+]{NUMBER}\)",
+        r"fidelity over the test split: \d+ images, \d+ captions, K = \d+",
         r"exact brute force over 2,000: Searcher\.query, 5 queries one at a time; re-ranked "
         r"exactly K = 20 candidates in every query",
         r"IVF\d+ nprobe 8 over 2,000: Searcher\.query, 20 queries one at a time; re-ranked "

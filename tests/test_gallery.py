@@ -115,6 +115,35 @@ def test_ivf_recall_and_the_shard_merge_is_faiss_own():
     np.testing.assert_array_equal(got, approx)  # the same index as one built at once
 
 
+def test_ivf_pq_rescores_its_short_list_exactly_and_recalls_exact_search_at_100():
+    rng = np.random.default_rng(0)
+    n, dim = 20_000, 32
+    centres = ann.normalise(rng.normal(size=(200, dim)))
+    vectors = ann.normalise(centres[rng.integers(0, 200, n)] + 0.6 / np.sqrt(dim)
+                            * rng.normal(size=(n, dim))).astype(np.float16)
+    queries = ann.normalise(vectors[rng.choice(n, 50)].astype(np.float32)
+                            + 0.5 / np.sqrt(dim) * rng.normal(size=(50, dim)))
+    index = ann.build(vectors, threshold=0, kind="pq", nlist=128, train_size=10_000)
+    assert ann.kind_of(index) == "pq" and index.code_size == dim // 8
+    searcher = ann.Searcher(vectors, index, nprobe=16)
+    assert searcher.refine == ann.REFINE
+    recall = ann.recall_at(searcher, vectors, queries, k=100)
+    assert recall >= 0.95, recall
+    # Returned scores are the stored vectors' exact cosines, best first.
+    scores, ids = searcher.search(queries[:3], 10)
+    exact = np.einsum("qkd,qd->qk", ann.normalise(vectors[ids].astype(np.float32)),
+                      queries[:3])
+    np.testing.assert_allclose(scores, exact, rtol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    # Its own gallery's rows are where they belong; another gallery's IVF is not.
+    assert ann.misplaced(index, vectors) is None
+    foreign = ann.build(vectors[::-1].copy(), threshold=0, kind="pq", nlist=16,
+                        train_size=4096)
+    assert ann.misplaced(foreign, vectors) is not None
+    # The size rule: IVF-Flat while its float32 vectors fit FLAT_MAX_BYTES (1 GiB).
+    assert ann.kind_for(524_288, 512) == "flat" and ann.kind_for(524_289, 512) == "pq"
+
+
 def _committed(path, n=6, dtype="float32"):
     """A closed gallery of n rows "0" .. "n-1" (rows of seed 3) → the rows appended."""
     rows = _rows(n, 3)

@@ -163,7 +163,7 @@ def test_index_skips_bad_files_resumes_and_extends(monkeypatch, model, tmp_path)
     g = gallery.Gallery.open(out)
     assert g.paths() == ["1.png", "2.jpg", "4.JPEG", os.path.join("sub", "5.png")]
     np.testing.assert_array_equal(g.array("global")[:, 0], [1, 2, 4, 5])
-    assert g.dtype == np.float16 and g.bytes_per_item() == (2 + 6) * 2
+    assert g.dtype == "float16" and g.bytes_per_item() == (2 + 6) * 2
     calls = served_model.signatures["encode_image"].calls
     # Batches of 2: [1, 2], then [3, 4] fails and is retried one by one, then [5].
     assert [len(c["images"]) for c in calls] == [2, 2, 1, 1, 1]
@@ -313,7 +313,8 @@ def test_a_quantizer_trained_on_a_sample_lets_every_shard_start_at_once(monkeypa
     with open(quantizer + ".json") as f:
         meta = json.load(f)
     # Sized for the whole folder, and empty; the CRC-32 is the file's (hgan-search verify).
-    assert meta == {"trained_on": 9, "nlist": 2, "vectors": 0, "crc32": meta["crc32"]}
+    assert meta == {"trained_on": 9, "nlist": 2, "vectors": 0, "kind": "flat",
+                    "crc32": meta["crc32"]}
     assert meta["crc32"] == checksums.file_crc(quantizer)
     trained = ann.load(quantizer, mmap=False)
     assert trained.is_trained and trained.ntotal == 0
@@ -612,3 +613,33 @@ def _merged_by_merge_from(shards, merged):
     searcher.merge_index(merged, shards, ann_threshold=1, log=lines.append)
     assert any("merge_from" in ln for ln in lines), lines
     return merged, ann.load(os.path.join(merged, searcher.ANN_FILE), mmap=False)
+
+
+def test_pq_shards_on_one_codebook_merge_and_shards_on_two_are_refused(monkeypatch, model,
+                                                                       tmp_path):
+    _use(monkeypatch, served())
+    folder = tmp_path / "photos"
+    _photos(folder, [(f"{i}.png", f"IMG:{i}".encode()) for i in range(9)])
+    quiet = {"log": lambda *_: None}
+    shards = [str(tmp_path / f"shard{i}") for i in range(3)]
+    # Shard 0 trains the codebooks (and an IVF-PQ); the others code with them.
+    searcher.build_index(model, shards[0], images=str(folder), shard="0/3", dtype="pq",
+                         ann_threshold=1, ann_kind="pq", **quiet)
+    trained = os.path.join(shards[0], searcher.ANN_FILE)
+    for i in (1, 2):
+        searcher.build_index(model, shards[i], images=str(folder), shard=f"{i}/3", dtype="pq",
+                             codebook=shards[0], quantizer=trained, **quiet)
+    merged, ivf = _merged_by_merge_from(shards, str(tmp_path / "all"))
+    store = gallery.Gallery.open(merged)
+    assert store.dtype == "pq" and len(store) == 9 and ann.kind_of(ivf) == "pq"
+    np.testing.assert_array_equal(store.codebooks["regions"],
+                                  gallery.Gallery.open(shards[0]).codebooks["regions"])
+    # A resumed or grown shard keeps its codes; another codebook cannot extend it.
+    searcher.build_index(model, shards[1], images=str(folder), shard="1/3", dtype="pq", **quiet)
+    searcher.build_index(model, str(tmp_path / "own"), images=str(folder), shard="1/3",
+                         dtype="pq", **quiet)
+    with pytest.raises(ValueError, match="other codebooks than --codebook"):
+        searcher.build_index(model, str(tmp_path / "own"), images=str(folder), shard="1/3",
+                             dtype="pq", codebook=shards[0], **quiet)
+    with pytest.raises(ValueError, match="different pq codebooks"):
+        searcher.merge_index(str(tmp_path / "bad"), [shards[0], str(tmp_path / "own")], **quiet)

@@ -7,7 +7,6 @@ import pytest
 from hgan.config import preset
 from hgan.data import pipeline, word_vocab
 from hgan.data.tokenization import CaptionTokenizer
-from hgan.tf_compat import tf
 from hgan.training import run_dir
 
 

@@ -2,7 +2,7 @@ r"""hgan-beam-index: builds the gallery of ``hgan-search index`` with an Apache 
 (``RunInference`` over the export's ``encode_image``; ``hgan.serving.beam_index``).
 
   hgan-beam-index --savedmodel=DIR --images=FOLDER|LIST.txt --index=GALLERY_DIR \
-      [--dtype=float16|float32] [--batch_size=32] [--unit_size=500] [--work_dir=DIR] \
+      [--dtype=float16|float32|int8|pq] [--codebook=GALLERY_DIR] [--batch_size=32] [--unit_size=500] [--work_dir=DIR] \
       [--quantizer=FILE.faiss] [BEAM OPTIONS]
   hgan-beam-index --savedmodel=DIR --data_dir=TFRECORDS --split=test --index=... [BEAM OPTIONS]
 
@@ -35,7 +35,13 @@ def define_flags():
                         "listing image paths (one a line, relative to the list).")
     flags.DEFINE_string("data_dir", None, "A data_prep output dir instead of a folder.")
     flags.DEFINE_string("split", "test", "The split of --data_dir.")
-    flags.DEFINE_enum("dtype", "float16", ["float16", "float32"], "Stored dtype.")
+    flags.DEFINE_enum("dtype", "float16", ["float16", "float32", "int8", "pq"],
+                      "How the features are stored (hgan.serving.codec): int8, the re-rank "
+                      "tables as int8 with a scale per row; pq, product-quantised; the "
+                      "global embedding stays float16 in both.")
+    flags.DEFINE_string("codebook", None, "dtype=pq: a gallery whose pq codebooks this one "
+                        "codes with (so the two merge); default: trained on the first "
+                        "images.")
     flags.DEFINE_integer("batch_size", 32, "Images per encode_image call.", lower_bound=1)
     flags.DEFINE_integer("unit_size", 500, "Images per work unit of a folder or list (a "
                          "TFRecord file is one unit): what a stopped run re-encodes at most "
@@ -73,7 +79,8 @@ def main(argv):
     beam_index.build_index(FLAGS.savedmodel, FLAGS.index, FLAGS.images, FLAGS.data_dir,
                            FLAGS.split, work_dir=FLAGS.work_dir, unit_size=FLAGS.unit_size,
                            batch_size=FLAGS.batch_size, dtype=FLAGS.dtype,
-                           quantizer=FLAGS.quantizer, beam_args=argv[1:])
+                           quantizer=FLAGS.quantizer, beam_args=argv[1:],
+                           codebook=FLAGS.codebook)
     return 0
 
 

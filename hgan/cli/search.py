@@ -2,11 +2,12 @@
 gallery holds and how a query is scored: ``hgan.serving.searcher``).
 
   hgan-search index --savedmodel=DIR --images=FOLDER|LIST.txt --index=GALLERY_DIR \
-      [--shard=i/N] [--dtype=float16|float32] [--batch_size=32]
+      [--shard=i/N] [--dtype=float16|float32|int8|pq] [--codebook=GALLERY_DIR] \
+      [--ann=auto|flat|pq] [--batch_size=32]
   hgan-search index --savedmodel=DIR --data_dir=TFRECORDS --split=test --index=...
   hgan-search merge --index=GALLERY_DIR SHARD_DIR [SHARD_DIR ...]
   hgan-search quantizer --savedmodel=DIR --images=...|--data_dir=... --quantizer=OUT.faiss \
-      [--sample=N] [--nlist=K]
+      [--sample=N] [--nlist=K] [--ann=auto|flat|pq]
   hgan-search query --savedmodel=DIR --index=GALLERY_DIR "a woman in a red coat" \
       [--top_k=10] [--rerank_k=K] [--json]
   hgan-search verify --index=GALLERY_DIR
@@ -17,6 +18,11 @@ encoded, so that every ``index --shard=i/N --quantizer=OUT.faiss`` starts at onc
 ``verify`` reads every file of the gallery again against the checksums its writer recorded
 (``hgan.serving.checksums``) and names the file and rows of each chunk whose bytes
 changed; exit status 1 when any did. It needs no model and reads the whole gallery once.
+
+``--dtype=int8`` stores the re-rank tables as int8 with a scale per row, ``--dtype=pq``
+product-quantised (``hgan.serving.codec``; the global embedding stays float16 in both);
+shards to merge share one pq codebook (``--codebook`` = shard 0's gallery). ``--ann``
+picks the IVF's kind (default: by the gallery's size, ``hgan.serving.ann.kind_for``).
 """
 from __future__ import annotations
 
@@ -45,7 +51,15 @@ def define_flags():
     flags.DEFINE_integer("sample", 0, "quantizer: images encoded to train it (0: 39 per "
                          "list, FAISS's minimum without a warning).")
     flags.DEFINE_integer("nlist", 0, "quantizer: inverted lists (0: about 4·sqrt(images)).")
-    flags.DEFINE_enum("dtype", "float16", ["float16", "float32"], "index: stored dtype.")
+    flags.DEFINE_enum("dtype", "float16", ["float16", "float32", "int8", "pq"],
+                      "index: how a new gallery stores the features (hgan.serving.codec): "
+                      "int8, the re-rank tables as int8 with a scale per row; pq, "
+                      "product-quantised; the global embedding stays float16 in both.")
+    flags.DEFINE_string("codebook", None, "index --dtype=pq: a gallery (e.g. shard 0's) whose "
+                        "pq codebooks this one codes with, so the two merge; default: trained "
+                        "on the first images encoded.")
+    flags.DEFINE_enum("ann", "auto", ["auto", "flat", "pq"], "index, quantizer: the IVF's "
+                      "kind (auto: IVF-Flat while its vectors fit 1 GiB, IVF-PQ above).")
     flags.DEFINE_integer("batch_size", 32, "index: images per encode_image call.")
     flags.DEFINE_integer("top_k", 10, "query: results to return.")
     flags.DEFINE_integer("rerank_k", None, "query: stage-1 best re-ranked by a model's "
@@ -77,7 +91,7 @@ def main(argv):
             raise app.UsageError("index needs exactly one of --images or --data_dir")
         build_index(FLAGS.savedmodel, FLAGS.index, FLAGS.images, FLAGS.data_dir, FLAGS.split,
                     batch_size=FLAGS.batch_size, shard=FLAGS.shard, dtype=FLAGS.dtype,
-                    quantizer=FLAGS.quantizer)
+                    quantizer=FLAGS.quantizer, codebook=FLAGS.codebook, ann_kind=FLAGS.ann)
         return 0
     if len(argv) != 3:
         raise app.UsageError('query takes one quoted sentence: query "a man in a red coat"')
@@ -100,7 +114,7 @@ def _quantizer(argv):
     from hgan.serving.searcher import train_quantizer
     train_quantizer(FLAGS.savedmodel, FLAGS.quantizer, FLAGS.images, FLAGS.data_dir,
                     FLAGS.split, sample=FLAGS.sample, nlist=FLAGS.nlist,
-                    batch_size=FLAGS.batch_size)
+                    batch_size=FLAGS.batch_size, ann_kind=FLAGS.ann)
     return 0
 
 

@@ -1,6 +1,16 @@
 """Stage 1 of gallery search: the nearest global embeddings of a query, exact below a size
-threshold and approximate above it with FAISS (an inverted-file index, ``IndexIVFFlat``,
-inner product on l2-normalised vectors = cosine).
+threshold and approximate above it with FAISS (an inverted-file index, inner product on
+l2-normalised vectors = cosine), of one of two kinds (``kinds``):
+
+* ``flat`` (``IndexIVFFlat``): the lists hold every vector whole, 4·D bytes each (2 KiB at
+  D = 512);
+* ``pq`` (``IndexIVFPQ``): the lists hold each vector's residual product-quantised to D/8
+  bytes (64 at D = 512, with FAISS's 8-byte id beside it), and ``Searcher`` re-scores its
+  short list (``REFINE`` · k candidates) exactly with the gallery's stored global vectors,
+  so the order returned is the exact cosine's.
+
+``kind_for`` chooses by size: ``flat`` while its lists would hold at most
+``FLAT_MAX_BYTES`` (1 GiB: 524,288 vectors at D = 512), ``pq`` above.
 
 The IVF's coarse quantizer is trained once (``train``) and saved empty; each shard of a
 gallery adds its vectors to a copy (``add``), and shards are merged with FAISS's own
@@ -22,6 +32,23 @@ import numpy as np
 from hgan.evaluation.metrics import unit_rows as normalise  # noqa: F401 (also ann's API)
 
 EXACT_BELOW = 50_000  # galleries smaller than this are searched exactly (a matmul)
+FLAT_MAX_BYTES = 1 << 30  # an IVF-Flat's float vectors up to this; IVF-PQ above
+KINDS = ("flat", "pq")
+PQ_SUBDIM = 8  # IVF-PQ: one byte of code per 8 dimensions
+REFINE = 4  # IVF-PQ: candidates re-scored exactly per result asked
+
+
+def kind_for(n: int, dim: int) -> str:
+    """The IVF kind for ``n`` vectors of ``dim``: ``flat`` while its lists' float32
+    vectors (n · 4 · dim bytes) fit ``FLAT_MAX_BYTES``, else ``pq``."""
+    return "flat" if n * 4 * dim <= FLAT_MAX_BYTES else "pq"
+
+
+def kind_of(index) -> str:
+    """``pq`` for an IVF-PQ, else ``flat``."""
+    faiss = _faiss()
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    return "pq" if isinstance(ivf, faiss.IndexIVFPQ) else "flat"
 
 
 def _faiss():
@@ -35,14 +62,26 @@ def default_nlist(n: int) -> int:
     return max(1, min(int(4 * math.sqrt(max(n, 1))), n // 39))
 
 
-def train(sample, nlist: int, seed: int = 0):
-    """An empty IVF index whose quantizer is trained on ``sample`` [S, D] (normalised
-    here); S should be ≥ 39 · nlist, FAISS's own warning threshold."""
+def train(sample, nlist: int, seed: int = 0, kind: str = "flat"):
+    """An empty IVF index of ``kind`` whose quantizer (and, for ``pq``, its product
+    quantiser of D/8 bytes) is trained on ``sample`` [S, D] (normalised here); S should be
+    ≥ 39 · nlist, FAISS's own warning threshold (and ≥ 256 for ``pq``)."""
     faiss = _faiss()
     sample = normalise(sample)
-    quantizer = faiss.IndexFlatIP(sample.shape[1])
-    index = faiss.IndexIVFFlat(quantizer, sample.shape[1], int(nlist),
-                               faiss.METRIC_INNER_PRODUCT)
+    dim = sample.shape[1]
+    quantizer = faiss.IndexFlatIP(dim)
+    if kind == "flat":
+        index = faiss.IndexIVFFlat(quantizer, dim, int(nlist), faiss.METRIC_INNER_PRODUCT)
+    elif kind == "pq":
+        # D/8 sub-quantizers (D/s for the largest divisor s ≤ 8 of another D), 256
+        # centroids each (8 bits), fewer for a sample under 256 vectors.
+        sub = max(d for d in range(1, PQ_SUBDIM + 1) if dim % d == 0)
+        nbits = int(max(1, min(8, np.log2(max(len(sample), 2)))))
+        index = faiss.IndexIVFPQ(quantizer, dim, int(nlist), dim // sub, nbits,
+                                 faiss.METRIC_INNER_PRODUCT)
+        index.pq.cp.seed = seed
+    else:
+        raise ValueError(f"IVF kind must be one of {KINDS}, got {kind!r}")
     index.cp.seed = seed
     index.train(sample)
     return index
@@ -93,8 +132,12 @@ def load(path: str, mmap: bool = True):
 def misplaced(index, vectors, samples: int = 16) -> Optional[int]:
     """The first of ``samples`` rows spread over ``index``'s ids (the first and last
     included) whose vector (``vectors[row]``, normalised) the IVF does not hold at id
-    ``row``, or None: an IVF built from ``vectors[:index.ntotal]`` finds each such row
-    at cosine 1 under its own id (or, for a duplicate row, at an id whose row is equal)."""
+    ``row``, or None: an IVF-Flat built from ``vectors[:index.ntotal]`` finds each such
+    row at cosine 1 under its own id (or, for a duplicate row, at an id whose row is
+    equal); an IVF-PQ, whose scores are approximate, in the list its vector is assigned
+    to."""
+    if kind_of(index) == "pq":
+        return _misplaced_by_lists(index, vectors, samples)
     n = int(index.ntotal)
     if not n:
         return None
@@ -117,13 +160,38 @@ def misplaced(index, vectors, samples: int = 16) -> Optional[int]:
     return None
 
 
-class Searcher:
-    """Top-k by cosine over a gallery's global embeddings [N, D] (a memory-map is fine):
-    the FAISS ``index`` when given, else exact (chunked matmul). An index that holds the
-    first ``index.ntotal`` rows only has the rows past them searched exactly."""
+def _misplaced_by_lists(index, vectors, samples: int) -> Optional[int]:
+    """``misplaced`` for an IVF whose scores are approximate (IVF-PQ): the first sampled
+    row whose id is not in the inverted list its vector is assigned to."""
+    faiss = _faiss()
+    ivf = faiss.extract_index_ivf(index)
+    n = int(index.ntotal)
+    if not n:
+        return None
+    rows = np.unique(np.linspace(0, n - 1, min(samples, n)).round().astype(np.int64))
+    queries = normalise(np.asarray(vectors[rows], np.float32))
+    _, lists = ivf.quantizer.search(queries, 1)
+    for row, query, (list_no,) in zip(rows.tolist(), queries, lists.tolist()):
+        if not query.any():
+            continue
+        size = ivf.invlists.list_size(list_no)
+        ids = faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), size) if size else []
+        if row not in np.asarray(ids):
+            return row
+    return None
 
-    def __init__(self, vectors, index=None, nprobe: int = 32, chunk: int = 65536):
+
+class Searcher:
+    """Top-k by cosine over a gallery's global embeddings [N, D] (a memory-map or a
+    ``codec.Decoded`` view is fine): the FAISS ``index`` when given, else exact (chunked
+    matmul). An index that holds the first ``index.ntotal`` rows only has the rows past
+    them searched exactly. An IVF-PQ's ``refine`` · k candidates are re-scored exactly
+    with ``vectors`` (the short list's rows read in file order)."""
+
+    def __init__(self, vectors, index=None, nprobe: int = 32, chunk: int = 65536,
+                 refine: int = REFINE):
         self.vectors, self.index, self.chunk = vectors, index, chunk
+        self.refine = int(refine) if index is not None and kind_of(index) == "pq" else 0
         if index is not None:
             index.nprobe = int(nprobe)
 
@@ -146,7 +214,10 @@ class Searcher:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         if self.index is None:
             return self._exact(queries, k, 0)
-        scores, ids = self.index.search(queries, k)
+        if self.refine:
+            scores, ids = self._refined(queries, k)
+        else:
+            scores, ids = self.index.search(queries, k)
         if not self.tail:
             return scores, ids
         tail_s, tail_i = self._exact(queries, min(k, self.tail), n - self.tail)
@@ -154,6 +225,21 @@ class Searcher:
         ids = np.concatenate([ids, tail_i], axis=1)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+    def _refined(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The IVF-PQ's ``refine`` · k best of each query re-scored by the exact cosine of
+        their stored vectors → the top k (padded with id -1, score -inf)."""
+        _, short = self.index.search(queries, min(k * self.refine, int(self.index.ntotal)))
+        out_s = np.full((len(queries), k), -np.inf, np.float32)
+        out_i = np.full((len(queries), k), -1, np.int64)
+        for q, (query, ids) in enumerate(zip(queries, short)):
+            ids = np.sort(ids[ids >= 0])  # the memory-map read in file order
+            if not len(ids):
+                continue
+            s = normalise(np.asarray(self.vectors[ids], np.float32)) @ query
+            best = np.argsort(-s, kind="stable")[:k]
+            out_s[q, :len(best)], out_i[q, :len(best)] = s[best], ids[best]
+        return out_s, out_i
 
     def _exact(self, queries, k: int, start: int) -> tuple[np.ndarray, np.ndarray]:
         """The top ``k`` of rows ``start`` onwards, by a chunked matmul."""
@@ -174,14 +260,30 @@ class Searcher:
 
 
 def build(vectors, threshold: int = EXACT_BELOW, nlist: Optional[int] = None,
-          train_size: int = 200_000, seed: int = 0):
+          train_size: int = 200_000, seed: int = 0, kind: str = "auto"):
     """The FAISS index for a gallery's global embeddings, or None (exact) below
-    ``threshold``; the quantizer is trained on a seeded sample of ``train_size`` rows."""
+    ``threshold``; the quantizer is trained on a seeded sample of ``train_size`` rows;
+    ``kind`` "auto": ``kind_for`` the gallery's size."""
     n = len(vectors)
     if n < threshold:
         return None
+    if kind == "auto":
+        kind = kind_for(n, vectors.shape[1])
     nlist = nlist or default_nlist(n)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, min(n, max(train_size, 39 * nlist)), replace=False))
-    index = train(np.asarray(vectors[rows], np.float32), nlist, seed)
+    index = train(np.asarray(vectors[rows], np.float32), nlist, seed, kind)
     return add(index, vectors)
+
+
+def recall_at(searcher: "Searcher", vectors, queries, k: int = 100,
+              batch: int = 50) -> float:
+    """recall@k of ``searcher`` against exact search over ``vectors`` for ``queries``
+    [Q, D]: the mean share of each query's exact top k that it returns."""
+    exact = Searcher(vectors)
+    hits = 0
+    for a in range(0, len(queries), batch):
+        truth = exact.search(queries[a:a + batch], k)[1]
+        got = searcher.search(queries[a:a + batch], k)[1]
+        hits += sum(len(set(t.tolist()) & set(g.tolist())) for t, g in zip(truth, got))
+    return hits / (len(queries) * min(k, len(vectors)))

@@ -14,11 +14,14 @@ Three steps, each resumable:
    process and calls its ``encode_image`` signature by name (a file the model refuses is
    found and skipped as ``index`` does, not failing its batch), then group the results
    by unit and write one shard per unit (``shards/unit-NNNNNN.npz``: paths, every
-   ``encode_image`` output in the gallery's dtype, the skipped files), under a temporary
+   ``encode_image`` output in the gallery's dtype, or in float32 for an int8 or pq
+   gallery, which the gallery codes as it appends them; the skipped files), under a temporary
    name renamed when complete. With a trained quantizer (``--quantizer``, e.g. from
    ``hgan-search quantizer``), each shard also holds its unit's IVF lists.
 3. **Assemble** (the launching process). The shards are appended to the gallery in unit
    order, one commit per unit, so a stop half-way leaves a prefix that the next run skips.
+   A new pq gallery's codebooks are ``--codebook``'s, or trained on the tables of the first
+   shards' ``searcher.CODEBOOK_SAMPLE`` images.
    The IVF over the global embeddings is then made with FAISS's tools: the shards' IVF
    lists joined by ``merge_from`` (a given quantizer), or, without one, trained on a
    sample of the gallery and filled from it exactly as ``index`` does. The work folder is
@@ -53,7 +56,7 @@ from apache_beam.ml.inference.base import (KeyedModelHandler, ModelHandler, Pred
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from hgan.data import pipeline as data_pipeline
-from hgan.serving import ann, gallery, searcher
+from hgan.serving import ann, codec, gallery, searcher
 from hgan.serving.savedmodel import ENCODE_IMAGE, GLOBAL, check_contract
 
 PLAN = "plan.json"
@@ -217,11 +220,13 @@ class _ReadUnit(beam.DoFn):
 
 def _by_unit(element, dtype: str):
     """((unit, position, path), PredictionResult) → (unit, (position, path, rows or
-    reason)), rows cast to the gallery's dtype (what the shard stores)."""
+    reason)), rows cast to the gallery's dtype (what the shard stores; float32 for a
+    coded dtype, which the gallery codes)."""
     (unit, pos, path), result = element
     out = result.inference
     if not isinstance(out, str):
-        out = {k: np.asarray(v).astype(dtype) for k, v in out.items()}
+        cast = dtype if dtype in codec.PLAIN else np.float32
+        out = {k: np.asarray(v).astype(cast) for k, v in out.items()}
     return unit, (pos, path, out)
 
 
@@ -283,14 +288,32 @@ def encode_units(savedmodel: str, work_dir: str, units: list[int], options: Pipe
 
 
 # --- 3. assemble ----------------------------------------------------------------------------
+def _codebook_sample(work_dir: str, plan: dict) -> dict:
+    """The features of the first shards' ``searcher.CODEBOOK_SAMPLE`` images (what a new
+    pq gallery's codebooks are trained on, as ``index`` trains them)."""
+    parts: dict = {}
+    count = 0
+    for unit in range(plan["units"]):
+        shard = np.load(io.BytesIO(_read(_shard_file(work_dir, unit))))
+        for name in shard.files:
+            if name.startswith("f."):
+                parts.setdefault(name[2:], []).append(shard[name])
+        count += len(json.loads(str(shard["meta"]))["paths"])
+        if count >= searcher.CODEBOOK_SAMPLE:
+            break
+    return {k: np.concatenate(v)[:searcher.CODEBOOK_SAMPLE] for k, v in parts.items()}
+
+
 def assemble(index: str, work_dir: str, plan: dict, quantizer: Optional[str] = None,
-             ann_threshold: int = ann.EXACT_BELOW, log=print) -> dict:
+             ann_threshold: int = ann.EXACT_BELOW, log=print,
+             codebook: Optional[str] = None) -> dict:
     """Appends every shard to the gallery ``index`` in unit order (a path already there is
     not added again), then its IVF (module docstring). Returns {"images", "added",
     "skipped", "workers": {worker process: its TF_USE_LEGACY_KERAS}}."""
     store = (gallery.Gallery.open(index, model=plan["model"], writable=True)
              if os.path.exists(os.path.join(index, gallery.MANIFEST)) else None)
     before = len(store) if store is not None else 0
+    books = searcher.codebooks_for(plan["dtype"], codebook, store)
     added, skipped, ivf, workers = 0, [], None, {}
     for unit in range(plan["units"]):
         shard = np.load(io.BytesIO(_read(_shard_file(work_dir, unit))))
@@ -303,9 +326,12 @@ def assemble(index: str, work_dir: str, plan: dict, quantizer: Optional[str] = N
             continue  # appended by an earlier run that stopped while assembling
         feats = {name[2:]: shard[name][keep] for name in shard.files if name.startswith("f.")}
         if store is None:
+            if plan["dtype"] == "pq" and books is None:
+                books = gallery.train_codebooks("pq", _codebook_sample(work_dir, plan))
             store = gallery.Gallery.create(index, plan["model"],
                                            {k: v.shape[1:] for k, v in feats.items()},
-                                           plan["dtype"], source=plan["source"])
+                                           plan["dtype"], source=plan["source"],
+                                           codebooks=books)
         first = len(store)
         store.append([paths[i] for i in keep], feats)
         added += len(keep)
@@ -382,9 +408,10 @@ def build_index(savedmodel: str, index: str, images=None, data_dir=None, split="
                 work_dir: Optional[str] = None, unit_size: int = DEFAULT_UNIT_SIZE,
                 batch_size: int = 32, dtype: str = "float16", quantizer: Optional[str] = None,
                 ann_threshold: int = ann.EXACT_BELOW, beam_args: Sequence[str] = (),
-                log=print) -> dict:
+                log=print, codebook: Optional[str] = None) -> dict:
     """``hgan-search index``'s gallery built by the Beam pipeline (plan, encode, assemble:
-    the module docstring); ``work_dir`` defaults to ``INDEX/.encoding`` and must be
+    the module docstring; ``dtype`` and ``codebook`` as ``index``'s); ``work_dir``
+    defaults to ``INDEX/.encoding`` and must be
     readable and writable by every worker (``gs://...`` on Dataflow). Returns {"images",
     "added", "skipped", "workers", "units", "encoded_units", "index"}."""
     if bool(images) == bool(data_dir):
@@ -412,7 +439,7 @@ def build_index(savedmodel: str, index: str, images=None, data_dir=None, split="
         log(f"every image is already in {index}")
     else:
         try:
-            report = assemble(index, work_dir, plan, quantizer, ann_threshold, log)
+            report = assemble(index, work_dir, plan, quantizer, ann_threshold, log, codebook)
         except NothingIndexed:
             FileSystems.delete([work_dir])  # every image was skipped: nothing to resume
             raise

@@ -7,7 +7,11 @@ Layout of a gallery directory::
                        "paths_bytes", "source", "created", "updated", "checksums"}: the
                        committed state (``checksums``: ``hgan.serving.checksums``)
   paths.jsonl         one JSON string per image (its path), in row order
-  feat.<name>.bin     rows of feature <name> (dtype, row-major), in row order
+  feat.<name>.bin     one record per image of feature <name>, in row order: its values
+                      (float16 / float32, row-major) or their code (int8, pq:
+                      ``hgan.serving.codec``)
+  codebook.<name>.npy a pq gallery's product-quantiser codebook of table <name>
+                      (its sha256 in the manifest's "codebooks")
   ann.faiss           the IVF over a prefix of the rows (``hgan.serving.searcher``), if any
   index.lock          held by the one process that writes the gallery
 
@@ -21,7 +25,11 @@ rows (a copy cut short, a full disk) is refused on reading by name (``GalleryDam
 writable open repairs it by keeping the rows that are whole in every file, so the next
 ``index`` encodes the rest again. ``model`` is the SavedModel's fingerprint
 (``model_fingerprint``): a gallery made by another model is refused. float16 halves the
-bytes of float32; ``bench/gallery_index.py`` measures what it changes in a ranking.
+bytes of float32; int8 and pq (``hgan.serving.codec``) store codes that ``array`` decodes
+at the rows read; ``bench/gallery_index.py`` and ``bench/search_latency.py`` measure what
+each changes in a ranking. A manifest naming a dtype this version does not know, or a
+codebook that is missing or not the one the manifest names, is refused
+(``GalleryDamaged``).
 """
 from __future__ import annotations
 
@@ -35,7 +43,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from hgan.serving import checksums
+from hgan.serving import checksums, codec
 
 try:
     import fcntl
@@ -47,7 +55,7 @@ MANIFEST = "gallery.json"
 PATHS = "paths.jsonl"
 ANN_FILE = "ann.faiss"
 LOCK = "index.lock"
-DTYPES = ("float16", "float32")
+DTYPES = codec.DTYPES
 _KEYS = ("version", "model", "dtype", "count", "features", "paths_bytes")
 
 
@@ -118,6 +126,33 @@ def _feature_file(name: str) -> str:
     return f"feat.{name}.bin"
 
 
+def _codebook_file(name: str) -> str:
+    return f"codebook.{_feature_file(name)[5:-4]}.npy"
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array, np.float32).tobytes()).hexdigest()
+
+
+def _read_codebooks(path: str, manifest: dict) -> dict:
+    """{table: codebook} of a pq gallery, each checked against the manifest's sha256."""
+    books = {}
+    for name, entry in (manifest.get("codebooks") or {}).items():
+        file = os.path.join(path, entry["file"])
+        try:
+            book = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise GalleryDamaged(f"{file}, the codebook of {name}, cannot be read ({e}): the "
+                                 "gallery's codes cannot be decoded; copy the gallery again, "
+                                 "or index its images into an empty folder") from None
+        if _digest(book) != entry["sha256"]:
+            raise GalleryDamaged(f"{file} is not the codebook {MANIFEST} names (sha256 "
+                                 "differs): copy the gallery again, or index its images into "
+                                 "an empty folder")
+        books[name] = book
+    return books
+
+
 class Gallery:
     """A gallery directory opened for reading (memory-mapped) and, with ``writable``,
     appending. Use ``Gallery.create`` for a new one and ``Gallery.open`` otherwise."""
@@ -128,6 +163,14 @@ class Gallery:
         self._known: Optional[set] = None
         self._lock = lock  # a writer's index.lock (``_lock``)
         self.repaired: Optional[str] = None  # what a writable open cut away, if anything
+        self.codebooks = _read_codebooks(path, manifest)
+        self.codecs = {}
+        for name, shape in self.features.items():
+            if codec.uses_codebook(manifest["dtype"], shape) and name not in self.codebooks:
+                raise GalleryDamaged(f"{os.path.join(path, MANIFEST)} names no codebook for "
+                                     f"the {manifest['dtype']} table {name}: the gallery cannot "
+                                     "be decoded; index its images into an empty folder")
+            self.codecs[name] = codec.codec(manifest["dtype"], shape, self.codebooks.get(name))
         if writable:
             self._truncate_to_committed()
         else:
@@ -142,13 +185,20 @@ class Gallery:
     # --- opening -------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str, model: str, features: dict, dtype: str = "float16",
-               source: Optional[dict] = None) -> "Gallery":
+               source: Optional[dict] = None,
+               codebooks: Optional[dict] = None) -> "Gallery":
         """A new, empty gallery for features {name: per-row shape}; ``source`` says where
         its images live ({"kind": "folder", "root"}, {"kind": "list", "root"}: the
         folder of a file list, which its relative paths are relative to; or {"kind":
-        "tfrecords", "data_dir", "split"}), for a service that shows them."""
+        "tfrecords", "data_dir", "split"}), for a service that shows them. A ``pq``
+        gallery needs ``codebooks`` {table: [M, K, C'/M]} for each feature of two axes or
+        more (``train_codebooks`` makes them from a sample of rows)."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        tables = [k for k, v in features.items() if codec.uses_codebook(dtype, tuple(v))]
+        missing = [k for k in tables if k not in (codebooks or {})]
+        if missing:
+            raise ValueError(f"a {dtype} gallery needs a codebook for {missing}")
         if os.path.exists(os.path.join(path, MANIFEST)):
             raise FileExistsError(f"{path} already holds a gallery; open it to extend it")
         os.makedirs(path, exist_ok=True)
@@ -161,6 +211,13 @@ class Gallery:
                         "features": {k: [int(d) for d in v] for k, v in features.items()},
                         "paths_bytes": 0, "source": source or {}, "created": now,
                         "updated": now, "checksums": checksums.empty()}
+            if tables:
+                manifest["codebooks"] = {}
+                for name in tables:
+                    book = np.ascontiguousarray(codebooks[name], np.float32)
+                    np.save(os.path.join(path, _codebook_file(name)), book)
+                    manifest["codebooks"][name] = {"file": _codebook_file(name),
+                                                   "sha256": _digest(book)}
             for name in manifest["features"]:
                 open(os.path.join(path, _feature_file(name)), "wb").close()
             open(os.path.join(path, PATHS), "wb").close()
@@ -199,26 +256,34 @@ class Gallery:
         return int(self.manifest["count"])
 
     @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self.manifest["dtype"])
+    def dtype(self) -> str:
+        """How the features are stored: one of ``codec.DTYPES``."""
+        return self.manifest["dtype"]
 
     @property
     def features(self) -> dict:
         return {k: tuple(v) for k, v in self.manifest["features"].items()}
 
     def bytes_per_item(self) -> int:
-        """Feature bytes per image (the path list aside)."""
-        return int(sum(np.prod(s, dtype=np.int64) for s in self.features.values())
-                   * self.dtype.itemsize)
+        """Feature bytes per image on disk (the path list and codebooks aside)."""
+        return int(sum(c.record.itemsize for c in self.codecs.values()))
 
-    def array(self, name: str) -> np.ndarray:
-        """Feature ``name`` of every committed row, memory-mapped read-only:
-        [len, *shape] in the gallery's dtype (nothing is read until it is indexed)."""
-        shape = self.features[name]
+    def records(self, name: str) -> np.ndarray:
+        """Feature ``name`` of every committed row as stored, memory-mapped read-only:
+        [len, *shape] of float16 / float32, or [len] codes (``codec``)."""
+        base, shape = self.codecs[name].file_dtype()
         if not len(self):
-            return np.zeros((0, *shape), self.dtype)
-        return np.memmap(os.path.join(self.path, _feature_file(name)), self.dtype, "r",
+            return np.zeros((0, *shape), base)
+        return np.memmap(os.path.join(self.path, _feature_file(name)), base, "r",
                          shape=(len(self), *shape))
+
+    def array(self, name: str):
+        """Feature ``name`` of every committed row, memory-mapped read-only: [len, *shape]
+        in float16 / float32 as stored, or, for int8 and pq, a ``codec.Decoded`` view
+        that decodes to float32 only the rows indexed (nothing is read until then)."""
+        records = self.records(name)
+        c = self.codecs[name]
+        return records if isinstance(c, codec.Plain) else codec.Decoded(records, c)
 
     def paths(self, previous: Optional["Gallery"] = None) -> list[str]:
         """The path of every committed row, checked against the manifest's count (read
@@ -248,8 +313,10 @@ class Gallery:
         return path in self._known
 
     # --- appending -----------------------------------------------------------------------
-    def append(self, paths: list[str], features: dict) -> None:
-        """Appends rows (``features[name]``: [len(paths), *shape]) and commits them."""
+    def append(self, paths: list[str], features: dict, encoded: bool = False) -> None:
+        """Appends rows (``features[name]``: [len(paths), *shape] values, encoded here in
+        the gallery's dtype; with ``encoded``, records as ``records`` reads them, e.g.
+        another gallery's of the same dtype and codebooks) and commits them."""
         if not self.writable:
             raise PermissionError(f"{self.path} is open read-only")
         if set(features) != set(self.features):
@@ -258,14 +325,17 @@ class Gallery:
         n = len(paths)
         for name, shape in self.features.items():
             rows = np.asarray(features[name])
-            if rows.shape != (n, *shape):
-                raise ValueError(f"feature {name}: shape {rows.shape}, expected {(n, *shape)}")
+            want = (n, *self.codecs[name].file_dtype()[1]) if encoded else (n, *shape)
+            if rows.shape != want:
+                raise ValueError(f"feature {name}: shape {rows.shape}, expected {want}")
         if not n:
             return
         # The checksums of what is written, committed with the rows (hgan.serving.checksums).
         sums = json.loads(json.dumps(self.manifest["checksums"]))
         for name in self.features:
-            rows = np.ascontiguousarray(np.asarray(features[name]), dtype=self.dtype)
+            c = self.codecs[name]
+            rows = np.asarray(features[name])
+            rows = np.ascontiguousarray(rows, c.file_dtype()[0]) if encoded else c.encode(rows)
             data = rows.tobytes()
             with open(os.path.join(self.path, _feature_file(name)), "ab") as f:
                 f.write(data)
@@ -273,13 +343,13 @@ class Gallery:
                 os.fsync(f.fileno())
             checksums.add(sums, _feature_file(name), data,
                           range(len(data) // n, len(data) + 1, len(data) // n), len(self))
-        encoded = [(json.dumps(p) + "\n").encode("utf-8") for p in paths]
-        lines = b"".join(encoded)
+        path_lines = [(json.dumps(p) + "\n").encode("utf-8") for p in paths]
+        lines = b"".join(path_lines)
         with open(os.path.join(self.path, PATHS), "ab") as f:
             f.write(lines)
             f.flush()
             os.fsync(f.fileno())
-        checksums.add(sums, PATHS, lines, list(itertools.accumulate(map(len, encoded))),
+        checksums.add(sums, PATHS, lines, list(itertools.accumulate(map(len, path_lines))),
                       len(self))
         self.manifest["checksums"] = sums
         self.manifest["count"] += n
@@ -308,9 +378,8 @@ class Gallery:
 
     def _row_bytes(self) -> dict:
         """{feature file: bytes per row}."""
-        return {os.path.join(self.path, _feature_file(k)):
-                int(np.prod(s, dtype=np.int64)) * self.dtype.itemsize
-                for k, s in self.features.items()}
+        return {os.path.join(self.path, _feature_file(k)): c.record.itemsize
+                for k, c in self.codecs.items()}
 
     def _check_sizes(self) -> None:
         """A reader's check that every file holds the committed rows (sizes only: ``paths``
@@ -389,6 +458,11 @@ def _read_manifest(path: str) -> dict:
     if manifest["version"] != VERSION:
         raise ValueError(f"{path}: gallery version {manifest['version']} is not {VERSION}; "
                          "rebuild it")
+    if manifest["dtype"] not in DTYPES:
+        raise GalleryDamaged(
+            f"{file} names dtype {manifest['dtype']!r}, which this version does not store "
+            f"(it reads {', '.join(DTYPES)}): open it with the version that wrote it, or "
+            "index its images into an empty folder")
     return manifest
 
 
@@ -421,13 +495,19 @@ def merge(output: str, shards: Iterable[str], chunk: int = 65536) -> Gallery:
             raise ModelMismatch(f"{s.path} and {first.path} were indexed by different models")
         if s.features != first.features or s.dtype != first.dtype:
             raise ValueError(f"{s.path} and {first.path} hold different features or dtypes")
+        if any(_digest(s.codebooks[k]) != _digest(b) for k, b in first.codebooks.items()):
+            raise ValueError(
+                f"{s.path} and {first.path} code their tables with different pq codebooks: "
+                f"index every shard with --codebook={first.path} (one codebook), or with "
+                "--dtype=int8")
     for s in shards:  # the merged gallery's checksums must not bless damaged bytes
         verdict = s.verify()
         if not verdict.ok:
             raise GalleryDamaged(f"{s.path}: {verdict.mismatches[0]}: copy that shard again, "
                                  "or index its images into an empty folder")
     out = Gallery.create(output, first.manifest["model"], first.features,
-                         first.manifest["dtype"], first.manifest.get("source"))
+                         first.manifest["dtype"], first.manifest.get("source"),
+                         codebooks=first.codebooks or None)
     seen: set = set()
     for s in shards:
         paths = s.paths()
@@ -436,7 +516,23 @@ def merge(output: str, shards: Iterable[str], chunk: int = 65536) -> Gallery:
             raise ValueError(f"{s.path} repeats paths of an earlier shard, e.g. "
                              f"{sorted(clash)[:3]}: shards must be disjoint")
         seen.update(paths)
-        arrays = {k: s.array(k) for k in s.features}
+        # The records are copied as stored: a code is not decoded and coded again.
+        arrays = {k: s.records(k) for k in s.features}
         for a in range(0, len(s), chunk):
-            out.append(paths[a:a + chunk], {k: v[a:a + chunk] for k, v in arrays.items()})
+            out.append(paths[a:a + chunk], {k: v[a:a + chunk] for k, v in arrays.items()},
+                       encoded=True)
     return out
+
+
+def train_codebooks(dtype: str, sample: dict, seed: int = 0) -> Optional[dict]:
+    """The codebooks a ``dtype`` gallery needs ({table: [M, K, C'/M]}, or None for a
+    dtype without), trained on ``sample`` {feature: rows [n, *shape]} (``codec``)."""
+    books = {k: codec.train_codebook(v, np.shape(v)[-1], seed=seed) for k, v in sample.items()
+             if codec.uses_codebook(dtype, tuple(np.shape(v)[1:]))}
+    return books or None
+
+
+def codebooks_of(path: str) -> dict:
+    """The codebooks of the gallery at ``path`` (``--codebook``: another gallery, e.g.
+    shard 0's), to code a new gallery's tables the same way, so the two merge."""
+    return Gallery.open(path).codebooks

@@ -154,10 +154,31 @@ def _progress(log, done: int, total: Optional[int], new: int, start: float) -> N
         log(f"indexed {done} images, {rate:.1f} images/s")
 
 
+CODEBOOK_SAMPLE = 4096  # images whose tables train a new pq gallery's codebooks
+
+
+def codebooks_for(dtype: str, codebook: Optional[str], store=None) -> Optional[dict]:
+    """The pq codebooks a gallery is coded with: ``codebook`` (another gallery, e.g. shard
+    0's, read by ``gallery.codebooks_of``), checked against an existing ``store``'s own;
+    None when they are to be trained (or ``dtype`` has none)."""
+    if dtype != "pq" or not codebook:
+        return store.codebooks if store is not None and store.codebooks else None
+    books = gallery.codebooks_of(codebook)
+    if not books:
+        raise ValueError(f"--codebook {codebook} is a gallery without pq codebooks (its "
+                         "dtype is not pq)")
+    if store is not None and {k: v.tobytes() for k, v in books.items()} != \
+            {k: v.tobytes() for k, v in store.codebooks.items()}:
+        raise ValueError(f"{store.path} is coded with other codebooks than --codebook "
+                         f"{codebook}: extend it without --codebook")
+    return books
+
+
 def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, split="test",
                 batch_size: int = 32, log=print, shard: str | None = None,
                 dtype: str = "float16", ann_threshold: int = ann.EXACT_BELOW,
-                quantizer: Optional[str] = None) -> dict:
+                quantizer: Optional[str] = None, codebook: Optional[str] = None,
+                ann_kind: str = "auto") -> dict:
     """Encodes every image not yet in the gallery ``index_path`` (created if absent) and
     appends it, batch by batch (each batch committed: an interrupted run resumes, and a
     gallery cut short is repaired to its whole rows and completed), then brings its IVF up
@@ -165,7 +186,12 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
     ``quantizer``: an IVF file (another gallery's ``ann.faiss``, e.g. shard 0's) whose
     trained quantizer this gallery's IVF adds to, at any size, so shards indexed on N
     machines merge with FAISS's ``merge_from`` (``merge_index``) instead of a new training.
-    Returns {"images" (in the gallery), "added", "skipped", "index"}."""
+    ``dtype`` (``hgan.serving.codec``): how a new gallery stores the features (an existing
+    one keeps its own). A new ``pq`` gallery's codebooks are those of the gallery
+    ``codebook`` (shards that ``merge`` joins share them) or, without one, trained on the
+    first ``CODEBOOK_SAMPLE`` images encoded, which are committed once they are.
+    ``ann_kind``: the IVF's kind (``ann.kinds``). Returns {"images" (in the gallery),
+    "added", "skipped", "index"}."""
     served = _load(savedmodel)
     fingerprint = gallery.model_fingerprint(savedmodel)
     check_contract(served.signatures)
@@ -183,13 +209,16 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
             log(f"{store.repaired}; its IVF is built again")
     else:
         store = None
+    books = None
     try:  # however the run ends, the writer lock is released
+        books = codebooks_for(dtype, codebook, store)
         todo = [item for item in source if store is None or item[0] not in store]
         log(f"{len(source)} images{f' in shard {i}/{n}' if n > 1 else ''}, "
             f"{len(source) - len(todo)} already indexed, {len(todo)} to encode")
         skipped, batch, added, start = [], [], 0, time.time()
+        pending: list = []  # (path, rows) encoded before a new pq gallery's codebooks
 
-        def flush():
+        def flush(last: bool = False):
             nonlocal store, added
             kept, rows, blobs = [], [], []
             for path, read in batch:
@@ -203,13 +232,23 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
                 else:
                     kept.append(path)
                     rows.append(out)
+            if store is None:
+                pending.extend(zip(kept, rows))
+                if (dtype == "pq" and books is None and len(pending) < CODEBOOK_SAMPLE
+                        and not last) or not pending:
+                    return
+                kept, rows = [p for p, _ in pending], [r for _, r in pending]
+                pending.clear()
             if not kept:
                 return
             feats = {k: np.stack([r[k] for r in rows]) for k in names}
             if store is None:
-                store = gallery.Gallery.create(index_path, fingerprint,
-                                               {k: v.shape[1:] for k, v in feats.items()},
-                                               dtype, source=source_info)
+                if dtype == "pq" and books is None:
+                    log(f"training pq codebooks on the tables of {len(kept)} images")
+                store = gallery.Gallery.create(
+                    index_path, fingerprint, {k: v.shape[1:] for k, v in feats.items()},
+                    dtype, source=source_info,
+                    codebooks=books or gallery.train_codebooks(dtype, feats))
             store.append(kept, feats)
             added += len(kept)
 
@@ -220,15 +259,14 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
                 batch = []
                 _progress(log, len(source) - len(todo) + added + len(skipped), len(source),
                           added, start)
-        if batch:
-            flush()
+        flush(last=True)
         if store is None or not len(store):
             raise ValueError("no image could be indexed"
                              + (f"; skipped: {skipped[:3]}" if skipped else ""))
         if quantizer:
             _ann_from_quantizer(store, names, quantizer, log)
         else:
-            build_ann(store, ann_threshold, log)
+            build_ann(store, ann_threshold, log, kind=ann_kind)
         log(f"gallery of {len(store)} images in {index_path} (+{added}; "
             f"{store.bytes_per_item()} B/image); skipped {len(skipped)}")
         for s in skipped:
@@ -249,9 +287,10 @@ RETRAIN_GROWTH = 2.0  # an IVF is re-trained once the gallery is this many times
 # images are only added to the inverted lists
 
 
-def build_ann(store, threshold: int, log) -> None:
+def build_ann(store, threshold: int, log, kind: str = "auto") -> None:
     """The IVF over the global embeddings above ``threshold``; below it, removes a stale
-    one (exact search).
+    one (exact search). ``kind``: ``ann.KINDS`` or "auto" (``ann.kind_for`` the gallery's
+    size); an IVF of another kind is trained anew.
 
     An IVF that holds the first m rows (checked: ``snapshot.load_ivf``; a killed run can
     leave one that lags) has the rows past them added (ids continue; the quantizer and
@@ -273,8 +312,10 @@ def build_ann(store, threshold: int, log) -> None:
         log(f"{e.problem}: training another")
         index = None
     meta = _ann_meta(path) if index is not None else None
+    if kind == "auto":
+        kind = ann.kind_for(n, vectors.shape[1])
     if meta is None or meta.get("vectors") != index.ntotal or \
-            n > RETRAIN_GROWTH * meta["trained_on"]:
+            n > RETRAIN_GROWTH * meta["trained_on"] or ann.kind_of(index) != kind:
         index = None  # a sidecar that is not this file's says nothing of its quantizer
     if index is not None and index.ntotal == n:
         return
@@ -283,12 +324,12 @@ def build_ann(store, threshold: int, log) -> None:
         index = ann.add(ann.load(path, mmap=False), vectors[m:], start_id=m)
         how = f"extended by {n - m} (quantizer trained at {meta['trained_on']} images kept)"
     else:
-        index = ann.build(vectors, threshold=threshold)
-        meta = {"trained_on": n, "nlist": int(index.nlist)}
+        index = ann.build(vectors, threshold=threshold, kind=kind)
+        meta = {"trained_on": n, "nlist": int(index.nlist), "kind": kind}
         how = "trained and filled"
     _save_ann(store, index, meta)
-    log(f"IVF index of {index.ntotal} global embeddings ({index.nlist} lists) in {path}: "
-        f"{how}")
+    log(f"IVF-{ann.kind_of(index).upper()} index of {index.ntotal} global embeddings "
+        f"({index.nlist} lists) in {path}: {how}")
 
 
 def _remove_ann(store) -> None:
@@ -360,13 +401,14 @@ def load_quantizer(quantizer: str, dim: int):
 
 def train_quantizer(savedmodel: str, output: str, images=None, data_dir=None, split="test",
                     sample: int = 0, nlist: int = 0, batch_size: int = 32, seed: int = 0,
-                    log=print) -> dict:
+                    log=print, ann_kind: str = "auto") -> dict:
     """An empty IVF in ``output`` whose quantizer is trained on the global embeddings of a
     seeded random ``sample`` of the images (default: 39 per list, FAISS's minimum without
     a warning), with ``nlist`` lists (default: ``ann.default_nlist`` of all the images).
     Made before any shard is encoded, it lets every ``index --shard=i/N
     --quantizer=output`` (and hgan-beam-index's workers) start at once; their IVFs join
-    with FAISS's ``merge_from``. Returns {"images", "sample", "encoded", "nlist",
+    with FAISS's ``merge_from``. ``ann_kind``: the IVF's kind (``ann.KINDS``; "auto":
+    ``ann.kind_for`` all the images). Returns {"images", "sample", "encoded", "nlist",
     "skipped"}."""
     served = _load(savedmodel)
     check_contract(served.signatures)
@@ -393,10 +435,13 @@ def train_quantizer(savedmodel: str, output: str, images=None, data_dir=None, sp
     if len(vectors) < nlist:
         raise ValueError(f"{len(vectors)} sample images encoded for {nlist} lists: give a "
                          "larger --sample (FAISS needs at least one per list)")
-    index = ann.train(np.stack(vectors).astype(np.float32), nlist, seed)
+    vectors = np.stack(vectors).astype(np.float32)
+    if ann_kind == "auto":
+        ann_kind = ann.kind_for(len(source), vectors.shape[1])
+    index = ann.train(vectors, nlist, seed, ann_kind)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    write_ann(output, index, {"trained_on": len(source), "nlist": nlist})
-    log(f"IVF quantizer of {nlist} lists trained on {len(vectors)} of {len(source)} images "
+    write_ann(output, index, {"trained_on": len(source), "nlist": nlist, "kind": ann_kind})
+    log(f"IVF-{ann_kind.upper()} quantizer of {nlist} lists trained on {len(vectors)} of {len(source)} images "
         f"(sample of {size}; skipped {len(skipped)}) in {output}")
     return {"images": len(source), "sample": size, "encoded": len(vectors), "nlist": nlist,
             "skipped": skipped}

@@ -1,0 +1,222 @@
+"""How a gallery stores each ``encode_image`` output: one fixed-size record per image, so a
+feature file is an array of records that is memory-mapped and read at any rows
+(``hgan.serving.gallery``). A codec turns rows [n, *shape] (float) into records and back
+(float32), and the gallery decodes only the rows a query reads (stage 2's K candidates).
+
+* ``float16`` / ``float32``: the rows as they are (``Plain``).
+* ``int8``: every table [N, C'] (a feature of two axes or more: HGAN's ``word`` and
+  ``phrase`` regions) as int8 with one float32 scale per row of its last axis
+  (``Int8Rows``): x ≈ q · s, s = max|x| / 127 over the row, so a table costs N·(C' + 4)
+  bytes. A region's row keeps its own range (one scale per image lets the region with the
+  largest values set the step of every other). The global embedding (one axis) stays
+  float16: stage 1 ranks the whole gallery by it.
+* ``pq``: every table with a product quantiser (``PQRows``): each row cut into
+  M = C' / ``PQ_SUBDIM`` sub-vectors (``sub_width``: the largest divisor of C' up to 8),
+  each stored as the 1-byte index of its nearest of
+  ``PQ_CENTROIDS`` centroids, learnt per sub-space by k-means (FAISS's) on a sample of
+  the gallery's own rows: N·M bytes a table, plus the codebook [M, K, C'/M] float32 once
+  per gallery (``codebook.<name>.npy``). The global embedding stays float16.
+
+Bytes per image at the paper's widths (``global`` 512, ``word`` and ``phrase`` 15 × 512):
+float16 31,744; int8 16,504 (2 · 512 + 2 · 15 · (512 + 4)); pq 2,944 (2 · 512 + 2 · 15 ·
+64). ``bench/gallery_index.py`` prints these from the codecs; ``bench/search_latency.py``
+(``--fidelity``) measures what each changes in the two-stage ranking of a test split.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+PLAIN = ("float16", "float32")
+DTYPES = PLAIN + ("int8", "pq")
+PQ_SUBDIM = 8  # values per PQ sub-vector: 1 byte per 8 float values
+PQ_CENTROIDS = 256  # centroids per sub-space (one uint8 code)
+PQ_TRAIN_ROWS = 16_384  # rows a codebook is trained on, at most (a seeded sample): 64
+# per centroid, above FAISS's 39-per-centroid minimum
+
+
+class Plain:
+    """Rows stored as they are, in ``dtype`` (float16 or float32)."""
+
+    def __init__(self, shape: tuple, dtype: str):
+        self.shape, self.name = tuple(shape), dtype
+        self.record = np.dtype((np.dtype(dtype), self.shape)) if self.shape else np.dtype(dtype)
+
+    def encode(self, rows) -> np.ndarray:
+        """[n, *shape] → records [n]; here the rows themselves, [n, *shape]."""
+        return np.ascontiguousarray(np.asarray(rows), dtype=self.record.base)
+
+    def decode(self, records) -> np.ndarray:
+        return np.asarray(records, np.float32)
+
+    def file_dtype(self):
+        """What ``np.memmap`` reads the feature file as, with the row shape after it."""
+        return self.record.base, self.shape
+
+
+class Int8Rows:
+    """int8 values with one float32 scale per row of the last axis: a record is
+    ``q`` int8 [*shape] then ``s`` float32 [*shape[:-1]]; x ≈ q · s."""
+
+    name = "int8"
+
+    def __init__(self, shape: tuple):
+        self.shape = tuple(shape)
+        self.record = np.dtype([("q", np.int8, self.shape), ("s", np.float32, self.shape[:-1])])
+
+    def encode(self, rows) -> np.ndarray:
+        x = np.asarray(rows, np.float32)
+        scale = np.abs(x).max(axis=-1) / 127.0
+        safe = np.where(scale > 0, scale, 1.0)
+        out = np.empty(len(x), self.record)
+        out["q"] = np.clip(np.rint(x / safe[..., None]), -127, 127).astype(np.int8)
+        out["s"] = scale
+        return out
+
+    def decode(self, records) -> np.ndarray:
+        """records [n] → [n, *shape] float32."""
+        return records["q"].astype(np.float32) * records["s"][..., None]
+
+    def file_dtype(self):
+        return self.record, ()
+
+
+class PQRows:
+    """Each row of the last axis product-quantised with ``codebook`` [M, K, C'/M]: a
+    record is ``c`` uint8 [*shape[:-1], M], the index of each sub-vector's centroid."""
+
+    name = "pq"
+
+    def __init__(self, shape: tuple, codebook: np.ndarray):
+        self.shape = tuple(shape)
+        self.codebook = np.ascontiguousarray(codebook, np.float32)
+        m, k, sub = self.codebook.shape
+        if m * sub != self.shape[-1] or k != PQ_CENTROIDS:
+            raise ValueError(f"a codebook {self.codebook.shape} does not code rows of "
+                             f"{self.shape[-1]} values with {PQ_CENTROIDS} centroids")
+        self.m = m
+        self.record = np.dtype([("c", np.uint8, (*self.shape[:-1], m))])
+        self._pq = None
+
+    def _quantizer(self):
+        """FAISS's ProductQuantizer holding this codebook (its encoder is ~50x NumPy's)."""
+        if self._pq is None:
+            import faiss
+            pq = faiss.ProductQuantizer(self.shape[-1], self.m, 8)
+            faiss.copy_array_to_vector(self.codebook.ravel(), pq.centroids)
+            self._pq = pq
+        return self._pq
+
+    def encode(self, rows) -> np.ndarray:
+        """Each sub-vector → the index of its nearest centroid (squared l2)."""
+        x = np.ascontiguousarray(np.asarray(rows, np.float32))
+        n = len(x)
+        codes = self._quantizer().compute_codes(x.reshape(-1, self.shape[-1]))
+        out = np.empty(n, self.record)
+        out["c"] = codes.reshape(n, *self.shape[:-1], self.m)
+        return out
+
+    def decode(self, records) -> np.ndarray:
+        codes = records["c"]  # [n, *rows, M]
+        parts = self.codebook[np.arange(self.m), codes]  # [n, *rows, M, sub]
+        return parts.reshape(*codes.shape[:-1], self.shape[-1])
+
+    def file_dtype(self):
+        return self.record, ()
+
+
+def sub_width(dim: int, most: int = PQ_SUBDIM) -> int:
+    """Values per PQ sub-vector for rows of ``dim``: the largest divisor of ``dim`` up to
+    ``most`` (8 for C' = 128 or 512)."""
+    return max(d for d in range(1, most + 1) if dim % d == 0)
+
+
+def train_codebook(rows, dim: int, seed: int = 0, subdim: int = PQ_SUBDIM,
+                   centroids: int = PQ_CENTROIDS,
+                   max_rows: int = PQ_TRAIN_ROWS) -> np.ndarray:
+    """A PQ codebook [dim / s, K, s] float32 for rows of ``dim`` values, s =
+    ``sub_width(dim, subdim)`` (``rows``: [..., dim], a seeded sample of at most
+    ``max_rows`` used), by FAISS's
+    k-means in each sub-space. With fewer rows than ``centroids``, as many centroids as
+    rows are learnt and the last repeated up to ``centroids`` (a code that points at a
+    repeat decodes to the same values)."""
+    import faiss
+    subdim = sub_width(dim, subdim)
+    x = np.asarray(rows, np.float32).reshape(-1, dim)
+    if len(x) > max_rows:
+        x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_rows, replace=False))]
+    k = min(centroids, len(x))
+    if k < 1:
+        raise ValueError("no rows to train a PQ codebook on")
+    m = dim // subdim
+    book = np.zeros((m, k, subdim), np.float32)
+    # One thread: a sub-space's k-means is small (8-d), and OpenMP's barriers in each
+    # iteration cost more than a second thread saves (6x slower with two on a busy 2-core
+    # machine).
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        for j in range(m):
+            part = np.ascontiguousarray(x[:, j * subdim:(j + 1) * subdim])
+            km = faiss.Kmeans(subdim, k, niter=20, seed=seed + j, verbose=False,
+                              min_points_per_centroid=1)
+            km.train(part)
+            book[j] = km.centroids
+    finally:
+        faiss.omp_set_num_threads(threads)
+    if k < centroids:
+        book = np.concatenate([book, np.repeat(book[:, -1:], centroids - k, axis=1)], axis=1)
+    return book
+
+
+def uses_codebook(dtype: str, shape: tuple) -> bool:
+    """Whether feature rows of ``shape`` are product-quantised under ``dtype``: the tables
+    ([N, C'], two axes or more) of a ``pq`` gallery."""
+    return dtype == "pq" and len(shape) >= 2
+
+
+def codec(dtype: str, shape: tuple, codebook: Optional[np.ndarray] = None):
+    """The codec of a feature of per-image ``shape`` in a gallery of ``dtype``: a table
+    (two axes or more) is coded under int8 and pq, a vector stays float16."""
+    if dtype in PLAIN:
+        return Plain(shape, dtype)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if len(shape) < 2:
+        return Plain(shape, "float16")
+    if uses_codebook(dtype, shape):
+        if codebook is None:
+            raise ValueError(f"a {dtype} feature of shape {shape} needs its codebook")
+        return PQRows(shape, codebook)
+    return Int8Rows(shape)
+
+
+class Decoded:
+    """A feature file's records [len] read as the float32 array [len, *shape] they code,
+    decoded only at the rows indexed (``view[rows]``, ``view[a:b]``, ``view[i]``); the
+    records stay memory-mapped."""
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, records: np.ndarray, codec_):
+        self.records, self.codec = records, codec_
+        self.shape = (len(records), *codec_.shape)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            i = range(len(self))[key]
+            return self.codec.decode(self.records[i:i + 1])[0]
+        if isinstance(key, tuple):
+            head, rest = key[0], key[1:]
+            return self[head][(slice(None), *rest) if not isinstance(
+                head, (int, np.integer)) else rest]
+        return self.codec.decode(self.records[key])
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)

@@ -1,0 +1,173 @@
+"""The gallery's stored forms (hgan/serving/codec.py): int8 with a scale per row and the
+product-quantised tables, against NumPy references; their bytes on disk; a gallery
+indexed with them against float32; and the refusals of a damaged or unknown store."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from hgan.serving import codec, gallery
+
+PAPER = {"global": (512,), "word": (15, 512), "phrase": (15, 512)}
+
+
+def _rows(shape, n=7, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, *shape)) * rng.uniform(0.01, 5, size=(n, *shape[:-1], 1))
+            ).astype(np.float32)
+
+
+def test_int8_round_trip_is_the_numpy_reference_within_half_a_step_per_row():
+    x = _rows((15, 64))
+    x[0, 3] = 0.0  # a zero row keeps scale 0 and decodes to zeros
+    c = codec.Int8Rows((15, 64))
+    records = c.encode(x)
+    scale = np.abs(x).max(-1) / 127.0
+    q = np.clip(np.rint(x / np.where(scale > 0, scale, 1)[..., None]), -127, 127)
+    np.testing.assert_array_equal(records["q"], q.astype(np.int8))
+    np.testing.assert_array_equal(records["s"], scale.astype(np.float32))
+    decoded = c.decode(records)
+    np.testing.assert_allclose(decoded, q * scale[..., None], rtol=1e-6)
+    assert np.all(np.abs(decoded - x) <= scale[..., None] / 2 * (1 + 1e-5))
+    assert not decoded[0, 3].any()
+    assert records.dtype.itemsize == 15 * (64 + 4)
+
+
+def test_pq_codes_each_sub_vector_by_its_nearest_centroid_as_numpy_does():
+    x = _rows((5, 32), n=60)
+    book = codec.train_codebook(x, 32, seed=1)
+    assert book.shape == (4, 256, 8)  # 300 rows: 256 centroids per sub-space
+    c = codec.PQRows((5, 32), book)
+    records = c.encode(x)
+    sub = x.reshape(-1, 4, 8)
+    dist = ((sub[:, :, None, :] - book[None]) ** 2).sum(-1)  # [rows, M, K]
+    np.testing.assert_array_equal(records["c"].reshape(-1, 4), dist.argmin(-1))
+    decoded = c.decode(records)
+    want = book[np.arange(4), dist.argmin(-1)].reshape(x.shape)
+    np.testing.assert_array_equal(decoded, want)
+    # The error of each sub-vector is its distance to the nearest centroid.
+    np.testing.assert_allclose(((decoded - x).reshape(-1, 4, 8) ** 2).sum(-1),
+                               dist.min(-1), rtol=1e-4, atol=1e-5)
+    assert records.dtype.itemsize == 5 * 4
+    # A width 8 does not divide is cut into the largest sub-vectors up to 8 that divide it.
+    odd = codec.train_codebook(_rows((2, 18), n=40), 18)
+    assert odd.shape == (3, 256, 6)  # 18 = 3 · 6
+    assert codec.PQRows((2, 18), odd).record.itemsize == 2 * 3
+
+
+# The global embedding (stage 1's) stays float16; the re-rank tables are coded.
+@pytest.mark.parametrize("dtype, per_image", [
+    ("float16", (512 + 2 * 15 * 512) * 2),  # 31,744
+    ("int8", 512 * 2 + 2 * 15 * (512 + 4)),  # 16,504
+    ("pq", 512 * 2 + 2 * 15 * 512 // 8),  # 2,944: at most 4 KiB
+])
+def test_bytes_per_image_on_disk_at_the_papers_widths(tmp_path, dtype, per_image):
+    n = 3
+    sample = {k: _rows(s, n=n) for k, s in PAPER.items()}
+    g = gallery.Gallery.create(str(tmp_path / "g"), "m", PAPER, dtype=dtype,
+                               codebooks=gallery.train_codebooks(dtype, sample))
+    g.append([f"{i}.jpg" for i in range(n)], sample)
+    on_disk = sum(os.path.getsize(os.path.join(g.path, f"feat.{k}.bin")) for k in PAPER)
+    assert g.bytes_per_item() == per_image and on_disk == n * per_image
+    assert dtype != "pq" or per_image <= 4096
+    again = gallery.Gallery.open(g.path)
+    word = again.array("word")
+    assert word.shape == (n, 15, 512) and word[1:].shape == (2, 15, 512)
+    assert word[np.array([2, 0])].dtype == (np.float16 if dtype == "float16" else np.float32)
+    assert word[-1].shape == (15, 512)
+    np.testing.assert_array_equal(np.asarray(word)[2], word[2])
+
+
+def test_merge_copies_codes_and_refuses_shards_of_two_codebooks(tmp_path):
+    shapes = {"global": (8,), "word": (3, 16)}
+    a, b = _rows((3, 16), n=40, seed=1), _rows((3, 16), n=40, seed=2)
+    books = gallery.train_codebooks("pq", {"word": a})
+    shards = []
+    for name, rows, seed in (("s0", a, 3), ("s1", b, 4)):
+        g = gallery.Gallery.create(str(tmp_path / name), "m", shapes, "pq", codebooks=books)
+        g.append([f"{name}/{i}" for i in range(40)],
+                 {"global": _rows((8,), 40, seed), "word": rows})
+        g.close()
+        shards.append(g.path)
+    merged = gallery.merge(str(tmp_path / "all"), shards)
+    for k in shapes:
+        np.testing.assert_array_equal(
+            merged.records(k), np.concatenate([gallery.Gallery.open(s).records(k)
+                                               for s in shards]))
+    other = gallery.Gallery.create(str(tmp_path / "s2"), "m", shapes, "pq",
+                                   codebooks=gallery.train_codebooks("pq", {"word": b}))
+    other.append(["x"], {"global": _rows((8,), 1), "word": b[:1]})
+    with pytest.raises(ValueError, match="different pq codebooks.*--codebook"):
+        gallery.merge(str(tmp_path / "bad"), [shards[0], other.path])
+
+
+def test_an_unknown_dtype_a_cut_file_and_a_changed_codebook_are_refused(tmp_path):
+    shapes = {"global": (8,), "word": (3, 16)}
+    sample = {"global": _rows((8,), 20), "word": _rows((3, 16), 20)}
+    g = gallery.Gallery.create(str(tmp_path / "g"), "m", shapes, "pq",
+                               codebooks=gallery.train_codebooks("pq", sample))
+    g.append([str(i) for i in range(20)], sample)
+    g.close()
+    manifest = os.path.join(g.path, gallery.MANIFEST)
+    # A truncated coded file: refused by name on reading, cut to its whole rows by a writer.
+    word = os.path.join(g.path, "feat.word.bin")
+    os.truncate(word, os.path.getsize(word) - 5)
+    with pytest.raises(gallery.GalleryDamaged, match=r"feat\.word\.bin holds 19 whole rows"):
+        gallery.Gallery.open(g.path)
+    fixed = gallery.Gallery.open(g.path, writable=True)
+    assert len(fixed) == 19 and "kept its first 19" in fixed.repaired
+    fixed.close()
+    # A codebook that is not the manifest's cannot decode the codes.
+    book = os.path.join(g.path, "codebook.word.npy")
+    np.save(book, np.load(book) + 1)
+    with pytest.raises(gallery.GalleryDamaged, match=r"codebook\.word\.npy is not the codebook"):
+        gallery.Gallery.open(g.path)
+    os.remove(book)
+    with pytest.raises(gallery.GalleryDamaged, match=r"codebook\.word\.npy.*cannot be read"):
+        gallery.Gallery.open(g.path)
+    # A dtype this version does not store.
+    data = json.load(open(manifest))
+    json.dump({**data, "dtype": "int4"}, open(manifest, "w"))
+    with pytest.raises(gallery.GalleryDamaged, match="names dtype 'int4'.*float16, float32, "
+                                                     "int8, pq"):
+        gallery.Gallery.open(g.path)
+    with pytest.raises(ValueError, match="needs a codebook"):
+        gallery.Gallery.create(str(tmp_path / "h"), "m", shapes, "pq")
+
+
+@pytest.mark.slow
+def test_a_gallery_indexed_int8_or_pq_ranks_the_test_captions_as_float32(hgan_export,
+                                                                        tiny_data, tmp_path):
+    # The tiny export over the tiny test split: every test caption's top 10 (the whole
+    # re-ranked gallery) through Searcher, as hgan-search query and the service rank it.
+    from hgan.data import pipeline, records
+    from hgan.serving import searcher
+    from hgan.tf_compat import tf
+    quiet = {"log": lambda *_: None}
+    paths = {}
+    for dtype in ("float32", "int8", "pq"):
+        paths[dtype] = str(tmp_path / dtype)
+        # ann_threshold=0: the IVF too (IVF-PQ for a pq gallery), so both stages run.
+        searcher.build_index(hgan_export, paths[dtype], data_dir=tiny_data, split="test",
+                             dtype=dtype, ann_threshold=0,
+                             ann_kind="pq" if dtype == "pq" else "flat", **quiet)
+    captions = [c.decode() for e in tf.data.TFRecordDataset(
+        pipeline.split_files(tiny_data, "test")).map(records.parse_example)
+        for c in e["captions"].numpy()]
+    tops = {}
+    for dtype, path in paths.items():
+        s = searcher.Searcher(hgan_export, path)
+        assert s.store.dtype == dtype and s.stage1.index is not None
+        tops[dtype] = [[r["row"] for r in s.query(c, top_k=10, rerank_k=10)]
+                       for c in captions]
+    assert gallery.Gallery.open(paths["pq"]).codebooks.keys() == {"word", "phrase"}
+    assert searcher.Searcher(hgan_export, paths["pq"]).stage1.refine == 4
+    # Every caption's best image is float32's; the whole order is for 10 of the 12
+    # captions (the other two swap two images whose fused scores lie 0.005 apart, where
+    # int8's per-row step moves a Gumbel top-k selection). The pq codebooks of a 6-image
+    # gallery hold a centroid for nearly every row (min(256, rows)), so pq orders as float32.
+    for dtype, same_order in (("int8", 10), ("pq", 12)):
+        assert [t[0] for t in tops[dtype]] == [t[0] for t in tops["float32"]]
+        assert sum(a == b for a, b in zip(tops[dtype], tops["float32"])) == same_order
+    assert len(captions) == 12
