@@ -166,6 +166,22 @@ def main(argv):
     shutil.rmtree(FLAGS.dir, ignore_errors=True)
 
 
+def recall_and_latency(searcher, queries, truth, k: int, batch: int):
+    """(recall@k of ``searcher`` against ``truth``, searched ``batch`` queries a call; the
+    seconds of each query searched alone, after 10 warm ones)."""
+    got = np.concatenate([searcher.search(queries[a:a + batch], k)[1]
+                          for a in range(0, len(queries), batch)])
+    recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(got, truth)])
+    for q in queries[:10]:
+        searcher.search(q, k)  # warm
+    times = []
+    for q in queries:
+        t0 = time.perf_counter()
+        searcher.search(q, k)
+        times.append(time.perf_counter() - t0)
+    return recall, times
+
+
 def ivf_flat(mapped, queries, truth):
     """The product's IVF-Flat build (ann.build), its two phases timed inside it → its file
     bytes."""
@@ -187,16 +203,8 @@ def ivf_flat(mapped, queries, truth):
           f"{os.path.getsize(path) / n:.0f} B/image on disk; loaded by ann.load: "
           f"{lists.__name__} (memory-mapped)")
     for nprobe in map(int, FLAGS.nprobe):
-        searcher = ann.Searcher(mapped, index, nprobe=nprobe)
-        got = searcher.search(queries, k)[1]
-        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(got, truth)])
-        for q in queries[:10]:
-            searcher.search(q, k)  # warm
-        times = []
-        for q in queries:
-            t0 = time.perf_counter()
-            searcher.search(q, k)
-            times.append(time.perf_counter() - t0)
+        recall, times = recall_and_latency(ann.Searcher(mapped, index, nprobe=nprobe),
+                                           queries, truth, k, batch=len(queries))
         print(f"  nprobe {nprobe:3d}: recall@{k} {recall:.3f}, one query "
               f"{percentiles(times)}")
 
@@ -267,17 +275,8 @@ def ivf_pq(mapped, queries, truth, flat_bytes):
           f"{flat_bytes / 2**20:.0f} MiB); process RSS {before:.0f} MiB before the build, "
           f"{built:.0f} MiB after it")
     for nprobe in map(int, FLAGS.nprobe):
-        searcher = ann.Searcher(mapped, index, nprobe=nprobe)
-        got = np.concatenate([searcher.search(queries[a:a + 50], k)[1]
-                              for a in range(0, len(queries), 50)])
-        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(got, truth)])
-        for q in queries[:10]:
-            searcher.search(q, k)  # warm
-        times = []
-        for q in queries:
-            t0 = time.perf_counter()
-            searcher.search(q, k)
-            times.append(time.perf_counter() - t0)
+        recall, times = recall_and_latency(ann.Searcher(mapped, index, nprobe=nprobe),
+                                           queries, truth, k, batch=50)
         print(f"  IVF-PQ nprobe {nprobe:3d}, short list {ann.REFINE * k} re-scored exactly: "
               f"recall@{k} {recall:.3f}, one query {percentiles(times)}; process RSS "
               f"{rss_mib():.0f} MiB")
