@@ -2,7 +2,8 @@
 
   python bench/eval_scoring.py [--queries=6156] [--gallery=3074] [--modes=exact,two_stage]
                                [--rerank_k=100] [--budget_mb=512] [--identities=0]
-                               [--profile] [--grid_block=128,32] [--candidate_pairs=6400]
+                               [--profile] [--grid_block=128,32] [--candidate_pairs=1600]
+                               [--preset=paper]
   python bench/eval_scoring.py --small
 
 ``hgan.evaluation.hgan_scoring.Scorer`` driven by the paper's heads alone (two ``LocalMatching`` of
@@ -75,6 +76,8 @@ def define_flags():
     flags.DEFINE_integer("identities", 0, "0: unstructured random global features; N: drawn "
                          "around N identity centres, in shard order (CUHK-PEDES test: 1,000).")
     flags.DEFINE_integer("seed", 0, "Feature and weight seed.")
+    flags.DEFINE_string("preset", "paper", "Preset whose widths the heads and features "
+                        "take (paper: H = C' = 512, 64 word slots; demo: 128, 40).")
     flags.DEFINE_list("grid_block", [], "TEXTS,IMAGES: exact mode's block shape "
                       "(hgan_scoring.GRID_BLOCK; empty: the scorer's).")
     flags.DEFINE_integer("candidate_pairs", 0, "Two-stage pairs per call "
@@ -249,7 +252,7 @@ def run_mode(mode: str) -> dict:
                 return tf.constant(out)
             return counted
 
-    config = preset("paper").replace(rerank_k=FLAGS.rerank_k)
+    config = preset(FLAGS.preset).replace(rerank_k=FLAGS.rerank_k)
     tf.random.set_seed(FLAGS.seed)
     regions = int(np.prod(partition_grid(config.model.partition_map, config.model.word_pool,
                                          config.model.word_stride)))
