@@ -327,12 +327,13 @@ def _median_time(fns, repeats: int) -> list:
 
 def profile_phases(scorer, repeats: int = 5) -> list:
     """Where a compiled call's time goes (``--profile``), for each direction and level:
-    one call of median word slots, re-run as nested prefixes of what the call computes:
-    the gathers of its rows from the prepared tables; + Eq. 2's γ product (``pair_gamma``);
-    + the top-k selections and their Eq. 7 softmax (``top_k_selected`` under XLA); the
-    whole call (+ the fused vectors of Eqs. 6–7, Eq. 8's MLP and the means). Each phase is
-    the difference of two prefixes' medians. The scoring loop's time outside its calls
-    (index building, padding, copies into the output) is read from the timed run."""
+    one call of median word slots, re-run as nested prefixes of what the call computes,
+    each returning only its last, small result: Eq. 2's γ from rows gathered beforehand;
+    the gathers of the rows from the prepared tables + γ; + the top-k selections and
+    their Eq. 7 softmax (``top_k_selected`` under XLA); the whole call (+ the fused
+    vectors of Eqs. 6–7, Eq. 8's MLP and the means). Each phase is the difference of two
+    medians (γ: the first alone). The scoring loop's time outside its calls (index
+    building, padding, copies into the output) is read from the timed run."""
     from hgan.tf_compat import tf
     out = []
     for (direction, level), calls in scorer.calls.items():
@@ -340,31 +341,27 @@ def profile_phases(scorer, repeats: int = 5) -> list:
         rows, cols, layout, used = sorted(calls, key=lambda c: c[3])[len(calls) // 2]
         (t_gamma, _), (v_gamma, _) = prep["text"], prep["image"]
         rows, cols = tf.constant(rows), tf.constant(cols)
-
-        def gathers():
-            return (tf.gather(t_gamma, rows)[..., :used, :], tf.gather(v_gamma, cols),
-                    tf.gather(prep["mask_t"], rows)[..., :used])
+        tg, vg = tf.gather(t_gamma, rows)[..., :used, :], tf.gather(v_gamma, cols)
 
         def gamma():
-            tg, vg, mask = gathers()
+            tg, vg = tf.gather(t_gamma, rows)[..., :used, :], tf.gather(v_gamma, cols)
+            mask = tf.gather(prep["mask_t"], rows)[..., :used]
             mask = mask if layout == "text_paired" else mask[:, None]
             g = head.pair_gamma(tg, vg, layout)
             return g, tf.broadcast_to(mask, tf.shape(g)[:3])
 
         select = tf.function(head.top_k_selected, jit_compile=True)
-
-        def selected():
-            return tf.nest.flatten(select(*gamma()))
-
         fn = scorer.uncounted[level]
-        t_gather, t_gamma, t_select, t_call = _median_time(
-            [tf.function(gathers), tf.function(gamma), tf.function(selected),
+        t_alone, t_gamma, t_select, t_call = _median_time(
+            [tf.function(lambda: [head.pair_gamma(tg, vg, layout)]),
+             tf.function(lambda: gamma()[:1]),
+             tf.function(lambda: tf.nest.flatten(select(*gamma()))),
              lambda: [fn(prep, rows.numpy(), cols.numpy(), layout, used)]], repeats)
         out.append({"direction": direction, "level": level, "layout": layout,
                     "shape": {"grid": [int(rows.shape[0]), int(cols.shape[0])],
                               "image_paired": list(cols.shape),
                               "text_paired": list(rows.shape)}[layout],
-                    "used": int(used), "gather_s": t_gather, "gamma_s": t_gamma - t_gather,
+                    "used": int(used), "gather_s": t_gamma - t_alone, "gamma_s": t_alone,
                     "select_s": t_select - t_gamma, "fuse_s": t_call - t_select,
                     "call_s": t_call, "calls": len(calls),
                     "loop_s": scorer.loops[(direction, level)],
