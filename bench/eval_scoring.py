@@ -2,7 +2,7 @@
 
   python bench/eval_scoring.py [--queries=6156] [--gallery=3074] [--modes=exact,two_stage]
                                [--rerank_k=100] [--budget_mb=512] [--identities=0]
-                               [--profile] [--grid_block=128,32] [--candidate_pairs=1600]
+                               [--profile] [--grid_block=128,32] [--candidate_pairs=600]
                                [--preset=paper]
   python bench/eval_scoring.py --small
 

@@ -24,7 +24,7 @@ LOCAL_LEVELS = ("word", "phrase")
 # exact-mode call, and (query, candidate) pairs of a two-stage call. Chosen by paired runs
 # of bench/eval_scoring.py's --grid_block / --candidate_pairs (docs/benchmarks.md).
 GRID_BLOCK = (128, 32)
-CANDIDATE_PAIRS = 1600
+CANDIDATE_PAIRS = 600
 
 
 def _as_float32(tables):
