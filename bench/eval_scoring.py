@@ -2,7 +2,7 @@
 
   python bench/eval_scoring.py [--queries=6156] [--gallery=3074] [--modes=exact,two_stage]
                                [--rerank_k=100] [--budget_mb=512] [--identities=0]
-                               [--profile] [--grid_block=128,32] [--candidate_pairs=600]
+                               [--profile] [--grid_block=128,32] [--candidate_pairs=N]
                                [--preset=paper]
   python bench/eval_scoring.py --small
 
@@ -81,7 +81,7 @@ def define_flags():
     flags.DEFINE_list("grid_block", [], "TEXTS,IMAGES: exact mode's block shape "
                       "(hgan_scoring.GRID_BLOCK; empty: the scorer's).")
     flags.DEFINE_integer("candidate_pairs", 0, "Two-stage pairs per call "
-                         "(hgan_scoring.CANDIDATE_PAIRS; 0: the scorer's).")
+                         "(hgan_scoring.CANDIDATE_PAIRS; 0: as many as the memory budget holds).")
     flags.DEFINE_boolean("profile", False, "Also print, per direction and level, where a "
                          "compiled call's time goes (gathers, the gamma product, the top-k "
                          "selections, the fused MLP) and the scoring loop's time outside "

@@ -180,7 +180,7 @@ def test_two_stage_reranks_the_stage1_head_by_the_combined_score(tiny_config, di
     assert (want[:, :k] != np.argsort(-stage1, axis=1, kind="stable")[:, :k]).any(), \
         "the local scores re-order no head: this test could not tell re-ranking from none"
 
-    scorer = hgan_scoring.Scorer(model, memory_budget_bytes=20_000)  # word: 6 pairs a call
+    scorer = hgan_scoring.Scorer(model, memory_budget_bytes=70_000)  # word: 6 pairs a call
     calls = []
     chunk_fn = scorer._chunk_fn
 

@@ -20,11 +20,11 @@ from hgan.tf_compat import tf
 
 
 LOCAL_LEVELS = ("word", "phrase")
-# Block shapes of the Gumbel heads' calls, within the memory budget: texts × images of an
-# exact-mode call, and (query, candidate) pairs of a two-stage call. Chosen by paired runs
-# of bench/eval_scoring.py's --grid_block / --candidate_pairs (docs/benchmarks.md).
+# Texts × images of an exact-mode call of the Gumbel heads, within the memory budget;
+# chosen by paired runs of bench/eval_scoring.py --grid_block (docs/benchmarks.md).
 GRID_BLOCK = (128, 32)
-CANDIDATE_PAIRS = 600
+# (query, candidate) pairs of a two-stage call; None: as many as the memory budget holds.
+CANDIDATE_PAIRS = None
 
 
 def _as_float32(tables):
@@ -172,14 +172,17 @@ class Scorer:
             gathered = words * (k2 + 3) + regions * (k1 + 3)
         return 4 * (6 * words * regions + h * gathered)
 
-    def _pairs_per_chunk(self, level: str, words: int, regions: int,
-                         direction: str = "t2i") -> int:
-        """Two-stage: (query, candidate) pairs a call scores, within the memory budget and
-        at most ``CANDIDATE_PAIRS`` (t2i gathers each candidate image's regions, i2t each
-        candidate text's words)."""
-        gathered = regions if direction == "t2i" else words
-        per_pair = self._pair_bytes(level, words, regions, gathered)
-        return max(1, min(CANDIDATE_PAIRS, self.budget // per_pair))
+    def _pairs_per_chunk(self, level: str, words: int, regions: int) -> int:
+        """Two-stage: (query, candidate) pairs a call scores, within the memory budget (at
+        most ``CANDIDATE_PAIRS`` if set). A pair counts its [R, H] + [N, H] fused and
+        hidden tensors of both directions, its gathered φ rows among them: chunks cut
+        this tight ran as fast as larger ones in paired runs (600 against 1,600 and 6,400
+        pairs a call at the paper's widths), and larger ones took a CUHK-PEDES-sized run
+        past 4 GiB."""
+        k1, k2 = self.config.model.k1, self.config.model.k2
+        per_pair = self._pair_bytes(level, words, regions,
+                                    words * (k2 + 3) + regions * (k1 + 3))
+        return max(1, min(CANDIDATE_PAIRS or self.budget, self.budget // per_pair))
 
     def grid_block(self, level: str, texts: int, images: int, words: int,
                    regions: int) -> tuple[int, int]:
@@ -220,8 +223,7 @@ class Scorer:
         fn, t_mask = self._chunk_fn(level), prep["mask"]
         layout = "image_paired" if direction == "t2i" else "text_paired"
         q_chunk = max(1, self._pairs_per_chunk(level, t_mask.shape[1],
-                                               prep["image"][0].shape[1], direction)
-                      // top.shape[1])
+                                               prep["image"][0].shape[1]) // top.shape[1])
         q_chunk = min(q_chunk, len(top))
         out = np.zeros(top.shape, np.float32)
         lengths = t_mask.sum(axis=1)
