@@ -200,17 +200,17 @@ class LocalMatching(keras.layers.Layer):
         t_rows = tf.reshape(text_table, [-1, tf.shape(text_table)[-1]])
         v_rows = tf.reshape(image_table, [-1, tf.shape(image_table)[-1]])
         w_out, b_out = self.fuse_out.kernel[:, 0], self.fuse_out.bias[0]
-        (w_regions, regions), (w_words, words) = self.top_k_selected(gamma, mask)
         # Text-to-image: word r (its W·t + b) with its k2 fused regions.
         own = tf.gather(t_rows, t_base + tf.range(shape[2]))
-        fused = _fuse_rows(w_regions, regions, v_rows, v_base)
+        fused = _fuse_rows(*_top_k_softmax(gamma, self.k2), v_rows, v_base)
         hidden = tf.nn.relu(own + fused + self.fuse_bias)
         per_word = tf.sigmoid(tf.einsum("xyrh,h->xyr", hidden, w_out) + b_out)
         valid = tf.cast(mask, per_word.dtype)
         s_t2i = tf.reduce_sum(per_word * valid, -1) / tf.maximum(tf.reduce_sum(valid, -1), 1.0)
         # Image-to-text: region n with its k1 fused words (Eqs. 5–7), scored by Eq. 8.
         own = tf.gather(v_rows, v_base + tf.range(shape[3]))
-        fused = _fuse_rows(w_words, words, t_rows, t_base)
+        fused = _fuse_rows(*_top_k_softmax(_words_by_region(gamma, mask), self.k1), t_rows,
+                           t_base)
         hidden = tf.nn.relu(own + fused + self.fuse_bias)
         per_region = tf.sigmoid(tf.einsum("xynh,h->xyn", hidden, w_out) + b_out)
         return 0.5 * (tf.reduce_mean(per_region, axis=-1) + s_t2i)
@@ -221,8 +221,7 @@ class LocalMatching(keras.layers.Layer):
         [X, Y, N, k1], k1 word indices [X, Y, N]) of image-to-text): each row's top-k keys
         and the softmax of their γ (padded words never picked; a region of a text without
         words weighs nothing)."""
-        mask = tf.cast(text_mask, tf.bool)
-        words = tf.transpose(tf.where(mask[..., None], gamma, _MASKED), [0, 1, 3, 2])
+        words = _words_by_region(gamma, tf.cast(text_mask, tf.bool))
         return _top_k_softmax(gamma, self.k2), _top_k_softmax(words, self.k1)
 
     def _select(self, layer, scores, mask, training):
@@ -256,6 +255,12 @@ def _pair_mask(text_mask, layout: str):
     """The word mask broadcastable to [X, Y, R]."""
     mask = tf.cast(text_mask, tf.bool)
     return mask if layout == "text_paired" else mask[:, None, :]
+
+
+def _words_by_region(gamma, mask):
+    """γ [X, Y, R, N] as each region's scores of the words, [X, Y, N, R], padded words
+    (``mask`` [X, Y, R] false) at ``_MASKED``."""
+    return tf.transpose(tf.where(mask[..., None], gamma, _MASKED), [0, 1, 3, 2])
 
 
 def _top_k_softmax(scores, k: int):
