@@ -162,11 +162,10 @@ class Scorer:
     def _pair_bytes(self, level: str, words: int, regions: int, gathered: int) -> int:
         """Bytes of one pair's intermediates. Gumbel heads: its γ map [R, N] a few times
         over (the product, its transpose, the selections' inputs) and ``gathered``
-        [H]-wide rows of the pair's own (two-stage: each candidate's φ rows, gathered for
-        its batched product; a grid block shares its texts' and images' rows: 0); the
-        fused vectors of Eqs. 6–8 stay inside ``score_selected``'s XLA loop. Soft
-        attention (the dense path) also writes the [R, H] + [N, H] fused and hidden
-        tensors of both directions, a few times over."""
+        [H]-wide rows of its own (a grid block shares its texts' and images' rows: 0; the
+        fused vectors of Eqs. 6–8 stay inside ``score_selected``'s XLA loop). Soft
+        attention (the dense path) writes the [R, H] + [N, H] fused and hidden tensors of
+        both directions, a few times over."""
         k1, k2, h = self.config.model.k1, self.config.model.k2, self.config.model.mlp_hidden
         if self.heads[level].attention != "gumbel":
             gathered = words * (k2 + 3) + regions * (k1 + 3)
@@ -175,10 +174,9 @@ class Scorer:
     def _pairs_per_chunk(self, level: str, words: int, regions: int) -> int:
         """Two-stage: (query, candidate) pairs a call scores, within the memory budget (at
         most ``CANDIDATE_PAIRS`` if set). A pair counts its [R, H] + [N, H] fused and
-        hidden tensors of both directions, its gathered φ rows among them: chunks cut
-        this tight ran as fast as larger ones in paired runs (600 against 1,600 and 6,400
-        pairs a call at the paper's widths), and larger ones took a CUHK-PEDES-sized run
-        past 4 GiB."""
+        hidden tensors of both directions, its gathered φ rows among them: 600, 1,600 and
+        6,400 pairs a call ran within 15 % of each other in paired runs at the paper's
+        widths, and 1,600 took a CUHK-PEDES-sized run past 4 GiB."""
         k1, k2 = self.config.model.k1, self.config.model.k2
         per_pair = self._pair_bytes(level, words, regions,
                                     words * (k2 + 3) + regions * (k1 + 3))
