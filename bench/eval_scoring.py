@@ -2,6 +2,8 @@
 
   python bench/eval_scoring.py [--queries=6156] [--gallery=3074] [--modes=exact,two_stage]
                                [--rerank_k=100] [--budget_mb=512] [--identities=0]
+                               [--profile] [--grid_block=128,32] [--candidate_pairs=N]
+                               [--preset=paper]
   python bench/eval_scoring.py --small
 
 ``hgan.evaluation.hgan_scoring.Scorer`` driven by the paper's heads alone (two ``LocalMatching`` of
@@ -31,6 +33,14 @@ features make every query's top-K independent of its neighbours', the worst case
 scorer that re-scores the union of a chunk's candidates; ``--identities=N`` draws them
 around N identity centres in shard order instead.
 
+Each mode also prints, per direction (exact mode: the one grid both directions read;
+two-stage: text-to-image and image-to-text apart, timed inside ``Scorer.two_stage``),
+pairs/s, GFLOP/s and the share of the peak. ``--profile`` adds, per direction and level,
+where one compiled call's time goes (``profile_phases``: the gathers, Eq. 2's γ product,
+the top-k selections, the fused vectors and Eq. 8's MLP) and how much of the scoring
+loop's time is spent outside its calls. ``--grid_block`` and ``--candidate_pairs`` set the
+scorer's block shapes, to compare them.
+
 Targets (at 6,156 × 3,074): two-stage at K = 100 under 60 s, exact under 10 minutes,
 peak memory under 4 GiB. Prints its figures; asserts nothing.
 
@@ -52,7 +62,7 @@ import numpy as np
 import _small
 
 FLAGS = flags.FLAGS
-SMALL = {"queries": 40, "gallery": 20, "rerank_k": 5}
+SMALL = {"queries": 40, "gallery": 20, "rerank_k": 5, "profile": True}
 
 
 def define_flags():
@@ -66,11 +76,22 @@ def define_flags():
     flags.DEFINE_integer("identities", 0, "0: unstructured random global features; N: drawn "
                          "around N identity centres, in shard order (CUHK-PEDES test: 1,000).")
     flags.DEFINE_integer("seed", 0, "Feature and weight seed.")
+    flags.DEFINE_string("preset", "paper", "Preset whose widths the heads and features "
+                        "take (paper: H = C' = 512, 64 word slots; demo: 128, 40).")
+    flags.DEFINE_list("grid_block", [], "TEXTS,IMAGES: exact mode's block shape "
+                      "(hgan_scoring.GRID_BLOCK; empty: the scorer's).")
+    flags.DEFINE_integer("candidate_pairs", 0, "Two-stage pairs per call "
+                         "(hgan_scoring.CANDIDATE_PAIRS; 0: as many as the memory budget holds).")
+    flags.DEFINE_boolean("profile", False, "Also print, per direction and level, where a "
+                         "compiled call's time goes (gathers, the gamma product, the top-k "
+                         "selections, the fused MLP) and the scoring loop's time outside "
+                         "its calls.")
     flags.DEFINE_string("child_mode", "", "Internal: run one mode in this process, print "
                         "JSON.")
     _small.define_flag()
 
 FULL = (6156, 3074)
+LEVELS = ["word", "phrase"]
 TARGET_S = {"exact": 600.0, "two_stage": 60.0}
 TARGET_RSS_GIB = 4.0
 GIB = float(1 << 30)
@@ -175,14 +196,17 @@ def run_mode(mode: str) -> dict:
         """Counts the (text, image) pairs every local level's heads compute: each call of
         the compiled chunk function, with the padding rows and columns that keep a partial
         chunk at the compiled shape (their scores are dropped, their cost is not); and
-        times, inside the calls ``evaluate`` makes, the preparation of the heads' tables
-        and each direction of the two-stage scoring."""
+        times, inside the calls ``evaluate`` makes, the preparation of the heads' tables,
+        each direction of the two-stage scoring, each level's scoring loop and the time
+        inside its compiled calls. Counts are kept per direction: ``grid`` (exact mode,
+        whose image-to-text matrix is the transpose of the one grid), ``t2i``, ``i2t``."""
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.pairs = {level: 0 for level in hgan_scoring.LOCAL_LEVELS}
-            self.flops = {level: 0 for level in hgan_scoring.LOCAL_LEVELS}
-            self.parts = {}
+            self.direction = "grid"
+            self.pairs, self.flops, self.calls = {}, {}, {}
+            self.parts, self.loops, self.in_calls = {}, {}, {}
+            self.uncounted = {}
 
         def _timed(self, name, fn, *args, **kwargs):
             t0 = time.perf_counter()
@@ -191,24 +215,44 @@ def run_mode(mode: str) -> dict:
             return out
 
         def _prepared(self, texts, images):
-            return self._timed("prepare", super()._prepared, texts, images)
+            self.prep = self._timed("prepare", super()._prepared, texts, images)
+            return self.prep
 
         def two_stage(self, texts, images, k, direction="t2i", prep=None):
+            self.direction = direction
             return self._timed(direction, super().two_stage, texts, images, k, direction, prep)
 
+        def local_grid(self, level, *args):
+            t0 = time.perf_counter()
+            out = super().local_grid(level, *args)
+            self.loops[("grid", level)] = time.perf_counter() - t0
+            return out
+
+        def local_candidates(self, level, prep, top, direction):
+            t0 = time.perf_counter()
+            out = super().local_candidates(level, prep, top, direction)
+            self.loops[(direction, level)] = time.perf_counter() - t0
+            return out
+
         def _chunk_fn(self, level):
-            fn = super()._chunk_fn(level)
+            fn = self.uncounted[level] = super()._chunk_fn(level)
 
             def counted(prep, text_rows, image_rows, layout, used):
+                key = (self.direction, level)
                 pairs = computed_pairs(text_rows, image_rows, layout)
-                self.pairs[level] += pairs
                 c = self.config.model
-                self.flops[level] += pairs * pair_flops(
-                    used, prep["image"][0].shape[1], c.mlp_hidden, c.k1, c.k2)
-                return fn(prep, text_rows, image_rows, layout, used)
+                flops = pairs * pair_flops(used, prep["image"][0].shape[1], c.mlp_hidden,
+                                           c.k1, c.k2)
+                for table, value in ((self.pairs, pairs), (self.flops, flops)):
+                    table[key] = table.get(key, 0) + value
+                self.calls.setdefault(key, []).append((text_rows, image_rows, layout, used))
+                t0 = time.perf_counter()
+                out = fn(prep, text_rows, image_rows, layout, used).numpy()
+                self.in_calls[key] = self.in_calls.get(key, 0.0) + time.perf_counter() - t0
+                return tf.constant(out)
             return counted
 
-    config = preset("paper").replace(rerank_k=FLAGS.rerank_k)
+    config = preset(FLAGS.preset).replace(rerank_k=FLAGS.rerank_k)
     tf.random.set_seed(FLAGS.seed)
     regions = int(np.prod(partition_grid(config.model.partition_map, config.model.word_pool,
                                          config.model.word_stride)))
@@ -232,6 +276,10 @@ def run_mode(mode: str) -> dict:
                                   FLAGS.identities, FLAGS.seed)
     rss_features = _rss()
     scorer = CountingScorer(model, memory_budget_bytes=FLAGS.budget_mb << 20)
+    if FLAGS.grid_block:
+        hgan_scoring.GRID_BLOCK = tuple(int(v) for v in FLAGS.grid_block)
+    if FLAGS.candidate_pairs:
+        hgan_scoring.CANDIDATE_PAIRS = FLAGS.candidate_pairs
 
     # What hgan_scoring.evaluate runs for each mode, and times as its "{mode}_s".
     t0 = time.perf_counter()
@@ -249,10 +297,76 @@ def run_mode(mode: str) -> dict:
     # evaluate's metrics, after its timing: the retrieval figures of both directions.
     t0 = time.perf_counter()
     metrics.both_directions(t2i, i2t, texts["label"], images["label"])
-    return {"mode": mode, "timing": timing, "metrics_s": time.perf_counter() - t0,
-            "pairs": scorer.pairs, "flops": scorer.flops, "peak_gflops": peak,
-            "needed": needed, "rss_base": rss_base,
-            "rss_features": rss_features, "rss_peak": _peak_rss()}
+    metrics_s = time.perf_counter() - t0
+    profile = profile_phases(scorer) if FLAGS.profile else []
+    join = "/".join
+    return {"mode": mode, "timing": timing, "metrics_s": metrics_s,
+            "pairs": {join(k): v for k, v in scorer.pairs.items()},
+            "flops": {join(k): v for k, v in scorer.flops.items()},
+            "loops": {join(k): v for k, v in scorer.loops.items()},
+            "in_calls": {join(k): v for k, v in scorer.in_calls.items()},
+            "calls": {join(k): len(v) for k, v in scorer.calls.items()},
+            "profile": profile, "peak_gflops": peak, "needed": needed,
+            "rss_base": rss_base, "rss_features": rss_features, "rss_peak": _peak_rss()}
+
+
+def _median_time(fns, repeats: int) -> list:
+    """Median wall time of each of ``fns`` (each returns tensors), called in turn
+    ``repeats`` times after one warm-up call each, so a load that comes and goes on a
+    shared machine weighs on all of them alike."""
+    for fn in fns:
+        [t.numpy() for t in fn()]
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            [t.numpy() for t in fn()]
+            ts.append(time.perf_counter() - t0)
+    return [float(np.median(ts)) for ts in times]
+
+
+def profile_phases(scorer, repeats: int = 5) -> list:
+    """Where a compiled call's time goes (``--profile``), for each direction and level:
+    one call of median word slots, re-run as nested prefixes of what the call computes,
+    each returning only its last, small result: Eq. 2's γ from rows gathered beforehand;
+    the gathers of the rows from the prepared tables + γ; + the top-k selections and
+    their Eq. 7 softmax (``top_k_selected`` under XLA); the whole call (+ the fused
+    vectors of Eqs. 6–7, Eq. 8's MLP and the means). Each phase is the difference of two
+    medians (γ: the first alone). The scoring loop's time outside its calls (index
+    building, padding, copies into the output) is read from the timed run."""
+    from hgan.tf_compat import tf
+    out = []
+    for (direction, level), calls in scorer.calls.items():
+        head, prep = scorer.heads[level], scorer.prep[level]
+        rows, cols, layout, used = sorted(calls, key=lambda c: c[3])[len(calls) // 2]
+        (t_gamma, _), (v_gamma, _) = prep["text"], prep["image"]
+        rows, cols = tf.constant(rows), tf.constant(cols)
+        tg, vg = tf.gather(t_gamma, rows)[..., :used, :], tf.gather(v_gamma, cols)
+
+        def gamma():
+            tg, vg = tf.gather(t_gamma, rows)[..., :used, :], tf.gather(v_gamma, cols)
+            mask = tf.gather(prep["mask_t"], rows)[..., :used]
+            mask = mask if layout == "text_paired" else mask[:, None]
+            g = head.pair_gamma(tg, vg, layout)
+            return g, tf.broadcast_to(mask, tf.shape(g)[:3])
+
+        select = tf.function(head.top_k_selected, jit_compile=True)
+        fn = scorer.uncounted[level]
+        t_alone, t_gamma, t_select, t_call = _median_time(
+            [tf.function(lambda: [head.pair_gamma(tg, vg, layout)]),
+             tf.function(lambda: gamma()[:1]),
+             tf.function(lambda: tf.nest.flatten(select(*gamma()))),
+             lambda: [fn(prep, rows.numpy(), cols.numpy(), layout, used)]], repeats)
+        out.append({"direction": direction, "level": level, "layout": layout,
+                    "shape": {"grid": [int(rows.shape[0]), int(cols.shape[0])],
+                              "image_paired": list(cols.shape),
+                              "text_paired": list(rows.shape)}[layout],
+                    "used": int(used), "gather_s": t_gamma - t_alone, "gamma_s": t_alone,
+                    "select_s": t_select - t_gamma, "fuse_s": t_call - t_select,
+                    "call_s": t_call, "calls": len(calls),
+                    "loop_s": scorer.loops[(direction, level)],
+                    "in_calls_s": scorer.in_calls[(direction, level)]})
+    return out
 
 
 def _report(r: dict):
@@ -263,18 +377,41 @@ def _report(r: dict):
           f"target < {TARGET_S[mode]:.0f} s at {FULL[0]}x{FULL[1]}"
           + (f": {'met' if total < TARGET_S[mode] else 'NOT met'}" if (q, g) == FULL else "")
           + f"; then hgan-eval's metrics {r['metrics_s']:.1f} s")
-    scored = sum(r["pairs"].values())
-    for level, pairs in r["pairs"].items():
+    levels = sorted({key.split("/")[1] for key in r["pairs"]}, key=LEVELS.index)
+    for level in levels:
+        pairs = sum(v for key, v in r["pairs"].items() if key.endswith("/" + level))
         print(f"  {level:>6}: {pairs:,} pairs computed (padding included) = "
               f"{pairs / r['needed']:.2f}x the {r['needed']:,} needed")
+    scored = sum(r["pairs"].values())
     print(f"  {scored / total / 1e3:.1f} k computed pairs/s over both local levels "
-          f"({len(r['pairs']) * r['needed'] / total / 1e3:.1f} k needed pairs/s)")
+          f"({len(levels) * r['needed'] / total / 1e3:.1f} k needed pairs/s)")
     flops, peak_gflops = sum(r["flops"].values()), r["peak_gflops"]
     achieved = flops / total / 1e9
     print(f"  {achieved:.1f} GFLOP/s achieved ({flops / 1e12:.3f} TFLOP computed, "
           f"pair_flops per pair and level) = {100 * achieved / peak_gflops:.1f} % of the "
           f"float32 matmul peak measured in this process, {peak_gflops:.0f} GFLOP/s; "
           f"{total / (flops / peak_gflops / 1e9):.1f}x the FLOP floor at that peak")
+    # Per direction: exact mode scores one grid (its image-to-text matrix is the
+    # transpose), two-stage each direction apart, timed inside Scorer.two_stage.
+    for direction in ("grid", "t2i", "i2t"):
+        keys = [k for k in r["pairs"] if k.startswith(direction + "/")]
+        if not keys:
+            continue
+        seconds = total if direction == "grid" else r["timing"][direction]
+        pairs = sum(r["pairs"][k] for k in keys)
+        gflops = sum(r["flops"][k] for k in keys) / seconds / 1e9
+        name = "both directions (one grid)" if direction == "grid" else direction
+        print(f"  {name}: {seconds:.1f} s, {pairs / seconds / 1e3:.1f} k pairs/s, "
+              f"{gflops:.1f} GFLOP/s = {100 * gflops / peak_gflops:.1f} % of peak")
+    for p in r["profile"]:
+        shape = "x".join(str(d) for d in p["shape"])
+        outside = p["loop_s"] - p["in_calls_s"]
+        print(f"  profile {p['direction']}/{p['level']}: a call of {shape} pairs, "
+              f"{p['used']} word slots, {1e3 * p['call_s']:.1f} ms = gather "
+              f"{1e3 * p['gather_s']:.1f} + gamma {1e3 * p['gamma_s']:.1f} + select "
+              f"{1e3 * p['select_s']:.1f} + fuse/MLP {1e3 * p['fuse_s']:.1f} ms; "
+              f"{p['calls']} calls {p['in_calls_s']:.2f} s of the loop's "
+              f"{p['loop_s']:.2f} s (outside the calls: {outside:.2f} s)")
     if mode == "exact" and (q, g) != FULL:
         print(f"  projected at {FULL[0]}x{FULL[1]}: {total * FULL[0] * FULL[1] / (q * g):.0f} s "
               "(time x pairs)")

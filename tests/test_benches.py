@@ -38,7 +38,14 @@ EXPECTED = {
     ],
     "eval_scoring": [
         rf"two_stage: {NUMBER} s \(prepare {NUMBER} s, t2i {NUMBER} s, i2t {NUMBER} s\).*"
-        rf"metrics {NUMBER} s\n(.*\n){{4}}  memory: .* peak {NUMBER} GiB  target < 4 GiB",
+        rf"metrics {NUMBER} s\n(.*\n){{5,}}  memory: .* peak {NUMBER} GiB  target < 4 GiB",
+        rf"  both directions \(one grid\): {NUMBER} s, {NUMBER} k pairs/s, {NUMBER} GFLOP/s = "
+        rf"{NUMBER} % of peak",
+        rf"  t2i: {NUMBER} s, {NUMBER} k pairs/s, {NUMBER} GFLOP/s = {NUMBER} % of peak\n"
+        rf"  i2t: {NUMBER} s, {NUMBER} k pairs/s, {NUMBER} GFLOP/s = {NUMBER} % of peak",
+        rf"profile i2t/word: a call of 20x5 pairs, 40 word slots, {NUMBER} ms = gather "
+        rf"-?{NUMBER} \+ gamma -?{NUMBER} \+ select -?{NUMBER} \+ fuse/MLP -?{NUMBER} ms; "
+        rf"1 calls {NUMBER} s of the loop's {NUMBER} s \(outside the calls: -?{NUMBER} s\)",
         rf"exact: {NUMBER} s \(prepare {NUMBER} s\)",
         rf"word: {NUMBER} pairs computed \(padding included\) = {NUMBER}x the 300 needed",
         rf"{NUMBER} GFLOP/s achieved .* = {NUMBER} % of the float32 matmul peak measured in "

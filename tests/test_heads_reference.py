@@ -131,3 +131,50 @@ def test_eq7_weights_stay_a_softmax_when_the_selected_keys_are_far_below_the_bes
     np.testing.assert_allclose(weights.numpy()[0, [1, 3]], want, rtol=1e-6)
     np.testing.assert_allclose(weights.numpy()[0, [0, 2, 4]], 0.0)
     assert float(tf.norm(tape.gradient(loss, scores))) < 10.0
+
+
+@pytest.mark.parametrize("k1,k2", [(2, 1), (3, 2)])
+def test_scorer_blocks_equal_the_numpy_reference(monkeypatch, k1, k2):
+    """The evaluation scorer's block paths against the same loops: exact mode's blocks of
+    texts × images (3 × 2: the last block of each is partial, padded to the compiled
+    shape) and two-stage's chunks of queries with their own candidates (2 queries a call,
+    the last chunk padded), on texts with padded word slots of several lengths."""
+    import types
+
+    from hgan.config import preset
+    from hgan.evaluation import hgan_scoring
+
+    rng = np.random.default_rng(11)
+    texts = rng.normal(size=(7, 6, 5)).astype(np.float32)
+    lengths = np.array([4, 2, 6, 1, 5, 3, 6])
+    masks = (np.arange(6)[None] < lengths[:, None]).astype(np.float32)
+    images = rng.normal(size=(5, 4, 5)).astype(np.float32)
+    head = LocalMatching(hidden=8, k1=k1, k2=k2)
+    head((tf.constant(texts), tf.constant(masks), tf.constant(images)))
+    for w in head.weights:  # seeded, as in the test above
+        scale = 0.3 if len(w.shape) == 1 else 1.0 / np.sqrt(w.shape[0])
+        w.assign(rng.normal(size=w.shape).astype(np.float32) * scale)
+    want = np.array([[reference_score(head, texts[t], masks[t], images[i])
+                      for i in range(len(images))] for t in range(len(texts))])
+
+    config = preset("tiny").replace(k1=k1, k2=k2, mlp_hidden=8)
+    model = types.SimpleNamespace(config=config, word_head=head, phrase_head=None)
+    scorer = hgan_scoring.Scorer(model)
+    prep = scorer._prepared({"word": texts, "word_mask": masks}, {"word": images})["word"]
+    monkeypatch.setattr(hgan_scoring, "GRID_BLOCK", (3, 2))
+    calls = []
+    chunk_fn = scorer._chunk_fn("word")
+    scorer._pair_fn["word"] = lambda *args: calls.append(args[1:]) or chunk_fn(*args)
+    got = scorer.local_grid("word", prep, np.arange(7), np.arange(5))
+    assert [(len(rows), len(cols)) for rows, cols, *_ in calls] == [(3, 2)] * 9
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+    monkeypatch.setattr(hgan_scoring, "CANDIDATE_PAIRS", 6)
+    for direction, top in (("t2i", rng.permuted(np.tile(np.arange(5), (7, 1)), axis=1)[:, :3]),
+                           ("i2t", rng.permuted(np.tile(np.arange(7), (5, 1)), axis=1)[:, :3])):
+        calls.clear()
+        got = scorer.local_candidates("word", prep, top, direction)
+        assert len(calls) == -(-len(top) // 2)
+        pairs = want if direction == "t2i" else want.T
+        np.testing.assert_allclose(got, np.take_along_axis(pairs, top, 1), rtol=1e-5,
+                                   atol=1e-6)

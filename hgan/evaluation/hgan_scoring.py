@@ -20,6 +20,11 @@ from hgan.tf_compat import tf
 
 
 LOCAL_LEVELS = ("word", "phrase")
+# Texts × images of an exact-mode call of the Gumbel heads, within the memory budget;
+# chosen by paired runs of bench/eval_scoring.py --grid_block (docs/benchmarks.md).
+GRID_BLOCK = (128, 32)
+# (query, candidate) pairs of a two-stage call; None: as many as the memory budget holds.
+CANDIDATE_PAIRS = None
 
 
 def _as_float32(tables):
@@ -144,7 +149,7 @@ class Scorer:
                 tl = tf.gather(t_lin, text_rows)[..., :used, :]
                 return head.score_prepared((tg, tl), mask, (vg, tf.gather(v_lin, image_rows)),
                                            training=False, layout=layout)
-            gamma = head.pair_gamma(tg, vg, layout)
+            gamma = head.pair_gamma(tg, vg, layout)  # grid: one [X·R, H] × [H, Y·N] product
             text_index = text_rows if layout == "text_paired" else text_rows[:, None]
             image_index = {"grid": image_rows[None], "image_paired": image_rows,
                            "text_paired": image_rows[:, None]}[layout]
@@ -154,22 +159,48 @@ class Scorer:
 
         return tf.function(fn, reduce_retracing=True)
 
-    def _pairs_per_chunk(self, words: int, regions: int) -> int:
-        """Pairs whose intermediates fit the memory budget: per pair, the [R, N] score maps
-        and the [R, H] + [N, H] fused/hidden tensors of both directions, a few times over."""
+    def _pair_bytes(self, level: str, words: int, regions: int, gathered: int) -> int:
+        """Bytes of one pair's intermediates. Gumbel heads: its γ map [R, N] a few times
+        over (the product, its transpose, the selections' inputs) and ``gathered``
+        [H]-wide rows of its own (a grid block shares its texts' and images' rows: 0; the
+        fused vectors of Eqs. 6–8 stay inside ``score_selected``'s XLA loop). Soft
+        attention (the dense path) writes the [R, H] + [N, H] fused and hidden tensors of
+        both directions, a few times over."""
         k1, k2, h = self.config.model.k1, self.config.model.k2, self.config.model.mlp_hidden
-        per_pair = 4 * (h * (words * (k2 + 3) + regions * (k1 + 3)) + 6 * words * regions)
-        return max(1, self.budget // per_pair)
+        if self.heads[level].attention != "gumbel":
+            gathered = words * (k2 + 3) + regions * (k1 + 3)
+        return 4 * (6 * words * regions + h * gathered)
+
+    def _pairs_per_chunk(self, level: str, words: int, regions: int) -> int:
+        """Two-stage: (query, candidate) pairs a call scores, within the memory budget (at
+        most ``CANDIDATE_PAIRS`` if set). A pair counts its [R, H] + [N, H] fused and
+        hidden tensors of both directions, its gathered φ rows among them: 600, 1,600 and
+        6,400 pairs a call ran within 15 % of each other in paired runs at the paper's
+        widths, and 1,600 took a CUHK-PEDES-sized run past 4 GiB."""
+        k1, k2 = self.config.model.k1, self.config.model.k2
+        per_pair = self._pair_bytes(level, words, regions,
+                                    words * (k2 + 3) + regions * (k1 + 3))
+        return max(1, min(CANDIDATE_PAIRS or self.budget, self.budget // per_pair))
+
+    def grid_block(self, level: str, texts: int, images: int, words: int,
+                   regions: int) -> tuple[int, int]:
+        """The (texts, images) block of ``local_grid``: ``GRID_BLOCK`` cut to the inputs
+        and to the memory budget (texts kept first, images cut)."""
+        tc = max(1, min(texts, self.config.eval.eval_chunk, GRID_BLOCK[0]))
+        pairs = max(1, self.budget // self._pair_bytes(level, words, regions, 0))
+        tc = min(tc, pairs)
+        ic = max(1, min(images, GRID_BLOCK[1], pairs // tc))
+        return tc, ic
 
     def local_grid(self, level: str, prep: dict, text_rows: np.ndarray,
                    image_cols: np.ndarray) -> np.ndarray:
-        """[len(text_rows), len(image_cols)] scores of one local level."""
+        """[len(text_rows), len(image_cols)] scores of one local level, block by block:
+        a block of texts (sorted by length, so it drops the padding its rows share)
+        against a block of images is one γ product and one compiled call."""
         fn, t_mask = self._chunk_fn(level), prep["mask"]
-        pairs = self._pairs_per_chunk(t_mask.shape[1], prep["image"][0].shape[1])
-        tc = max(1, min(len(text_rows), self.config.eval.eval_chunk, pairs))
-        ic = max(1, min(len(image_cols), pairs // tc))
+        tc, ic = self.grid_block(level, len(text_rows), len(image_cols), t_mask.shape[1],
+                                 prep["image"][0].shape[1])
         out = np.zeros((len(text_rows), len(image_cols)), np.float32)
-        # Rows sorted by length, so each chunk can drop the padding all its rows share.
         order = np.argsort(t_mask[text_rows].sum(axis=1), kind="stable")
         for a in range(0, len(text_rows), tc):
             at = order[a:a + tc]
@@ -184,11 +215,13 @@ class Scorer:
     def local_candidates(self, level: str, prep: dict, top: np.ndarray,
                          direction: str) -> np.ndarray:
         """Scores of each query with its own candidates only, [Q, K]: query q's row holds
-        S(q, top[q, j]) (t2i: q a text, candidates images; i2t the other way round)."""
+        S(q, top[q, j]) (t2i: q a text, candidates images; i2t the other way round). A
+        chunk of queries is one batched γ product, [R, H] × [H, K·N] per text query
+        (t2i), [K·R, H] × [H, N] per image query (i2t)."""
         fn, t_mask = self._chunk_fn(level), prep["mask"]
         layout = "image_paired" if direction == "t2i" else "text_paired"
-        q_chunk = max(1, self._pairs_per_chunk(t_mask.shape[1], prep["image"][0].shape[1])
-                      // top.shape[1])
+        q_chunk = max(1, self._pairs_per_chunk(level, t_mask.shape[1],
+                                               prep["image"][0].shape[1]) // top.shape[1])
         q_chunk = min(q_chunk, len(top))
         out = np.zeros(top.shape, np.float32)
         lengths = t_mask.sum(axis=1)

@@ -202,18 +202,27 @@ class LocalMatching(keras.layers.Layer):
         w_out, b_out = self.fuse_out.kernel[:, 0], self.fuse_out.bias[0]
         # Text-to-image: word r (its W·t + b) with its k2 fused regions.
         own = tf.gather(t_rows, t_base + tf.range(shape[2]))
-        fused = _fuse_top_k(gamma, self.k2, v_rows, v_base)
+        fused = _fuse_rows(*_top_k_softmax(gamma, self.k2), v_rows, v_base)
         hidden = tf.nn.relu(own + fused + self.fuse_bias)
         per_word = tf.sigmoid(tf.einsum("xyrh,h->xyr", hidden, w_out) + b_out)
         valid = tf.cast(mask, per_word.dtype)
         s_t2i = tf.reduce_sum(per_word * valid, -1) / tf.maximum(tf.reduce_sum(valid, -1), 1.0)
         # Image-to-text: region n with its k1 fused words (Eqs. 5–7), scored by Eq. 8.
-        scores_nr = tf.transpose(tf.where(mask[..., None], gamma, _MASKED), [0, 1, 3, 2])
         own = tf.gather(v_rows, v_base + tf.range(shape[3]))
-        fused = _fuse_top_k(scores_nr, self.k1, t_rows, t_base)
+        fused = _fuse_rows(*_top_k_softmax(_words_by_region(gamma, mask), self.k1), t_rows,
+                           t_base)
         hidden = tf.nn.relu(own + fused + self.fuse_bias)
         per_region = tf.sigmoid(tf.einsum("xynh,h->xyn", hidden, w_out) + b_out)
         return 0.5 * (tf.reduce_mean(per_region, axis=-1) + s_t2i)
+
+    def top_k_selected(self, gamma, text_mask):
+        """Inference-time Eqs. 5 and 7 on γ [X, Y, R, N] with the word mask [X, Y, R] →
+        ((weights [X, Y, R, k2], k2 region indices [X, Y, R]) of text-to-image, (weights
+        [X, Y, N, k1], k1 word indices [X, Y, N]) of image-to-text): each row's top-k keys
+        and the softmax of their γ (padded words never picked; a region of a text without
+        words weighs nothing)."""
+        words = _words_by_region(gamma, tf.cast(text_mask, tf.bool))
+        return _top_k_softmax(gamma, self.k2), _top_k_softmax(words, self.k1)
 
     def _select(self, layer, scores, mask, training):
         if self.attention == "soft":
@@ -248,17 +257,27 @@ def _pair_mask(text_mask, layout: str):
     return mask if layout == "text_paired" else mask[:, None, :]
 
 
-def _fuse_top_k(scores, k: int, rows, base):
-    """Σ_j softmax_j(top-k scores) · rows[base + index_j] for each row of ``scores``
-    [X, Y, A, n] (padded keys at ``_MASKED``), where ``rows`` [-1, H] holds the keys and
-    ``base`` [X, Y, 1] the offset of each pair's first key → [X, Y, A, H]. Ties pick the
-    lower index, as ``tf.math.top_k``; a row with fewer than k real keys weighs only
-    those, one with none fuses 0."""
+def _words_by_region(gamma, mask):
+    """γ [X, Y, R, N] as each region's scores of the words, [X, Y, N, R], padded words
+    (``mask`` [X, Y, R] false) at ``_MASKED``."""
+    return tf.transpose(tf.where(mask[..., None], gamma, _MASKED), [0, 1, 3, 2])
+
+
+def _top_k_softmax(scores, k: int):
+    """Each row's top-k of ``scores`` [X, Y, A, n] (padded keys at ``_MASKED``) → (softmax
+    of the k values [X, Y, A, k], k index tensors [X, Y, A]). Ties pick the lower index,
+    as ``tf.math.top_k``; a row with fewer than k real keys weighs only those, one with
+    none weighs nothing."""
     values, picks = top_k_rounds(scores, min(k, scores.shape[-1] or k))
     values = tf.stack(values, axis=-1)
     real = values > _MASKED / 2
     weights = tf.nn.softmax(tf.where(real, values, _MASKED), axis=-1)
-    weights *= tf.cast(real, weights.dtype)
+    return weights * tf.cast(real, weights.dtype), picks
+
+
+def _fuse_rows(weights, picks, rows, base):
+    """Σ_j weights[..., j] · rows[base + picks[j]]: ``rows`` [-1, H] holds the keys,
+    ``base`` [X, Y, 1] the offset of each pair's first key → [X, Y, A, H] (Eq. 7)."""
     fused = 0.0
     for j, index in enumerate(picks):
         fused += weights[..., j:j + 1] * tf.gather(rows, base + index)
