@@ -78,7 +78,7 @@ def test_a_width_the_sub_vector_does_not_divide_is_coded_with_zeros_appended():
 @pytest.mark.parametrize("dtype, per_image", [
     ("float16", (512 + 2 * 15 * 512) * 2),  # 31,744
     ("int8", 512 * 2 + 2 * 15 * (512 + 4)),  # 16,504
-    ("pq", 512 * 2 + 2 * 15 * 512 // 8),  # 2,944: at most 4 KiB
+    ("pq", 512 * 2 + 2 * 15 * 86),  # 3,604 (86 = ceil(512 / 6) codes a row): at most 4 KiB
 ])
 def test_bytes_per_image_on_disk_at_the_papers_widths(tmp_path, dtype, per_image):
     n = 3

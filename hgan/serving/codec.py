@@ -15,12 +15,12 @@ feature file is an array of records that is memory-mapped and read at any rows
   zeros appended to the row up to M · s), each stored as the 1-byte index of its nearest
   of ``PQ_CENTROIDS`` centroids, learnt per sub-space by k-means (FAISS's) on a sample of
   the gallery's own rows: N·M bytes a table, plus the codebook [M, K, s] float32 once per
-  gallery (``codebook.<name>.npy``; its s is the gallery's values per code, 8 unless
+  gallery (``codebook.<name>.npy``; its s is the gallery's values per code, 6 unless
   ``hgan-search index --pq_subdim`` says otherwise). The global embedding stays float16.
 
 Bytes per image at the paper's widths (``global`` 512, ``word`` and ``phrase`` 15 × 512):
-float16 31,744; int8 16,504 (2 · 512 + 2 · 15 · (512 + 4)); pq 2,944 (2 · 512 + 2 · 15 ·
-64). ``bench/gallery_index.py`` prints these from the codecs; ``bench/search_latency.py``
+float16 31,744; int8 16,504 (2 · 512 + 2 · 15 · (512 + 4)); pq 3,604 (2 · 512 + 2 · 15 ·
+86, 86 = ceil(512 / 6)). ``bench/gallery_index.py`` prints these from the codecs; ``bench/search_latency.py``
 (``--fidelity``) measures what each changes in the two-stage ranking of a test split.
 """
 from __future__ import annotations
@@ -31,7 +31,8 @@ import numpy as np
 
 PLAIN = ("float16", "float32")
 DTYPES = PLAIN + ("int8", "pq")
-PQ_SUBDIM = 8  # values per PQ sub-vector, at most: 1 byte per 8 float values
+PQ_SUBDIM = 6  # values per PQ sub-vector, at most: 1 byte per 6 float values (docs/serving.md:
+# within 4 KiB per image at the paper's widths, and nearer float32 than 8 over five seeds)
 PQ_CENTROIDS = 256  # centroids per sub-space (one uint8 code)
 PQ_TRAIN_ROWS = 16_384  # rows a codebook is trained on, at most (a seeded sample): 64
 # per centroid, above FAISS's 39-per-centroid minimum
@@ -172,7 +173,7 @@ def train_codebook(rows, dim: int, seed: int = 0, subdim: Optional[int] = None,
     if k < 1:
         raise ValueError("no rows to train a PQ codebook on")
     book = np.zeros((m, k, subdim), np.float32)
-    # One thread: a sub-space's k-means is small (8-d), and OpenMP's barriers in each
+    # One thread: a sub-space's k-means is small (6-d), and OpenMP's barriers in each
     # iteration cost more than a second thread saves (6x slower with two on a busy 2-core
     # machine).
     threads = faiss.omp_get_max_threads()
