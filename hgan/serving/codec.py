@@ -20,8 +20,9 @@ feature file is an array of records that is memory-mapped and read at any rows
 
 Bytes per image at the paper's widths (``global`` 512, ``word`` and ``phrase`` 15 × 512):
 float16 31,744; int8 16,504 (2 · 512 + 2 · 15 · (512 + 4)); pq 3,604 (2 · 512 + 2 · 15 ·
-86, 86 = ceil(512 / 6)). ``bench/gallery_index.py`` prints these from the codecs; ``bench/search_latency.py``
-(``--fidelity``) measures what each changes in the two-stage ranking of a test split.
+86, 86 = ceil(512 / 6)). ``bench/gallery_index.py`` prints these from the codecs;
+``bench/search_latency.py`` (``--fidelity``) measures what each changes in the two-stage
+ranking of a test split.
 """
 from __future__ import annotations
 
