@@ -7,7 +7,7 @@ HTTP service.
   python bench/search_latency.py --savedmodel=SAVEDMODEL --data_dir=TFRECORDS \\
       [--n=100000] [--rerank_k=100] [--top_k=10] [--queries=200] [--nprobe=32] \\
       [--exact_queries=20] [--dtype=float16|int8|pq] [--ann=auto|flat|pq]
-      [--fidelity=float32,float16,int8,pq] [--dir=/tmp/search_bench]
+      [--fidelity=float32,float16,int8,pq,pq:8,pq:6:1] [--dir=/tmp/search_bench]
   python bench/search_latency.py --small
 
 The queries are the --data_dir test split's captions, encoded by the SavedModel's
@@ -47,11 +47,15 @@ dtype and prints, for each, the two-stage ranking of the split in both direction
 the cosine of the stored global embeddings, the export's ``rerank`` signature on each
 query's K = ``eval.rerank_k`` best, the rest in stage-1 order: hgan-eval's two_stage mode,
 over what the gallery stores): R1 and mAP, and their change from the first dtype listed.
+``pq:S`` indexes with S values per code (``index --pq_subdim``), ``pq:S:SEED`` also with
+codebooks trained from k-means seed SEED: one seed's R1 moves by points (the hard top-k
+selections flip), so a pq form is judged over several.
 
 ``--small`` (tests/test_benches.py): writes a 10-identity demo set, exports the ``tiny``
 preset's HGAN with random weights (``bench/_small.py``), and searches a 2,000-image
 gallery with K = 20, 20 queries (5 exact); every line of the full run in about 30 s.
 """
+import functools
 import io
 import json
 import os
@@ -91,7 +95,8 @@ def define_flags():
                       "size, ann.kind_for).")
     flags.DEFINE_list("fidelity", ["float32", "float16", "int8", "pq"], "Stored dtypes whose "
                       "two-stage ranking of the test split is measured (empty: none); the "
-                      "first is the reference.")
+                      "first is the reference. pq:S: pq with S values per one-byte code; "
+                      "pq:S:SEED: and codebooks trained with k-means seed SEED.")
     flags.DEFINE_string("dir", "/tmp/search_bench", "Scratch folder (deleted at the end).")
     _small.define_flag()
 
@@ -233,10 +238,18 @@ def fidelity(savedmodel: str, data_dir: str, dtypes: list) -> None:
         return fn
 
     base = None
-    for dtype in dtypes:
-        path = os.path.join(FLAGS.dir, f"fidelity_{dtype}")
-        search.build_index(savedmodel, path, data_dir=data_dir, split="test", dtype=dtype,
-                           log=lambda *_: None)
+    train_codebooks = gallery.train_codebooks
+    for spec in dtypes:
+        # "pq:6": pq with 6 values per code; "pq:6:1": and k-means seed 1 (default 0).
+        dtype, subdim, seed = (spec.split(":") + ["", ""])[:3]
+        path = os.path.join(FLAGS.dir, f"fidelity_{spec.replace(':', '_')}")
+        gallery.train_codebooks = functools.partial(train_codebooks, seed=int(seed or 0))
+        try:
+            search.build_index(savedmodel, path, data_dir=data_dir, split="test",
+                               dtype=dtype, log=lambda *_: None,
+                               pq_subdim=int(subdim) if subdim else None)
+        finally:
+            gallery.train_codebooks = train_codebooks
         store = gallery.Gallery.open(path)
         assert store.paths() == [e["path"].numpy().decode() for e in examples]
         images = {n: np.asarray(store.array(n), np.float32) for n in store.features}
@@ -249,7 +262,7 @@ def fidelity(savedmodel: str, data_dir: str, dtypes: list) -> None:
         line = "; ".join(
             f"{d} R1 {got[d]['R1']:.2f} ({got[d]['R1'] - base[d]['R1']:+.2f}) mAP "
             f"{got[d]['mAP']:.2f} ({got[d]['mAP'] - base[d]['mAP']:+.2f})" for d in got)
-        print(f"fidelity, {dtype} ({store.bytes_per_item():,} B/image): {line}")
+        print(f"fidelity, {spec} ({store.bytes_per_item():,} B/image): {line}")
     print(f"fidelity over the test split: {len(labels)} images, {len(captions)} captions, "
           f"K = {k}; change from {dtypes[0]} in brackets")
 

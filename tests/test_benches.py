@@ -54,7 +54,7 @@ EXPECTED = {
     ],
     "gallery_index": [
         r"re-rank store at the paper's widths \(global float16 \+ word and phrase 15 × 512\): "
-        r"float16 31,744 B/image, int8 16,504, pq 2,944 \(10\.8x smaller than float16; .*\)",
+        r"float16 31,744 B/image, int8 16,504, pq 3,604 \(8\.8x smaller than float16; .*\)",
         rf"gather 10 candidates' word \+ phrase tables \(page cache as it is\): {MS}",
         rf"  IVF-PQ nprobe   8, short list 40 re-scored exactly: recall@10 {NUMBER}, one "
         rf"query {MS}",

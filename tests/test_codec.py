@@ -36,7 +36,7 @@ def test_int8_round_trip_is_the_numpy_reference_within_half_a_step_per_row():
 
 def test_pq_codes_each_sub_vector_by_its_nearest_centroid_as_numpy_does():
     x = _rows((5, 32), n=60)
-    book = codec.train_codebook(x, 32, seed=1)
+    book = codec.train_codebook(x, 32, seed=1, subdim=8)
     assert book.shape == (4, 256, 8)  # 300 rows: 256 centroids per sub-space
     c = codec.PQRows((5, 32), book)
     records = c.encode(x)
@@ -50,17 +50,35 @@ def test_pq_codes_each_sub_vector_by_its_nearest_centroid_as_numpy_does():
     np.testing.assert_allclose(((decoded - x).reshape(-1, 4, 8) ** 2).sum(-1),
                                dist.min(-1), rtol=1e-4, atol=1e-5)
     assert records.dtype.itemsize == 5 * 4
-    # A width 8 does not divide is cut into the largest sub-vectors up to 8 that divide it.
-    odd = codec.train_codebook(_rows((2, 18), n=40), 18)
+    # A width 8 does not divide costs ceil(18 / 8) = 3 codes a row, of 6 values each.
+    odd = codec.train_codebook(_rows((2, 18), n=40), 18, subdim=8)
     assert odd.shape == (3, 256, 6)  # 18 = 3 · 6
     assert codec.PQRows((2, 18), odd).record.itemsize == 2 * 3
+
+
+def test_a_width_the_sub_vector_does_not_divide_is_coded_with_zeros_appended():
+    x = _rows((3, 32), n=100)
+    book = codec.train_codebook(x, 32, seed=2, subdim=6)
+    assert book.shape == (6, 256, 6)  # ceil(32 / 6) = 6 codes of 6 values: 4 zeros appended
+    c = codec.PQRows((3, 32), book)
+    records = c.encode(x)
+    assert records.dtype.itemsize == 3 * 6
+    padded = np.concatenate([x, np.zeros((100, 3, 4), np.float32)], -1).reshape(-1, 6, 6)
+    dist = ((padded[:, :, None, :] - book[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(records["c"].reshape(-1, 6), dist.argmin(-1))
+    want = book[np.arange(6), dist.argmin(-1)].reshape(100, 3, 36)[..., :32]
+    np.testing.assert_array_equal(c.decode(records), want)
+    # The appended values are zeros in every row, so the last sub-space's centroids are too.
+    np.testing.assert_allclose(book[-1, :, 2:], 0, atol=1e-6)
+    with pytest.raises(ValueError, match="does not code rows of 32"):
+        codec.PQRows((3, 32), np.zeros((5, 256, 6), np.float32))  # 30 < 32
 
 
 # The global embedding (stage 1's) stays float16; the re-rank tables are coded.
 @pytest.mark.parametrize("dtype, per_image", [
     ("float16", (512 + 2 * 15 * 512) * 2),  # 31,744
     ("int8", 512 * 2 + 2 * 15 * (512 + 4)),  # 16,504
-    ("pq", 512 * 2 + 2 * 15 * 512 // 8),  # 2,944: at most 4 KiB
+    ("pq", 512 * 2 + 2 * 15 * 86),  # 3,604 (86 = ceil(512 / 6) codes a row): at most 4 KiB
 ])
 def test_bytes_per_image_on_disk_at_the_papers_widths(tmp_path, dtype, per_image):
     n = 3

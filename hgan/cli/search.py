@@ -3,7 +3,7 @@ gallery holds and how a query is scored: ``hgan.serving.searcher``).
 
   hgan-search index --savedmodel=DIR --images=FOLDER|LIST.txt --index=GALLERY_DIR \
       [--shard=i/N] [--dtype=float16|float32|int8|pq] [--codebook=GALLERY_DIR] \
-      [--ann=auto|flat|pq] [--batch_size=32]
+      [--pq_subdim=S] [--ann=auto|flat|pq] [--batch_size=32]
   hgan-search index --savedmodel=DIR --data_dir=TFRECORDS --split=test --index=...
   hgan-search merge --index=GALLERY_DIR SHARD_DIR [SHARD_DIR ...]
   hgan-search quantizer --savedmodel=DIR --images=...|--data_dir=... --quantizer=OUT.faiss \
@@ -58,6 +58,9 @@ def define_flags():
     flags.DEFINE_string("codebook", None, "index --dtype=pq: a gallery (e.g. shard 0's) whose "
                         "pq codebooks this one codes with, so the two merge; default: trained "
                         "on the first images encoded.")
+    flags.DEFINE_integer("pq_subdim", None, "index --dtype=pq: values per one-byte code of a "
+                         "new gallery's codebooks (default hgan.serving.codec.PQ_SUBDIM; "
+                         "recorded by the codebooks' shape).")
     flags.DEFINE_enum("ann", "auto", ["auto", "flat", "pq"], "index, quantizer: the IVF's "
                       "kind (auto: IVF-Flat while its vectors fit 1 GiB, IVF-PQ above).")
     flags.DEFINE_integer("batch_size", 32, "index: images per encode_image call.")
@@ -91,7 +94,8 @@ def main(argv):
             raise app.UsageError("index needs exactly one of --images or --data_dir")
         build_index(FLAGS.savedmodel, FLAGS.index, FLAGS.images, FLAGS.data_dir, FLAGS.split,
                     batch_size=FLAGS.batch_size, shard=FLAGS.shard, dtype=FLAGS.dtype,
-                    quantizer=FLAGS.quantizer, codebook=FLAGS.codebook, ann_kind=FLAGS.ann)
+                    quantizer=FLAGS.quantizer, codebook=FLAGS.codebook, ann_kind=FLAGS.ann,
+                    pq_subdim=FLAGS.pq_subdim)
         return 0
     if len(argv) != 3:
         raise app.UsageError('query takes one quoted sentence: query "a man in a red coat"')

@@ -11,16 +11,18 @@ feature file is an array of records that is memory-mapped and read at any rows
   largest values set the step of every other). The global embedding (one axis) stays
   float16: stage 1 ranks the whole gallery by it.
 * ``pq``: every table with a product quantiser (``PQRows``): each row cut into
-  M = C' / ``PQ_SUBDIM`` sub-vectors (``sub_width``: the largest divisor of C' up to 8),
-  each stored as the 1-byte index of its nearest of
-  ``PQ_CENTROIDS`` centroids, learnt per sub-space by k-means (FAISS's) on a sample of
-  the gallery's own rows: N·M bytes a table, plus the codebook [M, K, C'/M] float32 once
-  per gallery (``codebook.<name>.npy``). The global embedding stays float16.
+  M = ceil(C' / ``PQ_SUBDIM``) sub-vectors of s = ceil(C' / M) values (``sub_width``;
+  zeros appended to the row up to M · s), each stored as the 1-byte index of its nearest
+  of ``PQ_CENTROIDS`` centroids, learnt per sub-space by k-means (FAISS's) on a sample of
+  the gallery's own rows: N·M bytes a table, plus the codebook [M, K, s] float32 once per
+  gallery (``codebook.<name>.npy``; its s is the gallery's values per code, 6 unless
+  ``hgan-search index --pq_subdim`` says otherwise). The global embedding stays float16.
 
 Bytes per image at the paper's widths (``global`` 512, ``word`` and ``phrase`` 15 × 512):
-float16 31,744; int8 16,504 (2 · 512 + 2 · 15 · (512 + 4)); pq 2,944 (2 · 512 + 2 · 15 ·
-64). ``bench/gallery_index.py`` prints these from the codecs; ``bench/search_latency.py``
-(``--fidelity``) measures what each changes in the two-stage ranking of a test split.
+float16 31,744; int8 16,504 (2 · 512 + 2 · 15 · (512 + 4)); pq 3,604 (2 · 512 + 2 · 15 ·
+86, 86 = ceil(512 / 6)). ``bench/gallery_index.py`` prints these from the codecs;
+``bench/search_latency.py`` (``--fidelity``) measures what each changes in the two-stage
+ranking of a test split.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ import numpy as np
 
 PLAIN = ("float16", "float32")
 DTYPES = PLAIN + ("int8", "pq")
-PQ_SUBDIM = 8  # values per PQ sub-vector: 1 byte per 8 float values
+PQ_SUBDIM = 6  # values per PQ sub-vector, at most: 1 byte per 6 float values (docs/serving.md:
+# within 4 KiB per image at the paper's widths, and nearer float32 than 8 over five seeds)
 PQ_CENTROIDS = 256  # centroids per sub-space (one uint8 code)
 PQ_TRAIN_ROWS = 16_384  # rows a codebook is trained on, at most (a seeded sample): 64
 # per centroid, above FAISS's 39-per-centroid minimum
@@ -83,8 +86,11 @@ class Int8Rows:
 
 
 class PQRows:
-    """Each row of the last axis product-quantised with ``codebook`` [M, K, C'/M]: a
-    record is ``c`` uint8 [*shape[:-1], M], the index of each sub-vector's centroid."""
+    """Each row of the last axis product-quantised with ``codebook`` [M, K, s]: a
+    record is ``c`` uint8 [*shape[:-1], M], the index of each sub-vector's centroid. A
+    row of C' values is cut into M sub-vectors of s values, zeros appended to the row up
+    to M · s (fewer than s of them) when s does not divide C'; the codebook's shape is
+    its sub-vector width."""
 
     name = "pq"
 
@@ -92,10 +98,10 @@ class PQRows:
         self.shape = tuple(shape)
         self.codebook = np.ascontiguousarray(codebook, np.float32)
         m, k, sub = self.codebook.shape
-        if m * sub != self.shape[-1] or k != PQ_CENTROIDS:
+        if not 0 <= m * sub - self.shape[-1] < sub or k != PQ_CENTROIDS:
             raise ValueError(f"a codebook {self.codebook.shape} does not code rows of "
                              f"{self.shape[-1]} values with {PQ_CENTROIDS} centroids")
-        self.m = m
+        self.m, self.sub = m, sub
         self.record = np.dtype([("c", np.uint8, (*self.shape[:-1], m))])
         self._pq = None
 
@@ -103,16 +109,17 @@ class PQRows:
         """FAISS's ProductQuantizer holding this codebook (its encoder is ~50x NumPy's)."""
         if self._pq is None:
             import faiss
-            pq = faiss.ProductQuantizer(self.shape[-1], self.m, 8)
+            pq = faiss.ProductQuantizer(self.m * self.sub, self.m, 8)
             faiss.copy_array_to_vector(self.codebook.ravel(), pq.centroids)
             self._pq = pq
         return self._pq
 
     def encode(self, rows) -> np.ndarray:
         """Each sub-vector → the index of its nearest centroid (squared l2)."""
-        x = np.ascontiguousarray(np.asarray(rows, np.float32))
-        n = len(x)
-        codes = self._quantizer().compute_codes(x.reshape(-1, self.shape[-1]))
+        rows = np.asarray(rows, np.float32)
+        n = len(rows)
+        x = _padded(rows.reshape(-1, self.shape[-1]), self.m * self.sub)
+        codes = self._quantizer().compute_codes(x)
         out = np.empty(n, self.record)
         out["c"] = codes.reshape(n, *self.shape[:-1], self.m)
         return out
@@ -120,38 +127,54 @@ class PQRows:
     def decode(self, records) -> np.ndarray:
         codes = records["c"]  # [n, *rows, M]
         parts = self.codebook[np.arange(self.m), codes]  # [n, *rows, M, sub]
-        return parts.reshape(*codes.shape[:-1], self.shape[-1])
+        flat = parts.reshape(*codes.shape[:-1], self.m * self.sub)
+        return flat if self.m * self.sub == self.shape[-1] else np.ascontiguousarray(
+            flat[..., :self.shape[-1]])
 
     def file_dtype(self):
         return self.record, ()
 
 
-def sub_width(dim: int, most: int = PQ_SUBDIM) -> int:
-    """Values per PQ sub-vector for rows of ``dim``: the largest divisor of ``dim`` up to
-    ``most`` (8 for C' = 128 or 512)."""
-    return max(d for d in range(1, most + 1) if dim % d == 0)
+def _padded(x: np.ndarray, width: int) -> np.ndarray:
+    """Rows [n, C'] with zeros appended up to ``width`` (contiguous float32)."""
+    if x.shape[-1] == width:
+        return np.ascontiguousarray(x, np.float32)
+    out = np.zeros((len(x), width), np.float32)
+    out[:, :x.shape[-1]] = x
+    return out
 
 
-def train_codebook(rows, dim: int, seed: int = 0, subdim: int = PQ_SUBDIM,
+def sub_width(dim: int, most: Optional[int] = None) -> tuple:
+    """(M, s): rows of ``dim`` values cut into M = ceil(dim / ``most``) sub-vectors of s =
+    ceil(dim / M) values (``most``: ``PQ_SUBDIM`` unless given), so a row costs M bytes;
+    (64, 8) for C' = 512 and ``most`` 8, (86, 6) for 512 and 6 (four zeros appended)."""
+    most = PQ_SUBDIM if most is None else int(most)
+    if most < 1:
+        raise ValueError(f"a PQ sub-vector holds at least one value, got {most}")
+    m = -(-dim // most)
+    return m, -(-dim // m)
+
+
+def train_codebook(rows, dim: int, seed: int = 0, subdim: Optional[int] = None,
                    centroids: int = PQ_CENTROIDS,
                    max_rows: int = PQ_TRAIN_ROWS) -> np.ndarray:
-    """A PQ codebook [dim / s, K, s] float32 for rows of ``dim`` values, s =
+    """A PQ codebook [M, K, s] float32 for rows of ``dim`` values, (M, s) =
     ``sub_width(dim, subdim)`` (``rows``: [..., dim], a seeded sample of at most
     ``max_rows`` used), by FAISS's
     k-means in each sub-space. With fewer rows than ``centroids``, as many centroids as
     rows are learnt and the last repeated up to ``centroids`` (a code that points at a
     repeat decodes to the same values)."""
     import faiss
-    subdim = sub_width(dim, subdim)
+    m, subdim = sub_width(dim, subdim)
     x = np.asarray(rows, np.float32).reshape(-1, dim)
     if len(x) > max_rows:
         x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_rows, replace=False))]
+    x = _padded(x, m * subdim)
     k = min(centroids, len(x))
     if k < 1:
         raise ValueError("no rows to train a PQ codebook on")
-    m = dim // subdim
     book = np.zeros((m, k, subdim), np.float32)
-    # One thread: a sub-space's k-means is small (8-d), and OpenMP's barriers in each
+    # One thread: a sub-space's k-means is small (6-d), and OpenMP's barriers in each
     # iteration cost more than a second thread saves (6x slower with two on a busy 2-core
     # machine).
     threads = faiss.omp_get_max_threads()

@@ -11,7 +11,8 @@ Layout of a gallery directory::
                       (float16 / float32, row-major) or their code (int8, pq:
                       ``hgan.serving.codec``)
   codebook.<name>.npy a pq gallery's product-quantiser codebook of table <name>
-                      (its sha256 in the manifest's "codebooks")
+                      [M, K, s] (its sha256 and s, the values per code, in the
+                      manifest's "codebooks")
   ann.faiss           the IVF over a prefix of the rows (``hgan.serving.searcher``), if any
   index.lock          held by the one process that writes the gallery
 
@@ -217,7 +218,8 @@ class Gallery:
                     book = np.ascontiguousarray(codebooks[name], np.float32)
                     np.save(os.path.join(path, _codebook_file(name)), book)
                     manifest["codebooks"][name] = {"file": _codebook_file(name),
-                                                   "sha256": _digest(book)}
+                                                   "sha256": _digest(book),
+                                                   "subdim": int(book.shape[-1])}
             for name in manifest["features"]:
                 open(os.path.join(path, _feature_file(name)), "wb").close()
             open(os.path.join(path, PATHS), "wb").close()
@@ -524,11 +526,13 @@ def merge(output: str, shards: Iterable[str], chunk: int = 65536) -> Gallery:
     return out
 
 
-def train_codebooks(dtype: str, sample: dict, seed: int = 0) -> Optional[dict]:
-    """The codebooks a ``dtype`` gallery needs ({table: [M, K, C'/M]}, or None for a
-    dtype without), trained on ``sample`` {feature: rows [n, *shape]} (``codec``)."""
-    books = {k: codec.train_codebook(v, np.shape(v)[-1], seed=seed) for k, v in sample.items()
-             if codec.uses_codebook(dtype, tuple(np.shape(v)[1:]))}
+def train_codebooks(dtype: str, sample: dict, seed: int = 0,
+                    subdim: Optional[int] = None) -> Optional[dict]:
+    """The codebooks a ``dtype`` gallery needs ({table: [M, K, s]}, or None for a dtype
+    without), trained on ``sample`` {feature: rows [n, *shape]} with ``subdim`` values per
+    one-byte code (``codec.train_codebook``; ``codec.PQ_SUBDIM`` unless given)."""
+    books = {k: codec.train_codebook(v, np.shape(v)[-1], seed=seed, subdim=subdim)
+             for k, v in sample.items() if codec.uses_codebook(dtype, tuple(np.shape(v)[1:]))}
     return books or None
 
 

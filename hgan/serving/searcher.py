@@ -178,7 +178,7 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
                 batch_size: int = 32, log=print, shard: str | None = None,
                 dtype: str = "float16", ann_threshold: int = ann.EXACT_BELOW,
                 quantizer: Optional[str] = None, codebook: Optional[str] = None,
-                ann_kind: str = "auto") -> dict:
+                ann_kind: str = "auto", pq_subdim: Optional[int] = None) -> dict:
     """Encodes every image not yet in the gallery ``index_path`` (created if absent) and
     appends it, batch by batch (each batch committed: an interrupted run resumes, and a
     gallery cut short is repaired to its whole rows and completed), then brings its IVF up
@@ -189,7 +189,8 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
     ``dtype`` (``hgan.serving.codec``): how a new gallery stores the features (an existing
     one keeps its own). A new ``pq`` gallery's codebooks are those of the gallery
     ``codebook`` (shards that ``merge`` joins share them) or, without one, trained on the
-    first ``CODEBOOK_SAMPLE`` images encoded, which are committed once they are.
+    first ``CODEBOOK_SAMPLE`` images encoded, which are committed once they are, with
+    ``pq_subdim`` values per one-byte code (``codec.PQ_SUBDIM`` unless given).
     ``ann_kind``: the IVF's kind (``ann.kinds``). Returns {"images" (in the gallery),
     "added", "skipped", "index"}."""
     served = _load(savedmodel)
@@ -248,7 +249,8 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
                 store = gallery.Gallery.create(
                     index_path, fingerprint, {k: v.shape[1:] for k, v in feats.items()},
                     dtype, source=source_info,
-                    codebooks=books or gallery.train_codebooks(dtype, feats))
+                    codebooks=books or gallery.train_codebooks(dtype, feats,
+                                                                 subdim=pq_subdim))
             store.append(kept, feats)
             added += len(kept)
 
