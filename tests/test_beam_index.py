@@ -251,3 +251,8 @@ def test_a_pq_gallery_is_assembled_from_float32_shards_with_codebooks_trained_or
     beam_index.assemble(second, work, plan, codebook=first, **quiet)
     np.testing.assert_array_equal(gallery.Gallery.open(second).records("word"),
                                   store.records("word"))
+    # --pq_subdim reaches the codebooks the launching process trains: 16 values a row in
+    # codes of 4 (the default would make ceil(16 / 6) = 3 codes of 6, zeros appended).
+    third = str(tmp_path / "third")
+    beam_index.assemble(third, work, plan, pq_subdim=4, **quiet)
+    assert gallery.Gallery.open(third).codebooks["word"].shape[::2] == (4, 4)

@@ -2,7 +2,8 @@ r"""hgan-beam-index: builds the gallery of ``hgan-search index`` with an Apache 
 (``RunInference`` over the export's ``encode_image``; ``hgan.serving.beam_index``).
 
   hgan-beam-index --savedmodel=DIR --images=FOLDER|LIST.txt --index=GALLERY_DIR \
-      [--dtype=float16|float32|int8|pq] [--codebook=GALLERY_DIR] [--batch_size=32] [--unit_size=500] [--work_dir=DIR] \
+      [--dtype=float16|float32|int8|pq] [--codebook=GALLERY_DIR] [--pq_subdim=S] \
+      [--batch_size=32] [--unit_size=500] [--work_dir=DIR] \
       [--quantizer=FILE.faiss] [BEAM OPTIONS]
   hgan-beam-index --savedmodel=DIR --data_dir=TFRECORDS --split=test --index=... [BEAM OPTIONS]
 
@@ -19,7 +20,7 @@ import sys
 
 from absl import app, flags
 
-from hgan.cli import start
+from hgan.cli import gallery_flags, start
 
 FLAGS = flags.FLAGS
 INSTALL = ('hgan-beam-index needs Apache Beam, the package\'s "beam" extra: '
@@ -31,18 +32,7 @@ def define_flags():
                         "be able to read it.")
     flags.DEFINE_string("index", None, "Gallery directory (hgan.serving.gallery), written by "
                         "this process.")
-    flags.DEFINE_string("images", None, "A folder of JPEG/PNG images, or a .txt file "
-                        "listing image paths (one a line, relative to the list).")
-    flags.DEFINE_string("data_dir", None, "A data_prep output dir instead of a folder.")
-    flags.DEFINE_string("split", "test", "The split of --data_dir.")
-    flags.DEFINE_enum("dtype", "float16", ["float16", "float32", "int8", "pq"],
-                      "How the features are stored (hgan.serving.codec): int8, the re-rank "
-                      "tables as int8 with a scale per row; pq, product-quantised; the "
-                      "global embedding stays float16 in both.")
-    flags.DEFINE_string("codebook", None, "dtype=pq: a gallery whose pq codebooks this one "
-                        "codes with (so the two merge); default: trained on the first "
-                        "images.")
-    flags.DEFINE_integer("batch_size", 32, "Images per encode_image call.", lower_bound=1)
+    gallery_flags.define()
     flags.DEFINE_integer("unit_size", 500, "Images per work unit of a folder or list (a "
                          "TFRecord file is one unit): what a stopped run re-encodes at most "
                          "per unit in flight.", lower_bound=1)
@@ -80,7 +70,7 @@ def main(argv):
                            FLAGS.split, work_dir=FLAGS.work_dir, unit_size=FLAGS.unit_size,
                            batch_size=FLAGS.batch_size, dtype=FLAGS.dtype,
                            quantizer=FLAGS.quantizer, beam_args=argv[1:],
-                           codebook=FLAGS.codebook)
+                           codebook=FLAGS.codebook, pq_subdim=FLAGS.pq_subdim)
     return 0
 
 

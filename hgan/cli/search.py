@@ -30,7 +30,7 @@ import json
 
 from absl import app, flags
 
-from hgan.cli import start
+from hgan.cli import gallery_flags, start
 
 FLAGS = flags.FLAGS
 
@@ -38,10 +38,7 @@ FLAGS = flags.FLAGS
 def define_flags():
     flags.DEFINE_string("savedmodel", None, "Exported model (hgan-export).")
     flags.DEFINE_string("index", None, "Gallery directory (hgan.serving.gallery).")
-    flags.DEFINE_string("images", None, "index: a folder of JPEG/PNG images, or a .txt "
-                        "file listing image paths (one a line, relative to the list).")
-    flags.DEFINE_string("data_dir", None, "index: a data_prep output dir instead of a folder.")
-    flags.DEFINE_string("split", "test", "index: the split of --data_dir.")
+    gallery_flags.define(prefix="index: ")
     flags.DEFINE_string("shard", None, "index: i/N, every N-th image from the i-th (N "
                         "machines; join them with merge).")
     flags.DEFINE_string("quantizer", None, "index: an ann.faiss (hgan-search quantizer's, "
@@ -51,19 +48,8 @@ def define_flags():
     flags.DEFINE_integer("sample", 0, "quantizer: images encoded to train it (0: 39 per "
                          "list, FAISS's minimum without a warning).")
     flags.DEFINE_integer("nlist", 0, "quantizer: inverted lists (0: about 4·sqrt(images)).")
-    flags.DEFINE_enum("dtype", "float16", ["float16", "float32", "int8", "pq"],
-                      "index: how a new gallery stores the features (hgan.serving.codec): "
-                      "int8, the re-rank tables as int8 with a scale per row; pq, "
-                      "product-quantised; the global embedding stays float16 in both.")
-    flags.DEFINE_string("codebook", None, "index --dtype=pq: a gallery (e.g. shard 0's) whose "
-                        "pq codebooks this one codes with, so the two merge; default: trained "
-                        "on the first images encoded.")
-    flags.DEFINE_integer("pq_subdim", None, "index --dtype=pq: values per one-byte code of a "
-                         "new gallery's codebooks (default hgan.serving.codec.PQ_SUBDIM; "
-                         "recorded by the codebooks' shape).")
     flags.DEFINE_enum("ann", "auto", ["auto", "flat", "pq"], "index, quantizer: the IVF's "
                       "kind (auto: IVF-Flat while its vectors fit 1 GiB, IVF-PQ above).")
-    flags.DEFINE_integer("batch_size", 32, "index: images per encode_image call.")
     flags.DEFINE_integer("top_k", 10, "query: results to return.")
     flags.DEFINE_integer("rerank_k", None, "query: stage-1 best re-ranked by a model's "
                          "two-stage score (IATV: stage 2, plus stage 1's weighted); default: "

@@ -306,7 +306,7 @@ def _codebook_sample(work_dir: str, plan: dict) -> dict:
 
 def assemble(index: str, work_dir: str, plan: dict, quantizer: Optional[str] = None,
              ann_threshold: int = ann.EXACT_BELOW, log=print,
-             codebook: Optional[str] = None) -> dict:
+             codebook: Optional[str] = None, pq_subdim: Optional[int] = None) -> dict:
     """Appends every shard to the gallery ``index`` in unit order (a path already there is
     not added again), then its IVF (module docstring). Returns {"images", "added",
     "skipped", "workers": {worker process: its TF_USE_LEGACY_KERAS}}."""
@@ -327,7 +327,8 @@ def assemble(index: str, work_dir: str, plan: dict, quantizer: Optional[str] = N
         feats = {name[2:]: shard[name][keep] for name in shard.files if name.startswith("f.")}
         if store is None:
             if plan["dtype"] == "pq" and books is None:
-                books = gallery.train_codebooks("pq", _codebook_sample(work_dir, plan))
+                books = gallery.train_codebooks("pq", _codebook_sample(work_dir, plan),
+                                                subdim=pq_subdim)
             store = gallery.Gallery.create(index, plan["model"],
                                            {k: v.shape[1:] for k, v in feats.items()},
                                            plan["dtype"], source=plan["source"],
@@ -408,11 +409,12 @@ def build_index(savedmodel: str, index: str, images=None, data_dir=None, split="
                 work_dir: Optional[str] = None, unit_size: int = DEFAULT_UNIT_SIZE,
                 batch_size: int = 32, dtype: str = "float16", quantizer: Optional[str] = None,
                 ann_threshold: int = ann.EXACT_BELOW, beam_args: Sequence[str] = (),
-                log=print, codebook: Optional[str] = None) -> dict:
+                log=print, codebook: Optional[str] = None,
+                pq_subdim: Optional[int] = None) -> dict:
     """``hgan-search index``'s gallery built by the Beam pipeline (plan, encode, assemble:
-    the module docstring; ``dtype`` and ``codebook`` as ``index``'s); ``work_dir``
-    defaults to ``INDEX/.encoding`` and must be
-    readable and writable by every worker (``gs://...`` on Dataflow). Returns {"images",
+    the module docstring; ``dtype``, ``codebook`` and ``pq_subdim`` as ``index``'s);
+    ``work_dir`` defaults to ``INDEX/.encoding`` and must be readable and writable by every
+    worker (``gs://...`` on Dataflow). Returns {"images",
     "added", "skipped", "workers", "units", "encoded_units", "index"}."""
     if bool(images) == bool(data_dir):
         raise ValueError("give exactly one of images or data_dir")
@@ -439,7 +441,8 @@ def build_index(savedmodel: str, index: str, images=None, data_dir=None, split="
         log(f"every image is already in {index}")
     else:
         try:
-            report = assemble(index, work_dir, plan, quantizer, ann_threshold, log, codebook)
+            report = assemble(index, work_dir, plan, quantizer, ann_threshold, log, codebook,
+                              pq_subdim)
         except NothingIndexed:
             FileSystems.delete([work_dir])  # every image was skipped: nothing to resume
             raise
