@@ -182,18 +182,24 @@ def recall_and_latency(searcher, queries, truth, k: int, batch: int):
     return recall, times
 
 
+def timed_build(ann, mapped, kind: str):
+    """``ann.build`` of an IVF of ``kind`` over every row → (index, its seconds, the
+    seconds and arguments of its ``train`` call, the seconds of its ``add`` calls)."""
+    t0 = time.time()
+    with timing_inside(ann, ["train", "add"]) as calls:
+        index = ann.build(mapped, threshold=0, kind=kind)
+    build_s = time.time() - t0
+    (train_s, sample), = calls["train"]
+    return index, build_s, train_s, sample, sum(s for s, _ in calls["add"])
+
+
 def ivf_flat(mapped, queries, truth):
     """The product's IVF-Flat build (ann.build), its two phases timed inside it → its file
     bytes."""
     import faiss
     from hgan.serving import ann
     n, k = len(mapped), FLAGS.k
-    t0 = time.time()
-    with timing_inside(ann, ["train", "add"]) as calls:
-        index = ann.build(mapped, threshold=0, kind="flat")
-    build_s = time.time() - t0
-    (train_s, sample), = calls["train"]
-    add_s = sum(s for s, _ in calls["add"])
+    index, build_s, train_s, sample, add_s = timed_build(ann, mapped, "flat")
     path = os.path.join(FLAGS.dir, "ivf.faiss")
     ann.save(index, path)
     index = ann.load(path)  # as Searcher opens a gallery's ann.faiss
@@ -256,12 +262,7 @@ def ivf_pq(mapped, queries, truth, flat_bytes):
     from hgan.serving import ann
     n, k = len(mapped), FLAGS.k
     before = rss_mib()
-    t0 = time.time()
-    with timing_inside(ann, ["train", "add"]) as calls:
-        index = ann.build(mapped, threshold=0, kind="pq")
-    build_s = time.time() - t0
-    (train_s, sample), = calls["train"]
-    add_s = sum(s for s, _ in calls["add"])
+    index, build_s, train_s, sample, add_s = timed_build(ann, mapped, "pq")
     built = rss_mib()
     path = os.path.join(FLAGS.dir, "ivfpq.faiss")
     ann.save(index, path)
