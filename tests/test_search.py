@@ -356,6 +356,17 @@ def _every_image_once(out, numbers):
     return g
 
 
+def _indexed_four(monkeypatch, model, tmp_path):
+    """A gallery of four photos (1-4.png) with its IVF, served by the stand-in model →
+    (the photos' folder, the gallery's path)."""
+    pytest.importorskip("faiss")
+    _use(monkeypatch, served())
+    folder, out = tmp_path / "photos", str(tmp_path / "gallery")
+    _photos(folder, [(f"{i}.png", f"IMG:{i}".encode()) for i in range(1, 5)])
+    searcher.build_index(model, out, images=str(folder), ann_threshold=1, log=lambda *_: None)
+    return folder, out
+
+
 def _found(engine):
     """Every gallery path stage 1 finds for a query."""
     return {r["path"] for r in engine.query("red", top_k=100, rerank_k=0)}
@@ -363,11 +374,7 @@ def _found(engine):
 
 def test_a_searcher_serves_its_state_until_reload_and_keeps_it_against_a_bad_one(
         monkeypatch, model, tmp_path):
-    pytest.importorskip("faiss")
-    _use(monkeypatch, served())
-    folder, out = tmp_path / "photos", str(tmp_path / "gallery")
-    _photos(folder, [(f"{i}.png", f"IMG:{i}".encode()) for i in range(1, 5)])
-    searcher.build_index(model, out, images=str(folder), ann_threshold=1, log=lambda *_: None)
+    folder, out = _indexed_four(monkeypatch, model, tmp_path)
     engine = searcher.Searcher(model, out)
     assert len(engine) == 4 and not engine.changed()
     # index grows the gallery while it is served: the loaded state is what is answered.
@@ -462,11 +469,7 @@ def _stop_at(monkeypatch, where):
 def test_an_index_run_stopped_anywhere_resumes_with_every_image_once(monkeypatch, model,
                                                                      tmp_path, where,
                                                                      committed, tail, then):
-    pytest.importorskip("faiss")
-    _use(monkeypatch, served())
-    folder, out = tmp_path / "photos", str(tmp_path / "gallery")
-    _photos(folder, [(f"{i}.png", f"IMG:{i}".encode()) for i in range(1, 5)])
-    searcher.build_index(model, out, images=str(folder), ann_threshold=1, log=lambda *_: None)
+    folder, out = _indexed_four(monkeypatch, model, tmp_path)
     _photos(folder, [(f"{i}.png", f"IMG:{i}".encode()) for i in range(5, 9)])
     with monkeypatch.context() as hooks:
         _stop_at(hooks, where)
