@@ -135,6 +135,12 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array, np.float32).tobytes()).hexdigest()
 
 
+def same_codebooks(a: dict, b: dict) -> bool:
+    """Whether two galleries' {table: codebook} code their tables alike (same tables, same
+    float32 values)."""
+    return a.keys() == b.keys() and all(_digest(a[k]) == _digest(b[k]) for k in a)
+
+
 def _read_codebooks(path: str, manifest: dict) -> dict:
     """{table: codebook} of a pq gallery, each checked against the manifest's sha256."""
     books = {}
@@ -497,7 +503,7 @@ def merge(output: str, shards: Iterable[str], chunk: int = 65536) -> Gallery:
             raise ModelMismatch(f"{s.path} and {first.path} were indexed by different models")
         if s.features != first.features or s.dtype != first.dtype:
             raise ValueError(f"{s.path} and {first.path} hold different features or dtypes")
-        if any(_digest(s.codebooks[k]) != _digest(b) for k, b in first.codebooks.items()):
+        if not same_codebooks(s.codebooks, first.codebooks):
             raise ValueError(
                 f"{s.path} and {first.path} code their tables with different pq codebooks: "
                 f"index every shard with --codebook={first.path} (one codebook), or with "

@@ -167,8 +167,7 @@ def codebooks_for(dtype: str, codebook: Optional[str], store=None) -> Optional[d
     if not books:
         raise ValueError(f"--codebook {codebook} is a gallery without pq codebooks (its "
                          "dtype is not pq)")
-    if store is not None and {k: v.tobytes() for k, v in books.items()} != \
-            {k: v.tobytes() for k, v in store.codebooks.items()}:
+    if store is not None and not gallery.same_codebooks(books, store.codebooks):
         raise ValueError(f"{store.path} is coded with other codebooks than --codebook "
                          f"{codebook}: extend it without --codebook")
     return books
