@@ -159,17 +159,20 @@ class Scorer:
 
         return tf.function(fn, reduce_retracing=True)
 
-    def _pair_bytes(self, level: str, words: int, regions: int, gathered: int) -> int:
-        """Bytes of one pair's intermediates. Gumbel heads: its γ map [R, N] a few times
-        over (the product, its transpose, the selections' inputs) and ``gathered``
-        [H]-wide rows of its own (a grid block shares its texts' and images' rows: 0; the
-        fused vectors of Eqs. 6–8 stay inside ``score_selected``'s XLA loop). Soft
-        attention (the dense path) writes the [R, H] + [N, H] fused and hidden tensors of
-        both directions, a few times over."""
+    def _pair_bytes(self, level: str, words: int, regions: int, own_rows: bool) -> int:
+        """Bytes of one pair's intermediates: its γ map [R, N] a few times over (the
+        product, its transpose, the selections' inputs) and, where the pair has [H]-wide
+        rows of its own, the [R, H] + [N, H] rows of both directions a few times over.
+        Gumbel heads have them only as gathered φ rows of a two-stage pair (``own_rows``;
+        a grid block shares its texts' and images' rows, and the fused vectors of Eqs. 6–8
+        stay inside ``score_selected``'s XLA loop); soft attention (the dense path) writes
+        its fused and hidden tensors in every layout."""
         k1, k2, h = self.config.model.k1, self.config.model.k2, self.config.model.mlp_hidden
-        if self.heads[level].attention != "gumbel":
-            gathered = words * (k2 + 3) + regions * (k1 + 3)
-        return 4 * (6 * words * regions + h * gathered)
+        if own_rows or self.heads[level].attention != "gumbel":
+            rows = words * (k2 + 3) + regions * (k1 + 3)
+        else:
+            rows = 0
+        return 4 * (6 * words * regions + h * rows)
 
     def _pairs_per_chunk(self, level: str, words: int, regions: int) -> int:
         """Two-stage: (query, candidate) pairs a call scores, within the memory budget (at
@@ -177,9 +180,7 @@ class Scorer:
         hidden tensors of both directions, its gathered φ rows among them: 600, 1,600 and
         6,400 pairs a call ran within 15 % of each other in paired runs at the paper's
         widths, and 1,600 took a CUHK-PEDES-sized run past 4 GiB."""
-        k1, k2 = self.config.model.k1, self.config.model.k2
-        per_pair = self._pair_bytes(level, words, regions,
-                                    words * (k2 + 3) + regions * (k1 + 3))
+        per_pair = self._pair_bytes(level, words, regions, own_rows=True)
         return max(1, min(CANDIDATE_PAIRS or self.budget, self.budget // per_pair))
 
     def grid_block(self, level: str, texts: int, images: int, words: int,
@@ -187,7 +188,7 @@ class Scorer:
         """The (texts, images) block of ``local_grid``: ``GRID_BLOCK`` cut to the inputs
         and to the memory budget (texts kept first, images cut)."""
         tc = max(1, min(texts, self.config.eval.eval_chunk, GRID_BLOCK[0]))
-        pairs = max(1, self.budget // self._pair_bytes(level, words, regions, 0))
+        pairs = max(1, self.budget // self._pair_bytes(level, words, regions, own_rows=False))
         tc = min(tc, pairs)
         ic = max(1, min(images, GRID_BLOCK[1], pairs // tc))
         return tc, ic
