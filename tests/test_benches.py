@@ -2,10 +2,11 @@
 from the repository root, as ``python bench/NAME.py --small``. ``search_latency`` is given
 the test run's trained tiny export and data (``--savedmodel`` / ``--data_dir``, the flags
 its full size takes) instead of making its own; ``service_load`` makes its own, so
-``bench/_small.py``'s demo set and random export stay run. Each test reads the bench's
-last figure (and the figures the bench promises to print) from its output, so a bench that
-crashes, stops early or stops printing what it measures fails here; the figures'
-values at these sizes mean nothing and are not checked."""
+``bench/_small.py``'s demo set and random export stay run; ``mixed_precision`` trains on
+the test run's tiny data and vocab (``--data_dir`` / ``--vocab_file``). Each test reads
+the bench's last figure (and the figures the bench promises to print) from its output, so
+a bench that crashes, stops early or stops printing what it measures fails here; the
+figures' values at these sizes mean nothing and are not checked."""
 import os
 import re
 import subprocess
@@ -116,6 +117,8 @@ EXPECTED = {
 EXTRA = {"demo_step": ["--onednn=on"]}
 # Benches that read the test run's trained tiny export and data instead of making their own.
 SERVING = ("search_latency",)
+# Benches that train on the test run's tiny data and vocab instead of a generated demo set.
+TRAINING = ("mixed_precision",)
 
 
 @pytest.mark.parametrize("bench", sorted(EXPECTED))
@@ -124,6 +127,9 @@ def test_bench_runs_to_its_end_at_small_size(bench, request):
     if bench in SERVING:
         extra += [f"--savedmodel={request.getfixturevalue('hgan_export')}",
                   f"--data_dir={request.getfixturevalue('tiny_data')}"]
+    if bench in TRAINING:
+        extra += [f"--data_dir={request.getfixturevalue('tiny_data')}",
+                  f"--vocab_file={request.getfixturevalue('tiny_vocab')}"]
     proc = subprocess.run([sys.executable, os.path.join("bench", f"{bench}.py"), "--small",
                            *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=300,

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from hgan.config import Config
 from hgan.evaluation import hgan_scoring
 from hgan.modeling.hgan.model import load_model
 from tests_support import ROOT, console_script, make_reed, run_command
@@ -62,6 +63,7 @@ def test_train_sigkill_resume_then_eval_and_export(tfrecords, tiny_vocab, tmp_pa
     out = run_command(*_train_args(tfrecords, model_dir, tiny_vocab, last + 2))
     assert f"trained to step {last + 2}" in out
     assert max(_checkpoint_steps(ckpt_dir)) == last + 2
+    assert Config.load(model_dir).train.max_steps == last + 2  # the run's config follows
     metrics = str(tmp_path / "metrics.json")
     out = run_command("hgan-eval", f"--model_dir={model_dir}", f"--data_dir={tfrecords}",
                   "--split=test", f"--output_json={metrics}")

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from hgan import families
-from hgan.config import Config
 from hgan.training import loop, run_dir
 from hgan.training.distribution import FINITE
 from hgan.training.hgan_task import HGANTask
@@ -24,7 +23,8 @@ def config(tiny_config):
 
 
 def test_trains_checkpoints_and_resumes(tiny_data, config, tmp_path):
-    """A run of 3 steps checkpoints and resumes to 5. It says first what its caps cut:
+    """A run of 3 steps checkpoints and selects its best checkpoint on val (resuming is
+    test_cli's: hgan-train killed, then run again). It says first what its caps cut:
     tiny_data's 24 training captions have 10 and 8 WordPieces (12 each) and 2 noun
     phrases; data.max_len=11 leaves 9 WordPieces for a caption, so the 12 longer ones."""
     model_dir = str(tmp_path / "run")
@@ -50,13 +50,7 @@ def test_trains_checkpoints_and_resumes(tiny_data, config, tmp_path):
     # The best checkpoint is the val pass with the highest R1 (the first of ties).
     assert best["step"] == max(val, key=lambda s: (val[s], -s))
     assert best["metrics"]["R1"] == pytest.approx(val[best["step"]], abs=0.005)
-    # More steps on the same model_dir: resumes at 3, the counter continues to 5.
-    more = config.replace(max_steps=5)
-    run_dir.reconcile_config(more, model_dir)
-    second = families.train(more, tiny_data, model_dir, log=lines.append)
-    assert second["step"] == 5
-    assert second["checkpoint"].endswith("ckpt-5")
-    assert Config.load(model_dir).train.max_steps == 5
+    assert first["checkpoint"].endswith("ckpt-3")
 
 
 def test_resume_refuses_a_different_model_config(config, tmp_path):
@@ -73,21 +67,20 @@ def test_model_selection_never_uses_test(tiny_data, config, tmp_path):
 
 
 
-@pytest.mark.parametrize("check", ["hgan_cmpm", "hgan_cmce_sync_bn"])
-def test_two_replicas_give_the_loss_and_update_of_one(two_replica_results, check):
+def test_two_replicas_give_the_loss_and_update_of_one(two_replica_results):
     # Soft attention and no dropout make the step deterministic, so the comparison is exact
     # up to float summation order; what it checks is the cross-replica gather and scaling
-    # (with CMCE, that both replicas' identities reach the buffers exactly once; with
-    # sync_batchnorm, that trainable BatchNorm, moving statistics included, sees the
-    # global batch).
+    # of every in-batch loss (word and phrase triplets, ID; CMPM is one more function of
+    # the same gathered batch), that both replicas' identities reach CMCE's buffers exactly
+    # once, and with sync_batchnorm, that trainable BatchNorm, moving statistics included,
+    # sees the global batch.
     # (tests/two_replicas.py: hgan_config, hgan_step)
-    out = two_replica_results[check]
+    out = two_replica_results["hgan_cmce_sync_bn"]
     for key, value in out["one"].items():
         np.testing.assert_allclose(out["two"][key], value, rtol=1e-4, err_msg=key)
     np.testing.assert_allclose(out["two_w"], out["one_w"], rtol=1e-5)
-    if check == "hgan_cmce_sync_bn":
-        assert "cmce" in out["one"] and "pair" not in out["one"]
-        np.testing.assert_allclose(out["two_buffers"], out["one_buffers"], atol=1e-5)
+    assert {"cmce", "ide", "word", "phrase"} <= set(out["one"]) and "pair" not in out["one"]
+    np.testing.assert_allclose(out["two_buffers"], out["one_buffers"], atol=1e-5)
 
 
 def test_cmce_sentence_loss_fills_updates_and_checkpoints_the_identity_buffers(
@@ -162,31 +155,17 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_good_checkpoint(
             assert np.isfinite(reader.get_tensor(name)).all(), name
 
 
-def test_mixed_precision_step_trains_with_finite_float32_losses(tiny_data, config, tmp_path):
-    from hgan.tf_compat import keras
-    # Unseeded, about 1 run in 3 ended with a non-finite float16 loss (cause not yet
-    # found; noted on #11); a fixed init keeps the test about what it checks.
-    keras.utils.set_random_seed(1)
-    try:
-        cfg = config.replace(mixed_precision=True, max_steps=2)
-        run_dir.reconcile_config(cfg, str(tmp_path))
-        trainer = HGANTask(cfg, tiny_data)
-        assert trainer.model.image_encoder.layers[-1].compute_dtype == "float16"
-        summary = loop.fit(trainer, str(tmp_path), validate=False, log=lambda _: None)
-        assert summary["step"] == 2
-        assert all(np.isfinite(v) for v in summary["loss"].values()), summary["loss"]
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
 def test_mixed_precision_trains_through_validation_evaluation_and_export(tiny_data, config,
                                                                          tmp_path):
-    """mixed_float16 end to end: validation passes during training, hgan-eval in both modes,
-    the export; the scores every reader ranks by are float32 and finite."""
+    """mixed_float16 end to end: float16 layers, finite float32 losses, validation passes
+    during training, hgan-eval in both modes, the export; the scores every reader ranks by
+    are float32 and finite."""
     from hgan import families
     from hgan.evaluation import hgan_scoring
     from hgan.modeling.hgan.model import load_model
     from hgan.tf_compat import keras, tf
+    # Unseeded, about 1 run in 3 ended with a non-finite float16 loss (cause not yet
+    # found; noted on #11); a fixed init keeps the test about what it checks.
     keras.utils.set_random_seed(1)
     try:
         cfg = config.replace(mixed_precision=True, max_steps=4, eval_every=2,
@@ -196,13 +175,15 @@ def test_mixed_precision_trains_through_validation_evaluation_and_export(tiny_da
         lines = []
         summary = families.train(cfg, tiny_data, model_dir, log=lines.append)
         assert summary["step"] == 4
+        assert all(np.isfinite(v) for v in summary["loss"].values()), summary["loss"]
         assert [ln.split()[2] for ln in lines if ln.startswith("val step")] == ["2:", "4:"]
         progress = [ln for ln in lines if ln.startswith("step ")]
         assert progress and not any("=inf" in ln or "=nan" in ln for ln in progress), progress
         report = families.evaluate(model_dir, tiny_data, "test", str(tmp_path / "m.json"),
                                    figures=False)
         assert set(report) >= {"exact", "two_stage"}
-        model, _, _ = load_model(model_dir)
+        model, _, _ = load_model(model_dir)  # under the policy the training set
+        assert model.image_encoder.layers[-1].compute_dtype == "float16"
         texts, images = hgan_scoring.encode_split(model, tiny_data, model.config, "test")
         exact = hgan_scoring.Scorer(model).exact(texts, images)
         assert exact["total"].dtype == np.float32 and np.isfinite(exact["total"]).all()
