@@ -49,7 +49,7 @@ import _small
 
 FLAGS = flags.FLAGS
 SMALL = {"n": 5000, "dim": 32, "queries": 20, "k": 10, "nprobe": ["4", "8"],
-         "tables": 2000, "compact": 300, "dir": "/tmp/gallery_bench_small"}
+         "tables": 2000, "compact": 40, "dir": "/tmp/gallery_bench_small"}
 PAPER = {"global": (512,), "word": (15, 512), "phrase": (15, 512)}
 BLOCK = 10_000  # rows appended to a gallery at a time
 
@@ -236,7 +236,7 @@ def tables(vectors, queries, rng):
           f"float16, {2 * per16 * 1e6 / 2**30:.1f} GiB float32, "
           f"~{per16 * 1e6 / 2**31:.1f} GiB int8")
     t = gallery.Gallery.create(os.path.join(FLAGS.dir, "tables"), "bench", paper)
-    block = {name: rng.normal(size=(BLOCK, *s)).astype(np.float16)
+    block = {name: rng.normal(size=(min(BLOCK, FLAGS.tables), *s)).astype(np.float16)
              for name, s in paper.items()}
     t0 = time.time()
     for a in range(0, FLAGS.tables, BLOCK):

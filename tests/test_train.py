@@ -22,7 +22,7 @@ def config(tiny_config):
                                identities_per_batch=2, checkpoint_every=2, max_steps=3)
 
 
-def test_trains_checkpoints_and_resumes(tiny_data, config, tmp_path):
+def test_trains_checkpoints_and_selects_the_best_on_val(tiny_data, config, tmp_path):
     """A run of 3 steps checkpoints and selects its best checkpoint on val (resuming is
     test_cli's: hgan-train killed, then run again). It says first what its caps cut:
     tiny_data's 24 training captions have 10 and 8 WordPieces (12 each) and 2 noun
