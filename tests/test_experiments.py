@@ -5,6 +5,7 @@ import csv
 import json
 import os
 
+import numpy as np
 import pytest
 
 from hgan import families
@@ -187,8 +188,14 @@ def test_a_row_runs_by_name_and_eval_prints_the_paper_beside_it(name, tiny_data,
     families.train(config, tiny_data, model_dir, val_split="none", log=lines.append)
     if name == "iatv/table2/triplet":
         assert any(ln.startswith("step 1/") and "triplet=" in ln for ln in lines), lines
-    if name == "iatv/table2/w_o_sma_spa_stage1":
+    if name == "iatv/table2/w_o_sma_spa_stage1":  # stage 2 neither copied nor mined
         assert any("w/o stage-1" in ln for ln in lines), lines
+        assert any("drawn at random" in ln for ln in lines), lines
+        assert not any("initialised from stage 1" in ln for ln in lines), lines
+        from hgan.modeling.iatv.model import load_model
+        from test_iatv_train import _weights
+        s1_cnn, s2_cnn, _, _ = _weights(load_model(model_dir, "latest")[0])
+        assert max(np.abs(a - b).max() for a, b in zip(s1_cnn, s2_cnn)) > 0
     out = str(tmp_path / "test.json")
     report = families.evaluate(model_dir, tiny_data, "test", out, checkpoint="latest",
                                figures=False,
