@@ -36,7 +36,8 @@ from hgan.tf_compat import tf
 
 
 class IATVServing(ServingModule):
-    """The serving functions around a trained IATV model."""
+    """The serving functions around a trained IATV model, traced without AutoGraph as
+    HGAN's are (``hgan.serving.hgan_module``)."""
 
     def __init__(self, model: IATV):
         super().__init__(model, name="iatv_serving")
@@ -45,38 +46,38 @@ class IATVServing(ServingModule):
         return request_pixels(images, self.config)
 
     # Traced once and called by every signature that reads sentences (see HGANServing).
-    @tf.function(input_signature=[STRINGS])
+    @tf.function(autograph=False, input_signature=[STRINGS])
     def _tokens(self, sentences):
         return self.tokenizer(sentences)
 
-    @tf.function(input_signature=[STRINGS])
+    @tf.function(autograph=False, input_signature=[STRINGS])
     def encode_text(self, sentences):
         return {GLOBAL: self.model.encode_text(self._tokens(sentences))}
 
-    @tf.function(input_signature=[STRINGS])
+    @tf.function(autograph=False, input_signature=[STRINGS])
     def encode_image(self, images):
         pixels = self._pixels(images)
         return {GLOBAL: self.model.encode_image(pixels),
                 "regions": self.model.encode_regions(pixels)}
 
-    @tf.function(input_signature=[STRINGS, STRINGS])
+    @tf.function(autograph=False, input_signature=[STRINGS, STRINGS])
     def score(self, texts, images):
         text = self.model.encode_text(self._tokens(texts))
         image = self.model.encode_image(self._pixels(images))
         return {"score": tf.matmul(tf.math.l2_normalize(text, -1),
                                    tf.math.l2_normalize(image, -1), transpose_b=True)}
 
-    @tf.function(input_signature=[STRINGS, STRINGS])
+    @tf.function(autograph=False, input_signature=[STRINGS, STRINGS])
     def rerank_score(self, texts, images):
         return {"score": self._pair_logits(texts, self.model.encode_regions(
             self._pixels(images)))}
 
-    @tf.function(input_signature=[STRINGS, STRINGS])
+    @tf.function(autograph=False, input_signature=[STRINGS, STRINGS])
     def rerank_confidence(self, texts, images):
         return {"confidence": tf.sigmoid(self._pair_logits(
             texts, self.model.encode_regions(self._pixels(images))))}
 
-    @tf.function(input_signature=[STRINGS, tf.TensorSpec([None, None], tf.float32),
+    @tf.function(autograph=False, input_signature=[STRINGS, tf.TensorSpec([None, None], tf.float32),
                                   tf.TensorSpec([None, None, None], tf.float32)])
     def rerank(self, texts, image_global, image_regions):
         """The two-stage score of every (sentence, image) pair from ``encode_image``
