@@ -5,6 +5,7 @@ its own, so that it can be killed; the other commands run their entry points in 
 process (``tests_support.run_command``)."""
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -38,7 +39,7 @@ def _train_args(tfr, model_dir, vocab, steps):
             f"--max_steps={steps}", "--val_split=none"]  # model selection: test_train's
 
 
-def test_train_sigkill_resume_then_eval_and_export(tfrecords, tiny_vocab, tmp_path):
+def test_train_sigkill_resume_then_eval_and_export(tfrecords, tiny_vocab, tmp_path, capfd):
     """hgan-train killed mid-run (SIGKILL) resumes from its last checkpoint; hgan-eval,
     hgan-export and hgan-search then read the run (one training run for the README's
     commands)."""
@@ -62,6 +63,7 @@ def test_train_sigkill_resume_then_eval_and_export(tfrecords, tiny_vocab, tmp_pa
     last = max(_checkpoint_steps(ckpt_dir))
     out = run_command(*_train_args(tfrecords, model_dir, tiny_vocab, last + 2))
     assert f"trained to step {last + 2}" in out
+    assert f"/ckpt/ckpt-{last} at step {last}" in out  # "resumed from ..."
     assert max(_checkpoint_steps(ckpt_dir)) == last + 2
     assert Config.load(model_dir).train.max_steps == last + 2  # the run's config follows
     metrics = str(tmp_path / "metrics.json")
@@ -74,6 +76,10 @@ def test_train_sigkill_resume_then_eval_and_export(tfrecords, tiny_vocab, tmp_pa
     saved = str(tmp_path / "saved")
     out = run_command("hgan-export", f"--model_dir={model_dir}", f"--output_dir={saved}")
     assert os.path.exists(os.path.join(saved, "saved_model.pb"))
+    # TensorFlow's Python INFO records (the saver's, the signature serialiser's) stay out of
+    # the commands' output unless --verbosity asks for them.
+    err = capfd.readouterr().err
+    assert not re.findall(r"^I\d{4} .*\.py:\d+\] .*", err, re.M), err[-2000:]
     # The README's search commands, from another directory, on a folder of the test images.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

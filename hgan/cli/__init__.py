@@ -6,7 +6,7 @@ runs, so tests can import several commands in one process) and ``run()`` starts 
 """
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 
 def start(main, doc: str, flags_parser=None) -> None:
@@ -15,6 +15,10 @@ def start(main, doc: str, flags_parser=None) -> None:
     wrapper without either. ``flags_parser``: absl's, for a command that hands the
     arguments it does not know to another parser."""
     sys.modules["__main__"].__doc__ = doc
+    # TensorFlow's and Orbit's INFO records (the saver's, the signature serialiser's, each
+    # training step's metric dict) went to the terminal beside the command's own lines;
+    # --verbosity=0 brings them back.
+    flags.FLAGS.set_default("verbosity", logging.WARNING)
     if main.__module__ != "__main__":
         for flag in flags.FLAGS.flags_by_module_dict().get(main.__module__, []):
             flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)

@@ -74,7 +74,6 @@ def main(argv):
     if experiment is not None:
         experiments.save_name(FLAGS.model_dir, experiment.name)
     summary = families.train(config, FLAGS.data_dir, FLAGS.model_dir, val_split=FLAGS.val_split)
-    logging.info("done: %s", summary)
     print(f"trained to step {summary['step']}; checkpoints in {FLAGS.model_dir}")
 
 

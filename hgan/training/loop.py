@@ -27,7 +27,6 @@ import time
 from typing import Callable, Iterator, Optional
 
 import orbit
-from absl import logging
 
 from hgan.config import Config
 from hgan.tf_compat import keras, tf
@@ -133,7 +132,6 @@ def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.Checkpoint
             raise ValueError(f"cannot resume from {latest}: it does not match this model "
                              f"(another architecture or code version?); train into a new "
                              f"--model_dir. {str(e).splitlines()[0][:300]}") from e
-        logging.info("resumed from %s at step %d", latest, int(step.numpy()))
     return int(step.numpy())
 
 
@@ -229,6 +227,8 @@ def fit(task: Task, model_dir: str, validate: bool = True,
         tf.train.Checkpoint(model=task.model, step=task.step),
         os.path.join(save_dir, "best"), max_to_keep=1)
     start = restore_latest(manager.checkpoint, manager, task.step)
+    if start:
+        log(f"resumed from {manager.latest_checkpoint} at step {start}")
     total = task.total_steps
     if start >= total:
         log(f"already trained to step {start} of {total}")
