@@ -69,10 +69,11 @@ class HGANServing(ServingModule):
         return dict(self._image_features(images))
 
     def _scores(self, texts, images):
+        # float32 as ``rerank`` takes them (a mixed-precision model encodes in float16).
         text, image = self._text_features(texts), self._image_features(images)
-        return self._levels(text["global"], text["word"], text["word_mask"], text["phrase"],
-                            text["phrase_mask"], image["global"], image["word"],
-                            image["phrase"])
+        return self._levels(*[tf.cast(t, tf.float32) for t in (
+            text["global"], text["word"], text["word_mask"], text["phrase"],
+            text["phrase_mask"], image["global"], image["word"], image["phrase"])])
 
     @tf.function(autograph=False, input_signature=[STRINGS, STRINGS])
     def score(self, texts, images):
