@@ -15,9 +15,9 @@ def start(main, doc: str, flags_parser=None) -> None:
     wrapper without either. ``flags_parser``: absl's, for a command that hands the
     arguments it does not know to another parser."""
     sys.modules["__main__"].__doc__ = doc
-    # TensorFlow's and Orbit's INFO records (the saver's, the signature serialiser's, each
-    # training step's metric dict) went to the terminal beside the command's own lines;
-    # --verbosity=0 brings them back.
+    # WARNING and above only: TensorFlow's and Orbit's INFO records (the saver's, the
+    # signature serialiser's, each training step's metric dict) would fill the terminal
+    # beside the command's own lines; --verbosity=0 shows them.
     flags.FLAGS.set_default("verbosity", logging.WARNING)
     if main.__module__ != "__main__":
         for flag in flags.FLAGS.flags_by_module_dict().get(main.__module__, []):

@@ -40,8 +40,8 @@ from hgan.tf_compat import tf
 class HGANServing(ServingModule):
     """The serving functions around a trained model. They are traced without AutoGraph
     (``autograph=False``): they and the layers they call branch on Python values only, and
-    converting the source of every function and layer they reach was a fifth of the
-    export's time."""
+    converting the source of every function and layer they reach would cost a fifth of
+    the export's time."""
 
     def __init__(self, model: HGAN):
         super().__init__(model, name="hgan_serving")
