@@ -351,8 +351,8 @@ def test_the_full_gallery_is_scored_without_the_two_stage_mode(trained, tiny_dat
 
 def test_table2_without_identities_gives_each_training_image_its_own(tiny_data, config,
                                                                      tmp_path):
-    """"w/o ID": one identity per training image in the buffers (and the stage-2 labels).
-    ("w/o stage-1" is the row test_experiments trains by name.)"""
+    """"w/o ID": one identity per training image in the identity buffers, filled and
+    checkpointed in stage 1. ("w/o stage-1" is the row test_experiments trains by name.)"""
     cfg = config.replace(identity_labels=False, stage1_steps=1, stage2_text_steps=0,
                          stage2_joint_steps=0, max_steps=1)
     model_dir = str(tmp_path / "run")

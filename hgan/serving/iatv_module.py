@@ -77,8 +77,9 @@ class IATVServing(ServingModule):
         return {"confidence": tf.sigmoid(self._pair_logits(
             texts, self.model.encode_regions(self._pixels(images))))}
 
-    @tf.function(autograph=False, input_signature=[STRINGS, tf.TensorSpec([None, None], tf.float32),
-                                  tf.TensorSpec([None, None, None], tf.float32)])
+    @tf.function(autograph=False, input_signature=[
+        STRINGS, tf.TensorSpec([None, None], tf.float32),
+        tf.TensorSpec([None, None, None], tf.float32)])
     def rerank(self, texts, image_global, image_regions):
         """The two-stage score of every (sentence, image) pair from ``encode_image``
         outputs (stage 2's logit, plus stage 1's weighted CMCE logit)."""
