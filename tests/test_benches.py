@@ -1,9 +1,9 @@
 """Every bench runs to its end at its small size (``--small``): one subprocess per bench,
-from the repository root, as ``python bench/NAME.py --small``. ``search_latency`` is given
-the test run's trained tiny export and data (``--savedmodel`` / ``--data_dir``, the flags
-its full size takes) instead of making its own; ``service_load`` makes its own, so
-``bench/_small.py``'s demo set and random export stay run; ``mixed_precision`` trains on
-the test run's tiny data and vocab (``--data_dir`` / ``--vocab_file``). Each test reads
+from the repository root, as ``python bench/NAME.py --small``. ``search_latency`` and
+``service_load`` are given the test run's trained tiny export and data (``--savedmodel`` /
+``--data_dir``, the flags their full size takes) instead of making their own (a random
+export costs a bench about as much as the rest of its small run); ``mixed_precision``
+trains on the test run's tiny data and vocab (``--data_dir`` / ``--vocab_file``). Each test reads
 the bench's last figure (and the figures the bench promises to print) from its output, so
 a bench that crashes, stops early or stops printing what it measures fails here; the
 figures' values at these sizes mean nothing and are not checked."""
@@ -116,7 +116,7 @@ EXPECTED = {
 # Extra flags of a bench's small run.
 EXTRA = {"demo_step": ["--onednn=on"]}
 # Benches that read the test run's trained tiny export and data instead of making their own.
-SERVING = ("search_latency",)
+SERVING = ("search_latency", "service_load")
 # Benches that train on the test run's tiny data and vocab instead of a generated demo set.
 TRAINING = ("mixed_precision",)
 

@@ -36,7 +36,7 @@ def loaded(trained):
     return load_model(trained)
 
 
-def test_eval_writes_json_markdown_and_figures(trained, tiny_data, tmp_path):
+def test_eval_writes_json_markdown_and_figures(trained, loaded, tiny_data, tmp_path):
     out = str(tmp_path / "metrics.json")
     lines = []
     report = families.evaluate(trained, tiny_data, "test", out, log=lines.append)
@@ -56,7 +56,7 @@ def test_eval_writes_json_markdown_and_figures(trained, tiny_data, tmp_path):
     assert "| exact | t2i |" in table and "| level alone (exact) |" in table
     # Each level ranked alone, and Fig. 4 as numbers over the split.
     assert set(saved["levels_exact"]) == {"sentence", "word", "phrase"}
-    model, config, _ = load_model(trained)
+    model, config, _ = loaded
     texts, images = hgan_scoring.encode_split(model, tiny_data, config, "test")
     exact = hgan_scoring.Scorer(model).exact(texts, images)
     for name, level in saved["levels_exact"].items():  # each level's own ranking
@@ -225,6 +225,12 @@ def exported(hgan_export):
     return hgan_export
 
 
+@pytest.fixture(scope="module")
+def served(exported):
+    """``exported`` loaded by ``tf.saved_model.load``, once for the module's readers."""
+    return tf.saved_model.load(exported)
+
+
 def _png(path, colour):
     Image.new("RGB", (16, 32), colour).save(path)
     return str(path)
@@ -258,8 +264,7 @@ def test_export_serves_the_same_scores_without_project_code(loaded, exported, tm
     assert np.isfinite(served["empty"]).all()
 
 
-def test_export_rejects_bytes_that_are_not_an_image(exported):
-    served = tf.saved_model.load(exported)
+def test_export_rejects_bytes_that_are_not_an_image(served):
     with pytest.raises(tf.errors.InvalidArgumentError, match="not a JPEG or PNG"):
         served.signatures["encode_image"](images=tf.constant([b"hello, not an image"]))
     buf = io.BytesIO()
@@ -268,7 +273,7 @@ def test_export_rejects_bytes_that_are_not_an_image(exported):
     assert ok["global"].shape[0] == 1
 
 
-def test_search_indexes_a_folder_skipping_bad_files_and_ranks_by_score(exported, tmp_path):
+def test_search_indexes_a_folder_skipping_bad_files_and_ranks_by_score(exported, served, tmp_path):
     folder = tmp_path / "gallery"
     (folder / "sub").mkdir(parents=True)
     _png(folder / "red.png", (220, 20, 20))
@@ -285,7 +290,6 @@ def test_search_indexes_a_folder_skipping_bad_files_and_ranks_by_score(exported,
     # the SavedModel's own score signature on the raw bytes; stage 1 is the sentence
     # level's cosine.
     assert results[0]["rerank"] >= results[1]["rerank"]
-    served = tf.saved_model.load(exported)
     raw = served.signatures["score"](
         texts=tf.constant(["a man in a red shirt"]),
         images=tf.constant([(folder / r["path"]).read_bytes() for r in results]))
@@ -465,11 +469,10 @@ def test_a_sync_batchnorm_run_loads_for_inference_with_plain_batchnorm(tiny_data
     assert any(np.abs(mean).max() > 0 for mean in trained_means)  # statistics were restored
 
 
-def test_the_fused_score_is_the_one_output_of_score(loaded, exported, tmp_path):
+def test_the_fused_score_is_the_one_output_of_score(loaded, served, tmp_path):
     # TF Serving returns a lone output as `outputs`; a loaded signature's outputs come back
     # in an order that changes between processes. So `score` has the fused score alone and
     # the levels are in `score_levels`, by name; fused = Σ weight · level.
-    served = tf.saved_model.load(exported)
     assert list(served.signatures["score"].structured_outputs) == ["score"]
     assert list(served.signatures["rerank"].structured_outputs) == ["score"]
     _, config, _ = loaded
@@ -490,7 +493,8 @@ def test_the_fused_score_is_the_one_output_of_score(loaded, exported, tmp_path):
     np.testing.assert_allclose(encoded["score"].numpy(), fused, atol=1e-5)
 
 
-def test_the_service_ranks_as_two_stage_evaluation_does(loaded, exported, tiny_data, tmp_path):
+def test_the_service_ranks_as_two_stage_evaluation_does(loaded, exported, served, tiny_data,
+                                                         tmp_path):
     # Through real HTTP on loopback: the service's ranking of every test caption equals
     # eval.py's two-stage algorithm (hgan_scoring.Scorer.two_stage) on the export's own
     # features (its in-graph phrase chunker, as a served query has).
@@ -506,7 +510,6 @@ def test_the_service_ranks_as_two_stage_evaluation_does(loaded, exported, tiny_d
         examples = [records.parse_example(e) for e in
                     tf.data.TFRecordDataset(pipeline.split_files(tiny_data, "test"))]
         captions = [c.decode() for e in examples for c in e["captions"].numpy()]
-        served = tf.saved_model.load(exported)
         texts = {k: v.numpy() for k, v in
                  served.signatures["encode_text"](sentences=tf.constant(captions)).items()}
         images = {k: np.asarray(searcher.store.array(k)) for k in ("global", "word", "phrase")}
