@@ -99,6 +99,34 @@ def test_local_matching_equals_the_numpy_reference(attention, k1, k2):
         np.testing.assert_allclose(selected.numpy(), want, rtol=1e-5, atol=1e-6)
 
 
+def test_fig4_selections_pick_each_regions_top_k1_words_paired_or_on_the_grid():
+    """``selections``: α [Bt, Bi, N, R] is 1 on the k1 words of largest Eq. 2 γ (NumPy,
+    one pair and region at a time) of each region and 0 elsewhere, padded words never;
+    ``paired=True`` (caption i with image i, what Fig. 4's share reads) is the grid's
+    diagonal."""
+    rng = np.random.default_rng(11)
+    texts = rng.normal(size=(3, 6, 5)).astype(np.float32)
+    masks = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], np.float32)
+    images = rng.normal(size=(3, 4, 5)).astype(np.float32)
+    head = LocalMatching(hidden=8, k1=2, k2=1)
+    head((tf.constant(texts), tf.constant(masks), tf.constant(images)))
+    for w in head.weights:
+        scale = 0.3 if len(w.shape) == 1 else 1.0 / np.sqrt(w.shape[0])
+        w.assign(rng.normal(size=w.shape).astype(np.float32) * scale)
+    grid, _ = head.selections(texts, masks, images)
+    paired, _ = head.selections(texts, masks, images, paired=True)
+    assert grid.shape == (3, 3, 4, 6) and paired.shape == (3, 1, 4, 6)
+    for t in range(3):
+        np.testing.assert_array_equal(paired.numpy()[t, 0], grid.numpy()[t, t])
+        phi_t, phi_v = _tower(head.text_tower, texts[t]), _tower(head.image_tower, images[t])
+        words = [r for r in range(6) if masks[t, r] > 0]
+        for n in range(4):
+            gamma = [phi_t[r] @ phi_v[n] / np.sqrt(head.hidden) for r in words]
+            want = np.zeros(6)
+            want[[words[j] for j in _top_k(gamma, head.k1)]] = 1.0
+            np.testing.assert_array_equal(paired.numpy()[t, 0, n], want)
+
+
 def test_reference_notices_a_wrong_selection():
     """The comparison can fail: scoring with k1 + 1 words differs from the reference."""
     rng = np.random.default_rng(3)

@@ -74,6 +74,7 @@ def hubness(scores: np.ndarray) -> dict:
 
 
 SELECTION_QUERIES = 400  # queries selection_words reads by default
+SELECTION_BLOCK = 100  # captions per call of the head in selection_words
 
 
 def selection_words(head, texts: dict, images: dict, words_of,
@@ -87,11 +88,17 @@ def selection_words(head, texts: dict, images: dict, words_of,
     picked = collections.Counter()
     per_region = collections.defaultdict(collections.Counter)
     total = content = punct = 0
-    for q in range(min(limit, len(texts["label"]))):
-        g = int(texts["image_index"][q])
-        alpha, _ = head.selections(texts["word"][q:q + 1], texts["word_mask"][q:q + 1],
-                                   images["word"][g:g + 1])
-        alpha = alpha.numpy()[0, 0]  # [regions, slots]
+    count = min(limit, len(texts["label"]))
+    alphas = []
+    for start in range(0, count, SELECTION_BLOCK):  # each caption with its own image
+        rows = slice(start, min(start + SELECTION_BLOCK, count))
+        alpha, _ = head.selections(texts["word"][rows], texts["word_mask"][rows],
+                                   images["word"][np.asarray(texts["image_index"][rows])],
+                                   paired=True)
+        alphas.append(alpha.numpy()[:, 0])  # [captions, regions, slots]
+    alphas = np.concatenate(alphas) if alphas else []
+    for q in range(count):
+        alpha = alphas[q]
         slots = np.flatnonzero(texts["word_mask"][q] > 0)
         words = words_of(texts["caption"][q])
         for n, row in enumerate(alpha):

@@ -229,12 +229,17 @@ class LocalMatching(keras.layers.Layer):
             return tf.cast(mask, scores.dtype)
         return layer(scores, mask=mask, training=training)
 
-    def selections(self, text, text_mask, image):
+    def selections(self, text, text_mask, image, paired: bool = False):
         """Inference-time image-to-text selections α [Bt, Bi, N, R] and their Eq. 7
-        weights, for the Fig. 4 visualisation."""
+        weights, for the Fig. 4 visualisation. ``paired``: text i with image i only (Bt =
+        Bi = B), α [B, 1, N, R]."""
         t_gamma, _ = self.prepare_text(text)
         v_gamma, _ = self.prepare_image(image)
-        gamma = tf.einsum("trh,inh->tirn", t_gamma, v_gamma) * (self.hidden ** -0.5)
+        if paired:
+            gamma = tf.einsum("trh,tnh->trn", t_gamma, v_gamma)[:, None]
+        else:
+            gamma = tf.einsum("trh,inh->tirn", t_gamma, v_gamma)
+        gamma = gamma * (self.hidden ** -0.5)
         gamma_nr = tf.transpose(gamma, [0, 1, 3, 2])
         mask_nr = tf.broadcast_to(tf.cast(text_mask, tf.bool)[:, None, None, :],
                                   tf.shape(gamma_nr))
