@@ -69,3 +69,30 @@ def test_train_py_and_eval_py_run_the_console_scripts_entry_points():
         assert ast.unparse(body[0]) == f"from {module} import {function}", script
         assert ast.unparse(body[1]) == f"if __name__ == '__main__':\n    {function}()", script
         assert len(body) == 2, script
+
+
+def test_commands_print_no_info_records_unless_verbosity_asks():
+    """A command (``hgan.cli.start``) in a process of its own logs WARNING and above:
+    TensorFlow's INFO records (the saver's, the signature serialiser's) stay out of its
+    output, and ``--verbosity=0`` brings them back. (absl's app.run raises an unset
+    --verbosity to INFO after parsing, so a changed flag default alone does not do it.)"""
+    script = ("import logging\n"
+              "from absl import logging as absl_logging\n"
+              "from hgan.cli import start\n"
+              "def main(argv):\n"
+              "    logging.getLogger('tensorflow').info('tensorflow info')\n"
+              "    absl_logging.info('absl info')\n"
+              "    absl_logging.warning('absl warning')\n"
+              "start(main, 'A command.')\n")
+
+    def stderr(*args):
+        proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr
+
+    quiet = stderr()
+    assert "absl warning" in quiet
+    assert "info" not in quiet, quiet
+    loud = stderr("--verbosity=0")
+    assert "tensorflow info" in loud and "absl info" in loud, loud

@@ -15,11 +15,17 @@ def start(main, doc: str, flags_parser=None) -> None:
     wrapper without either. ``flags_parser``: absl's, for a command that hands the
     arguments it does not know to another parser."""
     sys.modules["__main__"].__doc__ = doc
-    # WARNING and above only: TensorFlow's and Orbit's INFO records (the saver's, the
-    # signature serialiser's, each training step's metric dict) would fill the terminal
-    # beside the command's own lines; --verbosity=0 shows them.
-    flags.FLAGS.set_default("verbosity", logging.WARNING)
     if main.__module__ != "__main__":
         for flag in flags.FLAGS.flags_by_module_dict().get(main.__module__, []):
             flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(main, flags_parser=flags_parser or app.parse_flags_with_usage)
+
+    def quiet_main(argv):
+        # WARNING and above only: TensorFlow's and Orbit's INFO records (the saver's, the
+        # signature serialiser's, each training step's metric dict) would fill the
+        # terminal beside the command's own lines; --verbosity=0 shows them. Set here, as
+        # absl's app.run raises an unset --verbosity to INFO after parsing the flags.
+        if not flags.FLAGS["verbosity"].present:
+            flags.FLAGS.verbosity = logging.WARNING
+        return main(argv)
+
+    app.run(quiet_main, flags_parser=flags_parser or app.parse_flags_with_usage)
