@@ -1,12 +1,13 @@
 """Every bench runs to its end at its small size (``--small``): one subprocess per bench,
-from the repository root, as ``python bench/NAME.py --small``. ``search_latency`` and
-``service_load`` are given the test run's trained tiny export and data (``--savedmodel`` /
-``--data_dir``, the flags their full size takes) instead of making their own (a random
-export costs a bench about as much as the rest of its small run); ``mixed_precision``
-trains on the test run's tiny data and vocab (``--data_dir`` / ``--vocab_file``). Each test reads
-the bench's last figure (and the figures the bench promises to print) from its output, so
-a bench that crashes, stops early or stops printing what it measures fails here; the
-figures' values at these sizes mean nothing and are not checked."""
+from the repository root, as ``python bench/NAME.py --small``. ``beam_overhead``,
+``search_latency`` and ``service_load`` are given the test run's trained tiny export and
+data (``--savedmodel`` / ``--data_dir``, the flags their full size takes) instead of making
+their own (a random export costs a bench about as much as the rest of its small run);
+``mixed_precision`` trains on the test run's tiny data and vocab (``--data_dir`` /
+``--vocab_file``). Each test reads the bench's last figure (and the figures the bench
+promises to print) from its output, so a bench that crashes, stops early or stops printing
+what it measures fails here; the figures' values at these sizes mean nothing and are not
+checked."""
 import os
 import re
 import subprocess
@@ -24,6 +25,13 @@ MS = rf"p50 {NUMBER} ms, p99 {NUMBER} ms"
 
 # {bench: regexes that must all match its stdout; the first is its final figure line}
 EXPECTED = {
+    "beam_overhead": [
+        rf"pipeline overhead on one machine, one worker: {NUMBER}x index's time \(median of "
+        rf"1 pairs; target <= 1.3\)",
+        rf"24 images \({NUMBER} MiB\) of the test split in a folder",
+        rf"pair 1: index {NUMBER} s \({NUMBER} images/s\), pipeline \(1 worker\) {NUMBER} s "
+        rf"\({NUMBER} images/s\): ratio {NUMBER}",
+    ],
     "data_pipeline": [
         rf"for scale: training runs at {NUMBER} images/s \(measured here: .*\), so the "
         rf"pipeline is {NUMBER}x \(shuffle\), {NUMBER}x \(P×K\) faster than the model it feeds",
@@ -116,7 +124,7 @@ EXPECTED = {
 # Extra flags of a bench's small run.
 EXTRA = {"demo_step": ["--onednn=on"]}
 # Benches that read the test run's trained tiny export and data instead of making their own.
-SERVING = ("search_latency", "service_load")
+SERVING = ("beam_overhead", "search_latency", "service_load")
 # Benches that train on the test run's tiny data and vocab instead of a generated demo set.
 TRAINING = ("mixed_precision",)
 
