@@ -64,6 +64,8 @@ def test_train_sigkill_resume_then_eval_and_export(tfrecords, tiny_vocab, tmp_pa
     out = run_command(*_train_args(tfrecords, model_dir, tiny_vocab, last + 2))
     assert f"trained to step {last + 2}" in out
     assert f"/ckpt/ckpt-{last} at step {last}" in out  # "resumed from ..."
+    # orbit's own lines (each step's whole metric dict) are in the INFO log, not the output.
+    assert "train | step" not in out, out
     assert max(_checkpoint_steps(ckpt_dir)) == last + 2
     assert Config.load(model_dir).train.max_steps == last + 2  # the run's config follows
     metrics = str(tmp_path / "metrics.json")

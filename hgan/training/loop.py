@@ -21,12 +21,14 @@ sync-on-read variables are collective); only the chief's files are kept.
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 import os
 import time
 from typing import Callable, Iterator, Optional
 
 import orbit
+from absl import logging
 
 from hgan.config import Config
 from hgan.tf_compat import keras, tf
@@ -270,21 +272,37 @@ def fit(task: Task, model_dir: str, validate: bool = True,
         return max(1, min(ends) - step)
 
     tensorboard = os.path.join(model_dir, "tensorboard")
-    controller = orbit.Controller(
-        global_step=task.step, trainer=runner, evaluator=runner if validate else None,
-        strategy=strategy, steps_per_loop=steps_per_loop, checkpoint_manager=manager,
-        train_actions=[runner.progress, save],
-        eval_actions=[keep_best] if validate else [],
-        summary_dir=os.path.join(tensorboard, "train") if chief else None,
-        eval_summary_dir=os.path.join(tensorboard, "val") if chief else None)
-    task.begin(start, log)
-    for stop in stops:
-        controller.train(stop, checkpoint_at_completion=False)
-        if validate:
-            controller.evaluate()
+    with _orbit_lines_to_the_log():
+        controller = orbit.Controller(
+            global_step=task.step, trainer=runner, evaluator=runner if validate else None,
+            strategy=strategy, steps_per_loop=steps_per_loop, checkpoint_manager=manager,
+            train_actions=[runner.progress, save],
+            eval_actions=[keep_best] if validate else [],
+            summary_dir=os.path.join(tensorboard, "train") if chief else None,
+            eval_summary_dir=os.path.join(tensorboard, "val") if chief else None)
+        task.begin(start, log)
+        for stop in stops:
+            controller.train(stop, checkpoint_at_completion=False)
+            if validate:
+                controller.evaluate()
     if not chief:  # a worker's scratch checkpoints were only for the collectives
         tf.io.gfile.rmtree(save_dir)
     return _summary(task, manager, runner.terms)
+
+
+@contextlib.contextmanager
+def _orbit_lines_to_the_log():
+    """orbit's Controller prints each of its lines (``train | step ...`` with the step's
+    whole metric dict, its saves) to stdout besides logging them; the loop prints its own
+    progress line and validation lines. Inside, orbit's lines go to absl's INFO log only
+    (shown with ``--verbosity=0``)."""
+    from orbit import controller as orbit_controller
+    printed = orbit_controller._log
+    orbit_controller._log = logging.info
+    try:
+        yield
+    finally:
+        orbit_controller._log = printed
 
 
 def _summary(task: Task, manager, terms: Optional[dict] = None) -> dict:
