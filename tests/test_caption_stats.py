@@ -90,12 +90,14 @@ def test_a_run_says_what_its_caps_cut_and_how_to_raise_them(tmp_path):
         "train captions cut by data.max_len=16 (14 WordPieces after [CLS] and [SEP]): 1 of 4 "
         "(25.000 %); the longest has 40",
         "WARNING: data.max_len=16 cuts 1 of the 4 train captions (25.000 %, more than 0.1 %): "
-        "--set=data.max_len=42 keeps 99.9 % of them whole, --set=data.max_len=42 all of them",
+        "--set=data.max_len=42 keeps all of them whole",
         "train captions with more noun phrases than data.max_phrases=3 (the last ones are "
         "dropped): 2 of 4 (50.000 %); the most is 13",
         "WARNING: data.max_phrases=3 drops phrases of 2 of the 4 train captions (50.000 %, "
-        "more than 0.1 %): --set=data.max_phrases=13 keeps 99.9 % of them whole, "
-        "--set=data.max_phrases=13 all of them"]
+        "more than 0.1 %): --set=data.max_phrases=13 keeps all of them whole"]
+    # Two values when 99.9 % of the captions fit a smaller cap than all of them do.
+    assert cs.how_to_keep("max_len", 45, 52) == (
+        "--set=data.max_len=45 keeps 99.9 % of them whole, --set=data.max_len=52 all of them")
     whole = cs.describe(cs.cuts(lengths(phrases=(1, 1, 1, 1))["splits"]["train"],
                                 preset("paper"), "wordpieces"), "train")
     assert whole == [
@@ -120,9 +122,9 @@ def test_a_cap_that_cuts_a_thousandth_or_less_is_no_warning():
 
     assert "1 of 1,000 (0.100 %)" in lines(1)[0]
     assert not any("WARNING" in line for line in lines(1))
-    assert lines(2)[1].startswith("WARNING: data.max_len=64 cuts 2 of the 1,000 train "
-                                  "captions (0.200 %, more than 0.1 %): --set=data.max_len=72 "
-                                  "keeps 99.9 % of them whole")
+    assert lines(2)[1] == ("WARNING: data.max_len=64 cuts 2 of the 1,000 train captions "
+                           "(0.200 %, more than 0.1 %): --set=data.max_len=72 keeps all of "
+                           "them whole")
 
 
 def test_without_wordpiece_counts_the_presets_cut_is_a_lower_bound_in_words():

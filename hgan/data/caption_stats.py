@@ -192,8 +192,7 @@ def describe(cut: dict, split: str) -> list[str]:
     if _too_many(tokens["cut"], total):
         keep, keep_all = tokens[f"max_len_for_{COVERAGE}"], tokens["max_len_for_all"]
         if tokens["exact"]:
-            how = (f"--set=data.max_len={keep} keeps {COVERAGE} % of them whole, "
-                   f"--set=data.max_len={keep_all} all of them")
+            how = how_to_keep("max_len", keep, keep_all)
         else:
             how = (f"keeping {COVERAGE} % of them whole takes --set=data.max_len={keep} or "
                    "more (counted in words; the import's WordPiece counts for this run's "
@@ -213,10 +212,18 @@ def describe(cut: dict, split: str) -> list[str]:
                 f"WARNING: data.max_phrases={phrases['max_phrases']} drops phrases of "
                 f"{phrases['cut']:,} of the {total:,} {split} captions "
                 f"({phrases['share']:.3f} %, more than {_allowed()} %): "
-                f"--set=data.max_phrases={phrases[f'max_phrases_for_{COVERAGE}']} keeps "
-                f"{COVERAGE} % of them whole, --set=data.max_phrases="
-                f"{phrases['max_phrases_for_all']} all of them")
+                + how_to_keep("max_phrases", phrases[f"max_phrases_for_{COVERAGE}"],
+                              phrases["max_phrases_for_all"]))
     return lines
+
+
+def how_to_keep(field: str, keep: int, keep_all: int) -> str:
+    """The ``--set`` of ``data.field`` that keeps COVERAGE % of the captions whole, and the
+    one that keeps all of them (one, when they are the same value)."""
+    if keep == keep_all:
+        return f"--set=data.{field}={keep_all} keeps all of them whole"
+    return (f"--set=data.{field}={keep} keeps {COVERAGE} % of them whole, "
+            f"--set=data.{field}={keep_all} all of them")
 
 
 def log_run_cuts(manifest: dict, config: Config, split: str, data_dir: str, log) -> dict:
