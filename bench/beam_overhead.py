@@ -54,10 +54,8 @@ def define_flags():
 
 def image_folder(data_dir: str, split: str, count: int, folder: str) -> int:
     """``count`` image files in ``folder``: the split's images, cycled → their bytes."""
-    from hgan.data import pipeline, records
-    from hgan.tf_compat import tf
-    images = [records.parse_example(e)["encoded"].numpy() for e in
-              tf.data.TFRecordDataset(pipeline.split_files(data_dir, split))]
+    from hgan.data import pipeline
+    images = [e["encoded"].numpy() for e in pipeline.split_examples(data_dir, split)]
     os.makedirs(folder)
     total = 0
     for i in range(count):

@@ -190,15 +190,14 @@ def report(name: str, phases: Phases, texts, k: int) -> None:
 
 def fidelity(savedmodel: str, data_dir: str, dtypes: list) -> None:
     """The test split indexed once per dtype; two-stage R1 / mAP both ways from each."""
-    from hgan.data import pipeline, records
+    from hgan.data import pipeline
     from hgan.evaluation import metrics, rerank
     from hgan.serving import gallery, searcher as search
     from hgan.serving.savedmodel import ENCODE_TEXT, GLOBAL, RERANK
     from hgan.tf_compat import tf
     served = search._load(savedmodel)
     k = search.default_rerank_k(savedmodel)
-    examples = [records.parse_example(e) for e in
-                tf.data.TFRecordDataset(pipeline.split_files(data_dir, "test"))]
+    examples = pipeline.split_examples(data_dir, "test")
     labels = np.array([int(e["label"]) for e in examples])
     captions = [c.decode() for e in examples for c in e["captions"].numpy()]
     caption_labels = np.array([int(e["label"]) for e in examples
@@ -278,7 +277,7 @@ def main(argv):
         small_root = os.path.join(FLAGS.dir, "small")
         os.makedirs(small_root)
         _small.data_and_export(small_root)
-    from hgan.data import pipeline, records
+    from hgan.data import pipeline
     from hgan.serving import ann, gallery, service
     from hgan.serving import searcher as search
     from hgan.serving.savedmodel import GLOBAL
@@ -286,8 +285,7 @@ def main(argv):
 
     if FLAGS.fidelity:
         fidelity(FLAGS.savedmodel, FLAGS.data_dir, FLAGS.fidelity)
-    examples = [records.parse_example(e) for e in
-                tf.data.TFRecordDataset(pipeline.split_files(FLAGS.data_dir, "test"))]
+    examples = pipeline.split_examples(FLAGS.data_dir, "test")
     captions = [c.decode() for e in examples for c in e["captions"].numpy()]
     queries = [captions[i % len(captions)] for i in range(FLAGS.queries)]
     served = search._load(FLAGS.savedmodel)  # the loader (and cache) Searcher uses

@@ -67,13 +67,11 @@ def main(argv):
     tmp = tempfile.mkdtemp(prefix="bench_service_")
     if FLAGS.small:
         _small.data_and_export(tmp)
-    from hgan.data import pipeline, records
+    from hgan.data import pipeline
     from hgan.serving import searcher as search
     from hgan.serving import service
-    from hgan.tf_compat import tf
 
-    examples = [records.parse_example(e) for e in
-                tf.data.TFRecordDataset(pipeline.split_files(FLAGS.data_dir, FLAGS.split))]
+    examples = pipeline.split_examples(FLAGS.data_dir, FLAGS.split)
     captions = [c.decode() for e in examples for c in e["captions"].numpy()]
     index = FLAGS.index or os.path.join(tmp, "gallery")
     if not FLAGS.index:

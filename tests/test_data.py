@@ -135,6 +135,15 @@ def test_unknown_split_is_a_clear_error(tiny_data):
         pipeline.split_files(tiny_data, "nope")
 
 
+def test_split_examples_are_the_splits_records_in_shard_order(tiny_data):
+    examples = pipeline.split_examples(tiny_data, "test")
+    # conftest's test split: 3 identities × 2 shots, written label by label, shot by shot.
+    assert [e["path"].numpy().decode() for e in examples] == [
+        f"test/{label}_{shot}.png" for label in range(3) for shot in range(2)]
+    assert [int(e["label"]) for e in examples] == [0, 0, 1, 1, 2, 2]
+    assert all(len(e["captions"].numpy()) == 2 for e in examples)
+
+
 def test_label_by_image_gives_each_image_its_gallery_index(tiny_data, tiny_config):
     """IATV "w/o ID": every training image is its own identity, numbered in gallery order."""
     config = tiny_config.replace(identities_per_batch=0)

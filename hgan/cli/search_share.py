@@ -28,12 +28,10 @@ def define_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from hgan.data import pipeline, records
+    from hgan.data import pipeline
     from hgan.serving import searcher
-    from hgan.tf_compat import tf
 
-    examples = [records.parse_example(e) for e in
-                tf.data.TFRecordDataset(pipeline.split_files(FLAGS.data_dir, FLAGS.split))]
+    examples = pipeline.split_examples(FLAGS.data_dir, FLAGS.split)
     identity = {e["path"].numpy().decode(): int(e["label"]) for e in examples}
     captions = [(c.decode(), int(e["label"])) for e in examples
                 for c in e["captions"].numpy()]

@@ -69,6 +69,13 @@ def split_files(data_dir: str, split: str) -> list[str]:
     return files
 
 
+def split_examples(data_dir: str, split: str) -> list[dict]:
+    """Every example of the split, parsed (``records.parse_example``), in shard order: for
+    tools that read a split whole (a search gallery's captions and images)."""
+    return [records.parse_example(e)
+            for e in tf.data.TFRecordDataset(split_files(data_dir, split))]
+
+
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
     """JPEG/PNG bytes → [h, w, 3] uint8."""
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
