@@ -113,8 +113,7 @@ def _set_layer_norm_eps(encoder: keras.Model, eps: float) -> None:
     """Matches the checkpoint's LayerNorm epsilon, which BertEncoder does not expose.
 
     LayerNormalization reads ``self.epsilon`` at call time, so the traced SavedModel
-    functions use ``eps``. Only the Keras configs keep 1e-12: a model rebuilt from config
-    (``keras.models.load_model``, not ``hub.KerasLayer``) would drift back to it.
+    functions use ``eps`` (the SavedModel holds no Keras config to rebuild from).
     """
     if eps == _KERAS_LAYER_NORM_EPS:
         return
@@ -235,11 +234,8 @@ def assign_weights(encoder: keras.Model, weights: dict[str, np.ndarray]) -> None
 
 
 def _serving_signature(model: keras.Model) -> tf.types.experimental.ConcreteFunction:
-    """``serving_default`` with readable output names.
-
-    Keras' own signature flattens the nested outputs into ``bert_encoder_<n>`` keys, and a
-    signature cannot return a list, so layer ``i`` becomes ``encoder_outputs_<i>``.
-    """
+    """``serving_default`` with readable output names: a signature cannot return a list, so
+    layer ``i`` becomes ``encoder_outputs_<i>``."""
     spec = tf.TensorSpec([None, None], tf.int32)
 
     @tf.function(input_signature=[spec, spec, spec])
@@ -252,6 +248,37 @@ def _serving_signature(model: keras.Model) -> tf.types.experimental.ConcreteFunc
         return flat
 
     return serve.get_concrete_function()
+
+
+def hub_module(model: keras.Model, vocab_path: str,
+               do_lower_case: bool) -> tf.__internal__.tracking.AutoTrackable:
+    """The object to save: TF-Hub's Reusable SavedModel interface around ``model``.
+
+    ``__call__(inputs, training=False)`` traced once per value of ``training`` (dropout is
+    live only in training), ``variables`` / ``trainable_variables`` /
+    ``regularization_losses`` for ``hub.KerasLayer``, and the TF-Hub BERT tokenizer
+    attributes ``vocab_file`` (an Asset: copies vocab.txt into ``assets/``) and
+    ``do_lower_case``. Saving this object instead of the Keras model keeps the SavedModel
+    to these two traces: Keras' own format writes every layer's call functions too (82 for
+    MiniLM), which every later load of the encoder then restores.
+    """
+    spec = {name: tf.TensorSpec([None, None], tf.int32, name=name)
+            for name in ("input_word_ids", "input_mask", "input_type_ids")}
+
+    @tf.function(autograph=False)
+    def call(inputs, training=False):
+        return model(inputs, training=training)
+
+    for training in (False, True):
+        call.get_concrete_function(spec, training=training)
+    root = tf.__internal__.tracking.AutoTrackable()
+    root.__call__ = call
+    root.variables = list(model.variables)
+    root.trainable_variables = list(model.trainable_variables)
+    root.regularization_losses = []
+    root.vocab_file = tf.saved_model.Asset(vocab_path)
+    root.do_lower_case = tf.Variable(do_lower_case, trainable=False)
+    return root
 
 
 def convert(hf_dir: str, output_dir: str) -> str:
@@ -276,16 +303,11 @@ def convert(hf_dir: str, output_dir: str) -> str:
     assign_weights(encoder, weights)
     print(f"[3/4] built BertEncoder with {encoder.count_params():,} parameters", flush=True)
 
-    # A functional model keyed by input name: only dict inputs survive the SavedModel
-    # round trip in the form hub.KerasLayer callers pass them.
+    # A functional model keyed by input name: callers pass the three inputs as one dict.
     inputs = {x.name: x for x in encoder.inputs}
     model = keras.Model(inputs=inputs, outputs=encoder(inputs), name="bert_encoder")
-    # TF-Hub BERT encoders carry their tokenizer settings as these two attributes;
-    # the Asset also copies vocab.txt into assets/.
-    model.vocab_file = tf.saved_model.Asset(os.path.join(hf_dir, "vocab.txt"))
-    model.do_lower_case = tf.Variable(do_lower_case, trainable=False)
-    model.save(output_dir, include_optimizer=False, save_format="tf",
-               signatures=_serving_signature(model))
+    tf.saved_model.save(hub_module(model, os.path.join(hf_dir, "vocab.txt"), do_lower_case),
+                        output_dir, signatures=_serving_signature(model))
 
     with open(os.path.join(output_dir, "assets", "bert_config.json"), "w") as f:
         json.dump({"do_lower_case": do_lower_case, "hf_config": config}, f, indent=2)

@@ -177,6 +177,9 @@ def test_saved_model_interface(tiny_saved_model):
     assert bert_config["hf_config"]["hidden_size"] == 32
     assert not model.do_lower_case.numpy()
     assert model.vocab_file.asset_path.numpy().decode().endswith("assets/vocab.txt")
+    # TF-Hub's object, not a Keras model: two traces of __call__, no per-layer functions.
+    assert not os.path.exists(os.path.join(out, "keras_metadata.pb"))
+    assert len(model.__call__.concrete_functions) == 2
 
 
 def test_serving_signature(tiny_saved_model):
