@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -136,9 +137,22 @@ class Scorer:
 
     @staticmethod
     def _make_pair_fn(head):
-        """The compiled pair scorer of one head (see ``_chunk_fn``), made once per model."""
+        """The compiled pair scorer of one head (see ``_chunk_fn``), made once per model.
+
+        One ``tf.function`` per (layout, word width) that the calls use: each is traced
+        once, as one function retraced for every pair of values was, without TensorFlow's
+        retracing warning for a function that is traced on purpose."""
         compiled = tf.function(head.score_selected, jit_compile=True,
                                reduce_retracing=True)
+        traced = {}
+
+        def call(t_gamma, t_lin, t_mask, v_gamma, v_lin, text_rows, image_rows, layout,
+                 used):
+            if (layout, used) not in traced:
+                traced[layout, used] = tf.function(functools.partial(
+                    fn, layout=layout, used=used), reduce_retracing=True)
+            return traced[layout, used](t_gamma, t_lin, t_mask, v_gamma, v_lin, text_rows,
+                                        image_rows)
 
         def fn(t_gamma, t_lin, t_mask, v_gamma, v_lin, text_rows, image_rows, layout,
                used):
@@ -157,7 +171,7 @@ class Scorer:
             pair_mask = tf.broadcast_to(pair_mask, tf.shape(gamma)[:3])
             return compiled(gamma, t_lin, pair_mask, text_index, v_lin, image_index)
 
-        return tf.function(fn, reduce_retracing=True)
+        return call
 
     def _pair_bytes(self, level: str, words: int, regions: int, own_rows: bool) -> int:
         """Bytes of one pair's intermediates: its γ map [R, N] a few times over (the
