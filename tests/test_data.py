@@ -116,6 +116,29 @@ def test_eval_streams_are_built_once_until_the_split_changes(tmp_path, tiny_conf
     assert sum(len(b["label"]) for b in fresh) == 4  # the new split, not the old one's 6
 
 
+def test_a_tokenizer_is_built_once_per_vocabulary_file_and_settings(tmp_path, tiny_config):
+    import shutil
+    import time
+    vocab = str(tmp_path / "vocab.txt")
+    shutil.copy(tiny_config.data.vocab_file or pipeline.vocab_path(
+        tiny_config.model.bert, ""), vocab)
+    config = tiny_config.replace(vocab_file=vocab)
+    tok = pipeline.make_tokenizer(config)
+    assert pipeline.make_tokenizer(config) is tok
+    assert pipeline.make_tokenizer(config.replace(max_len=config.data.max_len + 1)) is not tok
+    # A vocabulary rewritten in place is read again.
+    time.sleep(0.01)
+    with open(vocab, "a") as f:
+        f.write("newpiece\n")
+    fresh = pipeline.make_tokenizer(config)
+    assert fresh is not tok and fresh.vocab_size == tok.vocab_size + 1
+
+    @tf.function
+    def in_a_graph():
+        return pipeline.make_tokenizer(config).vocab_size
+    assert in_a_graph() == fresh.vocab_size  # a graph's own tokenizer, not the shared one
+
+
 def test_preprocess_is_the_same_eagerly_and_in_tf_data(tiny_config):
     image = tf.cast(tf.random.stateless_uniform([40, 20, 3], [1, 2], 0, 255), tf.uint8)
     eager = pipeline.preprocess_image(image, tiny_config).numpy()
