@@ -233,15 +233,16 @@ def assign_weights(encoder: keras.Model, weights: dict[str, np.ndarray]) -> None
         variable.assign(value)
 
 
-def _serving_signature(model: keras.Model) -> tf.types.experimental.ConcreteFunction:
+def _serving_signature(call) -> tf.types.experimental.ConcreteFunction:
     """``serving_default`` with readable output names: a signature cannot return a list, so
-    layer ``i`` becomes ``encoder_outputs_<i>``."""
+    layer ``i`` becomes ``encoder_outputs_<i>``. ``call``: the saved object's traced
+    ``__call__``, which the signature calls (its inference trace, not a third one)."""
     spec = tf.TensorSpec([None, None], tf.int32)
 
     @tf.function(input_signature=[spec, spec, spec])
     def serve(input_word_ids, input_mask, input_type_ids):
-        out = model({"input_word_ids": input_word_ids, "input_mask": input_mask,
-                     "input_type_ids": input_type_ids}, training=False)
+        out = call({"input_word_ids": input_word_ids, "input_mask": input_mask,
+                    "input_type_ids": input_type_ids}, training=False)
         flat = {"sequence_output": out["sequence_output"],
                 "pooled_output": out["pooled_output"]}
         flat.update({f"encoder_outputs_{i}": h for i, h in enumerate(out["encoder_outputs"])})
@@ -306,8 +307,8 @@ def convert(hf_dir: str, output_dir: str) -> str:
     # A functional model keyed by input name: callers pass the three inputs as one dict.
     inputs = {x.name: x for x in encoder.inputs}
     model = keras.Model(inputs=inputs, outputs=encoder(inputs), name="bert_encoder")
-    tf.saved_model.save(hub_module(model, os.path.join(hf_dir, "vocab.txt"), do_lower_case),
-                        output_dir, signatures=_serving_signature(model))
+    root = hub_module(model, os.path.join(hf_dir, "vocab.txt"), do_lower_case)
+    tf.saved_model.save(root, output_dir, signatures=_serving_signature(root.__call__))
 
     with open(os.path.join(output_dir, "assets", "bert_config.json"), "w") as f:
         json.dump({"do_lower_case": do_lower_case, "hf_config": config}, f, indent=2)
