@@ -26,7 +26,7 @@ import os
 import numpy as np
 from safetensors.numpy import load_file
 
-from hgan.tf_compat import keras, tf
+from hgan.tf_compat import autograph_off, keras, tf
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.txt")
 
@@ -300,13 +300,15 @@ def convert(hf_dir: str, output_dir: str) -> str:
     weights = keras_weights(tensors, config)
     print(f"[2/4] read {len(tensors)} tensors, mapped {len(weights)}", flush=True)
 
-    encoder = build_encoder(config)
+    with autograph_off():  # the same encoder, built without converting every layer
+        encoder = build_encoder(config)
     assign_weights(encoder, weights)
     print(f"[3/4] built BertEncoder with {encoder.count_params():,} parameters", flush=True)
 
     # A functional model keyed by input name: callers pass the three inputs as one dict.
     inputs = {x.name: x for x in encoder.inputs}
-    model = keras.Model(inputs=inputs, outputs=encoder(inputs), name="bert_encoder")
+    with autograph_off():
+        model = keras.Model(inputs=inputs, outputs=encoder(inputs), name="bert_encoder")
     root = hub_module(model, os.path.join(hf_dir, "vocab.txt"), do_lower_case)
     tf.saved_model.save(root, output_dir, signatures=_serving_signature(root.__call__))
 

@@ -9,7 +9,7 @@ from hgan.modeling import losses
 from hgan.modeling.checkpoints import resolve_checkpoint, restore_model
 from hgan.modeling.hgan.text import HEAD_INPUTS, build_text_encoder
 from hgan.modeling.hgan.visual import build_image_encoder
-from hgan.tf_compat import keras, tf
+from hgan.tf_compat import autograph_off, keras, tf
 
 TEXT_KEYS = ("input_word_ids", "input_mask", "input_type_ids", "phrase_token_mask",
              "token_word_index")
@@ -159,7 +159,8 @@ def build_model(config: Config, vocab_size: int, num_classes: int = 0,
     Under a distribution strategy the dummy batch runs in replica context: a restored
     TF-Hub SavedModel (the BERT) cannot be called in cross-replica context.
     """
-    model = HGAN(config, vocab_size, num_classes)
+    with autograph_off():  # the same model, built without converting every layer
+        model = HGAN(config, vocab_size, num_classes)
 
     def create_weights():
         out = model(dummy_batch(config, 2), training=False)
