@@ -139,9 +139,9 @@ class Scorer:
     def _make_pair_fn(head):
         """The compiled pair scorer of one head (see ``_chunk_fn``), made once per model.
 
-        One ``tf.function`` per (layout, word width) that the calls use: each is traced
-        once, as one function retraced for every pair of values was, without TensorFlow's
-        retracing warning for a function that is traced on purpose."""
+        One ``tf.function`` per (layout, word width) the calls use, each traced once: the
+        traces one function retraced for every new pair of values made, without
+        TensorFlow's retracing warning for what is traced on purpose."""
         compiled = tf.function(head.score_selected, jit_compile=True,
                                reduce_retracing=True)
         traced = {}
