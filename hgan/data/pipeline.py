@@ -373,6 +373,13 @@ def query_dataset(data_dir: str, config: Config, tokenizer: CaptionTokenizer, sp
 TEXT_VOCABS = ("bert", "words")
 
 
+# A tokenizer reads its vocabulary and builds its lookup table (0.3 s for BERT's 30,522
+# WordPieces); an evaluation asked for the same one five times. Tokenizers are stateless
+# after construction, so callers of one process share them, per vocabulary file as it is
+# on disk (path, size, mtime) and settings; the 4 most recently used are kept.
+_TOKENIZERS = collections.OrderedDict()
+
+
 def make_tokenizer(config: Config) -> CaptionTokenizer:
     if config.data.text_vocab not in TEXT_VOCABS:
         raise ValueError(f"unknown text_vocab {config.data.text_vocab!r}; choose from "
@@ -393,9 +400,3 @@ def make_tokenizer(config: Config) -> CaptionTokenizer:
     _TOKENIZERS.move_to_end(key)
     return _TOKENIZERS[key]
 
-
-# A tokenizer reads its vocabulary and builds its lookup table (0.3 s for BERT's 30,522
-# WordPieces); an evaluation asked for the same one five times. Tokenizers are stateless
-# after construction, so callers of one process share them, per vocabulary file as it is
-# on disk (path, size, mtime) and settings; the 4 most recently used are kept.
-_TOKENIZERS = collections.OrderedDict()
