@@ -133,10 +133,15 @@ def test_a_tokenizer_is_built_once_per_vocabulary_file_and_settings(tmp_path, ti
     fresh = pipeline.make_tokenizer(config)
     assert fresh is not tok and fresh.vocab_size == tok.vocab_size + 1
 
+    made = []
+
     @tf.function
     def in_a_graph():
-        return pipeline.make_tokenizer(config).vocab_size
-    assert in_a_graph() == fresh.vocab_size  # a graph's own tokenizer, not the shared one
+        made.append(pipeline.make_tokenizer(config))
+        return made[-1].vocab_size
+    assert in_a_graph() == fresh.vocab_size
+    assert made[0] is not fresh  # a graph's own tokenizer, not the shared one
+    assert pipeline.make_tokenizer(config) is fresh  # and the shared one stays
 
 
 def test_preprocess_is_the_same_eagerly_and_in_tf_data(tiny_config):

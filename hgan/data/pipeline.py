@@ -323,13 +323,17 @@ def _built_once(key: tuple, data_dir: str, split: str, build) -> tf.data.Dataset
     are on disk (path, size, mtime: a re-import is a new stream)."""
     stats = [(f, os.stat(f)) for f in split_files(data_dir, split)]
     shards = tuple((f, st.st_size, st.st_mtime_ns) for f, st in stats)
-    key = (*key, shards)
-    if key not in _BUILT:
-        _BUILT[key] = build()
-        while len(_BUILT) > 8:
-            _BUILT.popitem(last=False)
-    _BUILT.move_to_end(key)
-    return _BUILT[key]
+    return _most_recent(_BUILT, (*key, shards), build, keep=8)
+
+
+def _most_recent(cache: collections.OrderedDict, key: tuple, build, keep: int):
+    """``cache[key]``, made by ``build()`` if absent; the ``keep`` most recently used stay."""
+    if key not in cache:
+        cache[key] = build()
+        while len(cache) > keep:
+            cache.popitem(last=False)
+    cache.move_to_end(key)
+    return cache[key]
 
 
 def gallery_dataset(data_dir: str, config: Config, split: str,
@@ -392,11 +396,6 @@ def make_tokenizer(config: Config) -> CaptionTokenizer:
     if not tf.executing_eagerly():  # a graph's tokenizer belongs to that graph
         return CaptionTokenizer(*args)
     stat = tf.io.gfile.stat(args[0])
-    key = (*args, stat.length, stat.mtime_nsec)
-    if key not in _TOKENIZERS:
-        _TOKENIZERS[key] = CaptionTokenizer(*args)
-        while len(_TOKENIZERS) > 4:
-            _TOKENIZERS.popitem(last=False)
-    _TOKENIZERS.move_to_end(key)
-    return _TOKENIZERS[key]
+    return _most_recent(_TOKENIZERS, (*args, stat.length, stat.mtime_nsec),
+                        lambda: CaptionTokenizer(*args), keep=4)
 
