@@ -135,3 +135,31 @@ def test_norm_epsilon_bounds_the_straight_through_gradient_of_a_tiny_row():
     assert grad(1e-12) > 1e3 and grad(1.0) < 10.0
     np.testing.assert_array_equal(GumbelTopK(2, norm_epsilon=1.0)(tiny, training=False),
                                   GumbelTopK(2)(tiny, training=False))
+
+
+def _top_k_rounds_reference(row, k):
+    """A NumPy loop: the largest remaining entry, lowest index on ties; -inf and 0 once
+    the row is used up."""
+    remaining, values, indices = list(row), [], []
+    for _ in range(k):
+        best = max(range(len(remaining)), key=lambda i: (remaining[i], -i))
+        values.append(remaining[best])
+        indices.append(best)
+        remaining[best] = -np.inf
+    return values, indices
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_top_k_rounds_values_and_indices_match_a_loop_with_ties_and_short_rows(jit):
+    from hgan.layers.gumbel_topk import top_k_rounds
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 4, size=(3, 40, 6)).astype(np.float32)  # many ties
+    scores[0, 0] = -1e9  # a fully padded row
+    scores[1, 1, :4] = -np.inf  # only two entries left for k = 4
+    fn = tf.function(lambda s: top_k_rounds(s, 4), jit_compile=jit)
+    values, indices = fn(tf.constant(scores))
+    values, indices = np.stack(values, -1), np.stack(indices, -1)
+    for pos in np.ndindex(scores.shape[:-1]):
+        want_values, want_indices = _top_k_rounds_reference(scores[pos], 4)
+        np.testing.assert_array_equal(values[pos], want_values)
+        np.testing.assert_array_equal(indices[pos], want_indices)
