@@ -29,8 +29,11 @@ ordering). Every query's re-rank is checked to get exactly K candidates, and the
 printed. Stage 1 runs first exactly (the gallery without an IVF: what ``Searcher`` does
 below ``ann.EXACT_BELOW`` images; --exact_queries queries), then with the IVF that
 ``hgan.serving.ann.build`` makes (what ``hgan-search index`` builds above that size; built
-here at any size) and --nprobe. Then the service (``hgan.serving.service`` on loopback,
-over a ``Searcher`` of the same gallery and IVF): POST /api/search round trips, p50 / p99.
+here at any size) and --nprobe, and the IVF's recall@K against exact search for every
+query's caption embedding (stage 1's K candidates, the ones the re-rank reads). Then the
+service (``hgan.serving.service`` on loopback, over a ``Searcher`` of the same gallery and
+IVF): POST /api/search round trips, p50 / p99, and the process's resident memory after
+them beside what TensorFlow and the loaded export held before any gallery was made.
 
 For the paper's sizes (512-d global, 15 × 512 local tables: 31 KiB an image, 30 GiB a
 million) export a model of those widths; its weights do not matter for latency (e.g. one
@@ -68,7 +71,7 @@ from absl import app, flags
 import numpy as np
 
 import _small
-from gallery_index import percentiles, synthetic
+from gallery_index import percentiles, recall_and_latency, rss_mib, synthetic
 
 FLAGS = flags.FLAGS
 SMALL = {"n": 2000, "rerank_k": 20, "top_k": 5, "queries": 20, "exact_queries": 5,
@@ -280,7 +283,7 @@ def main(argv):
     from hgan.data import pipeline
     from hgan.serving import ann, gallery, service
     from hgan.serving import searcher as search
-    from hgan.serving.savedmodel import GLOBAL
+    from hgan.serving.savedmodel import ENCODE_TEXT, GLOBAL
     from hgan.tf_compat import tf
 
     if FLAGS.fidelity:
@@ -293,6 +296,7 @@ def main(argv):
               served.signatures["encode_image"](images=tf.constant([_png()])).items()}
     dim = shapes[GLOBAL][0]
     k = FLAGS.rerank_k
+    model_rss = rss_mib()
     print(f"{FLAGS.savedmodel}: features {shapes}; {len(captions)} test captions; "
           f"n = {FLAGS.n:,}, re-rank K = {k}, top {FLAGS.top_k}, nprobe {FLAGS.nprobe}")
 
@@ -340,6 +344,13 @@ def main(argv):
     print(f"IVF lists: {lists} of {os.path.join(path, search.ANN_FILE)} (ann.load: "
           f"memory-mapped); global vectors still {type(ivf.stage1.vectors).__name__}")
     report(f"IVF{index.nlist} nprobe {FLAGS.nprobe} over {FLAGS.n:,}", Phases(ivf), queries, k)
+    vectors = np.concatenate([
+        served.signatures[ENCODE_TEXT](sentences=tf.constant(queries[a:a + 64]))[GLOBAL]
+        .numpy() for a in range(0, len(queries), 64)])
+    truth = exact.stage1.search(vectors, k)[1]
+    recall, _ = recall_and_latency(ivf.stage1, vectors, truth, k, batch=64)
+    print(f"stage 1 recall@{k} of the IVF against exact search, the {len(queries)} captions' "
+          f"embeddings: {recall:.3f}")
 
     searcher = search.Searcher(FLAGS.savedmodel, path, nprobe=FLAGS.nprobe)
     server = service.Server(service.create_app(searcher)).start()
@@ -356,6 +367,10 @@ def main(argv):
         print(f"service, POST /api/search over the {FLAGS.n:,} gallery (IVF, nprobe "
               f"{FLAGS.nprobe}, K = {k}), {len(queries)} requests one at a time: "
               f"{percentiles(times)}")
+        print(f"resident memory: {rss_mib():,.0f} MiB after the service's requests, "
+              f"{model_rss:,.0f} MiB of it TensorFlow and the loaded export before any "
+              "gallery (the gallery's files and the IVF's lists are memory-mapped: their "
+              "pages count once read)")
     finally:
         server.stop()
     shutil.rmtree(FLAGS.dir, ignore_errors=True)
