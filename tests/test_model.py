@@ -270,3 +270,36 @@ def test_a_longer_caption_in_the_batch_changes_no_text_feature(config):
                                    atol=1e-5, err_msg=key)
     assert alone["word"].shape == (1, L, config.model.local_dim)
     np.testing.assert_array_equal(alone["word"].numpy()[0, 4:], 0.0)  # 4 words, slots 0-3
+
+
+def test_static_text_shapes_give_the_trimmed_model_s_features_scores_and_losses(tiny_data,
+                                                                                 config):
+    """``train.jit_compile`` keeps every max_len slot instead of trimming to the batch's
+    longest caption (a static shape for XLA): the same weights give the same features at
+    every real slot (padded slots are masked downstream in both) and the same scores and
+    losses, compiled by XLA or not."""
+    trimmed = build_model(config, vocab_size=40, num_classes=6)
+    static_config = config.replace(jit_compile=True)
+    static = build_model(static_config, vocab_size=40, num_classes=6)
+    static.set_weights(trimmed.get_weights())
+    batch = _batch(tiny_data, config)
+    assert int(batch["input_mask"].numpy().sum(1).max()) < config.data.max_len  # trims
+    want = trimmed(batch, training=False)
+    got = static(batch, training=False)
+    real = want["text"]["word_mask"].numpy() > 0
+    np.testing.assert_allclose(got["text"]["word"].numpy()[real],
+                               want["text"]["word"].numpy()[real], atol=1e-5)
+    for key in ("global", "word_mask", "phrase", "phrase_mask"):
+        np.testing.assert_allclose(got["text"][key].numpy(), want["text"][key].numpy(),
+                                   atol=1e-5, err_msg=key)
+    labels = batch["label"]
+    compiled = tf.function(lambda t, i: static.compute_losses(t, i, labels, training=False),
+                           jit_compile=True)
+    want_losses = trimmed.compute_losses(want["text"], want["image"], labels, training=False)
+    for name, value in compiled(got["text"], got["image"]).items():
+        np.testing.assert_allclose(value.numpy(), want_losses[name].numpy(), rtol=1e-5,
+                                   atol=1e-6, err_msg=name)
+    for level, value in static.score(got["text"], got["image"]).items():
+        np.testing.assert_allclose(value.numpy(),
+                                   trimmed.score(want["text"], want["image"])[level].numpy(),
+                                   rtol=1e-5, atol=1e-6, err_msg=level)

@@ -58,3 +58,35 @@ def test_the_paper_model_trains_under_mixed_float16(tiny_data, four_layer_bert, 
         assert sum(changed) > 0.9 * len(trainable), (sum(changed), len(trainable))
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_the_paper_model_trains_under_mixed_float16_with_xla(tiny_data, four_layer_bert,
+                                                              monkeypatch):
+    """``train.jit_compile``: each replica's forward pass and losses are XLA computations
+    (their gradients too), traced once for the run: the text side keeps its static shapes,
+    so a new batch is not a new compilation."""
+    scaled = keras.mixed_precision.LossScaleOptimizer
+    monkeypatch.setattr(keras.mixed_precision, "LossScaleOptimizer",
+                        lambda inner: scaled(inner, initial_scale=2.0 ** 3))
+    config = preset("paper").replace(
+        bert=four_layer_bert, backbone_weights="none", image_height=32, image_width=32,
+        max_len=16, max_phrases=3, batch_size=8, mixed_precision=True, token_cache_gib=0.0,
+        seed=1, jit_compile=True)
+    try:
+        task = HGANTask(config, tiny_data, val_split="none")
+        trainable = task.model.trainable_variables
+        before = [v.numpy().copy() for v in trainable]
+        task.begin(0, log=lambda _: None)
+        batches = task.batches("train", 0)
+        for _ in range(3):
+            terms = {k: float(v) for k, v in task.train_step("train", next(batches)).items()}
+            assert all(np.isfinite(v) for v in terms.values()), terms
+            assert terms["_scale_skipped"] == 0.0 and terms["grad_norm"] > 0, terms
+        forward, losses = task._jit_parts
+        assert [f.experimental_get_tracing_count() for f in (forward, losses)] == [1, 1]
+        assert "XlaMustCompile" in str(
+            forward.get_concrete_function(next(batches)).function_def.attr)
+        changed = [not np.array_equal(b, v.numpy()) for b, v in zip(before, trainable)]
+        assert sum(changed) > 0.9 * len(trainable), (sum(changed), len(trainable))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

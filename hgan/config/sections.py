@@ -209,6 +209,11 @@ class TrainConfig(_Section):
     clip_grad_norm: float = 0.0  # > 0: the summed gradients rescaled to this global norm
     lr_decay_epochs: tuple = (40,)  # ×0.1 at each
     mixed_precision: bool = False
+    # Compile each replica's forward pass and losses (and their gradients) with XLA. The
+    # text side then keeps its static max_len / word slots instead of trimming each batch
+    # to its longest caption (a new shape would be a new compilation); the same outputs at
+    # every real token. For GPUs; on a CPU XLA's code is mostly slower.
+    jit_compile: bool = False
     seed: int = 0
     # A frozen BERT's token embeddings of the training captions are computed once and kept
     # in memory when they fit in this many GiB (hgan.training.hgan_token_cache); 0 = every

@@ -61,6 +61,7 @@ class HGANTask(Task):
                                             config.model.buffer_momentum)
                             if self.model.uses_buffers else None)
         self._step_fn = None
+        self._jit_parts = None  # train.jit_compile: the XLA-compiled parts of the step
         self.token_cache = None  # made by begin(): a frozen BERT's outputs, computed once
 
     def checkpoint_items(self) -> dict:
@@ -70,16 +71,36 @@ class HGANTask(Task):
         return items
 
     # --- the step ---------------------------------------------------------------------
+    def _forward(self, batch):
+        out = self.model(batch, training=True)
+        return out["text"], out["image"]
+
+    def _losses(self, text, image, labels):
+        return self.model.compute_losses(text, image, labels, training=True,
+                                          buffers=self.buffers)
+
+    def _compiled_parts(self):
+        """(forward, losses) of a replica's step: the model's features of its batch, and
+        the losses of the gathered global batch. Under ``train.jit_compile`` each is one
+        XLA computation (their gradients too); the gathering between them, the gradients'
+        sum and the optimizer stay outside, where the strategy's collectives run."""
+        if not self.config.train.jit_compile:
+            return self._forward, self._losses
+        if self._jit_parts is None:
+            self._jit_parts = (tf.function(self._forward, jit_compile=True),
+                               tf.function(self._losses, jit_compile=True))
+        return self._jit_parts
+
     def _replica_step(self, batch):
         replicas = tf.distribute.get_replica_context().num_replicas_in_sync
         if self.token_cache is not None and "caption" in batch:  # else BERT runs
             batch = {**{k: v for k, v in batch.items() if k != "caption"},
                      "bert_tokens": self.token_cache.lookup(batch["caption"])}
+        forward, losses = self._compiled_parts()
         with tf.GradientTape() as tape:
-            out = self.model(batch, training=True)
-            text, image, labels = gather_tree((out["text"], out["image"], batch["label"]))
-            terms = self.model.compute_losses(text, image, labels, training=True,
-                                              buffers=self.buffers)
+            text, image = forward(batch)
+            text, image, labels = gather_tree((text, image, batch["label"]))
+            terms = losses(text, image, labels)
             l2 = optim.l2_term(self.config, self.model.trainable_variables)
             if l2 is not None:
                 terms["l2"] = l2

@@ -136,7 +136,9 @@ class HGAN(keras.Model):
                                     ("phrase", self.phrase_head, c.model.weight_phrase)):
             if head is None or not weight:
                 continue
-            words, mask = _trim_to_used(text[level], text[f"{level}_mask"])
+            words, mask = text[level], text[f"{level}_mask"]
+            if not c.train.jit_compile:  # XLA keeps the static slots
+                words, mask = _trim_to_used(words, mask)
             scores = head((words, mask, image[level]), training=training)
             terms[level] = weight * losses.triplet_ranking_loss(
                 scores, labels, labels, c.model.margin, c.model.hardest_negative)

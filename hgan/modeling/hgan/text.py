@@ -84,13 +84,18 @@ class WordPooling(keras.layers.Layer):
 
     Inputs: tokens [B, L, D] and ``token_word_index`` [B, L] (a token's word, -1 for none).
     Outputs: words [B, W, D] and their mask [B, W], W = the batch's largest word count
-    (at least 1); word w of a caption sits in slot w, empty slots are zeros with mask 0.
+    (at least 1), or ``slots`` when given (a static shape, for XLA); word w of a caption
+    sits in slot w, empty slots are zeros with mask 0.
     """
+
+    def __init__(self, slots=None, **kwargs):
+        super().__init__(**kwargs)
+        self.slots = None if slots is None else int(slots)
 
     def call(self, inputs):
         tokens, index = inputs
         index = tf.cast(index, tf.int32)
-        slots = tf.maximum(tf.reduce_max(index) + 1, 1)
+        slots = self.slots or tf.maximum(tf.reduce_max(index) + 1, 1)
         membership = tf.one_hot(index, slots, dtype=tokens.dtype)  # [B, L, W]; -1 → zeros
         total = tf.einsum("blw,bld->bwd", membership, tokens)
         count = tf.reduce_sum(membership, axis=1)  # [B, W]
@@ -99,6 +104,9 @@ class WordPooling(keras.layers.Layer):
 
     def compute_mask(self, inputs, mask=None):
         return None
+
+    def get_config(self):
+        return {**super().get_config(), "slots": self.slots}
 
 
 def _self_attention(config: Config, name: str) -> keras.layers.Layer:
@@ -173,13 +181,16 @@ def build_text_head(config: Config, token_dim: int) -> keras.Model:
     # The word branch and the LSTM run only to the batch's longest caption: padding is
     # masked out of the self-attention and never read by the LSTM, so the outputs at real
     # tokens are unchanged, and padded word slots come back as zeros (masked downstream).
-    trimmed, trimmed_mask = keras.layers.Lambda(_trim_padding, name="trim_padding")(
-        [tokens, mask])
+    # Under train.jit_compile the shapes stay static (max_len tokens, max_len word slots).
+    static = config.train.jit_compile
+    trimmed, trimmed_mask = keras.layers.Lambda(
+        _full_length if static else _trim_padding, name="trim_padding")([tokens, mask])
     attention_mask = keras.layers.Lambda(
         lambda m: tf.cast(m[:, None, :] & m[:, :, None], tf.float32), name="pair_mask",
         dtype="float32")(trimmed_mask)
     if config.model.word_keys == "words":
-        word_inputs, word_mask = WordPooling(name="word_pool")([tokens, token_words])
+        word_inputs, word_mask = WordPooling(slots=L if static else None,
+                                             name="word_pool")([tokens, token_words])
         word_attention = keras.layers.Lambda(
             lambda m: m[:, None, :] * m[:, :, None] + tf.eye(tf.shape(m)[1])[None],
             name="word_pair_mask", dtype="float32")(word_mask)
@@ -222,6 +233,12 @@ def _trim_padding(args):
     tokens, mask = args
     longest = tf.reduce_max(tf.reduce_sum(tf.cast(mask, tf.int32), axis=-1))
     return tokens[:, :longest], tf.cast(mask[:, :longest], tf.bool)
+
+
+def _full_length(args):
+    """``_trim_padding`` without the trim: every max_len slot, a static shape for XLA."""
+    tokens, mask = args
+    return tokens, tf.cast(mask, tf.bool)
 
 
 def _pad_to_length(x, length: int):
