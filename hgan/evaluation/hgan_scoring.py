@@ -37,10 +37,14 @@ def encode_split(model: HGAN, data_dir: str, config: Config, split: str,
     """HGAN's features of a split (``hgan.evaluation.encode.encode_split``): texts ``global``,
     ``word``, ``word_mask``, ``phrase``, ``phrase_mask``; images ``global``, ``word``,
     ``phrase``. ``keep``: feature keys to hold on to; all if None."""
+    # Traced without AutoGraph (the model's layers branch on Python values only), as the
+    # export's functions are: converting every layer's source cost seconds of each run.
     encode_image = encode.compiled(model, "encode_image", lambda ref: tf.function(
-        lambda x: ref().encode_image(x, training=False), reduce_retracing=True))
+        lambda x: ref().encode_image(x, training=False), reduce_retracing=True,
+        autograph=False))
     encode_text = encode.compiled(model, "encode_text", lambda ref: tf.function(
-        lambda x: ref().encode_text(x, training=False), reduce_retracing=True))
+        lambda x: ref().encode_text(x, training=False), reduce_retracing=True,
+        autograph=False))
     return encode.encode_split(encode_image, encode_text, data_dir, config, split,
                                tokenizer or pipeline.make_tokenizer(config), TEXT_KEYS,
                                keep=keep)
@@ -143,14 +147,14 @@ class Scorer:
         traces one function retraced for every new pair of values made, without
         TensorFlow's retracing warning for what is traced on purpose."""
         compiled = tf.function(head.score_selected, jit_compile=True,
-                               reduce_retracing=True)
+                               reduce_retracing=True, autograph=False)
         traced = {}
 
         def call(t_gamma, t_lin, t_mask, v_gamma, v_lin, text_rows, image_rows, layout,
                  used):
             if (layout, used) not in traced:
                 traced[layout, used] = tf.function(functools.partial(
-                    fn, layout=layout, used=used), reduce_retracing=True)
+                    fn, layout=layout, used=used), reduce_retracing=True, autograph=False)
             return traced[layout, used](t_gamma, t_lin, t_mask, v_gamma, v_lin, text_rows,
                                         image_rows)
 
