@@ -60,13 +60,15 @@ class HGANServing(ServingModule):
         pixels = request_pixels(images, self.config)
         return self.model.encode_image(pixels, training=False)
 
+    # The encoders' outputs are float32 whatever the model's compute dtype: they are what
+    # ``rerank`` takes (a mixed-precision model encodes in float16).
     @tf.function(autograph=False, input_signature=[STRINGS])
     def encode_text(self, sentences):
-        return dict(self._text_features(sentences))
+        return _float32(self._text_features(sentences))
 
     @tf.function(autograph=False, input_signature=[STRINGS])
     def encode_image(self, images):
-        return dict(self._image_features(images))
+        return _float32(self._image_features(images))
 
     def _scores(self, texts, images):
         # float32 as ``rerank`` takes them (a mixed-precision model encodes in float16).
@@ -143,6 +145,11 @@ class HGANServing(ServingModule):
             return {"selected": selected, "weights": weights,
                     "words": self.tokenizer.word_strings(texts)}
         return explain
+
+
+def _float32(features: dict) -> dict:
+    return {k: tf.cast(v, tf.float32) if v.dtype.is_floating else v
+            for k, v in features.items()}
 
 
 def servable(model: HGAN) -> tuple[tf.Module, dict]:

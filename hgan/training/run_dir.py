@@ -12,7 +12,7 @@ from hgan.tf_compat import tf
 # Fields that may change when a run is resumed; anything else must match the saved config.
 RESUMABLE_FIELDS = {"train.epochs", "train.steps", "train.max_steps",
                     "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every",
-                    "train.log_every"}
+                    "train.log_every", "train.jit_compile"}  # jit_compile: how, not what
 BEST_FILE = "best.json"
 
 
