@@ -27,17 +27,22 @@ def four_layer_bert(tmp_path_factory):
     return hf_bert.convert(hf_dir, str(root / "tf"))
 
 
-def test_the_paper_model_trains_under_mixed_float16(tiny_data, four_layer_bert, monkeypatch):
-    # A fresh dynamic loss scale starts at 2^15 and halves on every overflowing step, so a
-    # randomly initialised ResNet-50 skips its first dozen steps. Started at 8 (8 × 2,500
-    # < 65,504), the steps here are applied.
+def _paper_config(bert, monkeypatch, **settings):
+    """The ``paper`` preset at CPU-sized shapes under mixed precision. A fresh dynamic loss
+    scale starts at 2^15 and halves on every overflowing step, so a randomly initialised
+    ResNet-50 skips its first dozen steps. Started at 8 (8 × 2,500 < 65,504), the steps
+    here are applied."""
     scaled = keras.mixed_precision.LossScaleOptimizer
     monkeypatch.setattr(keras.mixed_precision, "LossScaleOptimizer",
                         lambda inner: scaled(inner, initial_scale=2.0 ** 3))
-    config = preset("paper").replace(
-        bert=four_layer_bert, backbone_weights="none", image_height=32, image_width=32,
-        max_len=16, max_phrases=3, batch_size=8, mixed_precision=True, token_cache_gib=0.0,
-        seed=1)
+    return preset("paper").replace(
+        bert=bert, backbone_weights="none", image_height=32, image_width=32, max_len=16,
+        max_phrases=3, batch_size=8, mixed_precision=True, token_cache_gib=0.0, seed=1,
+        **settings)
+
+
+def test_the_paper_model_trains_under_mixed_float16(tiny_data, four_layer_bert, monkeypatch):
+    config = _paper_config(four_layer_bert, monkeypatch)
     assert (config.model.backbone, config.model.bert_layers) == ("resnet50", "concat4")
     try:
         task = HGANTask(config, tiny_data, val_split="none")
@@ -65,13 +70,7 @@ def test_the_paper_model_trains_under_mixed_float16_with_xla(tiny_data, four_lay
     """``train.jit_compile``: each replica's forward pass and losses are XLA computations
     (their gradients too), traced once for the run: the text side keeps its static shapes,
     so a new batch is not a new compilation."""
-    scaled = keras.mixed_precision.LossScaleOptimizer
-    monkeypatch.setattr(keras.mixed_precision, "LossScaleOptimizer",
-                        lambda inner: scaled(inner, initial_scale=2.0 ** 3))
-    config = preset("paper").replace(
-        bert=four_layer_bert, backbone_weights="none", image_height=32, image_width=32,
-        max_len=16, max_phrases=3, batch_size=8, mixed_precision=True, token_cache_gib=0.0,
-        seed=1, jit_compile=True)
+    config = _paper_config(four_layer_bert, monkeypatch, jit_compile=True)
     try:
         task = HGANTask(config, tiny_data, val_split="none")
         trainable = task.model.trainable_variables
