@@ -225,11 +225,11 @@ def test_the_manifest_is_read_once_per_process_until_it_changes(tiny_data, tmp_p
 
 
 # --- the flip: image and caption on one draw ----------------------------------------------
-def _sided(tmp_path, **changes):
+def _sided(tmp_path, family="hgan", **changes):
     from hgan.config import preset
     from tests_support import write_sided_dataset
     data = write_sided_dataset(tmp_path / "sided")
-    config = preset("tiny").replace(vocab_file=os.path.join(data, "vocab.txt"),
+    config = preset("tiny", family).replace(vocab_file=os.path.join(data, "vocab.txt"),
                                     image_height=24, image_width=12, max_len=20,
                                     max_phrases=4, batch_size=4, **changes)
     return data, config
@@ -268,6 +268,40 @@ def test_a_flipped_pair_has_left_and_right_swapped_in_its_caption(tmp_path):
         np.concatenate([b["phrase_token_mask"].numpy() for b in batches]),
         tok(tf.constant(captions), tf.constant(spans))["phrase_token_mask"])
 
+
+
+def test_iatv_stage2_pairs_swap_left_and_right_with_the_flipped_image(tmp_path):
+    """IATV's stage-2 pairs (``iatv_pairs.pair_dataset``) flip images as stage 1 does: a
+    pair's caption has its sides swapped exactly when its image is flipped, matched pair
+    or not."""
+    import tests_support as sided
+    from hgan.training import iatv_pairs
+    data, config = _sided(tmp_path, family="iatv")
+    assert config.data.random_flip
+    tok = pipeline.make_tokenizer(config)
+    encoded, captions = iatv_pairs.split_records(data, "train")
+    per_image = len(captions) // len(encoded)
+    n = len(captions)
+    text_index = np.arange(n)
+    image_index = text_index // per_image  # each caption with its own image
+    written = [t.format(c=c) for c in ("red", "green", "blue") for t in sided.SIDED_CAPTIONS]
+    swapped = [t.format(c=c) for c in ("red", "green", "blue") for t in sided.SIDED_FLIPPED]
+
+    def ids(texts):
+        return {tuple(row) for row in tok(tf.constant(texts))["input_word_ids"].numpy()}
+
+    as_written, as_flipped = ids(written), ids(swapped)
+    assert not as_written & as_flipped
+    ds = iatv_pairs.pair_dataset(encoded, captions, text_index, image_index,
+                                 np.ones(n, np.int32), config, tok, seed=3)
+    flipped, on_the_left = [], []
+    for batch in ds.take(6):
+        for row, image in zip(batch["input_word_ids"].numpy(), batch["image"].numpy()):
+            assert tuple(row) in as_written | as_flipped, row
+            flipped.append(tuple(row) in as_flipped)
+            on_the_left.append(_colour_on_the_left(image))
+    np.testing.assert_array_equal(on_the_left, ~np.array(flipped))
+    assert 0.25 < np.mean(flipped) < 0.75  # both kinds seen
 
 
 def test_the_flip_and_the_swap_share_their_draw_eagerly(tmp_path):

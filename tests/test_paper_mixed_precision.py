@@ -77,7 +77,7 @@ def test_the_paper_model_trains_under_mixed_float16_with_xla(tiny_data, four_lay
         before = [v.numpy().copy() for v in trainable]
         task.begin(0, log=lambda _: None)
         batches = task.batches("train", 0)
-        for _ in range(3):
+        for _ in range(2):  # a second batch is not a second compilation
             terms = {k: float(v) for k, v in task.train_step("train", next(batches)).items()}
             assert all(np.isfinite(v) for v in terms.values()), terms
             assert terms["_scale_skipped"] == 0.0 and terms["grad_norm"] > 0, terms
