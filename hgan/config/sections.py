@@ -212,7 +212,7 @@ class TrainConfig(_Section):
     # Compile each replica's forward pass and losses (and their gradients) with XLA. The
     # text side then keeps its static max_len / word slots instead of trimming each batch
     # to its longest caption (a new shape would be a new compilation); the same outputs at
-    # every real token. For GPUs; on a CPU XLA's code is mostly slower.
+    # every real token. For GPUs: on a CPU XLA's code is far slower (docs/training.md).
     jit_compile: bool = False
     seed: int = 0
     # A frozen BERT's token embeddings of the training captions are computed once and kept

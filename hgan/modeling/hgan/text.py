@@ -181,7 +181,9 @@ def build_text_head(config: Config, token_dim: int) -> keras.Model:
     # The word branch and the LSTM run only to the batch's longest caption: padding is
     # masked out of the self-attention and never read by the LSTM, so the outputs at real
     # tokens are unchanged, and padded word slots come back as zeros (masked downstream).
-    # Under train.jit_compile the shapes stay static (max_len tokens, max_len word slots).
+    # Under train.jit_compile the shapes stay static for XLA: max_len tokens and max_len
+    # word slots, the slots past the batch's longest caption then holding what the word
+    # branch makes of empty slots, masked downstream like every padded slot.
     static = config.train.jit_compile
     trimmed, trimmed_mask = keras.layers.Lambda(
         _full_length if static else _trim_padding, name="trim_padding")([tokens, mask])
