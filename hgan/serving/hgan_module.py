@@ -71,11 +71,11 @@ class HGANServing(ServingModule):
         return _float32(self._image_features(images))
 
     def _scores(self, texts, images):
-        # float32 as ``rerank`` takes them (a mixed-precision model encodes in float16).
-        text, image = self._text_features(texts), self._image_features(images)
-        return self._levels(*[tf.cast(t, tf.float32) for t in (
-            text["global"], text["word"], text["word_mask"], text["phrase"],
-            text["phrase_mask"], image["global"], image["word"], image["phrase"])])
+        text = _float32(self._text_features(texts))
+        image = _float32(self._image_features(images))
+        return self._levels(text["global"], text["word"], text["word_mask"], text["phrase"],
+                            text["phrase_mask"], image["global"], image["word"],
+                            image["phrase"])
 
     @tf.function(autograph=False, input_signature=[STRINGS, STRINGS])
     def score(self, texts, images):
@@ -148,6 +148,8 @@ class HGANServing(ServingModule):
 
 
 def _float32(features: dict) -> dict:
+    """Floating features as float32, as ``rerank`` takes them (a mixed-precision model
+    encodes in float16)."""
     return {k: tf.cast(v, tf.float32) if v.dtype.is_floating else v
             for k, v in features.items()}
 
