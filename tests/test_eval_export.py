@@ -18,7 +18,7 @@ from hgan.serving import searcher as search
 from hgan.tf_compat import tf
 from hgan.training import run_dir
 
-from tests_support import headless_browser
+from tests_support import headless_browser, post_json
 
 # Each test trains or loads a tiny model (the fast tier, -m "not slow", skips them).
 pytestmark = pytest.mark.slow
@@ -498,7 +498,6 @@ def test_the_service_ranks_as_two_stage_evaluation_does(loaded, exported, served
     # Through real HTTP on loopback: the service's ranking of every test caption equals
     # eval.py's two-stage algorithm (hgan_scoring.Scorer.two_stage) on the export's own
     # features (its in-graph phrase chunker, as a served query has).
-    import urllib.request
     from hgan.data import records
     from hgan.serving import service
     gallery_dir = str(tmp_path / "gallery")
@@ -518,22 +517,16 @@ def test_the_service_ranks_as_two_stage_evaluation_does(loaded, exported, served
         want = hgan_scoring.Scorer(model).two_stage(texts, images, k=k, direction="t2i")
         paths = searcher.store.paths()
         for i, caption in enumerate(captions):
-            body = json.dumps({"text": caption, "top_k": len(paths), "rerank_k": k}).encode()
-            request = urllib.request.Request(server.url + "/api/search", data=body,
-                                             headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=120) as r:
-                got = json.loads(r.read())["results"]
+            got = post_json(server.url + "/api/search",
+                            {"text": caption, "top_k": len(paths), "rerank_k": k})["results"]
             assert [r["row"] for r in got] == np.argsort(-want[i], kind="stable").tolist(), i
             np.testing.assert_allclose([r["rerank"] for r in got[:k]],
                                        np.sort(want[i])[::-1][:k], atol=1e-4)
             assert [r["path"] for r in got] == [paths[r["row"]] for r in got]
         # Fig. 4 for the first caption's best result: k1 words per region, words of the
         # caption, the same selections as the model's own word head in process.
-        body = json.dumps({"text": captions[0], "row": got[0]["row"]}).encode()
-        request = urllib.request.Request(server.url + "/api/explain", data=body,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=120) as r:
-            explained = json.loads(r.read())
+        explained = post_json(server.url + "/api/explain",
+                              {"text": captions[0], "row": got[0]["row"]})
         words = pipeline.make_tokenizer(model.config).caption_words(captions[0])
         assert explained["words"] == words
         k1 = min(model.config.model.k1, len(words))

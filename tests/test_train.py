@@ -162,9 +162,9 @@ def test_mixed_precision_trains_through_validation_evaluation_and_export(tiny_da
     scorers on the float16 model's features, equal where the re-rank covers the
     gallery), the export, and the search service over a gallery the export indexed; the
     served scores are float32 and finite."""
-    import urllib.request
     from hgan import families
     from hgan.evaluation import hgan_scoring
+    from tests_support import post_json
     from hgan.modeling.hgan.model import load_model
     from hgan.serving import searcher as search, service
     from hgan.tf_compat import keras, tf
@@ -215,11 +215,8 @@ def test_mixed_precision_trains_through_validation_evaluation_and_export(tiny_da
                        log=lambda *_: None)
     server = service.Server(service.create_app(search.Searcher(saved, gallery_dir))).start()
     try:
-        body = json.dumps({"text": "a man in a red shirt.", "top_k": 3, "rerank_k": 3})
-        request = urllib.request.Request(server.url + "/api/search", data=body.encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=120) as r:
-            results = json.loads(r.read())["results"]
+        results = post_json(server.url + "/api/search",
+                            {"text": "a man in a red shirt.", "top_k": 3, "rerank_k": 3})["results"]
     finally:
         server.stop()
     assert len(results) == 3

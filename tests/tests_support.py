@@ -67,6 +67,15 @@ def run_command(name: str, *args, cwd=ROOT) -> str:
     return stdout.getvalue()
 
 
+def post_json(url: str, body: dict, timeout: float = 120) -> dict:
+    """POSTs ``body`` as JSON to ``url`` and returns the decoded JSON answer."""
+    import urllib.request
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
 def image_bytes(fmt="JPEG", colour=(200, 30, 30)):
     buffer = io.BytesIO()
     Image.new("RGB", (16, 32), colour).save(buffer, fmt)
