@@ -6,6 +6,7 @@ HTTP service.
 
   python bench/search_latency.py --savedmodel=SAVEDMODEL --data_dir=TFRECORDS \\
       [--n=100000] [--rerank_k=100] [--top_k=10] [--queries=200] [--nprobe=32] \\
+      [--recall_nprobe=64,128] \\
       [--exact_queries=20] [--dtype=float16|int8|pq] [--ann=auto|flat|pq]
       [--fidelity=float32,float16,int8,pq,pq:8,pq:6:1] [--dir=/tmp/search_bench]
   python bench/search_latency.py --small
@@ -30,10 +31,13 @@ printed. Stage 1 runs first exactly (the gallery without an IVF: what ``Searcher
 below ``ann.EXACT_BELOW`` images; --exact_queries queries), then with the IVF that
 ``hgan.serving.ann.build`` makes (what ``hgan-search index`` builds above that size; built
 here at any size) and --nprobe, and the IVF's recall@K against exact search for every
-query's caption embedding (stage 1's K candidates, the ones the re-rank reads). Then the
-service (``hgan.serving.service`` on loopback, over a ``Searcher`` of the same gallery and
-IVF): POST /api/search round trips, p50 / p99, and the process's resident memory after
-them beside what TensorFlow and the loaded export held before any gallery was made.
+query's caption embedding (stage 1's K candidates, the ones the re-rank reads), with
+stage 1's one-query latency, at --nprobe and each --recall_nprobe. Then the service as it
+is deployed: ``hgan-serve`` in its own process over the same gallery and IVF, POST
+/api/search round trips one at a time, p50 / p99, and that process's memory after them
+(/proc: VmRSS, of it anonymous and file-backed pages, and its peak) beside the same
+service over a 1,000-image gallery of the same shapes: the two VmRSS apart are what the
+large index holds resident in the service (TensorFlow and the export count in both).
 
 For the paper's sizes (512-d global, 15 × 512 local tables: 31 KiB an image, 30 GiB a
 million) export a model of those widths; its weights do not matter for latency (e.g. one
@@ -71,12 +75,13 @@ from absl import app, flags
 import numpy as np
 
 import _small
-from gallery_index import percentiles, recall_and_latency, rss_mib, synthetic
+from gallery_index import percentiles, recall_and_latency, synthetic
 
 FLAGS = flags.FLAGS
 SMALL = {"n": 2000, "rerank_k": 20, "top_k": 5, "queries": 20, "exact_queries": 5,
-         "nprobe": 8, "dir": "/tmp/search_bench_small"}
+         "nprobe": 8, "recall_nprobe": ["16"], "dir": "/tmp/search_bench_small"}
 BLOCK = 10_000  # rows appended to the gallery at a time
+BASELINE = 1_000  # images of the gallery whose service's memory is the baseline
 PHASES = ("encode", "stage1", "rerank", "other", "total")
 
 
@@ -91,7 +96,10 @@ def define_flags():
     flags.DEFINE_integer("queries", 200, "Timed queries (after 5 warm-up ones), IVF and "
                          "service.")
     flags.DEFINE_integer("exact_queries", 20, "Timed queries with exact stage 1.")
-    flags.DEFINE_integer("nprobe", 32, "IVF lists probed per query.")
+    flags.DEFINE_integer("nprobe", 32, "IVF lists probed per query (Searcher.query and the "
+                         "service).")
+    flags.DEFINE_list("recall_nprobe", ["64", "128"], "Stage 1's recall@K and one-query "
+                      "latency are also measured at these nprobe (besides --nprobe).")
     flags.DEFINE_enum("dtype", "float16", ["float16", "float32", "int8", "pq"],
                       "How the synthetic gallery stores its features (hgan.serving.codec).")
     flags.DEFINE_enum("ann", "auto", ["auto", "flat", "pq"], "The IVF's kind (auto: by "
@@ -116,6 +124,54 @@ def _post(url: str, body: dict) -> dict:
                                      {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.load(response)
+
+
+MEMORY = ("VmRSS", "RssAnon", "RssFile", "VmHWM")  # /proc/PID/status lines, kB
+
+
+def process_memory(pid: int) -> dict:
+    """``MEMORY`` of process ``pid`` (Linux /proc), MiB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in MEMORY:
+                out[name] = int(value.split()[0]) / 1024
+    return out
+
+
+def served_requests(index: str, queries, body) -> tuple:
+    """``hgan-serve`` over ``index`` in its own process (any free port, no reloads): 5
+    warm-up requests, then one POST /api/search per query, one at a time → (seconds per
+    request, ``process_memory`` of the service after them)."""
+    import subprocess
+    import sys
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hgan.cli.serve", f"--savedmodel={FLAGS.savedmodel}",
+         f"--index={index}", "--port=0", "--reload_every=0", f"--nprobe={FLAGS.nprobe}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("serving "):
+                url = line.split(" at ")[1].split()[0].rstrip("/") + "/api/search"
+                break
+        else:
+            raise RuntimeError("hgan-serve stopped before serving:\n" + "".join(lines[-20:]))
+        for q in queries[:5]:
+            _post(url, body(q))
+        times = []
+        for q in queries:
+            t = time.perf_counter()
+            _post(url, body(q))
+            times.append(time.perf_counter() - t)
+        return times, process_memory(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        proc.stdout.close()
 
 
 class _Timed:
@@ -281,7 +337,7 @@ def main(argv):
         os.makedirs(small_root)
         _small.data_and_export(small_root)
     from hgan.data import pipeline
-    from hgan.serving import ann, gallery, service
+    from hgan.serving import ann, gallery
     from hgan.serving import searcher as search
     from hgan.serving.savedmodel import ENCODE_TEXT, GLOBAL
     from hgan.tf_compat import tf
@@ -296,7 +352,6 @@ def main(argv):
               served.signatures["encode_image"](images=tf.constant([_png()])).items()}
     dim = shapes[GLOBAL][0]
     k = FLAGS.rerank_k
-    model_rss = rss_mib()
     print(f"{FLAGS.savedmodel}: features {shapes}; {len(captions)} test captions; "
           f"n = {FLAGS.n:,}, re-rank K = {k}, top {FLAGS.top_k}, nprobe {FLAGS.nprobe}")
 
@@ -348,31 +403,38 @@ def main(argv):
         served.signatures[ENCODE_TEXT](sentences=tf.constant(queries[a:a + 64]))[GLOBAL]
         .numpy() for a in range(0, len(queries), 64)])
     truth = exact.stage1.search(vectors, k)[1]
-    recall, _ = recall_and_latency(ivf.stage1, vectors, truth, k, batch=64)
-    print(f"stage 1 recall@{k} of the IVF against exact search, the {len(queries)} captions' "
-          f"embeddings: {recall:.3f}")
-
-    searcher = search.Searcher(FLAGS.savedmodel, path, nprobe=FLAGS.nprobe)
-    server = service.Server(service.create_app(searcher)).start()
-    try:
-        url = server.url + "/api/search"
-        body = lambda q: {"text": q, "top_k": FLAGS.top_k, "rerank_k": k}  # noqa: E731
-        for q in queries[:5]:
-            _post(url, body(q))
-        times = []
-        for q in queries:
-            t = time.perf_counter()
-            _post(url, body(q))
-            times.append(time.perf_counter() - t)
-        print(f"service, POST /api/search over the {FLAGS.n:,} gallery (IVF, nprobe "
-              f"{FLAGS.nprobe}, K = {k}), {len(queries)} requests one at a time: "
+    saved = ivf.stage1.index.nprobe
+    for nprobe in sorted({FLAGS.nprobe, *map(int, FLAGS.recall_nprobe)}):
+        ivf.stage1.index.nprobe = nprobe
+        recall, times = recall_and_latency(ivf.stage1, vectors, truth, k, batch=64)
+        print(f"stage 1 recall@{k} of the IVF against exact search, the {len(queries)} "
+              f"captions' embeddings, nprobe {nprobe:3d}: {recall:.3f}; one query "
               f"{percentiles(times)}")
-        print(f"resident memory: {rss_mib():,.0f} MiB after the service's requests, "
-              f"{model_rss:,.0f} MiB of it TensorFlow and the loaded export before any "
-              "gallery (the gallery's files and the IVF's lists are memory-mapped: their "
-              "pages count once read)")
-    finally:
-        server.stop()
+    ivf.stage1.index.nprobe = saved
+
+    small = os.path.join(FLAGS.dir, "baseline")  # the same shapes, BASELINE images, no IVF
+    store = gallery.Gallery.create(small, gallery.model_fingerprint(FLAGS.savedmodel), shapes,
+                                   FLAGS.dtype, codebooks=gallery.Gallery.open(path).codebooks)
+    store.append([f"synthetic/{i}.jpg" for i in range(BASELINE)],
+                 {GLOBAL: synthetic(BASELINE, dim, seed=1),
+                  **{name: rng.normal(size=(BASELINE, *s)).astype(np.float16)
+                     for name, s in shapes.items() if name != GLOBAL}})
+    body = lambda q: {"text": q, "top_k": FLAGS.top_k, "rerank_k": k}  # noqa: E731
+    base_times, base_memory = served_requests(small, queries, body)
+    times, memory = served_requests(path, queries, body)
+    print(f"service (hgan-serve, its own process), POST /api/search over the {FLAGS.n:,} "
+          f"gallery (IVF, nprobe {FLAGS.nprobe}, K = {k}), {len(queries)} requests one at a "
+          f"time: {percentiles(times)}")
+    print(f"  over a {BASELINE:,}-image gallery of the same shapes (exact stage 1): "
+          f"{percentiles(base_times)}")
+    print("service process memory after its requests, MiB (" + ", ".join(MEMORY) + "): "
+          f"{FLAGS.n:,} images " + " / ".join(f"{memory[m]:,.0f}" for m in MEMORY)
+          + f"; {BASELINE:,} images " + " / ".join(f"{base_memory[m]:,.0f}" for m in MEMORY))
+    print(f"resident memory of the {FLAGS.n:,}-image index in the service: "
+          f"{memory['VmRSS'] - base_memory['VmRSS']:,.0f} MiB (the two services' VmRSS "
+          f"apart; anonymous {memory['RssAnon'] - base_memory['RssAnon']:+,.0f} MiB, "
+          f"file pages {memory['RssFile'] - base_memory['RssFile']:+,.0f} MiB: the gallery's "
+          "memory-mapped files and the IVF's lists count as their pages are read)")
     shutil.rmtree(FLAGS.dir, ignore_errors=True)
 
 

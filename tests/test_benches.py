@@ -94,13 +94,19 @@ EXPECTED = {
         r"seed 0 mixed_float16 +finished, last val t2i R1 [\d.]+, loss-scale skips \d+",
     ],
     "search_latency": [
-        rf"resident memory: {NUMBER} MiB after the service's requests, {NUMBER} MiB of it "
-        r"TensorFlow and the loaded export before any gallery \(the gallery's files and the "
-        r"IVF's lists are memory-mapped: their pages count once read\)",
-        rf"service, POST /api/search over the 2,000 gallery \(IVF, nprobe 8, K = 20\), 20 "
-        rf"requests one at a time: {MS}",
-        rf"stage 1 recall@20 of the IVF against exact search, the 20 captions' embeddings: "
-        rf"{NUMBER}",
+        rf"resident memory of the 2,000-image index in the service: -?{NUMBER} MiB \(the two "
+        rf"services' VmRSS apart; anonymous [-+]{NUMBER} MiB, file pages [-+]{NUMBER} MiB: "
+        r"the gallery's memory-mapped files and the IVF's lists count as their pages are "
+        r"read\)",
+        rf"service \(hgan-serve, its own process\), POST /api/search over the 2,000 gallery "
+        rf"\(IVF, nprobe 8, K = 20\), 20 requests one at a time: {MS}",
+        rf"  over a 1,000-image gallery of the same shapes \(exact stage 1\): {MS}",
+        rf"service process memory after its requests, MiB \(VmRSS, RssAnon, RssFile, VmHWM\): "
+        rf"2,000 images {NUMBER} / {NUMBER} / {NUMBER} / {NUMBER}; 1,000 images {NUMBER} / "
+        rf"{NUMBER} / {NUMBER} / {NUMBER}",
+        rf"stage 1 recall@20 of the IVF against exact search, the 20 captions' embeddings, "
+        rf"nprobe   8: {NUMBER}; one query {MS}",
+        rf"nprobe  16: {NUMBER}; one query {MS}",
         r"global vectors: memmap of .*feat\.global\.bin",
         rf"fidelity, int8 \({NUMBER} B/image\): t2i R1 {NUMBER} \([-+]{NUMBER}\) mAP {NUMBER} "
         rf"\([-+]{NUMBER}\); i2t R1 {NUMBER} \([-+]{NUMBER}\) mAP {NUMBER} \([-+]{NUMBER}\)",
