@@ -55,8 +55,9 @@ the cosine of the stored global embeddings, the export's ``rerank`` signature on
 query's K = ``eval.rerank_k`` best, the rest in stage-1 order: hgan-eval's two_stage mode,
 over what the gallery stores): R1 and mAP, and their change from the first dtype listed.
 ``pq:S`` indexes with S values per code (``index --pq_subdim``), ``pq:S:SEED`` also with
-codebooks trained from k-means seed SEED: one seed's R1 moves by points (the hard top-k
-selections flip), so a pq form is judged over several.
+codebooks trained from k-means seed SEED (and the rows they are sampled from), and
+``pq:S:SEED:plain`` without the learnt rotation (``codec.train_rotation``): one seed's R1
+moves by points (the hard top-k selections flip), so a pq form is judged over several.
 
 ``--small`` (tests/test_benches.py): writes a 10-identity demo set, exports the ``tiny``
 preset's HGAN with random weights (``bench/_small.py``), and searches a 2,000-image
@@ -251,7 +252,7 @@ def fidelity(savedmodel: str, data_dir: str, dtypes: list) -> None:
     """The test split indexed once per dtype; two-stage R1 / mAP both ways from each."""
     from hgan.data import pipeline
     from hgan.evaluation import metrics, rerank
-    from hgan.serving import gallery, searcher as search
+    from hgan.serving import codec, gallery, searcher as search
     from hgan.serving.savedmodel import ENCODE_TEXT, GLOBAL, RERANK
     from hgan.tf_compat import tf
     served = search._load(savedmodel)
@@ -295,13 +296,15 @@ def fidelity(savedmodel: str, data_dir: str, dtypes: list) -> None:
             return out
         return fn
 
-    base = None
+    base, changes = None, {}
     train_codebooks = gallery.train_codebooks
     for spec in dtypes:
-        # "pq:6": pq with 6 values per code; "pq:6:1": and k-means seed 1 (default 0).
-        dtype, subdim, seed = (spec.split(":") + ["", ""])[:3]
+        # "pq:6": pq with 6 values per code; "pq:6:1": and k-means seed 1 (default 0);
+        # "pq:6:1:plain": without the rotation.
+        dtype, subdim, seed, form = (spec.split(":") + ["", "", ""])[:4]
         path = os.path.join(FLAGS.dir, f"fidelity_{spec.replace(':', '_')}")
-        gallery.train_codebooks = functools.partial(train_codebooks, seed=int(seed or 0))
+        gallery.train_codebooks = functools.partial(train_codebooks, seed=int(seed or 0),
+                                                    rotate=form != "plain")
         try:
             search.build_index(savedmodel, path, data_dir=data_dir, split="test",
                                dtype=dtype, log=lambda *_: None,
@@ -317,10 +320,22 @@ def fidelity(savedmodel: str, data_dir: str, dtypes: list) -> None:
                "i2t": metrics.retrieval_metrics(rerank.rerank(stage1.T, i2t(images), k),
                                                 labels, caption_labels)}
         base = base or got
+        form = ":".join(x for x in (dtype, subdim or str(codec.PQ_SUBDIM), form) if x) \
+            if dtype == "pq" else dtype
+        changes.setdefault(form, []).append(
+            [got[d][m] - base[d][m] for d in ("t2i", "i2t") for m in ("R1", "mAP")])
         line = "; ".join(
             f"{d} R1 {got[d]['R1']:.2f} ({got[d]['R1'] - base[d]['R1']:+.2f}) mAP "
             f"{got[d]['mAP']:.2f} ({got[d]['mAP'] - base[d]['mAP']:+.2f})" for d in got)
         print(f"fidelity, {spec} ({store.bytes_per_item():,} B/image): {line}")
+    for form, rows in changes.items():
+        if len(rows) > 1:
+            rows = np.asarray(rows)
+            print(f"fidelity, {form} over {len(rows)} seeds, change from {dtypes[0]}: mean "
+                  + ", ".join(f"{name} {m:+.2f} (sd {sd:.2f}, {lo:+.2f} to {hi:+.2f})"
+                              for name, m, sd, lo, hi in zip(
+                                  ("t2i R1", "t2i mAP", "i2t R1", "i2t mAP"), rows.mean(0),
+                                  rows.std(0, ddof=1), rows.min(0), rows.max(0))))
     print(f"fidelity over the test split: {len(labels)} images, {len(captions)} captions, "
           f"K = {k}; change from {dtypes[0]} in brackets")
 

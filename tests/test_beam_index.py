@@ -243,7 +243,8 @@ def test_a_pq_gallery_is_assembled_from_float32_shards_with_codebooks_trained_or
     first = str(tmp_path / "first")
     beam_index.assemble(first, work, plan, **quiet)
     store = gallery.Gallery.open(first)
-    assert store.dtype == "pq" and len(store) == 40 and list(store.codebooks) == ["word"]
+    assert store.dtype == "pq" and len(store) == 40 and list(store.codebooks) == [
+        "word", "word.rotation"]
     want = store.codecs["word"].decode(store.codecs["word"].encode(
         np.concatenate([r["word"] for r in rows])))
     np.testing.assert_array_equal(store.array("word")[:], want)

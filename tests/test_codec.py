@@ -74,6 +74,46 @@ def test_a_width_the_sub_vector_does_not_divide_is_coded_with_zeros_appended():
         codec.PQRows((3, 32), np.zeros((5, 256, 6), np.float32))  # 30 < 32
 
 
+def _correlated(n, dim, seed=0, rank=4):
+    """Rows of rank ``rank`` (plus a little noise) spread over every channel, so the
+    sub-spaces of a plain PQ share their variance."""
+    rng = np.random.default_rng(seed)
+    mixing = np.random.default_rng(99).normal(size=(rank, dim))
+    return (rng.normal(size=(n, rank)) @ mixing + 0.05 * rng.normal(size=(n, dim))
+            ).astype(np.float32)
+
+
+def test_a_rotated_pq_codes_x_times_r_transposed_and_decodes_back_through_r():
+    x = _correlated(300, 20).reshape(60, 5, 20)
+    rotation = codec.train_rotation(x, 20, subdim=4, iterations=5)
+    assert rotation.shape == (20, 20)
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(20), atol=1e-4)  # orthogonal
+    book = codec.train_codebook(x, 20, subdim=4, rotation=rotation)
+    c = codec.PQRows((5, 20), book, rotation)
+    records = c.encode(x)
+    y = x.reshape(-1, 20) @ rotation.T  # NumPy's reference: code y, decode ŷ·R
+    dist = ((y.reshape(-1, 5, 1, 4) - book[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(records["c"].reshape(-1, 5), dist.argmin(-1))
+    want = book[np.arange(5), dist.argmin(-1)].reshape(-1, 20) @ rotation
+    np.testing.assert_allclose(c.decode(records), want.reshape(x.shape), rtol=1e-5,
+                               atol=1e-6)
+    assert records.dtype.itemsize == 5 * 5  # the rotation costs no bytes per image
+    with pytest.raises(ValueError, match="does not turn rows of 20"):
+        codec.PQRows((5, 20), book, np.eye(16, dtype=np.float32))
+
+
+def test_the_rotation_lowers_the_error_of_pq_on_rows_whose_channels_are_correlated():
+    train, held = _correlated(4000, 24, seed=1), _correlated(1000, 24, seed=2)
+    errors = {}
+    for rotate in (False, True):
+        rotation = codec.train_rotation(train, 24, subdim=6) if rotate else None
+        book = codec.train_codebook(train, 24, subdim=6, rotation=rotation)
+        c = codec.PQRows((1, 24), book, rotation)
+        decoded = c.decode(c.encode(held[:, None]))[:, 0]
+        errors[rotate] = ((decoded - held) ** 2).sum() / (held ** 2).sum()
+    assert errors[True] < 0.5 * errors[False], errors  # measured: 0.009 against 0.068
+
+
 # The global embedding (stage 1's) stays float16; the re-rank tables are coded.
 @pytest.mark.parametrize("dtype, per_image", [
     ("float16", (512 + 2 * 15 * 512) * 2),  # 31,744
@@ -136,7 +176,13 @@ def test_an_unknown_dtype_a_cut_file_and_a_changed_codebook_are_refused(tmp_path
     fixed = gallery.Gallery.open(g.path, writable=True)
     assert len(fixed) == 19 and "kept its first 19" in fixed.repaired
     fixed.close()
-    # A codebook that is not the manifest's cannot decode the codes.
+    # A codebook or a rotation that is not the manifest's cannot decode the codes.
+    turn = os.path.join(g.path, "rotation.word.npy")
+    saved = np.load(turn)
+    np.save(turn, saved[::-1])
+    with pytest.raises(gallery.GalleryDamaged, match=r"rotation\.word\.npy is not the codebook"):
+        gallery.Gallery.open(g.path)
+    np.save(turn, saved)
     book = os.path.join(g.path, "codebook.word.npy")
     np.save(book, np.load(book) + 1)
     with pytest.raises(gallery.GalleryDamaged, match=r"codebook\.word\.npy is not the codebook"):
@@ -179,7 +225,9 @@ def test_a_gallery_indexed_int8_or_pq_ranks_the_test_captions_as_float32(hgan_ex
         assert s.store.dtype == dtype and s.stage1.index is not None
         tops[dtype] = [[r["row"] for r in s.query(c, top_k=10, rerank_k=10)]
                        for c in captions]
-    assert gallery.Gallery.open(paths["pq"]).codebooks.keys() == {"word", "phrase"}
+    # A codebook and a rotation per table.
+    books = gallery.Gallery.open(paths["pq"]).codebooks
+    assert books.keys() == {"word", "phrase", "word.rotation", "phrase.rotation"}
     assert searcher.Searcher(hgan_export, paths["pq"]).stage1.refine == 4
     # Every caption's best image is float32's; the whole order is for 10 of the 12
     # captions (the other two swap two images whose fused scores lie 0.005 apart, where

@@ -128,7 +128,9 @@ def _feature_file(name: str) -> str:
 
 
 def _codebook_file(name: str) -> str:
-    return f"codebook.{_feature_file(name)[5:-4]}.npy"
+    """codebook.<table>.npy, or rotation.<table>.npy for ``codec.rotation_of(table)``."""
+    table, _, rotation = name.partition(".")
+    return f"{'rotation' if rotation else 'codebook'}.{_feature_file(table)[5:-4]}.npy"
 
 
 def _digest(array: np.ndarray) -> str:
@@ -177,7 +179,8 @@ class Gallery:
                 raise GalleryDamaged(f"{os.path.join(path, MANIFEST)} names no codebook for "
                                      f"the {manifest['dtype']} table {name}: the gallery cannot "
                                      "be decoded; index its images into an empty folder")
-            self.codecs[name] = codec.codec(manifest["dtype"], shape, self.codebooks.get(name))
+            self.codecs[name] = codec.codec(manifest["dtype"], shape, self.codebooks.get(name),
+                                            self.codebooks.get(codec.rotation_of(name)))
         if writable:
             self._truncate_to_committed()
         else:
@@ -226,6 +229,12 @@ class Gallery:
                     manifest["codebooks"][name] = {"file": _codebook_file(name),
                                                    "sha256": _digest(book),
                                                    "subdim": int(book.shape[-1])}
+                    turn = codec.rotation_of(name)
+                    if codebooks.get(turn) is not None:
+                        rotation = np.ascontiguousarray(codebooks[turn], np.float32)
+                        np.save(os.path.join(path, _codebook_file(turn)), rotation)
+                        manifest["codebooks"][turn] = {"file": _codebook_file(turn),
+                                                       "sha256": _digest(rotation)}
             for name in manifest["features"]:
                 open(os.path.join(path, _feature_file(name)), "wb").close()
             open(os.path.join(path, PATHS), "wb").close()
@@ -532,13 +541,22 @@ def merge(output: str, shards: Iterable[str], chunk: int = 65536) -> Gallery:
     return out
 
 
-def train_codebooks(dtype: str, sample: dict, seed: int = 0,
-                    subdim: Optional[int] = None) -> Optional[dict]:
-    """The codebooks a ``dtype`` gallery needs ({table: [M, K, s]}, or None for a dtype
-    without), trained on ``sample`` {feature: rows [n, *shape]} with ``subdim`` values per
-    one-byte code (``codec.train_codebook``; ``codec.PQ_SUBDIM`` unless given)."""
-    books = {k: codec.train_codebook(v, np.shape(v)[-1], seed=seed, subdim=subdim)
-             for k, v in sample.items() if codec.uses_codebook(dtype, tuple(np.shape(v)[1:]))}
+def train_codebooks(dtype: str, sample: dict, seed: int = 0, subdim: Optional[int] = None,
+                    rotate: bool = True) -> Optional[dict]:
+    """The codebooks a ``dtype`` gallery needs ({table: [M, K, s]} and, with ``rotate``,
+    {``codec.rotation_of(table)``: R [M·s, M·s]}; None for a dtype without), trained on
+    ``sample`` {feature: rows [n, *shape]} with ``subdim`` values per one-byte code
+    (``codec.train_rotation``, then ``codec.train_codebook`` on the rotated rows;
+    ``codec.PQ_SUBDIM`` unless given)."""
+    books = {}
+    for k, v in sample.items():
+        if not codec.uses_codebook(dtype, tuple(np.shape(v)[1:])):
+            continue
+        dim = np.shape(v)[-1]
+        rotation = codec.train_rotation(v, dim, seed=seed, subdim=subdim) if rotate else None
+        books[k] = codec.train_codebook(v, dim, seed=seed, subdim=subdim, rotation=rotation)
+        if rotate:
+            books[codec.rotation_of(k)] = rotation
     return books or None
 
 
