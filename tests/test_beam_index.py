@@ -257,3 +257,8 @@ def test_a_pq_gallery_is_assembled_from_float32_shards_with_codebooks_trained_or
     third = str(tmp_path / "third")
     beam_index.assemble(third, work, plan, pq_subdim=4, **quiet)
     assert gallery.Gallery.open(third).codebooks["word"].shape[::2] == (4, 4)
+    # --nopq_rotation: the rows are coded as they are, with no rotation stored.
+    fourth = str(tmp_path / "fourth")
+    beam_index.assemble(fourth, work, plan, pq_rotation=False, **quiet)
+    plain = gallery.Gallery.open(fourth)
+    assert list(plain.codebooks) == ["word"] and plain.codecs["word"].rotation is None

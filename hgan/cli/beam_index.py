@@ -2,7 +2,7 @@ r"""hgan-beam-index: builds the gallery of ``hgan-search index`` with an Apache 
 (``RunInference`` over the export's ``encode_image``; ``hgan.serving.beam_index``).
 
   hgan-beam-index --savedmodel=DIR --images=FOLDER|LIST.txt --index=GALLERY_DIR \
-      [--dtype=float16|float32|int8|pq] [--codebook=GALLERY_DIR] [--pq_subdim=S] \
+      [--dtype=float16|float32|int8|pq] [--codebook=GALLERY_DIR] [--pq_subdim=S] [--nopq_rotation] \
       [--batch_size=32] [--unit_size=500] [--work_dir=DIR] \
       [--quantizer=FILE.faiss] [BEAM OPTIONS]
   hgan-beam-index --savedmodel=DIR --data_dir=TFRECORDS --split=test --index=... [BEAM OPTIONS]
@@ -70,7 +70,8 @@ def main(argv):
                            FLAGS.split, work_dir=FLAGS.work_dir, unit_size=FLAGS.unit_size,
                            batch_size=FLAGS.batch_size, dtype=FLAGS.dtype,
                            quantizer=FLAGS.quantizer, beam_args=argv[1:],
-                           codebook=FLAGS.codebook, pq_subdim=FLAGS.pq_subdim)
+                           codebook=FLAGS.codebook, pq_subdim=FLAGS.pq_subdim,
+                           pq_rotation=FLAGS.pq_rotation)
     return 0
 
 

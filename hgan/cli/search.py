@@ -3,7 +3,7 @@ gallery holds and how a query is scored: ``hgan.serving.searcher``).
 
   hgan-search index --savedmodel=DIR --images=FOLDER|LIST.txt --index=GALLERY_DIR \
       [--shard=i/N] [--dtype=float16|float32|int8|pq] [--codebook=GALLERY_DIR] \
-      [--pq_subdim=S] [--ann=auto|flat|pq] [--batch_size=32]
+      [--pq_subdim=S] [--nopq_rotation] [--ann=auto|flat|pq] [--batch_size=32]
   hgan-search index --savedmodel=DIR --data_dir=TFRECORDS --split=test --index=...
   hgan-search merge --index=GALLERY_DIR SHARD_DIR [SHARD_DIR ...]
   hgan-search quantizer --savedmodel=DIR --images=...|--data_dir=... --quantizer=OUT.faiss \
@@ -81,7 +81,7 @@ def main(argv):
         build_index(FLAGS.savedmodel, FLAGS.index, FLAGS.images, FLAGS.data_dir, FLAGS.split,
                     batch_size=FLAGS.batch_size, shard=FLAGS.shard, dtype=FLAGS.dtype,
                     quantizer=FLAGS.quantizer, codebook=FLAGS.codebook, ann_kind=FLAGS.ann,
-                    pq_subdim=FLAGS.pq_subdim)
+                    pq_subdim=FLAGS.pq_subdim, pq_rotation=FLAGS.pq_rotation)
         return 0
     if len(argv) != 3:
         raise app.UsageError('query takes one quoted sentence: query "a man in a red coat"')

@@ -306,7 +306,8 @@ def _codebook_sample(work_dir: str, plan: dict) -> dict:
 
 def assemble(index: str, work_dir: str, plan: dict, quantizer: Optional[str] = None,
              ann_threshold: int = ann.EXACT_BELOW, log=print,
-             codebook: Optional[str] = None, pq_subdim: Optional[int] = None) -> dict:
+             codebook: Optional[str] = None, pq_subdim: Optional[int] = None,
+             pq_rotation: bool = True) -> dict:
     """Appends every shard to the gallery ``index`` in unit order (a path already there is
     not added again), then its IVF (module docstring). Returns {"images", "added",
     "skipped", "workers": {worker process: its TF_USE_LEGACY_KERAS}}."""
@@ -328,7 +329,7 @@ def assemble(index: str, work_dir: str, plan: dict, quantizer: Optional[str] = N
         if store is None:
             if plan["dtype"] == "pq" and books is None:
                 books = gallery.train_codebooks("pq", _codebook_sample(work_dir, plan),
-                                                subdim=pq_subdim)
+                                                subdim=pq_subdim, rotate=pq_rotation)
             store = gallery.Gallery.create(index, plan["model"],
                                            {k: v.shape[1:] for k, v in feats.items()},
                                            plan["dtype"], source=plan["source"],
@@ -410,9 +411,9 @@ def build_index(savedmodel: str, index: str, images=None, data_dir=None, split="
                 batch_size: int = 32, dtype: str = "float16", quantizer: Optional[str] = None,
                 ann_threshold: int = ann.EXACT_BELOW, beam_args: Sequence[str] = (),
                 log=print, codebook: Optional[str] = None,
-                pq_subdim: Optional[int] = None) -> dict:
+                pq_subdim: Optional[int] = None, pq_rotation: bool = True) -> dict:
     """``hgan-search index``'s gallery built by the Beam pipeline (plan, encode, assemble:
-    the module docstring; ``dtype``, ``codebook`` and ``pq_subdim`` as ``index``'s);
+    the module docstring; ``dtype``, ``codebook``, ``pq_subdim`` and ``pq_rotation`` as ``index``'s);
     ``work_dir`` defaults to ``INDEX/.encoding`` and must be readable and writable by every
     worker (``gs://...`` on Dataflow). Returns {"images",
     "added", "skipped", "workers", "units", "encoded_units", "index"}."""
@@ -442,7 +443,7 @@ def build_index(savedmodel: str, index: str, images=None, data_dir=None, split="
     else:
         try:
             report = assemble(index, work_dir, plan, quantizer, ann_threshold, log, codebook,
-                              pq_subdim)
+                              pq_subdim, pq_rotation)
         except NothingIndexed:
             FileSystems.delete([work_dir])  # every image was skipped: nothing to resume
             raise

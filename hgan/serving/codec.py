@@ -43,7 +43,9 @@ PQ_SUBDIM = 6  # values per PQ sub-vector, at most: 1 byte per 6 float values (d
 PQ_CENTROIDS = 256  # centroids per sub-space (one uint8 code)
 PQ_TRAIN_ROWS = 16_384  # rows a codebook is trained on, at most (a seeded sample): 64
 # per centroid, above FAISS's 39-per-centroid minimum
-OPQ_ITERATIONS = 25  # alternations of rotation and codebook in ``train_rotation``
+OPQ_ITERATIONS = 20  # alternations of rotation and codebook in ``train_rotation``
+OPQ_TRAIN_ROWS = 8_192  # rows a rotation is learnt on, at most: 16 per direction at the
+# paper's 516; its training costs about 80 s a table there (docs/serving.md)
 
 
 def rotation_of(table: str) -> str:
@@ -149,8 +151,8 @@ class PQRows:
         codes = records["c"]  # [n, *rows, M]
         parts = self.codebook[np.arange(self.m), codes]  # [n, *rows, M, sub]
         flat = parts.reshape(*codes.shape[:-1], self.m * self.sub)
-        if self.rotation is not None:
-            flat = flat @ self.rotation
+        if self.rotation is not None:  # one [rows, M·s] product (a batched one is slower)
+            flat = (flat.reshape(-1, self.m * self.sub) @ self.rotation).reshape(flat.shape)
         return flat if self.m * self.sub == self.shape[-1] else np.ascontiguousarray(
             flat[..., :self.shape[-1]])
 
@@ -187,13 +189,14 @@ def _sample(rows, dim: int, seed: int, max_rows: int) -> np.ndarray:
 
 
 def train_rotation(rows, dim: int, seed: int = 0, subdim: Optional[int] = None,
-                   max_rows: int = PQ_TRAIN_ROWS,
+                   max_rows: int = OPQ_TRAIN_ROWS,
                    iterations: int = OPQ_ITERATIONS) -> np.ndarray:
     """The orthogonal R [M·s, M·s] float32 of optimised product quantisation (FAISS's
     ``OPQMatrix``, M sub-spaces, (M, s) = ``sub_width(dim, subdim)``) for rows of ``dim``
-    values (zeros appended to M·s), learnt on the same seeded sample ``train_codebook``
-    takes: it alternates a PQ of the rotated rows with the rotation (an SVD) that brings
-    the rows nearest their codes, ``iterations`` times. y = x·Rᵀ is what is coded."""
+    values (zeros appended to M·s), learnt on a seeded sample of at most ``max_rows``: it
+    alternates a PQ of the rotated rows with the rotation (an SVD) that brings the rows
+    nearest their codes, ``iterations`` times. y = x·Rᵀ is what is coded. A sample with
+    fewer rows than M·s gives the identity (plain PQ)."""
     import faiss
     m, subdim = sub_width(dim, subdim)
     x = _padded(_sample(rows, dim, seed, max_rows), m * subdim)

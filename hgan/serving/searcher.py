@@ -177,7 +177,8 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
                 batch_size: int = 32, log=print, shard: str | None = None,
                 dtype: str = "float16", ann_threshold: int = ann.EXACT_BELOW,
                 quantizer: Optional[str] = None, codebook: Optional[str] = None,
-                ann_kind: str = "auto", pq_subdim: Optional[int] = None) -> dict:
+                ann_kind: str = "auto", pq_subdim: Optional[int] = None,
+                pq_rotation: bool = True) -> dict:
     """Encodes every image not yet in the gallery ``index_path`` (created if absent) and
     appends it, batch by batch (each batch committed: an interrupted run resumes, and a
     gallery cut short is repaired to its whole rows and completed), then brings its IVF up
@@ -189,7 +190,9 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
     one keeps its own). A new ``pq`` gallery's codebooks are those of the gallery
     ``codebook`` (shards that ``merge`` joins share them) or, without one, trained on the
     first ``CODEBOOK_SAMPLE`` images encoded, which are committed once they are, with
-    ``pq_subdim`` values per one-byte code (``codec.PQ_SUBDIM`` unless given).
+    ``pq_subdim`` values per one-byte code (``codec.PQ_SUBDIM`` unless given), its rows
+    turned by a learnt rotation first unless ``pq_rotation`` is false
+    (``gallery.train_codebooks``).
     ``ann_kind``: the IVF's kind (``ann.kinds``). Returns {"images" (in the gallery),
     "added", "skipped", "index"}."""
     served = _load(savedmodel)
@@ -249,7 +252,8 @@ def build_index(savedmodel: str, index_path: str, images=None, data_dir=None, sp
                     index_path, fingerprint, {k: v.shape[1:] for k, v in feats.items()},
                     dtype, source=source_info,
                     codebooks=books or gallery.train_codebooks(dtype, feats,
-                                                                 subdim=pq_subdim))
+                                                                 subdim=pq_subdim,
+                                                                 rotate=pq_rotation))
             store.append(kept, feats)
             added += len(kept)
 
