@@ -30,7 +30,8 @@ widths: bytes per image of float16, int8 and pq (``hgan.serving.codec``, from a 
 own ``bytes_per_item``), the pq store built for --compact synthetic images (codebooks
 trained on ``searcher.CODEBOOK_SAMPLE`` images' tables, then coded and appended; its
 rate gives the 1 M figure, labelled computed), and the time to gather and decode k
-candidates' tables from it. Synthetic vectors throughout; nothing here is asserted.
+candidates' tables from it; then the same for a pq store without its learnt rotation
+(``--nopq_rotation``), whose training and decoding skip the rotation. Synthetic vectors throughout; nothing here is asserted.
 ``--noflat`` leaves out the IVF-Flat (its build, recall and latency), ``--exact_queries``
 sets how many exact one-query searches are timed (each reads the whole memory-map).
 
@@ -292,14 +293,16 @@ def compact_store(rng):
     sample = {name: rng.normal(size=(min(FLAGS.compact, searcher.CODEBOOK_SAMPLE), *s))
               .astype(np.float32) for name, s in PAPER.items()}
     sizes = {}
-    for dtype in ("float16", "int8", "pq"):
-        books = None
+    for form in ("float16", "int8", "pq", "pq plain"):
+        dtype, books = form.split()[0], None
+        label = "pq store" + (" without its rotation (--nopq_rotation)" if "plain" in form
+                              else "")
         if dtype == "pq":
             t0 = time.time()
-            books = gallery.train_codebooks(dtype, sample)
+            books = gallery.train_codebooks(dtype, sample, rotate="plain" not in form)
             train_s = time.time() - t0
-        g = gallery.Gallery.create(os.path.join(FLAGS.dir, f"store_{dtype}"), "bench", PAPER,
-                                   dtype, codebooks=books)
+        g = gallery.Gallery.create(os.path.join(FLAGS.dir, f"store_{form.replace(' ', '_')}"),
+                                   "bench", PAPER, dtype, codebooks=books)
         sizes[dtype] = g.bytes_per_item()
         if dtype != "pq":
             continue
@@ -311,7 +314,7 @@ def compact_store(rng):
             g.append([str(i) for i in range(a, a + m)], {name: v[:m] for name, v in block.items()})
         append_s = time.time() - t0
         rate = FLAGS.compact / append_s
-        print(f"pq store: codebooks trained on {len(sample['word']):,} images' tables in "
+        print(f"{label}: codebooks trained on {len(sample['word']):,} images' tables in "
               f"{train_s:.1f} s; {FLAGS.compact:,} images coded and appended in "
               f"{append_s:.1f} s = {rate:,.0f} images/s, process RSS {before:.0f} → "
               f"{rss_mib():.0f} MiB; 1 M images (computed from that rate): "
@@ -325,7 +328,7 @@ def compact_store(rng):
             t0 = time.perf_counter()
             _ = word[ids], phrase[ids]
             times.append(time.perf_counter() - t0)
-        print(f"pq store: gather and decode {k} candidates' word + phrase tables: "
+        print(f"{label}: gather and decode {k} candidates' word + phrase tables: "
               f"{percentiles(times)}")
     print(f"re-rank store at the paper's widths (global float16 + word and phrase 15 × 512): "
           f"float16 {sizes['float16']:,} B/image, int8 {sizes['int8']:,}, pq "

@@ -303,12 +303,12 @@ def fidelity(savedmodel: str, data_dir: str, dtypes: list) -> None:
         # "pq:6:1:plain": without the rotation.
         dtype, subdim, seed, form = (spec.split(":") + ["", "", ""])[:4]
         path = os.path.join(FLAGS.dir, f"fidelity_{spec.replace(':', '_')}")
-        gallery.train_codebooks = functools.partial(train_codebooks, seed=int(seed or 0),
-                                                    rotate=form != "plain")
+        gallery.train_codebooks = functools.partial(train_codebooks, seed=int(seed or 0))
         try:
             search.build_index(savedmodel, path, data_dir=data_dir, split="test",
                                dtype=dtype, log=lambda *_: None,
-                               pq_subdim=int(subdim) if subdim else None)
+                               pq_subdim=int(subdim) if subdim else None,
+                               pq_rotation=form != "plain")
         finally:
             gallery.train_codebooks = train_codebooks
         store = gallery.Gallery.open(path)

@@ -68,6 +68,8 @@ EXPECTED = {
         rf"  IVF-PQ nprobe   8, short list 40 re-scored exactly: recall@10 {NUMBER}, one "
         rf"query {MS}",
         rf"pq store: gather and decode 10 candidates' word \+ phrase tables: {MS}",
+        rf"pq store without its rotation \(--nopq_rotation\): gather and decode 10 "
+        rf"candidates' word \+ phrase tables: {MS}",
         rf"IVF{NUMBER},Flat by hgan.serving.ann.build: .* loaded by ann.load: "
         r"OnDiskInvertedLists",
         rf"nprobe   8: recall@10 {NUMBER}, one query {MS}",

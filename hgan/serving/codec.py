@@ -21,7 +21,7 @@ feature file is an array of records that is memory-mapped and read at any rows
   quantisation, Ge et al. 2013, FAISS's ``OPQMatrix``; ``train_rotation``), stored once
   per gallery beside the codebook (``rotation.<name>.npy``): y = x·Rᵀ is coded, x̂ = ŷ·R
   decoded. R spreads the variance of correlated channels over the sub-spaces; on the demo
-  model's tables it cuts the squared error of pq at s = 6 from 5.4 % to 2.5 % of the
+  model's word tables it cuts the squared error of pq at s = 6 from 5.4 % to 2.7 % of the
   rows' energy (docs/serving.md). The global embedding stays float16.
 
 Bytes per image at the paper's widths (``global`` 512, ``word`` and ``phrase`` 15 × 512):
