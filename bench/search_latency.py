@@ -6,7 +6,7 @@ HTTP service.
 
   python bench/search_latency.py --savedmodel=SAVEDMODEL --data_dir=TFRECORDS \\
       [--n=100000] [--rerank_k=100] [--top_k=10] [--queries=200] [--nprobe=32] \\
-      [--recall_nprobe=64,128] \\
+      [--recall_nprobe=64,128] [--recall_refine=4,32] \\
       [--exact_queries=20] [--dtype=float16|int8|pq] [--ann=auto|flat|pq]
       [--fidelity=float32,float16,int8,pq,pq:8,pq:6:1] [--dir=/tmp/search_bench]
   python bench/search_latency.py --small
@@ -32,7 +32,8 @@ below ``ann.EXACT_BELOW`` images; --exact_queries queries), then with the IVF th
 ``hgan.serving.ann.build`` makes (what ``hgan-search index`` builds above that size; built
 here at any size) and --nprobe, and the IVF's recall@K against exact search for every
 query's caption embedding (stage 1's K candidates, the ones the re-rank reads), with
-stage 1's one-query latency, at --nprobe and each --recall_nprobe. Then the service as it
+stage 1's one-query latency, at --nprobe and each --recall_nprobe (an IVF-PQ also with
+each --recall_refine short list). Then the service as it
 is deployed: ``hgan-serve`` in its own process over the same gallery and IVF, POST
 /api/search round trips one at a time, p50 / p99, and that process's memory after them
 (/proc: VmRSS, of it anonymous and file-backed pages, and its peak) beside the same
@@ -101,6 +102,9 @@ def define_flags():
                          "service).")
     flags.DEFINE_list("recall_nprobe", ["64", "128"], "Stage 1's recall@K and one-query "
                       "latency are also measured at these nprobe (besides --nprobe).")
+    flags.DEFINE_list("recall_refine", [], "An IVF-PQ's recall and latency are also "
+                      "measured with these short lists (candidates re-scored per result; "
+                      "besides ann.REFINE).")
     flags.DEFINE_enum("dtype", "float16", ["float16", "float32", "int8", "pq"],
                       "How the synthetic gallery stores its features (hgan.serving.codec).")
     flags.DEFINE_enum("ann", "auto", ["auto", "flat", "pq"], "The IVF's kind (auto: by "
@@ -418,14 +422,18 @@ def main(argv):
         served.signatures[ENCODE_TEXT](sentences=tf.constant(queries[a:a + 64]))[GLOBAL]
         .numpy() for a in range(0, len(queries), 64)])
     truth = exact.stage1.search(vectors, k)[1]
-    saved = ivf.stage1.index.nprobe
+    stage1 = ann.Searcher(ivf.stage1.vectors, ivf.stage1.index, FLAGS.nprobe)  # as served
+    saved = stage1.index.nprobe, stage1.refine
+    refines = sorted({saved[1], *map(int, FLAGS.recall_refine)}) if saved[1] else [0]
     for nprobe in sorted({FLAGS.nprobe, *map(int, FLAGS.recall_nprobe)}):
-        ivf.stage1.index.nprobe = nprobe
-        recall, times = recall_and_latency(ivf.stage1, vectors, truth, k, batch=64)
-        print(f"stage 1 recall@{k} of the IVF against exact search, the {len(queries)} "
-              f"captions' embeddings, nprobe {nprobe:3d}: {recall:.3f}; one query "
-              f"{percentiles(times)}")
-    ivf.stage1.index.nprobe = saved
+        for refine in refines:
+            stage1.index.nprobe, stage1.refine = nprobe, refine
+            recall, times = recall_and_latency(stage1, vectors, truth, k, batch=64)
+            print(f"stage 1 recall@{k} of the IVF against exact search, the {len(queries)} "
+                  f"captions' embeddings, nprobe {nprobe:3d}"
+                  + (f", short list {refine * k}" if refine else "")
+                  + f": {recall:.3f}; one query {percentiles(times)}")
+    stage1.index.nprobe, stage1.refine = saved
 
     small = os.path.join(FLAGS.dir, "baseline")  # the same shapes, BASELINE images, no IVF
     store = gallery.Gallery.create(small, gallery.model_fingerprint(FLAGS.savedmodel), shapes,

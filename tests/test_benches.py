@@ -65,7 +65,7 @@ EXPECTED = {
         r"re-rank store at the paper's widths \(global float16 \+ word and phrase 15 × 512\): "
         r"float16 31,744 B/image, int8 16,504, pq 3,604 \(8\.8x smaller than float16; .*\)",
         rf"gather 10 candidates' word \+ phrase tables \(page cache as it is\): {MS}",
-        rf"  IVF-PQ nprobe   8, short list 40 re-scored exactly: recall@10 {NUMBER}, one "
+        rf"  IVF-PQ nprobe   8, short list 160 re-scored exactly: recall@10 {NUMBER}, one "
         rf"query {MS}",
         rf"pq store: gather and decode 10 candidates' word \+ phrase tables: {MS}",
         rf"pq store without its rotation \(--nopq_rotation\): gather and decode 10 "
@@ -107,8 +107,8 @@ EXPECTED = {
         rf"2,000 images {NUMBER} / {NUMBER} / {NUMBER} / {NUMBER}; 1,000 images {NUMBER} / "
         rf"{NUMBER} / {NUMBER} / {NUMBER}",
         rf"stage 1 recall@20 of the IVF against exact search, the 20 captions' embeddings, "
-        rf"nprobe   8: {NUMBER}; one query {MS}",
-        rf"nprobe  16: {NUMBER}; one query {MS}",
+        rf"nprobe   8(, short list \d+)?: {NUMBER}; one query {MS}",
+        rf"nprobe  16(, short list \d+)?: {NUMBER}; one query {MS}",
         r"global vectors: memmap of .*feat\.global\.bin",
         rf"fidelity, int8 \({NUMBER} B/image\): t2i R1 {NUMBER} \([-+]{NUMBER}\) mAP {NUMBER} "
         rf"\([-+]{NUMBER}\); i2t R1 {NUMBER} \([-+]{NUMBER}\) mAP {NUMBER} \([-+]{NUMBER}\)",

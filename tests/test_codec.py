@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from hgan.serving import codec, gallery
+from hgan.serving import ann, codec, gallery
 
 PAPER = {"global": (512,), "word": (15, 512), "phrase": (15, 512)}
 
@@ -228,7 +228,7 @@ def test_a_gallery_indexed_int8_or_pq_ranks_the_test_captions_as_float32(hgan_ex
     # A codebook and a rotation per table.
     books = gallery.Gallery.open(paths["pq"]).codebooks
     assert books.keys() == {"word", "phrase", "word.rotation", "phrase.rotation"}
-    assert searcher.Searcher(hgan_export, paths["pq"]).stage1.refine == 4
+    assert searcher.Searcher(hgan_export, paths["pq"]).stage1.refine == ann.REFINE
     # Every caption's best image is float32's; the whole order is for 10 of the 12
     # captions (the other two swap two images whose fused scores lie 0.005 apart, where
     # int8's per-row step moves a Gumbel top-k selection). The pq codebooks of a 6-image
