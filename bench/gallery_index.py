@@ -31,7 +31,8 @@ own ``bytes_per_item``), the pq store built for --compact synthetic images (code
 trained on ``searcher.CODEBOOK_SAMPLE`` images' tables, then coded and appended; its
 rate gives the 1 M figure, labelled computed), and the time to gather and decode k
 candidates' tables from it; then the same for a pq store without its learnt rotation
-(``--nopq_rotation``), whose training and decoding skip the rotation. Synthetic vectors throughout; nothing here is asserted.
+(``--nopq_rotation``), whose training and decoding skip the rotation. Synthetic vectors
+throughout; nothing here is asserted.
 ``--noflat`` leaves out the IVF-Flat (its build, recall and latency), ``--exact_queries``
 sets how many exact one-query searches are timed (each reads the whole memory-map).
 
@@ -83,10 +84,23 @@ def synthetic(n, dim, seed=0, chunk=100_000):
     return out
 
 
+MEMORY = ("VmRSS", "RssAnon", "RssFile", "VmHWM")  # /proc/PID/status lines, kB
+
+
+def process_memory(pid="self") -> dict:
+    """``MEMORY`` of process ``pid`` now (Linux /proc), MiB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in MEMORY:
+                out[name] = int(value.split()[0]) / 1024
+    return out
+
+
 def rss_mib() -> float:
-    """This process's resident memory now (Linux /proc), MiB."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    """This process's resident memory now (VmRSS), MiB."""
+    return process_memory()["VmRSS"]
 
 
 def percentiles(times_s):

@@ -77,7 +77,7 @@ from absl import app, flags
 import numpy as np
 
 import _small
-from gallery_index import percentiles, recall_and_latency, synthetic
+from gallery_index import MEMORY, percentiles, process_memory, recall_and_latency, synthetic
 
 FLAGS = flags.FLAGS
 SMALL = {"n": 2000, "rerank_k": 20, "top_k": 5, "queries": 20, "exact_queries": 5,
@@ -129,20 +129,6 @@ def _post(url: str, body: dict) -> dict:
                                      {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.load(response)
-
-
-MEMORY = ("VmRSS", "RssAnon", "RssFile", "VmHWM")  # /proc/PID/status lines, kB
-
-
-def process_memory(pid: int) -> dict:
-    """``MEMORY`` of process ``pid`` (Linux /proc), MiB."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            name, _, value = line.partition(":")
-            if name in MEMORY:
-                out[name] = int(value.split()[0]) / 1024
-    return out
 
 
 def served_requests(index: str, queries, body) -> tuple:

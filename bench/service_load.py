@@ -31,6 +31,7 @@ from absl import app, flags
 import numpy as np
 
 import _small
+from gallery_index import rss_mib
 
 FLAGS = flags.FLAGS
 SMALL = {"clients": 2, "requests": 5, "top_k": 5}
@@ -49,14 +50,6 @@ def define_flags():
     flags.DEFINE_integer("rerank_k", None, "Candidates re-ranked per request (default: the "
                          "export's eval.rerank_k).")
     _small.define_flag()
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main(argv):
