@@ -32,6 +32,7 @@ ranking of a test split.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import numpy as np
@@ -180,6 +181,19 @@ def sub_width(dim: int, most: Optional[int] = None) -> tuple:
     return m, -(-dim // m)
 
 
+@contextlib.contextmanager
+def _one_thread(faiss):
+    """FAISS on one OpenMP thread inside: a sub-space's k-means is small (6-d), and
+    OpenMP's barriers in each iteration cost more than a second thread saves (6x slower
+    with two on a busy 2-core machine)."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
 def _sample(rows, dim: int, seed: int, max_rows: int) -> np.ndarray:
     """``rows`` [..., dim] as [n, dim] float32, a seeded sample of at most ``max_rows``."""
     x = np.asarray(rows, np.float32).reshape(-1, dim)
@@ -209,12 +223,8 @@ def train_rotation(rows, dim: int, seed: int = 0, subdim: Optional[int] = None,
     pq = faiss.ProductQuantizer(m * subdim, m, min(8, int(np.log2(len(x)))))
     pq.cp.min_points_per_centroid = 1
     opq.pq = pq
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # as in train_codebook: small k-means, costly barriers
-    try:
+    with _one_thread(faiss):
         opq.train(x)  # FAISS seeds its own first rotation and k-means
-    finally:
-        faiss.omp_set_num_threads(threads)
     return faiss.vector_to_array(opq.A).reshape(m * subdim, m * subdim).astype(np.float32)
 
 
@@ -236,20 +246,13 @@ def train_codebook(rows, dim: int, seed: int = 0, subdim: Optional[int] = None,
     if k < 1:
         raise ValueError("no rows to train a PQ codebook on")
     book = np.zeros((m, k, subdim), np.float32)
-    # One thread: a sub-space's k-means is small (6-d), and OpenMP's barriers in each
-    # iteration cost more than a second thread saves (6x slower with two on a busy 2-core
-    # machine).
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
+    with _one_thread(faiss):
         for j in range(m):
             part = np.ascontiguousarray(x[:, j * subdim:(j + 1) * subdim])
             km = faiss.Kmeans(subdim, k, niter=20, seed=seed + j, verbose=False,
                               min_points_per_centroid=1)
             km.train(part)
             book[j] = km.centroids
-    finally:
-        faiss.omp_set_num_threads(threads)
     if k < centroids:
         book = np.concatenate([book, np.repeat(book[:, -1:], centroids - k, axis=1)], axis=1)
     return book
