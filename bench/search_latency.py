@@ -423,7 +423,7 @@ def main(argv):
 
     small = os.path.join(FLAGS.dir, "baseline")  # the same shapes, BASELINE images, no IVF
     store = gallery.Gallery.create(small, gallery.model_fingerprint(FLAGS.savedmodel), shapes,
-                                   FLAGS.dtype, codebooks=gallery.Gallery.open(path).codebooks)
+                                   FLAGS.dtype, codebooks=store.codebooks)
     store.append([f"synthetic/{i}.jpg" for i in range(BASELINE)],
                  {GLOBAL: synthetic(BASELINE, dim, seed=1),
                   **{name: rng.normal(size=(BASELINE, *s)).astype(np.float16)

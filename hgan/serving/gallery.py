@@ -223,18 +223,15 @@ class Gallery:
                         "updated": now, "checksums": checksums.empty()}
             if tables:
                 manifest["codebooks"] = {}
-                for name in tables:
-                    book = np.ascontiguousarray(codebooks[name], np.float32)
-                    np.save(os.path.join(path, _codebook_file(name)), book)
-                    manifest["codebooks"][name] = {"file": _codebook_file(name),
-                                                   "sha256": _digest(book),
-                                                   "subdim": int(book.shape[-1])}
-                    turn = codec.rotation_of(name)
-                    if codebooks.get(turn) is not None:
-                        rotation = np.ascontiguousarray(codebooks[turn], np.float32)
-                        np.save(os.path.join(path, _codebook_file(turn)), rotation)
-                        manifest["codebooks"][turn] = {"file": _codebook_file(turn),
-                                                       "sha256": _digest(rotation)}
+                for name in tables:  # its codebook, and its rotation if it has one
+                    for key in (name, codec.rotation_of(name)):
+                        if codebooks.get(key) is None:
+                            continue
+                        array = np.ascontiguousarray(codebooks[key], np.float32)
+                        np.save(os.path.join(path, _codebook_file(key)), array)
+                        manifest["codebooks"][key] = {"file": _codebook_file(key),
+                                                      "sha256": _digest(array)}
+                    manifest["codebooks"][name]["subdim"] = int(codebooks[name].shape[-1])
             for name in manifest["features"]:
                 open(os.path.join(path, _feature_file(name)), "wb").close()
             open(os.path.join(path, PATHS), "wb").close()
