@@ -32,10 +32,11 @@ ranking of a test split.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import numpy as np
+
+from hgan.serving import openmp
 
 PLAIN = ("float16", "float32")
 DTYPES = PLAIN + ("int8", "pq")
@@ -149,16 +150,33 @@ class PQRows:
         return out
 
     def decode(self, records) -> np.ndarray:
+        """Each code → its centroid (FAISS's decoder, ~10x NumPy's fancy indexing), the
+        row turned back through R (``_times``), the padding dropped."""
         codes = records["c"]  # [n, *rows, M]
-        parts = self.codebook[np.arange(self.m), codes]  # [n, *rows, M, sub]
-        flat = parts.reshape(*codes.shape[:-1], self.m * self.sub)
-        if self.rotation is not None:  # one [rows, M·s] product (a batched one is slower)
-            flat = (flat.reshape(-1, self.m * self.sub) @ self.rotation).reshape(flat.shape)
-        return flat if self.m * self.sub == self.shape[-1] else np.ascontiguousarray(
+        width = self.m * self.sub
+        flat = np.ascontiguousarray(codes).reshape(-1, self.m)
+        if len(flat):
+            with openmp.one_thread():  # no OpenMP threads left spinning beside the matmul
+                flat = self._quantizer().decode(flat)
+        else:
+            flat = np.zeros((0, width), np.float32)
+        if self.rotation is not None:
+            flat = _times(flat, self.rotation)
+        flat = flat.reshape(*codes.shape[:-1], width)
+        return flat if width == self.shape[-1] else np.ascontiguousarray(
             flat[..., :self.shape[-1]])
 
     def file_dtype(self):
         return self.record, ()
+
+
+def _times(x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """x [n, a] · matrix [a, b] as float32, by TensorFlow's matmul (oneDNN): decoding a
+    query's candidates is one [rows, M·s] × [M·s, M·s] product (100 candidates at the
+    paper's widths: 2.2 GFLOP), which oneDNN's AVX-512 kernels run in ~0.6x the time of
+    NumPy's OpenBLAS build (``bench/gallery_index.py``, "gather + decode")."""
+    from hgan.tf_compat import tf
+    return tf.linalg.matmul(x, matrix).numpy()
 
 
 def _padded(x: np.ndarray, width: int) -> np.ndarray:
@@ -179,19 +197,6 @@ def sub_width(dim: int, most: Optional[int] = None) -> tuple:
         raise ValueError(f"a PQ sub-vector holds at least one value, got {most}")
     m = -(-dim // most)
     return m, -(-dim // m)
-
-
-@contextlib.contextmanager
-def _one_thread(faiss):
-    """FAISS on one OpenMP thread inside: a sub-space's k-means is small (6-d), and
-    OpenMP's barriers in each iteration cost more than a second thread saves (6x slower
-    with two on a busy 2-core machine)."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(threads)
 
 
 def _sample(rows, dim: int, seed: int, max_rows: int) -> np.ndarray:
@@ -223,7 +228,7 @@ def train_rotation(rows, dim: int, seed: int = 0, subdim: Optional[int] = None,
     pq = faiss.ProductQuantizer(m * subdim, m, min(8, int(np.log2(len(x)))))
     pq.cp.min_points_per_centroid = 1
     opq.pq = pq
-    with _one_thread(faiss):
+    with openmp.one_thread():
         opq.train(x)  # FAISS seeds its own first rotation and k-means
     return faiss.vector_to_array(opq.A).reshape(m * subdim, m * subdim).astype(np.float32)
 
@@ -246,7 +251,7 @@ def train_codebook(rows, dim: int, seed: int = 0, subdim: Optional[int] = None,
     if k < 1:
         raise ValueError("no rows to train a PQ codebook on")
     book = np.zeros((m, k, subdim), np.float32)
-    with _one_thread(faiss):
+    with openmp.one_thread():
         for j in range(m):
             part = np.ascontiguousarray(x[:, j * subdim:(j + 1) * subdim])
             km = faiss.Kmeans(subdim, k, niter=20, seed=seed + j, verbose=False,
