@@ -5,7 +5,7 @@ signature → top k), warm, one query at a time, on this machine; and the same t
 HTTP service.
 
   python bench/search_latency.py --savedmodel=SAVEDMODEL --data_dir=TFRECORDS \\
-      [--n=100000] [--rerank_k=100] [--top_k=10] [--queries=200] [--nprobe=32] \\
+      [--n=100000] [--rerank_k=100] [--top_k=10] [--queries=200] [--nprobe=N] \\
       [--recall_nprobe=64,128] [--recall_refine=4,32] \\
       [--exact_queries=20] [--dtype=float16|int8|pq] [--ann=auto|flat|pq]
       [--fidelity=float32,float16,int8,pq,pq:8,pq:6:1] [--dir=/tmp/search_bench]
@@ -98,9 +98,9 @@ def define_flags():
     flags.DEFINE_integer("queries", 200, "Timed queries (after 5 warm-up ones), IVF and "
                          "service.")
     flags.DEFINE_integer("exact_queries", 20, "Timed queries with exact stage 1.")
-    flags.DEFINE_integer("nprobe", 32, "IVF lists probed per query (Searcher.query and the "
-                         "service).")
-    flags.DEFINE_list("recall_nprobe", ["64", "128"], "Stage 1's recall@K and one-query "
+    flags.DEFINE_integer("nprobe", None, "IVF lists probed per query (Searcher.query and the "
+                         "service); default: the IVF kind's (ann.NPROBE), as served.")
+    flags.DEFINE_list("recall_nprobe", ["32", "64"], "Stage 1's recall@K and one-query "
                       "latency are also measured at these nprobe (besides --nprobe).")
     flags.DEFINE_list("recall_refine", [], "An IVF-PQ's recall and latency are also "
                       "measured with these short lists (candidates re-scored per result; "
@@ -140,7 +140,8 @@ def served_requests(index: str, queries, body) -> tuple:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "hgan.cli.serve", f"--savedmodel={FLAGS.savedmodel}",
-         f"--index={index}", "--port=0", "--reload_every=0", f"--nprobe={FLAGS.nprobe}"],
+         f"--index={index}", "--port=0", "--reload_every=0",
+         *([f"--nprobe={FLAGS.nprobe}"] if FLAGS.nprobe else [])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         lines = []
@@ -358,7 +359,8 @@ def main(argv):
     dim = shapes[GLOBAL][0]
     k = FLAGS.rerank_k
     print(f"{FLAGS.savedmodel}: features {shapes}; {len(captions)} test captions; "
-          f"n = {FLAGS.n:,}, re-rank K = {k}, top {FLAGS.top_k}, nprobe {FLAGS.nprobe}")
+          f"n = {FLAGS.n:,}, re-rank K = {k}, top {FLAGS.top_k}, nprobe "
+          f"{FLAGS.nprobe or 'by the IVF kind (ann.NPROBE)'}")
 
     t0 = time.time()
     path = os.path.join(FLAGS.dir, "gallery")
@@ -398,25 +400,26 @@ def main(argv):
                                          f" (hgan-search index builds one from "
                                          f"{ann.EXACT_BELOW:,} images; here for the figure)"))
     ivf = search.Searcher(FLAGS.savedmodel, path, nprobe=FLAGS.nprobe)
+    nprobe = int(ivf.stage1.index.nprobe)  # --nprobe, else the kind's default
     import faiss
     lists = type(faiss.downcast_InvertedLists(faiss.extract_index_ivf(ivf.stage1.index)
                                               .invlists)).__name__
     print(f"IVF lists: {lists} of {os.path.join(path, search.ANN_FILE)} (ann.load: "
           f"memory-mapped); global vectors still {type(ivf.stage1.vectors).__name__}")
-    report(f"IVF{index.nlist} nprobe {FLAGS.nprobe} over {FLAGS.n:,}", Phases(ivf), queries, k)
+    report(f"IVF{index.nlist} nprobe {nprobe} over {FLAGS.n:,}", Phases(ivf), queries, k)
     vectors = np.concatenate([
         served.signatures[ENCODE_TEXT](sentences=tf.constant(queries[a:a + 64]))[GLOBAL]
         .numpy() for a in range(0, len(queries), 64)])
     truth = exact.stage1.search(vectors, k)[1]
-    stage1 = ann.Searcher(ivf.stage1.vectors, ivf.stage1.index, FLAGS.nprobe)  # as served
+    stage1 = ann.Searcher(ivf.stage1.vectors, ivf.stage1.index, nprobe)  # as served
     saved = stage1.index.nprobe, stage1.refine
     refines = sorted({saved[1], *map(int, FLAGS.recall_refine)}) if saved[1] else [0]
-    for nprobe in sorted({FLAGS.nprobe, *map(int, FLAGS.recall_nprobe)}):
+    for probed in sorted({nprobe, *map(int, FLAGS.recall_nprobe)}):
         for refine in refines:
-            stage1.index.nprobe, stage1.refine = nprobe, refine
+            stage1.index.nprobe, stage1.refine = probed, refine
             recall, times = recall_and_latency(stage1, vectors, truth, k, batch=64)
             print(f"stage 1 recall@{k} of the IVF against exact search, the {len(queries)} "
-                  f"captions' embeddings, nprobe {nprobe:3d}"
+                  f"captions' embeddings, nprobe {probed:3d}"
                   + (f", short list {refine * k}" if refine else "")
                   + f": {recall:.3f}; one query {percentiles(times)}")
     stage1.index.nprobe, stage1.refine = saved
@@ -432,7 +435,7 @@ def main(argv):
     base_times, base_memory = served_requests(small, queries, body)
     times, memory = served_requests(path, queries, body)
     print(f"service (hgan-serve, its own process), POST /api/search over the {FLAGS.n:,} "
-          f"gallery (IVF, nprobe {FLAGS.nprobe}, K = {k}), {len(queries)} requests one at a "
+          f"gallery (IVF, nprobe {nprobe}, K = {k}), {len(queries)} requests one at a "
           f"time: {percentiles(times)}")
     print(f"  over a {BASELINE:,}-image gallery of the same shapes (exact stage 1): "
           f"{percentiles(base_times)}")

@@ -144,6 +144,26 @@ def test_ivf_pq_rescores_its_short_list_exactly_and_recalls_exact_search_at_100(
     assert ann.kind_for(524_288, 512) == "flat" and ann.kind_for(524_289, 512) == "pq"
 
 
+def test_nprobe_defaults_by_the_ivf_kind_and_a_lone_query_ranks_as_in_a_batch():
+    faiss = pytest.importorskip("faiss")
+    rng = np.random.default_rng(2)
+    vectors = ann.normalise(rng.normal(size=(4000, 16))).astype(np.float32)
+    queries = ann.normalise(rng.normal(size=(6, 16)))
+    for kind in ann.KINDS:
+        index = ann.build(vectors, threshold=0, kind=kind, nlist=64, train_size=4000)
+        assert ann.Searcher(vectors, index).index.nprobe == ann.NPROBE[kind]
+        searcher = ann.Searcher(vectors, index, nprobe=5)
+        assert index.nprobe == 5
+        threads = faiss.omp_get_max_threads()
+        batch = searcher.search(queries, 10)
+        for q in range(len(queries)):  # a lone query runs FAISS on one OpenMP thread
+            alone = searcher.search(queries[q], 10)
+            np.testing.assert_array_equal(alone[1][0], batch[1][q])
+            np.testing.assert_allclose(alone[0][0], batch[0][q], rtol=1e-6)
+        assert faiss.omp_get_max_threads() == threads  # restored after each
+    assert ann.NPROBE["pq"] > ann.NPROBE["flat"]  # a PQ short list needs more lists
+
+
 def _committed(path, n=6, dtype="float32"):
     """A closed gallery of n rows "0" .. "n-1" (rows of seed 3) → the rows appended."""
     rows = _rows(n, 3)

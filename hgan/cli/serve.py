@@ -2,7 +2,7 @@
 (``hgan.serving.service``).
 
   hgan-serve --savedmodel=demo_out/savedmodel --index=demo_out/gallery \
-      [--host=127.0.0.1] [--port=8080] [--nprobe=32] [--reload_every=30]
+      [--host=127.0.0.1] [--port=8080] [--nprobe=N] [--reload_every=30]
 
 Then open http://127.0.0.1:8080/ (or POST {"text": ...} to /api/search). The gallery comes
 from ``hgan-search index``; one made by another model, or one whose files are damaged, is
@@ -26,7 +26,9 @@ def define_flags():
     flags.DEFINE_string("index", None, "Gallery directory (hgan-search index).")
     flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (loopback by default).")
     flags.DEFINE_integer("port", 8080, "Port (0: any free one).")
-    flags.DEFINE_integer("nprobe", 32, "IVF lists visited per query (galleries with an IVF).")
+    flags.DEFINE_integer("nprobe", None, "IVF lists visited per query (galleries with an "
+                         "IVF); default by the IVF's kind: 32 for IVF-Flat, 128 for IVF-PQ.",
+                         lower_bound=1)
     flags.DEFINE_float("reload_every", 30.0, "Seconds between checks of the gallery's files; "
                        "a changed gallery that checks out is served in place of the loaded "
                        "one (0: only on POST /api/reload).")

@@ -30,11 +30,16 @@ from typing import Optional
 import numpy as np
 
 from hgan.evaluation.metrics import unit_rows as normalise  # noqa: F401 (also ann's API)
+from hgan.serving import openmp
 
 EXACT_BELOW = 50_000  # galleries smaller than this are searched exactly (a matmul)
 FLAT_MAX_BYTES = 1 << 30  # an IVF-Flat's float vectors up to this; IVF-PQ above
 KINDS = ("flat", "pq")
 PQ_SUBDIM = 8  # IVF-PQ: one byte of code per 8 dimensions
+NPROBE = {"flat": 32, "pq": 128}  # lists probed per query unless told, by the IVF's kind.
+# An IVF-Flat's lists hold whole vectors: at 1 M × 512 recall@100 is 1.000 from nprobe 16.
+# An IVF-PQ's short list is chosen by its codes: for caption embeddings far from every list
+# recall@100 is 0.885 at nprobe 32 and 0.969 at 128, for ~1 ms more (docs/serving.md).
 REFINE = 16  # IVF-PQ: candidates re-scored exactly per result asked. At 1 M × 512 (IVF4000,
 # nprobe 32, docs/serving.md) recall@100 is 1.000 for queries near gallery vectors (0.987
 # with 4) and 0.885 for caption embeddings far from every list (0.776 with 4), whose
@@ -186,17 +191,18 @@ def _misplaced_by_lists(index, vectors, samples: int) -> Optional[int]:
 
 class Searcher:
     """Top-k by cosine over a gallery's global embeddings [N, D] (a memory-map or a
-    ``codec.Decoded`` view is fine): the FAISS ``index`` when given, else exact (chunked
-    matmul). An index that holds the first ``index.ntotal`` rows only has the rows past
+    ``codec.Decoded`` view is fine): the FAISS ``index`` when given, probing ``nprobe``
+    lists (``NPROBE`` of its kind unless given), else exact (chunked matmul). An index that holds the first ``index.ntotal`` rows only has the rows past
     them searched exactly. An IVF-PQ's ``refine`` · k candidates are re-scored exactly
     with ``vectors`` (the short list's rows read in file order)."""
 
-    def __init__(self, vectors, index=None, nprobe: int = 32, chunk: int = 65536,
-                 refine: int = REFINE):
+    def __init__(self, vectors, index=None, nprobe: Optional[int] = None,
+                 chunk: int = 65536, refine: int = REFINE):
         self.vectors, self.index, self.chunk = vectors, index, chunk
-        self.refine = int(refine) if index is not None and kind_of(index) == "pq" else 0
+        kind = kind_of(index) if index is not None else None
+        self.refine = int(refine) if kind == "pq" else 0
         if index is not None:
-            index.nprobe = int(nprobe)
+            index.nprobe = int(nprobe) if nprobe else NPROBE[kind]
 
     @property
     def exact(self) -> bool:
@@ -220,7 +226,7 @@ class Searcher:
         if self.refine:
             scores, ids = self._refined(queries, k)
         else:
-            scores, ids = self.index.search(queries, k)
+            scores, ids = self._ivf(queries, k)
         if not self.tail:
             return scores, ids
         tail_s, tail_i = self._exact(queries, min(k, self.tail), n - self.tail)
@@ -229,10 +235,19 @@ class Searcher:
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
+    def _ivf(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The IVF's search; a lone query's on one OpenMP thread (``openmp.one_thread``:
+        FAISS shares a search out by query, and idle OpenMP threads left spinning slow the
+        TensorFlow calls around a served query)."""
+        if len(queries) > 1:
+            return self.index.search(queries, k)
+        with openmp.one_thread():
+            return self.index.search(queries, k)
+
     def _refined(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The IVF-PQ's ``refine`` · k best of each query re-scored by the exact cosine of
         their stored vectors → the top k (padded with id -1, score -inf)."""
-        _, short = self.index.search(queries, min(k * self.refine, int(self.index.ntotal)))
+        _, short = self._ivf(queries, min(k * self.refine, int(self.index.ntotal)))
         out_s = np.full((len(queries), k), -np.inf, np.float32)
         out_i = np.full((len(queries), k), -1, np.int64)
         for q, (query, ids) in enumerate(zip(queries, short)):

@@ -536,7 +536,7 @@ class Searcher:
     loaded when it has one), served until ``reload`` replaces it with the state on disk.
     A query reads the state it started with to its end."""
 
-    def __init__(self, savedmodel: str, index_path: str, nprobe: int = 32):
+    def __init__(self, savedmodel: str, index_path: str, nprobe: Optional[int] = None):
         if not os.path.isdir(index_path):
             raise FileNotFoundError(f"{index_path} is not a gallery folder (hgan-search index "
                                     "builds one)")

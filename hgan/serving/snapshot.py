@@ -97,7 +97,7 @@ class Snapshot:
         return len(self.store)
 
     @classmethod
-    def open(cls, path: str, model: Optional[str] = None, nprobe: int = 32,
+    def open(cls, path: str, model: Optional[str] = None, nprobe: Optional[int] = None,
              previous: Optional["Snapshot"] = None, attempts: int = 5) -> "Snapshot":
         """The gallery at ``path`` as it is on disk, checked (``gallery.GalleryDamaged``,
         ``gallery.ModelMismatch``, ``IVFError``); ``previous``, an earlier snapshot of
