@@ -100,6 +100,10 @@ def test_a_rotated_pq_codes_x_times_r_transposed_and_decodes_back_through_r():
     assert records.dtype.itemsize == 5 * 5  # the rotation costs no bytes per image
     with pytest.raises(ValueError, match="does not turn rows of 20"):
         codec.PQRows((5, 20), book, np.eye(16, dtype=np.float32))
+    # Fewer rows than directions: no rotation is learnt, none is stored (plain PQ).
+    assert codec.train_rotation(x[:3], 20, subdim=4) is None
+    books = gallery.train_codebooks("pq", {"word": x[:3]}, subdim=4)
+    assert set(books) == {"word"}
 
 
 def test_the_rotation_lowers_the_error_of_pq_on_rows_whose_channels_are_correlated():

@@ -209,18 +209,19 @@ def _sample(rows, dim: int, seed: int, max_rows: int) -> np.ndarray:
 
 def train_rotation(rows, dim: int, seed: int = 0, subdim: Optional[int] = None,
                    max_rows: int = OPQ_TRAIN_ROWS,
-                   iterations: int = OPQ_ITERATIONS) -> np.ndarray:
+                   iterations: int = OPQ_ITERATIONS) -> Optional[np.ndarray]:
     """The orthogonal R [M·s, M·s] float32 of optimised product quantisation (FAISS's
     ``OPQMatrix``, M sub-spaces, (M, s) = ``sub_width(dim, subdim)``) for rows of ``dim``
     values (zeros appended to M·s), learnt on a seeded sample of at most ``max_rows``: it
     alternates a PQ of the rotated rows with the rotation (an SVD) that brings the rows
     nearest their codes, ``iterations`` times. y = x·Rᵀ is what is coded. A sample with
-    fewer rows than M·s gives the identity (plain PQ)."""
+    fewer rows than M·s gives None: no rotation is learnt (plain PQ, and no product to
+    pay when decoding)."""
     import faiss
     m, subdim = sub_width(dim, subdim)
     x = _padded(_sample(rows, dim, seed, max_rows), m * subdim)
     if len(x) < max(2, m * subdim):  # fewer rows than directions (FAISS aborts): none
-        return np.eye(m * subdim, dtype=np.float32)
+        return None
     opq = faiss.OPQMatrix(m * subdim, m)
     opq.niter = int(iterations)
     opq.verbose = False

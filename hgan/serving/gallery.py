@@ -552,7 +552,7 @@ def train_codebooks(dtype: str, sample: dict, seed: int = 0, subdim: Optional[in
         dim = np.shape(v)[-1]
         rotation = codec.train_rotation(v, dim, seed=seed, subdim=subdim) if rotate else None
         books[k] = codec.train_codebook(v, dim, seed=seed, subdim=subdim, rotation=rotation)
-        if rotate:
+        if rotation is not None:  # None: too few rows to learn one
             books[codec.rotation_of(k)] = rotation
     return books or None
 
