@@ -272,6 +272,30 @@ def test_a_longer_caption_in_the_batch_changes_no_text_feature(config):
     np.testing.assert_array_equal(alone["word"].numpy()[0, 4:], 0.0)  # 4 words, slots 0-3
 
 
+@pytest.mark.parametrize("use_bert", [True, False])
+def test_bert_on_the_longest_caption_gives_the_full_length_features(tiny_data, config,
+                                                                     use_bert):
+    """``encode_text(trim=True)`` (the export's encoders) runs the token embedder on the
+    batch's longest caption only: every text feature is the full-length call's, and so
+    are the scores; BERT's and the word-embedding row's."""
+    if not use_bert:
+        config = config.replace(use_bert=False, text_vocab="words")
+    model = build_model(config, vocab_size=40, num_classes=6)
+    batch = _batch(tiny_data, config)
+    assert int(batch["input_mask"].numpy().sum(1).max()) < config.data.max_len  # trims
+    want = model.encode_text(batch, training=False)
+    got = model.encode_text(batch, training=False, trim=True)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key].shape == want[key].shape, key
+        np.testing.assert_allclose(got[key].numpy(), want[key].numpy(), rtol=1e-5, atol=1e-5,
+                                   err_msg=key)
+    image = model.encode_image(batch["image"], training=False)
+    for level, value in model.score(got, image).items():
+        np.testing.assert_allclose(value.numpy(), model.score(want, image)[level].numpy(),
+                                   rtol=1e-5, atol=1e-6, err_msg=level)
+
+
 def test_static_text_shapes_give_the_trimmed_model_s_features_scores_and_losses(tiny_data,
                                                                                  config):
     """``train.jit_compile`` keeps every max_len slot instead of trimming to the batch's

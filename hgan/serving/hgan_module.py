@@ -50,10 +50,12 @@ class HGANServing(ServingModule):
 
     # The encoders are functions of their own, traced once and called by every signature:
     # inlined, the tokenizer, chunker and BERT were traced again for each of them.
+    # BERT runs on the request's longest caption, not max_len (``HGAN.encode_text``'s
+    # ``trim``): a served query is one sentence, mostly far shorter than max_len.
     @tf.function(autograph=False, input_signature=[STRINGS])
     def _text_features(self, sentences):
         inputs = self.tokenizer(sentences, self.chunker(sentences))
-        return self.model.encode_text(inputs, training=False)
+        return self.model.encode_text(inputs, training=False, trim=True)
 
     @tf.function(autograph=False, input_signature=[STRINGS])
     def _image_features(self, images):

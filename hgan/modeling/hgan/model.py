@@ -7,7 +7,7 @@ from hgan.data import pipeline
 from hgan.layers.matching import LocalMatching, cosine_scores
 from hgan.modeling import losses
 from hgan.modeling.checkpoints import resolve_checkpoint, restore_model
-from hgan.modeling.hgan.text import HEAD_INPUTS, build_text_encoder
+from hgan.modeling.hgan.text import HEAD_INPUTS, build_text_encoder, trimmed_tokens
 from hgan.modeling.hgan.visual import build_image_encoder
 from hgan.tf_compat import autograph_off, keras, tf
 
@@ -64,9 +64,14 @@ class HGAN(keras.Model):
     def encode_image(self, image, training=None):
         return self.image_encoder(image, training=training)
 
-    def encode_text(self, inputs, training=None, tokens=None):
+    def encode_text(self, inputs, training=None, tokens=None, trim: bool = False):
         """Text features; ``tokens`` [B, L, D]: the batch's token embeddings when computed
-        already (``hgan.training.hgan_token_cache``), so only the text head runs."""
+        already (``hgan.training.hgan_token_cache``), so only the text head runs. ``trim``:
+        BERT runs on the batch's longest caption, not ``max_len`` (``trimmed_tokens``; the
+        export's encoders: the same features to float rounding)."""
+        if tokens is None and trim:
+            tokens = trimmed_tokens(self.text_encoder.get_layer("token_embeddings"), inputs,
+                                    self.config.data.max_len, training=training)
         if tokens is None:
             return self.text_encoder({k: inputs[k] for k in TEXT_KEYS}, training=training)
         head = self.text_encoder.get_layer("text_head")
