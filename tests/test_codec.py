@@ -98,6 +98,7 @@ def test_a_rotated_pq_codes_x_times_r_transposed_and_decodes_back_through_r():
     np.testing.assert_allclose(c.decode(records), want.reshape(x.shape), rtol=1e-5,
                                atol=1e-6)
     assert records.dtype.itemsize == 5 * 5  # the rotation costs no bytes per image
+    assert c.decode(records[:0]).shape == (0, 5, 20)
     with pytest.raises(ValueError, match="does not turn rows of 20"):
         codec.PQRows((5, 20), book, np.eye(16, dtype=np.float32))
     # Fewer rows than directions: no rotation is learnt, none is stored (plain PQ).

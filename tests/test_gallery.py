@@ -1,4 +1,5 @@
 """The on-disk gallery (hgan/serving/gallery.py) and stage-1 search (hgan/serving/ann.py)."""
+import contextlib
 import os
 
 import numpy as np
@@ -144,8 +145,19 @@ def test_ivf_pq_rescores_its_short_list_exactly_and_recalls_exact_search_at_100(
     assert ann.kind_for(524_288, 512) == "flat" and ann.kind_for(524_289, 512) == "pq"
 
 
-def test_nprobe_defaults_by_the_ivf_kind_and_a_lone_query_ranks_as_in_a_batch():
+def test_nprobe_defaults_by_the_ivf_kind_and_a_lone_query_ranks_as_in_a_batch(monkeypatch):
     faiss = pytest.importorskip("faiss")
+    from hgan.serving import openmp
+    single = []  # the thread count inside each one-thread block
+    entered = openmp.one_thread
+
+    @contextlib.contextmanager
+    def recorded():
+        with entered():
+            single.append(faiss.omp_get_max_threads())
+            yield
+
+    monkeypatch.setattr(openmp, "one_thread", recorded)
     rng = np.random.default_rng(2)
     vectors = ann.normalise(rng.normal(size=(4000, 16))).astype(np.float32)
     queries = ann.normalise(rng.normal(size=(6, 16)))
@@ -155,13 +167,17 @@ def test_nprobe_defaults_by_the_ivf_kind_and_a_lone_query_ranks_as_in_a_batch():
         searcher = ann.Searcher(vectors, index, nprobe=5)
         assert index.nprobe == 5
         threads = faiss.omp_get_max_threads()
+        single.clear()
         batch = searcher.search(queries, 10)
+        assert single == []  # a batch keeps FAISS's threads
         for q in range(len(queries)):  # a lone query runs FAISS on one OpenMP thread
             alone = searcher.search(queries[q], 10)
             np.testing.assert_array_equal(alone[1][0], batch[1][q])
             np.testing.assert_allclose(alone[0][0], batch[0][q], rtol=1e-6)
+        assert single == [1] * len(queries)
         assert faiss.omp_get_max_threads() == threads  # restored after each
-    assert ann.NPROBE["pq"] > ann.NPROBE["flat"]  # a PQ short list needs more lists
+    with pytest.raises(ValueError, match="nprobe must be >= 1"):
+        ann.Searcher(vectors, index, nprobe=0)
 
 
 def _committed(path, n=6, dtype="float32"):

@@ -191,8 +191,8 @@ def _misplaced_by_lists(index, vectors, samples: int) -> Optional[int]:
 
 class Searcher:
     """Top-k by cosine over a gallery's global embeddings [N, D] (a memory-map or a
-    ``codec.Decoded`` view is fine): the FAISS ``index`` when given, probing ``nprobe``
-    lists (``NPROBE`` of its kind unless given), else exact (chunked matmul). An index that holds the first ``index.ntotal`` rows only has the rows past
+    ``codec.Decoded`` view is fine): the FAISS ``index`` when given, probing
+    ``nprobe`` lists (``NPROBE`` of its kind unless given), else exact (chunked matmul). An index that holds the first ``index.ntotal`` rows only has the rows past
     them searched exactly. An IVF-PQ's ``refine`` · k candidates are re-scored exactly
     with ``vectors`` (the short list's rows read in file order)."""
 
@@ -201,8 +201,10 @@ class Searcher:
         self.vectors, self.index, self.chunk = vectors, index, chunk
         kind = kind_of(index) if index is not None else None
         self.refine = int(refine) if kind == "pq" else 0
+        if nprobe is not None and int(nprobe) < 1:
+            raise ValueError(f"nprobe must be >= 1, got {nprobe}")
         if index is not None:
-            index.nprobe = int(nprobe) if nprobe else NPROBE[kind]
+            index.nprobe = NPROBE[kind] if nprobe is None else int(nprobe)
 
     @property
     def exact(self) -> bool:

@@ -171,12 +171,14 @@ class PQRows:
 
 
 def _times(x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """x [n, a] · matrix [a, b] as float32, by TensorFlow's matmul (oneDNN): decoding a
-    query's candidates is one [rows, M·s] × [M·s, M·s] product (100 candidates at the
-    paper's widths: 2.2 GFLOP), which oneDNN's AVX-512 kernels run in ~0.6x the time of
-    NumPy's OpenBLAS build (``bench/gallery_index.py``, "gather + decode")."""
+    """x [n, a] · matrix [a, b] as float32, by TensorFlow's matmul on the CPU (oneDNN; a
+    GPU's TF32 would round it): decoding a query's candidates is one [rows, M·s] ×
+    [M·s, M·s] product (100 candidates' word and phrase tables at the paper's widths:
+    3,000 rows, 1.6 GFLOP), which oneDNN's AVX-512 kernels run in ~0.6x the time of
+    NumPy's OpenBLAS build (``bench/gallery_index.py``, "gather and decode")."""
     from hgan.tf_compat import tf
-    return tf.linalg.matmul(x, matrix).numpy()
+    with tf.device("/CPU:0"):
+        return tf.linalg.matmul(x, matrix).numpy()
 
 
 def _padded(x: np.ndarray, width: int) -> np.ndarray:

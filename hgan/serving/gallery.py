@@ -541,7 +541,8 @@ def merge(output: str, shards: Iterable[str], chunk: int = 65536) -> Gallery:
 def train_codebooks(dtype: str, sample: dict, seed: int = 0, subdim: Optional[int] = None,
                     rotate: bool = True) -> Optional[dict]:
     """The codebooks a ``dtype`` gallery needs ({table: [M, K, s]} and, with ``rotate``,
-    {``codec.rotation_of(table)``: R [M·s, M·s]}; None for a dtype without), trained on
+    {``codec.rotation_of(table)``: R [M·s, M·s]} unless the sample has fewer rows than
+    M·s; None for a dtype without), trained on
     ``sample`` {feature: rows [n, *shape]} with ``subdim`` values per one-byte code
     (``codec.train_rotation``, then ``codec.train_codebook`` on the rotated rows;
     ``codec.PQ_SUBDIM`` unless given)."""

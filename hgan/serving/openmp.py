@@ -10,15 +10,13 @@ search's work out by query), and a sub-space's k-means is small (6-d): OpenMP's 
 in each iteration cost more than a second thread saves (6x slower with two on a busy
 2-core machine).
 
-OpenMP's thread count is a setting of the calling thread (a service answers from a pool
-of threads; each sets its own); one thread at a time sets and restores it.
+OpenMP's thread count is a setting of the calling thread (libgomp and LLVM's libomp keep
+it per thread): a service's pool threads each set and restore their own, and a block on
+one thread leaves another thread's FAISS calls as they are.
 """
 from __future__ import annotations
 
 import contextlib
-import threading
-
-_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
@@ -26,10 +24,9 @@ def one_thread():
     """FAISS on one OpenMP thread inside the block (the calling thread's setting, restored
     after it)."""
     import faiss
-    with _LOCK:
-        threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)
-        try:
-            yield
-        finally:
-            faiss.omp_set_num_threads(threads)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
