@@ -272,9 +272,16 @@ def test_a_longer_caption_in_the_batch_changes_no_text_feature(config):
     np.testing.assert_array_equal(alone["word"].numpy()[0, 4:], 0.0)  # 4 words, slots 0-3
 
 
+def _recording(call, lengths):
+    def recorded(inputs, *args, **kwargs):
+        lengths.append(int(inputs["input_word_ids"].shape[1]))
+        return call(inputs, *args, **kwargs)
+    return recorded
+
+
 @pytest.mark.parametrize("use_bert", [True, False])
 def test_bert_on_the_longest_caption_gives_the_full_length_features(tiny_data, config,
-                                                                     use_bert):
+                                                                     use_bert, monkeypatch):
     """``encode_text(trim=True)`` (the export's encoders) runs the token embedder on the
     batch's longest caption only: every text feature is the full-length call's, and so
     are the scores; BERT's and the word-embedding row's."""
@@ -284,7 +291,11 @@ def test_bert_on_the_longest_caption_gives_the_full_length_features(tiny_data, c
     batch = _batch(tiny_data, config)
     assert int(batch["input_mask"].numpy().sum(1).max()) < config.data.max_len  # trims
     want = model.encode_text(batch, training=False)
+    embedder = model.text_encoder.get_layer("token_embeddings")
+    lengths = []  # the token lengths the embedder is called with
+    monkeypatch.setattr(embedder, "call", _recording(embedder.call, lengths))
     got = model.encode_text(batch, training=False, trim=True)
+    assert lengths == [int(batch["input_mask"].numpy().sum(1).max())]  # the longest only
     assert got.keys() == want.keys()
     for key in want:
         assert got[key].shape == want[key].shape, key
