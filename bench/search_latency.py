@@ -6,7 +6,7 @@ HTTP service.
 
   python bench/search_latency.py --savedmodel=SAVEDMODEL --data_dir=TFRECORDS \\
       [--n=100000] [--rerank_k=100] [--top_k=10] [--queries=200] [--nprobe=N] \\
-      [--recall_nprobe=64,128] [--recall_refine=4,32] \\
+      [--recall_nprobe=32,64] [--recall_refine=4,32] \\
       [--exact_queries=20] [--dtype=float16|int8|pq] [--ann=auto|flat|pq]
       [--fidelity=float32,float16,int8,pq,pq:8,pq:6:1] [--dir=/tmp/search_bench]
   python bench/search_latency.py --small
