@@ -192,8 +192,9 @@ def _misplaced_by_lists(index, vectors, samples: int) -> Optional[int]:
 class Searcher:
     """Top-k by cosine over a gallery's global embeddings [N, D] (a memory-map or a
     ``codec.Decoded`` view is fine): the FAISS ``index`` when given, probing
-    ``nprobe`` lists (``NPROBE`` of its kind unless given), else exact (chunked matmul). An index that holds the first ``index.ntotal`` rows only has the rows past
-    them searched exactly. An IVF-PQ's ``refine`` · k candidates are re-scored exactly
+    ``nprobe`` lists (``NPROBE`` of its kind unless given), else exact (chunked matmul).
+    An index that holds the first ``index.ntotal`` rows only has the rows past them
+    searched exactly. An IVF-PQ's ``refine`` · k candidates are re-scored exactly
     with ``vectors`` (the short list's rows read in file order)."""
 
     def __init__(self, vectors, index=None, nprobe: Optional[int] = None,
