@@ -542,10 +542,9 @@ def train_codebooks(dtype: str, sample: dict, seed: int = 0, subdim: Optional[in
                     rotate: bool = True) -> Optional[dict]:
     """The codebooks a ``dtype`` gallery needs ({table: [M, K, s]} and, with ``rotate``,
     {``codec.rotation_of(table)``: R [M·s, M·s]} unless the sample has fewer rows than
-    M·s; None for a dtype without), trained on
-    ``sample`` {feature: rows [n, *shape]} with ``subdim`` values per one-byte code
-    (``codec.train_rotation``, then ``codec.train_codebook`` on the rotated rows;
-    ``codec.PQ_SUBDIM`` unless given)."""
+    M·s; None for a dtype without), trained on ``sample`` {feature: rows [n, *shape]}
+    with ``subdim`` values per one-byte code (``codec.train_rotation``, then
+    ``codec.train_codebook`` on the rotated rows; ``codec.PQ_SUBDIM`` unless given)."""
     books = {}
     for k, v in sample.items():
         if not codec.uses_codebook(dtype, tuple(np.shape(v)[1:])):
