@@ -414,9 +414,9 @@ def build_index(savedmodel: str, index: str, images=None, data_dir=None, split="
                 pq_subdim: Optional[int] = None, pq_rotation: bool = True) -> dict:
     """``hgan-search index``'s gallery built by the Beam pipeline (plan, encode, assemble:
     the module docstring; ``dtype``, ``codebook``, ``pq_subdim`` and ``pq_rotation`` as
-    ``index``'s); ``work_dir`` defaults to ``INDEX/.encoding`` and must be readable and writable by every
-    worker (``gs://...`` on Dataflow). Returns {"images",
-    "added", "skipped", "workers", "units", "encoded_units", "index"}."""
+    ``index``'s); ``work_dir`` defaults to ``INDEX/.encoding`` and must be readable and
+    writable by every worker (``gs://...`` on Dataflow). Returns {"images", "added",
+    "skipped", "workers", "units", "encoded_units", "index"}."""
     if bool(images) == bool(data_dir):
         raise ValueError("give exactly one of images or data_dir")
     options = pipeline_options(beam_args)
