@@ -9,7 +9,9 @@ imports a family. A family's name and config section are declared once, in
 (``FAMILIES`` is built from the list). A third family adds a section to the list and its
 code here.
 
-``train``, ``evaluate`` and ``export`` are what hgan-train, hgan-eval and hgan-export call.
+``train``, ``evaluate`` and ``export`` are what hgan-train, hgan-eval and hgan-export call;
+``load`` gives ``evaluate`` and ``export`` one model when a process does both (hgan-train
+``--test_json`` / ``--export_dir``).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from hgan.evaluation import report as eval_report
 from hgan.modeling.hgan import model as hgan_model
 from hgan.modeling.iatv import model as iatv_model
 from hgan.serving import hgan_module, iatv_module, savedmodel
-from hgan.tf_compat import tf
+from hgan.tf_compat import keras, tf
 from hgan.training import loop, run_dir
 from hgan.training.hgan_task import HGANTask
 from hgan.training.iatv_task import IATVTask
@@ -89,17 +91,33 @@ def train(config: Config, data_dir: str, model_dir: str, val_split: str = "val",
     return loop.fit(task, model_dir, validate=validate, log=log)
 
 
+def load(model_dir: str, checkpoint: str = "best") -> tuple:
+    """``model_dir``'s model at ``checkpoint`` for inference → (model, config, checkpoint
+    path), as hgan-eval and hgan-export load it: built in float32 whatever the process's
+    Keras policy (a mixed-precision run trained in the same process leaves
+    ``mixed_float16`` global; a process of its own starts in float32)."""
+    family = of_model_dir(model_dir)
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        return family.load_model(model_dir, checkpoint)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
 def evaluate(model_dir: str, data_dir: str, split: str, output_json: str, checkpoint="best",
              rerank_k=None, modes=("exact", "two_stage"), figures=True,
-             experiment: Optional[str] = None, stage1_weights=(), log=print) -> dict:
+             experiment: Optional[str] = None, stage1_weights=(), log=print,
+             loaded: Optional[tuple] = None) -> dict:
     """hgan-eval: the report of ``model_dir``'s model on ``split`` (JSON, Markdown and, with
     ``figures``, the PNGs and the HTML page). ``experiment`` (default: the one hgan-train
     recorded in ``model_dir``) adds the paper's figures of that row beside the measured
     ones; ``stage1_weights`` (IATV) the two-stage R1 at each weight of stage 1 in the
     two-stage score. What the caps cut of the split's captions is logged first and kept in
-    the report (``captions_cut``)."""
+    the report (``captions_cut``). ``loaded``: ``load(model_dir, checkpoint)``'s result
+    when the caller has it."""
     family = of_model_dir(model_dir)
-    model, config, path = family.load_model(model_dir, checkpoint)
+    model, config, path = loaded or load(model_dir, checkpoint)
     cut = caption_stats.log_run_cuts(pipeline.load_manifest(data_dir), config, split,
                                      data_dir, log)
     modes = tuple(dict.fromkeys(family.exact_mode if m == "exact" else m for m in modes))
@@ -119,9 +137,11 @@ def evaluate(model_dir: str, data_dir: str, split: str, output_json: str, checkp
                              extras=family.report_extras)
 
 
-def export(model_dir: str, output_dir: str, checkpoint: str = "best") -> str:
-    """Writes ``model_dir``'s model as a SavedModel, atomically; returns its path."""
+def export(model_dir: str, output_dir: str, checkpoint: str = "best",
+           loaded: Optional[tuple] = None) -> str:
+    """Writes ``model_dir``'s model as a SavedModel, atomically; returns its path.
+    ``loaded``: as ``evaluate``'s."""
     family = of_model_dir(model_dir)
-    model, config, path = family.load_model(model_dir, checkpoint)
+    model, config, path = loaded or load(model_dir, checkpoint)
     module, signatures = family.servable(model)
     return savedmodel.save_servable(module, signatures, output_dir, config, path)

@@ -61,8 +61,13 @@ def test_train_sigkill_resume_then_eval_and_export(tfrecords, tiny_vocab, tmp_pa
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     last = max(_checkpoint_steps(ckpt_dir))
-    out = run_command(*_train_args(tfrecords, model_dir, tiny_vocab, last + 2))
+    # The resumed run also evaluates and exports its best checkpoint, in its own process.
+    train_json, train_saved = str(tmp_path / "train_test.json"), str(tmp_path / "train_saved")
+    out = run_command(*_train_args(tfrecords, model_dir, tiny_vocab, last + 2),
+                      f"--test_json={train_json}", f"--export_dir={train_saved}")
     assert f"trained to step {last + 2}" in out
+    for part in ("training", "loading the best checkpoint", "evaluation on test", "export"):
+        assert re.search(rf"^   \({part}: \d+\.\d s\)$", out, re.M), (part, out)
     assert f"/ckpt/ckpt-{last} at step {last}" in out  # "resumed from ..."
     # orbit's own lines (each step's whole metric dict) are in the INFO log, not the output.
     assert "train | step" not in out, out
@@ -75,9 +80,14 @@ def test_train_sigkill_resume_then_eval_and_export(tfrecords, tiny_vocab, tmp_pa
     exact = report["exact"]["t2i"]
     assert f"| exact | t2i | {exact['R1']:.2f} | {exact['R5']:.2f} |" in out
     assert report["config"]["model"]["bert"] == "scratch:2x16"
+    in_training = json.load(open(train_json))
+    for mode in ("exact", "two_stage"):  # the same figures to the last digit
+        assert in_training[mode]["t2i"] == report[mode]["t2i"], mode
+        assert in_training[mode]["i2t"] == report[mode]["i2t"], mode
     saved = str(tmp_path / "saved")
     out = run_command("hgan-export", f"--model_dir={model_dir}", f"--output_dir={saved}")
     assert os.path.exists(os.path.join(saved, "saved_model.pb"))
+    _assert_same_variables(saved, train_saved)
     # TensorFlow's Python INFO records (the saver's, the signature serialiser's) stay out of
     # the commands' output unless --verbosity asks for them.
     err = capfd.readouterr().err
@@ -95,6 +105,19 @@ def test_train_sigkill_resume_then_eval_and_export(tfrecords, tiny_vocab, tmp_pa
     test_images = set(Gallery.open(gallery).paths())
     assert len(test_images) == 4  # the 2 test identities × 2 shots of the 10-identity set
     assert len(results) == 3 and {r["path"] for r in results} <= test_images
+
+
+def _assert_same_variables(saved_a, saved_b):
+    """The two SavedModels hold the same variables by object path (the object graph itself
+    differs in Keras's layer names, numbered by what a process built before)."""
+    import tensorflow as tf
+    a, b = (tf.train.load_checkpoint(os.path.join(s, "variables", "variables"))
+            for s in (saved_a, saved_b))
+    names = set(a.get_variable_to_shape_map()) - {"_CHECKPOINTABLE_OBJECT_GRAPH"}
+    assert names == set(b.get_variable_to_shape_map()) - {"_CHECKPOINTABLE_OBJECT_GRAPH"}
+    assert len(names) > 10, names
+    for name in names:
+        np.testing.assert_array_equal(a.get_tensor(name), b.get_tensor(name), err_msg=name)
 
 
 def _checkpoint_steps(ckpt_dir):

@@ -70,6 +70,23 @@ def test_eval_writes_json_markdown_and_figures(trained, loaded, tiny_data, tmp_p
         assert Image.open(png).size[0] > 50
 
 
+def test_a_model_loaded_after_a_mixed_precision_run_is_float32_as_in_a_process_of_its_own(
+        trained):
+    """hgan-train --test_json / --export_dir load the best checkpoint in the process that
+    trained it: a mixed-precision run leaves mixed_float16 global, and the model evaluated
+    and exported must still be the float32 one hgan-eval and hgan-export build."""
+    from hgan.tf_compat import keras
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model, _, _ = families.load(trained)
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    policies = {layer.dtype_policy.name for layer in model.submodules
+                if isinstance(layer, keras.layers.Layer)}
+    assert "float32" in policies and not any("float16" in p for p in policies), policies
+
+
 def test_two_stage_with_k_covering_the_gallery_equals_exact(loaded, tiny_data):
     model, config, _ = loaded
     texts, images = hgan_scoring.encode_split(model, tiny_data, config, "test")

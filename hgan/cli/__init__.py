@@ -4,7 +4,9 @@ Every module here is a console script of the installed package (``pyproject.toml
 ``python -m hgan.cli.NAME`` module: ``define_flags()`` declares its flags (only when it
 runs, so tests can import several commands in one process) and ``run()`` starts it.
 """
+import contextlib
 import sys
+import time
 
 from absl import app, flags, logging
 
@@ -29,3 +31,21 @@ def start(main, doc: str, flags_parser=None) -> None:
         return main(argv)
 
     app.run(quiet_main, flags_parser=flags_parser or app.parse_flags_with_usage)
+
+
+def print_report(report: dict, output_json: str) -> None:
+    """What hgan-eval prints of an evaluation report: its Markdown tables and where the
+    files went."""
+    print(report["markdown"])
+    print(f"metrics: {output_json}")
+    if "html" in report:
+        print(f"report: {report['html']}")
+
+
+@contextlib.contextmanager
+def timed(name: str):
+    """``with timed("export"):`` prints ``   (export: 6.1 s)`` when the block ends (for a
+    command that does several things)."""
+    t0 = time.monotonic()
+    yield
+    print(f"   ({name}: {time.monotonic() - t0:.1f} s)", flush=True)

@@ -10,7 +10,7 @@ level alone, R1 by caption length and noun phrases, the queries that fail worst)
 """
 from absl import app, flags
 
-from hgan.cli import start
+from hgan.cli import print_report, start
 
 FLAGS = flags.FLAGS
 
@@ -41,10 +41,7 @@ def main(argv):
                                modes=tuple(FLAGS.modes), figures=FLAGS.figures,
                                experiment=FLAGS.experiment,
                                stage1_weights=[float(w) for w in FLAGS.stage1_weights])
-    print(report["markdown"])
-    print(f"metrics: {FLAGS.output_json}")
-    if "html" in report:
-        print(f"report: {report['html']}")
+    print_report(report, FLAGS.output_json)
 
 
 def run():

@@ -10,10 +10,18 @@ the paper's figures beside the measured ones.
 
 The resolved config is saved as DIR/config.json; re-running with the same DIR resumes from
 the latest checkpoint. The best checkpoint on the val split goes to DIR/best/.
+
+  hgan-train ... --test_json=DIR/test.json --export_dir=DIR/savedmodel
+
+then evaluates the best checkpoint on the test split as hgan-eval does (the same report
+and files) and exports it as hgan-export does, in the same process (one start-up and one
+model load instead of three), each part timed.
 """
+import time
+
 from absl import app, flags, logging
 
-from hgan.cli import start
+from hgan.cli import print_report, start, timed
 
 FLAGS = flags.FLAGS
 
@@ -33,12 +41,18 @@ def define_flags():
                         "hgan/table3/+word or iatv/table2/triplet (sets family and overrides).")
     flags.DEFINE_bool("allow_fallback_tagger", False, "Let a --config=paper run train on noun "
                       "phrases from hgan-prep's fallback lexicon tagger (refused otherwise).")
+    flags.DEFINE_string("test_json", None, "After training: the best checkpoint's report on "
+                        "--test_split written here, as hgan-eval --output_json writes it.")
+    flags.DEFINE_string("test_split", "test", "The split --test_json evaluates.")
+    flags.DEFINE_string("export_dir", None, "After training: the best checkpoint exported "
+                        "here, as hgan-export --output_dir writes it.")
     flags.mark_flags_as_required(["data_dir", "model_dir"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    t0 = time.monotonic()
     from hgan import families
     from hgan.config import experiments, resolve
     from hgan.data import pipeline
@@ -47,6 +61,9 @@ def main(argv):
     overrides = list(FLAGS.set)
     experiment = experiments.get(FLAGS.experiment) if FLAGS.experiment else None
     manifest = pipeline.load_manifest(FLAGS.data_dir)
+    if FLAGS.test_json and FLAGS.test_split not in manifest.get("splits", {}):
+        raise app.UsageError(f"--test_split={FLAGS.test_split}: {FLAGS.data_dir} has the "
+                             f"splits {sorted(manifest.get('splits', {}))}")
     try:
         run_dir.check_phrase_tagger(manifest, FLAGS.data_dir, paper=FLAGS.config == "paper",
                                     allow_fallback=FLAGS.allow_fallback_tagger)
@@ -75,6 +92,20 @@ def main(argv):
         experiments.save_name(FLAGS.model_dir, experiment.name)
     summary = families.train(config, FLAGS.data_dir, FLAGS.model_dir, val_split=FLAGS.val_split)
     print(f"trained to step {summary['step']}; checkpoints in {FLAGS.model_dir}")
+    print(f"   (training: {time.monotonic() - t0:.1f} s)", flush=True)
+    if not (FLAGS.test_json or FLAGS.export_dir) or not summary["chief"]:
+        return
+    with timed("loading the best checkpoint"):
+        loaded = families.load(FLAGS.model_dir, "best")
+    if FLAGS.test_json:
+        with timed(f"evaluation on {FLAGS.test_split}"):
+            report = families.evaluate(FLAGS.model_dir, FLAGS.data_dir, FLAGS.test_split,
+                                       FLAGS.test_json, loaded=loaded)
+            print_report(report, FLAGS.test_json)
+    if FLAGS.export_dir:
+        with timed("export"):
+            print(f"SavedModel written to "
+                  f"{families.export(FLAGS.model_dir, FLAGS.export_dir, loaded=loaded)}")
 
 
 def run():
