@@ -16,7 +16,7 @@ import pytest
 
 from hgan.serving import ann, checksums, gallery, searcher, snapshot
 from search_standin import Signature, fake_savedmodel, logits, served
-from tests_support import ROOT
+from tests_support import ROOT, run_command
 
 
 # Stage 1 for "red": cosines of [0.2, 0.3] ... with [1, 0]: a .55 b 1 c .98 d .75 e .14,
@@ -225,6 +225,24 @@ def test_an_ivf_gallery_is_extended_without_retraining_until_it_doubles(monkeypa
     ids = ann.Searcher(gallery.Gallery.open(out).array("global"), grown, nprobe=1).search(
         np.array([[7.0, 1.0]]), 7)[1][0]
     assert sorted(ids.tolist()) == list(range(7))
+    # --nprobe (hgan-search query, hgan-serve) reaches the IVF a query searches.
+    assert searcher.Searcher(model, out).snapshot.stage1.index.nprobe == ann.NPROBE["flat"]
+    assert searcher.Searcher(model, out, nprobe=2).snapshot.stage1.index.nprobe == 2
+    seen = []
+
+    class Recording:
+        def __init__(self, savedmodel, index_path, nprobe=None):
+            seen.append(nprobe)
+
+        def query(self, *args):
+            return []
+
+    monkeypatch.setattr(searcher, "Searcher", Recording)
+    run_command("hgan-search", "query", f"--savedmodel={model}", f"--index={out}",
+                "--nprobe=3", "red")
+    assert seen == [3]
+    monkeypatch.undo()
+    _use(monkeypatch, served())
     lines = []
     regrown, retrained = index([8, 9], lines)  # 9 > 2 x 4: trained again
     assert regrown.ntotal == 9 and any("trained and filled" in ln for ln in lines)

@@ -1,5 +1,6 @@
 """The flags of a command that encodes images into a gallery (``hgan-search index``,
-``hgan-beam-index``): where the images come from and how the gallery stores them."""
+``hgan-beam-index``): where the images come from and how the gallery stores them; and
+``--nprobe`` of the commands that query one (``hgan-search query``, ``hgan-serve``)."""
 from __future__ import annotations
 
 from absl import flags
@@ -34,3 +35,10 @@ def define(prefix: str = "") -> None:
                          "at those widths); --nopq_rotation codes them as they are.")
     flags.DEFINE_integer("batch_size", 32, f"{prefix}images per encode_image call.",
                          lower_bound=1)
+
+
+def define_nprobe(prefix: str = "") -> None:
+    """Defines --nprobe: IVF lists a query visits (``hgan.serving.ann.NPROBE`` by default)."""
+    flags.DEFINE_integer("nprobe", None, f"{prefix}IVF lists visited per query (galleries "
+                         "with an IVF); default by the IVF's kind: 32 for IVF-Flat, 128 for "
+                         "IVF-PQ.", lower_bound=1)

@@ -9,7 +9,7 @@ gallery holds and how a query is scored: ``hgan.serving.searcher``).
   hgan-search quantizer --savedmodel=DIR --images=...|--data_dir=... --quantizer=OUT.faiss \
       [--sample=N] [--nlist=K] [--ann=auto|flat|pq]
   hgan-search query --savedmodel=DIR --index=GALLERY_DIR "a woman in a red coat" \
-      [--top_k=10] [--rerank_k=K] [--json]
+      [--top_k=10] [--rerank_k=K] [--nprobe=N] [--json]
   hgan-search verify --index=GALLERY_DIR
 
 ``quantizer`` trains an IVF quantizer on a sample of the images before any shard is
@@ -55,6 +55,7 @@ def define_flags():
                          "two-stage score (IATV: stage 2, plus stage 1's weighted); default: "
                          "the export's eval.rerank_k; 0 = stage 1 only.")
     flags.DEFINE_bool("json", False, "query: print JSON.")
+    gallery_flags.define_nprobe(prefix="query: ")
 
 
 def main(argv):
@@ -86,7 +87,7 @@ def main(argv):
     if len(argv) != 3:
         raise app.UsageError('query takes one quoted sentence: query "a man in a red coat"')
     results = query(FLAGS.savedmodel, FLAGS.index, argv[2], FLAGS.top_k,
-                    rerank_k=FLAGS.rerank_k)
+                    rerank_k=FLAGS.rerank_k, nprobe=FLAGS.nprobe)
     if FLAGS.json:
         print(json.dumps({"query": argv[2], "results": results}, indent=2))
     else:

@@ -16,7 +16,7 @@ import functools
 
 from absl import app, flags
 
-from hgan.cli import start
+from hgan.cli import gallery_flags, start
 
 FLAGS = flags.FLAGS
 
@@ -26,9 +26,7 @@ def define_flags():
     flags.DEFINE_string("index", None, "Gallery directory (hgan-search index).")
     flags.DEFINE_string("host", "127.0.0.1", "Address to listen on (loopback by default).")
     flags.DEFINE_integer("port", 8080, "Port (0: any free one).")
-    flags.DEFINE_integer("nprobe", None, "IVF lists visited per query (galleries with an "
-                         "IVF); default by the IVF's kind: 32 for IVF-Flat, 128 for IVF-PQ.",
-                         lower_bound=1)
+    gallery_flags.define_nprobe()
     flags.DEFINE_float("reload_every", 30.0, "Seconds between checks of the gallery's files; "
                        "a changed gallery that checks out is served in place of the loaded "
                        "one (0: only on POST /api/reload).")

@@ -635,6 +635,7 @@ class Searcher:
 
 
 def query(savedmodel: str, index_path: str, text: str, top_k: int = 10,
-          rerank_k: Optional[int] = None) -> list[dict]:
-    """One query: ``Searcher(savedmodel, index_path).query`` (the SavedModel is cached)."""
-    return Searcher(savedmodel, index_path).query(text, top_k, rerank_k)
+          rerank_k: Optional[int] = None, nprobe: Optional[int] = None) -> list[dict]:
+    """One query: ``Searcher(savedmodel, index_path, nprobe=nprobe).query`` (the SavedModel
+    is cached)."""
+    return Searcher(savedmodel, index_path, nprobe=nprobe).query(text, top_k, rerank_k)
