@@ -125,6 +125,13 @@ EXPECTED = {
         rf"p99 \d+ ms, 0 errors; RSS \(server \+ clients\) \d+ → \d+ MiB",
         rf"indexed the test split in {NUMBER} s",
     ],
+    "topk_select": [
+        rf"one max: {NUMBER} ms, {NUMBER} ns per entry",
+        r"one block: 4 texts x 4 images = 16 pairs, 40 word slots x 15 regions",
+        *[rf"  {form}: the rounds' indices exactly" for form in ("packed", "slabs", "top_k")],
+        *[rf"{form}: {NUMBER} ms, {NUMBER} ns per entry and round"
+          for form in ("rounds", "packed", "slabs", "top_k")],
+    ],
     "train_step": [
         rf"ratio full / backbones: {NUMBER}   \(target <= 1.05: (met|NOT met)\)",
         rf"    full: {NUMBER} GFLOP a step -> {NUMBER} GFLOP/s = {NUMBER} % of the float32 "

@@ -1,0 +1,146 @@
+"""Benchmark: the top-k selections of Eqs. 5 and 7 on one exact-mode block, in the form the
+scorer runs and in the other forms TensorFlow offers, to say what bounds them.
+
+  python bench/topk_select.py [--texts=128] [--images=32] [--words=40] [--regions=15]
+                              [--k1=4] [--k2=2] [--repeats=15]
+  python bench/topk_select.py --small
+
+One block of γ [texts, images, words, regions] (random normal; a quarter of the word slots
+padded at -1e9, as the scorer masks them): each word's top k2 regions (over the last axis)
+and each region's top k1 words (over the word axis), indices only, each form compiled once
+and timed as the median of ``--repeats`` calls:
+
+- ``rounds``: ``hgan.layers.gumbel_topk.top_k_rounds`` under XLA, what
+  ``LocalMatching.score_selected`` runs (k passes of a max and a lowest-position-of-the-max
+  along each short row; the words first moved to the last axis);
+- ``packed``: each entry's float bits and position packed into one int64 key, so that a
+  round is one max reduction, under XLA;
+- ``slabs``: one insertion pass over the positions, each step elementwise over whole slabs
+  (the rows' k best kept sorted), under XLA;
+- ``top_k``: ``tf.math.top_k`` (TensorFlow's CPU kernel, no XLA);
+- ``one max``: a single ``reduce_max`` of both inputs under XLA, a lower bound of one pass.
+
+Every form is checked to give the rounds' indices. Prints each form's milliseconds and
+nanoseconds per γ entry and round (k2 rounds over the regions, k1 over the words). Asserts
+nothing.
+
+``--small`` (tests/test_benches.py): a 4 × 4 block; every line of the full run.
+"""
+import statistics
+import time
+
+import numpy as np
+from absl import app, flags
+
+import _small
+
+FLAGS = flags.FLAGS
+SMALL = {"texts": 4, "images": 4, "repeats": 2}
+MASKED = -1e9
+
+
+def define_flags():
+    flags.DEFINE_integer("texts", 128, "Texts of the block (the scorer's GRID_BLOCK[0]).")
+    flags.DEFINE_integer("images", 32, "Images of the block (GRID_BLOCK[1]).")
+    flags.DEFINE_integer("words", 40, "Word slots.")
+    flags.DEFINE_integer("regions", 15, "Regions (the paper's word level: 15).")
+    flags.DEFINE_integer("k1", 4, "Words each region selects (the paper's k1).")
+    flags.DEFINE_integer("k2", 2, "Regions each word selects (the paper's k2).")
+    flags.DEFINE_integer("repeats", 15, "Timed calls per form.")
+    _small.define_flag()
+
+
+def packed_rounds(tf, scores, k: int):
+    """``top_k_rounds``'s indices with one reduction a round: key = (order-preserving int of
+    the float) << 32 | (n − 1 − position), so the largest key is the largest value at its
+    lowest position."""
+    n = scores.shape[-1]
+    scores = tf.where(scores == 0, tf.zeros_like(scores), scores)  # -0.0 as +0.0
+    bits = tf.bitcast(scores, tf.int32)
+    order = tf.bitwise.bitwise_xor(
+        bits, tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 31), 0x7FFFFFFF))
+    keys = tf.bitwise.bitwise_or(tf.bitwise.left_shift(tf.cast(order, tf.int64), 32),
+                                 (n - 1) - tf.range(n, dtype=tf.int64))
+    lowest = tf.constant(np.iinfo(np.int64).min, tf.int64)
+    indices = []
+    for _ in range(k):
+        best = tf.reduce_max(keys, axis=-1, keepdims=True)
+        index = (n - 1) - tf.bitwise.bitwise_and(best, 0xFFFFFFFF)
+        indices.append(tf.cast(tf.where(best == lowest, tf.zeros_like(index), index)[..., 0],
+                               tf.int32))
+        keys = tf.where(keys == best, lowest, keys)
+    return indices
+
+
+def slab_rounds(tf, scores, k: int):
+    """``top_k_rounds``'s indices by one insertion pass over the last axis's positions:
+    a later entry enters only where strictly larger, so ties keep the lower position."""
+    slabs = tf.unstack(scores, axis=-1)
+    values = [tf.fill(tf.shape(slabs[0]), float("-inf"))] * k
+    indices = [tf.zeros(tf.shape(slabs[0]), tf.int32)] * k
+    for j, x in enumerate(slabs):
+        above = [x > v for v in values]
+        new_values, new_indices = [], []
+        for i in range(k):
+            v = tf.where(above[i], x, values[i])
+            ix = tf.where(above[i], j, indices[i])
+            if i:
+                v = tf.where(above[i - 1], values[i - 1], v)
+                ix = tf.where(above[i - 1], indices[i - 1], ix)
+            new_values.append(v)
+            new_indices.append(ix)
+        values, indices = new_values, new_indices
+    return indices
+
+
+def main(argv):
+    del argv
+    _small.apply(SMALL)
+    from hgan.layers.gumbel_topk import top_k_rounds
+    from hgan.tf_compat import tf
+
+    x, y, r, n = FLAGS.texts, FLAGS.images, FLAGS.words, FLAGS.regions
+    rng = np.random.default_rng(0)
+    gamma = rng.standard_normal((x, y, r, n)).astype(np.float32)
+    gamma[:, :, r - r // 4:] = MASKED  # padded words
+    by_region = tf.constant(gamma)
+    by_word = tf.constant(np.ascontiguousarray(gamma.transpose(0, 1, 3, 2)))
+    print(f"one block: {x} texts x {y} images = {x * y:,} pairs, {r} word slots x {n} "
+          f"regions ({x * y * r * n:,} γ entries, {x * y * r * n * 4 / 2**20:.1f} MiB); top "
+          f"{FLAGS.k2} of {n} regions per word, top {FLAGS.k1} of {r} words per region")
+
+    def both(select):
+        return lambda a, b: [*select(a, FLAGS.k2), *select(b, FLAGS.k1)]
+
+    forms = {
+        "rounds": tf.function(both(lambda s, k: top_k_rounds(s, k)[1]), jit_compile=True),
+        "packed": tf.function(both(lambda s, k: packed_rounds(tf, s, k)), jit_compile=True),
+        "slabs": tf.function(both(lambda s, k: slab_rounds(tf, s, k)), jit_compile=True),
+        "top_k": tf.function(both(lambda s, k: tf.unstack(tf.math.top_k(s, k).indices,
+                                                          axis=-1))),
+        "one max": tf.function(lambda a, b: [tf.reduce_max(a, -1), tf.reduce_max(b, -1)],
+                               jit_compile=True),
+    }
+    reference = [i.numpy() for i in forms["rounds"](by_region, by_word)]
+    for name in ("packed", "slabs", "top_k"):
+        got = [i.numpy() for i in forms[name](by_region, by_word)]
+        same = all(np.array_equal(a, b) for a, b in zip(got, reference))
+        print(f"  {name}: the rounds' indices {'exactly' if same else 'NOT'}")
+    forms["one max"](by_region, by_word)  # compiled before the timing, as the others
+    entry_rounds = x * y * r * n * (FLAGS.k1 + FLAGS.k2)
+    times = {name: [] for name in forms}
+    for _ in range(FLAGS.repeats):  # interleaved, so a slow spell of the machine hits all
+        for name, fn in forms.items():
+            t0 = time.perf_counter()
+            [t.numpy() for t in fn(by_region, by_word)]
+            times[name].append(time.perf_counter() - t0)
+    for name, ts in times.items():
+        ms = statistics.median(ts) * 1e3
+        per = (f", {ms * 1e6 / entry_rounds:.2f} ns per entry and round"
+               if name != "one max" else f", {ms * 1e6 / (2 * x * y * r * n):.2f} ns per entry")
+        print(f"{name}: {ms:.2f} ms{per}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
