@@ -35,6 +35,24 @@ def test_equals_keras_bidirectional_lstm_with_a_mask_and_its_gradients():
     np.testing.assert_allclose(layer(noisy, mask=mask).numpy(), got, atol=1e-6)
 
 
+def test_outside_training_one_sequence_gives_the_batched_states():
+    """A served query (one sequence, outside training) runs its own loop (``_one_sequence``):
+    the states of the training path's batched recurrence, whatever the padding after it."""
+    rng = np.random.default_rng(1)
+    layer = BiLSTM(8)
+    x = tf.constant(rng.normal(size=(3, 9, 5)).astype(np.float32))
+    lengths = np.array([9, 4, 1])
+    mask = tf.constant(np.arange(9)[None] < lengths[:, None])
+    batched = layer(x, mask=mask, training=True).numpy()
+    # Several sequences outside training: the batched path itself.
+    np.testing.assert_array_equal(layer(x, mask=mask, training=False).numpy(), batched)
+    loop = tf.function(lambda a, m: layer(a, mask=m, training=False))
+    for row, length in enumerate(lengths):
+        for steps in (length, 9):  # trimmed to the sequence, or padded to T
+            one = loop(x[row:row + 1, :steps], mask[row:row + 1, :steps]).numpy()
+            np.testing.assert_allclose(one[0], batched[row], rtol=1e-6, atol=1e-7)
+
+
 def test_initial_forget_bias_is_one_and_the_layer_serialises():
     layer = BiLSTM(3)
     layer(tf.zeros([1, 2, 4]))

@@ -24,6 +24,12 @@ class BiLSTM(keras.layers.Layer):
     * Its gradient is written out (``_recurrence``): TensorFlow's automatic gradient of a
       loop accumulates the recurrent kernel's gradient as T separate rank-B updates; here
       it is one [U, T·B] × [T·B, 4U] product after the backward loop.
+    * Outside training, one sequence (a served query) runs ``_one_sequence``: each
+      direction's recurrent product is a [1, U] × [U, 4U] matmul of its own, which
+      TensorFlow runs side by side, and only the last states are kept; a step reads the
+      recurrent kernels (8 MiB at U = 512) once, so this is what bounds it. The same
+      values as the batched product to float rounding (``tests/test_bilstm.py``; bit for
+      bit on the machines measured).
 
     Call args:
       inputs: [B, T, D]; mask: [B, T] bool/0-1, a prefix of each row (right padding).
@@ -49,7 +55,7 @@ class BiLSTM(keras.layers.Layer):
             initializer=lambda shape, dtype=None: tf.tile(forget_one[None], [2, 1]))
         super().build(input_shape)
 
-    def call(self, inputs, mask=None):
+    def call(self, inputs, mask=None, training=None):
         batch, steps = tf.shape(inputs)[0], tf.shape(inputs)[1]
         if mask is None:
             lengths = tf.fill([batch], steps)
@@ -72,10 +78,20 @@ class BiLSTM(keras.layers.Layer):
         backward_index = tf.where(inside, offset + lengths[None] - 1 - t, total) + total + 1
         z = tf.gather(tf.reshape(projected, [-1, 4 * self.units]),
                       tf.stack([forward_index, backward_index], axis=1))  # [T, 2, B, 4U]
-        hidden = _recurrence(z, tf.cast(self.recurrent_kernel, inputs.dtype))  # [T, 2, B, U]
+        recurrent = tf.cast(self.recurrent_kernel, inputs.dtype)
         # Each direction's state after the sequence's last real step.
-        last = tf.stack([tf.maximum(lengths - 1, 0), tf.range(batch)], axis=1)
-        final = tf.gather_nd(tf.transpose(hidden, [0, 2, 1, 3]), last)  # [B, 2, U]
+        last = tf.maximum(lengths - 1, 0)
+
+        def batched():
+            hidden = _recurrence(z, recurrent)  # [T, 2, B, U]
+            index = tf.stack([last, tf.range(batch)], axis=1)
+            return tf.gather_nd(tf.transpose(hidden, [0, 2, 1, 3]), index)  # [B, 2, U]
+
+        if training:
+            final = batched()
+        else:
+            final = tf.cond(batch == 1, lambda: _one_sequence(z, recurrent, last[0]),
+                            batched)
         return tf.reshape(final, [batch, 2 * self.units])
 
     def compute_mask(self, inputs, mask=None):
@@ -127,6 +143,25 @@ def _recurrence(z, recurrent):
         return dz, d_recurrent
 
     return h, grad
+
+
+def _one_sequence(z, recurrent, last):
+    """``_recurrence`` of one sequence (B = 1), its two directions' states after step
+    ``last`` → [1, 2, U]: the same operations, each direction's recurrent product a 2-D
+    matmul of its own, and no per-step states written (nothing reads them without a
+    gradient)."""
+    units = recurrent.shape[1] or tf.shape(recurrent)[1]
+    zeros = tf.zeros_like(z[0][..., :units])  # [2, 1, U]
+
+    def step(t, h, c):
+        product = tf.stack([tf.matmul(h[0], recurrent[0]), tf.matmul(h[1], recurrent[1])])
+        i, f, g, o = tf.split(z[t] + product, 4, axis=-1)
+        i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+        c = f * c + i * g
+        return t + 1, o * tf.tanh(c), c
+
+    _, h, _ = tf.while_loop(lambda t, h, c: t <= last, step, (0, zeros, zeros))
+    return tf.transpose(h, [1, 0, 2])
 
 
 class _PerDirection(keras.initializers.Initializer):
