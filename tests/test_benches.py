@@ -45,6 +45,15 @@ EXPECTED = {
         rf"oneDNN on: build {NUMBER} s, token cache {NUMBER} s, first step {NUMBER} s, step "
         rf"median {NUMBER} ms over 2 \({preset('demo').train.steps} demo steps: {NUMBER} min\)",
     ],
+    "encode_trace": [
+        rf"node times summed over the {NUMBER} heaviest parts: {NUMBER} ms",
+        r"\w+: encode_text of one caption \(16 words\)",
+        rf"  plain call p50 {NUMBER} ms; traced call p50 {NUMBER} ms, {NUMBER} nodes, node "
+        rf"times summed {NUMBER} ms",
+        rf"  +{NUMBER} ms +{NUMBER} nodes  token_embeddings",
+        rf"  +{NUMBER} ms +{NUMBER} nodes  text_head/bilstm",
+        rf"  +{NUMBER} ms +{NUMBER} nodes  tokenizer and chunker",
+    ],
     "eval_scoring": [
         rf"two_stage: {NUMBER} s \(prepare {NUMBER} s, t2i {NUMBER} s, i2t {NUMBER} s\).*"
         rf"metrics {NUMBER} s\n(.*\n){{5,}}  memory: .* peak {NUMBER} GiB  target < 4 GiB",
@@ -147,7 +156,7 @@ EXPECTED = {
 # Extra flags of a bench's small run.
 EXTRA = {"demo_step": ["--onednn=on"]}
 # Benches that read the test run's trained tiny export and data instead of making their own.
-SERVING = ("beam_overhead", "search_latency", "service_load")
+SERVING = ("beam_overhead", "encode_trace", "search_latency", "service_load")
 # Benches that train on the test run's tiny data and vocab instead of a generated demo set.
 TRAINING = ("mixed_precision",)
 
