@@ -221,7 +221,7 @@ def _png(colour):
     return buf.getvalue()
 
 
-def test_export_serves_stage1_scores_and_stage2_confidences(trained, tmp_path):
+def test_export_serves_stage1_scores_and_stage2_confidences(trained, tmp_path, monkeypatch):
     model_dir = trained[0]
     saved = export(model_dir, str(tmp_path / "saved"))
     served = tf.saved_model.load(saved)
@@ -268,6 +268,16 @@ def test_export_serves_stage1_scores_and_stage2_confidences(trained, tmp_path):
         fused, logits.numpy().reshape(3, 2) + 0.5 / config.model.cmce_temperature * cosine,
         atol=1e-4)
     model.config = config
+    # Stage 1's text tower reads the request's longest sentence, not max_len slots (the
+    # scores above are the full-length model's): traced, its token length is not static.
+    lengths = []
+    tower = model.stage1.text_tower
+    call = tower.call
+    monkeypatch.setattr(tower, "call", lambda inputs, *a, **k: (
+        lengths.append(inputs["input_word_ids"].shape[1]), call(inputs, *a, **k))[1])
+    held = iatv_module.IATVServing(model)  # its tf.functions keep a weak self
+    held.encode_text.get_concrete_function()
+    assert lengths and all(n is None for n in lengths), (lengths, config.data.max_len)
     enc = served.signatures["encode_image"](images=tf.constant(images[:1]))
     assert enc["global"].shape == (1, 16) and enc["regions"].shape == (1, 8, 64)
     with pytest.raises(tf.errors.InvalidArgumentError, match="not a JPEG or PNG"):

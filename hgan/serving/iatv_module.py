@@ -50,9 +50,19 @@ class IATVServing(ServingModule):
     def _tokens(self, sentences):
         return self.tokenizer(sentences)
 
+    # Stage 1's text tower on the request's longest sentence, not max_len slots: its masked
+    # LSTM carries the state over padding, so the embedding is the same (as HGAN's export
+    # runs BERT on the longest caption). Stage 2 reads the full-length tokens.
+    @tf.function(autograph=False, input_signature=[STRINGS])
+    def _text_global(self, sentences):
+        tokens = self._tokens(sentences)
+        longest = tf.maximum(tf.reduce_max(tf.reduce_sum(tokens["input_mask"], axis=1)), 1)
+        return self.model.encode_text({k: tokens[k][:, :longest]
+                                       for k in ("input_word_ids", "input_mask")})
+
     @tf.function(autograph=False, input_signature=[STRINGS])
     def encode_text(self, sentences):
-        return {GLOBAL: self.model.encode_text(self._tokens(sentences))}
+        return {GLOBAL: self._text_global(sentences)}
 
     @tf.function(autograph=False, input_signature=[STRINGS])
     def encode_image(self, images):
@@ -62,7 +72,7 @@ class IATVServing(ServingModule):
 
     @tf.function(autograph=False, input_signature=[STRINGS, STRINGS])
     def score(self, texts, images):
-        text = self.model.encode_text(self._tokens(texts))
+        text = self._text_global(texts)
         image = self.model.encode_image(self._pixels(images))
         return {"score": tf.matmul(tf.math.l2_normalize(text, -1),
                                    tf.math.l2_normalize(image, -1), transpose_b=True)}
@@ -83,7 +93,7 @@ class IATVServing(ServingModule):
     def rerank(self, texts, image_global, image_regions):
         """The two-stage score of every (sentence, image) pair from ``encode_image``
         outputs (stage 2's logit, plus stage 1's weighted CMCE logit)."""
-        text = tf.math.l2_normalize(self.model.encode_text(self._tokens(texts)), -1)
+        text = tf.math.l2_normalize(self._text_global(texts), -1)
         cosine = tf.matmul(text, tf.math.l2_normalize(image_global, -1), transpose_b=True)
         return {"score": self.model.two_stage_score(self._pair_logits(texts, image_regions),
                                                     cosine)}
