@@ -48,7 +48,7 @@ def part(node: str) -> str:
     for scope in ("text_head", "token_embeddings"):
         if scope in names:
             at = names.index(scope)
-            return "/".join(names[at:at + 3][:3 if scope == "text_head" else 1])
+            return "/".join(names[at:at + (3 if scope == "text_head" else 1)])
     inner = [n for n in names if not n.startswith(("StatefulPartitionedCall", "Func"))]
     if inner and inner[0].startswith(("Ragged", "Regex", "Unicode", "Wordpiece", "CaseFold",
                                       "String", "StaticRegex", "Pad", "hash_table")):
@@ -58,10 +58,15 @@ def part(node: str) -> str:
 
 def main(argv):
     del argv
-    if _small.apply(SMALL) and FLAGS.savedmodel is None:
-        _small.data_and_export(tempfile.mkdtemp(prefix="encode_trace_small_"))
-    if FLAGS.savedmodel is None:
+    if FLAGS.savedmodel is None and not FLAGS.small:
         raise app.UsageError("--savedmodel is required (or --small)")
+    with tempfile.TemporaryDirectory(prefix="encode_trace_small_") as root:
+        if _small.apply(SMALL):
+            _small.data_and_export(root)
+        trace()
+
+
+def trace():
     import numpy as np
     import tensorflow_text  # noqa: F401  (the tokenizer's ops)
     from hgan.tf_compat import tf

@@ -115,7 +115,7 @@ def evaluate(model_dir: str, data_dir: str, split: str, output_json: str, checkp
     ones; ``stage1_weights`` (IATV) the two-stage R1 at each weight of stage 1 in the
     two-stage score. What the caps cut of the split's captions is logged first and kept in
     the report (``captions_cut``). ``loaded``: ``load(model_dir, checkpoint)``'s result
-    when the caller has it."""
+    when the caller has it (``checkpoint`` is then not read)."""
     family = of_model_dir(model_dir)
     model, config, path = loaded or load(model_dir, checkpoint)
     cut = caption_stats.log_run_cuts(pipeline.load_manifest(data_dir), config, split,

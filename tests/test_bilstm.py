@@ -35,13 +35,13 @@ def test_equals_keras_bidirectional_lstm_with_a_mask_and_its_gradients():
     np.testing.assert_allclose(layer(noisy, mask=mask).numpy(), got, atol=1e-6)
 
 
-def test_outside_training_one_sequence_gives_the_batched_states():
+def test_outside_training_one_sequence_gives_the_batched_states(monkeypatch):
     """A served query (one sequence, outside training) runs its own loop (``_one_sequence``):
     the states of the training path's batched recurrence, whatever the padding after it."""
     rng = np.random.default_rng(1)
     layer = BiLSTM(8)
-    x = tf.constant(rng.normal(size=(3, 9, 5)).astype(np.float32))
-    lengths = np.array([9, 4, 1])
+    x = tf.constant(rng.normal(size=(4, 9, 5)).astype(np.float32))
+    lengths = np.array([9, 4, 1, 0])
     mask = tf.constant(np.arange(9)[None] < lengths[:, None])
     batched = layer(x, mask=mask, training=True).numpy()
     # Several sequences outside training: the batched path itself.
@@ -49,8 +49,14 @@ def test_outside_training_one_sequence_gives_the_batched_states():
     loop = tf.function(lambda a, m: layer(a, mask=m, training=False))
     for row, length in enumerate(lengths):
         for steps in (length, 9):  # trimmed to the sequence, or padded to T
-            one = loop(x[row:row + 1, :steps], mask[row:row + 1, :steps]).numpy()
-            np.testing.assert_allclose(one[0], batched[row], rtol=1e-6, atol=1e-7)
+            one = loop(x[row:row + 1, :max(steps, 1)], mask[row:row + 1, :max(steps, 1)])
+            np.testing.assert_allclose(one.numpy()[0], batched[row], rtol=1e-6, atol=1e-7)
+    # It is that loop that answers one sequence: the batched recurrence is not called.
+    from hgan.layers import bilstm
+    monkeypatch.setattr(bilstm, "_recurrence", lambda z, r: tf.fill(
+        tf.concat([tf.shape(z)[:-1], [8]], 0), float("nan")))
+    assert np.isfinite(layer(x[:1], mask=mask[:1], training=False).numpy()).all()
+    assert np.isnan(layer(x, mask=mask, training=False).numpy()).all()
 
 
 def test_initial_forget_bias_is_one_and_the_layer_serialises():

@@ -178,3 +178,28 @@ def test_a_paper_run_on_fallback_tagged_phrases_stops_before_training(tfrecords,
     assert proc.returncode != 0 and "--allow_fallback_tagger" in proc.stderr, proc.stderr[-2000:]
     assert "nltk.downloader averaged_perceptron_tagger_eng" in proc.stderr
     assert not model_dir.exists()  # refused before anything was written
+
+
+def test_what_training_would_evaluate_and_export_into_is_checked_before_training(
+        tfrecords, tiny_vocab, tmp_path, monkeypatch, capfd):
+    """--test_json / --export_dir fail before training, not after it: a split the data
+    lacks, an export folder that is not a SavedModel, or several workers (TF_CONFIG)."""
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("mine")
+    model_dir = tmp_path / "run"
+    args = _train_args(tfrecords, str(model_dir), tiny_vocab, 2)
+    test_json = f"--test_json={tmp_path / 't.json'}"
+    cases = [([test_json, "--test_split=holdout"], None, "--test_split=holdout: "),
+             ([f"--export_dir={foreign}"], None, "is not a SavedModel"),
+             ([test_json], "{}", "with several workers \\(TF_CONFIG\\)")]
+    for extra, tf_config, message in cases:
+        with monkeypatch.context() as env:
+            if tf_config is not None:
+                env.setenv("TF_CONFIG", tf_config)
+            capfd.readouterr()
+            with pytest.raises(AssertionError, match="exited 1"):
+                run_command(*args, *extra)
+        assert re.search(message, capfd.readouterr().err), extra
+        assert not model_dir.exists(), extra  # refused before anything was written
+    assert (foreign / "todo.txt").read_text() == "mine"

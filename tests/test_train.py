@@ -158,10 +158,11 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_good_checkpoint(
 def test_mixed_precision_trains_through_validation_evaluation_and_export(tiny_data, config,
                                                                          tmp_path):
     """mixed_float16 end to end: float16 layers, finite float32 losses, validation passes
-    during training, a resumed run, hgan-eval in both modes (its exact and two-stage
-    scorers on the float16 model's features, equal where the re-rank covers the
-    gallery), the export, and the search service over a gallery the export indexed; the
-    served scores are float32 and finite."""
+    during training, a resumed run, hgan-eval's report in both modes (its model built in
+    float32, as in a process of its own), the exact and two-stage scorers on the float16
+    model's features (equal where the re-rank covers the gallery), the export, and the
+    search service over a gallery the export indexed; the served scores are float32 and
+    finite."""
     from hgan import families
     from hgan.evaluation import hgan_scoring
     from tests_support import post_json

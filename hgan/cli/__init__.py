@@ -42,10 +42,15 @@ def print_report(report: dict, output_json: str) -> None:
         print(f"report: {report['html']}")
 
 
+def report_time(name: str, start: float) -> None:
+    """Prints ``   (NAME: 6.1 s)``, the time since ``start`` (``time.monotonic()``)."""
+    print(f"   ({name}: {time.monotonic() - start:.1f} s)", flush=True)
+
+
 @contextlib.contextmanager
 def timed(name: str):
     """``with timed("export"):`` prints ``   (export: 6.1 s)`` when the block ends (for a
     command that does several things)."""
-    t0 = time.monotonic()
+    start = time.monotonic()
     yield
-    print(f"   ({name}: {time.monotonic() - t0:.1f} s)", flush=True)
+    report_time(name, start)

@@ -14,14 +14,16 @@ the latest checkpoint. The best checkpoint on the val split goes to DIR/best/.
   hgan-train ... --test_json=DIR/test.json --export_dir=DIR/savedmodel
 
 then evaluates the best checkpoint on the test split as hgan-eval does (the same report
-and files) and exports it as hgan-export does, in the same process (one start-up and one
-model load instead of three), each part timed.
+and files) and exports it as hgan-export does, in the same process (one start-up instead
+of three, one model load instead of two), each part timed. Not with several workers
+(TF_CONFIG): run hgan-eval and hgan-export after such a run.
 """
+import os
 import time
 
 from absl import app, flags, logging
 
-from hgan.cli import print_report, start, timed
+from hgan.cli import print_report, report_time, start, timed
 
 FLAGS = flags.FLAGS
 
@@ -61,9 +63,7 @@ def main(argv):
     overrides = list(FLAGS.set)
     experiment = experiments.get(FLAGS.experiment) if FLAGS.experiment else None
     manifest = pipeline.load_manifest(FLAGS.data_dir)
-    if FLAGS.test_json and FLAGS.test_split not in manifest.get("splits", {}):
-        raise app.UsageError(f"--test_split={FLAGS.test_split}: {FLAGS.data_dir} has the "
-                             f"splits {sorted(manifest.get('splits', {}))}")
+    _check_after_training(manifest)
     try:
         run_dir.check_phrase_tagger(manifest, FLAGS.data_dir, paper=FLAGS.config == "paper",
                                     allow_fallback=FLAGS.allow_fallback_tagger)
@@ -92,8 +92,8 @@ def main(argv):
         experiments.save_name(FLAGS.model_dir, experiment.name)
     summary = families.train(config, FLAGS.data_dir, FLAGS.model_dir, val_split=FLAGS.val_split)
     print(f"trained to step {summary['step']}; checkpoints in {FLAGS.model_dir}")
-    print(f"   (training: {time.monotonic() - t0:.1f} s)", flush=True)
-    if not (FLAGS.test_json or FLAGS.export_dir) or not summary["chief"]:
+    report_time("training", t0)
+    if not (FLAGS.test_json or FLAGS.export_dir):
         return
     with timed("loading the best checkpoint"):
         loaded = families.load(FLAGS.model_dir, "best")
@@ -106,6 +106,26 @@ def main(argv):
         with timed("export"):
             print(f"SavedModel written to "
                   f"{families.export(FLAGS.model_dir, FLAGS.export_dir, loaded=loaded)}")
+
+
+def _check_after_training(manifest: dict) -> None:
+    """What --test_json / --export_dir need, checked before training rather than after."""
+    if not (FLAGS.test_json or FLAGS.export_dir):
+        return
+    if os.environ.get("TF_CONFIG"):
+        # The other workers would leave while the chief evaluates and exports.
+        raise app.UsageError("--test_json / --export_dir run after training in one process; "
+                             "with several workers (TF_CONFIG) run hgan-eval and hgan-export "
+                             "after the run")
+    if FLAGS.test_json and FLAGS.test_split not in manifest.get("splits", {}):
+        raise app.UsageError(f"--test_split={FLAGS.test_split}: {FLAGS.data_dir} has the "
+                             f"splits {sorted(manifest.get('splits', {}))}")
+    if FLAGS.export_dir:
+        from hgan.serving import savedmodel
+        try:
+            savedmodel.check_output_dir(FLAGS.export_dir)
+        except FileExistsError as e:
+            raise app.UsageError(f"--export_dir: {e}") from None
 
 
 def run():

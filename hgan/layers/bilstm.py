@@ -13,7 +13,8 @@ class BiLSTM(keras.layers.Layer):
     ``Bidirectional(LSTM(U))(x, mask=mask)`` computes, with the same gates (Hochreiter &
     Schmidhuber; Keras's i, f, c, o order, sigmoid gates, tanh cell, forget bias 1 at init).
 
-    Three things make it cheaper than Keras's layer, none of which changes the function:
+    Four things make it cheaper than Keras's layer, none of which changes the function
+    (the last, to float rounding):
 
     * The input part of every gate is one product of the sequences' real tokens with the
       [D, 2·4U] kernels of both directions, before the recurrence (Keras multiplies each
@@ -115,10 +116,8 @@ def _recurrence(z, recurrent):
 
     def step(state, z_t):
         h, c, _ = state
-        i, f, g, o = tf.split(z_t + tf.matmul(h, recurrent), 4, axis=-1)
-        i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
-        c = f * c + i * g
-        return o * tf.tanh(c), c, tf.concat([i, f, g, o], axis=-1)
+        h, c, gates = _cell(z_t + tf.matmul(h, recurrent), c)
+        return h, c, tf.concat(gates, axis=-1)
 
     h, c, gates = tf.scan(step, z, initializer=(zeros, zeros, tf.zeros_like(z[0])))
 
@@ -145,6 +144,15 @@ def _recurrence(z, recurrent):
     return h, grad
 
 
+def _cell(preactivation, c):
+    """One LSTM step from its gates' pre-activations [..., 4U] (i, f, g, o) and c_{t-1}
+    → (h_t, c_t, (i, f, g, o))."""
+    i, f, g, o = tf.split(preactivation, 4, axis=-1)
+    i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+    c = f * c + i * g
+    return o * tf.tanh(c), c, (i, f, g, o)
+
+
 def _one_sequence(z, recurrent, last):
     """``_recurrence`` of one sequence (B = 1), its two directions' states after step
     ``last`` → [1, 2, U]: the same operations, each direction's recurrent product a 2-D
@@ -155,10 +163,8 @@ def _one_sequence(z, recurrent, last):
 
     def step(t, h, c):
         product = tf.stack([tf.matmul(h[0], recurrent[0]), tf.matmul(h[1], recurrent[1])])
-        i, f, g, o = tf.split(z[t] + product, 4, axis=-1)
-        i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
-        c = f * c + i * g
-        return t + 1, o * tf.tanh(c), c
+        h, c, _ = _cell(z[t] + product, c)
+        return t + 1, h, c
 
     _, h, _ = tf.while_loop(lambda t, h, c: t <= last, step, (0, zeros, zeros))
     return tf.transpose(h, [1, 0, 2])

@@ -95,6 +95,16 @@ def request_pixels(images, config) -> tf.Tensor:
         [config.data.image_height, config.data.image_width, 3], tf.float32))
 
 
+def check_output_dir(output_dir: str) -> None:
+    """Raises FileExistsError when ``output_dir`` exists and is neither empty nor a
+    SavedModel: ``save_servable`` would refuse to replace it (checked before the work that
+    leads to a save, e.g. a training run that exports at its end)."""
+    target = os.path.normpath(output_dir)
+    if os.path.lexists(target) and not _is_replaceable(target):
+        raise FileExistsError(f"{output_dir} exists and is not a SavedModel (no "
+                              "saved_model.pb); not replacing it")
+
+
 def save_servable(module: tf.Module, signatures: dict, output_dir: str, config,
                   checkpoint_path: str) -> str:
     """Saves ``module`` with ``signatures``, the config (``assets.extra/config.json``) and
@@ -110,12 +120,10 @@ def save_servable(module: tf.Module, signatures: dict, output_dir: str, config,
     existing export is only deleted once the new one is complete. An existing
     ``output_dir`` that is neither empty nor a SavedModel is refused, not deleted.
     """
+    check_output_dir(output_dir)
     target = os.path.normpath(output_dir)
     parent, name = os.path.split(target)
     parent = parent or "."
-    if os.path.lexists(target) and not _is_replaceable(target):
-        raise FileExistsError(f"{output_dir} exists and is not a SavedModel (no "
-                              "saved_model.pb); not replacing it")
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
     try:

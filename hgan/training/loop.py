@@ -308,8 +308,7 @@ def _orbit_lines_to_the_log():
 def _summary(task: Task, manager, terms: Optional[dict] = None) -> dict:
     step = int(task.step.numpy())
     out = {"step": step, "total_steps": task.total_steps,
-           "checkpoint": manager.latest_checkpoint, "loss": terms or {},
-           "chief": is_chief(task.strategy)}
+           "checkpoint": manager.latest_checkpoint, "loss": terms or {}}
     if len(task.phase_end) > 1:
         out["phase"] = task.phase(max(step, 1))
     return out
