@@ -40,6 +40,14 @@ def vocab_path(bert: str, vocab_file: str = "") -> str:
     return path
 
 
+def longest_caption(input_mask):
+    """The batch's longest caption in token slots, from ``input_mask`` [B, L] (at least 1,
+    so that an empty batch keeps one slot rather than a negative length): the length an
+    encoder whose padding changes nothing can be trimmed to."""
+    longest = tf.reduce_max(tf.reduce_sum(tf.cast(input_mask, tf.int32), axis=-1))
+    return tf.maximum(longest, 1)
+
+
 class CaptionTokenizer(tf.Module):
     """Tokenises a batch of captions and maps phrase byte spans onto the tokens.
 

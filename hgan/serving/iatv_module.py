@@ -29,6 +29,7 @@ truncated, as in training.
 """
 from __future__ import annotations
 
+from hgan.data.tokenization import longest_caption
 from hgan.modeling.iatv.model import IATV
 from hgan.serving.savedmodel import (ENCODE_IMAGE, ENCODE_TEXT, GLOBAL, RERANK, SCORE,
                                      STRINGS, ServingModule, request_pixels)
@@ -56,7 +57,7 @@ class IATVServing(ServingModule):
     @tf.function(autograph=False, input_signature=[STRINGS])
     def _text_global(self, sentences):
         tokens = self._tokens(sentences)
-        longest = tf.maximum(tf.reduce_max(tf.reduce_sum(tokens["input_mask"], axis=1)), 1)
+        longest = longest_caption(tokens["input_mask"])
         return self.model.encode_text({k: tokens[k][:, :longest]
                                        for k in ("input_word_ids", "input_mask")})
 
