@@ -30,9 +30,10 @@ widths: bytes per image of float16, int8 and pq (``hgan.serving.codec``, from a 
 own ``bytes_per_item``), the pq store built for --compact synthetic images (codebooks
 trained on ``searcher.CODEBOOK_SAMPLE`` images' tables, then coded and appended; its
 rate gives the 1 M figure, labelled computed), and the time to gather and decode k
-candidates' tables from it; then the same for a pq store without its learnt rotation
-(``--nopq_rotation``), whose training and decoding skip the rotation. Synthetic vectors
-throughout; nothing here is asserted.
+candidates' tables from it (and, for the rotated store, before the rotation: what a
+query reads when the export folds it, ``rerank_rotated``); then the same for a pq store
+without its learnt rotation (``--nopq_rotation``), whose training and decoding skip the
+rotation. Synthetic vectors throughout; nothing here is asserted.
 ``--noflat`` leaves out the IVF-Flat (its build, recall and latency), ``--exact_queries``
 sets how many exact one-query searches are timed (each reads the whole memory-map).
 
@@ -344,6 +345,16 @@ def compact_store(rng):
             times.append(time.perf_counter() - t0)
         print(f"{label}: gather and decode {k} candidates' word + phrase tables: "
               f"{percentiles(times)}")
+        if word.codec.rotation is not None:
+            times = []
+            for _ in range(100):
+                ids = np.sort(rng.choice(len(store), min(k, len(store)), replace=False))
+                t0 = time.perf_counter()
+                _ = [v.codec.decode_unturned(v.records[ids]) for v in (word, phrase)]
+                times.append(time.perf_counter() - t0)
+            print(f"{label}: gather and decode them before the rotation (a query's read "
+                  f"when the export folds the rotation into its first layers): "
+                  f"{percentiles(times)}")
     print(f"re-rank store at the paper's widths (global float16 + word and phrase 15 × 512): "
           f"float16 {sizes['float16']:,} B/image, int8 {sizes['int8']:,}, pq "
           f"{sizes['pq']:,} ({sizes['float16'] / sizes['pq']:.1f}x smaller than float16; "

@@ -25,7 +25,8 @@ loaded with FAISS's IO_FLAG_MMAP. The run prints where they live.
 Timed: each ``Searcher.query(text, top_k, rerank_k=K)`` call whole, and inside the same
 calls (its stage-1 searcher and its two signatures wrapped in timers) the ``encode_text``
 signature, the stage-1 search (exact, or the IVF), the ``rerank`` signature on the K
-candidates, and the rest (gathering the K candidates' tables from the memory-map,
+candidates (``rerank_rotated`` for a pq gallery with rotations, when the export has it),
+and the rest (gathering and decoding the K candidates' tables from the memory-map,
 ordering). Every query's re-rank is checked to get exactly K candidates, and the count is
 printed. Stage 1 runs first exactly (the gallery without an IVF: what ``Searcher`` does
 below ``ann.EXACT_BELOW`` images; --exact_queries queries), then with the IVF that
@@ -187,8 +188,10 @@ class _Timed:
 
 class Phases:
     """Times the phases of ``Searcher.query`` from inside it: ``searcher``'s stage-1
-    searcher and its ``encode_text`` and ``rerank`` signatures are wrapped in timers (the
-    signatures are the loaded SavedModel's, unchanged); counts each re-rank's candidates."""
+    searcher and its ``encode_text`` and ``rerank`` (or ``rerank_rotated``) signatures are
+    wrapped in timers (the signatures are the loaded SavedModel's, unchanged); counts each
+    re-rank's candidates. "other" is the rest: gathering and decoding the candidates'
+    tables, the results."""
 
     def __init__(self, searcher):
         from hgan.serving.savedmodel import ENCODE_TEXT
@@ -202,6 +205,9 @@ class Phases:
             search=_Timed(stage1.search, self.times["stage1"]), vectors=stage1.vectors,
             index=stage1.index)
         searcher.second = _Timed(searcher.second, self.times["rerank"], self._count)
+        if searcher.rotated is not None:  # the re-rank a pq gallery with rotations uses
+            rerank, fold = searcher.rotated
+            searcher.rotated = (_Timed(rerank, self.times["rerank"], self._count), fold)
         self.searcher = searcher
 
     def _count(self, inputs: dict) -> None:

@@ -78,6 +78,8 @@ EXPECTED = {
         rf"  IVF-PQ nprobe   8, short list 160 re-scored exactly: recall@10 {NUMBER}, one "
         rf"query {MS}",
         rf"pq store: gather and decode 10 candidates' word \+ phrase tables: {MS}",
+        rf"pq store: gather and decode them before the rotation \(a query's read when the "
+        rf"export folds the rotation into its first layers\): {MS}",
         rf"pq store without its rotation \(--nopq_rotation\): gather and decode 10 "
         rf"candidates' word \+ phrase tables: {MS}",
         rf"IVF{NUMBER},Flat by hgan.serving.ann.build: .* loaded by ann.load: "

@@ -233,7 +233,19 @@ def test_a_gallery_indexed_int8_or_pq_ranks_the_test_captions_as_float32(hgan_ex
     # A codebook and a rotation per table.
     books = gallery.Gallery.open(paths["pq"]).codebooks
     assert books.keys() == {"word", "phrase", "word.rotation", "phrase.rotation"}
-    assert searcher.Searcher(hgan_export, paths["pq"]).stage1.refine == ann.REFINE
+    s = searcher.Searcher(hgan_export, paths["pq"])
+    assert s.stage1.refine == ann.REFINE
+    # Its queries re-rank the rows before their rotation with the rotation folded into the
+    # model (``rerank_rotated``): the scores of ``rerank`` on the decoded tables.
+    state, rows = s.snapshot, np.arange(len(s))
+    assert s._folds_for(state) is not None
+    for caption in captions[:3]:
+        texts = tf.constant([caption])
+        encoded = s.served.signatures["encode_text"](sentences=texts)
+        plain = s.second(**searcher._text_inputs(s.second, texts, encoded),
+                         **searcher._image_inputs(s.second, state.store, rows))
+        np.testing.assert_allclose(s._rerank(state, texts, encoded, rows),
+                                   plain["score"].numpy()[0], rtol=1e-5, atol=1e-6)
     # Every caption's best image is float32's; the whole order is for 10 of the 12
     # captions (the other two swap two images whose fused scores lie 0.005 apart, where
     # int8's per-row step moves a Gumbel top-k selection). The pq codebooks of a 6-image

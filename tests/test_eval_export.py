@@ -510,6 +510,37 @@ def test_the_fused_score_is_the_one_output_of_score(loaded, served, tmp_path):
     np.testing.assert_allclose(encoded["score"].numpy(), fused, atol=1e-5)
 
 
+def test_rerank_rotated_on_rows_before_their_rotation_is_rerank(served, tmp_path):
+    # A pq gallery stores rows y [I, N, P] (P ≥ C', zeros appended) whose decoded tables
+    # are (y·R)[..., :C']: fold_rotations once, then rerank_rotated on y scores as rerank
+    # on the decoded tables.
+    sig = served.signatures
+    texts = tf.constant(["a man in a red shirt.", "a woman with a black bag."][:1])
+    images = tf.constant([open(_png(tmp_path / f"{i}.png", c), "rb").read()
+                          for i, c in enumerate([(200, 30, 30), (30, 30, 200), (90, 90, 90)])])
+    text = sig["encode_text"](sentences=texts)
+    image = sig["encode_image"](images=images)
+    rng = np.random.default_rng(3)
+    dim = image["word"].shape[-1]
+    width = dim + 3
+    rows, turns = {}, {}
+    for table in ("word", "phrase"):
+        turn, _ = np.linalg.qr(rng.normal(size=(width, width)))
+        turns[f"rotation_{table}"] = tf.constant(turn, tf.float32)
+        # y with (y·R)[:, :C'] = the table: y = [table, 0]·Rᵀ.
+        padded = np.concatenate([image[table].numpy(),
+                                 np.zeros((*image[table].shape[:-1], 3), np.float32)], -1)
+        rows[f"image_{table}"] = tf.constant(padded @ turn.T, tf.float32)
+    folds = sig["fold_rotations"](**turns)
+    assert set(folds) == {"fold_word_gamma", "fold_word_fuse", "fold_phrase_gamma",
+                          "fold_phrase_fuse"}
+    text_inputs = {f"text_{k}": v for k, v in text.items()}
+    want = sig["rerank"](**text_inputs, **{f"image_{k}": v for k, v in image.items()})
+    got = sig["rerank_rotated"](**text_inputs, image_global=image["global"], **rows, **folds)
+    np.testing.assert_allclose(got["score"].numpy(), want["score"].numpy(), rtol=1e-5,
+                               atol=1e-6)
+
+
 def test_the_service_ranks_as_two_stage_evaluation_does(loaded, exported, served, tiny_data,
                                                          tmp_path):
     # Through real HTTP on loopback: the service's ranking of every test caption equals

@@ -99,6 +99,36 @@ def test_local_matching_equals_the_numpy_reference(attention, k1, k2):
         np.testing.assert_allclose(selected.numpy(), want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("attention", ["gumbel", "soft"])
+def test_rows_before_a_rotation_with_folded_kernels_score_as_the_rotated_rows(attention):
+    """A pq gallery's rows y [Bi, N, P] (P > C': the padding) of V = y·A, A = R[:, :C'] for
+    an orthogonal R: ``call((T, mask, y, *fold(A)))`` is the NumPy reference's S(V, T)."""
+    rng = np.random.default_rng(5)
+    texts = rng.normal(size=(3, 6, 5)).astype(np.float32)
+    masks = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], np.float32)
+    rows = rng.normal(size=(4, 5, 7)).astype(np.float32)
+    turn, _ = np.linalg.qr(rng.normal(size=(7, 7)))
+    linear = turn[:, :5].astype(np.float32)
+    images = rows @ linear
+    head = LocalMatching(hidden=8, k1=2, k2=2, attention=attention)
+    head((tf.constant(texts), tf.constant(masks), tf.constant(images)))
+    for w in head.weights:
+        scale = 0.3 if len(w.shape) == 1 else 1.0 / np.sqrt(w.shape[0])
+        w.assign(rng.normal(size=w.shape).astype(np.float32) * scale)
+    folded = head.fold(tf.constant(linear))
+    assert [f.shape for f in folded] == [(7, 8), (7, 8)]
+    got = head((tf.constant(texts), tf.constant(masks), tf.constant(rows), *folded),
+               training=False).numpy()
+    want = np.array([[reference_score(head, texts[t], masks[t], images[i],
+                                      soft=attention == "soft")
+                      for i in range(len(images))] for t in range(len(texts))])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # The rows themselves (without the fold) are another image: the fold is what is used.
+    unfolded = head((tf.constant(texts), tf.constant(masks), tf.constant(rows[..., :5])),
+                    training=False).numpy()
+    assert np.abs(unfolded - want).max() > 1e-3
+
+
 def test_fig4_selections_pick_each_regions_top_k1_words_paired_or_on_the_grid():
     """``selections``: α [Bt, Bi, N, R] is 1 on the k1 words of largest Eq. 2 γ (NumPy,
     one pair and region at a time) of each region and 0 elsewhere, padded words never;

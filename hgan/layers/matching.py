@@ -75,6 +75,12 @@ class LocalMatching(keras.layers.Layer):
 
     The MLP of Eq. 8 is Dense(H)–ReLU–Dense(1) on v + t^f. Its first layer is linear, so
     W(v + t^f) = Wv + Σ_j w_j (W t_j): ``prepare_*`` computes Wv and Wt once per item.
+
+    Images may also come as rows y [Bi, N, P] of a linear image of V, V = y·A (A [P, C'];
+    a gallery's product-quantised tables decoded before their rotation, A = Rᵀ's first C'
+    columns): both image-side layers start with a linear map, so V·W = y·(A·W) and
+    ``fold(A)`` → (A·W_φ, A·W) [P, H] each lets ``call((text, mask, y, A·W_φ, A·W))`` score
+    them without forming V, the same S(V, T) to float rounding.
     """
 
     def __init__(self, hidden: int, k1: int = 4, k2: int = 2, temperature: float = 1.0,
@@ -118,10 +124,29 @@ class LocalMatching(keras.layers.Layer):
         """[B, N, C'] → (φ_v(V), W·V), each [B, N, H]."""
         return self.image_tower(image), self.fuse_in(image)
 
+    def fold(self, linear):
+        """The image side's first linear maps after ``linear`` A [P, C'] → (A·W_φ, A·W),
+        each [P, H] float32: ``prepare_image`` of V = y·A is ``prepare_folded`` of y."""
+        first = self.image_tower.layers[0].kernel
+        linear = tf.cast(linear, first.dtype)
+        return (tf.matmul(linear, first), tf.matmul(linear, self.fuse_in.kernel))
+
+    def prepare_folded(self, rows, gamma_kernel, fuse_kernel):
+        """``prepare_image`` of V = y·A from y [B, N, P] and ``fold(A)``'s kernels:
+        (φ_v(V), W·V), each [B, N, H]. Call it inside the layer's ``call`` (Keras casts
+        the variables to the compute dtype there)."""
+        first, second = self.image_tower.layers
+        hidden = first.activation(tf.einsum("bnp,ph->bnh", rows, gamma_kernel) + first.bias)
+        return second(hidden), tf.einsum("bnp,ph->bnh", rows, fuse_kernel)
+
     def call(self, inputs, training=None):
-        text, text_mask, image = inputs
-        return self.score_prepared(self.prepare_text(text), text_mask,
-                                   self.prepare_image(image), training=training)
+        """(T, mask, V) → S(V, T) [Bt, Bi]; (T, mask, y, A·W_φ, A·W) scores V = y·A
+        (``fold``)."""
+        text, text_mask, image, *folded = inputs
+        text_prep = self.prepare_text(text)  # first: the graph's op order seeds the noise
+        image_prep = (self.prepare_folded(image, *folded) if folded
+                      else self.prepare_image(image))
+        return self.score_prepared(text_prep, text_mask, image_prep, training=training)
 
     def score_prepared(self, text_prep, text_mask, image_prep, training=None,
                        layout: str = "grid"):

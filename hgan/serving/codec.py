@@ -150,8 +150,19 @@ class PQRows:
         return out
 
     def decode(self, records) -> np.ndarray:
-        """Each code → its centroid (FAISS's decoder, ~10x NumPy's fancy indexing), the
-        row turned back through R (``_times``), the padding dropped."""
+        """Each code → its centroid (``decode_unturned``), the row turned back through R
+        (``_times``), the padding dropped."""
+        flat = self.decode_unturned(records)
+        shape = flat.shape
+        if self.rotation is not None:
+            flat = _times(flat.reshape(-1, shape[-1]), self.rotation).reshape(shape)
+        return flat if shape[-1] == self.shape[-1] else np.ascontiguousarray(
+            flat[..., :self.shape[-1]])
+
+    def decode_unturned(self, records) -> np.ndarray:
+        """Each code → its centroid (FAISS's decoder, ~10x NumPy's fancy indexing): the
+        rows ŷ [n, *rows, M·s] before the rotation and with the padding (``decode`` is
+        (ŷ·R)[..., :C']; a model that folds R into its first layers reads ŷ as it is)."""
         codes = records["c"]  # [n, *rows, M]
         width = self.m * self.sub
         flat = np.ascontiguousarray(codes).reshape(-1, self.m)
@@ -160,11 +171,7 @@ class PQRows:
                 flat = self._quantizer().decode(flat)
         else:
             flat = np.zeros((0, width), np.float32)
-        if self.rotation is not None:
-            flat = _times(flat, self.rotation)
-        flat = flat.reshape(*codes.shape[:-1], width)
-        return flat if width == self.shape[-1] else np.ascontiguousarray(
-            flat[..., :self.shape[-1]])
+        return flat.reshape(*codes.shape[:-1], width)
 
     def file_dtype(self):
         return self.record, ()

@@ -20,7 +20,14 @@ beside TensorFlow, for its tokenizer ops):
   encoded its sentence for stage 1 re-ranks without encoding it again;
 * ``explain(texts, image_word)`` → ``selected``, ``weights`` [T, I, N, R] and ``words``
   [T, R]: which words each region picks (Fig. 4), for models with the word level and
-  whole-word keys.
+  whole-word keys;
+* ``fold_rotations(rotation_word, rotation_phrase)`` [P, P] each → ``fold_word_gamma``,
+  ``fold_word_fuse``, ``fold_phrase_gamma``, ``fold_phrase_fuse`` [P, H], and
+  ``rerank_rotated(<rerank's inputs>, fold_word_gamma, ..., fold_phrase_fuse)`` with
+  ``image_word`` / ``image_phrase`` [I, N, P] the rows y of a pq gallery's tables before
+  their rotation R (V = (y·R)[:, :C']), for models with both local levels: each level's
+  image towers start with linear maps W, so V·W = y·(R[:, :C']·W) (``LocalMatching.fold``),
+  and a query skips turning its candidates' rows back (two [I·N, P] × [P, P] products).
 
 Requests are validated in-graph: an image that is not JPEG/PNG fails the call with a clear
 message; an empty sentence gets a defined score; a sentence longer than ``max_len`` tokens
@@ -31,8 +38,9 @@ from __future__ import annotations
 from hgan.data.phrase_graph import GraphPhraseChunker
 from hgan.modeling.hgan.model import HGAN
 from hgan.modeling.hgan.visual import partition_grid
-from hgan.serving.savedmodel import (ENCODE_IMAGE, ENCODE_TEXT, EXPLAIN, RERANK, SCORE,
-                                     STRINGS, ServingModule, request_pixels)
+from hgan.serving.savedmodel import (ENCODE_IMAGE, ENCODE_TEXT, EXPLAIN, FOLD_ROTATIONS,
+                                     RERANK, RERANK_ROTATED, SCORE, STRINGS, ServingModule,
+                                     request_pixels)
 from hgan.tf_compat import tf
 
 
@@ -128,6 +136,40 @@ class HGANServing(ServingModule):
                                           image_phrase)["total"]}
         return rerank
 
+    def rotated_fns(self):
+        """``fold_rotations`` and ``rerank_rotated`` (module docstring), for models with
+        both local levels."""
+        c = self.config
+        dim = c.model.local_dim
+        rotation = tf.TensorSpec([None, None], tf.float32)
+        kernel = tf.TensorSpec([None, c.model.mlp_hidden], tf.float32)
+        heads = (("word", self.model.word_head), ("phrase", self.model.phrase_head))
+
+        @tf.function(autograph=False, input_signature=[rotation, rotation])
+        def fold_rotations(rotation_word, rotation_phrase):
+            out = {}
+            for (level, head), turn in zip(heads, (rotation_word, rotation_phrase)):
+                # A decoded row is (y·R)[:, :C'] = y·R[:, :C'].
+                out[f"fold_{level}_gamma"], out[f"fold_{level}_fuse"] = head.fold(turn[:, :dim])
+            return out
+
+        spec = self._levels.input_signature
+        rows = [tf.TensorSpec([None, s.shape[1], None], tf.float32) for s in spec[6:]]
+
+        @tf.function(autograph=False, input_signature=[*spec[:6], *rows, *[kernel] * 4])
+        def rerank_rotated(text_global, text_word, text_word_mask, text_phrase,
+                           text_phrase_mask, image_global, image_word, image_phrase,
+                           fold_word_gamma, fold_word_fuse, fold_phrase_gamma,
+                           fold_phrase_fuse):
+            text = {"global": text_global, "word": text_word, "word_mask": text_word_mask,
+                    "phrase": text_phrase, "phrase_mask": text_phrase_mask}
+            image = {"global": image_global, "word": image_word, "phrase": image_phrase}
+            folded = {"word": (fold_word_gamma, fold_word_fuse),
+                      "phrase": (fold_phrase_gamma, fold_phrase_fuse)}
+            return {"score": self.model.score(text, image, training=False,
+                                              folded=folded)["total"]}
+        return fold_rotations, rerank_rotated
+
     def explain_fn(self):
         """``explain(texts, image_word)`` → the word level's inference-time
         selections (Fig. 4): ``selected`` [T, I, N, R] (1 where region n of image i picks
@@ -161,12 +203,16 @@ def servable(model: HGAN) -> tuple[tf.Module, dict]:
     signatures, traced by the save: ``savedmodel.save_servable``)."""
     module = HGANServing(model)
     module.rerank = module.rerank_fn()
-    explain = {}
+    optional = {}
     if model.word_head is not None and model.config.model.word_keys == "words":
         module.explain = module.explain_fn()
-        explain[EXPLAIN] = module.explain
+        optional[EXPLAIN] = module.explain
+    if model.word_head is not None and model.phrase_head is not None:
+        module.fold_rotations, module.rerank_rotated = module.rotated_fns()
+        optional[FOLD_ROTATIONS] = module.fold_rotations
+        optional[RERANK_ROTATED] = module.rerank_rotated
     return module, {
-        **explain,
+        **optional,
         ENCODE_TEXT: module.encode_text,
         ENCODE_IMAGE: module.encode_image,
         SCORE: module.score,

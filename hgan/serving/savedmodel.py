@@ -14,7 +14,14 @@ Serving clients use any model the same way (a family adds its own beside them):
   gallery);
 * ``score(texts, images)`` → ``score`` [T, I]: the family's ranking score from raw inputs;
 * ``explain(texts, image_word)`` (optional) → ``selected``, ``weights``, ``words``: which
-  words each region selects (HGAN's Fig. 4).
+  words each region selects (HGAN's Fig. 4);
+* ``fold_rotations(rotation_<name>, ...)`` and ``rerank_rotated(...)`` (optional, as a
+  pair): ``rerank`` of a gallery whose tables ``name`` are stored rotated (pq with a
+  learnt rotation R [P, P], decoded as (y·R)[:, :C']): ``fold_rotations`` turns the
+  rotations into the image side's first linear maps once per gallery (outputs
+  ``fold_<...>``), and ``rerank_rotated`` takes ``rerank``'s inputs with those tables as
+  the rows y [.., P] before the rotation, plus the ``fold_<...>`` tensors by name: the
+  same score without turning each candidate's rows back.
 
 Beside the SavedModel: ``assets.extra/config.json`` (TF Serving's folder for extra files;
 the training config, read back by ``export_config``) and
@@ -39,6 +46,7 @@ STRINGS = tf.TensorSpec([None], tf.string)
 # The contract's names.
 ENCODE_TEXT, ENCODE_IMAGE, RERANK, SCORE, EXPLAIN = (
     "encode_text", "encode_image", "rerank", "score", "explain")
+FOLD_ROTATIONS, RERANK_ROTATED = "fold_rotations", "rerank_rotated"
 GLOBAL = "global"  # the stage-1 embedding among encode_text / encode_image's outputs
 EXTRA_DIR = "assets.extra"  # TF Serving's folder for files beside a model
 CHECKPOINT_FILE = "checkpoint.txt"

@@ -38,8 +38,9 @@ import numpy as np
 from hgan.data import pipeline, records
 from hgan.serving import ann, checksums, gallery, snapshot
 from hgan.serving.gallery import ANN_FILE
-from hgan.serving.savedmodel import (ENCODE_IMAGE, ENCODE_TEXT, EXPLAIN, GLOBAL, RERANK,
-                                     check_contract, export_config)
+from hgan.serving.savedmodel import (ENCODE_IMAGE, ENCODE_TEXT, EXPLAIN, FOLD_ROTATIONS,
+                                     GLOBAL, RERANK, RERANK_ROTATED, check_contract,
+                                     export_config)
 from hgan.tf_compat import tf
 
 _EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -514,14 +515,34 @@ def _text_inputs(signature, texts, encoded) -> dict:
     return {n: encoded[n[len("text_"):]] for n in names if n.startswith("text_")}
 
 
-def _image_inputs(signature, store, rows) -> dict:
-    """The signature's ``image_<feature>`` inputs, read from the gallery at ``rows``."""
+def _image_inputs(signature, store, rows, unturned=()) -> dict:
+    """The signature's ``image_<feature>`` inputs, read from the gallery at ``rows``; the
+    tables in ``unturned`` (pq with a rotation) as their rows before the rotation."""
     names = [n for n in signature.structured_input_signature[1] if n.startswith("image_")]
     missing = [n for n in names if n[len("image_"):] not in store.features]
     if missing:
         raise ValueError(f"the gallery lacks {missing}: was it built with this SavedModel?")
-    return {n: tf.constant(np.asarray(store.array(n[len("image_"):])[rows], np.float32))
-            for n in names}
+    out = {}
+    for n in names:
+        view = store.array(n[len("image_"):])
+        out[n] = tf.constant(np.asarray(
+            view.codec.decode_unturned(view.records[rows]) if n[len("image_"):] in unturned
+            else view[rows], np.float32))
+    return out
+
+
+def _rotations(fold, store) -> Optional[dict]:
+    """``fold``'s inputs ``rotation_<table>`` from ``store`` when each of those tables is
+    stored with a pq rotation, else None."""
+    turns = {}
+    for name in fold.structured_input_signature[1]:
+        table = name[len("rotation_"):]
+        view = store.array(table) if table in store.features else None
+        turn = getattr(getattr(view, "codec", None), "rotation", None)
+        if turn is None:
+            return None
+        turns[name] = tf.constant(turn)
+    return turns
 
 
 def default_rerank_k(savedmodel: str) -> int:
@@ -546,6 +567,11 @@ class Searcher:
         self.fingerprint = gallery.model_fingerprint(savedmodel)
         self.snapshot = snapshot.Snapshot.open(index_path, self.fingerprint, nprobe)
         self.second = self.served.signatures[RERANK]
+        signatures = self.served.signatures
+        self.rotated = ((signatures[RERANK_ROTATED], signatures[FOLD_ROTATIONS])
+                        if RERANK_ROTATED in signatures and FOLD_ROTATIONS in signatures
+                        else None)
+        self._folds = (None, None)  # (a state, its ``fold_rotations`` output or None)
         self.default_rerank_k = default_rerank_k(savedmodel)
 
     @property
@@ -572,6 +598,29 @@ class Searcher:
         previous, self.snapshot = self.snapshot, fresh
         return {"images": len(fresh), "previous": len(previous)}
 
+    def _folds_for(self, state) -> Optional[dict]:
+        """The export's ``fold_rotations`` of ``state``'s gallery, computed once per state,
+        when the export has the rotated re-rank and the gallery's tables are stored with pq
+        rotations; None: the plain ``rerank`` on decoded rows."""
+        seen, folds = self._folds
+        if seen is not state:
+            turns = self.rotated and _rotations(self.rotated[1], state.store)
+            folds = self.rotated[1](**turns) if turns else None
+            self._folds = (state, folds)
+        return folds
+
+    def _rerank(self, state, texts, encoded, rows) -> np.ndarray:
+        """Stage 2's scores [len(rows)] of the query against the gallery's ``rows``."""
+        folds = self._folds_for(state)
+        if folds is None:
+            sig, extra = self.second, {}
+        else:
+            sig, extra = self.rotated[0], folds
+        unturned = [n[len("fold_"):-len("_gamma")] for n in extra if n.endswith("_gamma")]
+        out = sig(**_text_inputs(sig, texts, encoded),
+                  **_image_inputs(sig, state.store, rows, unturned), **extra)
+        return out["score"].numpy()[0]
+
     def query(self, text: str, top_k: int = 10, rerank_k: Optional[int] = None) -> list[dict]:
         """The ``top_k`` gallery images for ``text``, best first: [{path, row, score (stage
         1's cosine), rerank (stage 2's score, on the re-ranked ones)}]; ``rerank_k`` None:
@@ -594,9 +643,7 @@ class Searcher:
         head = ids[:rerank_k]
         if len(head):
             rows = np.sort(head)  # memory-map reads in file order
-            out = self.second(**_text_inputs(self.second, texts, encoded),
-                              **_image_inputs(self.second, state.store, rows))
-            second = dict(zip(rows.tolist(), out["score"].numpy()[0].tolist()))
+            second = dict(zip(rows.tolist(), self._rerank(state, texts, encoded, rows).tolist()))
         paths = state.store.paths()
         results = [{"path": paths[i], "row": int(i), "score": float(s),
                     **({"rerank": second[i]} if i in second else {})}

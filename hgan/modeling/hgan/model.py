@@ -87,18 +87,22 @@ class HGAN(keras.Model):
             self.classifier(image["global"])
         return {"image": image, "text": text}
 
-    def score(self, text, image, training=None) -> dict:
-        """Score matrices [Bt, Bi] of every text with every image, per level and ``total``."""
+    def score(self, text, image, training=None, folded=None) -> dict:
+        """Score matrices [Bt, Bi] of every text with every image, per level and ``total``.
+        ``folded`` {level: ``LocalMatching.fold(A)``}: that level's image table holds rows
+        y of V = y·A (a gallery's pq tables before their rotation)."""
         out = {}
+        folded = folded or {}
         weights = dict(zip(("sentence", "word", "phrase"), self.config.eval.score_weights))
         if self.config.model.use_sentence:
             out["sentence"] = cosine_scores(text["global"], image["global"])
         if self.word_head is not None:
-            out["word"] = self.word_head((text["word"], text["word_mask"], image["word"]),
-                                         training=training)
+            out["word"] = self.word_head((text["word"], text["word_mask"], image["word"],
+                                          *folded.get("word", ())), training=training)
         if self.phrase_head is not None:
             out["phrase"] = self.phrase_head(
-                (text["phrase"], text["phrase_mask"], image["phrase"]), training=training)
+                (text["phrase"], text["phrase_mask"], image["phrase"],
+                 *folded.get("phrase", ())), training=training)
         # float32 whatever the compute dtype: the losses and rankings read these (Keras's
         # mixed-precision guide keeps a model's outputs in float32).
         out = {k: tf.cast(v, tf.float32) for k, v in out.items()}
