@@ -18,24 +18,36 @@ and timed as the median of ``--repeats`` calls:
 - ``slabs``: one insertion pass over the positions, each step elementwise over whole slabs
   (the rows' k best kept sorted), under XLA;
 - ``top_k``: ``tf.math.top_k`` (TensorFlow's CPU kernel, no XLA);
+- ``C kernel``: ``native/top_k_softmax.c`` (``_native_select``), a hand-written kernel
+  that keeps each row's k best in vector registers, one branch-free insertion a key, and
+  gives Eq. 7's weights too, the block's pairs split over ``--threads`` threads; compiled
+  here with the system's C compiler for this CPU;
 - ``one max``: a single ``reduce_max`` of both inputs under XLA, a lower bound of one pass.
 
 Every form is checked to give the rounds' indices. Prints each form's milliseconds and
-nanoseconds per γ entry and round (k2 rounds over the regions, k1 over the words). Asserts
-nothing.
+nanoseconds per γ entry and round (k2 rounds over the regions, k1 over the words).
+
+Then the whole word call on that γ with random tables of ``--hidden`` (the paper: 512),
+as the exact scorer makes it after its γ product: ``LocalMatching.score_selected`` under
+XLA (the rounds inside the compiled call, fused with the gathers that read them) against
+the C kernel's selections followed by ``score_from_selected`` under XLA (the same gathers,
+Eq. 8's MLP and means, reading the kernel's indices and weights); both scores are checked
+equal within 1e-5 relative. Asserts nothing.
 
 ``--small`` (tests/test_benches.py): a 4 × 4 block; every line of the full run.
 """
+import os
 import statistics
 import time
 
 import numpy as np
 from absl import app, flags
 
+import _native_select
 import _small
 
 FLAGS = flags.FLAGS
-SMALL = {"texts": 4, "images": 4, "repeats": 2}
+SMALL = {"texts": 4, "images": 4, "repeats": 2, "hidden": 16}
 MASKED = -1e9
 
 
@@ -47,6 +59,8 @@ def define_flags():
     flags.DEFINE_integer("k1", 4, "Words each region selects (the paper's k1).")
     flags.DEFINE_integer("k2", 2, "Regions each word selects (the paper's k2).")
     flags.DEFINE_integer("repeats", 15, "Timed calls per form.")
+    flags.DEFINE_integer("hidden", 512, "H of the word call's tables (the paper: 512).")
+    flags.DEFINE_integer("threads", os.cpu_count() or 1, "Threads of the C kernel.")
     _small.define_flag()
 
 
@@ -121,24 +135,72 @@ def main(argv):
         "one max": tf.function(lambda a, b: [tf.reduce_max(a, -1), tf.reduce_max(b, -1)],
                                jit_compile=True),
     }
+    lib = _native_select.build()
+    pool = _native_select.thread_pool(FLAGS.threads)
+    word_mask = (gamma[..., 0] > MASKED / 2).astype(np.float32)
+
+    def c_kernel(_a, _b):
+        (_, t2i), (_, i2t) = _native_select.select(lib, gamma, word_mask, FLAGS.k1, FLAGS.k2,
+                                                   pool)
+        return [*np.moveaxis(t2i, -1, 0), *np.moveaxis(i2t, -1, 0)]
+    forms["C kernel"] = c_kernel
+    forms["one max"] = forms.pop("one max")
     reference = [i.numpy() for i in forms["rounds"](by_region, by_word)]
-    for name in ("packed", "slabs", "top_k"):
-        got = [i.numpy() for i in forms[name](by_region, by_word)]
+    for name in ("packed", "slabs", "top_k", "C kernel"):
+        got = [np.asarray(i) for i in forms[name](by_region, by_word)]
         same = all(np.array_equal(a, b) for a, b in zip(got, reference))
         print(f"  {name}: the rounds' indices {'exactly' if same else 'NOT'}")
     forms["one max"](by_region, by_word)  # compiled before the timing, as the others
     entry_rounds = x * y * r * n * (FLAGS.k1 + FLAGS.k2)
-    times = {name: [] for name in forms}
-    for _ in range(FLAGS.repeats):  # interleaved, so a slow spell of the machine hits all
-        for name, fn in forms.items():
-            t0 = time.perf_counter()
-            [t.numpy() for t in fn(by_region, by_word)]
-            times[name].append(time.perf_counter() - t0)
-    for name, ts in times.items():
-        ms = statistics.median(ts) * 1e3
+    times = _interleaved(forms, (by_region, by_word))
+    for name, ms in times.items():
         per = (f", {ms * 1e6 / entry_rounds:.2f} ns per entry and round"
                if name != "one max" else f", {ms * 1e6 / (2 * x * y * r * n):.2f} ns per entry")
         print(f"{name}: {ms:.2f} ms{per}")
+    word_call(tf, lib, pool, gamma, word_mask)
+
+
+def _interleaved(fns: dict, args) -> dict:
+    """Median milliseconds of each of ``fns`` over ``--repeats`` calls, interleaved so a
+    slow spell of the machine hits all."""
+    times = {name: [] for name in fns}
+    for _ in range(FLAGS.repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            [np.asarray(t) for t in fn(*args)]
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+
+
+def word_call(tf, lib, pool, gamma, word_mask):
+    """The word call after γ: XLA's selections inside it, or the C kernel's before it."""
+    from hgan.layers.matching import LocalMatching
+    x, y, r, n = gamma.shape
+    h = FLAGS.hidden
+    rng = np.random.default_rng(1)
+    head = LocalMatching(hidden=h, k1=FLAGS.k1, k2=FLAGS.k2)
+    head((tf.zeros([1, r, h]), tf.ones([1, r]), tf.zeros([1, n, h])))
+    t_lin = tf.constant(rng.standard_normal((x, r, h)).astype(np.float32))
+    v_lin = tf.constant(rng.standard_normal((y, n, h)).astype(np.float32))
+    g, mask = tf.constant(gamma), tf.constant(word_mask)
+    rows, cols = tf.range(x)[:, None], tf.range(y)[None]
+    inside = tf.function(head.score_selected, jit_compile=True)
+    after = tf.function(head.score_from_selected, jit_compile=True)
+
+    def with_kernel(g, mask):
+        t2i, i2t = _native_select.select(lib, g.numpy(), mask.numpy(), FLAGS.k1, FLAGS.k2,
+                                         pool)
+        t2i, i2t = ((w, list(np.moveaxis(p, -1, 0))) for w, p in (t2i, i2t))
+        return [after(t2i, i2t, t_lin, mask, rows, v_lin, cols)]
+    calls = {"XLA's selections inside the call": lambda g, mask: [
+                 inside(g, t_lin, mask, rows, v_lin, cols)],
+             "the C kernel's selections, then the rest under XLA": with_kernel}
+    scores = [np.asarray(fn(g, mask)[0]) for fn in calls.values()]
+    same = np.allclose(scores[0], scores[1], rtol=1e-5, atol=1e-6)
+    times = _interleaved(calls, (g, mask))
+    print(f"word call after γ ({x} x {y} pairs, H = {h}; scores {'equal' if same else 'NOT equal'}"
+          f" within 1e-5): " + "; ".join(f"{name} {ms:.2f} ms" for name, ms in times.items())
+          + f"; ratio {times[list(times)[1]] / times[list(times)[0]]:.2f}")
 
 
 if __name__ == "__main__":

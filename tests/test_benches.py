@@ -138,11 +138,15 @@ EXPECTED = {
         rf"indexed the test split in {NUMBER} s",
     ],
     "topk_select": [
+        rf"word call after γ \(4 x 4 pairs, H = 16; scores equal within 1e-5\): XLA's "
+        rf"selections inside the call {NUMBER} ms; the C kernel's selections, then the rest "
+        rf"under XLA {NUMBER} ms; ratio {NUMBER}",
         rf"one max: {NUMBER} ms, {NUMBER} ns per entry",
         r"one block: 4 texts x 4 images = 16 pairs, 40 word slots x 15 regions",
-        *[rf"  {form}: the rounds' indices exactly" for form in ("packed", "slabs", "top_k")],
+        *[rf"  {form}: the rounds' indices exactly"
+          for form in ("packed", "slabs", "top_k", "C kernel")],
         *[rf"{form}: {NUMBER} ms, {NUMBER} ns per entry and round"
-          for form in ("rounds", "packed", "slabs", "top_k")],
+          for form in ("rounds", "packed", "slabs", "top_k", "C kernel")],
     ],
     "train_step": [
         rf"ratio full / backbones: {NUMBER}   \(target <= 1.05: (met|NOT met)\)",

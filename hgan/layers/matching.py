@@ -215,8 +215,18 @@ class LocalMatching(keras.layers.Layer):
         """
         if self.attention != "gumbel":
             raise ValueError("score_selected needs attention='gumbel'")
-        shape = tf.shape(gamma)
-        pairs = shape[:2]
+        t2i, i2t = self.top_k_selected(gamma, text_mask)
+        return self.score_from_selected(t2i, i2t, text_table, text_mask, text_index,
+                                        image_table, image_index)
+
+    def score_from_selected(self, t2i, i2t, text_table, text_mask, text_index, image_table,
+                            image_index):
+        """``score_selected`` from selections made already (``top_k_selected``'s, or the
+        same from ``hgan.evaluation.native_select``): ``t2i`` = (weights [X, Y, R, k2], a
+        list of k2 region index tensors [X, Y, R]), ``i2t`` = (weights [X, Y, N, k1], k1
+        word index tensors [X, Y, N]); the other arguments as there."""
+        (w_t2i, picks_t2i), (w_i2t, picks_i2t) = t2i, i2t
+        pairs, words, regions = tf.shape(w_t2i)[:2], tf.shape(w_t2i)[2], tf.shape(w_i2t)[2]
         mask = tf.cast(text_mask, tf.bool)
         slots_t, slots_v = tf.shape(text_table)[1], tf.shape(image_table)[1]
         # Row offsets of each pair's words / regions in the tables flattened to [-1, H].
@@ -226,16 +236,15 @@ class LocalMatching(keras.layers.Layer):
         v_rows = tf.reshape(image_table, [-1, tf.shape(image_table)[-1]])
         w_out, b_out = self.fuse_out.kernel[:, 0], self.fuse_out.bias[0]
         # Text-to-image: word r (its W·t + b) with its k2 fused regions.
-        own = tf.gather(t_rows, t_base + tf.range(shape[2]))
-        fused = _fuse_rows(*_top_k_softmax(gamma, self.k2), v_rows, v_base)
+        own = tf.gather(t_rows, t_base + tf.range(words))
+        fused = _fuse_rows(w_t2i, picks_t2i, v_rows, v_base)
         hidden = tf.nn.relu(own + fused + self.fuse_bias)
         per_word = tf.sigmoid(tf.einsum("xyrh,h->xyr", hidden, w_out) + b_out)
         valid = tf.cast(mask, per_word.dtype)
         s_t2i = tf.reduce_sum(per_word * valid, -1) / tf.maximum(tf.reduce_sum(valid, -1), 1.0)
         # Image-to-text: region n with its k1 fused words (Eqs. 5–7), scored by Eq. 8.
-        own = tf.gather(v_rows, v_base + tf.range(shape[3]))
-        fused = _fuse_rows(*_top_k_softmax(_words_by_region(gamma, mask), self.k1), t_rows,
-                           t_base)
+        own = tf.gather(v_rows, v_base + tf.range(regions))
+        fused = _fuse_rows(w_i2t, picks_i2t, t_rows, t_base)
         hidden = tf.nn.relu(own + fused + self.fuse_bias)
         per_region = tf.sigmoid(tf.einsum("xynh,h->xyn", hidden, w_out) + b_out)
         return 0.5 * (tf.reduce_mean(per_region, axis=-1) + s_t2i)
@@ -307,7 +316,8 @@ def _top_k_softmax(scores, k: int):
 
 def _fuse_rows(weights, picks, rows, base):
     """Σ_j weights[..., j] · rows[base + picks[j]]: ``rows`` [-1, H] holds the keys,
-    ``base`` [X, Y, 1] the offset of each pair's first key → [X, Y, A, H] (Eq. 7)."""
+    ``base`` [X, Y, 1] the offset of each pair's first key → [X, Y, A, H] (Eq. 7);
+    ``picks``: k index tensors [X, Y, A]."""
     fused = 0.0
     for j, index in enumerate(picks):
         fused += weights[..., j:j + 1] * tf.gather(rows, base + index)

@@ -1,0 +1,179 @@
+/* Inference-time Eqs. 5 and 7 of HGAN for blocks of (text, image) pairs: each row's top-k
+ * keys of γ and the softmax of their values, as hgan.layers.matching._top_k_softmax gives
+ * them (ties pick the lower index; padded words score -1e9 and weigh nothing).
+ *
+ * gamma [pairs, R, N] (R word slots, N regions), mask [pairs, R] (1 for a real word):
+ *   text-to-image: for each word r, the k2 regions of largest γ[r, :]
+ *     → w_t2i, i_t2i [pairs, R, k2];
+ *   image-to-text: for each region n, the k1 words of largest γ[:, n] over real words
+ *     → w_i2t, i_i2t [pairs, N, k1].
+ * Pairs [first, last) are computed, so callers can split a block across threads.
+ *
+ * A selection runs over LANES columns of a [rows, cols] block at once, in vector
+ * registers (GCC / Clang vector extensions): for each row in turn, every column inserts
+ * the row's value into its sorted k-list, with no branches. The k-lists are ordered by
+ * value, then by lower row, so a carried entry moves an equal one of a higher row down,
+ * as k rounds of "take the largest, lowest index first" pick them.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MASKED (-1e9f)
+#define LANES 16
+#define MAX_K 8
+
+typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(LANES * sizeof(int32_t))));
+
+static inline vf pick_f(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
+static inline vi pick_i(vi m, vi a, vi b) { return (a & m) | (b & ~m); }
+
+/* Columns [c0, c0 + LANES) of ``row`` (``cols`` wide); columns past ``cols`` are -inf,
+ * never selected before a real one. Memory up to ``limit`` may be read: one vector load
+ * when it reaches that far (the next row's values, then replaced), else one value at a
+ * time. */
+static inline vf load_columns(const float *row, int c0, int cols, const float *limit) {
+    vf v;
+    if (row + c0 + LANES <= limit) {
+        memcpy(&v, row + c0, sizeof v);
+        if (c0 + LANES > cols) {
+            vi lane;
+            for (int l = 0; l < LANES; ++l)
+                lane[l] = c0 + l;
+            v = pick_f(lane < cols, v, (vf){0} - INFINITY);
+        }
+    } else {
+        float t[LANES];
+        for (int l = 0; l < LANES; ++l)
+            t[l] = c0 + l < cols ? row[c0 + l] : -INFINITY;
+        memcpy(&v, t, sizeof v);
+    }
+    return v;
+}
+
+/* e^x for x ≤ 0, lane by lane (Cephes' expf: x = n·ln 2 + f, |f| ≤ ln 2 / 2, a degree-6
+ * polynomial in f, then 2^n by the exponent bits): within 2 ulp of the exact value, as
+ * close as the exp of the XLA code it replaces; x below -87 gives 0. */
+static inline vf exp_nonpositive(vf x) {
+    const vf zero = (vf){0};
+    const vi tiny = x < -87.0f;
+    x = pick_f(tiny, zero - 87.0f, x);
+    /* n = floor(x / ln 2 + 1/2), the integer nearest x / ln 2 */
+    const vf t = x * 1.44269504088896341f + 0.5f;
+    vi n = __builtin_convertvector(t, vi); /* toward zero */
+    n = pick_i(__builtin_convertvector(n, vf) > t, n - 1, n);
+    const vf nf = __builtin_convertvector(n, vf);
+    const vf f = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+    vf y = zero + 1.9875691500e-4f;
+    y = y * f + 1.3981999507e-3f;
+    y = y * f + 8.3334519073e-3f;
+    y = y * f + 4.1665795894e-2f;
+    y = y * f + 1.6666665459e-1f;
+    y = y * f + 5.0000001201e-1f;
+    y = y * (f * f) + f + 1.0f;
+    return pick_f(tiny, zero, y * (vf)((n + 127) << 23));
+}
+
+/* The k-lists of LANES columns, then Eq. 7's softmax over each column's real keys (a
+ * column without any weighs 0), written to w / idx [cols, k]. */
+#define TOP_K_COLUMNS(K)                                                                   \
+    static void top_k_columns_##K(const float *a, int rows, int cols, int c0,            \
+                                  const float *row_mask, const float *limit, float *w,   \
+                                  int32_t *idx) {                                        \
+        vf top[K];                                                                       \
+        vi at[K];                                                                        \
+        for (int j = 0; j < K; ++j) {                                                    \
+            top[j] = (vf){0} - INFINITY;                                                 \
+            at[j] = (vi){0};                                                             \
+        }                                                                                \
+        const vf masked = (vf){0} + MASKED;                                              \
+        for (int r = 0; r < rows; ++r) {                                                 \
+            const int real = row_mask == 0 || row_mask[r] > 0.5f;                        \
+            vf x = real ? load_columns(a + (int64_t)r * cols, c0, cols, limit) : masked; \
+            vi xi = (vi){0} + r;                                                         \
+            for (int j = 0; j < K; ++j) {                                                \
+                const vi moves = (x > top[j]) | ((x == top[j]) & (xi < at[j]));          \
+                const vf h = top[j];                                                     \
+                const vi ha = at[j];                                                     \
+                top[j] = pick_f(moves, x, h);                                            \
+                at[j] = pick_i(moves, xi, ha);                                           \
+                x = pick_f(moves, h, x);                                                 \
+                xi = pick_i(moves, ha, xi);                                              \
+            }                                                                            \
+        }                                                                                \
+        vf e[K], sum = (vf){0};                                                          \
+        for (int j = 0; j < K; ++j) {                                                    \
+            const vi real = top[j] > MASKED / 2;                                         \
+            e[j] = pick_f(real, exp_nonpositive(top[j] - top[0]), (vf){0});              \
+            sum += e[j];                                                                 \
+        }                                                                                \
+        const vi some = sum > 0.0f;                                                      \
+        const vf divisor = pick_f(some, sum, (vf){0} + 1.0f);                            \
+        float v[K][LANES];                                                               \
+        int32_t i[K][LANES];                                                             \
+        for (int j = 0; j < K; ++j)                                                      \
+            e[j] = pick_f(some, e[j] / divisor, (vf){0});                                \
+        memcpy(v, e, sizeof v);                                                          \
+        memcpy(i, at, sizeof i);                                                         \
+        for (int l = 0; l < LANES && c0 + l < cols; ++l)                                 \
+            for (int j = 0; j < K; ++j) {                                                \
+                w[(int64_t)(c0 + l) * K + j] = v[j][l];                                  \
+                idx[(int64_t)(c0 + l) * K + j] = i[j][l];                                \
+            }                                                                            \
+    }
+
+TOP_K_COLUMNS(1)
+TOP_K_COLUMNS(2)
+TOP_K_COLUMNS(3)
+TOP_K_COLUMNS(4)
+TOP_K_COLUMNS(5)
+TOP_K_COLUMNS(6)
+TOP_K_COLUMNS(7)
+TOP_K_COLUMNS(8)
+
+/* Each column's top k over the rows of ``a`` [rows, cols] → w, idx [cols, k]; memory up
+ * to ``limit`` may be read. */
+static void columns_top_k(const float *a, int rows, int cols, const float *row_mask, int k,
+                          const float *limit, float *w, int32_t *idx) {
+    for (int c0 = 0; c0 < cols; c0 += LANES) {
+        switch (k) {
+        case 1: top_k_columns_1(a, rows, cols, c0, row_mask, limit, w, idx); break;
+        case 2: top_k_columns_2(a, rows, cols, c0, row_mask, limit, w, idx); break;
+        case 3: top_k_columns_3(a, rows, cols, c0, row_mask, limit, w, idx); break;
+        case 4: top_k_columns_4(a, rows, cols, c0, row_mask, limit, w, idx); break;
+        case 5: top_k_columns_5(a, rows, cols, c0, row_mask, limit, w, idx); break;
+        case 6: top_k_columns_6(a, rows, cols, c0, row_mask, limit, w, idx); break;
+        case 7: top_k_columns_7(a, rows, cols, c0, row_mask, limit, w, idx); break;
+        default: top_k_columns_8(a, rows, cols, c0, row_mask, limit, w, idx); break;
+        }
+    }
+}
+
+/* Returns 0; -1 for a k outside 1..MAX_K or above its keys; -2 if memory runs out. */
+int top_k_softmax_pairs(const float *gamma, const float *mask, int64_t first, int64_t last,
+                        int R, int N, int k1, int k2, float *w_t2i, int32_t *i_t2i,
+                        float *w_i2t, int32_t *i_i2t) {
+    if (k1 < 1 || k2 < 1 || k1 > MAX_K || k2 > MAX_K || k1 > R || k2 > N)
+        return -1;
+    /* One pair's γ turned [N, R], with a vector's room after it for the loads. */
+    float *turned = malloc(((size_t)R * N + LANES) * sizeof(float));
+    if (turned == 0)
+        return -2;
+    const float *end = gamma + last * R * N, *turned_end = turned + (int64_t)R * N + LANES;
+    for (int64_t p = first; p < last; ++p) {
+        const float *g = gamma + p * R * N;
+        /* image-to-text: the columns of [R, N] are the regions, its rows the words. */
+        columns_top_k(g, R, N, mask + p * R, k1, end, w_i2t + p * N * k1,
+                      i_i2t + p * N * k1);
+        /* text-to-image: the columns of [N, R] are the words. */
+        for (int r = 0; r < R; ++r)
+            for (int n = 0; n < N; ++n)
+                turned[n * R + r] = g[r * N + n];
+        columns_top_k(turned, N, R, 0, k2, turned_end, w_t2i + p * R * k2,
+                      i_t2i + p * R * k2);
+    }
+    free(turned);
+    return 0;
+}
