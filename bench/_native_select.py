@@ -18,12 +18,12 @@ MAX_K = 8  # the kernel's MAX_K
 
 def build():
     """The compiled kernel, or raises ``OSError`` / ``CalledProcessError`` saying why."""
-    folder = tempfile.mkdtemp(prefix="top_k_softmax_")
-    library = os.path.join(folder, "top_k_softmax.so")
-    subprocess.run([os.environ.get("CC") or "cc", "-O3", "-march=native", "-fPIC", "-shared",
-                    "-std=c99", "-o", library, SOURCE, "-lm"], check=True,
-                   capture_output=True, timeout=120)
-    lib = ctypes.CDLL(library)
+    with tempfile.TemporaryDirectory(prefix="top_k_softmax_") as folder:
+        library = os.path.join(folder, "top_k_softmax.so")
+        subprocess.run([os.environ.get("CC") or "cc", "-O3", "-march=native", "-fPIC",
+                        "-shared", "-std=c99", "-o", library, SOURCE, "-lm"], check=True,
+                       capture_output=True, timeout=120)
+        lib = ctypes.CDLL(library)  # loaded: the file can go
     fn = lib.top_k_softmax_pairs
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
@@ -54,8 +54,10 @@ def select(lib, gamma: np.ndarray, mask: np.ndarray, k1: int, k2: int, pool=None
         return lib.top_k_softmax_pairs(*ins, int(first), int(last), r, n, k1, k2, *outs)
     codes = (list(pool.map(run, bounds[:-1], bounds[1:])) if pool is not None
              else [run(0, pairs)])
-    if any(codes):
+    if -2 in codes:
         raise MemoryError("the kernel could not allocate its buffer")
+    if any(codes):
+        raise ValueError(f"the kernel refused k1={k1}, k2={k2} for {r} words, {n} regions")
     return (out[0], out[1]), (out[2], out[3])
 
 

@@ -88,6 +88,16 @@ def test_train_sigkill_resume_then_eval_and_export(tfrecords, tiny_vocab, tmp_pa
     out = run_command("hgan-export", f"--model_dir={model_dir}", f"--output_dir={saved}")
     assert os.path.exists(os.path.join(saved, "saved_model.pb"))
     _assert_same_variables(saved, train_saved)
+    # The finished run asked again trains no step and evaluates the same checkpoint.
+    again = str(tmp_path / "again.json")
+    out = run_command(*_train_args(tfrecords, model_dir, tiny_vocab, last + 2),
+                      f"--test_json={again}")
+    assert f"already trained to step {last + 2} of {last + 2}" in out, out
+    assert max(_checkpoint_steps(ckpt_dir)) == last + 2
+    again = json.load(open(again))
+    for mode in ("exact", "two_stage"):
+        assert (again[mode]["t2i"], again[mode]["i2t"]) == (report[mode]["t2i"],
+                                                            report[mode]["i2t"]), mode
     # TensorFlow's Python INFO records (the saver's, the signature serialiser's) stay out of
     # the commands' output unless --verbosity asks for them.
     err = capfd.readouterr().err

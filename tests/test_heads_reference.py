@@ -129,6 +129,31 @@ def test_rows_before_a_rotation_with_folded_kernels_score_as_the_rotated_rows(at
     assert np.abs(unfolded - want).max() > 1e-3
 
 
+def test_a_mixed_precision_head_folds_in_float32_and_scores_as_it_does_rotated_rows():
+    """Under ``mixed_float16`` the folded kernels are float32 (the variables' own values,
+    as an export's ``fold_rotations`` returns them) and the folded call gives the head's
+    float16 scores of V = y·A to float16 rounding."""
+    from hgan.tf_compat import keras
+    rng = np.random.default_rng(9)
+    texts = rng.normal(size=(2, 6, 5)).astype(np.float32)
+    masks = np.ones((2, 6), np.float32)
+    rows = rng.normal(size=(3, 4, 7)).astype(np.float32)
+    linear = np.linalg.qr(rng.normal(size=(7, 7)))[0][:, :5].astype(np.float32)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        head = LocalMatching(hidden=8, k1=2, k2=2)
+        plain = head((tf.constant(texts), tf.constant(masks), tf.constant(rows @ linear)),
+                     training=False)
+        folded = head.fold(tf.constant(linear))
+        got = head((tf.constant(texts), tf.constant(masks), tf.constant(rows), *folded),
+                   training=False)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert [f.dtype for f in folded] == [tf.float32, tf.float32]
+    assert got.dtype == plain.dtype == tf.float16
+    np.testing.assert_allclose(got.numpy(), plain.numpy(), atol=2e-3)
+
+
 def test_fig4_selections_pick_each_regions_top_k1_words_paired_or_on_the_grid():
     """``selections``: α [Bt, Bi, N, R] is 1 on the k1 words of largest Eq. 2 γ (NumPy,
     one pair and region at a time) of each region and 0 elsewhere, padded words never;

@@ -36,7 +36,7 @@ static inline vi pick_i(vi m, vi a, vi b) { return (a & m) | (b & ~m); }
  * time. */
 static inline vf load_columns(const float *row, int c0, int cols, const float *limit) {
     vf v;
-    if (row + c0 + LANES <= limit) {
+    if (limit - row >= c0 + LANES) {
         memcpy(&v, row + c0, sizeof v);
         if (c0 + LANES > cols) {
             vi lane;
@@ -161,6 +161,7 @@ int top_k_softmax_pairs(const float *gamma, const float *mask, int64_t first, in
     float *turned = malloc(((size_t)R * N + LANES) * sizeof(float));
     if (turned == 0)
         return -2;
+    memset(turned + (size_t)R * N, 0, LANES * sizeof(float)); /* read, then masked out */
     const float *end = gamma + last * R * N, *turned_end = turned + (int64_t)R * N + LANES;
     for (int64_t p = first; p < last; ++p) {
         const float *g = gamma + p * R * N;

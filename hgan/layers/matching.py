@@ -77,10 +77,10 @@ class LocalMatching(keras.layers.Layer):
     W(v + t^f) = Wv + Σ_j w_j (W t_j): ``prepare_*`` computes Wv and Wt once per item.
 
     Images may also come as rows y [Bi, N, P] of a linear image of V, V = y·A (A [P, C'];
-    a gallery's product-quantised tables decoded before their rotation, A = Rᵀ's first C'
-    columns): both image-side layers start with a linear map, so V·W = y·(A·W) and
-    ``fold(A)`` → (A·W_φ, A·W) [P, H] each lets ``call((text, mask, y, A·W_φ, A·W))`` score
-    them without forming V, the same S(V, T) to float rounding.
+    a gallery's product-quantised tables decoded before their rotation R, A = R[:, :C']):
+    both image-side layers start with a linear map, so V·W = y·(A·W), and ``fold(A)`` →
+    (A·W_φ, A·W) [P, H] each lets ``call((text, mask, y, A·W_φ, A·W))`` score them without
+    forming V, the same S(V, T) to float rounding.
     """
 
     def __init__(self, hidden: int, k1: int = 4, k2: int = 2, temperature: float = 1.0,
@@ -127,9 +127,9 @@ class LocalMatching(keras.layers.Layer):
     def fold(self, linear):
         """The image side's first linear maps after ``linear`` A [P, C'] → (A·W_φ, A·W),
         each [P, H] float32: ``prepare_image`` of V = y·A is ``prepare_folded`` of y."""
-        first = self.image_tower.layers[0].kernel
-        linear = tf.cast(linear, first.dtype)
-        return (tf.matmul(linear, first), tf.matmul(linear, self.fuse_in.kernel))
+        linear = tf.cast(linear, tf.float32)
+        return tuple(tf.matmul(linear, tf.cast(kernel, tf.float32))
+                     for kernel in (self.image_tower.layers[0].kernel, self.fuse_in.kernel))
 
     def prepare_folded(self, rows, gamma_kernel, fuse_kernel):
         """``prepare_image`` of V = y·A from y [B, N, P] and ``fold(A)``'s kernels:
@@ -222,9 +222,10 @@ class LocalMatching(keras.layers.Layer):
     def score_from_selected(self, t2i, i2t, text_table, text_mask, text_index, image_table,
                             image_index):
         """``score_selected`` from selections made already (``top_k_selected``'s, or the
-        same from ``hgan.evaluation.native_select``): ``t2i`` = (weights [X, Y, R, k2], a
-        list of k2 region index tensors [X, Y, R]), ``i2t`` = (weights [X, Y, N, k1], k1
-        word index tensors [X, Y, N]); the other arguments as there."""
+        same made elsewhere, e.g. by ``bench/topk_select.py``'s C kernel): ``t2i`` =
+        (weights [X, Y, R, k2], a list of k2 region index tensors [X, Y, R]), ``i2t`` =
+        (weights [X, Y, N, k1], k1 word index tensors [X, Y, N]); the other arguments as
+        there."""
         (w_t2i, picks_t2i), (w_i2t, picks_i2t) = t2i, i2t
         pairs, words, regions = tf.shape(w_t2i)[:2], tf.shape(w_t2i)[2], tf.shape(w_i2t)[2]
         mask = tf.cast(text_mask, tf.bool)

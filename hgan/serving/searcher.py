@@ -36,7 +36,7 @@ from typing import Optional
 import numpy as np
 
 from hgan.data import pipeline, records
-from hgan.serving import ann, checksums, gallery, snapshot
+from hgan.serving import ann, checksums, codec, gallery, snapshot
 from hgan.serving.gallery import ANN_FILE
 from hgan.serving.savedmodel import (ENCODE_IMAGE, ENCODE_TEXT, EXPLAIN, FOLD_ROTATIONS,
                                      GLOBAL, RERANK, RERANK_ROTATED, check_contract,
@@ -531,18 +531,16 @@ def _image_inputs(signature, store, rows, unturned=()) -> dict:
     return out
 
 
-def _rotations(fold, store) -> Optional[dict]:
-    """``fold``'s inputs ``rotation_<table>`` from ``store`` when each of those tables is
-    stored with a pq rotation, else None."""
-    turns = {}
-    for name in fold.structured_input_signature[1]:
-        table = name[len("rotation_"):]
-        view = store.array(table) if table in store.features else None
-        turn = getattr(getattr(view, "codec", None), "rotation", None)
-        if turn is None:
-            return None
-        turns[name] = tf.constant(turn)
-    return turns
+def _rotations(fold, store) -> Optional[tuple]:
+    """(the tables ``fold`` turns, the key of their rotations: the manifest's sha256 of
+    each) when each table of ``fold``'s inputs ``rotation_<table>`` is stored with a pq
+    rotation, else None."""
+    tables = [n[len("rotation_"):] for n in fold.structured_input_signature[1]]
+    books = store.manifest.get("codebooks") or {}
+    keys = [books.get(codec.rotation_of(t), {}).get("sha256") for t in tables]
+    if not all(keys):
+        return None
+    return tuple(tables), tuple(zip(tables, keys))
 
 
 def default_rerank_k(savedmodel: str) -> int:
@@ -571,7 +569,7 @@ class Searcher:
         self.rotated = ((signatures[RERANK_ROTATED], signatures[FOLD_ROTATIONS])
                         if RERANK_ROTATED in signatures and FOLD_ROTATIONS in signatures
                         else None)
-        self._folds = (None, None)  # (a state, its ``fold_rotations`` output or None)
+        self._folds = {}  # the rotations' key → ``fold_rotations``'s output (the last few)
         self.default_rerank_k = default_rerank_k(savedmodel)
 
     @property
@@ -598,25 +596,31 @@ class Searcher:
         previous, self.snapshot = self.snapshot, fresh
         return {"images": len(fresh), "previous": len(previous)}
 
-    def _folds_for(self, state) -> Optional[dict]:
-        """The export's ``fold_rotations`` of ``state``'s gallery, computed once per state,
-        when the export has the rotated re-rank and the gallery's tables are stored with pq
-        rotations; None: the plain ``rerank`` on decoded rows."""
-        seen, folds = self._folds
-        if seen is not state:
-            turns = self.rotated and _rotations(self.rotated[1], state.store)
-            folds = self.rotated[1](**turns) if turns else None
-            self._folds = (state, folds)
-        return folds
+    def _folds_for(self, state) -> Optional[tuple]:
+        """(the tables read before their rotation, the export's ``fold_rotations`` of
+        them) for ``state``'s gallery when the export has the rotated re-rank and those
+        tables are stored with pq rotations, else None (the plain ``rerank`` on decoded
+        rows). Folded once per set of rotations (by their sha256 in the manifest), so a
+        reload that keeps them, e.g. after the gallery grew, folds nothing again."""
+        found = self.rotated and _rotations(self.rotated[1], state.store)
+        if not found:
+            return None
+        tables, key = found
+        if key not in self._folds:
+            turns = {f"rotation_{t}": tf.constant(state.store.array(t).codec.rotation)
+                     for t in tables}
+            # A dict replaced whole: queries on other threads read one or the other.
+            self._folds = {**dict(list(self._folds.items())[-1:]),
+                           key: (tables, self.rotated[1](**turns))}
+        return self._folds[key]
 
     def _rerank(self, state, texts, encoded, rows) -> np.ndarray:
         """Stage 2's scores [len(rows)] of the query against the gallery's ``rows``."""
-        folds = self._folds_for(state)
-        if folds is None:
-            sig, extra = self.second, {}
+        folded = self._folds_for(state)
+        if folded is None:
+            sig, unturned, extra = self.second, (), {}
         else:
-            sig, extra = self.rotated[0], folds
-        unturned = [n[len("fold_"):-len("_gamma")] for n in extra if n.endswith("_gamma")]
+            sig, (unturned, extra) = self.rotated[0], folded
         out = sig(**_text_inputs(sig, texts, encoded),
                   **_image_inputs(sig, state.store, rows, unturned), **extra)
         return out["score"].numpy()[0]
