@@ -350,7 +350,7 @@ def compact_store(rng):
             for _ in range(100):
                 ids = np.sort(rng.choice(len(store), min(k, len(store)), replace=False))
                 t0 = time.perf_counter()
-                _ = [v.codec.decode_unturned(v.records[ids]) for v in (word, phrase)]
+                _ = word.unturned(ids), phrase.unturned(ids)
                 times.append(time.perf_counter() - t0)
             print(f"{label}: gather and decode them before the rotation (a query's read "
                   f"when the export folds the rotation into its first layers): "

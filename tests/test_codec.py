@@ -238,7 +238,10 @@ def test_a_gallery_indexed_int8_or_pq_ranks_the_test_captions_as_float32(hgan_ex
     # Its queries re-rank the rows before their rotation with the rotation folded into the
     # model (``rerank_rotated``): the scores of ``rerank`` on the decoded tables.
     state, rows = s.snapshot, np.arange(len(s))
-    assert s._folds_for(state) is not None
+    folded = s._folds_for(state)
+    assert folded is not None and set(folded[0]) == {"word", "phrase"}
+    s.reload()  # the same rotations in the new state: folded once, kept by their sha256
+    assert s.snapshot is not state and s._folds_for(s.snapshot) is folded
     for caption in captions[:3]:
         texts = tf.constant([caption])
         encoded = s.served.signatures["encode_text"](sentences=texts)

@@ -322,6 +322,11 @@ class Decoded:
                 head, (int, np.integer)) else rest]
         return self.codec.decode(self.records[key])
 
+    def unturned(self, rows) -> np.ndarray:
+        """The records at ``rows`` decoded before the pq rotation (``PQRows.decode_unturned``:
+        what an export that folds the rotation into its model reads)."""
+        return self.codec.decode_unturned(self.records[rows])
+
     def __array__(self, dtype=None, copy=None):
         out = self[:]
         return out if dtype is None else out.astype(dtype)

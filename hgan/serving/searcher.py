@@ -526,8 +526,7 @@ def _image_inputs(signature, store, rows, unturned=()) -> dict:
     for n in names:
         view = store.array(n[len("image_"):])
         out[n] = tf.constant(np.asarray(
-            view.codec.decode_unturned(view.records[rows]) if n[len("image_"):] in unturned
-            else view[rows], np.float32))
+            view.unturned(rows) if n[len("image_"):] in unturned else view[rows], np.float32))
     return out
 
 
@@ -569,7 +568,7 @@ class Searcher:
         self.rotated = ((signatures[RERANK_ROTATED], signatures[FOLD_ROTATIONS])
                         if RERANK_ROTATED in signatures and FOLD_ROTATIONS in signatures
                         else None)
-        self._folds = {}  # the rotations' key → ``fold_rotations``'s output (the last few)
+        self._folds = {}  # the rotations' key → ``fold_rotations``'s output (the last two)
         self.default_rerank_k = default_rerank_k(savedmodel)
 
     @property
@@ -606,13 +605,14 @@ class Searcher:
         if not found:
             return None
         tables, key = found
-        if key not in self._folds:
+        folded = self._folds.get(key)
+        if folded is None:
             turns = {f"rotation_{t}": tf.constant(state.store.array(t).codec.rotation)
                      for t in tables}
+            folded = (tables, self.rotated[1](**turns))
             # A dict replaced whole: queries on other threads read one or the other.
-            self._folds = {**dict(list(self._folds.items())[-1:]),
-                           key: (tables, self.rotated[1](**turns))}
-        return self._folds[key]
+            self._folds = {**dict(list(self._folds.items())[-1:]), key: folded}
+        return folded
 
     def _rerank(self, state, texts, encoded, rows) -> np.ndarray:
         """Stage 2's scores [len(rows)] of the query against the gallery's ``rows``."""
