@@ -32,11 +32,15 @@ def build():
     return lib
 
 
-def select(lib, gamma: np.ndarray, mask: np.ndarray, k1: int, k2: int, pool=None) -> tuple:
+_POOLS = {}  # threads → a pool of that many, made once
+
+
+def select(lib, gamma: np.ndarray, mask: np.ndarray, k1: int, k2: int,
+           threads: int = 1) -> tuple:
     """γ [..., R, N] and the word mask [..., R] → ((weights [..., R, k2], region indices
     int32 [..., R, k2]) of text-to-image, (weights [..., N, k1], word indices
     [..., N, k1]) of image-to-text), as ``LocalMatching.top_k_selected`` with the picks
-    stacked on the last axis; the pairs split across ``pool``'s threads, if given."""
+    stacked on the last axis; the pairs split across ``threads`` threads."""
     gamma = np.ascontiguousarray(gamma, np.float32)
     *lead, r, n = gamma.shape
     mask = np.ascontiguousarray(np.broadcast_to(mask, (*lead, r)), np.float32)
@@ -47,19 +51,18 @@ def select(lib, gamma: np.ndarray, mask: np.ndarray, k1: int, k2: int, pool=None
     out = (np.empty((*lead, r, k2), np.float32), np.empty((*lead, r, k2), np.int32),
            np.empty((*lead, n, k1), np.float32), np.empty((*lead, n, k1), np.int32))
     ins, outs = [a.ctypes.data for a in (gamma, mask)], [a.ctypes.data for a in out]
-    parts = pool._max_workers if pool is not None else 1
-    bounds = np.linspace(0, pairs, parts + 1).astype(np.int64)
+    bounds = np.linspace(0, pairs, threads + 1).astype(np.int64)
 
     def run(first, last):
         return lib.top_k_softmax_pairs(*ins, int(first), int(last), r, n, k1, k2, *outs)
-    codes = (list(pool.map(run, bounds[:-1], bounds[1:])) if pool is not None
-             else [run(0, pairs)])
+    if threads == 1:
+        codes = [run(0, pairs)]
+    else:
+        if threads not in _POOLS:
+            _POOLS[threads] = concurrent.futures.ThreadPoolExecutor(threads)
+        codes = list(_POOLS[threads].map(run, bounds[:-1], bounds[1:]))
     if -2 in codes:
         raise MemoryError("the kernel could not allocate its buffer")
     if any(codes):
         raise ValueError(f"the kernel refused k1={k1}, k2={k2} for {r} words, {n} regions")
     return (out[0], out[1]), (out[2], out[3])
-
-
-def thread_pool(threads: int):
-    return concurrent.futures.ThreadPoolExecutor(threads)

@@ -143,12 +143,11 @@ def main(argv):
         lib = None
         detail = (getattr(e, "stderr", b"") or b"").decode(errors="replace").strip()
         print(f"C kernel: not built ({e}{': ' + detail[-300:] if detail else ''})")
-    pool = _native_select.thread_pool(FLAGS.threads)
     word_mask = (gamma[..., 0] > MASKED / 2).astype(np.float32)
 
     def c_kernel(_a, _b):
         (_, t2i), (_, i2t) = _native_select.select(lib, gamma, word_mask, FLAGS.k1, FLAGS.k2,
-                                                   pool)
+                                                   FLAGS.threads)
         return [*np.moveaxis(t2i, -1, 0), *np.moveaxis(i2t, -1, 0)]
     if lib is not None:
         forms["C kernel"] = c_kernel
@@ -166,7 +165,7 @@ def main(argv):
                if name != "one max" else f", {ms * 1e6 / (2 * x * y * r * n):.2f} ns per entry")
         print(f"{name}: {ms:.2f} ms{per}")
     if lib is not None:
-        word_call(tf, lib, pool, gamma, word_mask)
+        word_call(tf, lib, gamma, word_mask)
 
 
 def _interleaved(fns: dict, args) -> dict:
@@ -181,7 +180,7 @@ def _interleaved(fns: dict, args) -> dict:
     return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
 
 
-def word_call(tf, lib, pool, gamma, word_mask):
+def word_call(tf, lib, gamma, word_mask):
     """The word call after γ: XLA's selections inside it, or the C kernel's before it."""
     from hgan.layers.matching import LocalMatching
     x, y, r, n = gamma.shape
@@ -198,7 +197,7 @@ def word_call(tf, lib, pool, gamma, word_mask):
 
     def with_kernel(g, mask):
         t2i, i2t = _native_select.select(lib, g.numpy(), mask.numpy(), FLAGS.k1, FLAGS.k2,
-                                         pool)
+                                         FLAGS.threads)
         t2i, i2t = ((w, list(np.moveaxis(p, -1, 0))) for w, p in (t2i, i2t))
         return [after(t2i, i2t, t_lin, mask, rows, v_lin, cols)]
     calls = {"XLA's selections inside the call": lambda g, mask: [

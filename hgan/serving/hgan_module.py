@@ -117,12 +117,8 @@ class HGANServing(ServingModule):
             tf.TensorSpec([None, c.model.embed_dim], tf.float32),
             tf.TensorSpec([None, regions[0], c.model.local_dim], tf.float32),
             tf.TensorSpec([None, regions[1], c.model.local_dim], tf.float32)])
-        def levels(text_global, text_word, text_word_mask, text_phrase, text_phrase_mask,
-                   image_global, image_word, image_phrase):
-            text = {"global": text_global, "word": text_word, "word_mask": text_word_mask,
-                    "phrase": text_phrase, "phrase_mask": text_phrase_mask}
-            image = {"global": image_global, "word": image_word, "phrase": image_phrase}
-            return self.model.score(text, image, training=False)
+        def levels(*features):
+            return self.model.score(*_features(*features), training=False)
         return levels
 
     def rerank_fn(self):
@@ -161,12 +157,11 @@ class HGANServing(ServingModule):
                            text_phrase_mask, image_global, image_word, image_phrase,
                            fold_word_gamma, fold_word_fuse, fold_phrase_gamma,
                            fold_phrase_fuse):
-            text = {"global": text_global, "word": text_word, "word_mask": text_word_mask,
-                    "phrase": text_phrase, "phrase_mask": text_phrase_mask}
-            image = {"global": image_global, "word": image_word, "phrase": image_phrase}
             folded = {"word": (fold_word_gamma, fold_word_fuse),
                       "phrase": (fold_phrase_gamma, fold_phrase_fuse)}
-            return {"score": self.model.score(text, image, training=False,
+            features = _features(text_global, text_word, text_word_mask, text_phrase,
+                                 text_phrase_mask, image_global, image_word, image_phrase)
+            return {"score": self.model.score(*features, training=False,
                                               folded=folded)["total"]}
         return fold_rotations, rerank_rotated
 
@@ -189,6 +184,14 @@ class HGANServing(ServingModule):
             return {"selected": selected, "weights": weights,
                     "words": self.tokenizer.word_strings(texts)}
         return explain
+
+
+def _features(text_global, text_word, text_word_mask, text_phrase, text_phrase_mask,
+              image_global, image_word, image_phrase) -> tuple:
+    """The ``rerank`` inputs, in their order, as ``HGAN.score``'s (text, image) dicts."""
+    return ({"global": text_global, "word": text_word, "word_mask": text_word_mask,
+             "phrase": text_phrase, "phrase_mask": text_phrase_mask},
+            {"global": image_global, "word": image_word, "phrase": image_phrase})
 
 
 def _float32(features: dict) -> dict:
