@@ -3,7 +3,7 @@
   python bench/eval_scoring.py [--queries=6156] [--gallery=3074] [--modes=exact,two_stage]
                                [--rerank_k=100] [--budget_mb=512] [--identities=0]
                                [--profile] [--grid_block=128,32] [--candidate_pairs=N]
-                               [--preset=paper]
+                               [--preset=paper] [--head_kernel=auto|native|xla]
   python bench/eval_scoring.py --small
 
 ``hgan.evaluation.hgan_scoring.Scorer`` driven by the paper's heads alone (two ``LocalMatching`` of
@@ -39,7 +39,9 @@ pairs/s, GFLOP/s and the share of the peak. ``--profile`` adds, per direction an
 where one compiled call's time goes (``profile_phases``: the gathers, Eq. 2's γ product,
 the top-k selections, the fused vectors and Eq. 8's MLP) and how much of the scoring
 loop's time is spent outside its calls. ``--grid_block`` and ``--candidate_pairs`` set the
-scorer's block shapes, to compare them.
+scorer's block shapes, to compare them. ``--head_kernel`` says how the heads run after
+γ (``Scorer``'s argument: ``auto``, what hgan-eval runs, is the C kernel of
+``hgan.evaluation.local_head_kernel`` where it builds, else XLA); each mode prints which.
 
 Targets (at 6,156 × 3,074): two-stage at K = 100 under 60 s, exact under 10 minutes,
 peak memory under 4 GiB. Prints its figures; asserts nothing.
@@ -86,6 +88,10 @@ def define_flags():
                          "compiled call's time goes (gathers, the gamma product, the top-k "
                          "selections, the fused MLP) and the scoring loop's time outside "
                          "its calls.")
+    flags.DEFINE_enum("head_kernel", "auto", ["auto", "native", "xla"],
+                      "How the Gumbel heads run after gamma: the C kernel (native), "
+                      "score_selected under XLA (xla), or auto (hgan-eval: native where "
+                      "it builds).")
     flags.DEFINE_string("child_mode", "", "Internal: run one mode in this process, print "
                         "JSON.")
     _small.define_flag()
@@ -247,7 +253,7 @@ def run_mode(mode: str) -> dict:
                     table[key] = table.get(key, 0) + value
                 self.calls.setdefault(key, []).append((text_rows, image_rows, layout, used))
                 t0 = time.perf_counter()
-                out = fn(prep, text_rows, image_rows, layout, used).numpy()
+                out = np.asarray(fn(prep, text_rows, image_rows, layout, used))
                 self.in_calls[key] = self.in_calls.get(key, 0.0) + time.perf_counter() - t0
                 return tf.constant(out)
             return counted
@@ -275,7 +281,8 @@ def run_mode(mode: str) -> dict:
     texts, images = make_features(config, FLAGS.queries, FLAGS.gallery, regions,
                                   FLAGS.identities, FLAGS.seed)
     rss_features = _rss()
-    scorer = CountingScorer(model, memory_budget_bytes=FLAGS.budget_mb << 20)
+    scorer = CountingScorer(model, memory_budget_bytes=FLAGS.budget_mb << 20,
+                            head_kernel=FLAGS.head_kernel)
     if FLAGS.grid_block:
         hgan_scoring.GRID_BLOCK = tuple(int(v) for v in FLAGS.grid_block)
     if FLAGS.candidate_pairs:
@@ -301,6 +308,7 @@ def run_mode(mode: str) -> dict:
     profile = profile_phases(scorer) if FLAGS.profile else []
     join = "/".join
     return {"mode": mode, "timing": timing, "metrics_s": metrics_s,
+            "head_kernel": scorer.head_kernel_used(),
             "pairs": {join(k): v for k, v in scorer.pairs.items()},
             "flops": {join(k): v for k, v in scorer.flops.items()},
             "loops": {join(k): v for k, v in scorer.loops.items()},
@@ -315,12 +323,12 @@ def _median_time(fns, repeats: int) -> list:
     ``repeats`` times after one warm-up call each, so a load that comes and goes on a
     shared machine weighs on all of them alike."""
     for fn in fns:
-        [t.numpy() for t in fn()]
+        [np.asarray(t) for t in fn()]
     times = [[] for _ in fns]
     for _ in range(repeats):
         for fn, ts in zip(fns, times):
             t0 = time.perf_counter()
-            [t.numpy() for t in fn()]
+            [np.asarray(t) for t in fn()]
             ts.append(time.perf_counter() - t0)
     return [float(np.median(ts)) for ts in times]
 
@@ -332,8 +340,10 @@ def profile_phases(scorer, repeats: int = 5) -> list:
     the gathers of the rows from the prepared tables + γ; + the top-k selections and
     their Eq. 7 softmax (``top_k_selected`` under XLA); the whole call (+ the fused
     vectors of Eqs. 6–7, Eq. 8's MLP and the means). Each phase is the difference of two
-    medians (γ: the first alone). The scoring loop's time outside its calls (index
-    building, padding, copies into the output) is read from the timed run."""
+    medians (γ: the first alone). With the C kernel, the selections are inside it: the
+    call is the gathers, γ and the kernel (``select_s`` None). The scoring loop's time
+    outside its calls (index building, padding, copies into the output) is read from the
+    timed run."""
     from hgan.tf_compat import tf
     out = []
     for (direction, level), calls in scorer.calls.items():
@@ -352,17 +362,22 @@ def profile_phases(scorer, repeats: int = 5) -> list:
 
         select = tf.function(head.top_k_selected, jit_compile=True)
         fn = scorer.uncounted[level]
-        t_alone, t_gamma, t_select, t_call = _median_time(
-            [tf.function(lambda: [head.pair_gamma(tg, vg, layout)]),
-             tf.function(lambda: gamma()[:1]),
-             tf.function(lambda: tf.nest.flatten(select(*gamma()))),
-             lambda: [fn(prep, rows.numpy(), cols.numpy(), layout, used)]], repeats)
+        native = scorer.head_kernel_used() == "native"
+        phases = [tf.function(lambda: [head.pair_gamma(tg, vg, layout)]),
+                  tf.function(lambda: gamma()[:1]),
+                  tf.function(lambda: tf.nest.flatten(select(*gamma()))),
+                  lambda: [fn(prep, rows.numpy(), cols.numpy(), layout, used)]]
+        if native:
+            del phases[2]
+        t_alone, t_gamma, *t_select, t_call = _median_time(phases, repeats)
+        t_select = t_select[0] if t_select else t_gamma
         out.append({"direction": direction, "level": level, "layout": layout,
                     "shape": {"grid": [int(rows.shape[0]), int(cols.shape[0])],
                               "image_paired": list(cols.shape),
                               "text_paired": list(rows.shape)}[layout],
                     "used": int(used), "gather_s": t_gamma - t_alone, "gamma_s": t_alone,
-                    "select_s": t_select - t_gamma, "fuse_s": t_call - t_select,
+                    "select_s": None if native else t_select - t_gamma,
+                    "fuse_s": t_call - t_select,
                     "call_s": t_call, "calls": len(calls),
                     "loop_s": scorer.loops[(direction, level)],
                     "in_calls_s": scorer.in_calls[(direction, level)]})
@@ -377,6 +392,8 @@ def _report(r: dict):
           f"target < {TARGET_S[mode]:.0f} s at {FULL[0]}x{FULL[1]}"
           + (f": {'met' if total < TARGET_S[mode] else 'NOT met'}" if (q, g) == FULL else "")
           + f"; then hgan-eval's metrics {r['metrics_s']:.1f} s")
+    print("  heads after gamma: " + {"native": "the C kernel (local_head_kernel)",
+                                      "xla": "score_selected under XLA"}[r["head_kernel"]])
     levels = sorted({key.split("/")[1] for key in r["pairs"]}, key=LEVELS.index)
     for level in levels:
         pairs = sum(v for key, v in r["pairs"].items() if key.endswith("/" + level))
@@ -408,8 +425,10 @@ def _report(r: dict):
         outside = p["loop_s"] - p["in_calls_s"]
         print(f"  profile {p['direction']}/{p['level']}: a call of {shape} pairs, "
               f"{p['used']} word slots, {1e3 * p['call_s']:.1f} ms = gather "
-              f"{1e3 * p['gather_s']:.1f} + gamma {1e3 * p['gamma_s']:.1f} + select "
-              f"{1e3 * p['select_s']:.1f} + fuse/MLP {1e3 * p['fuse_s']:.1f} ms; "
+              f"{1e3 * p['gather_s']:.1f} + gamma {1e3 * p['gamma_s']:.1f} + "
+              + (f"select {1e3 * p['select_s']:.1f} + fuse/MLP {1e3 * p['fuse_s']:.1f} ms; "
+                 if p["select_s"] is not None else
+                 f"C kernel (select, fuse, MLP) {1e3 * p['fuse_s']:.1f} ms; ") +
               f"{p['calls']} calls {p['in_calls_s']:.2f} s of the loop's "
               f"{p['loop_s']:.2f} s (outside the calls: {outside:.2f} s)")
     if mode == "exact" and (q, g) != FULL:

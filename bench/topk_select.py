@@ -18,34 +18,35 @@ and timed as the median of ``--repeats`` calls:
 - ``slabs``: one insertion pass over the positions, each step elementwise over whole slabs
   (the rows' k best kept sorted), under XLA;
 - ``top_k``: ``tf.math.top_k`` (TensorFlow's CPU kernel, no XLA);
-- ``C kernel``: ``native/top_k_softmax.c`` (``_native_select``), a hand-written kernel
-  that keeps each row's k best in vector registers, one branch-free insertion a key, and
-  gives Eq. 7's weights too, the block's pairs split over ``--threads`` threads; compiled
-  here with the system's C compiler for this CPU (without one, the bench says so and
-  leaves the kernel's lines out);
+- ``C kernel``: the selections of ``hgan/evaluation/native/local_head.c``
+  (``hgan.evaluation.local_head_kernel.select``), a hand-written kernel that keeps each
+  row's k best in vector registers, one branch-free insertion a key, and gives Eq. 7's
+  weights too, the block's pairs split over ``--threads`` threads; compiled with the
+  system's C compiler for this CPU (without one, the bench says so and leaves the
+  kernel's lines out);
 - ``one max``: a single ``reduce_max`` of both inputs under XLA, a lower bound of one pass.
 
 Every form is checked to give the rounds' indices. Prints each form's milliseconds and
 nanoseconds per γ entry and round (k2 rounds over the regions, k1 over the words).
 
 Then the whole word call on that γ with random tables of ``--hidden`` (the paper: 512),
-as the exact scorer makes it after its γ product: ``LocalMatching.score_selected`` under
-XLA (the rounds inside the compiled call, fused with the gathers that read them) against
-the C kernel's selections followed by ``score_from_selected`` under XLA (the same gathers,
-Eq. 8's MLP and means, reading the kernel's indices and weights); both scores are checked
-equal within 1e-5 relative. Asserts nothing.
+as the exact scorer makes it after its γ product, three ways: ``LocalMatching.
+score_selected`` under XLA (the rounds inside the compiled call, fused with the gathers
+that read them; ``hgan-eval`` with ``HGAN_HEAD_KERNEL=xla``), the C kernel's selections
+followed by ``score_from_selected`` under XLA (the same gathers, Eq. 8's MLP and means,
+reading the kernel's indices and weights), and the whole head in the C kernel
+(``local_head_kernel.score``, what the scorer runs where the kernel builds); every score
+is checked equal to the first within 1e-5 relative. Asserts nothing.
 
 ``--small`` (tests/test_benches.py): a 4 × 4 block; every line of the full run.
 """
 import os
 import statistics
-import subprocess
 import time
 
 import numpy as np
 from absl import app, flags
 
-import _native_select
 import _small
 
 FLAGS = flags.FLAGS
@@ -137,17 +138,15 @@ def main(argv):
         "one max": tf.function(lambda a, b: [tf.reduce_max(a, -1), tf.reduce_max(b, -1)],
                                jit_compile=True),
     }
-    try:
-        lib = _native_select.build()
-    except (OSError, subprocess.SubprocessError) as e:
-        lib = None
-        detail = (getattr(e, "stderr", b"") or b"").decode(errors="replace").strip()
-        print(f"C kernel: not built ({e}{': ' + detail[-300:] if detail else ''})")
+    from hgan.evaluation import local_head_kernel
+    lib = local_head_kernel.load()
+    if lib is None:
+        print(f"C kernel: not built ({local_head_kernel.load_error()})")
     word_mask = (gamma[..., 0] > MASKED / 2).astype(np.float32)
 
     def c_kernel(_a, _b):
-        (_, t2i), (_, i2t) = _native_select.select(lib, gamma, word_mask, FLAGS.k1, FLAGS.k2,
-                                                   FLAGS.threads)
+        (_, t2i), (_, i2t) = local_head_kernel.select(lib, gamma, word_mask, FLAGS.k1,
+                                                      FLAGS.k2, FLAGS.threads)
         return [*np.moveaxis(t2i, -1, 0), *np.moveaxis(i2t, -1, 0)]
     if lib is not None:
         forms["C kernel"] = c_kernel
@@ -181,7 +180,9 @@ def _interleaved(fns: dict, args) -> dict:
 
 
 def word_call(tf, lib, gamma, word_mask):
-    """The word call after γ: XLA's selections inside it, or the C kernel's before it."""
+    """The word call after γ: XLA's selections inside it, the C kernel's before it, or the
+    whole call in the C kernel."""
+    from hgan.evaluation import local_head_kernel
     from hgan.layers.matching import LocalMatching
     x, y, r, n = gamma.shape
     h = FLAGS.hidden
@@ -196,19 +197,29 @@ def word_call(tf, lib, gamma, word_mask):
     after = tf.function(head.score_from_selected, jit_compile=True)
 
     def with_kernel(g, mask):
-        t2i, i2t = _native_select.select(lib, g.numpy(), mask.numpy(), FLAGS.k1, FLAGS.k2,
-                                         FLAGS.threads)
+        t2i, i2t = local_head_kernel.select(lib, g.numpy(), mask.numpy(), FLAGS.k1,
+                                            FLAGS.k2, FLAGS.threads)
         t2i, i2t = ((w, list(np.moveaxis(p, -1, 0))) for w, p in (t2i, i2t))
         return [after(t2i, i2t, t_lin, mask, rows, v_lin, cols)]
+    t_rows, v_rows = t_lin.numpy().reshape(-1, h), v_lin.numpy().reshape(-1, h)
+    t_base = np.broadcast_to(np.arange(x)[:, None] * r, (x, y))
+    v_base = np.broadcast_to(np.arange(y)[None] * n, (x, y))
+
+    def whole(g, mask):
+        return [local_head_kernel.score(lib, g.numpy().reshape(-1, r, n),
+                                        mask.numpy().reshape(-1, r), t_base, v_base, t_rows,
+                                        v_rows, head, FLAGS.threads).reshape(x, y)]
     calls = {"XLA's selections inside the call": lambda g, mask: [
                  inside(g, t_lin, mask, rows, v_lin, cols)],
-             "the C kernel's selections, then the rest under XLA": with_kernel}
+             "the C kernel's selections, then the rest under XLA": with_kernel,
+             "the whole call in the C kernel": whole}
     scores = [np.asarray(fn(g, mask)[0]) for fn in calls.values()]
-    same = np.allclose(scores[0], scores[1], rtol=1e-5, atol=1e-6)
+    same = all(np.allclose(s, scores[0], rtol=1e-5, atol=1e-6) for s in scores[1:])
     times = _interleaved(calls, (g, mask))
+    first = times[list(times)[0]]
     print(f"word call after γ ({x} x {y} pairs, H = {h}; scores {'equal' if same else 'NOT equal'}"
-          f" within 1e-5): " + "; ".join(f"{name} {ms:.2f} ms" for name, ms in times.items())
-          + f"; ratio {times[list(times)[1]] / times[list(times)[0]]:.2f}")
+          f" within 1e-5): " + "; ".join(f"{name} {ms:.2f} ms ({ms / first:.2f})"
+                                         for name, ms in times.items()))
 
 
 if __name__ == "__main__":

@@ -64,9 +64,11 @@ EXPECTED = {
         rf"  t2i: {NUMBER} s, {NUMBER} k pairs/s, {NUMBER} GFLOP/s = {NUMBER} % of peak\n"
         rf"  i2t: {NUMBER} s, {NUMBER} k pairs/s, {NUMBER} GFLOP/s = {NUMBER} % of peak",
         rf"profile i2t/word: a call of 20x5 pairs, 40 word slots, {NUMBER} ms = gather "
-        rf"-?{NUMBER} \+ gamma -?{NUMBER} \+ select -?{NUMBER} \+ fuse/MLP -?{NUMBER} ms; "
+        rf"-?{NUMBER} \+ gamma -?{NUMBER} \+ (select -?{NUMBER} \+ fuse/MLP|C kernel "
+        rf"\(select, fuse, MLP\)) -?{NUMBER} ms; "
         rf"1 calls {NUMBER} s of the loop's {NUMBER} s \(outside the calls: -?{NUMBER} s\)",
         rf"exact: {NUMBER} s \(prepare {NUMBER} s\)",
+        r"  heads after gamma: (the C kernel \(local_head_kernel\)|score_selected under XLA)",
         rf"word: {NUMBER} pairs computed \(padding included\) = {NUMBER}x the 300 needed",
         rf"{NUMBER} GFLOP/s achieved .* = {NUMBER} % of the float32 matmul peak measured in "
         rf"this process, {NUMBER} GFLOP/s; {NUMBER}x the FLOP floor at that peak",
@@ -140,8 +142,9 @@ EXPECTED = {
     ],
     "topk_select": [
         rf"word call after γ \(4 x 4 pairs, H = 16; scores equal within 1e-5\): XLA's "
-        rf"selections inside the call {NUMBER} ms; the C kernel's selections, then the rest "
-        rf"under XLA {NUMBER} ms; ratio {NUMBER}",
+        rf"selections inside the call {NUMBER} ms \(1.00\); the C kernel's selections, then "
+        rf"the rest under XLA {NUMBER} ms \({NUMBER}\); the whole call in the C kernel "
+        rf"{NUMBER} ms \({NUMBER}\)",
         rf"one max: {NUMBER} ms, {NUMBER} ns per entry",
         r"one block: 4 texts x 4 images = 16 pairs, 40 word slots x 15 regions",
         *[rf"  {form}: the rounds' indices exactly"

@@ -105,14 +105,21 @@ def test_two_stage_with_k_covering_the_gallery_equals_exact(loaded, tiny_data):
         np.testing.assert_array_equal(order[k:], first[k:])
 
 
-def test_a_second_evaluation_of_a_model_traces_nothing_again(loaded, tiny_data):
+@pytest.mark.parametrize("head_kernel", ["native", "xla"])
+def test_a_second_evaluation_of_a_model_traces_nothing_again(loaded, tiny_data, monkeypatch,
+                                                             head_kernel):
     # Validation runs every few hundred steps on the same model: its encoders and head
     # scorers are compiled once per model (fresh functions re-traced each pass: 14 s of a
-    # demo val pass, now about 4).
-    from hgan.evaluation import encode
+    # demo val pass, now about 4); with the heads' C kernel, γ's functions.
+    from hgan.evaluation import encode, local_head_kernel
     model, config, _ = loaded
+    if head_kernel == "xla":
+        monkeypatch.setenv(local_head_kernel.ENV, "xla")
+    elif local_head_kernel.load() is None:
+        pytest.skip(f"no C compiler builds the kernel: {local_head_kernel.load_error()}")
     hgan_scoring.evaluate(model, tiny_data, config, "test", modes=("exact", "two_stage"))
-    names = ("encode_image", "encode_text", "pairs/word", "pairs/phrase")
+    pairs = {"native": "pair_gamma", "xla": "pairs"}[head_kernel]
+    names = ("encode_image", "encode_text", f"{pairs}/word", f"{pairs}/phrase")
     fns = [encode.compiled(model, name, None) for name in names]
     traced = [f.experimental_get_tracing_count() for f in fns]
     assert min(traced) >= 1

@@ -216,12 +216,14 @@ def test_eq7_weights_stay_a_softmax_when_the_selected_keys_are_far_below_the_bes
     assert float(tf.norm(tape.gradient(loss, scores))) < 10.0
 
 
+@pytest.mark.parametrize("head_kernel", ["xla", "native"])
 @pytest.mark.parametrize("k1,k2", [(2, 1), (3, 2)])
-def test_scorer_blocks_equal_the_numpy_reference(monkeypatch, k1, k2):
+def test_scorer_blocks_equal_the_numpy_reference(monkeypatch, k1, k2, head_kernel):
     """The evaluation scorer's block paths against the same loops: exact mode's blocks of
     texts × images (3 × 2: the last block of each is partial, padded to the compiled
     shape) and two-stage's chunks of queries with their own candidates (2 queries a call,
-    the last chunk padded), on texts with padded word slots of several lengths."""
+    the last chunk padded), on texts with padded word slots of several lengths; the
+    heads after γ under XLA and as the C kernel."""
     import types
 
     from hgan.config import preset
@@ -242,7 +244,7 @@ def test_scorer_blocks_equal_the_numpy_reference(monkeypatch, k1, k2):
 
     config = preset("tiny").replace(k1=k1, k2=k2, mlp_hidden=8)
     model = types.SimpleNamespace(config=config, word_head=head, phrase_head=None)
-    scorer = hgan_scoring.Scorer(model)
+    scorer = hgan_scoring.Scorer(model, head_kernel=head_kernel)
     prep = scorer._prepared({"word": texts, "word_mask": masks}, {"word": images})["word"]
     monkeypatch.setattr(hgan_scoring, "GRID_BLOCK", (3, 2))
     calls = []

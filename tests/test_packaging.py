@@ -23,6 +23,31 @@ def test_requirements_txt_pins_what_pyproject_does():
     assert PYPROJECT["project"]["optional-dependencies"]["gpu"] == ["tensorflow[and-cuda]==2.20.*"]
 
 
+def test_every_file_the_package_reads_is_package_data():
+    """A wheel holds a package's Python modules and its package-data only: every other file
+    under hgan/ and data_prep/ (the search page, the local heads' C source) must match a
+    package-data pattern, or an installed package would miss it."""
+    import fnmatch
+    data = PYPROJECT["tool"]["setuptools"]["package-data"]
+    missing = []
+    for top in ("hgan", "data_prep"):
+        for folder, dirs, files in os.walk(os.path.join(ROOT, top)):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            for name in files:
+                if name.endswith((".py", ".pyc")):
+                    continue
+                rel = os.path.relpath(os.path.join(folder, name), ROOT)
+                covered = any(
+                    rel.startswith(package.replace(".", os.sep) + os.sep)
+                    and any(fnmatch.fnmatch(rel[len(package) + 1:], pattern)
+                            for pattern in patterns)
+                    for package, patterns in data.items())
+                if not covered:
+                    missing.append(rel)
+    assert not missing, f"not package data: {missing}"
+    assert "native/*.c" in data["hgan.evaluation"]
+
+
 @pytest.mark.slow
 def test_every_console_script_says_what_it_does_from_another_directory(tmp_path):
     assert len(SCRIPTS) >= 11

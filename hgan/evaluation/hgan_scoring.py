@@ -15,7 +15,7 @@ import numpy as np
 
 from hgan.config import Config
 from hgan.data import pipeline
-from hgan.evaluation import encode, metrics, rerank
+from hgan.evaluation import encode, local_head_kernel, metrics, rerank
 from hgan.modeling.hgan.model import HGAN, TEXT_KEYS
 from hgan.tf_compat import tf
 
@@ -26,10 +26,6 @@ LOCAL_LEVELS = ("word", "phrase")
 GRID_BLOCK = (128, 32)
 # (query, candidate) pairs of a two-stage call; None: as many as the memory budget holds.
 CANDIDATE_PAIRS = None
-
-
-def _as_float32(tables):
-    return type(tables)(tf.cast(t, tf.float32) for t in tables)
 
 
 def encode_split(model: HGAN, data_dir: str, config: Config, split: str,
@@ -60,18 +56,24 @@ def _aligned_empty(shape, dtype) -> np.ndarray:
     return raw[offset:offset + nbytes].view(dtype).reshape(shape)
 
 
-def _map_chunked(fn, x: np.ndarray, chunk: int = 256) -> list[tf.Tensor]:
-    """``fn`` (→ a tuple of tensors) over ``x`` in chunks, written into preallocated
-    buffers that the returned tensors then share (DLPack, no copy): neither the whole
+def _map_chunked(fn, x: np.ndarray, chunk: int = 256) -> list[np.ndarray]:
+    """``fn`` (→ a tuple of tensors) over ``x`` in chunks, written into preallocated float32
+    buffers (scores are computed in float32 whatever the compute dtype: a mixed_float16
+    model's heads give float16 tables; its variables stay float32): neither the whole
     set's intermediates nor a second copy of the result ever exist."""
     out = None
     for a in range(0, len(x), chunk):
         parts = [t.numpy() for t in fn(tf.constant(x[a:a + chunk]))]
         if out is None:
-            out = [_aligned_empty((len(x),) + p.shape[1:], p.dtype) for p in parts]
+            out = [_aligned_empty((len(x),) + p.shape[1:], np.float32) for p in parts]
         for o, p in zip(out, parts):
             o[a:a + chunk] = p
-    return [tf.experimental.dlpack.from_dlpack(o.__dlpack__()) for o in out]
+    return out
+
+
+def _shared(array: np.ndarray) -> tf.Tensor:
+    """A tensor on ``array``'s buffer (DLPack, no copy)."""
+    return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
 
 
 def _used_length(mask: np.ndarray, bucket: int = 8) -> int:
@@ -88,6 +90,74 @@ def _pad_index(index: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([index, np.repeat(index[:1], size - len(index), axis=0)])
 
 
+def _pair_index(text_rows, image_rows, layout: str):
+    """The table rows of each pair's text and image, broadcastable to [X, Y]."""
+    text_index = text_rows if layout == "text_paired" else text_rows[:, None]
+    image_index = {"grid": image_rows[None], "image_paired": image_rows,
+                   "text_paired": image_rows[:, None]}[layout]
+    return text_index, image_index
+
+
+def _pair_gamma(head, t_gamma, t_mask, v_gamma, text_rows, image_rows, layout: str,
+                used: int):
+    """Eq. 2's γ [X, Y, R, N] of the pairs given by table rows (layouts as
+    ``LocalMatching.score_prepared``; R = ``used`` word slots) and their word mask
+    [X, Y, R]: one oneDNN product (grid: [X·R, H] × [H, Y·N])."""
+    tg = tf.gather(t_gamma, text_rows)[..., :used, :]
+    vg = tf.gather(v_gamma, image_rows)
+    mask = tf.gather(t_mask, text_rows)[..., :used]
+    gamma = head.pair_gamma(tg, vg, layout)
+    pair_mask = mask if layout == "text_paired" else mask[:, None]
+    return gamma, tf.broadcast_to(pair_mask, tf.shape(gamma)[:3])
+
+
+def _traced_per_shape(fn):
+    """``fn(*tensors, layout, used)`` as one ``tf.function`` per (layout, word width) the
+    calls use, each traced once: the traces one function retraced for every new pair of
+    values made, without TensorFlow's retracing warning for what is traced on purpose."""
+    traced = {}
+
+    def call(*args):
+        *tensors, layout, used = args
+        if (layout, used) not in traced:
+            traced[layout, used] = tf.function(functools.partial(
+                fn, layout=layout, used=used), reduce_retracing=True, autograph=False)
+        return traced[layout, used](*tensors)
+
+    call.experimental_get_tracing_count = lambda: sum(  # as a tf.function reports it
+        f.experimental_get_tracing_count() for f in traced.values())
+    return call
+
+
+def _make_gamma_fn(head):
+    """γ and the word mask of the pairs (``_pair_gamma``), compiled per shape, for the C
+    kernel to score."""
+    def fn(t_gamma, t_mask, v_gamma, text_rows, image_rows, layout, used):
+        return _pair_gamma(head, t_gamma, t_mask, v_gamma, text_rows, image_rows, layout,
+                           used)
+    return _traced_per_shape(fn)
+
+
+def _native_pairs(head, gamma_fn, prep: dict, text_rows, image_rows, layout: str,
+                  used: int) -> np.ndarray:
+    """The pairs' scores [X, Y]: γ by oneDNN (``gamma_fn``), the rest by the C kernel
+    (``local_head_kernel``) on the prepared W·t, W·v tables."""
+    gamma, mask = gamma_fn(prep["text"][0], prep["mask_t"], prep["image"][0], text_rows,
+                           image_rows, layout, used)
+    gamma, mask = gamma.numpy(), mask.numpy()
+    x, y, words, regions = gamma.shape
+    t_lin, v_lin = prep["text_np"][1], prep["image_np"][1]
+    text_index, image_index = _pair_index(np.asarray(text_rows), np.asarray(image_rows),
+                                          layout)
+    text_base = np.broadcast_to(text_index.astype(np.int64) * t_lin.shape[1], (x, y))
+    image_base = np.broadcast_to(image_index.astype(np.int64) * v_lin.shape[1], (x, y))
+    scores = local_head_kernel.score(
+        local_head_kernel.load(), gamma.reshape(-1, words, regions),
+        mask.reshape(-1, words), text_base, image_base, t_lin.reshape(-1, t_lin.shape[-1]),
+        v_lin.reshape(-1, v_lin.shape[-1]), head)
+    return scores.reshape(x, y)
+
+
 class Scorer:
     """Scores texts against images with a trained model's heads, chunked.
 
@@ -95,10 +165,19 @@ class Scorer:
     all queries; only the pair-dependent part runs per chunk.
     """
 
-    def __init__(self, model: HGAN, memory_budget_bytes: int = 512 << 20):
+    def __init__(self, model: HGAN, memory_budget_bytes: int = 512 << 20,
+                 head_kernel: str = "auto"):
+        """``head_kernel``: how the Gumbel heads run after γ: ``"native"``, the C kernel
+        (``local_head_kernel``; an error where it cannot be built), ``"xla"``,
+        ``LocalMatching.score_selected`` under XLA, or ``"auto"``, the kernel where it
+        builds, else XLA. Both give the same scores to float rounding."""
+        if head_kernel not in ("auto", "native", "xla"):
+            raise ValueError(f"head_kernel must be 'auto', 'native' or 'xla', got "
+                             f"{head_kernel!r}")
         self.model = model
         self.config = model.config
         self.budget = memory_budget_bytes
+        self.head_kernel = head_kernel
         self.heads = {"word": model.word_head, "phrase": model.phrase_head}
         self.weights = dict(zip(("sentence", "word", "phrase"), self.config.eval.score_weights))
         self._pair_fn = {}
@@ -107,10 +186,25 @@ class Scorer:
         return (["sentence"] if self.config.model.use_sentence else []) + \
             [lv for lv in LOCAL_LEVELS if self.heads[lv] is not None]
 
+    def head_kernel_used(self) -> str:
+        """``"native"`` or ``"xla"``: what the Gumbel heads run after γ."""
+        if self.head_kernel == "xla":
+            return "xla"
+        if local_head_kernel.load() is not None:
+            return "native"
+        if self.head_kernel == "native":
+            why = (local_head_kernel.load_error()
+                   or f"turned off by {local_head_kernel.ENV}=xla")
+            raise RuntimeError("head_kernel='native' but the local heads' C kernel is not "
+                               f"available: {why}")
+        return "xla"
+
     def _prepared(self, texts: dict, images: dict) -> dict:
-        """Per local level, the heads' per-item parts as tensors (made once): text tables
+        """Per local level, the heads' per-item parts, made once, float32: text tables
         (φ_t(T), W·T) [Q, L', H] trimmed to the longest text L', their mask [Q, L'] (numpy,
-        for chunk planning, and as a tensor), and image tables (φ_v(V), W·V) [G, N, H]."""
+        for chunk planning, and as a tensor), and image tables (φ_v(V), W·V) [G, N, H],
+        as tensors (``text``, ``image``) sharing the buffers of the arrays (``text_np``,
+        ``image_np``)."""
         prep = {}
         for level in LOCAL_LEVELS:
             head = self.heads[level]
@@ -118,12 +212,12 @@ class Scorer:
                 continue
             mask = texts[f"{level}_mask"]
             used = _used_length(mask, bucket=1)
-            # Scores are computed in float32 whatever the compute dtype (a mixed_float16
-            # model's heads give float16 tables; its variables stay float32).
-            text = _as_float32(_map_chunked(head.prepare_text, texts[level][:, :used]))
-            image = _as_float32(_map_chunked(head.prepare_image, images[level]))
-            prep[level] = {"text": text, "mask": mask[:, :used],
-                           "mask_t": tf.constant(mask[:, :used], tf.float32), "image": image}
+            text = _map_chunked(head.prepare_text, texts[level][:, :used])
+            image = _map_chunked(head.prepare_image, images[level])
+            prep[level] = {"text": [_shared(a) for a in text], "text_np": text,
+                           "mask": mask[:, :used],
+                           "mask_t": tf.constant(mask[:, :used], tf.float32),
+                           "image": [_shared(a) for a in image], "image_np": image}
         return prep
 
     def _chunk_fn(self, level):
@@ -133,51 +227,39 @@ class Scorer:
         slots). Gumbel heads: γ by oneDNN (XLA's CPU batched matmul is an order slower),
         the rest by ``score_selected`` under XLA; soft attention: the dense path."""
         if level not in self._pair_fn:
-            graph_fn = encode.compiled(self.model, f"pairs/{level}",
-                                       lambda ref: self._make_pair_fn(self.heads[level]))
-            self._pair_fn[level] = lambda prep, *args: graph_fn(  # noqa: E731
-                *prep["text"], prep["mask_t"], *prep["image"], *args)
+            head = self.heads[level]
+            if head.attention == "gumbel" and self.head_kernel_used() == "native":
+                gamma_fn = encode.compiled(self.model, f"pair_gamma/{level}",
+                                           lambda ref: _make_gamma_fn(self.heads[level]))
+                self._pair_fn[level] = functools.partial(_native_pairs, head, gamma_fn)
+            else:
+                graph_fn = encode.compiled(self.model, f"pairs/{level}",
+                                           lambda ref: self._make_pair_fn(self.heads[level]))
+                self._pair_fn[level] = lambda prep, *args: graph_fn(  # noqa: E731
+                    *prep["text"], prep["mask_t"], *prep["image"], *args)
         return self._pair_fn[level]
 
     @staticmethod
     def _make_pair_fn(head):
-        """The compiled pair scorer of one head (see ``_chunk_fn``), made once per model.
-
-        One ``tf.function`` per (layout, word width) the calls use, each traced once: the
-        traces one function retraced for every new pair of values made, without
-        TensorFlow's retracing warning for what is traced on purpose."""
+        """The compiled pair scorer of one head (see ``_chunk_fn``), made once per model:
+        γ and ``score_selected`` under XLA (Gumbel heads), the dense path (soft)."""
         compiled = tf.function(head.score_selected, jit_compile=True,
                                reduce_retracing=True, autograph=False)
-        traced = {}
-
-        def call(t_gamma, t_lin, t_mask, v_gamma, v_lin, text_rows, image_rows, layout,
-                 used):
-            if (layout, used) not in traced:
-                traced[layout, used] = tf.function(functools.partial(
-                    fn, layout=layout, used=used), reduce_retracing=True, autograph=False)
-            return traced[layout, used](t_gamma, t_lin, t_mask, v_gamma, v_lin, text_rows,
-                                        image_rows)
 
         def fn(t_gamma, t_lin, t_mask, v_gamma, v_lin, text_rows, image_rows, layout,
                used):
-            tg = tf.gather(t_gamma, text_rows)[..., :used, :]
-            vg = tf.gather(v_gamma, image_rows)
-            mask = tf.gather(t_mask, text_rows)[..., :used]
             if head.attention != "gumbel":
+                tg = tf.gather(t_gamma, text_rows)[..., :used, :]
                 tl = tf.gather(t_lin, text_rows)[..., :used, :]
-                return head.score_prepared((tg, tl), mask, (vg, tf.gather(v_lin, image_rows)),
-                                           training=False, layout=layout)
-            gamma = head.pair_gamma(tg, vg, layout)  # grid: one [X·R, H] × [H, Y·N] product
-            text_index = text_rows if layout == "text_paired" else text_rows[:, None]
-            image_index = {"grid": image_rows[None], "image_paired": image_rows,
-                           "text_paired": image_rows[:, None]}[layout]
-            pair_mask = mask if layout == "text_paired" else mask[:, None]
-            pair_mask = tf.broadcast_to(pair_mask, tf.shape(gamma)[:3])
+                mask = tf.gather(t_mask, text_rows)[..., :used]
+                vg, vl = tf.gather(v_gamma, image_rows), tf.gather(v_lin, image_rows)
+                return head.score_prepared((tg, tl), mask, (vg, vl), training=False,
+                                           layout=layout)
+            gamma, pair_mask = _pair_gamma(head, t_gamma, t_mask, v_gamma, text_rows,
+                                           image_rows, layout, used)
+            text_index, image_index = _pair_index(text_rows, image_rows, layout)
             return compiled(gamma, t_lin, pair_mask, text_index, v_lin, image_index)
-
-        call.experimental_get_tracing_count = lambda: sum(  # as a tf.function reports it
-            f.experimental_get_tracing_count() for f in traced.values())
-        return call
+        return _traced_per_shape(fn)
 
     def _pair_bytes(self, level: str, words: int, regions: int, own_rows: bool) -> int:
         """Bytes of one pair's intermediates: its γ map [R, N] a few times over (the
@@ -229,7 +311,7 @@ class Scorer:
             used = _used_length(t_mask[rows])
             for b in range(0, len(image_cols), ic):
                 cols = _pad_index(image_cols[b:b + ic], ic)
-                scores = fn(prep, rows, cols, "grid", used).numpy()
+                scores = np.asarray(fn(prep, rows, cols, "grid", used))
                 out[at, b:b + ic] = scores[:len(at), :min(ic, len(image_cols) - b)]
         return out
 
@@ -257,7 +339,7 @@ class Scorer:
                 scores = fn(prep, rows, cand, layout, _used_length(t_mask[rows]))
             else:
                 scores = fn(prep, cand, rows, layout, _used_length(t_mask[cand]))
-            out[kept] = scores.numpy()[:len(kept)]
+            out[kept] = np.asarray(scores)[:len(kept)]
         return out
 
     def sentence(self, texts: dict, images: dict) -> np.ndarray:

@@ -1,5 +1,8 @@
-/* Inference-time Eqs. 5 and 7 of HGAN for blocks of (text, image) pairs: each row's top-k
- * keys of γ and the softmax of their values, as hgan.layers.matching._top_k_softmax gives
+/* Inference-time HGAN local heads after γ (Eqs. 5-8 of the HGAN paper), for blocks of
+ * (text, image) pairs: hgan.evaluation.local_head_kernel compiles this file with the
+ * system's C compiler for the CPU it runs on and calls it through ctypes.
+ *
+ * top_k_softmax_pairs: Eqs. 5 and 7 alone, as hgan.layers.matching._top_k_softmax gives
  * them (ties pick the lower index; padded words score -1e9 and weigh nothing).
  *
  * gamma [pairs, R, N] (R word slots, N regions), mask [pairs, R] (1 for a real word):
@@ -7,6 +10,13 @@
  *     → w_t2i, i_t2i [pairs, R, k2];
  *   image-to-text: for each region n, the k1 words of largest γ[:, n] over real words
  *     → w_i2t, i_i2t [pairs, N, k1].
+ *
+ * local_head_pairs: the whole head on those selections, what
+ * LocalMatching.score_selected computes: each fused vector is a k-term sum of rows of
+ * the prepared tables (W·t, W·v), then Eq. 8's σ(w_out·ReLU(own + fused + b) + b_out),
+ * averaged over the real words (text-to-image) and over the regions (image-to-text):
+ *   S = (s_i2t + s_t2i) / 2 → out [pairs].
+ *
  * Pairs [first, last) are computed, so callers can split a block across threads.
  *
  * A selection runs over LANES columns of a [rows, cols] block at once, in vector
@@ -176,5 +186,105 @@ int top_k_softmax_pairs(const float *gamma, const float *mask, int64_t first, in
                       i_t2i + p * R * k2);
     }
     free(turned);
+    return 0;
+}
+
+/* Eq. 8 for one row: w_out · ReLU(own + b + Σ_j w_j rows[base + idx_j]) over H values, K
+ * terms (K a constant, so the sum over j unrolls inside the vectorised loop over h). */
+#define ROW_SCORE(K)                                                                       \
+    static float row_score_##K(const float *own, const float *bias, const float *w_out,  \
+                               const float *rows, int64_t base, const int32_t *idx,      \
+                               const float *w, int H) {                                  \
+        const float *r[K];                                                               \
+        float c[K];                                                                      \
+        for (int j = 0; j < K; ++j) {                                                    \
+            r[j] = rows + (base + idx[j]) * H;                                           \
+            c[j] = w[j];                                                                 \
+        }                                                                                \
+        float s = 0.0f;                                                                  \
+        _Pragma("omp simd reduction(+:s)")                                               \
+        for (int h = 0; h < H; ++h) {                                                    \
+            float a = own[h] + bias[h];                                                  \
+            for (int j = 0; j < K; ++j)                                                  \
+                a += c[j] * r[j][h];                                                     \
+            s += (a > 0.0f ? a : 0.0f) * w_out[h];                                       \
+        }                                                                                \
+        return s;                                                                        \
+    }
+
+ROW_SCORE(1)
+ROW_SCORE(2)
+ROW_SCORE(3)
+ROW_SCORE(4)
+ROW_SCORE(5)
+ROW_SCORE(6)
+ROW_SCORE(7)
+ROW_SCORE(8)
+
+static float row_score(int k, const float *own, const float *bias, const float *w_out,
+                       const float *rows, int64_t base, const int32_t *idx, const float *w,
+                       int H) {
+    switch (k) {
+    case 1: return row_score_1(own, bias, w_out, rows, base, idx, w, H);
+    case 2: return row_score_2(own, bias, w_out, rows, base, idx, w, H);
+    case 3: return row_score_3(own, bias, w_out, rows, base, idx, w, H);
+    case 4: return row_score_4(own, bias, w_out, rows, base, idx, w, H);
+    case 5: return row_score_5(own, bias, w_out, rows, base, idx, w, H);
+    case 6: return row_score_6(own, bias, w_out, rows, base, idx, w, H);
+    case 7: return row_score_7(own, bias, w_out, rows, base, idx, w, H);
+    default: return row_score_8(own, bias, w_out, rows, base, idx, w, H);
+    }
+}
+
+static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* t_rows [-, H] and v_rows [-, H]: the texts' and the images' W·t, W·v rows; pair p's
+ * word r is row t_base[p] + r, its region n row v_base[p] + n. bias [H] (Eq. 8's first
+ * bias), w_out [H] and b_out its output layer. Returns as top_k_softmax_pairs; k1 and k2
+ * above the keys are cut to them, as the reference cuts them. */
+int local_head_pairs(const float *gamma, const float *mask, const int64_t *t_base,
+                     const int64_t *v_base, const float *t_rows, const float *v_rows,
+                     const float *bias, const float *w_out, float b_out, int64_t first,
+                     int64_t last, int R, int N, int H, int k1, int k2, float *out) {
+    if (k1 > R)
+        k1 = R;
+    if (k2 > N)
+        k2 = N;
+    if (k1 < 1 || k2 < 1 || k1 > MAX_K || k2 > MAX_K)
+        return -1;
+    /* One pair's selections, and its γ turned [N, R] with a vector's room after it. */
+    const size_t turned_size = (size_t)R * N + LANES;
+    const size_t sizes[3] = {(size_t)R * k2, (size_t)N * k1, turned_size};
+    float *buffer = malloc((sizes[0] * 2 + sizes[1] * 2 + sizes[2]) * sizeof(float));
+    if (buffer == 0)
+        return -2;
+    float *w_t2i = buffer, *w_i2t = w_t2i + sizes[0], *turned = w_i2t + sizes[1];
+    int32_t *i_t2i = (int32_t *)(turned + sizes[2]), *i_i2t = i_t2i + sizes[0];
+    memset(turned + (size_t)R * N, 0, LANES * sizeof(float)); /* read, then masked out */
+    const float *end = gamma + last * R * N, *turned_end = turned + turned_size;
+    for (int64_t p = first; p < last; ++p) {
+        const float *g = gamma + p * R * N, *m = mask + p * R;
+        columns_top_k(g, R, N, m, k1, end, w_i2t, i_i2t);
+        for (int r = 0; r < R; ++r)
+            for (int n = 0; n < N; ++n)
+                turned[n * R + r] = g[r * N + n];
+        columns_top_k(turned, N, R, 0, k2, turned_end, w_t2i, i_t2i);
+        /* Text-to-image: each real word with its k2 fused regions. */
+        float words = 0.0f, s_t2i = 0.0f, s_i2t = 0.0f;
+        for (int r = 0; r < R; ++r) {
+            if (!(m[r] > 0.5f))
+                continue;
+            s_t2i += sigmoid(row_score(k2, t_rows + (t_base[p] + r) * H, bias, w_out, v_rows,
+                                       v_base[p], i_t2i + r * k2, w_t2i + r * k2, H) + b_out);
+            words += 1.0f;
+        }
+        /* Image-to-text: each region with its k1 fused words (none for a text without
+         * words: their weights are 0). */
+        for (int n = 0; n < N; ++n)
+            s_i2t += sigmoid(row_score(k1, v_rows + (v_base[p] + n) * H, bias, w_out, t_rows,
+                                       t_base[p], i_i2t + n * k1, w_i2t + n * k1, H) + b_out);
+        out[p] = 0.5f * (s_i2t / N + s_t2i / (words > 1.0f ? words : 1.0f));
+    }
+    free(buffer);
     return 0;
 }

@@ -1,0 +1,163 @@
+"""HGAN's local heads after γ as a C kernel (``native/local_head.c``), for evaluation.
+
+What ``LocalMatching.score_selected`` computes under XLA, in one pass per pair: the top-k
+selections of Eqs. 5 and 7, each fused vector as a k-term sum of rows of the prepared
+tables, Eq. 8's MLP and the means. Its scores equal the XLA call's to float rounding (the
+sums run in another order; ``tests/test_local_head_kernel.py`` pins it against the NumPy
+reference and against ``score_selected``).
+
+Why C: after γ, a call is the selections over short rows (15 regions, ~40 words) and
+gathers of a few [H]-wide rows per word and region; XLA's CPU code runs both far below
+what the machine does (docs/benchmarks.md measures each part). The kernel keeps each
+row's k best in vector registers and sums the picked rows in one vectorised loop.
+
+The source is compiled once per process, on first use, with the system's C compiler
+(``$CC``, else ``cc``) for the CPU it runs on (``-march=native``), into a temporary folder
+(about 0.3 s; nothing is cached on disk, so a shared environment on machines of different
+CPUs is safe). Where no compiler builds it, ``load`` says why once and returns None, and
+the scorer keeps XLA. ``HGAN_HEAD_KERNEL=xla`` in the environment turns it off.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import os
+import subprocess
+import tempfile
+import threading
+
+import numpy as np
+from absl import logging
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "local_head.c")
+MAX_K = 8  # the kernel's MAX_K
+ENV = "HGAN_HEAD_KERNEL"  # "xla": never build it
+
+_LOCK = threading.Lock()
+_STATE: dict = {}  # "lib" once loaded, "error" once a build failed
+_POOLS: dict = {}  # threads → a pool of that many, made once
+
+
+def build(compiler: str | None = None) -> ctypes.CDLL:
+    """The compiled kernel, or raises ``OSError`` / ``subprocess.SubprocessError`` saying
+    why (the compiler's message in ``stderr``)."""
+    compiler = compiler or os.environ.get("CC") or "cc"
+    flags = ["-O3", "-fopenmp-simd", "-fPIC", "-shared", "-std=c99"]
+    with tempfile.TemporaryDirectory(prefix="hgan_local_head_") as folder:
+        library = os.path.join(folder, "local_head.so")
+        try:
+            _compile(compiler, flags + ["-march=native"], library)
+        except subprocess.CalledProcessError:  # a compiler without -march=native
+            _compile(compiler, flags, library)
+        lib = ctypes.CDLL(library)  # loaded: the file can go
+    i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+    lib.top_k_softmax_pairs.restype = ctypes.c_int
+    lib.top_k_softmax_pairs.argtypes = [ptr, ptr, i64, i64] + [ctypes.c_int] * 4 + [ptr] * 4
+    lib.local_head_pairs.restype = ctypes.c_int
+    lib.local_head_pairs.argtypes = [ptr] * 8 + [f32, i64, i64] + [ctypes.c_int] * 5 + [ptr]
+    return lib
+
+
+def _compile(compiler: str, flags: list[str], library: str) -> None:
+    subprocess.run([compiler, *flags, "-o", library, SOURCE, "-lm"], check=True,
+                   capture_output=True, timeout=120)
+
+
+def load() -> ctypes.CDLL | None:
+    """The kernel built once per process; None (with one warning saying why) where it
+    cannot be built, or when ``HGAN_HEAD_KERNEL=xla``."""
+    if os.environ.get(ENV, "").lower() == "xla":
+        return None
+    with _LOCK:
+        if "lib" not in _STATE and "error" not in _STATE:
+            try:
+                _STATE["lib"] = build()
+            except (OSError, subprocess.SubprocessError) as e:
+                detail = (getattr(e, "stderr", b"") or b"").decode(errors="replace").strip()
+                _STATE["error"] = f"{e}{': ' + detail[-500:] if detail else ''}"
+                logging.warning("The local heads' C kernel was not built (%s); scoring "
+                                "uses XLA.", _STATE["error"])
+        return _STATE.get("lib")
+
+
+def load_error() -> str | None:
+    """Why ``load`` returned None, if it tried."""
+    return _STATE.get("error")
+
+
+def _run(fn, pairs: int, threads: int) -> None:
+    """``fn(first, last)`` over [0, pairs) split across ``threads`` threads (each call
+    releases the GIL); raises on a kernel's error code."""
+    threads = max(1, min(threads or os.cpu_count() or 1, pairs))
+    bounds = np.linspace(0, pairs, threads + 1).astype(np.int64)
+    if threads == 1:
+        codes = [fn(0, pairs)]
+    else:
+        if threads not in _POOLS:
+            _POOLS[threads] = concurrent.futures.ThreadPoolExecutor(
+                threads, thread_name_prefix="hgan_local_head")
+        codes = list(_POOLS[threads].map(lambda a, b: fn(int(a), int(b)), bounds[:-1],
+                                         bounds[1:]))
+    if -2 in codes:
+        raise MemoryError("the local heads' kernel could not allocate its buffer")
+    if any(codes):
+        raise ValueError(f"the local heads' kernel takes 1 ≤ k ≤ {MAX_K}")
+
+
+def _floats(a) -> np.ndarray:
+    return np.ascontiguousarray(a, np.float32)
+
+
+def select(lib, gamma: np.ndarray, mask: np.ndarray, k1: int, k2: int,
+           threads: int = 0) -> tuple:
+    """γ [..., R, N] and the word mask [..., R] → ((weights [..., R, k2], region indices
+    int32 [..., R, k2]) of text-to-image, (weights [..., N, k1], word indices
+    [..., N, k1]) of image-to-text), as ``LocalMatching.top_k_selected`` with the picks
+    stacked on the last axis. ``threads``: 0 for one per core."""
+    gamma = _floats(gamma)
+    *lead, r, n = gamma.shape
+    mask = _floats(np.broadcast_to(mask, (*lead, r)))
+    k1, k2 = min(k1, r), min(k2, n)
+    pairs = int(np.prod(lead, dtype=np.int64))
+    out = (np.empty((*lead, r, k2), np.float32), np.empty((*lead, r, k2), np.int32),
+           np.empty((*lead, n, k1), np.float32), np.empty((*lead, n, k1), np.int32))
+    ins, outs = [a.ctypes.data for a in (gamma, mask)], [a.ctypes.data for a in out]
+    _run(lambda a, b: lib.top_k_softmax_pairs(*ins, a, b, r, n, k1, k2, *outs), pairs,
+         threads)
+    return (out[0], out[1]), (out[2], out[3])
+
+
+def score(lib, gamma: np.ndarray, mask: np.ndarray, text_base: np.ndarray,
+          image_base: np.ndarray, text_rows: np.ndarray, image_rows: np.ndarray, head,
+          threads: int = 0) -> np.ndarray:
+    """S(V, T) of ``head`` (a Gumbel ``LocalMatching``) for P pairs, as
+    ``score_selected`` gives it.
+
+    Args:
+      gamma: [P, R, N] γ of each pair (Eq. 2); mask [P, R] its word mask.
+      text_base, image_base: int [P], the row of each pair's first word / region in
+        ``text_rows`` [-, H] (the texts' W·t) and ``image_rows`` [-, H] (the images' W·v):
+        word r of pair p is ``text_rows[text_base[p] + r]``.
+      threads: 0 for one per core.
+    Returns [P] float32.
+    """
+    gamma, mask = _floats(gamma), _floats(mask)
+    pairs, r, n = gamma.shape
+    if mask.shape != (pairs, r):
+        raise ValueError(f"mask {mask.shape} does not match γ {gamma.shape}")
+    text_rows, image_rows = _floats(text_rows), _floats(image_rows)
+    hidden = text_rows.shape[-1]
+    bases = [np.ascontiguousarray(b, np.int64).reshape(pairs) for b in (text_base, image_base)]
+    for base, rows, slots, name in ((bases[0], text_rows, r, "text"),
+                                    (bases[1], image_rows, n, "image")):
+        if pairs and (base.min() < 0 or base.max() + slots > len(rows)):
+            raise IndexError(f"a pair's {name} rows fall outside the {name} table")
+    bias = _floats(head.fuse_bias.numpy())
+    w_out = _floats(head.fuse_out.kernel.numpy()[:, 0])
+    b_out = float(head.fuse_out.bias.numpy()[0])
+    out = np.empty(pairs, np.float32)
+    arrays = (gamma, mask, *bases, text_rows, image_rows, bias, w_out)
+    ptrs = [a.ctypes.data for a in arrays]
+    _run(lambda a, b: lib.local_head_pairs(*ptrs, b_out, a, b, r, n, hidden, head.k1,
+                                           head.k2, out.ctypes.data), pairs, threads)
+    return out

@@ -1,0 +1,124 @@
+"""The local heads' C kernel (``hgan.evaluation.local_head_kernel``) against the XLA path
+it replaces: the selections of Eqs. 5 and 7 and the whole head after γ. The NumPy
+reference loops of HGAN's equations check it through the scorer in
+``test_heads_reference.py``."""
+import numpy as np
+import pytest
+
+from hgan.evaluation import local_head_kernel
+from hgan.layers.matching import LocalMatching
+from hgan.tf_compat import tf
+
+
+@pytest.fixture(scope="module")
+def lib():
+    lib = local_head_kernel.load()
+    if lib is None:
+        pytest.skip(f"no C compiler builds the kernel: {local_head_kernel.load_error()}")
+    return lib
+
+
+def _gamma(rng, shape, ties=False):
+    """Random γ; ``ties``: small integers, so rows hold equal values (and ±0)."""
+    if ties:
+        gamma = rng.integers(-2, 3, size=shape).astype(np.float32)
+        return np.where(rng.random(shape) < 0.2, np.float32(-0.0), gamma)
+    return rng.normal(size=shape).astype(np.float32)
+
+
+def _mask(rng, texts, words):
+    """Word masks of several lengths, one text without words."""
+    lengths = rng.integers(1, words + 1, size=texts)
+    lengths[0] = 0
+    return (np.arange(words)[None] < lengths[:, None]).astype(np.float32)
+
+
+@pytest.mark.parametrize("k1,k2,ties", [(4, 2, False), (4, 2, True), (8, 8, True),
+                                        (1, 1, False), (3, 5, True)])
+def test_selections_are_top_k_selected(lib, k1, k2, ties):
+    """Each row's top k (ties: the lower index) and Eq. 7's weights, as the scorer's
+    ``top_k_selected`` gives them; padded words never picked, a text without words weighs
+    nothing."""
+    rng = np.random.default_rng(k1 * 10 + k2 + ties)
+    x, y, r, n = 3, 4, 9, 7
+    gamma = _gamma(rng, (x, y, r, n), ties)
+    mask = np.broadcast_to(_mask(rng, x, r)[:, None], (x, y, r))
+    head = LocalMatching(hidden=4, k1=k1, k2=k2)
+    (w_t2i, p_t2i), (w_i2t, p_i2t) = head.top_k_selected(tf.constant(gamma),
+                                                         tf.constant(mask))
+    (cw_t2i, cp_t2i), (cw_i2t, cp_i2t) = local_head_kernel.select(lib, gamma, mask, k1, k2,
+                                                                  threads=2)
+    np.testing.assert_allclose(cw_t2i, w_t2i.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(cw_i2t, w_i2t.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(cp_t2i, np.stack([p.numpy() for p in p_t2i], -1))
+    # A pick of a text's words is defined where it weighs something (a row with fewer
+    # real words than k1 fills its last picks with padding at weight 0).
+    picks = np.stack([p.numpy() for p in p_i2t], -1)
+    weighed = w_i2t.numpy() > 0
+    np.testing.assert_array_equal(cp_i2t[weighed], picks[weighed])
+    assert not cw_i2t[0].any()  # the text without words
+
+
+@pytest.mark.parametrize("k1,k2,hidden,ties", [(4, 2, 19, False), (4, 2, 32, True),
+                                               (8, 3, 5, True), (2, 8, 16, False)])
+def test_scores_are_score_selected(lib, k1, k2, hidden, ties):
+    """The whole head after γ equals ``score_selected`` under XLA within 1e-5 relative,
+    pairs given by table rows (texts repeated, images in another order), H of any width,
+    k above the real words, a text without words."""
+    rng = np.random.default_rng(hidden + k1)
+    texts, images, x, y, r, n = 5, 6, 4, 3, 7, 8
+    head = LocalMatching(hidden=hidden, k1=k1, k2=k2)
+    head((tf.zeros([1, r, 3]), tf.ones([1, r]), tf.zeros([1, n, 3])))
+    for w in head.weights:
+        w.assign(rng.normal(size=w.shape).astype(np.float32) * 0.5)
+    t_lin = rng.normal(size=(texts, r + 2, hidden)).astype(np.float32)  # R' ≥ R slots
+    v_lin = rng.normal(size=(images, n, hidden)).astype(np.float32)
+    text_index = rng.integers(0, texts, size=(x, 1))
+    image_index = rng.permuted(np.tile(np.arange(images), (x, 1)), axis=1)[:, :y]
+    gamma = _gamma(rng, (x, y, r, n), ties)
+    mask = np.broadcast_to(_mask(rng, x, r)[:, None], (x, y, r)).astype(np.float32)
+    want = tf.function(head.score_selected, jit_compile=True)(
+        tf.constant(gamma), tf.constant(t_lin), tf.constant(mask), tf.constant(text_index),
+        tf.constant(v_lin), tf.constant(image_index)).numpy()
+    got = local_head_kernel.score(
+        lib, gamma.reshape(-1, r, n), mask.reshape(-1, r),
+        np.broadcast_to(text_index * (r + 2), (x, y)), image_index * n,
+        t_lin.reshape(-1, hidden), v_lin.reshape(-1, hidden), head, threads=2)
+    np.testing.assert_allclose(got.reshape(x, y), want, rtol=1e-5, atol=1e-7)
+
+
+def test_rows_outside_the_tables_are_refused(lib):
+    head = LocalMatching(hidden=4, k1=2, k2=1)
+    head((tf.zeros([1, 3, 3]), tf.ones([1, 3]), tf.zeros([1, 2, 3])))
+    gamma, mask = np.zeros((1, 3, 2), np.float32), np.ones((1, 3), np.float32)
+    rows = np.zeros((6, 4), np.float32)
+    with pytest.raises(IndexError, match="text rows"):
+        local_head_kernel.score(lib, gamma, mask, [4], [0], rows, rows, head)
+    with pytest.raises(IndexError, match="image rows"):
+        local_head_kernel.score(lib, gamma, mask, [0], [5], rows, rows, head)
+
+
+def test_without_a_compiler_the_scorer_keeps_xla(monkeypatch):
+    """A kernel that does not build is said once and leaves XLA (``auto``); asking for it
+    by name is an error that says why; ``HGAN_HEAD_KERNEL=xla`` never builds it."""
+    import types
+
+    from hgan.config import preset
+    from hgan.evaluation import hgan_scoring
+
+    monkeypatch.setattr(local_head_kernel, "_STATE", {})
+    monkeypatch.setenv("CC", "/bin/false")
+    assert local_head_kernel.load() is None
+    assert "false" in local_head_kernel.load_error()
+    model = types.SimpleNamespace(config=preset("tiny"), word_head=None, phrase_head=None)
+    assert hgan_scoring.Scorer(model).head_kernel_used() == "xla"
+    with pytest.raises(RuntimeError, match="not available: .*false"):
+        hgan_scoring.Scorer(model, head_kernel="native").head_kernel_used()
+    with pytest.raises(ValueError, match="head_kernel"):
+        hgan_scoring.Scorer(model, head_kernel="c")
+
+    monkeypatch.setattr(local_head_kernel, "_STATE", {})
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv(local_head_kernel.ENV, "xla")
+    assert local_head_kernel.load() is None and local_head_kernel.load_error() is None
+    assert hgan_scoring.Scorer(model).head_kernel_used() == "xla"
