@@ -81,7 +81,8 @@ def define_flags():
     flags.DEFINE_string("preset", "paper", "Preset whose widths the heads and features "
                         "take (paper: H = C' = 512, 64 word slots; demo: 128, 40).")
     flags.DEFINE_list("grid_block", [], "TEXTS,IMAGES: exact mode's block shape "
-                      "(hgan_scoring.GRID_BLOCK; empty: the scorer's).")
+                      "(hgan_scoring.GRID_BLOCK, or NATIVE_GRID_BLOCK with the C kernel; empty: "
+                      "the scorer's).")
     flags.DEFINE_integer("candidate_pairs", 0, "Two-stage pairs per call "
                          "(hgan_scoring.CANDIDATE_PAIRS; 0: as many as the memory budget holds).")
     flags.DEFINE_boolean("profile", False, "Also print, per direction and level, where a "
@@ -284,7 +285,8 @@ def run_mode(mode: str) -> dict:
     scorer = CountingScorer(model, memory_budget_bytes=FLAGS.budget_mb << 20,
                             head_kernel=FLAGS.head_kernel)
     if FLAGS.grid_block:
-        hgan_scoring.GRID_BLOCK = tuple(int(v) for v in FLAGS.grid_block)
+        hgan_scoring.GRID_BLOCK = hgan_scoring.NATIVE_GRID_BLOCK = tuple(
+            int(v) for v in FLAGS.grid_block)
     if FLAGS.candidate_pairs:
         hgan_scoring.CANDIDATE_PAIRS = FLAGS.candidate_pairs
 

@@ -247,6 +247,7 @@ def test_scorer_blocks_equal_the_numpy_reference(monkeypatch, k1, k2, head_kerne
     scorer = hgan_scoring.Scorer(model, head_kernel=head_kernel)
     prep = scorer._prepared({"word": texts, "word_mask": masks}, {"word": images})["word"]
     monkeypatch.setattr(hgan_scoring, "GRID_BLOCK", (3, 2))
+    monkeypatch.setattr(hgan_scoring, "NATIVE_GRID_BLOCK", (3, 2))
     calls = []
     chunk_fn = scorer._chunk_fn("word")
     scorer._pair_fn["word"] = lambda *args: calls.append(args[1:]) or chunk_fn(*args)

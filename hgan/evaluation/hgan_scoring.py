@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import functools
+import mmap
 import time
 
 import numpy as np
@@ -22,8 +23,11 @@ from hgan.tf_compat import tf
 
 LOCAL_LEVELS = ("word", "phrase")
 # Texts × images of an exact-mode call of the Gumbel heads, within the memory budget;
-# chosen by paired runs of bench/eval_scoring.py --grid_block (docs/benchmarks.md).
+# chosen by paired runs of bench/eval_scoring.py --grid_block (docs/benchmarks.md): under
+# XLA, and with the heads' C kernel (whose calls cost less, so a larger block shares the
+# fixed cost of a call over more pairs).
 GRID_BLOCK = (128, 32)
+NATIVE_GRID_BLOCK = (256, 64)
 # (query, candidate) pairs of a two-stage call; None: as many as the memory budget holds.
 CANDIDATE_PAIRS = None
 
@@ -46,11 +50,26 @@ def encode_split(model: HGAN, data_dir: str, config: Config, split: str,
                                keep=keep)
 
 
+# Tables at least this large are mapped with transparent huge pages where the system has
+# them (Linux, ``madvise`` or ``always``): writing a fresh buffer first faults every 4 KiB
+# page in, which cost 4.7 s a GiB on a 2-core VM against 0.1 s with 2 MiB pages
+# (docs/benchmarks.md), about a third of a CUHK-PEDES-sized two-stage evaluation.
+HUGE_PAGES_FROM = 64 << 20
+
+
 def _aligned_empty(shape, dtype) -> np.ndarray:
     """An uninitialised C-contiguous array whose data is 64-byte aligned, as TensorFlow
-    requires of a buffer it shares."""
+    requires of a buffer it shares; a large one in an anonymous map advised to huge pages
+    (page-aligned; freed with the array)."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
+    if nbytes >= HUGE_PAGES_FROM and hasattr(mmap, "MADV_HUGEPAGE"):
+        memory = mmap.mmap(-1, nbytes)
+        try:
+            memory.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # a kernel without transparent huge pages: 4 KiB pages
+            pass
+        return np.frombuffer(memory, dtype).reshape(shape)
     raw = np.empty(nbytes + 64, np.uint8)
     offset = (-raw.ctypes.data) % 64
     return raw[offset:offset + nbytes].view(dtype).reshape(shape)
@@ -287,12 +306,16 @@ class Scorer:
 
     def grid_block(self, level: str, texts: int, images: int, words: int,
                    regions: int) -> tuple[int, int]:
-        """The (texts, images) block of ``local_grid``: ``GRID_BLOCK`` cut to the inputs
-        and to the memory budget (texts kept first, images cut)."""
-        tc = max(1, min(texts, self.config.eval.eval_chunk, GRID_BLOCK[0]))
+        """The (texts, images) block of ``local_grid``: ``GRID_BLOCK`` (``NATIVE_GRID_BLOCK``
+        for a Gumbel head run by the C kernel) cut to the inputs and to the memory budget
+        (texts kept first, images cut)."""
+        native = (self.heads[level].attention == "gumbel"
+                  and self.head_kernel_used() == "native")
+        block = NATIVE_GRID_BLOCK if native else GRID_BLOCK
+        tc = max(1, min(texts, self.config.eval.eval_chunk, block[0]))
         pairs = max(1, self.budget // self._pair_bytes(level, words, regions, own_rows=False))
         tc = min(tc, pairs)
-        ic = max(1, min(images, GRID_BLOCK[1], pairs // tc))
+        ic = max(1, min(images, block[1], pairs // tc))
         return tc, ic
 
     def local_grid(self, level: str, prep: dict, text_rows: np.ndarray,
