@@ -33,14 +33,16 @@ def _mask(rng, texts, words):
     return (np.arange(words)[None] < lengths[:, None]).astype(np.float32)
 
 
-@pytest.mark.parametrize("k1,k2,ties", [(4, 2, False), (4, 2, True), (8, 8, True),
-                                        (1, 1, False), (3, 5, True)])
-def test_selections_are_top_k_selected(lib, k1, k2, ties):
+@pytest.mark.parametrize("k1,k2,ties,r,n", [(4, 2, False, 9, 7), (4, 2, True, 9, 7),
+                                            (8, 8, True, 9, 7), (1, 1, False, 9, 7),
+                                            (3, 5, True, 9, 7), (4, 2, True, 40, 15),
+                                            (4, 2, False, 9, 20)])
+def test_selections_are_top_k_selected(lib, k1, k2, ties, r, n):
     """Each row's top k (ties: the lower index) and Eq. 7's weights, as the scorer's
     ``top_k_selected`` gives them; padded words never picked, a text without words weighs
-    nothing."""
-    rng = np.random.default_rng(k1 * 10 + k2 + ties)
-    x, y, r, n = 3, 4, 9, 7
+    nothing; rows of more keys than a vector's 16 lanes (40 words, 20 regions) too."""
+    rng = np.random.default_rng(k1 * 10 + k2 + ties + r + n)
+    x, y = 3, 4
     gamma = _gamma(rng, (x, y, r, n), ties)
     mask = np.broadcast_to(_mask(rng, x, r)[:, None], (x, y, r))
     head = LocalMatching(hidden=4, k1=k1, k2=k2)
@@ -59,14 +61,18 @@ def test_selections_are_top_k_selected(lib, k1, k2, ties):
     assert not cw_i2t[0].any()  # the text without words
 
 
-@pytest.mark.parametrize("k1,k2,hidden,ties", [(4, 2, 19, False), (4, 2, 32, True),
-                                               (8, 3, 5, True), (2, 8, 16, False)])
-def test_scores_are_score_selected(lib, k1, k2, hidden, ties):
+@pytest.mark.parametrize("k1,k2,hidden,ties,r,n", [(4, 2, 19, False, 7, 8),
+                                                   (4, 2, 32, True, 7, 8),
+                                                   (8, 3, 5, True, 7, 8),
+                                                   (2, 8, 16, False, 7, 8),
+                                                   (4, 2, 24, True, 40, 15),
+                                                   (4, 2, 8, False, 6, 20)])
+def test_scores_are_score_selected(lib, k1, k2, hidden, ties, r, n):
     """The whole head after γ equals ``score_selected`` under XLA within 1e-5 relative,
     pairs given by table rows (texts repeated, images in another order), H of any width,
-    k above the real words, a text without words."""
-    rng = np.random.default_rng(hidden + k1)
-    texts, images, x, y, r, n = 5, 6, 4, 3, 7, 8
+    k above the real words, a text without words, rows longer than a vector's lanes."""
+    rng = np.random.default_rng(hidden + k1 + r)
+    texts, images, x, y = 5, 6, 4, 3
     head = LocalMatching(hidden=hidden, k1=k1, k2=k2)
     head((tf.zeros([1, r, 3]), tf.ones([1, r]), tf.zeros([1, n, 3])))
     for w in head.weights:
@@ -87,6 +93,15 @@ def test_scores_are_score_selected(lib, k1, k2, hidden, ties):
     np.testing.assert_allclose(got.reshape(x, y), want, rtol=1e-5, atol=1e-7)
 
 
+def test_no_pairs_score_nothing(lib):
+    head = LocalMatching(hidden=4, k1=2, k2=1)
+    head((tf.zeros([1, 3, 3]), tf.ones([1, 3]), tf.zeros([1, 2, 3])))
+    rows = np.zeros((6, 4), np.float32)
+    got = local_head_kernel.score(lib, np.zeros((0, 3, 2), np.float32),
+                                  np.zeros((0, 3), np.float32), [], [], rows, rows, head)
+    assert got.shape == (0,)
+
+
 def test_rows_outside_the_tables_are_refused(lib):
     head = LocalMatching(hidden=4, k1=2, k2=1)
     head((tf.zeros([1, 3, 3]), tf.ones([1, 3]), tf.zeros([1, 2, 3])))
@@ -96,6 +111,28 @@ def test_rows_outside_the_tables_are_refused(lib):
         local_head_kernel.score(lib, gamma, mask, [4], [0], rows, rows, head)
     with pytest.raises(IndexError, match="image rows"):
         local_head_kernel.score(lib, gamma, mask, [0], [5], rows, rows, head)
+    with pytest.raises(ValueError, match="hidden=4"):
+        local_head_kernel.score(lib, gamma, mask, [0], [0], rows, rows[:, :3], head)
+
+
+def test_a_compiler_without_march_native_still_builds_it(tmp_path, monkeypatch):
+    """``$CC`` may carry arguments; a compiler that refuses ``-march=native`` builds the
+    kernel without it."""
+    import shutil
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    wrapper = tmp_path / "no_march"
+    wrapper.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -march=native ] && exit 1; done\n'
+                       'exec "$0.real" "$@"\n')
+    wrapper.chmod(0o755)
+    (tmp_path / "no_march.real").symlink_to(cc)
+    monkeypatch.setenv("CC", f"{wrapper} -O2")
+    lib = local_head_kernel.build()
+    gamma = np.array([[[0.5, 2.0], [1.0, -1.0]]], np.float32)  # one pair, 2 words, 2 regions
+    (w, picks), _ = local_head_kernel.select(lib, gamma, np.ones((1, 2), np.float32), 1, 1)
+    np.testing.assert_array_equal(picks[..., 0], [[1, 0]])
+    np.testing.assert_allclose(w, 1.0)
 
 
 def test_without_a_compiler_the_scorer_keeps_xla(monkeypatch):
@@ -119,6 +156,22 @@ def test_without_a_compiler_the_scorer_keeps_xla(monkeypatch):
 
     monkeypatch.setattr(local_head_kernel, "_STATE", {})
     monkeypatch.delenv("CC")
+    if local_head_kernel.load() is not None:
+        # A head of k above the kernel's: XLA under auto, an error when asked by name.
+        big = LocalMatching(hidden=4, k1=local_head_kernel.MAX_K + 1, k2=2)
+        model_k = types.SimpleNamespace(config=preset("tiny"), word_head=big,
+                                        phrase_head=None)
+        assert hgan_scoring.Scorer(model_k).grid_block("word", 300, 300, 12, 4) == \
+            hgan_scoring.Scorer(model_k, head_kernel="xla").grid_block("word", 300, 300, 12, 4)
+        assert not hgan_scoring.Scorer(model_k)._native("word")
+        with pytest.raises(ValueError, match="k1, k2 ≤ 8"):
+            hgan_scoring.Scorer(model_k, head_kernel="native")._native("word")
+        small = LocalMatching(hidden=4, k1=2, k2=2)
+        model_s = types.SimpleNamespace(config=preset("tiny"), word_head=small,
+                                        phrase_head=None)
+        assert hgan_scoring.Scorer(model_s)._native("word")
+
+    monkeypatch.setattr(local_head_kernel, "_STATE", {})
     monkeypatch.setenv(local_head_kernel.ENV, "xla")
     assert local_head_kernel.load() is None and local_head_kernel.load_error() is None
     assert hgan_scoring.Scorer(model).head_kernel_used() == "xla"

@@ -50,25 +50,22 @@ def encode_split(model: HGAN, data_dir: str, config: Config, split: str,
                                keep=keep)
 
 
-# Tables at least this large are mapped with transparent huge pages where the system has
-# them (Linux, ``madvise`` or ``always``): writing a fresh buffer first faults every 4 KiB
-# page in, which cost 4.7 s a GiB on a 2-core VM against 0.1 s with 2 MiB pages
-# (docs/benchmarks.md), about a third of a CUHK-PEDES-sized two-stage evaluation.
-HUGE_PAGES_FROM = 64 << 20
+# Tables at least this large are allocated already faulted in (Linux's MAP_POPULATE): a
+# fresh buffer written chunk by chunk otherwise takes a page fault for every 4 KiB page,
+# one trap each, which is slow under virtualisation: preparing the tables of a
+# CUHK-PEDES-sized test split took 8.3-9.3 s that way against 2.8-3.0 s pre-faulted, four
+# pairs of runs alternated on a 2-core VM (docs/benchmarks.md).
+POPULATE_FROM = 64 << 20
 
 
 def _aligned_empty(shape, dtype) -> np.ndarray:
     """An uninitialised C-contiguous array whose data is 64-byte aligned, as TensorFlow
-    requires of a buffer it shares; a large one in an anonymous map advised to huge pages
-    (page-aligned; freed with the array)."""
+    requires of a buffer it shares; a large one in a private anonymous map whose pages the
+    kernel allocates at once (page-aligned; freed with the array)."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
-    if nbytes >= HUGE_PAGES_FROM and hasattr(mmap, "MADV_HUGEPAGE"):
-        memory = mmap.mmap(-1, nbytes)
-        try:
-            memory.madvise(mmap.MADV_HUGEPAGE)
-        except OSError:  # a kernel without transparent huge pages: 4 KiB pages
-            pass
+    if nbytes >= POPULATE_FROM and hasattr(mmap, "MAP_POPULATE"):
+        memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_POPULATE)
         return np.frombuffer(memory, dtype).reshape(shape)
     raw = np.empty(nbytes + 64, np.uint8)
     offset = (-raw.ctypes.data) % 64
@@ -218,6 +215,19 @@ class Scorer:
                                f"available: {why}")
         return "xla"
 
+    def _native(self, level: str) -> bool:
+        """Whether ``level``'s head runs after γ in the C kernel: a Gumbel head whose k1 and
+        k2 the kernel takes (``local_head_kernel.MAX_K``), when the kernel is in use."""
+        head = self.heads[level]
+        if head.attention != "gumbel" or self.head_kernel_used() != "native":
+            return False
+        if max(head.k1, head.k2) <= local_head_kernel.MAX_K:
+            return True
+        if self.head_kernel == "native":
+            raise ValueError(f"head_kernel='native' takes k1, k2 ≤ {local_head_kernel.MAX_K}; "
+                             f"the {level} head has k1={head.k1}, k2={head.k2}")
+        return False
+
     def _prepared(self, texts: dict, images: dict) -> dict:
         """Per local level, the heads' per-item parts, made once, float32: text tables
         (φ_t(T), W·T) [Q, L', H] trimmed to the longest text L', their mask [Q, L'] (numpy,
@@ -244,10 +254,11 @@ class Scorer:
         layout, used)`` → [X, Y] (layouts as ``LocalMatching.score_prepared``: grid rows
         [X] × [Y], image_paired [X] × [X, Y], text_paired [X, Y] × [X]; ``used`` word
         slots). Gumbel heads: γ by oneDNN (XLA's CPU batched matmul is an order slower),
-        the rest by ``score_selected`` under XLA; soft attention: the dense path."""
+        the rest by the C kernel (``local_head_kernel``), or by ``score_selected`` under XLA
+        (``head_kernel``, ``_native``); soft attention: the dense path."""
         if level not in self._pair_fn:
             head = self.heads[level]
-            if head.attention == "gumbel" and self.head_kernel_used() == "native":
+            if self._native(level):
                 gamma_fn = encode.compiled(self.model, f"pair_gamma/{level}",
                                            lambda ref: _make_gamma_fn(self.heads[level]))
                 self._pair_fn[level] = functools.partial(_native_pairs, head, gamma_fn)
@@ -286,8 +297,8 @@ class Scorer:
         rows of its own, the [R, H] + [N, H] rows of both directions a few times over.
         Gumbel heads have them only as gathered φ rows of a two-stage pair (``own_rows``;
         a grid block shares its texts' and images' rows, and the fused vectors of Eqs. 6–8
-        stay inside ``score_selected``'s XLA loop); soft attention (the dense path) writes
-        its fused and hidden tensors in every layout."""
+        stay inside the C kernel's loop or ``score_selected``'s XLA loop); soft attention
+        (the dense path) writes its fused and hidden tensors in every layout."""
         k1, k2, h = self.config.model.k1, self.config.model.k2, self.config.model.mlp_hidden
         if own_rows or self.heads[level].attention != "gumbel":
             rows = words * (k2 + 3) + regions * (k1 + 3)
@@ -309,9 +320,7 @@ class Scorer:
         """The (texts, images) block of ``local_grid``: ``GRID_BLOCK`` (``NATIVE_GRID_BLOCK``
         for a Gumbel head run by the C kernel) cut to the inputs and to the memory budget
         (texts kept first, images cut)."""
-        native = (self.heads[level].attention == "gumbel"
-                  and self.head_kernel_used() == "native")
-        block = NATIVE_GRID_BLOCK if native else GRID_BLOCK
+        block = NATIVE_GRID_BLOCK if self._native(level) else GRID_BLOCK
         tc = max(1, min(texts, self.config.eval.eval_chunk, block[0]))
         pairs = max(1, self.budget // self._pair_bytes(level, words, regions, own_rows=False))
         tc = min(tc, pairs)

@@ -3,16 +3,20 @@
 What ``LocalMatching.score_selected`` computes under XLA, in one pass per pair: the top-k
 selections of Eqs. 5 and 7, each fused vector as a k-term sum of rows of the prepared
 tables, Eq. 8's MLP and the means. Its scores equal the XLA call's to float rounding (the
-sums run in another order; ``tests/test_local_head_kernel.py`` pins it against the NumPy
-reference and against ``score_selected``).
+sums run in another order; ``tests/test_heads_reference.py`` pins the scorer on it against
+the NumPy reference of the equations, ``tests/test_local_head_kernel.py`` against
+``top_k_selected`` and ``score_selected``).
 
 Why C: after γ, a call is the selections over short rows (15 regions, ~40 words) and
 gathers of a few [H]-wide rows per word and region; XLA's CPU code runs both far below
-what the machine does (docs/benchmarks.md measures each part). The kernel keeps each
-row's k best in vector registers and sums the picked rows in one vectorised loop.
+what the machine does (docs/benchmarks.md measures each part: at CUHK-PEDES test size exact
+mode takes 100 s with the kernel against 155 s under XLA). The kernel keeps each row's k
+best in vector registers and sums the picked rows in one vectorised loop. It takes
+1 ≤ k ≤ ``MAX_K``; the scorer keeps XLA for a head with a larger k1 or k2.
 
 The source is compiled once per process, on first use, with the system's C compiler
-(``$CC``, else ``cc``) for the CPU it runs on (``-march=native``), into a temporary folder
+(``$CC``, which may carry arguments, else ``cc``) for the CPU it runs on
+(``-march=native``, dropped if the compiler refuses it), into a temporary folder
 (about 0.3 s; nothing is cached on disk, so a shared environment on machines of different
 CPUs is safe). Where no compiler builds it, ``load`` says why once and returns None, and
 the scorer keeps XLA. ``HGAN_HEAD_KERNEL=xla`` in the environment turns it off.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import os
+import shlex
 import subprocess
 import tempfile
 import threading
@@ -35,20 +40,26 @@ ENV = "HGAN_HEAD_KERNEL"  # "xla": never build it
 
 _LOCK = threading.Lock()
 _STATE: dict = {}  # "lib" once loaded, "error" once a build failed
-_POOLS: dict = {}  # threads → a pool of that many, made once
+_POOLS: dict = {}  # (process, threads) → a pool of that many, made once
 
 
 def build(compiler: str | None = None) -> ctypes.CDLL:
     """The compiled kernel, or raises ``OSError`` / ``subprocess.SubprocessError`` saying
     why (the compiler's message in ``stderr``)."""
-    compiler = compiler or os.environ.get("CC") or "cc"
-    flags = ["-O3", "-fopenmp-simd", "-fPIC", "-shared", "-std=c99"]
+    command = shlex.split(compiler or os.environ.get("CC") or "cc")
+    flags = ["-O3", "-fPIC", "-shared", "-std=c99"]
+    # Without -march=native (a compiler or CPU that refuses it) and without -fopenmp-simd
+    # (the loops' vectorisation hints are then ignored) as fallbacks.
+    tries = [flags + ["-fopenmp-simd", "-march=native"], flags + ["-fopenmp-simd"], flags]
     with tempfile.TemporaryDirectory(prefix="hgan_local_head_") as folder:
         library = os.path.join(folder, "local_head.so")
-        try:
-            _compile(compiler, flags + ["-march=native"], library)
-        except subprocess.CalledProcessError:  # a compiler without -march=native
-            _compile(compiler, flags, library)
+        for i, options in enumerate(tries):
+            try:
+                _compile(command, options, library)
+                break
+            except subprocess.CalledProcessError:
+                if i == len(tries) - 1:
+                    raise
         lib = ctypes.CDLL(library)  # loaded: the file can go
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     lib.top_k_softmax_pairs.restype = ctypes.c_int
@@ -58,9 +69,16 @@ def build(compiler: str | None = None) -> ctypes.CDLL:
     return lib
 
 
-def _compile(compiler: str, flags: list[str], library: str) -> None:
-    subprocess.run([compiler, *flags, "-o", library, SOURCE, "-lm"], check=True,
+def _compile(command: list[str], flags: list[str], library: str) -> None:
+    subprocess.run([*command, *flags, "-o", library, SOURCE, "-lm"], check=True,
                    capture_output=True, timeout=120)
+
+
+def _cores() -> int:
+    """The cores this process may run on (its affinity, e.g. a container's share)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def load() -> ctypes.CDLL | None:
@@ -88,16 +106,18 @@ def load_error() -> str | None:
 def _run(fn, pairs: int, threads: int) -> None:
     """``fn(first, last)`` over [0, pairs) split across ``threads`` threads (each call
     releases the GIL); raises on a kernel's error code."""
-    threads = max(1, min(threads or os.cpu_count() or 1, pairs))
+    threads = max(1, min(threads or _cores(), pairs))
     bounds = np.linspace(0, pairs, threads + 1).astype(np.int64)
     if threads == 1:
         codes = [fn(0, pairs)]
     else:
-        if threads not in _POOLS:
-            _POOLS[threads] = concurrent.futures.ThreadPoolExecutor(
-                threads, thread_name_prefix="hgan_local_head")
-        codes = list(_POOLS[threads].map(lambda a, b: fn(int(a), int(b)), bounds[:-1],
-                                         bounds[1:]))
+        with _LOCK:  # one pool per thread count and process (a forked child makes its own)
+            key = (os.getpid(), threads)
+            if key not in _POOLS:
+                _POOLS[key] = concurrent.futures.ThreadPoolExecutor(
+                    threads, thread_name_prefix="hgan_local_head")
+            pool = _POOLS[key]
+        codes = list(pool.map(lambda a, b: fn(int(a), int(b)), bounds[:-1], bounds[1:]))
     if -2 in codes:
         raise MemoryError("the local heads' kernel could not allocate its buffer")
     if any(codes):
@@ -147,14 +167,17 @@ def score(lib, gamma: np.ndarray, mask: np.ndarray, text_base: np.ndarray,
         raise ValueError(f"mask {mask.shape} does not match γ {gamma.shape}")
     text_rows, image_rows = _floats(text_rows), _floats(image_rows)
     hidden = text_rows.shape[-1]
+    bias = _floats(head.fuse_bias.numpy())
+    w_out = _floats(head.fuse_out.kernel.numpy()[:, 0])
+    b_out = float(head.fuse_out.bias.numpy()[0])
+    if not image_rows.shape[-1] == bias.size == w_out.size == hidden:
+        raise ValueError(f"rows of {hidden} (texts) and {image_rows.shape[-1]} (images) "
+                         f"values for a head of hidden={bias.size}")
     bases = [np.ascontiguousarray(b, np.int64).reshape(pairs) for b in (text_base, image_base)]
     for base, rows, slots, name in ((bases[0], text_rows, r, "text"),
                                     (bases[1], image_rows, n, "image")):
         if pairs and (base.min() < 0 or base.max() + slots > len(rows)):
             raise IndexError(f"a pair's {name} rows fall outside the {name} table")
-    bias = _floats(head.fuse_bias.numpy())
-    w_out = _floats(head.fuse_out.kernel.numpy()[:, 0])
-    b_out = float(head.fuse_out.bias.numpy()[0])
     out = np.empty(pairs, np.float32)
     arrays = (gamma, mask, *bases, text_rows, image_rows, bias, w_out)
     ptrs = [a.ctypes.data for a in arrays]

@@ -222,7 +222,7 @@ class LocalMatching(keras.layers.Layer):
     def score_from_selected(self, t2i, i2t, text_table, text_mask, text_index, image_table,
                             image_index):
         """``score_selected`` from selections made already (``top_k_selected``'s, or the
-        same made elsewhere, e.g. by ``bench/topk_select.py``'s C kernel): ``t2i`` =
+        same made elsewhere, e.g. by a hand-written kernel): ``t2i`` =
         (weights [X, Y, R, k2], a list of k2 region index tensors [X, Y, R]), ``i2t`` =
         (weights [X, Y, N, k1], k1 word index tensors [X, Y, N]); the other arguments as
         there."""

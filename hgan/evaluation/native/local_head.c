@@ -65,10 +65,11 @@ static inline vf load_columns(const float *row, int c0, int cols, const float *l
 
 /* e^x for x ≤ 0, lane by lane (Cephes' expf: x = n·ln 2 + f, |f| ≤ ln 2 / 2, a degree-6
  * polynomial in f, then 2^n by the exponent bits): within 2 ulp of the exact value, as
- * close as the exp of the XLA code it replaces; x below -87 gives 0. */
+ * close as the exp of the XLA code it replaces; x below -87 gives 0, and so does NaN (the
+ * lanes past a block's columns, -inf - -inf, which are never stored). */
 static inline vf exp_nonpositive(vf x) {
     const vf zero = (vf){0};
-    const vi tiny = x < -87.0f;
+    const vi tiny = ~(x >= -87.0f);
     x = pick_f(tiny, zero - 87.0f, x);
     /* n = floor(x / ln 2 + 1/2), the integer nearest x / ln 2 */
     const vf t = x * 1.44269504088896341f + 0.5f;
