@@ -10,7 +10,7 @@ the NumPy reference of the equations, ``tests/test_local_head_kernel.py`` agains
 Why C: after γ, a call is the selections over short rows (15 regions, ~40 words) and
 gathers of a few [H]-wide rows per word and region; XLA's CPU code runs both far below
 what the machine does (docs/benchmarks.md measures each part: at CUHK-PEDES test size exact
-mode takes 100 s with the kernel against 155 s under XLA). The kernel keeps each row's k
+mode takes 99–100 s with the kernel against 143–155 s under XLA). The kernel keeps each row's k
 best in vector registers and sums the picked rows in one vectorised loop. It takes
 1 ≤ k ≤ ``MAX_K``; the scorer keeps XLA for a head with a larger k1 or k2.
 
