@@ -148,10 +148,7 @@ def _traced_per_shape(fn):
 def _make_gamma_fn(head):
     """γ and the word mask of the pairs (``_pair_gamma``), compiled per shape, for the C
     kernel to score."""
-    def fn(t_gamma, t_mask, v_gamma, text_rows, image_rows, layout, used):
-        return _pair_gamma(head, t_gamma, t_mask, v_gamma, text_rows, image_rows, layout,
-                           used)
-    return _traced_per_shape(fn)
+    return _traced_per_shape(functools.partial(_pair_gamma, head))
 
 
 def _native_pairs(head, gamma_fn, prep: dict, text_rows, image_rows, layout: str,
