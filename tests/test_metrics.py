@@ -51,6 +51,19 @@ def test_queries_without_a_match_are_left_out_and_counted():
     assert m["queries_without_match"] == 1 and m["R1"] == pytest.approx(100.0)
 
 
+def test_queries_taken_a_block_at_a_time_give_the_whole_matrix_figures():
+    """``retrieval_metrics`` ranks ``rows`` queries at a time: blocks of 1, 7 and all the
+    queries give the same figures to the last bit, ties and queries without a match
+    included."""
+    rng = np.random.default_rng(3)
+    sim = rng.integers(0, 4, size=(50, 30)).astype(np.float64)  # many ties
+    query_ids, gallery_ids = rng.integers(0, 12, 50), rng.integers(0, 10, 30)
+    whole = retrieval_metrics(sim, query_ids, gallery_ids, rows=50)
+    assert whole["queries_without_match"] > 0
+    for rows in (1, 7):
+        assert retrieval_metrics(sim, query_ids, gallery_ids, rows=rows) == whole
+
+
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="does not match"):
         retrieval_metrics(np.zeros((2, 3)), [1, 2], [1, 2])

@@ -11,40 +11,55 @@ def unit_rows(x, dtype=np.float32) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def _ranked_relevance(similarity, query_ids, gallery_ids):
+def _checked(similarity, query_ids, gallery_ids) -> tuple:
+    """The three as arrays, the scores [queries, gallery items] as the ids say."""
     similarity = np.asarray(similarity)
     query_ids, gallery_ids = np.asarray(query_ids), np.asarray(gallery_ids)
     if similarity.shape != (len(query_ids), len(gallery_ids)):
         raise ValueError(f"similarity {similarity.shape} does not match "
                          f"{len(query_ids)} queries × {len(gallery_ids)} gallery items")
+    return similarity, query_ids, gallery_ids
+
+
+def _ranked_relevance(similarity, query_ids, gallery_ids):
+    """[Q, G] bool: whether each query's ranked gallery item is relevant."""
+    similarity, query_ids, gallery_ids = _checked(similarity, query_ids, gallery_ids)
     # Stable sort on the negated scores: ties keep gallery order, so results are repeatable.
     order = np.argsort(-similarity, axis=1, kind="stable")
     return gallery_ids[order] == query_ids[:, None]
 
 
-def retrieval_metrics(similarity, query_ids, gallery_ids) -> dict:
+def retrieval_metrics(similarity, query_ids, gallery_ids, rows: int = 1024) -> dict:
     """Rank-1/5/10, mAP and mINP in percent, ranking the whole gallery per query.
 
     AP is the mean of the precision at each relevant position; mINP (Ye et al. 2021) is the
     number of relevant items over the position of the last one. Queries with no relevant
-    item in the gallery are left out (and counted in ``queries_without_match``).
+    item in the gallery are left out (and counted in ``queries_without_match``). Computed
+    ``rows`` queries at a time (each query's figures are its own), so the sorted ranking
+    and its running counts never exist for the whole matrix at once.
     """
-    relevant = _ranked_relevance(similarity, query_ids, gallery_ids)
-    has_match = relevant.any(axis=1)
-    relevant = relevant[has_match]
-    if not len(relevant):
+    similarity, query_ids, gallery_ids = _checked(similarity, query_ids, gallery_ids)
+    positions = np.arange(1, len(gallery_ids) + 1)
+    firsts, aps, inps, without = [], [], [], 0
+    for a in range(0, len(query_ids), rows):
+        relevant = _ranked_relevance(similarity[a:a + rows], query_ids[a:a + rows],
+                                     gallery_ids)
+        has_match = relevant.any(axis=1)
+        without += int((~has_match).sum())
+        relevant = relevant[has_match]
+        hits = np.cumsum(relevant, axis=1)
+        firsts.append(relevant.argmax(axis=1))  # 0-based rank of the first relevant item
+        precision_at_hits = np.where(relevant, hits / positions, 0.0)
+        aps.append(precision_at_hits.sum(axis=1) / relevant.sum(axis=1))
+        last = relevant.shape[1] - 1 - relevant[:, ::-1].argmax(axis=1)
+        inps.append(relevant.sum(axis=1) / (last + 1))
+    first, ap, inp = (np.concatenate(x) for x in (firsts, aps, inps))
+    if not len(first):
         raise ValueError("no query has a relevant gallery item")
-    positions = np.arange(1, relevant.shape[1] + 1)
-    hits = np.cumsum(relevant, axis=1)
-    first = relevant.argmax(axis=1)  # 0-based rank of the first relevant item
-    precision_at_hits = np.where(relevant, hits / positions, 0.0)
-    ap = precision_at_hits.sum(axis=1) / relevant.sum(axis=1)
-    last = relevant.shape[1] - 1 - relevant[:, ::-1].argmax(axis=1)
-    inp = relevant.sum(axis=1) / (last + 1)
     out = {f"R{k}": 100.0 * float(np.mean(first < k)) for k in (1, 5, 10)}
     out["mAP"] = 100.0 * float(ap.mean())
     out["mINP"] = 100.0 * float(inp.mean())
-    out["queries_without_match"] = int((~has_match).sum())
+    out["queries_without_match"] = without
     return out
 
 
@@ -53,11 +68,7 @@ def first_match_rank(similarity, query_ids, gallery_ids, rows: int = 1024) -> np
     ranking (the ranking ``retrieval_metrics`` reads: ties keep gallery order), 0 for a
     query with none. R1 is the share of 1s among the non-zero entries. Counts instead of
     sorting, ``rows`` queries at a time."""
-    similarity = np.asarray(similarity)
-    query_ids, gallery_ids = np.asarray(query_ids), np.asarray(gallery_ids)
-    if similarity.shape != (len(query_ids), len(gallery_ids)):
-        raise ValueError(f"similarity {similarity.shape} does not match {len(query_ids)} "
-                         f"queries × {len(gallery_ids)} gallery items")
+    similarity, query_ids, gallery_ids = _checked(similarity, query_ids, gallery_ids)
     out = np.zeros(len(query_ids), np.int64)
     columns = np.arange(len(gallery_ids))
     for a in range(0, len(query_ids), rows):
