@@ -346,6 +346,7 @@ def profile_phases(scorer, repeats: int = 5) -> list:
     call is the gathers, γ and the kernel (``select_s`` None). The scoring loop's time
     outside its calls (index building, padding, copies into the output) is read from the
     timed run."""
+    from hgan.evaluation import hgan_scoring
     from hgan.tf_compat import tf
     out = []
     for (direction, level), calls in scorer.calls.items():
@@ -355,12 +356,9 @@ def profile_phases(scorer, repeats: int = 5) -> list:
         rows, cols = tf.constant(rows), tf.constant(cols)
         tg, vg = tf.gather(t_gamma, rows)[..., :used, :], tf.gather(v_gamma, cols)
 
-        def gamma():
-            tg, vg = tf.gather(t_gamma, rows)[..., :used, :], tf.gather(v_gamma, cols)
-            mask = tf.gather(prep["mask_t"], rows)[..., :used]
-            mask = mask if layout == "text_paired" else mask[:, None]
-            g = head.pair_gamma(tg, vg, layout)
-            return g, tf.broadcast_to(mask, tf.shape(g)[:3])
+        def gamma():  # what the scorer's calls compute first
+            return hgan_scoring._pair_gamma(head, t_gamma, prep["mask_t"], v_gamma, rows,
+                                            cols, layout, used)
 
         select = tf.function(head.top_k_selected, jit_compile=True)
         fn = scorer.uncounted[level]

@@ -162,6 +162,21 @@ static void columns_top_k(const float *a, int rows, int cols, const float *row_m
     }
 }
 
+/* One pair's selections: γ g [R, N] with its word mask m [R] → w_i2t, i_i2t [N, k1] and
+ * w_t2i, i_t2i [R, k2]. ``turned`` holds R·N + LANES floats (γ turned [N, R], then a
+ * vector's room of zeros, read and masked out); memory up to ``end`` may be read after g. */
+static void select_pair(const float *g, const float *m, int R, int N, int k1, int k2,
+                        const float *end, float *turned, float *w_i2t, int32_t *i_i2t,
+                        float *w_t2i, int32_t *i_t2i) {
+    /* image-to-text: the columns of [R, N] are the regions, its rows the words. */
+    columns_top_k(g, R, N, m, k1, end, w_i2t, i_i2t);
+    /* text-to-image: the columns of [N, R] are the words. */
+    for (int r = 0; r < R; ++r)
+        for (int n = 0; n < N; ++n)
+            turned[n * R + r] = g[r * N + n];
+    columns_top_k(turned, N, R, 0, k2, turned + (int64_t)R * N + LANES, w_t2i, i_t2i);
+}
+
 /* Returns 0; -1 for a k outside 1..MAX_K or above its keys; -2 if memory runs out. */
 int top_k_softmax_pairs(const float *gamma, const float *mask, int64_t first, int64_t last,
                         int R, int N, int k1, int k2, float *w_t2i, int32_t *i_t2i,
@@ -173,19 +188,11 @@ int top_k_softmax_pairs(const float *gamma, const float *mask, int64_t first, in
     if (turned == 0)
         return -2;
     memset(turned + (size_t)R * N, 0, LANES * sizeof(float)); /* read, then masked out */
-    const float *end = gamma + last * R * N, *turned_end = turned + (int64_t)R * N + LANES;
-    for (int64_t p = first; p < last; ++p) {
-        const float *g = gamma + p * R * N;
-        /* image-to-text: the columns of [R, N] are the regions, its rows the words. */
-        columns_top_k(g, R, N, mask + p * R, k1, end, w_i2t + p * N * k1,
-                      i_i2t + p * N * k1);
-        /* text-to-image: the columns of [N, R] are the words. */
-        for (int r = 0; r < R; ++r)
-            for (int n = 0; n < N; ++n)
-                turned[n * R + r] = g[r * N + n];
-        columns_top_k(turned, N, R, 0, k2, turned_end, w_t2i + p * R * k2,
-                      i_t2i + p * R * k2);
-    }
+    const float *end = gamma + last * R * N;
+    for (int64_t p = first; p < last; ++p)
+        select_pair(gamma + p * R * N, mask + p * R, R, N, k1, k2, end, turned,
+                    w_i2t + p * N * k1, i_i2t + p * N * k1, w_t2i + p * R * k2,
+                    i_t2i + p * R * k2);
     free(turned);
     return 0;
 }
@@ -262,14 +269,10 @@ int local_head_pairs(const float *gamma, const float *mask, const int64_t *t_bas
     float *w_t2i = buffer, *w_i2t = w_t2i + sizes[0], *turned = w_i2t + sizes[1];
     int32_t *i_t2i = (int32_t *)(turned + sizes[2]), *i_i2t = i_t2i + sizes[0];
     memset(turned + (size_t)R * N, 0, LANES * sizeof(float)); /* read, then masked out */
-    const float *end = gamma + last * R * N, *turned_end = turned + turned_size;
+    const float *end = gamma + last * R * N;
     for (int64_t p = first; p < last; ++p) {
         const float *g = gamma + p * R * N, *m = mask + p * R;
-        columns_top_k(g, R, N, m, k1, end, w_i2t, i_i2t);
-        for (int r = 0; r < R; ++r)
-            for (int n = 0; n < N; ++n)
-                turned[n * R + r] = g[r * N + n];
-        columns_top_k(turned, N, R, 0, k2, turned_end, w_t2i, i_t2i);
+        select_pair(g, m, R, N, k1, k2, end, turned, w_i2t, i_i2t, w_t2i, i_t2i);
         /* Text-to-image: each real word with its k2 fused regions. */
         float words = 0.0f, s_t2i = 0.0f, s_i2t = 0.0f;
         for (int r = 0; r < R; ++r) {
