@@ -12,7 +12,7 @@ from PIL import Image
 from hgan import families
 from hgan.data import pipeline
 from hgan.data.phrases import extract_noun_phrases
-from hgan.evaluation import hgan_scoring, metrics
+from hgan.evaluation import buffers, hgan_scoring, metrics
 from hgan.modeling.hgan.model import build_model, load_model
 from hgan.serving import searcher as search
 from hgan.tf_compat import tf
@@ -142,7 +142,7 @@ def test_the_c_kernel_and_xla_score_a_trained_model_alike(loaded, tiny_data, mon
     texts, images = hgan_scoring.encode_split(model, tiny_data, config, "test")
     xla = hgan_scoring.Scorer(model, head_kernel="xla")
     want = xla.exact(texts, images)
-    monkeypatch.setattr(hgan_scoring, "POPULATE_FROM", 0)
+    monkeypatch.setattr(buffers, "POPULATE_FROM", 0)
     native = hgan_scoring.Scorer(model, head_kernel="native")
     prep = native._prepared(texts, images)
     for level in ("word", "phrase"):

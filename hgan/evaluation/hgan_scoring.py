@@ -9,14 +9,13 @@
 from __future__ import annotations
 
 import functools
-import mmap
 import time
 
 import numpy as np
 
 from hgan.config import Config
 from hgan.data import pipeline
-from hgan.evaluation import encode, local_head_kernel, metrics, rerank
+from hgan.evaluation import buffers, encode, local_head_kernel, metrics, rerank
 from hgan.modeling.hgan.model import HGAN, TEXT_KEYS
 from hgan.tf_compat import tf
 
@@ -50,28 +49,6 @@ def encode_split(model: HGAN, data_dir: str, config: Config, split: str,
                                keep=keep)
 
 
-# Tables at least this large are allocated already faulted in (Linux's MAP_POPULATE): a
-# fresh buffer written chunk by chunk otherwise takes a page fault for every 4 KiB page,
-# one trap each, which is slow under virtualisation: preparing the tables of a
-# CUHK-PEDES-sized test split took 8.3-9.3 s that way against 2.8-3.0 s pre-faulted, four
-# pairs of runs alternated on a 2-core VM (docs/benchmarks.md).
-POPULATE_FROM = 64 << 20
-
-
-def _aligned_empty(shape, dtype) -> np.ndarray:
-    """An uninitialised C-contiguous array whose data is 64-byte aligned, as TensorFlow
-    requires of a buffer it shares; a large one in a private anonymous map whose pages the
-    kernel allocates at once (page-aligned; freed with the array)."""
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    if nbytes >= POPULATE_FROM and hasattr(mmap, "MAP_POPULATE"):
-        memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_POPULATE)
-        return np.frombuffer(memory, dtype).reshape(shape)
-    raw = np.empty(nbytes + 64, np.uint8)
-    offset = (-raw.ctypes.data) % 64
-    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
-
-
 def _map_chunked(fn, x: np.ndarray, chunk: int = 256) -> list[np.ndarray]:
     """``fn`` (→ a tuple of tensors) over ``x`` in chunks, written into preallocated float32
     buffers (scores are computed in float32 whatever the compute dtype: a mixed_float16
@@ -81,7 +58,7 @@ def _map_chunked(fn, x: np.ndarray, chunk: int = 256) -> list[np.ndarray]:
     for a in range(0, len(x), chunk):
         parts = [t.numpy() for t in fn(tf.constant(x[a:a + chunk]))]
         if out is None:
-            out = [_aligned_empty((len(x),) + p.shape[1:], np.float32) for p in parts]
+            out = [buffers.empty((len(x),) + p.shape[1:], np.float32) for p in parts]
         for o, p in zip(out, parts):
             o[a:a + chunk] = p
     return out
@@ -400,8 +377,10 @@ class Scorer:
         if not self.config.model.use_sentence:
             raise ValueError("two-stage retrieval needs the sentence level (use_sentence)")
         stage1 = self.sentence(texts, images)
-        if direction == "i2t":
-            stage1 = stage1.T
+        if direction == "i2t":  # [G, Q], contiguous: its rows are ranked and merged
+            turned = buffers.empty(stage1.shape[::-1], stage1.dtype)
+            turned[...] = stage1.T
+            stage1 = turned
         k = min(k, stage1.shape[1])
         top = rerank.top_k_unordered(stage1, k)
         top_scores = self.weights["sentence"] * np.take_along_axis(stage1, top, 1)

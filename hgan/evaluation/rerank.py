@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from hgan.evaluation import buffers
 
 
 def top_k_ordered(scores: np.ndarray, k: int, rows: int = 1024) -> np.ndarray:
@@ -42,10 +43,11 @@ def merge(stage1: np.ndarray, top: np.ndarray, top_scores: np.ndarray) -> np.nda
     ``top`` [Q, k] carry ``top_scores`` [Q, k], above every other item, which keep their
     stage-1 scores shifted (in float64, so no ties appear) below the row's lowest
     re-scored value, i.e. their stage-1 order."""
-    stage1 = np.asarray(stage1, np.float64)
+    stage1 = np.asarray(stage1)
     top_scores = np.asarray(top_scores, np.float64)
-    shift = stage1.max(axis=1) - top_scores.min(axis=1) + 1.0
-    final = stage1 - shift[:, None]
+    shift = stage1.max(axis=1).astype(np.float64) - top_scores.min(axis=1) + 1.0
+    final = buffers.empty(stage1.shape, np.float64)  # [Q, G]: written once, pre-faulted
+    np.subtract(stage1, shift[:, None], out=final, dtype=np.float64)
     np.put_along_axis(final, top, top_scores, axis=1)
     return final
 
