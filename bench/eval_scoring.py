@@ -342,8 +342,8 @@ def profile_phases(scorer, repeats: int = 5) -> list:
     the gathers of the rows from the prepared tables + γ; + the top-k selections and
     their Eq. 7 softmax (``top_k_selected`` under XLA); the whole call (+ the fused
     vectors of Eqs. 6–7, Eq. 8's MLP and the means). Each phase is the difference of two
-    medians (γ: the first alone). With the C kernel, the selections are inside it: the
-    call is the gathers, γ and the kernel (``select_s`` None). The scoring loop's time
+    medians (γ: the first alone). With the C kernel, the call is one call of the kernel,
+    γ included (``native``). The scoring loop's time
     outside its calls (index building, padding, copies into the output) is read from the
     timed run."""
     from hgan.evaluation import hgan_scoring
@@ -354,30 +354,31 @@ def profile_phases(scorer, repeats: int = 5) -> list:
         rows, cols, layout, used = sorted(calls, key=lambda c: c[3])[len(calls) // 2]
         (t_gamma, _), (v_gamma, _) = prep["text"], prep["image"]
         rows, cols = tf.constant(rows), tf.constant(cols)
-        tg, vg = tf.gather(t_gamma, rows)[..., :used, :], tf.gather(v_gamma, cols)
 
         def gamma():  # what the scorer's calls compute first
             return hgan_scoring._pair_gamma(head, t_gamma, prep["mask_t"], v_gamma, rows,
                                             cols, layout, used)
 
-        select = tf.function(head.top_k_selected, jit_compile=True)
         fn = scorer.uncounted[level]
-        native = scorer.head_kernel_used() == "native"
-        phases = [tf.function(lambda: [head.pair_gamma(tg, vg, layout)]),
-                  tf.function(lambda: gamma()[:1]),
-                  tf.function(lambda: tf.nest.flatten(select(*gamma()))),
-                  lambda: [fn(prep, rows.numpy(), cols.numpy(), layout, used)]]
-        if native:
-            del phases[2]
-        t_alone, t_gamma, *t_select, t_call = _median_time(phases, repeats)
-        t_select = t_select[0] if t_select else t_gamma
+        call = [lambda: [fn(prep, rows.numpy(), cols.numpy(), layout, used)]]
+        if scorer.head_kernel_used() == "native":  # one C call, γ included
+            (t_call,) = _median_time(call, repeats)
+            t_alone = t_gamma = t_select = None
+        else:
+            select = tf.function(head.top_k_selected, jit_compile=True)
+            tg, vg = tf.gather(t_gamma, rows)[..., :used, :], tf.gather(v_gamma, cols)
+            phases = [tf.function(lambda: [head.pair_gamma(tg, vg, layout)]),
+                      tf.function(lambda: gamma()[:1]),
+                      tf.function(lambda: tf.nest.flatten(select(*gamma())))]
+            t_alone, t_gamma, t_select, t_call = _median_time(phases + call, repeats)
         out.append({"direction": direction, "level": level, "layout": layout,
                     "shape": {"grid": [int(rows.shape[0]), int(cols.shape[0])],
                               "image_paired": list(cols.shape),
                               "text_paired": list(rows.shape)}[layout],
-                    "used": int(used), "gather_s": t_gamma - t_alone, "gamma_s": t_alone,
-                    "select_s": None if native else t_select - t_gamma,
-                    "fuse_s": t_call - t_select,
+                    "used": int(used), "native": t_alone is None,
+                    **({} if t_alone is None else {
+                        "gather_s": t_gamma - t_alone, "gamma_s": t_alone,
+                        "select_s": t_select - t_gamma, "fuse_s": t_call - t_select}),
                     "call_s": t_call, "calls": len(calls),
                     "loop_s": scorer.loops[(direction, level)],
                     "in_calls_s": scorer.in_calls[(direction, level)]})
@@ -392,8 +393,9 @@ def _report(r: dict):
           f"target < {TARGET_S[mode]:.0f} s at {FULL[0]}x{FULL[1]}"
           + (f": {'met' if total < TARGET_S[mode] else 'NOT met'}" if (q, g) == FULL else "")
           + f"; then hgan-eval's metrics {r['metrics_s']:.1f} s")
-    print("  heads after gamma: " + {"native": "the C kernel (local_head_kernel)",
-                                      "xla": "score_selected under XLA"}[r["head_kernel"]])
+    print("  local heads: " + {"native": "the C kernel, gamma included (local_head_kernel)",
+                                "xla": "gamma by oneDNN, then score_selected under XLA"}[
+        r["head_kernel"]])
     levels = sorted({key.split("/")[1] for key in r["pairs"]}, key=LEVELS.index)
     for level in levels:
         pairs = sum(v for key, v in r["pairs"].items() if key.endswith("/" + level))
@@ -424,11 +426,10 @@ def _report(r: dict):
         shape = "x".join(str(d) for d in p["shape"])
         outside = p["loop_s"] - p["in_calls_s"]
         print(f"  profile {p['direction']}/{p['level']}: a call of {shape} pairs, "
-              f"{p['used']} word slots, {1e3 * p['call_s']:.1f} ms = gather "
-              f"{1e3 * p['gather_s']:.1f} + gamma {1e3 * p['gamma_s']:.1f} + "
-              + (f"select {1e3 * p['select_s']:.1f} + fuse/MLP {1e3 * p['fuse_s']:.1f} ms; "
-                 if p["select_s"] is not None else
-                 f"C kernel (select, fuse, MLP) {1e3 * p['fuse_s']:.1f} ms; ") +
+              f"{p['used']} word slots, {1e3 * p['call_s']:.1f} ms"
+              + (" in the C kernel (gamma, select, fuse, MLP from the tables); " if p["native"]
+                 else f" = gather {1e3 * p['gather_s']:.1f} + gamma {1e3 * p['gamma_s']:.1f} + "
+                 f"select {1e3 * p['select_s']:.1f} + fuse/MLP {1e3 * p['fuse_s']:.1f} ms; ") +
               f"{p['calls']} calls {p['in_calls_s']:.2f} s of the loop's "
               f"{p['loop_s']:.2f} s (outside the calls: {outside:.2f} s)")
     if mode == "exact" and (q, g) != FULL:

@@ -29,14 +29,15 @@ and timed as the median of ``--repeats`` calls:
 Every form is checked to give the rounds' indices. Prints each form's milliseconds and
 nanoseconds per γ entry and round (k2 rounds over the regions, k1 over the words).
 
-Then the whole word call on that γ with random tables of ``--hidden`` (the paper: 512),
-as the exact scorer makes it after its γ product, three ways: ``LocalMatching.
-score_selected`` under XLA (the rounds inside the compiled call, fused with the gathers
-that read them; ``hgan-eval`` with ``HGAN_HEAD_KERNEL=xla``), the C kernel's selections
-followed by ``score_from_selected`` under XLA (the same gathers, Eq. 8's MLP and means,
-reading the kernel's indices and weights), and the whole head in the C kernel
-(``local_head_kernel.score``, what the scorer runs where the kernel builds); every score
-is checked equal to the first within 1e-5 relative. Asserts nothing.
+Then the whole word call of such a block (its word mask) from random prepared tables of
+``--hidden`` (the paper: 512), four ways: Eq. 2's γ alone (``LocalMatching.pair_gamma``,
+one oneDNN product); γ then ``score_selected`` under XLA (the rounds inside the compiled
+call, fused with the gathers that read them; ``hgan-eval`` with ``HGAN_HEAD_KERNEL=xla``);
+γ, the C kernel's selections, then ``score_from_selected`` under XLA (the same gathers,
+Eq. 8's MLP and means, reading the kernel's indices and weights); and the whole call in
+the C kernel, γ included (``local_head_kernel.score_rows``, what the scorer runs where the
+kernel builds). Every score is checked equal to the second's within 1e-5 relative.
+Asserts nothing.
 
 ``--small`` (tests/test_benches.py): a 4 × 4 block; every line of the full run.
 """
@@ -164,7 +165,7 @@ def main(argv):
                if name != "one max" else f", {ms * 1e6 / (2 * x * y * r * n):.2f} ns per entry")
         print(f"{name}: {ms:.2f} ms{per}")
     if lib is not None:
-        word_call(tf, lib, gamma, word_mask)
+        word_call(tf, lib, word_mask)
 
 
 def _interleaved(fns: dict, args) -> dict:
@@ -179,47 +180,55 @@ def _interleaved(fns: dict, args) -> dict:
     return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
 
 
-def word_call(tf, lib, gamma, word_mask):
-    """The word call after γ: XLA's selections inside it, the C kernel's before it, or the
-    whole call in the C kernel."""
+def word_call(tf, lib, word_mask):
+    """The whole word call on one block, from random prepared tables: γ by oneDNN
+    (``pair_gamma``) then XLA's selections inside the call, or the C kernel's before it;
+    or the whole call, γ included, in the C kernel."""
     from hgan.evaluation import local_head_kernel
     from hgan.layers.matching import LocalMatching
-    x, y, r, n = gamma.shape
-    h = FLAGS.hidden
+    x, r = word_mask.shape[0], word_mask.shape[-1]
+    y, n, h = FLAGS.images, FLAGS.regions, FLAGS.hidden
     rng = np.random.default_rng(1)
     head = LocalMatching(hidden=h, k1=FLAGS.k1, k2=FLAGS.k2)
     head((tf.zeros([1, r, h]), tf.ones([1, r]), tf.zeros([1, n, h])))
-    t_lin = tf.constant(rng.standard_normal((x, r, h)).astype(np.float32))
-    v_lin = tf.constant(rng.standard_normal((y, n, h)).astype(np.float32))
-    g, mask = tf.constant(gamma), tf.constant(word_mask)
+    t_phi, t_lin = (rng.standard_normal((x, r, h)).astype(np.float32) for _ in range(2))
+    v_phi, v_lin = (rng.standard_normal((y, n, h)).astype(np.float32) for _ in range(2))
+    text_mask = np.ascontiguousarray(word_mask[:, 0])  # [x, r]: a text's mask
+    mask = tf.constant(word_mask)
     rows, cols = tf.range(x)[:, None], tf.range(y)[None]
+    phi = tf.constant(t_phi), tf.constant(v_phi)
+    product = tf.function(head.pair_gamma)
+
+    def gamma():
+        return product(*phi)
     inside = tf.function(head.score_selected, jit_compile=True)
     after = tf.function(head.score_from_selected, jit_compile=True)
 
-    def with_kernel(g, mask):
-        t2i, i2t = local_head_kernel.select(lib, g.numpy(), mask.numpy(), FLAGS.k1,
-                                            FLAGS.k2, FLAGS.threads)
+    def with_kernel():
+        g = gamma()
+        t2i, i2t = local_head_kernel.select(lib, g.numpy(), word_mask, FLAGS.k1, FLAGS.k2,
+                                            FLAGS.threads)
         t2i, i2t = ((w, list(np.moveaxis(p, -1, 0))) for w, p in (t2i, i2t))
         return [after(t2i, i2t, t_lin, mask, rows, v_lin, cols)]
-    t_rows, v_rows = t_lin.numpy().reshape(-1, h), v_lin.numpy().reshape(-1, h)
-    t_base = np.broadcast_to(np.arange(x)[:, None] * r, (x, y))
-    v_base = np.broadcast_to(np.arange(y)[None] * n, (x, y))
+    tables = [a.reshape(-1, h) for a in (t_phi, t_lin, v_phi, v_lin)]
 
-    def whole(g, mask):
-        return [local_head_kernel.score(lib, g.numpy().reshape(-1, r, n),
-                                        mask.numpy().reshape(-1, r), t_base, v_base, t_rows,
-                                        v_rows, head, FLAGS.threads).reshape(x, y)]
-    calls = {"XLA's selections inside the call": lambda g, mask: [
-                 inside(g, t_lin, mask, rows, v_lin, cols)],
-             "the C kernel's selections, then the rest under XLA": with_kernel,
-             "the whole call in the C kernel": whole}
-    scores = [np.asarray(fn(g, mask)[0]) for fn in calls.values()]
+    def whole():
+        return [local_head_kernel.score_rows(
+            lib, tables[:2], text_mask.reshape(-1), tables[2:],
+            np.arange(x)[:, None] * r, np.arange(y)[None] * n, r, n, head,
+            threads=FLAGS.threads).reshape(x, y)]
+    calls = {"gamma alone (oneDNN)": lambda: [gamma()],
+             "gamma, then XLA's selections inside the call": lambda: [
+                 inside(gamma(), t_lin, mask, rows, v_lin, cols)],
+             "gamma, then the C kernel's selections, then the rest under XLA": with_kernel,
+             "the whole call in the C kernel, gamma included (score_rows)": whole}
+    scores = [np.asarray(fn()[0]) for name, fn in calls.items() if "alone" not in name]
     same = all(np.allclose(s, scores[0], rtol=1e-5, atol=1e-6) for s in scores[1:])
-    times = _interleaved(calls, (g, mask))
-    first = times[list(times)[0]]
-    print(f"word call after γ ({x} x {y} pairs, H = {h}; scores {'equal' if same else 'NOT equal'}"
-          f" within 1e-5): " + "; ".join(f"{name} {ms:.2f} ms ({ms / first:.2f})"
-                                         for name, ms in times.items()))
+    times = _interleaved(calls, ())
+    first = times[list(times)[1]]
+    print(f"word call ({x} x {y} pairs, H = {h}; scores {'equal' if same else 'NOT equal'} "
+          f"within 1e-5; ratios to the second): "
+          + "; ".join(f"{name} {ms:.2f} ms ({ms / first:.2f})" for name, ms in times.items()))
 
 
 if __name__ == "__main__":

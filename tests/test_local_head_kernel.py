@@ -61,35 +61,64 @@ def test_selections_are_top_k_selected(lib, k1, k2, ties, r, n):
     assert not cw_i2t[0].any()  # the text without words
 
 
+def _head(rng, hidden, k1, k2, r, n):
+    head = LocalMatching(hidden=hidden, k1=k1, k2=k2)
+    head((tf.zeros([1, r, 3]), tf.ones([1, r]), tf.zeros([1, n, 3])))
+    for w in head.weights:
+        w.assign(rng.normal(size=w.shape).astype(np.float32) * 0.5)
+    return head
+
+
+def _tables(rng, items, slots, hidden, ties):
+    """(φ, W·x) rows [items, slots, H]; ``ties``: φ of small integers, so γ has equal
+    values (and ±0) within a pair's rows."""
+    if ties:
+        phi = rng.integers(-1, 2, size=(items, slots, hidden)).astype(np.float32)
+    else:
+        phi = rng.normal(size=(items, slots, hidden)).astype(np.float32)
+    return phi, rng.normal(size=(items, slots, hidden)).astype(np.float32)
+
+
+@pytest.mark.parametrize("layout", ["grid", "image_paired", "text_paired"])
 @pytest.mark.parametrize("k1,k2,hidden,ties,r,n", [(4, 2, 19, False, 7, 8),
                                                    (4, 2, 32, True, 7, 8),
                                                    (8, 3, 5, True, 7, 8),
                                                    (2, 8, 16, False, 7, 8),
                                                    (4, 2, 24, True, 40, 15),
-                                                   (4, 2, 8, False, 6, 20)])
-def test_scores_are_score_selected(lib, k1, k2, hidden, ties, r, n):
-    """The whole head after γ equals ``score_selected`` under XLA within 1e-5 relative,
-    pairs given by table rows (texts repeated, images in another order), H of any width,
-    k above the real words, a text without words, rows longer than a vector's lanes."""
+                                                   (4, 2, 8, False, 6, 20),
+                                                   (4, 2, 48, False, 33, 17),
+                                                   (1, 1, 40, False, 5, 15)])
+def test_scores_from_the_tables_are_score_selected(lib, layout, k1, k2, hidden, ties, r, n):
+    """The whole head, γ included, from the prepared tables equals ``pair_gamma`` then
+    ``score_selected`` under XLA within 1e-5 relative: in every layout (pairs sharing
+    their text, as a text query's candidates, or their image), texts repeated and images
+    in another order, H of any width, k above the real words, a text without words, rows
+    of more word slots or regions than a vector's lanes (one to three vectors of words),
+    and the slots past the pair's ``r`` ignored."""
+    from hgan.evaluation.hgan_scoring import _pair_index
     rng = np.random.default_rng(hidden + k1 + r)
-    texts, images, x, y = 5, 6, 4, 3
-    head = LocalMatching(hidden=hidden, k1=k1, k2=k2)
-    head((tf.zeros([1, r, 3]), tf.ones([1, r]), tf.zeros([1, n, 3])))
-    for w in head.weights:
-        w.assign(rng.normal(size=w.shape).astype(np.float32) * 0.5)
-    t_lin = rng.normal(size=(texts, r + 2, hidden)).astype(np.float32)  # R' ≥ R slots
-    v_lin = rng.normal(size=(images, n, hidden)).astype(np.float32)
-    text_index = rng.integers(0, texts, size=(x, 1))
-    image_index = rng.permuted(np.tile(np.arange(images), (x, 1)), axis=1)[:, :y]
-    gamma = _gamma(rng, (x, y, r, n), ties)
-    mask = np.broadcast_to(_mask(rng, x, r)[:, None], (x, y, r)).astype(np.float32)
+    texts, images, x, y, slots = 5, 6, 4, 3, r + 2
+    head = _head(rng, hidden, k1, k2, r, n)
+    t_phi, t_lin = _tables(rng, texts, slots, hidden, ties)
+    v_phi, v_lin = _tables(rng, images, n, hidden, ties)
+    mask = _mask(rng, texts, slots)
+    text_rows = rng.integers(0, texts, size=(x, y) if layout == "text_paired" else (x,))
+    image_rows = (rng.permuted(np.tile(np.arange(images), (x, 1)), axis=1)[:, :y]
+                  if layout == "image_paired" else
+                  rng.integers(0, images, size=x if layout == "text_paired" else y))
+    t_index, i_index = _pair_index(text_rows, image_rows, layout)
+    t_index, i_index = (np.broadcast_to(a, (x, y)) for a in (t_index, i_index))
+    gamma = head.pair_gamma(tf.gather(t_phi[:, :r], text_rows), tf.gather(v_phi, image_rows),
+                            layout)
+    pair_mask = np.broadcast_to(mask[t_index, :r], (x, y, r))
     want = tf.function(head.score_selected, jit_compile=True)(
-        tf.constant(gamma), tf.constant(t_lin), tf.constant(mask), tf.constant(text_index),
-        tf.constant(v_lin), tf.constant(image_index)).numpy()
-    got = local_head_kernel.score(
-        lib, gamma.reshape(-1, r, n), mask.reshape(-1, r),
-        np.broadcast_to(text_index * (r + 2), (x, y)), image_index * n,
-        t_lin.reshape(-1, hidden), v_lin.reshape(-1, hidden), head, threads=2)
+        gamma, tf.constant(t_lin), tf.constant(pair_mask), tf.constant(t_index),
+        tf.constant(v_lin), tf.constant(i_index)).numpy()
+    got = local_head_kernel.score_rows(
+        lib, (t_phi.reshape(-1, hidden), t_lin.reshape(-1, hidden)), mask.reshape(-1),
+        (v_phi.reshape(-1, hidden), v_lin.reshape(-1, hidden)), t_index * slots,
+        i_index * n, r, n, head, repeated="image" if layout == "text_paired" else "text",
+        threads=2)
     np.testing.assert_allclose(got.reshape(x, y), want, rtol=1e-5, atol=1e-7)
 
 
@@ -97,22 +126,35 @@ def test_no_pairs_score_nothing(lib):
     head = LocalMatching(hidden=4, k1=2, k2=1)
     head((tf.zeros([1, 3, 3]), tf.ones([1, 3]), tf.zeros([1, 2, 3])))
     rows = np.zeros((6, 4), np.float32)
-    got = local_head_kernel.score(lib, np.zeros((0, 3, 2), np.float32),
-                                  np.zeros((0, 3), np.float32), [], [], rows, rows, head)
+    got = local_head_kernel.score_rows(lib, (rows, rows), np.ones(6, np.float32),
+                                       (rows, rows), [], [], 3, 2, head)
     assert got.shape == (0,)
 
 
-def test_rows_outside_the_tables_are_refused(lib):
+def test_bad_tables_are_refused(lib):
     head = LocalMatching(hidden=4, k1=2, k2=1)
     head((tf.zeros([1, 3, 3]), tf.ones([1, 3]), tf.zeros([1, 2, 3])))
-    gamma, mask = np.zeros((1, 3, 2), np.float32), np.ones((1, 3), np.float32)
-    rows = np.zeros((6, 4), np.float32)
+    rows, mask = np.zeros((6, 4), np.float32), np.ones(6, np.float32)
+
+    def score(text_base, image_base, image_rows=rows, mask=mask, **kwargs):
+        return local_head_kernel.score_rows(lib, (rows, rows), mask, (image_rows, image_rows),
+                                            text_base, image_base, 3, 2, head, **kwargs)
     with pytest.raises(IndexError, match="text rows"):
-        local_head_kernel.score(lib, gamma, mask, [4], [0], rows, rows, head)
+        score([4], [0])
     with pytest.raises(IndexError, match="image rows"):
-        local_head_kernel.score(lib, gamma, mask, [0], [5], rows, rows, head)
+        score([0], [5])
+    with pytest.raises(IndexError, match="image rows"):
+        score([0], [-1])
+    with pytest.raises(ValueError, match="do not match"):
+        score([0], [0], image_rows=rows[:, :3])
+    with pytest.raises(ValueError, match="do not match"):
+        score([0], [0], mask=mask[:5])
+    with pytest.raises(ValueError, match="repeated"):
+        score([0], [0], repeated="both")
+    wide = np.zeros((6, 5), np.float32)
     with pytest.raises(ValueError, match="hidden=4"):
-        local_head_kernel.score(lib, gamma, mask, [0], [0], rows, rows[:, :3], head)
+        local_head_kernel.score_rows(lib, (wide, wide), mask, (wide, wide), [0], [0], 3, 2,
+                                     head)
 
 
 def test_a_compiler_without_march_native_still_builds_it(tmp_path, monkeypatch):

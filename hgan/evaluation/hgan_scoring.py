@@ -24,7 +24,7 @@ LOCAL_LEVELS = ("word", "phrase")
 # Texts × images of an exact-mode call of the Gumbel heads, within the memory budget;
 # chosen by paired runs of bench/eval_scoring.py --grid_block (docs/benchmarks.md): under
 # XLA, and with the heads' C kernel (whose calls cost less, so a larger block shares the
-# fixed cost of a call over more pairs).
+# fixed cost of a call over more pairs; 256 × 256 and 64 × 1,000 were no faster).
 GRID_BLOCK = (128, 32)
 NATIVE_GRID_BLOCK = (256, 64)
 # (query, candidate) pairs of a two-stage call; None: as many as the memory budget holds.
@@ -122,30 +122,32 @@ def _traced_per_shape(fn):
     return call
 
 
-def _make_gamma_fn(head):
-    """γ and the word mask of the pairs (``_pair_gamma``), compiled per shape, for the C
-    kernel to score."""
-    return _traced_per_shape(functools.partial(_pair_gamma, head))
-
-
-def _native_pairs(head, gamma_fn, prep: dict, text_rows, image_rows, layout: str,
-                  used: int) -> np.ndarray:
-    """The pairs' scores [X, Y]: γ by oneDNN (``gamma_fn``), the rest by the C kernel
-    (``local_head_kernel``) on the prepared W·t, W·v tables."""
-    gamma, mask = gamma_fn(prep["text"][0], prep["mask_t"], prep["image"][0], text_rows,
-                           image_rows, layout, used)
-    gamma, mask = gamma.numpy(), mask.numpy()
-    x, y, words, regions = gamma.shape
-    t_lin, v_lin = prep["text_np"][1], prep["image_np"][1]
+def _pair_bases(prep: dict, text_rows, image_rows, layout: str, shape) -> tuple:
+    """Each pair's first row in the flattened text and image tables, [X, Y] each."""
+    t_slots, regions = prep["text_np"][0].shape[1], prep["image_np"][0].shape[1]
     text_index, image_index = _pair_index(np.asarray(text_rows), np.asarray(image_rows),
                                           layout)
-    text_base = np.broadcast_to(text_index.astype(np.int64) * t_lin.shape[1], (x, y))
-    image_base = np.broadcast_to(image_index.astype(np.int64) * v_lin.shape[1], (x, y))
-    scores = local_head_kernel.score(
-        local_head_kernel.load(), gamma.reshape(-1, words, regions),
-        mask.reshape(-1, words), text_base, image_base, t_lin.reshape(-1, t_lin.shape[-1]),
-        v_lin.reshape(-1, v_lin.shape[-1]), head)
-    return scores.reshape(x, y)
+    return (np.broadcast_to(text_index.astype(np.int64) * t_slots, shape),
+            np.broadcast_to(image_index.astype(np.int64) * regions, shape))
+
+
+def _native_pairs(head, prep: dict, text_rows, image_rows, layout: str,
+                  used: int) -> np.ndarray:
+    """The pairs' scores [X, Y], γ included, by the C kernel straight from the prepared
+    tables (``local_head_kernel.score_rows``): no pair's rows are gathered. Consecutive
+    pairs share their text (grid, image_paired) or their image (text_paired)."""
+    text_rows, image_rows = np.asarray(text_rows), np.asarray(image_rows)
+    shape = {"grid": (len(text_rows), len(image_rows)), "image_paired": image_rows.shape,
+             "text_paired": text_rows.shape}[layout]
+    text_base, image_base = _pair_bases(prep, text_rows, image_rows, layout, shape)
+    (t_phi, t_lin), (v_phi, v_lin) = prep["text_np"], prep["image_np"]
+    hidden = t_phi.shape[-1]
+    scores = local_head_kernel.score_rows(
+        local_head_kernel.load(), (t_phi.reshape(-1, hidden), t_lin.reshape(-1, hidden)),
+        prep["mask_np"].reshape(-1), (v_phi.reshape(-1, hidden), v_lin.reshape(-1, hidden)),
+        text_base, image_base, used, v_phi.shape[1], head,
+        repeated="image" if layout == "text_paired" else "text")
+    return scores.reshape(shape)
 
 
 class Scorer:
@@ -219,6 +221,7 @@ class Scorer:
             image = _map_chunked(head.prepare_image, images[level])
             prep[level] = {"text": [_shared(a) for a in text], "text_np": text,
                            "mask": mask[:, :used],
+                           "mask_np": np.ascontiguousarray(mask[:, :used], np.float32),
                            "mask_t": tf.constant(mask[:, :used], tf.float32),
                            "image": [_shared(a) for a in image], "image_np": image}
         return prep
@@ -227,15 +230,14 @@ class Scorer:
         """Scores the (text, image) pairs given by table rows: ``fn(text_rows, image_rows,
         layout, used)`` → [X, Y] (layouts as ``LocalMatching.score_prepared``: grid rows
         [X] × [Y], image_paired [X] × [X, Y], text_paired [X, Y] × [X]; ``used`` word
-        slots). Gumbel heads: γ by oneDNN (XLA's CPU batched matmul is an order slower),
-        the rest by the C kernel (``local_head_kernel``), or by ``score_selected`` under XLA
-        (``head_kernel``, ``_native``); soft attention: the dense path."""
+        slots). Gumbel heads: the C kernel from the tables, γ included
+        (``_native_pairs``), or γ by oneDNN (XLA's CPU batched matmul is an order slower)
+        then ``score_selected`` under XLA (``head_kernel``, ``_native``); soft attention:
+        the dense path."""
         if level not in self._pair_fn:
             head = self.heads[level]
             if self._native(level):
-                gamma_fn = encode.compiled(self.model, f"pair_gamma/{level}",
-                                           lambda ref: _make_gamma_fn(self.heads[level]))
-                self._pair_fn[level] = functools.partial(_native_pairs, head, gamma_fn)
+                self._pair_fn[level] = functools.partial(_native_pairs, head)
             else:
                 graph_fn = encode.compiled(self.model, f"pairs/{level}",
                                            lambda ref: self._make_pair_fn(self.heads[level]))
@@ -285,7 +287,9 @@ class Scorer:
         most ``CANDIDATE_PAIRS`` if set). A pair counts its [R, H] + [N, H] fused and
         hidden tensors of both directions, its gathered φ rows among them: 600, 1,600 and
         6,400 pairs a call ran within 15 % of each other in paired runs at the paper's
-        widths, and 1,600 took a CUHK-PEDES-sized run past 4 GiB."""
+        widths, and 1,600 took a CUHK-PEDES-sized run past 4 GiB. The C kernel gathers no
+        rows, but its calls keep this size: chunks of a few queries pad fewer word slots
+        than chunks of hundreds (6.5 s against 6.8 s for CUHK-PEDES-sized t2i)."""
         per_pair = self._pair_bytes(level, words, regions, own_rows=True)
         return max(1, min(CANDIDATE_PAIRS or self.budget, self.budget // per_pair))
 
@@ -305,7 +309,8 @@ class Scorer:
                    image_cols: np.ndarray) -> np.ndarray:
         """[len(text_rows), len(image_cols)] scores of one local level, block by block:
         a block of texts (sorted by length, so it drops the padding its rows share)
-        against a block of images is one γ product and one compiled call."""
+        against a block of images is one call (under XLA: one γ product, then one
+        compiled call)."""
         fn, t_mask = self._chunk_fn(level), prep["mask"]
         tc, ic = self.grid_block(level, len(text_rows), len(image_cols), t_mask.shape[1],
                                  prep["image"][0].shape[1])
@@ -325,8 +330,9 @@ class Scorer:
                          direction: str) -> np.ndarray:
         """Scores of each query with its own candidates only, [Q, K]: query q's row holds
         S(q, top[q, j]) (t2i: q a text, candidates images; i2t the other way round). A
-        chunk of queries is one batched γ product, [R, H] × [H, K·N] per text query
-        (t2i), [K·R, H] × [H, N] per image query (i2t)."""
+        chunk of queries is one call: the C kernel reads each candidate's rows in place;
+        under XLA, one batched γ product, [R, H] × [H, K·N] per text query (t2i),
+        [K·R, H] × [H, N] per image query (i2t)."""
         fn, t_mask = self._chunk_fn(level), prep["mask"]
         layout = "image_paired" if direction == "t2i" else "text_paired"
         q_chunk = max(1, self._pairs_per_chunk(level, t_mask.shape[1],

@@ -1,25 +1,28 @@
-"""HGAN's local heads after γ as a C kernel (``native/local_head.c``), for evaluation.
+"""HGAN's local heads as a C kernel (``native/local_head.c``), for evaluation.
 
-What ``LocalMatching.score_selected`` computes under XLA, in one pass per pair: the top-k
-selections of Eqs. 5 and 7, each fused vector as a k-term sum of rows of the prepared
-tables, Eq. 8's MLP and the means. Its scores equal the XLA call's to float rounding (the
-sums run in another order; ``tests/test_heads_reference.py`` pins the scorer on it against
-the NumPy reference of the equations, ``tests/test_local_head_kernel.py`` against
-``top_k_selected`` and ``score_selected``).
+What ``LocalMatching.pair_gamma`` then ``score_selected`` compute, in one pass per pair
+straight from the prepared tables (``score_rows``): Eq. 2's γ, the top-k selections of
+Eqs. 5 and 7, each fused vector as a k-term sum of rows of the tables, Eq. 8's MLP and
+the means. Its scores equal those to float rounding (``tests/test_heads_reference.py``
+pins the scorer on it against the NumPy reference of the equations,
+``tests/test_local_head_kernel.py`` against ``pair_gamma`` + ``score_selected`` and the
+selections against ``top_k_selected``).
 
-Why C: after γ, a call is the selections over short rows (15 regions, ~40 words) and
-gathers of a few [H]-wide rows per word and region; XLA's CPU code runs both far below
-what the machine does (docs/benchmarks.md measures each part: at CUHK-PEDES test size exact
-mode takes 99–100 s with the kernel against 143–155 s under XLA). The kernel keeps each row's k
-best in vector registers and sums the picked rows in one vectorised loop. It takes
+Why C: a pair's work is γ, a [R, H] × [H, N] product too small for a library call,
+selections over short rows (15 regions, ~40 words) and gathers of a few [H]-wide rows
+per word and region; batched through TensorFlow they need every pair's rows gathered
+first and XLA's CPU code runs the rest far below what the machine does
+(docs/benchmarks.md measures each part). The kernel computes γ from the rows in place
+(the side pairs share turned once, the other read in place), keeps each row's k best in
+vector registers and sums the picked rows in one vectorised loop. It takes
 1 ≤ k ≤ ``MAX_K``; the scorer keeps XLA for a head with a larger k1 or k2.
 
 The source is compiled once per process, on first use, with the system's C compiler
 (``$CC``, which may carry arguments, else ``cc``) for the CPU it runs on
 (``-march=native``, dropped if the compiler refuses it), into a temporary folder
-(about 0.3 s; nothing is cached on disk, so a shared environment on machines of different
-CPUs is safe). Where no compiler builds it, ``load`` says why once and returns None, and
-the scorer keeps XLA. ``HGAN_HEAD_KERNEL=xla`` in the environment turns it off.
+(under a second; nothing is cached on disk, so a shared environment on machines of
+different CPUs is safe). Where no compiler builds it, ``load`` says why once and returns
+None, and the scorer keeps XLA. ``HGAN_HEAD_KERNEL=xla`` in the environment turns it off.
 """
 from __future__ import annotations
 
@@ -64,8 +67,9 @@ def build(compiler: str | None = None) -> ctypes.CDLL:
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     lib.top_k_softmax_pairs.restype = ctypes.c_int
     lib.top_k_softmax_pairs.argtypes = [ptr, ptr, i64, i64] + [ctypes.c_int] * 4 + [ptr] * 4
-    lib.local_head_pairs.restype = ctypes.c_int
-    lib.local_head_pairs.argtypes = [ptr] * 8 + [f32, i64, i64] + [ctypes.c_int] * 5 + [ptr]
+    lib.local_head_rows.restype = ctypes.c_int
+    lib.local_head_rows.argtypes = ([ptr] * 3 + [f32] + [ptr] * 6 + [f32, i64, i64]
+                                    + [ctypes.c_int] * 6 + [ptr])
     return lib
 
 
@@ -147,40 +151,56 @@ def select(lib, gamma: np.ndarray, mask: np.ndarray, k1: int, k2: int,
     return (out[0], out[1]), (out[2], out[3])
 
 
-def score(lib, gamma: np.ndarray, mask: np.ndarray, text_base: np.ndarray,
-          image_base: np.ndarray, text_rows: np.ndarray, image_rows: np.ndarray, head,
-          threads: int = 0) -> np.ndarray:
-    """S(V, T) of ``head`` (a Gumbel ``LocalMatching``) for P pairs, as
-    ``score_selected`` gives it.
+def score_rows(lib, text_tables: tuple, text_mask: np.ndarray, image_tables: tuple,
+               text_base, image_base, words: int, regions: int, head,
+               repeated: str = "text", threads: int = 0) -> np.ndarray:
+    """S(V, T) of ``head`` (a Gumbel ``LocalMatching``) for P pairs given by table rows,
+    γ (Eq. 2) included: nothing of a pair is copied out of the tables.
 
     Args:
-      gamma: [P, R, N] γ of each pair (Eq. 2); mask [P, R] its word mask.
-      text_base, image_base: int [P], the row of each pair's first word / region in
-        ``text_rows`` [-, H] (the texts' W·t) and ``image_rows`` [-, H] (the images' W·v):
-        word r of pair p is ``text_rows[text_base[p] + r]``.
+      text_tables: (φ_t(T), W·T), [-, H] each: ``prepare_text``'s parts with texts and
+        word slots flattened; text_mask [-], the word mask of the same rows.
+      image_tables: (φ_v(V), W·V), [-, H] each: ``prepare_image``'s parts, flattened.
+      text_base, image_base: int [P] (or broadcastable), the row of each pair's first word
+        and first region: the pair's words are the ``words`` rows from there, its regions
+        the ``regions`` rows from there.
+      repeated: which side runs of consecutive pairs share, ``"text"`` (a text query's
+        candidates, a grid's rows) or ``"image"`` (an image query's): it is turned once
+        per run. Any order gives the same scores; this one costs least.
       threads: 0 for one per core.
     Returns [P] float32.
     """
-    gamma, mask = _floats(gamma), _floats(mask)
-    pairs, r, n = gamma.shape
-    if mask.shape != (pairs, r):
-        raise ValueError(f"mask {mask.shape} does not match γ {gamma.shape}")
-    text_rows, image_rows = _floats(text_rows), _floats(image_rows)
-    hidden = text_rows.shape[-1]
-    bias = _floats(head.fuse_bias.numpy())
+    (t_phi, t_lin), (v_phi, v_lin) = ([_floats(a) for a in tables]
+                                      for tables in (text_tables, image_tables))
+    text_mask = _floats(text_mask)
+    if not (t_phi.shape == t_lin.shape and v_phi.shape == v_lin.shape
+            and t_phi.shape[1:] == v_phi.shape[1:] and t_phi.ndim == 2
+            and text_mask.shape == t_phi.shape[:1]):
+        raise ValueError(f"text tables {t_phi.shape}, {t_lin.shape} with a mask "
+                         f"{text_mask.shape} and image tables {v_phi.shape}, {v_lin.shape} "
+                         "do not match")
+    if repeated not in ("text", "image"):
+        raise ValueError(f"repeated must be 'text' or 'image', got {repeated!r}")
+    hidden = t_phi.shape[1]
+    bias = _floats(head.fuse_bias.numpy())  # Eq. 8's first bias and output layer
     w_out = _floats(head.fuse_out.kernel.numpy()[:, 0])
     b_out = float(head.fuse_out.bias.numpy()[0])
-    if not image_rows.shape[-1] == bias.size == w_out.size == hidden:
-        raise ValueError(f"rows of {hidden} (texts) and {image_rows.shape[-1]} (images) "
-                         f"values for a head of hidden={bias.size}")
-    bases = [np.ascontiguousarray(b, np.int64).reshape(pairs) for b in (text_base, image_base)]
-    for base, rows, slots, name in ((bases[0], text_rows, r, "text"),
-                                    (bases[1], image_rows, n, "image")):
-        if pairs and (base.min() < 0 or base.max() + slots > len(rows)):
+    if not bias.size == w_out.size == hidden:
+        raise ValueError(f"rows of {hidden} values for a head of hidden={bias.size}")
+    shape = np.broadcast_shapes(np.shape(text_base), np.shape(image_base))
+    pairs = int(np.prod(shape))
+    bases = [np.ascontiguousarray(np.broadcast_to(b, shape), np.int64).ravel()
+             for b in (text_base, image_base)]
+    for base, rows, n, name in zip(bases, (t_phi, v_phi), (words, regions),
+                                   ("text", "image")):
+        if pairs and (base.min() < 0 or base.max() + n > len(rows)):
             raise IndexError(f"a pair's {name} rows fall outside the {name} table")
     out = np.empty(pairs, np.float32)
-    arrays = (gamma, mask, *bases, text_rows, image_rows, bias, w_out)
-    ptrs = [a.ctypes.data for a in arrays]
-    _run(lambda a, b: lib.local_head_pairs(*ptrs, b_out, a, b, r, n, hidden, head.k1,
-                                           head.k2, out.ctypes.data), pairs, threads)
+    ptrs = [a.ctypes.data for a in (t_phi, v_phi, text_mask)]
+    rest = [a.ctypes.data for a in (*bases, t_lin, v_lin, bias, w_out)]
+    scale = head.hidden ** -0.5  # Eq. 2's scale, as pair_gamma applies it
+    _run(lambda a, b: lib.local_head_rows(*ptrs, scale, *rest, b_out, a, b, words, regions,
+                                          hidden, head.k1, head.k2,
+                                          int(repeated == "image"), out.ctypes.data),
+         pairs, threads)
     return out

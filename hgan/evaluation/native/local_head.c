@@ -1,21 +1,22 @@
-/* Inference-time HGAN local heads after γ (Eqs. 5-8 of the HGAN paper), for blocks of
- * (text, image) pairs: hgan.evaluation.local_head_kernel compiles this file with the
- * system's C compiler for the CPU it runs on and calls it through ctypes.
+/* Inference-time HGAN local heads (Eqs. 2 and 5-8 of the HGAN paper) for (text, image)
+ * pairs: hgan.evaluation.local_head_kernel compiles this file with the system's C compiler
+ * for the CPU it runs on and calls it through ctypes.
  *
- * top_k_softmax_pairs: Eqs. 5 and 7 alone, as hgan.layers.matching._top_k_softmax gives
- * them (ties pick the lower index; padded words score -1e9 and weigh nothing).
+ * local_head_rows: the whole head per pair, what LocalMatching.pair_gamma then
+ * score_selected compute, straight from the prepared tables (φ_t(T), W·T, φ_v(V), W·V,
+ * rows of H values):
+ *   γ = φ_t(T)·φ_v(V)ᵀ / √H [R, N] (R word slots, N regions);
+ *   text-to-image: for each real word r, the k2 regions of largest γ[r, :], softmax
+ *     weights over them (Eqs. 5, 7);
+ *   image-to-text: for each region n, the k1 real words of largest γ[:, n], the same;
+ *   each fused vector a k-term sum of W·v (W·t) rows, then Eq. 8's
+ *     σ(w_out·ReLU(own + fused + b) + b_out), averaged over the real words and over the
+ *     regions: S = (s_i2t + s_t2i) / 2.
  *
- * gamma [pairs, R, N] (R word slots, N regions), mask [pairs, R] (1 for a real word):
- *   text-to-image: for each word r, the k2 regions of largest γ[r, :]
- *     → w_t2i, i_t2i [pairs, R, k2];
- *   image-to-text: for each region n, the k1 words of largest γ[:, n] over real words
- *     → w_i2t, i_i2t [pairs, N, k1].
- *
- * local_head_pairs: the whole head on those selections, what
- * LocalMatching.score_selected computes: each fused vector is a k-term sum of rows of
- * the prepared tables (W·t, W·v), then Eq. 8's σ(w_out·ReLU(own + fused + b) + b_out),
- * averaged over the real words (text-to-image) and over the regions (image-to-text):
- *   S = (s_i2t + s_t2i) / 2 → out [pairs].
+ * top_k_softmax_pairs: Eqs. 5 and 7 alone on a given γ [pairs, R, N] with its word mask
+ * [pairs, R], as hgan.layers.matching._top_k_softmax gives them (ties pick the lower
+ * index; padded words score -1e9 and weigh nothing) → w_t2i, i_t2i [pairs, R, k2] and
+ * w_i2t, i_i2t [pairs, N, k1].
  *
  * Pairs [first, last) are computed, so callers can split a block across threads.
  *
@@ -90,7 +91,7 @@ static inline vf exp_nonpositive(vf x) {
 /* The k-lists of LANES columns, then Eq. 7's softmax over each column's real keys (a
  * column without any weighs 0), written to w / idx [cols, k]. */
 #define TOP_K_COLUMNS(K)                                                                   \
-    static void top_k_columns_##K(const float *a, int rows, int cols, int c0,            \
+    static void top_k_columns_##K(const float *a, int rows, int cols, int stride, int c0,\
                                   const float *row_mask, const float *limit, float *w,   \
                                   int32_t *idx) {                                        \
         vf top[K];                                                                       \
@@ -102,7 +103,7 @@ static inline vf exp_nonpositive(vf x) {
         const vf masked = (vf){0} + MASKED;                                              \
         for (int r = 0; r < rows; ++r) {                                                 \
             const int real = row_mask == 0 || row_mask[r] > 0.5f;                        \
-            vf x = real ? load_columns(a + (int64_t)r * cols, c0, cols, limit) : masked; \
+            vf x = real ? load_columns(a + (int64_t)r * stride, c0, cols, limit) : masked;\
             vi xi = (vi){0} + r;                                                         \
             for (int j = 0; j < K; ++j) {                                                \
                 const vi moves = (x > top[j]) | ((x == top[j]) & (xi < at[j]));          \
@@ -144,37 +145,52 @@ TOP_K_COLUMNS(6)
 TOP_K_COLUMNS(7)
 TOP_K_COLUMNS(8)
 
-/* Each column's top k over the rows of ``a`` [rows, cols] → w, idx [cols, k]; memory up
- * to ``limit`` may be read. */
-static void columns_top_k(const float *a, int rows, int cols, const float *row_mask, int k,
-                          const float *limit, float *w, int32_t *idx) {
+/* Each column's top k over the rows of ``a`` [rows, cols] (rows ``stride`` floats apart)
+ * → w, idx [cols, k]; memory up to ``limit`` may be read. */
+static void columns_top_k(const float *a, int rows, int cols, int stride,
+                          const float *row_mask, int k, const float *limit, float *w,
+                          int32_t *idx) {
     for (int c0 = 0; c0 < cols; c0 += LANES) {
         switch (k) {
-        case 1: top_k_columns_1(a, rows, cols, c0, row_mask, limit, w, idx); break;
-        case 2: top_k_columns_2(a, rows, cols, c0, row_mask, limit, w, idx); break;
-        case 3: top_k_columns_3(a, rows, cols, c0, row_mask, limit, w, idx); break;
-        case 4: top_k_columns_4(a, rows, cols, c0, row_mask, limit, w, idx); break;
-        case 5: top_k_columns_5(a, rows, cols, c0, row_mask, limit, w, idx); break;
-        case 6: top_k_columns_6(a, rows, cols, c0, row_mask, limit, w, idx); break;
-        case 7: top_k_columns_7(a, rows, cols, c0, row_mask, limit, w, idx); break;
-        default: top_k_columns_8(a, rows, cols, c0, row_mask, limit, w, idx); break;
+#define CASE(K)                                                                            \
+    case K: top_k_columns_##K(a, rows, cols, stride, c0, row_mask, limit, w, idx); break;
+        CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7)
+#undef CASE
+        default: top_k_columns_8(a, rows, cols, stride, c0, row_mask, limit, w, idx); break;
         }
     }
 }
 
-/* One pair's selections: γ g [R, N] with its word mask m [R] → w_i2t, i_i2t [N, k1] and
- * w_t2i, i_t2i [R, k2]. ``turned`` holds R·N + LANES floats (γ turned [N, R], then a
- * vector's room of zeros, read and masked out); memory up to ``end`` may be read after g. */
+/* A pair's selections from its γ in both layouts: g [R, N] and gt = γᵀ [N, R], rows
+ * ``g_stride`` and ``gt_stride`` floats apart, memory up to g_end and gt_end readable
+ * after them; word mask m [R] → w_i2t, i_i2t [N, k1] and w_t2i, i_t2i [R, k2]. */
+static void select_both(const float *g, int g_stride, const float *g_end, const float *gt,
+                        int gt_stride, const float *gt_end, const float *m, int R, int N,
+                        int k1, int k2, float *w_i2t, int32_t *i_i2t, float *w_t2i,
+                        int32_t *i_t2i) {
+    /* image-to-text: the columns of [R, N] are the regions, its rows the words. */
+    columns_top_k(g, R, N, g_stride, m, k1, g_end, w_i2t, i_i2t);
+    /* text-to-image: the columns of [N, R] are the words. */
+    columns_top_k(gt, N, R, gt_stride, 0, k2, gt_end, w_t2i, i_t2i);
+}
+
+/* a [rows, cols] (rows ``a_stride`` apart) → at [cols, rows] (rows ``at_stride`` apart). */
+static void transpose(const float *a, int rows, int cols, int a_stride, float *at,
+                      int at_stride) {
+    for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < cols; ++c)
+            at[(int64_t)c * at_stride + r] = a[(int64_t)r * a_stride + c];
+}
+
+/* One pair's selections from γ g [R, N]: ``turned`` holds R·N + LANES floats (γ turned
+ * [N, R], then a vector's room of zeros, read and masked out); memory up to ``end`` may
+ * be read after g. */
 static void select_pair(const float *g, const float *m, int R, int N, int k1, int k2,
                         const float *end, float *turned, float *w_i2t, int32_t *i_i2t,
                         float *w_t2i, int32_t *i_t2i) {
-    /* image-to-text: the columns of [R, N] are the regions, its rows the words. */
-    columns_top_k(g, R, N, m, k1, end, w_i2t, i_i2t);
-    /* text-to-image: the columns of [N, R] are the words. */
-    for (int r = 0; r < R; ++r)
-        for (int n = 0; n < N; ++n)
-            turned[n * R + r] = g[r * N + n];
-    columns_top_k(turned, N, R, 0, k2, turned + (int64_t)R * N + LANES, w_t2i, i_t2i);
+    transpose(g, R, N, N, turned, R);
+    select_both(g, N, end, turned, R, turned + (int64_t)R * N + LANES, m, R, N, k1, k2,
+                w_i2t, i_i2t, w_t2i, i_t2i);
 }
 
 /* Returns 0; -1 for a k outside 1..MAX_K or above its keys; -2 if memory runs out. */
@@ -246,49 +262,173 @@ static float row_score(int k, const float *own, const float *bias, const float *
 
 static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-/* t_rows [-, H] and v_rows [-, H]: the texts' and the images' W·t, W·v rows; pair p's
- * word r is row t_base[p] + r, its region n row v_base[p] + n. bias [H] (Eq. 8's first
- * bias), w_out [H] and b_out its output layer. Returns as top_k_softmax_pairs; k1 and k2
- * above the keys are cut to them, as the reference cuts them. */
-int local_head_pairs(const float *gamma, const float *mask, const int64_t *t_base,
-                     const int64_t *v_base, const float *t_rows, const float *v_rows,
-                     const float *bias, const float *w_out, float b_out, int64_t first,
-                     int64_t last, int R, int N, int H, int k1, int k2, float *out) {
-    if (k1 > R)
-        k1 = R;
-    if (k2 > N)
-        k2 = N;
-    if (k1 < 1 || k2 < 1 || k1 > MAX_K || k2 > MAX_K)
-        return -1;
-    /* One pair's selections, and its γ turned [N, R] with a vector's room after it. */
-    const size_t turned_size = (size_t)R * N + LANES;
-    const size_t sizes[3] = {(size_t)R * k2, (size_t)N * k1, turned_size};
-    float *buffer = malloc((sizes[0] * 2 + sizes[1] * 2 + sizes[2]) * sizeof(float));
-    if (buffer == 0)
+/* One pair's selections (select_both's outputs), with γ turned [N, R] and a vector's
+ * room of zeros after it (read, then masked out). */
+typedef struct {
+    float *turned, *w_t2i, *w_i2t;
+    int32_t *i_t2i, *i_i2t;
+} Work;
+
+static int work_alloc(Work *w, int R, int N, int k1, int k2) {
+    const size_t turned = (size_t)R * N + LANES;
+    w->turned = calloc(turned + (size_t)R * k2 * 2 + (size_t)N * k1 * 2, sizeof(float));
+    if (w->turned == 0)
         return -2;
-    float *w_t2i = buffer, *w_i2t = w_t2i + sizes[0], *turned = w_i2t + sizes[1];
-    int32_t *i_t2i = (int32_t *)(turned + sizes[2]), *i_i2t = i_t2i + sizes[0];
-    memset(turned + (size_t)R * N, 0, LANES * sizeof(float)); /* read, then masked out */
-    const float *end = gamma + last * R * N;
-    for (int64_t p = first; p < last; ++p) {
-        const float *g = gamma + p * R * N, *m = mask + p * R;
-        select_pair(g, m, R, N, k1, k2, end, turned, w_i2t, i_i2t, w_t2i, i_t2i);
-        /* Text-to-image: each real word with its k2 fused regions. */
-        float words = 0.0f, s_t2i = 0.0f, s_i2t = 0.0f;
-        for (int r = 0; r < R; ++r) {
-            if (!(m[r] > 0.5f))
-                continue;
-            s_t2i += sigmoid(row_score(k2, t_rows + (t_base[p] + r) * H, bias, w_out, v_rows,
-                                       v_base[p], i_t2i + r * k2, w_t2i + r * k2, H) + b_out);
-            words += 1.0f;
-        }
-        /* Image-to-text: each region with its k1 fused words (none for a text without
-         * words: their weights are 0). */
-        for (int n = 0; n < N; ++n)
-            s_i2t += sigmoid(row_score(k1, v_rows + (v_base[p] + n) * H, bias, w_out, t_rows,
-                                       t_base[p], i_i2t + n * k1, w_i2t + n * k1, H) + b_out);
-        out[p] = 0.5f * (s_i2t / N + s_t2i / (words > 1.0f ? words : 1.0f));
+    w->w_t2i = w->turned + turned;
+    w->w_i2t = w->w_t2i + (size_t)R * k2;
+    w->i_t2i = (int32_t *)(w->w_i2t + (size_t)N * k1);
+    w->i_i2t = w->i_t2i + (size_t)R * k2;
+    return 0;
+}
+
+/* A pair's score from its selections (in ``w``), word mask m [R]: t_rows, v_rows [-, H]
+ * the texts' and the images' W·t, W·v rows, its word r row t_base + r, its region n row
+ * v_base + n; bias [H] (Eq. 8's first bias), w_out [H] and b_out its output layer. */
+static float score_selected(const Work *w, const float *m, int64_t t_base, int64_t v_base,
+                            const float *t_rows, const float *v_rows, const float *bias,
+                            const float *w_out, float b_out, int R, int N, int H, int k1,
+                            int k2) {
+    /* Image-to-text first: each region with its k1 fused words (none for a text without
+     * words: their weights are 0). It reads the image's W·v rows in order, which the
+     * text-to-image picks then find in cache. */
+    float words = 0.0f, s_t2i = 0.0f, s_i2t = 0.0f;
+    for (int n = 0; n < N; ++n)
+        s_i2t += sigmoid(row_score(k1, v_rows + (v_base + n) * H, bias, w_out, t_rows, t_base,
+                                   w->i_i2t + n * k1, w->w_i2t + n * k1, H) + b_out);
+    /* Text-to-image: each real word with its k2 fused regions. */
+    for (int r = 0; r < R; ++r) {
+        if (!(m[r] > 0.5f))
+            continue;
+        s_t2i += sigmoid(row_score(k2, t_rows + (t_base + r) * H, bias, w_out, v_rows, v_base,
+                                   w->i_t2i + r * k2, w->w_t2i + r * k2, H) + b_out);
+        words += 1.0f;
     }
-    free(buffer);
+    return 0.5f * (s_i2t / N + s_t2i / (words > 1.0f ? words : 1.0f));
+}
+
+/* k1 and k2 cut to the keys (as the reference cuts them); 0 if then within 1..MAX_K. */
+static int cut_k(int R, int N, int *k1, int *k2) {
+    if (*k1 > R)
+        *k1 = R;
+    if (*k2 > N)
+        *k2 = N;
+    return *k1 < 1 || *k2 < 1 || *k1 > MAX_K || *k2 > MAX_K ? -1 : 0;
+}
+
+/* Eq. 2's products as panels: out [M, WV·LANES] (rows ``stride`` floats apart) =
+ * scale · a [M, H] · bt [H, WV·LANES] (bt's rows ``stride`` apart), MT rows of ``a`` at a
+ * time: for each h, WV vectors of bt's row h, each value a[m, h] broadcast, one fused
+ * multiply-add per accumulator (MT × WV of them in registers); no sum across lanes. A
+ * panel past M repeats a's last row, unstored. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast") /* ISO C mode would keep x * y + a unfused */
+#endif
+#define PANEL(MT, WV)                                                                      \
+    static void panel_##MT##_##WV(const float *a, int H, const float *bt, int stride,    \
+                                  float scale, float *out) {                             \
+        vf acc[MT][WV];                                                                  \
+        for (int i = 0; i < MT; ++i)                                                     \
+            for (int v = 0; v < WV; ++v)                                                 \
+                acc[i][v] = (vf){0};                                                     \
+        for (int h = 0; h < H; ++h) {                                                    \
+            vf b[WV];                                                                    \
+            for (int v = 0; v < WV; ++v)                                                 \
+                memcpy(&b[v], bt + (int64_t)h * stride + v * LANES, sizeof(vf));         \
+            for (int i = 0; i < MT; ++i) {                                               \
+                const vf x = (vf){0} + a[(int64_t)i * H + h];                            \
+                for (int v = 0; v < WV; ++v)                                             \
+                    acc[i][v] += x * b[v];                                               \
+            }                                                                            \
+        }                                                                                \
+        for (int i = 0; i < MT; ++i)                                                     \
+            for (int v = 0; v < WV; ++v) {                                               \
+                const vf y = acc[i][v] * scale;                                          \
+                memcpy(out + (int64_t)i * stride + v * LANES, &y, sizeof y);             \
+            }                                                                            \
+    }
+
+PANEL(1, 1) PANEL(2, 1) PANEL(3, 1) PANEL(4, 1) PANEL(5, 1) PANEL(6, 1)
+PANEL(7, 1) PANEL(8, 1) PANEL(9, 1) PANEL(10, 1) PANEL(11, 1) PANEL(12, 1)
+PANEL(1, 2) PANEL(2, 2) PANEL(3, 2) PANEL(4, 2) PANEL(5, 2) PANEL(6, 2)
+PANEL(7, 2) PANEL(8, 2)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
+typedef void (*Panel)(const float *, int, const float *, int, float, float *);
+static const Panel NARROW[] = {0, panel_1_1, panel_2_1, panel_3_1, panel_4_1, panel_5_1,
+                               panel_6_1, panel_7_1, panel_8_1, panel_9_1, panel_10_1,
+                               panel_11_1, panel_12_1};
+static const Panel WIDE[] = {0, panel_1_2, panel_2_2, panel_3_2, panel_4_2,
+                             panel_5_2, panel_6_2, panel_7_2, panel_8_2};
+
+/* out [M, W] = scale · a [M, H] · bt [H, W], W a multiple of LANES (rows W apart), as
+ * panels two vectors wide (the last one vector wide if W / LANES is odd) of at most 8
+ * (12) rows of ``a``, the rows split evenly across them (15 rows: 8 + 7). */
+static void product(const float *a, int M, int H, const float *bt, int W, float scale,
+                    float *out) {
+    for (int c = 0; c < W; c += 2 * LANES) {
+        const int wide = c + 2 * LANES <= W, most = wide ? 8 : 12;
+        const int panels = (M + most - 1) / most;
+        for (int i = 0, m = 0; i < panels; ++i) {
+            const int rows = (M - m) / (panels - i);
+            (wide ? WIDE : NARROW)[rows](a + (int64_t)m * H, H, bt + c, W, scale,
+                                         out + (int64_t)m * W + c);
+            m += rows;
+        }
+    }
+}
+
+/* The whole head, γ included, straight from the tables: pair p's γ [R, N] is
+ * scale · t_phi[t_base[p] + r] · v_phi[v_base[p] + n] (t_phi, v_phi laid out as t_rows,
+ * v_rows: [-, H]), its word mask t_mask + t_base[p] (one value per text row). Consecutive
+ * pairs that share one side's rows (``repeated``: 0 the text, as a text query's
+ * candidates or a grid's row; 1 the image, as an image query's) have that side turned
+ * [H, W] once (W its rows rounded up to LANES, zeros after them); the other side's rows
+ * are read in place, broadcast one value at a time (``product``). No pair's γ or rows
+ * are copied out of the tables. Returns as top_k_softmax_pairs. */
+int local_head_rows(const float *t_phi, const float *v_phi, const float *t_mask, float scale,
+                    const int64_t *t_base, const int64_t *v_base, const float *t_rows,
+                    const float *v_rows, const float *bias, const float *w_out, float b_out,
+                    int64_t first, int64_t last, int R, int N, int H, int k1, int k2,
+                    int repeated, float *out) {
+    Work w;
+    if (cut_k(R, N, &k1, &k2))
+        return -1;
+    const int kept = repeated ? N : R, streamed = repeated ? R : N;
+    const int W = (kept + LANES - 1) / LANES * LANES;
+    /* the repeated side turned; the product [streamed, W] with a vector's room after it */
+    float *turned = calloc((size_t)H * W + (size_t)streamed * W + LANES, sizeof(float));
+    if (turned == 0 || work_alloc(&w, R, N, k1, k2)) {
+        free(turned);
+        return -2;
+    }
+    float *prod = turned + (size_t)H * W, *prod_end = prod + (size_t)streamed * W + LANES;
+    float *other = w.turned, *other_end = other + (size_t)R * N + LANES;
+    int64_t current = -1;
+    for (int64_t p = first; p < last; ++p) {
+        const int64_t key = repeated ? v_base[p] : t_base[p];
+        if (key != current) {
+            transpose((repeated ? v_phi : t_phi) + key * H, kept, H, H, turned, W);
+            current = key;
+        }
+        const float *m = t_mask + t_base[p];
+        if (repeated) { /* prod = γ [R, W]; other = γᵀ [N, R] */
+            product(t_phi + t_base[p] * H, R, H, turned, W, scale, prod);
+            transpose(prod, R, N, W, other, R);
+            select_both(prod, W, prod_end, other, R, other_end, m, R, N, k1, k2, w.w_i2t,
+                        w.i_i2t, w.w_t2i, w.i_t2i);
+        } else { /* prod = γᵀ [N, W]; other = γ [R, N] */
+            product(v_phi + v_base[p] * H, N, H, turned, W, scale, prod);
+            transpose(prod, N, R, W, other, N);
+            select_both(other, N, other_end, prod, W, prod_end, m, R, N, k1, k2, w.w_i2t,
+                        w.i_i2t, w.w_t2i, w.i_t2i);
+        }
+        out[p] = score_selected(&w, m, t_base[p], v_base[p], t_rows, v_rows, bias, w_out,
+                                b_out, R, N, H, k1, k2);
+    }
+    free(turned);
+    free(w.turned);
     return 0;
 }
