@@ -106,6 +106,16 @@ def shared_root(tmp_path_factory, request):
     return base.parent if hasattr(request.config, "workerinput") else base
 
 
+@pytest.fixture(scope="session", autouse=True)
+def kernel_cache(shared_root):
+    """The local heads' C kernel is kept in this test run's folder, not the user's cache
+    (``local_head_kernel.cache_dir``): the run's workers and subprocesses build it once."""
+    from hgan.evaluation import local_head_kernel
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(local_head_kernel.CACHE_ENV, str(shared_root / "kernels"))
+        yield
+
+
 def build_once(root, name: str, build):
     """``root/name``, made by ``build(path)`` the first time any worker asks for it in this
     test run; a worker that asks meanwhile waits for it. A half-built folder (a worker

@@ -2,6 +2,10 @@
 it replaces: the selections of Eqs. 5 and 7 and the whole head after γ. The NumPy
 reference loops of HGAN's equations check it through the scorer in
 ``test_heads_reference.py``."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -175,6 +179,42 @@ def test_a_compiler_without_march_native_still_builds_it(tmp_path, monkeypatch):
     (w, picks), _ = local_head_kernel.select(lib, gamma, np.ones((1, 2), np.float32), 1, 1)
     np.testing.assert_array_equal(picks[..., 0], [[1, 0]])
     np.testing.assert_allclose(w, 1.0)
+
+
+def test_a_built_kernel_is_kept_and_loaded_again(tmp_path, monkeypatch):
+    """The first build keeps the library in the cache folder; the next loads it without
+    compiling; a damaged copy is built again; another compiler command is another key;
+    ``off`` or a folder that cannot be written keeps nothing and still builds."""
+    import shutil
+    if shutil.which(os.environ.get("CC") or "cc") is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv(local_head_kernel.CACHE_ENV, str(tmp_path / "cache"))
+    local_head_kernel.build()
+    (kept,) = (tmp_path / "cache").iterdir()
+    compiled = []
+    real = local_head_kernel._compile
+    monkeypatch.setattr(local_head_kernel, "_compile",
+                        lambda *args: compiled.append(args) or real(*args))
+    lib = local_head_kernel.build()
+    assert compiled == [] and lib.local_head_rows is not None
+    # A damaged copy (a new file: the loaded library's pages stay as they are), read by
+    # another process (this one would find the path already loaded).
+    damaged = tmp_path / "damaged"
+    damaged.write_bytes(b"not a library")
+    os.replace(damaged, kept)
+    subprocess.run([sys.executable, "-c", "from hgan.evaluation import local_head_kernel as k;"
+                    " k.build()"], check=True, env=os.environ.copy())
+    assert kept.read_bytes()[:4] == b"\x7fELF"
+    local_head_kernel.build(f"{os.environ.get('CC') or 'cc'} -O2")
+    assert len(compiled) == 1 and len(list((tmp_path / "cache").iterdir())) == 2
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.suffix == ".part"]
+    for folder in ("off", str(tmp_path / "file" / "below")):
+        (tmp_path / "file").write_text("a file, not a folder")
+        monkeypatch.setenv(local_head_kernel.CACHE_ENV, folder)
+        assert local_head_kernel.build().local_head_rows is not None
+    assert local_head_kernel.cache_dir() is not None
+    monkeypatch.setenv(local_head_kernel.CACHE_ENV, "off")
+    assert local_head_kernel.cache_dir() is None
 
 
 def test_without_a_compiler_the_scorer_keeps_xla(monkeypatch):

@@ -17,19 +17,24 @@ first and XLA's CPU code runs the rest far below what the machine does
 vector registers and sums the picked rows in one vectorised loop. It takes
 1 ≤ k ≤ ``MAX_K``; the scorer keeps XLA for a head with a larger k1 or k2.
 
-The source is compiled once per process, on first use, with the system's C compiler
-(``$CC``, which may carry arguments, else ``cc``) for the CPU it runs on
-(``-march=native``, dropped if the compiler refuses it), into a temporary folder
-(under a second; nothing is cached on disk, so a shared environment on machines of
-different CPUs is safe). Where no compiler builds it, ``load`` says why once and returns
-None, and the scorer keeps XLA. ``HGAN_HEAD_KERNEL=xla`` in the environment turns it off.
+The source is compiled on first use with the system's C compiler (``$CC``, which may
+carry arguments, else ``cc``) for the CPU it runs on (``-march=native``, dropped if the
+compiler refuses it), in under a second, and the library is kept in a cache folder
+(``~/.cache/hgan/kernels``, ``$HGAN_KERNEL_CACHE`` to move it, ``off`` for none) under a
+key of the source, the compiler and the CPU, so later processes load it at once and a
+cache shared by machines of different CPUs keeps one for each. Where no compiler builds
+it, ``load`` says why once and returns None, and the scorer keeps XLA.
+``HGAN_HEAD_KERNEL=xla`` in the environment turns it off.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import hashlib
 import os
+import platform
 import shlex
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -40,6 +45,7 @@ from absl import logging
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "local_head.c")
 MAX_K = 8  # the kernel's MAX_K
 ENV = "HGAN_HEAD_KERNEL"  # "xla": never build it
+CACHE_ENV = "HGAN_KERNEL_CACHE"  # the folder built kernels are kept in (cache_dir)
 
 _LOCK = threading.Lock()
 _STATE: dict = {}  # "lib" once loaded, "error" once a build failed
@@ -48,8 +54,17 @@ _POOLS: dict = {}  # (process, threads) → a pool of that many, made once
 
 def build(compiler: str | None = None) -> ctypes.CDLL:
     """The compiled kernel, or raises ``OSError`` / ``subprocess.SubprocessError`` saying
-    why (the compiler's message in ``stderr``)."""
+    why (the compiler's message in ``stderr``). Kept in the cache folder (``cache_dir``)
+    under a key of everything the library depends on, and loaded from there when it is
+    already built."""
     command = shlex.split(compiler or os.environ.get("CC") or "cc")
+    cache = cache_dir()
+    kept = os.path.join(cache, f"local_head_{_key(command)}.so") if cache else None
+    if kept and os.path.exists(kept):
+        try:
+            return _bind(ctypes.CDLL(kept))
+        except OSError:  # damaged, or not loadable here: built again
+            pass
     flags = ["-O3", "-fPIC", "-shared", "-std=c99"]
     # Without -march=native (a compiler or CPU that refuses it) and without -fopenmp-simd
     # (the loops' vectorisation hints are then ignored) as fallbacks.
@@ -64,6 +79,12 @@ def build(compiler: str | None = None) -> ctypes.CDLL:
                 if i == len(tries) - 1:
                     raise
         lib = ctypes.CDLL(library)  # loaded: the file can go
+        if kept:
+            _keep(library, kept)
+    return _bind(lib)
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     lib.top_k_softmax_pairs.restype = ctypes.c_int
     lib.top_k_softmax_pairs.argtypes = [ptr, ptr, i64, i64] + [ctypes.c_int] * 4 + [ptr] * 4
@@ -76,6 +97,58 @@ def build(compiler: str | None = None) -> ctypes.CDLL:
 def _compile(command: list[str], flags: list[str], library: str) -> None:
     subprocess.run([*command, *flags, "-o", library, SOURCE, "-lm"], check=True,
                    capture_output=True, timeout=120)
+
+
+def cache_dir() -> str | None:
+    """Where built kernels are kept: ``$HGAN_KERNEL_CACHE`` (empty or ``off``: nowhere),
+    else ``$XDG_CACHE_HOME/hgan/kernels`` (``~/.cache/hgan/kernels``)."""
+    folder = os.environ.get(CACHE_ENV)
+    if folder is not None:
+        return None if folder.strip().lower() in ("", "off") else folder
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "hgan", "kernels")
+
+
+def _key(command: list[str]) -> str:
+    """What a built library depends on: the source, the compiler (its command and what its
+    ``--version`` says) and the CPU it was built for (``-march=native``: its model and
+    feature flags), so a cache shared by machines of different CPUs or compilers keeps
+    one library for each."""
+    digest = hashlib.sha256()
+    with open(SOURCE, "rb") as f:
+        digest.update(f.read())
+    digest.update(repr(command).encode())
+    try:
+        digest.update(subprocess.run([*command, "--version"], capture_output=True,
+                                     timeout=60).stdout)
+    except (OSError, subprocess.SubprocessError):
+        pass  # the build then says what is wrong with the compiler
+    digest.update(f"{platform.machine()} {platform.processor()}".encode())
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            cpu = [line for line in f
+                   if line.split(":")[0].strip() in ("model name", "flags", "Features")]
+        digest.update("".join(sorted(set(cpu))).encode())
+    except OSError:
+        pass
+    return digest.hexdigest()[:32]
+
+
+def _keep(library: str, kept: str) -> None:
+    """A copy of ``library`` at ``kept``, written whole or not at all (a partial file under
+    another name, renamed); a cache folder that cannot be written keeps nothing."""
+    part = None
+    try:
+        os.makedirs(os.path.dirname(kept), exist_ok=True)
+        fd, part = tempfile.mkstemp(dir=os.path.dirname(kept), suffix=".part")
+        with os.fdopen(fd, "wb") as out, open(library, "rb") as src:
+            shutil.copyfileobj(src, out)
+        os.chmod(part, 0o644)  # mkstemp's 0600 would keep it from a shared cache's users
+        os.replace(part, kept)
+    except OSError as e:
+        logging.info("The local heads' C kernel is not kept in %s: %s", kept, e)
+        if part and os.path.exists(part):
+            os.remove(part)
 
 
 def _cores() -> int:
