@@ -153,13 +153,14 @@ def computed_pairs(text_rows, image_rows, layout: str) -> int:
     """(text, image) pairs one call of ``Scorer._chunk_fn(level)`` scores, from its index
     arguments (``LocalMatching.score_prepared``'s layouts): grid [X] × [Y] is X·Y pairs;
     image_paired ([X] texts, [X, Y] images) and text_paired ([X, Y] texts, [X] images) are
-    the X·Y entries of the 2-d index."""
+    the X·Y entries of the 2-d index; paired ([P] texts, [P] images, the C kernel's
+    two-stage calls) P pairs."""
     text_rows, image_rows = np.asarray(text_rows), np.asarray(image_rows)
     if layout == "grid":
         return int(text_rows.size * image_rows.size)
     if layout == "image_paired":
         return int(image_rows.size)
-    if layout == "text_paired":
+    if layout in ("text_paired", "paired"):
         return int(text_rows.size)
     raise ValueError(f"unknown layout {layout!r}")
 
@@ -374,7 +375,8 @@ def profile_phases(scorer, repeats: int = 5) -> list:
         out.append({"direction": direction, "level": level, "layout": layout,
                     "shape": {"grid": [int(rows.shape[0]), int(cols.shape[0])],
                               "image_paired": list(cols.shape),
-                              "text_paired": list(rows.shape)}[layout],
+                              "text_paired": list(rows.shape),
+                              "paired": [int(rows.shape[0])]}[layout],
                     "used": int(used), "native": t_alone is None,
                     **({} if t_alone is None else {
                         "gather_s": t_gamma - t_alone, "gamma_s": t_alone,

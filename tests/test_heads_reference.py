@@ -228,9 +228,10 @@ def test_eq7_weights_stay_a_softmax_when_the_selected_keys_are_far_below_the_bes
 def test_scorer_blocks_equal_the_numpy_reference(monkeypatch, k1, k2, head_kernel):
     """The evaluation scorer's block paths against the same loops: exact mode's blocks of
     texts × images (3 × 2: the last block of each is partial, padded to the compiled
-    shape) and two-stage's chunks of queries with their own candidates (2 queries a call,
-    the last chunk padded), on texts with padded word slots of several lengths; the
-    heads after γ under XLA and as the C kernel."""
+    shape) and two-stage's queries with their own candidates (under XLA 2 queries a
+    call, the last chunk padded; the C kernel's calls of at most 4 pairs, grouped by the
+    texts' widths of 8 and 10 slots), on texts with padded word slots of several lengths;
+    the heads under XLA and as the C kernel."""
     import types
 
     from hgan.config import preset
@@ -239,9 +240,9 @@ def test_scorer_blocks_equal_the_numpy_reference(monkeypatch, k1, k2, head_kerne
     if head_kernel == "native" and local_head_kernel.load() is None:
         pytest.skip(f"the C kernel is not available: {local_head_kernel.load_error()}")
     rng = np.random.default_rng(11)
-    texts = rng.normal(size=(7, 6, 5)).astype(np.float32)
-    lengths = np.array([4, 2, 6, 1, 5, 3, 6])
-    masks = (np.arange(6)[None] < lengths[:, None]).astype(np.float32)
+    texts = rng.normal(size=(7, 10, 5)).astype(np.float32)
+    lengths = np.array([4, 2, 10, 1, 9, 3, 6])
+    masks = (np.arange(10)[None] < lengths[:, None]).astype(np.float32)
     images = rng.normal(size=(5, 4, 5)).astype(np.float32)
     head = LocalMatching(hidden=8, k1=k1, k2=k2)
     head((tf.constant(texts), tf.constant(masks), tf.constant(images)))
@@ -265,11 +266,22 @@ def test_scorer_blocks_equal_the_numpy_reference(monkeypatch, k1, k2, head_kerne
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
     monkeypatch.setattr(hgan_scoring, "CANDIDATE_PAIRS", 6)
+    monkeypatch.setattr(hgan_scoring, "NATIVE_PAIRS", 4)
     for direction, top in (("t2i", rng.permuted(np.tile(np.arange(5), (7, 1)), axis=1)[:, :3]),
                            ("i2t", rng.permuted(np.tile(np.arange(7), (5, 1)), axis=1)[:, :3])):
         calls.clear()
         got = scorer.local_candidates("word", prep, top, direction)
-        assert len(calls) == -(-len(top) // 2)
+        if head_kernel == "xla":
+            assert len(calls) == -(-len(top) // 2)
+        else:  # pairs in calls of ≤ 4 by text width (8 slots, or all 10), text by text
+            widths = {8: 0, 10: 0}
+            for t, i, layout, used in calls:
+                assert layout == "paired" and len(t) <= 4 and list(t) == sorted(t)
+                assert used == (10 if lengths[t].max() > 8 else 8) >= lengths[t].max()
+                widths[used] += len(t)
+            assert widths == {10: int(np.isin(top if direction == "i2t" else
+                                              np.repeat(np.arange(7), 3), [2, 4]).sum()),
+                              8: top.size - widths[10]}
         pairs = want if direction == "t2i" else want.T
         np.testing.assert_allclose(got, np.take_along_axis(pairs, top, 1), rtol=1e-5,
                                    atol=1e-6)

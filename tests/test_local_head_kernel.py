@@ -126,6 +126,39 @@ def test_scores_from_the_tables_are_score_selected(lib, layout, k1, k2, hidden, 
     np.testing.assert_allclose(got.reshape(x, y), want, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("layout", ["grid", "paired"])
+@pytest.mark.parametrize("r,x,y", [(5, 4, 3), (5, 3, 3), (20, 4, 3), (20, 2, 2)])
+def test_the_scorer_gives_pairs_image_by_image_or_text_by_text(lib, layout, r, x, y):
+    """``_native_pairs`` on a grid, or on the grid's pairs one by one in any order
+    (``paired``): the kernel turns the images where the words are fewer than the regions
+    (the phrase level), the texts otherwise; the same scores as ``pair_gamma`` then
+    ``score_selected``, square grids too."""
+    from hgan.evaluation.hgan_scoring import _native_pairs
+    rng = np.random.default_rng(r + x)
+    texts, images, n, hidden, slots = 5, 6, 15, 24, r + 3
+    head = _head(rng, hidden, 4, 2, r, n)
+    t_phi, t_lin = _tables(rng, texts, slots, hidden, False)
+    v_phi, v_lin = _tables(rng, images, n, hidden, False)
+    mask = _mask(rng, texts, slots)
+    text_rows, image_rows = rng.permutation(texts)[:x], rng.permutation(images)[:y]
+    prep = {"text_np": (t_phi, t_lin), "image_np": (v_phi, v_lin), "mask_np": mask}
+    if layout == "grid":
+        got = _native_pairs(head, prep, text_rows, image_rows, "grid", r)
+    else:
+        order = rng.permutation(x * y)
+        t, i = np.repeat(text_rows, y)[order], np.tile(image_rows, x)[order]
+        got = np.empty(x * y, np.float32)
+        got[order] = _native_pairs(head, prep, t, i, "paired", r)
+        got = got.reshape(x, y)
+    gamma = head.pair_gamma(t_phi[text_rows, :r], v_phi[image_rows])
+    want = tf.function(head.score_selected, jit_compile=True)(
+        gamma, tf.constant(t_lin), tf.constant(np.broadcast_to(mask[text_rows, None, :r],
+                                                               (x, y, r))),
+        tf.constant(text_rows[:, None]), tf.constant(v_lin),
+        tf.constant(image_rows[None])).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
 def test_no_pairs_score_nothing(lib):
     head = LocalMatching(hidden=4, k1=2, k2=1)
     head((tf.zeros([1, 3, 3]), tf.ones([1, 3]), tf.zeros([1, 2, 3])))

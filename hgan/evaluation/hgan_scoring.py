@@ -27,6 +27,9 @@ LOCAL_LEVELS = ("word", "phrase")
 # fixed cost of a call over more pairs; 256 × 256 and 64 × 1,000 were no faster).
 GRID_BLOCK = (128, 32)
 NATIVE_GRID_BLOCK = (256, 64)
+# (query, candidate) pairs of a two-stage call of the C kernel (which holds nothing of a
+# pair but its score: the size only bounds the call's index arrays).
+NATIVE_PAIRS = 1 << 16
 # (query, candidate) pairs of a two-stage call; None: as many as the memory budget holds.
 CANDIDATE_PAIRS = None
 
@@ -84,7 +87,10 @@ def _pad_index(index: np.ndarray, size: int) -> np.ndarray:
 
 
 def _pair_index(text_rows, image_rows, layout: str):
-    """The table rows of each pair's text and image, broadcastable to [X, Y]."""
+    """The table rows of each pair's text and image, broadcastable to [X, Y] ([P] for
+    ``paired``: text_rows and image_rows pair by pair)."""
+    if layout == "paired":
+        return text_rows, image_rows
     text_index = text_rows if layout == "text_paired" else text_rows[:, None]
     image_index = {"grid": image_rows[None], "image_paired": image_rows,
                    "text_paired": image_rows[:, None]}[layout]
@@ -134,20 +140,31 @@ def _pair_bases(prep: dict, text_rows, image_rows, layout: str, shape) -> tuple:
 def _native_pairs(head, prep: dict, text_rows, image_rows, layout: str,
                   used: int) -> np.ndarray:
     """The pairs' scores [X, Y], γ included, by the C kernel straight from the prepared
-    tables (``local_head_kernel.score_rows``): no pair's rows are gathered. Consecutive
-    pairs share their text (grid, image_paired) or their image (text_paired)."""
+    tables (``local_head_kernel.score_rows``): no pair's rows are gathered. Besides the
+    layouts of ``_pair_index``, ``paired``: text_rows [P] and image_rows [P], pair by
+    pair. The kernel turns once the side a run of consecutive pairs shares and streams the
+    other's rows: image_paired pairs share their text, text_paired pairs their image, a
+    grid's pairs are given so that they share the side with more rows (its words, or its
+    regions when they outnumber the words: the phrase level), which fills the vector lanes
+    best and streams the fewer rows, and ``paired`` pairs are taken to come in runs of
+    that side (``Scorer._native_candidates``)."""
     text_rows, image_rows = np.asarray(text_rows), np.asarray(image_rows)
     shape = {"grid": (len(text_rows), len(image_rows)), "image_paired": image_rows.shape,
-             "text_paired": text_rows.shape}[layout]
+             "text_paired": text_rows.shape, "paired": text_rows.shape}[layout]
     text_base, image_base = _pair_bases(prep, text_rows, image_rows, layout, shape)
     (t_phi, t_lin), (v_phi, v_lin) = prep["text_np"], prep["image_np"]
-    hidden = t_phi.shape[-1]
+    hidden, regions = t_phi.shape[-1], v_phi.shape[1]
+    repeated = "image" if layout == "text_paired" else "text"
+    if layout == "paired" and used < regions:
+        repeated = "image"
+    by_image = layout == "grid" and used < regions
+    if by_image:  # the grid image by image: [Y, X]
+        repeated, text_base, image_base = "image", text_base.T, image_base.T
     scores = local_head_kernel.score_rows(
         local_head_kernel.load(), (t_phi.reshape(-1, hidden), t_lin.reshape(-1, hidden)),
         prep["mask_np"].reshape(-1), (v_phi.reshape(-1, hidden), v_lin.reshape(-1, hidden)),
-        text_base, image_base, used, v_phi.shape[1], head,
-        repeated="image" if layout == "text_paired" else "text")
-    return scores.reshape(shape)
+        text_base, image_base, used, regions, head, repeated=repeated)
+    return scores.reshape(shape[::-1]).T if by_image else scores.reshape(shape)
 
 
 class Scorer:
@@ -333,6 +350,8 @@ class Scorer:
         chunk of queries is one call: the C kernel reads each candidate's rows in place;
         under XLA, one batched γ product, [R, H] × [H, K·N] per text query (t2i),
         [K·R, H] × [H, N] per image query (i2t)."""
+        if self._native(level):
+            return self._native_candidates(level, prep, top, direction)
         fn, t_mask = self._chunk_fn(level), prep["mask"]
         layout = "image_paired" if direction == "t2i" else "text_paired"
         q_chunk = max(1, self._pairs_per_chunk(level, t_mask.shape[1],
@@ -353,6 +372,33 @@ class Scorer:
                 scores = fn(prep, cand, rows, layout, _used_length(t_mask[cand]))
             out[kept] = np.asarray(scores)[:len(kept)]
         return out
+
+    def _native_candidates(self, level: str, prep: dict, top: np.ndarray,
+                           direction: str) -> np.ndarray:
+        """``local_candidates`` by the C kernel: all the direction's (query, candidate)
+        pairs, grouped by the width of their text (its word slots up to the last real one,
+        rounded up to 8, so a call drops the padding its texts share), and within a width
+        by the side with more rows (its text, or its image when the regions outnumber the
+        words: the phrase level), whichever side is the query: the kernel turns that side
+        once for the run of pairs that share it and streams the other's fewer rows. Calls
+        of at most ``NATIVE_PAIRS`` pairs."""
+        fn, t_mask = self._chunk_fn(level), prep["mask"]
+        queries = np.repeat(np.arange(len(top)), top.shape[1])
+        texts, images = ((queries, top.ravel()) if direction == "t2i"
+                         else (top.ravel(), queries))
+        slots = t_mask.shape[1]
+        last = np.where(t_mask.any(axis=1), slots - np.argmax(t_mask[:, ::-1], axis=1), 1)
+        width = np.minimum(slots, -(-last // 8) * 8)[texts]
+        by_text = width >= prep["image_np"][0].shape[1]
+        order = np.lexsort((np.where(by_text, texts, images), width))
+        out = np.zeros(top.size, np.float32)
+        starts = np.flatnonzero(np.diff(width[order], prepend=-1, append=-1))
+        for first, end in zip(starts[:-1], starts[1:]):
+            for a in range(first, end, NATIVE_PAIRS):
+                pairs = order[a:min(end, a + NATIVE_PAIRS)]
+                out[pairs] = np.asarray(fn(prep, texts[pairs], images[pairs], "paired",
+                                           int(width[pairs[0]])))
+        return out.reshape(top.shape)
 
     def sentence(self, texts: dict, images: dict) -> np.ndarray:
         t = texts["global"] / np.linalg.norm(texts["global"], axis=1, keepdims=True)
