@@ -64,6 +64,46 @@ def test_queries_taken_a_block_at_a_time_give_the_whole_matrix_figures():
         assert retrieval_metrics(sim, query_ids, gallery_ids, rows=rows) == whole
 
 
+def _sorted_metrics(sim, query_ids, gallery_ids):
+    """The metrics read off each row's stable sort, written out: the reference of the
+    counted positions."""
+    order = np.argsort(-np.asarray(sim), axis=1, kind="stable")
+    relevant = np.asarray(gallery_ids)[order] == np.asarray(query_ids)[:, None]
+    relevant = relevant[relevant.any(axis=1)]
+    hits, positions = np.cumsum(relevant, axis=1), np.arange(1, relevant.shape[1] + 1)
+    first = relevant.argmax(axis=1)
+    ap = np.where(relevant, hits / positions, 0.0).sum(axis=1) / relevant.sum(axis=1)
+    last = relevant.shape[1] - 1 - relevant[:, ::-1].argmax(axis=1)
+    inp = relevant.sum(axis=1) / (last + 1)
+    return {**{f"R{k}": 100.0 * float(np.mean(first < k)) for k in (1, 5, 10)},
+            "mAP": 100.0 * float(ap.mean()), "mINP": 100.0 * float(inp.mean())}
+
+
+@pytest.mark.parametrize("count_up_to", [0, 32])
+@pytest.mark.parametrize("kind", ["normal", "ties", "signed_zeros", "nan"])
+def test_counted_positions_give_the_sorted_ranking_figures_to_the_last_bit(
+        monkeypatch, count_up_to, kind):
+    """Positions counted (few relevant items a query) or read off a sort
+    (``COUNT_UP_TO`` 0): the figures of each row's stable sort, bit for bit, with ties
+    (in gallery order), +0 beside -0, NaN scores (ranked last), queries with one relevant
+    item, several, or none, and blocks of rows."""
+    monkeypatch.setattr(metrics, "COUNT_UP_TO", count_up_to)
+    rng = np.random.default_rng(["normal", "ties", "signed_zeros", "nan"].index(kind))
+    sim = rng.standard_normal((60, 40))
+    if kind == "ties":
+        sim = sim.round(0)
+    elif kind == "signed_zeros":
+        sim = np.where(rng.random(sim.shape) < 0.5, 0.0, -0.0) * (rng.random(sim.shape) < 0.7)
+    elif kind == "nan":
+        sim[rng.random(sim.shape) < 0.2] = np.nan
+    query_ids, gallery_ids = rng.integers(0, 16, 60), rng.integers(0, 12, 40)
+    want = _sorted_metrics(sim, query_ids, gallery_ids)
+    for rows in (7, 60):
+        got = retrieval_metrics(sim, query_ids, gallery_ids, rows=rows)
+        assert got["queries_without_match"] > 0
+        assert {k: got[k] for k in want} == want
+
+
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="does not match"):
         retrieval_metrics(np.zeros((2, 3)), [1, 2], [1, 2])
