@@ -24,9 +24,9 @@ Reported per mode: wall time; the floating-point operations computed (``pair_flo
 computed pair and level), the GFLOP/s they ran at, and its share of TensorFlow's float32
 matmul peak measured in the same process just before (``matmul_peak_gflops``), with the
 time over that peak's floor; the (text, image) pairs the local heads actually computed,
-counted at each call of the scorer's compiled chunk function, padding included (a partial
-chunk is padded to the compiled shape: its extra rows cost time and their scores are
-dropped), against the pairs the mode needs (Q·G for exact, (Q + G)·K for two-stage), so a
+counted at each call of the scorer's chunk function, padding included (a partial chunk
+is padded to the compiled shape: its extra rows cost time and their scores are dropped),
+against the pairs the mode needs (Q·G for exact, (Q + G)·K for two-stage), so a
 ratio above 1.00x is padding overhead; pairs/s; and the resident set after importing TF
 and building the heads, after making the features, and at its peak. Random global
 features make every query's top-K independent of its neighbours', the worst case for a
@@ -36,12 +36,16 @@ around N identity centres in shard order instead.
 Each mode also prints, per direction (exact mode: the one grid both directions read;
 two-stage: text-to-image and image-to-text apart, timed inside ``Scorer.two_stage``),
 pairs/s, GFLOP/s and the share of the peak. ``--profile`` adds, per direction and level,
-where one compiled call's time goes (``profile_phases``: the gathers, Eq. 2's γ product,
-the top-k selections, the fused vectors and Eq. 8's MLP) and how much of the scoring
-loop's time is spent outside its calls. ``--grid_block`` and ``--candidate_pairs`` set the
-scorer's block shapes, to compare them. ``--head_kernel`` says how the heads run after
-γ (``Scorer``'s argument: ``auto``, what hgan-eval runs, is the C kernel of
-``hgan.evaluation.local_head_kernel`` where it builds, else XLA); each mode prints which.
+one call's time (``profile_phases``: the C kernel's whole; under XLA split into the
+gathers, Eq. 2's γ product, the top-k selections, the fused vectors and Eq. 8's MLP) and
+how much of the scoring loop's time is spent outside its calls (``bench/local_head_parts.py``
+splits a pair's time inside the C kernel). ``--grid_block`` and ``--candidate_pairs`` set
+the scorer's block shapes (under XLA; the kernel's two-stage calls take ``NATIVE_PAIRS``),
+to compare them. ``--head_kernel`` says how the heads run (``Scorer``'s argument:
+``auto``, what hgan-eval runs, is the C kernel of ``hgan.evaluation.local_head_kernel``,
+γ included, where it builds, else XLA); each mode prints which. Unstructured random
+features (``--identities=0``) are labelled as CUHK-PEDES test's 1,000 identities, for the
+metrics.
 
 Targets (at 6,156 × 3,074): two-stage at K = 100 under 60 s, exact under 10 minutes,
 peak memory under 4 GiB. Prints its figures; asserts nothing.

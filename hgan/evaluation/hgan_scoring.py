@@ -300,13 +300,12 @@ class Scorer:
         return 4 * (6 * words * regions + h * rows)
 
     def _pairs_per_chunk(self, level: str, words: int, regions: int) -> int:
-        """Two-stage: (query, candidate) pairs a call scores, within the memory budget (at
-        most ``CANDIDATE_PAIRS`` if set). A pair counts its [R, H] + [N, H] fused and
-        hidden tensors of both directions, its gathered φ rows among them: 600, 1,600 and
-        6,400 pairs a call ran within 15 % of each other in paired runs at the paper's
-        widths, and 1,600 took a CUHK-PEDES-sized run past 4 GiB. The C kernel gathers no
-        rows, but its calls keep this size: chunks of a few queries pad fewer word slots
-        than chunks of hundreds (6.5 s against 6.8 s for CUHK-PEDES-sized t2i)."""
+        """Two-stage under XLA: (query, candidate) pairs a call scores, within the memory
+        budget (at most ``CANDIDATE_PAIRS`` if set). A pair counts its [R, H] + [N, H]
+        fused and hidden tensors of both directions, its gathered φ rows among them: 600,
+        1,600 and 6,400 pairs a call ran within 15 % of each other in paired runs at the
+        paper's widths, and 1,600 took a CUHK-PEDES-sized run past 4 GiB. (The C kernel
+        holds nothing of a pair but its score: ``_native_candidates``.)"""
         per_pair = self._pair_bytes(level, words, regions, own_rows=True)
         return max(1, min(CANDIDATE_PAIRS or self.budget, self.budget // per_pair))
 
