@@ -52,19 +52,35 @@ def encode_split(model: HGAN, data_dir: str, config: Config, split: str,
                                keep=keep)
 
 
-def _map_chunked(fn, x: np.ndarray, chunk: int = 256) -> list[np.ndarray]:
+def _map_chunked(fn, x: np.ndarray, widths=None, chunk: int = 256) -> list[np.ndarray]:
     """``fn`` (→ a tuple of tensors) over ``x`` in chunks, written into preallocated float32
     buffers (scores are computed in float32 whatever the compute dtype: a mixed_float16
     model's heads give float16 tables; its variables stay float32): neither the whole
-    set's intermediates nor a second copy of the result ever exist."""
+    set's intermediates nor a second copy of the result ever exist. ``widths`` [len(x)]
+    (texts: ``_text_widths``): each row's slots from its width on are not computed but
+    zero (rows of equal width are chunked together; every score reads only a text's real
+    slots, and its padding's weights are 0)."""
+    widths = np.full(len(x), x.shape[1]) if widths is None else np.asarray(widths)
     out = None
-    for a in range(0, len(x), chunk):
-        parts = [t.numpy() for t in fn(tf.constant(x[a:a + chunk]))]
-        if out is None:
-            out = [buffers.empty((len(x),) + p.shape[1:], np.float32) for p in parts]
-        for o, p in zip(out, parts):
-            o[a:a + chunk] = p
+    for width in np.unique(widths):
+        rows = np.flatnonzero(widths == width)
+        for a in range(0, len(rows), chunk):
+            at = rows[a:a + chunk]
+            parts = [t.numpy() for t in fn(tf.constant(x[at, :width]))]
+            if out is None:
+                out = [buffers.empty(x.shape[:2] + p.shape[2:], np.float32) for p in parts]
+            for o, p in zip(out, parts):
+                o[at, :width] = p
+                o[at, width:] = 0.0
     return out
+
+
+def _text_widths(mask: np.ndarray, bucket: int = 8) -> np.ndarray:
+    """[T] each text's word slots up to its last real one, rounded up to a multiple of
+    ``bucket`` and at most the mask's [T, L'] width (a text without any counts one slot)."""
+    slots = mask.shape[1]
+    last = np.where(mask.any(axis=1), slots - np.argmax(mask[:, ::-1] > 0, axis=1), 1)
+    return np.minimum(slots, -(-last // bucket) * bucket)
 
 
 def _shared(array: np.ndarray) -> tf.Tensor:
@@ -223,7 +239,8 @@ class Scorer:
 
     def _prepared(self, texts: dict, images: dict) -> dict:
         """Per local level, the heads' per-item parts, made once, float32: text tables
-        (φ_t(T), W·T) [Q, L', H] trimmed to the longest text L', their mask [Q, L'] (numpy,
+        (φ_t(T), W·T) [Q, L', H] trimmed to the longest text L' (each text's slots past its
+        ``_text_widths`` zero, not computed), their mask [Q, L'] (numpy,
         for chunk planning, and as a tensor), and image tables (φ_v(V), W·V) [G, N, H],
         as tensors (``text``, ``image``) sharing the buffers of the arrays (``text_np``,
         ``image_np``)."""
@@ -234,7 +251,8 @@ class Scorer:
                 continue
             mask = texts[f"{level}_mask"]
             used = _used_length(mask, bucket=1)
-            text = _map_chunked(head.prepare_text, texts[level][:, :used])
+            text = _map_chunked(head.prepare_text, texts[level][:, :used],
+                                _text_widths(mask[:, :used]))
             image = _map_chunked(head.prepare_image, images[level])
             prep[level] = {"text": [_shared(a) for a in text], "text_np": text,
                            "mask": mask[:, :used],
@@ -385,9 +403,7 @@ class Scorer:
         queries = np.repeat(np.arange(len(top)), top.shape[1])
         texts, images = ((queries, top.ravel()) if direction == "t2i"
                          else (top.ravel(), queries))
-        slots = t_mask.shape[1]
-        last = np.where(t_mask.any(axis=1), slots - np.argmax(t_mask[:, ::-1], axis=1), 1)
-        width = np.minimum(slots, -(-last // 8) * 8)[texts]
+        width = _text_widths(t_mask)[texts]
         by_text = width >= prep["image_np"][0].shape[1]
         order = np.lexsort((np.where(by_text, texts, images), width))
         out = np.zeros(top.size, np.float32)
