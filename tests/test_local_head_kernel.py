@@ -207,7 +207,9 @@ def test_a_compiler_without_march_native_still_builds_it(tmp_path, monkeypatch):
     wrapper.chmod(0o755)
     (tmp_path / "no_march.real").symlink_to(cc)
     monkeypatch.setenv("CC", f"{wrapper} -O2")
+    monkeypatch.setenv(local_head_kernel.CACHE_ENV, str(tmp_path / "cache"))
     lib = local_head_kernel.build()
+    assert not (tmp_path / "cache").exists()  # a fallback build is not kept
     gamma = np.array([[[0.5, 2.0], [1.0, -1.0]]], np.float32)  # one pair, 2 words, 2 regions
     (w, picks), _ = local_head_kernel.select(lib, gamma, np.ones((1, 2), np.float32), 1, 1)
     np.testing.assert_array_equal(picks[..., 0], [[1, 0]])
@@ -230,14 +232,20 @@ def test_a_built_kernel_is_kept_and_loaded_again(tmp_path, monkeypatch):
                         lambda *args: compiled.append(args) or real(*args))
     lib = local_head_kernel.build()
     assert compiled == [] and lib.local_head_rows is not None
-    # A damaged copy (a new file: the loaded library's pages stay as they are), read by
-    # another process (this one would find the path already loaded).
-    damaged = tmp_path / "damaged"
-    damaged.write_bytes(b"not a library")
-    os.replace(damaged, kept)
-    subprocess.run([sys.executable, "-c", "from hgan.evaluation import local_head_kernel as k;"
-                    " k.build()"], check=True, env=os.environ.copy())
-    assert kept.read_bytes()[:4] == b"\x7fELF"
+    # A damaged copy, or a library that is not the kernel (new files: the loaded library's
+    # pages stay as they are), read by another process (this one would find the path
+    # already loaded): built again.
+    other = tmp_path / "other.c"
+    other.write_text("int not_the_kernel;\n")
+    subprocess.run([os.environ.get("CC") or "cc", "-shared", "-fPIC", "-o",
+                    str(tmp_path / "other.so"), str(other)], check=True)
+    for damaged in (tmp_path / "damaged", tmp_path / "other.so"):
+        if damaged.name == "damaged":
+            damaged.write_bytes(b"not a library")
+        os.replace(damaged, kept)
+        subprocess.run([sys.executable, "-c", "from hgan.evaluation import local_head_kernel"
+                        " as k; k.build().local_head_rows"], check=True, env=os.environ.copy())
+        assert b"local_head_rows" in kept.read_bytes()
     local_head_kernel.build(f"{os.environ.get('CC') or 'cc'} -O2")
     assert len(compiled) == 1 and len(list((tmp_path / "cache").iterdir())) == 2
     assert not [p for p in (tmp_path / "cache").iterdir() if p.suffix == ".part"]
@@ -247,6 +255,11 @@ def test_a_built_kernel_is_kept_and_loaded_again(tmp_path, monkeypatch):
         assert local_head_kernel.build().local_head_rows is not None
     assert local_head_kernel.cache_dir() is not None
     monkeypatch.setenv(local_head_kernel.CACHE_ENV, "off")
+    assert local_head_kernel.cache_dir() is None
+    monkeypatch.delenv(local_head_kernel.CACHE_ENV)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr(os.path, "expanduser", lambda path: path)  # no home at all
     assert local_head_kernel.cache_dir() is None
 
 

@@ -36,7 +36,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     const int items = atoi(argv[1]), N = atoi(argv[2]), H = atoi(argv[3]), R = atoi(argv[4]);
-    const int real = atoi(argv[5]), k1 = atoi(argv[6]), k2 = atoi(argv[7]);
+    const int real = atoi(argv[5]);
+    int k1 = atoi(argv[6]), k2 = atoi(argv[7]);
     const int pairs = atoi(argv[8]), kept_image = atoi(argv[9]), warm = atoi(argv[10]);
     unsigned seed = (unsigned)atoi(argv[11]);
     /* The kept item's rows and the streamed side's table: φ and W·x rows of each. */
@@ -54,6 +55,10 @@ int main(int argc, char **argv) {
     float *turned = calloc((size_t)H * W, sizeof(float));
     float *prod = calloc((size_t)streamed_rows * W + LANES, sizeof(float));
     Work w;
+    if (cut_k(R, N, &k1, &k2)) {
+        fprintf(stderr, "k1 and k2 must be within 1..%d\n", MAX_K);
+        return 2;
+    }
     if (work_alloc(&w, R, N, k1, k2))
         return 1;
     transpose(kept_phi, kept_rows, H, H, turned, W);

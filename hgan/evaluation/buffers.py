@@ -24,7 +24,7 @@ def empty(shape, dtype) -> np.ndarray:
     page-aligned map, freed with the array."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
-    if nbytes >= POPULATE_FROM and hasattr(mmap, "MAP_POPULATE"):
+    if 0 < nbytes and nbytes >= POPULATE_FROM and hasattr(mmap, "MAP_POPULATE"):
         memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_POPULATE)
         return np.frombuffer(memory, dtype).reshape(shape)
     raw = np.empty(nbytes + 64, np.uint8)

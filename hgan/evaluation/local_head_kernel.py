@@ -58,17 +58,17 @@ def build(compiler: str | None = None) -> ctypes.CDLL:
     under a key of everything the library depends on, and loaded from there when it is
     already built."""
     command = shlex.split(compiler or os.environ.get("CC") or "cc")
-    cache = cache_dir()
-    kept = os.path.join(cache, f"local_head_{_key(command)}.so") if cache else None
-    if kept and os.path.exists(kept):
-        try:
-            return _bind(ctypes.CDLL(kept))
-        except OSError:  # damaged, or not loadable here: built again
-            pass
     flags = ["-O3", "-fPIC", "-shared", "-std=c99"]
     # Without -march=native (a compiler or CPU that refuses it) and without -fopenmp-simd
     # (the loops' vectorisation hints are then ignored) as fallbacks.
     tries = [flags + ["-fopenmp-simd", "-march=native"], flags + ["-fopenmp-simd"], flags]
+    cache = cache_dir()
+    kept = os.path.join(cache, f"local_head_{_key(command, tries[0])}.so") if cache else None
+    if kept and os.path.exists(kept):
+        try:
+            return _bind(ctypes.CDLL(kept))
+        except (OSError, AttributeError):  # damaged, or not this kernel: built again
+            pass
     with tempfile.TemporaryDirectory(prefix="hgan_local_head_") as folder:
         library = os.path.join(folder, "local_head.so")
         for i, options in enumerate(tries):
@@ -79,7 +79,7 @@ def build(compiler: str | None = None) -> ctypes.CDLL:
                 if i == len(tries) - 1:
                     raise
         lib = ctypes.CDLL(library)  # loaded: the file can go
-        if kept:
+        if kept and i == 0:  # a fallback build is not kept: the next process tries again
             _keep(library, kept)
     return _bind(lib)
 
@@ -101,23 +101,30 @@ def _compile(command: list[str], flags: list[str], library: str) -> None:
 
 def cache_dir() -> str | None:
     """Where built kernels are kept: ``$HGAN_KERNEL_CACHE`` (empty or ``off``: nowhere),
-    else ``$XDG_CACHE_HOME/hgan/kernels`` (``~/.cache/hgan/kernels``)."""
+    else ``$XDG_CACHE_HOME/hgan/kernels`` or ``~/.cache/hgan/kernels`` (nowhere without a
+    home). A library found there is loaded and run: a folder that others can write is
+    code they can change, so keep it private."""
     folder = os.environ.get(CACHE_ENV)
     if folder is not None:
         return None if folder.strip().lower() in ("", "off") else folder
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        home = os.path.expanduser("~")
+        if home == "~":
+            return None
+        base = os.path.join(home, ".cache")
     return os.path.join(base, "hgan", "kernels")
 
 
-def _key(command: list[str]) -> str:
-    """What a built library depends on: the source, the compiler (its command and what its
-    ``--version`` says) and the CPU it was built for (``-march=native``: its model and
-    feature flags), so a cache shared by machines of different CPUs or compilers keeps
-    one library for each."""
+def _key(command: list[str], options: list[str]) -> str:
+    """What a built library depends on: the source, the compiler (its command, what its
+    ``--version`` says, and the options) and the CPU it was built for (``-march=native``:
+    its model and feature flags), so a cache shared by machines of different CPUs or
+    compilers keeps one library for each."""
     digest = hashlib.sha256()
     with open(SOURCE, "rb") as f:
         digest.update(f.read())
-    digest.update(repr(command).encode())
+    digest.update(repr((command, options)).encode())
     try:
         digest.update(subprocess.run([*command, "--version"], capture_output=True,
                                      timeout=60).stdout)

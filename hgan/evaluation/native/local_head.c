@@ -315,11 +315,10 @@ static int cut_k(int R, int N, int *k1, int *k2) {
     return *k1 < 1 || *k2 < 1 || *k1 > MAX_K || *k2 > MAX_K ? -1 : 0;
 }
 
-/* Eq. 2's products as panels: out [M, WV·LANES] (rows ``stride`` floats apart) =
- * scale · a [M, H] · bt [H, WV·LANES] (bt's rows ``stride`` apart), MT rows of ``a`` at a
- * time: for each h, WV vectors of bt's row h, each value a[m, h] broadcast, one fused
- * multiply-add per accumulator (MT × WV of them in registers); no sum across lanes. A
- * panel past M repeats a's last row, unstored. */
+/* Eq. 2's products as panels: out [MT, WV·LANES] (rows ``stride`` floats apart) =
+ * scale · a [MT, H] · bt [H, WV·LANES] (bt's rows ``stride`` apart): for each h, WV
+ * vectors of bt's row h, each value a[m, h] broadcast, one fused multiply-add per
+ * accumulator (MT × WV of them in registers); no sum across lanes. */
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=fast") /* ISO C mode would keep x * y + a unfused */
