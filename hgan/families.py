@@ -128,7 +128,7 @@ def evaluate(model_dir: str, data_dir: str, split: str, output_json: str, checkp
                              f"{model_dir} is a {config.family} model")
         options["stage1_weights"] = tuple(stage1_weights)
     report = family.evaluate(model, data_dir, config, split, modes=modes, rerank_k=rerank_k,
-                             **options)
+                             log=log, **options)
     report["captions_cut"] = cut
     name = experiment or experiments.load_name(model_dir)
     return eval_report.write(report, model, config, path, data_dir, split, output_json,

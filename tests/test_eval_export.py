@@ -1,6 +1,7 @@
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -41,12 +42,19 @@ def test_eval_writes_json_markdown_and_figures(trained, loaded, tiny_data, tmp_p
     lines = []
     report = families.evaluate(trained, tiny_data, "test", out, log=lines.append)
     saved = json.load(open(out))
-    # What the caps cut, first: the test captions have 10 and 8 WordPieces, 2 phrases each.
-    assert lines == [
+    # What the caps cut, first: the test captions have 10 and 8 WordPieces, 2 phrases each;
+    # then the progress of the encodings, the exact levels and both modes.
+    assert lines[:2] == [
         "test captions cut by data.max_len=16 (14 WordPieces after [CLS] and [SEP]): 0 of 12 "
         "(0.000 %); the longest has 10",
         "test captions with more noun phrases than data.max_phrases=3 (the last ones are "
         "dropped): 0 of 12 (0.000 %); the most is 2"]
+    assert [re.sub(r"[\d.]+ s$", "T", line) for line in lines[2:]] == [
+        "encoding the test split's images: 6 in T",
+        "encoding the test split's captions: 12 in T",
+        "scoring every pair at the word level: 72 pairs in T",
+        "scoring every pair at the phrase level: 72 pairs in T",
+        "scored exact: T", "scored two_stage: T"]
     assert (saved["captions_cut"]["tokens"]["cut"], saved["captions_cut"]["captions"]) == (0, 12)
     for key in ("t2i", "i2t", "config", "timing", "exact", "two_stage"):
         assert key in saved
@@ -103,6 +111,33 @@ def test_two_stage_with_k_covering_the_gallery_equals_exact(loaded, tiny_data):
         first = np.argsort(-stage1[q], kind="stable")
         assert set(order[:k]) == set(first[:k])
         np.testing.assert_array_equal(order[k:], first[k:])
+
+
+def test_evaluation_says_how_far_it_is(loaded, tiny_data, monkeypatch):
+    """With a ``log``, evaluation reports its progress: each encoding and each exact-mode
+    level with its count, rate and ETA while it runs (every line here: no wait between
+    lines), a line when each ends and the time of each mode; without one, nothing."""
+    from hgan.evaluation import encode
+    model, config, _ = loaded
+    monkeypatch.setattr(encode, "PROGRESS_EVERY", 0.0)
+    lines = []
+    report = hgan_scoring.evaluate(model, tiny_data, config, "test",
+                                   modes=("exact", "two_stage"), log=lines.append)
+    text = "\n".join(lines)
+    images, captions = report["gallery"], report["queries"]
+    assert re.search(rf"encoding the test split's images: {images} in [\d.]+ s", text)
+    assert re.search(rf"encoding the test split's captions: {captions} in [\d.]+ s", text)
+    assert re.search(r"encoding the test split's captions: \d+/\d+, [\d.,]+/s, ETA \d+ s",
+                     text)
+    for level in ("word", "phrase"):
+        assert re.search(rf"scoring every pair at the {level} level: {images * captions:,} "
+                         r"pairs in [\d.]+ s", text)
+    assert re.search(r"scored exact: [\d.]+ s", text) and re.search(
+        r"scored two_stage: [\d.]+ s", text)
+    printed = []
+    monkeypatch.setattr("builtins.print", lambda *a, **k: printed.append(a))
+    hgan_scoring.evaluate(model, tiny_data, config, "test", modes=("exact",))
+    assert printed == []
 
 
 @pytest.mark.parametrize("head_kernel", ["native", "xla"])

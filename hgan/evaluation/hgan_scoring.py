@@ -35,10 +35,10 @@ CANDIDATE_PAIRS = None
 
 
 def encode_split(model: HGAN, data_dir: str, config: Config, split: str,
-                 tokenizer=None, keep=None) -> tuple[dict, dict]:
+                 tokenizer=None, keep=None, log=None) -> tuple[dict, dict]:
     """HGAN's features of a split (``hgan.evaluation.encode.encode_split``): texts ``global``,
     ``word``, ``word_mask``, ``phrase``, ``phrase_mask``; images ``global``, ``word``,
-    ``phrase``. ``keep``: feature keys to hold on to; all if None."""
+    ``phrase``. ``keep``: feature keys to hold on to; all if None. ``log``: progress."""
     # Traced without AutoGraph (the model's layers branch on Python values only), as the
     # export's functions are: converting every layer's source cost seconds of each run.
     encode_image = encode.compiled(model, "encode_image", lambda ref: tf.function(
@@ -49,7 +49,7 @@ def encode_split(model: HGAN, data_dir: str, config: Config, split: str,
         autograph=False))
     return encode.encode_split(encode_image, encode_text, data_dir, config, split,
                                tokenizer or pipeline.make_tokenizer(config), TEXT_KEYS,
-                               keep=keep)
+                               keep=keep, log=log)
 
 
 def _map_chunked(fn, x: np.ndarray, widths=None, chunk: int = 256) -> list[np.ndarray]:
@@ -191,11 +191,12 @@ class Scorer:
     """
 
     def __init__(self, model: HGAN, memory_budget_bytes: int = 512 << 20,
-                 head_kernel: str = "auto"):
+                 head_kernel: str = "auto", log=None):
         """``head_kernel``: how the Gumbel heads run after γ: ``"native"``, the C kernel
         (``local_head_kernel``; an error where it cannot be built), ``"xla"``,
         ``LocalMatching.score_selected`` under XLA, or ``"auto"``, the kernel where it
-        builds, else XLA. Both give the same scores to float rounding."""
+        builds, else XLA. Both give the same scores to float rounding. ``log``: progress
+        lines of exact mode's grids (``encode.Progress``)."""
         if head_kernel not in ("auto", "native", "xla"):
             raise ValueError(f"head_kernel must be 'auto', 'native' or 'xla', got "
                              f"{head_kernel!r}")
@@ -206,6 +207,7 @@ class Scorer:
         self.heads = {"word": model.word_head, "phrase": model.phrase_head}
         self.weights = dict(zip(("sentence", "word", "phrase"), self.config.eval.score_weights))
         self._pair_fn = {}
+        self.log = log
 
     def levels(self) -> list[str]:
         return (["sentence"] if self.config.model.use_sentence else []) + \
@@ -350,6 +352,8 @@ class Scorer:
                                  prep["image"][0].shape[1])
         out = np.zeros((len(text_rows), len(image_cols)), np.float32)
         order = np.argsort(t_mask[text_rows].sum(axis=1), kind="stable")
+        progress = encode.Progress(self.log, f"scoring every pair at the {level} level",
+                                   len(text_rows) * len(image_cols), " pairs")
         for a in range(0, len(text_rows), tc):
             at = order[a:a + tc]
             rows = _pad_index(text_rows[at], tc)
@@ -358,6 +362,8 @@ class Scorer:
                 cols = _pad_index(image_cols[b:b + ic], ic)
                 scores = np.asarray(fn(prep, rows, cols, "grid", used))
                 out[at, b:b + ic] = scores[:len(at), :min(ic, len(image_cols) - b)]
+                progress.add(len(at) * min(ic, len(image_cols) - b))
+        progress.end()
         return out
 
     def local_candidates(self, level: str, prep: dict, top: np.ndarray,
@@ -466,16 +472,16 @@ class Scorer:
 
 
 def evaluate(model: HGAN, data_dir: str, config: Config, split: str,
-             modes=("exact", "two_stage"), rerank_k=None) -> dict:
+             modes=("exact", "two_stage"), rerank_k=None, log=None) -> dict:
     """The full report: {"t2i", "i2t", "timing", ...} per mode, plus, from the exact mode,
     the arrays the figures and the page read under ``"_arrays"`` (the fused matrix, the
     features, and each level's [Q, G] scores under ``"levels"``)."""
     manifest = pipeline.load_manifest(data_dir)
     class_level = manifest.get("dataset") in metrics.CLASS_LEVEL_DATASETS
     t0 = time.time()
-    texts, images = encode_split(model, data_dir, config, split)
+    texts, images = encode_split(model, data_dir, config, split, log=log)
     encode_s = time.time() - t0
-    scorer = Scorer(model)
+    scorer = Scorer(model, log=log)
     report = {"split": split, "queries": int(len(texts["label"])),
               "gallery": int(len(images["label"])), "timing": {"encode_s": encode_s},
               "levels": scorer.levels()}
@@ -492,6 +498,8 @@ def evaluate(model: HGAN, data_dir: str, config: Config, split: str,
         else:
             raise ValueError(f"unknown mode {mode!r}")
         report["timing"][f"{mode}_s"] = time.time() - t0
+        if log is not None:
+            log(f"scored {mode}: {report['timing'][f'{mode}_s']:.1f} s")
         # AP@50 is rank-based (both modes); the class-level metrics fuse raw scores, so
         # they are read off the exact matrix only.
         report[mode] = metrics.both_directions(t2i, i2t, texts["label"], images["label"],

@@ -59,19 +59,19 @@ def _compiled(model: IATV) -> dict:
 
 
 def encode_split(model: IATV, data_dir: str, config: Config, split: str, tokenizer=None,
-                 regions: bool = True) -> tuple[dict, dict]:
+                 regions: bool = True, log=None) -> tuple[dict, dict]:
     """IATV's features of a split (``hgan.evaluation.encode.encode_split``).
 
     texts: ``embedding`` [Nt, E], ``input_word_ids`` / ``input_mask`` [Nt, L], ``label``,
     ``caption``, ``image_index``; images: ``embedding`` [Ni, E], ``regions`` [Ni, N, C]
-    (stage 2's CNN; only with ``regions=True``), ``label``, ``path``.
+    (stage 2's CNN; only with ``regions=True``), ``label``, ``path``. ``log``: progress.
     """
     fns = _compiled(model)
     token_keys = ("input_word_ids", "input_mask")
     return encode.encode_split(
         lambda image: fns["image"](image, regions), lambda x: {"embedding": fns["text"](x)},
         data_dir, config, split, tokenizer or pipeline.make_tokenizer(config), token_keys,
-        keep_inputs=token_keys)
+        keep_inputs=token_keys, log=log)
 
 
 def stage1_scores(texts: dict, images: dict) -> np.ndarray:
@@ -213,13 +213,14 @@ def stage1_weight_sweep(model: IATV, texts: dict, images: dict, stage1: np.ndarr
 
 
 def evaluate(model: IATV, data_dir: str, config: Config, split: str, modes=MODES,
-             rerank_k=None, stage1_weights=()) -> dict:
+             rerank_k=None, stage1_weights=(), log=None) -> dict:
     """The report: {"split", "queries", "gallery", "candidates", "timing", "stage1",
     "two_stage", "t2i", "i2t"} (each mode {"t2i", "i2t"} of metrics; top-level = two-stage,
     or stage 1 without it) plus, under ``"_arrays"``, the final t2i matrix, the features and
     the levels' scores (``"levels"``: stage 1's cosine, stage 2's logit of the pairs it
     scored) for ``hgan.evaluation.report``'s figures and page. ``stage1_weights``: also
-    ``"stage1_weight_sweep"`` (``stage1_weight_sweep``) over those weights.
+    ``"stage1_weight_sweep"`` (``stage1_weight_sweep``) over those weights. ``log``:
+    progress of the encoding.
 
     On CUB / Flowers, both modes report ``AP@50`` (one query per sentence) and
     ``class_AP@50`` (one query per class, the papers' figure; two-stage by
@@ -234,7 +235,8 @@ def evaluate(model: IATV, data_dir: str, config: Config, split: str, modes=MODES
     k = metrics.rerank_depth(rerank_k or config.eval.rerank_k, class_level)
     t0 = time.time()
     texts, images = encode_split(model, data_dir, config, split,
-                                 regions=bool({"two_stage", "full_gallery"} & set(modes)))
+                                 regions=bool({"two_stage", "full_gallery"} & set(modes)),
+                                 log=log)
     report = {"split": split, "queries": int(len(texts["label"])),
               "gallery": int(len(images["label"])), "candidates": int(k),
               "timing": {"encode_s": time.time() - t0}}
