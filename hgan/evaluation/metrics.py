@@ -34,22 +34,28 @@ def _ranked_relevance(similarity, query_ids, gallery_ids):
 COUNT_UP_TO = 32
 
 
-def _relevant_positions(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+def _true_columns(mask: np.ndarray, fill: int) -> np.ndarray:
+    """[B, P] the columns where each row of ``mask`` [B, G] is True, ascending, P the most
+    of a row, the rest ``fill``."""
+    counts = mask.sum(axis=1)
+    r, c = np.nonzero(mask)  # row by row, columns ascending
+    out = np.full((len(mask), int(counts.max(initial=0))), fill, np.int64)
+    out[r, np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)] = c
+    return out
+
+
+def _counted_positions(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     """[B, P] int: the 0-based positions of each row's relevant items in the ranking
     ``_ranked_relevance`` reads (descending scores, ties in column order, NaN last),
     ascending; P the most relevant items of a row, padded with the row length. Counted:
     ahead of a relevant item are the higher scores and the equal ones to its left (a NaN
     item: every number, and the NaNs to its left)."""
-    rows, length = relevant.shape
+    length = relevant.shape[1]
     counts = relevant.sum(axis=1)
-    most = int(counts.max(initial=0))
-    r, c = np.nonzero(relevant)  # row by row, columns ascending
-    slot = np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)
-    picked = np.zeros((rows, most), np.int64)
-    picked[r, slot] = c
+    picked = _true_columns(relevant, 0)
     columns = np.arange(length)
-    out = np.full((rows, most), length, np.int64)
-    for k in range(most):
+    out = np.full(picked.shape, length, np.int64)
+    for k in range(picked.shape[1]):
         has = counts > k
         column = picked[:, k:k + 1]
         value = np.take_along_axis(scores, column, axis=1)
@@ -64,19 +70,24 @@ def _relevant_positions(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     return np.sort(out, axis=1)
 
 
+def _sorted_positions(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """``_counted_positions`` read off each row's stable sort of the negated scores."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return _true_columns(np.take_along_axis(relevant, order, axis=1), relevant.shape[1])
+
+
 def retrieval_metrics(similarity, query_ids, gallery_ids, rows: int = 1024) -> dict:
     """Rank-1/5/10, mAP and mINP in percent, ranking the whole gallery per query.
 
     AP is the mean of the precision at each relevant position; mINP (Ye et al. 2021) is the
     number of relevant items over the position of the last one. Queries with no relevant
     item in the gallery are left out (and counted in ``queries_without_match``). Computed
-    ``rows`` queries at a time (each query's figures are its own), so the sorted ranking
-    and its running counts never exist for the whole matrix at once. A block whose queries
-    have at most ``COUNT_UP_TO`` relevant items each has their positions counted instead of
-    the rows sorted (``_relevant_positions``): the same figures to the last bit.
+    ``rows`` queries at a time (each query's figures are its own), so no ranking exists
+    for the whole matrix at once. The relevant items' positions are counted where a
+    block's queries have at most ``COUNT_UP_TO`` each (``_counted_positions``), else read
+    off a sort of the rows: the same positions, the same figures to the last bit.
     """
     similarity, query_ids, gallery_ids = _checked(similarity, query_ids, gallery_ids)
-    positions = np.arange(1, len(gallery_ids) + 1)
     firsts, aps, inps, without = [], [], [], 0
     for a in range(0, len(query_ids), rows):
         scores = similarity[a:a + rows]
@@ -86,26 +97,17 @@ def retrieval_metrics(similarity, query_ids, gallery_ids, rows: int = 1024) -> d
         scores, relevant = scores[has_match], relevant[has_match]
         if not len(relevant):
             continue
-        if relevant.sum(axis=1).max() <= COUNT_UP_TO:
-            at = _relevant_positions(scores, relevant)
-            found = at < relevant.shape[1]
-            count = found.sum(axis=1)
-            firsts.append(at[:, 0])
-            # Each relevant position's precision where the sorted row would hold it, the
-            # rest 0, summed as that row would be (the same array: the same sum).
-            precision_at_hits = np.zeros(relevant.shape)
-            row, slot = np.nonzero(found)
-            precision_at_hits[row, at[row, slot]] = (slot + 1) / (at[row, slot] + 1)
-            aps.append(precision_at_hits.sum(axis=1) / count)
-            inps.append(count / (at[np.arange(len(at)), count - 1] + 1))
-            continue
-        ranked = _ranked_relevance(scores, query_ids[a:a + rows][has_match], gallery_ids)
-        hits = np.cumsum(ranked, axis=1)
-        firsts.append(ranked.argmax(axis=1))  # 0-based rank of the first relevant item
-        precision_at_hits = np.where(ranked, hits / positions, 0.0)
-        aps.append(precision_at_hits.sum(axis=1) / ranked.sum(axis=1))
-        last = ranked.shape[1] - 1 - ranked[:, ::-1].argmax(axis=1)
-        inps.append(ranked.sum(axis=1) / (last + 1))
+        count = relevant.sum(axis=1)
+        positions = (_counted_positions if count.max() <= COUNT_UP_TO else
+                     _sorted_positions)(scores, relevant)  # [B, P], 0-based, ascending
+        firsts.append(positions[:, 0])
+        # Each relevant item's precision where the sorted row holds it, the rest 0, summed
+        # along the row (the array a cumulative count over the sorted row gives).
+        precision_at_hits = np.zeros(relevant.shape)
+        row, slot = np.nonzero(positions < relevant.shape[1])
+        precision_at_hits[row, positions[row, slot]] = (slot + 1) / (positions[row, slot] + 1)
+        aps.append(precision_at_hits.sum(axis=1) / count)
+        inps.append(count / (positions[np.arange(len(positions)), count - 1] + 1))
     if not firsts:
         raise ValueError("no query has a relevant gallery item")
     first, ap, inp = (np.concatenate(x) for x in (firsts, aps, inps))
