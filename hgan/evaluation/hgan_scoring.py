@@ -89,11 +89,12 @@ def _shared(array: np.ndarray) -> tf.Tensor:
 
 
 def _used_length(mask: np.ndarray, bucket: int = 8) -> int:
-    """Slots up to the last real one in any row (padding after it changes no score),
-    rounded up to a multiple of ``bucket`` so few distinct shapes reach the compiler."""
-    used = np.flatnonzero(mask.reshape(-1, mask.shape[-1]).any(axis=0))
-    used = int(used[-1]) + 1 if len(used) else 1
-    return min(mask.shape[-1], -(-used // bucket) * bucket)
+    """The widest ``_text_widths`` of the rows of ``mask`` [..., L'] (padding after a row's
+    last real slot changes no score): slots a call of those rows computes, rounded up to a
+    multiple of ``bucket`` so few distinct shapes reach the compiler."""
+    slots = mask.shape[-1]
+    return int(_text_widths(mask.reshape(-1, slots), bucket).max(
+        initial=min(slots, bucket)))  # every width is at least this; also for no rows
 
 
 def _pad_index(index: np.ndarray, size: int) -> np.ndarray:
@@ -144,6 +145,14 @@ def _traced_per_shape(fn):
     return call
 
 
+def _keeps_images(words, regions):
+    """Whether the C kernel keeps a pair's image turned and streams its text's rows (fewer
+    word slots than regions: the phrase level), rather than keeping the text; elementwise
+    for arrays of ``words``. The side with more rows fills the vector lanes best and
+    leaves the fewer rows to stream (``bench/local_head_parts.py``)."""
+    return words < regions
+
+
 def _pair_bases(prep: dict, text_rows, image_rows, layout: str, shape) -> tuple:
     """Each pair's first row in the flattened text and image tables, [X, Y] each."""
     t_slots, regions = prep["text_np"][0].shape[1], prep["image_np"][0].shape[1]
@@ -160,26 +169,25 @@ def _native_pairs(head, prep: dict, text_rows, image_rows, layout: str,
     layouts of ``_pair_index``, ``paired``: text_rows [P] and image_rows [P], pair by
     pair. The kernel turns once the side a run of consecutive pairs shares and streams the
     other's rows: image_paired pairs share their text, text_paired pairs their image, a
-    grid's pairs are given so that they share the side with more rows (its words, or its
-    regions when they outnumber the words: the phrase level), which fills the vector lanes
-    best and streams the fewer rows, and ``paired`` pairs are taken to come in runs of
-    that side (``Scorer._native_candidates``)."""
+    grid's pairs are given so that they share the side ``_keeps_images`` chooses, and
+    ``paired`` pairs are taken to come in runs of that side
+    (``Scorer._native_candidates``)."""
     text_rows, image_rows = np.asarray(text_rows), np.asarray(image_rows)
     shape = {"grid": (len(text_rows), len(image_rows)), "image_paired": image_rows.shape,
              "text_paired": text_rows.shape, "paired": text_rows.shape}[layout]
     text_base, image_base = _pair_bases(prep, text_rows, image_rows, layout, shape)
     (t_phi, t_lin), (v_phi, v_lin) = prep["text_np"], prep["image_np"]
     hidden, regions = t_phi.shape[-1], v_phi.shape[1]
-    repeated = "image" if layout == "text_paired" else "text"
-    if layout == "paired" and used < regions:
-        repeated = "image"
-    by_image = layout == "grid" and used < regions
+    keep_images = layout == "text_paired" or (
+        layout in ("grid", "paired") and _keeps_images(used, regions))
+    by_image = layout == "grid" and keep_images
     if by_image:  # the grid image by image: [Y, X]
-        repeated, text_base, image_base = "image", text_base.T, image_base.T
+        text_base, image_base = text_base.T, image_base.T
     scores = local_head_kernel.score_rows(
         local_head_kernel.load(), (t_phi.reshape(-1, hidden), t_lin.reshape(-1, hidden)),
         prep["mask_np"].reshape(-1), (v_phi.reshape(-1, hidden), v_lin.reshape(-1, hidden)),
-        text_base, image_base, used, regions, head, repeated=repeated)
+        text_base, image_base, used, regions, head,
+        repeated="image" if keep_images else "text")
     return scores.reshape(shape[::-1]).T if by_image else scores.reshape(shape)
 
 
@@ -410,8 +418,8 @@ class Scorer:
         texts, images = ((queries, top.ravel()) if direction == "t2i"
                          else (top.ravel(), queries))
         width = _text_widths(t_mask)[texts]
-        by_text = width >= prep["image_np"][0].shape[1]
-        order = np.lexsort((np.where(by_text, texts, images), width))
+        by_image = _keeps_images(width, prep["image_np"][0].shape[1])
+        order = np.lexsort((np.where(by_image, images, texts), width))
         out = np.zeros(top.size, np.float32)
         starts = np.flatnonzero(np.diff(width[order], prepend=-1, append=-1))
         for first, end in zip(starts[:-1], starts[1:]):
