@@ -406,28 +406,35 @@ class Scorer:
 
     def _native_candidates(self, level: str, prep: dict, top: np.ndarray,
                            direction: str) -> np.ndarray:
-        """``local_candidates`` by the C kernel: all the direction's (query, candidate)
-        pairs, grouped by the width of their text (its word slots up to the last real one,
-        rounded up to 8, so a call drops the padding its texts share), and within a width
-        by the side with more rows (its text, or its image when the regions outnumber the
-        words: the phrase level), whichever side is the query: the kernel turns that side
-        once for the run of pairs that share it and streams the other's fewer rows. Calls
-        of at most ``NATIVE_PAIRS`` pairs."""
-        fn, t_mask = self._chunk_fn(level), prep["mask"]
+        """``local_candidates`` by the C kernel (``_native_scores`` of the direction's
+        (query, candidate) pairs)."""
         queries = np.repeat(np.arange(len(top)), top.shape[1])
         texts, images = ((queries, top.ravel()) if direction == "t2i"
                          else (top.ravel(), queries))
+        return self._native_scores(level, prep, texts, images).reshape(top.shape)
+
+    def _native_scores(self, level: str, prep: dict, texts: np.ndarray,
+                       images: np.ndarray) -> np.ndarray:
+        """Scores of the (text, image) pairs ``texts[p], images[p]`` [P] by the C kernel,
+        grouped by the width of their text (its word slots up to the last real one,
+        rounded up to 8, so a call drops the padding its texts share), and within a width
+        by the side with more rows (its text, or its image when the regions outnumber the
+        words: the phrase level): the kernel turns that side once for the run of pairs
+        that share it and streams the other's fewer rows. Calls of at most
+        ``NATIVE_PAIRS`` pairs. A pair's score does not depend on the others given with
+        it."""
+        fn, t_mask = self._chunk_fn(level), prep["mask"]
         width = _text_widths(t_mask)[texts]
         by_image = _keeps_images(width, prep["image_np"][0].shape[1])
         order = np.lexsort((np.where(by_image, images, texts), width))
-        out = np.zeros(top.size, np.float32)
+        out = np.zeros(len(texts), np.float32)
         starts = np.flatnonzero(np.diff(width[order], prepend=-1, append=-1))
         for first, end in zip(starts[:-1], starts[1:]):
             for a in range(first, end, NATIVE_PAIRS):
                 pairs = order[a:min(end, a + NATIVE_PAIRS)]
                 out[pairs] = np.asarray(fn(prep, texts[pairs], images[pairs], "paired",
                                            int(width[pairs[0]])))
-        return out.reshape(top.shape)
+        return out
 
     def sentence(self, texts: dict, images: dict) -> np.ndarray:
         t = texts["global"] / np.linalg.norm(texts["global"], axis=1, keepdims=True)
@@ -446,6 +453,28 @@ class Scorer:
         out["total"] = sum(self.weights[k] * v for k, v in out.items())
         return out
 
+    def _stage1(self, texts: dict, images: dict, k: int, direction: str):
+        """Stage 1 of a direction: (its [Q, G] sentence scores, [G, Q] for i2t, contiguous;
+        each query's top ``k`` columns [Q, k], in no order)."""
+        if not self.config.model.use_sentence:
+            raise ValueError("two-stage retrieval needs the sentence level (use_sentence)")
+        stage1 = self.sentence(texts, images)
+        if direction == "i2t":  # [G, Q], contiguous: its rows are ranked and merged
+            turned = buffers.empty(stage1.shape[::-1], stage1.dtype)
+            turned[...] = stage1.T
+            stage1 = turned
+        return stage1, rerank.top_k_unordered(stage1, min(k, stage1.shape[1]))
+
+    def _merged(self, stage1: np.ndarray, top: np.ndarray, local: dict) -> np.ndarray:
+        """The two-stage [Q, G] matrix from stage 1, its top [Q, k] and each local level's
+        scores of those candidates ``local`` {level: [Q, k]}: the weighted sum, summed
+        in float64 in the order of ``levels``."""
+        top_scores = self.weights["sentence"] * np.take_along_axis(stage1, top, 1)
+        top_scores = top_scores.astype(np.float64)
+        for level, scores in local.items():
+            top_scores += self.weights[level] * scores
+        return rerank.merge(stage1, top, top_scores)
+
     def two_stage(self, texts: dict, images: dict, k: int, direction: str = "t2i",
                   prep=None) -> np.ndarray:
         """Stage-1 sentence ranking, stage-2 local re-ranking of the top ``k`` per query.
@@ -455,28 +484,36 @@ class Scorer:
         the top-k carry their combined score, above every other item, which keep their
         stage-1 scores and order.
         """
-        if not self.config.model.use_sentence:
-            raise ValueError("two-stage retrieval needs the sentence level (use_sentence)")
-        stage1 = self.sentence(texts, images)
-        if direction == "i2t":  # [G, Q], contiguous: its rows are ranked and merged
-            turned = buffers.empty(stage1.shape[::-1], stage1.dtype)
-            turned[...] = stage1.T
-            stage1 = turned
-        k = min(k, stage1.shape[1])
-        top = rerank.top_k_unordered(stage1, k)
-        top_scores = self.weights["sentence"] * np.take_along_axis(stage1, top, 1)
-        top_scores = top_scores.astype(np.float64)
+        stage1, top = self._stage1(texts, images, k, direction)
         prep = prep if prep is not None else self._prepared(texts, images)
-        for level in prep:
-            top_scores += self.weights[level] * self.local_candidates(level, prep[level], top,
-                                                                      direction)
-        return rerank.merge(stage1, top, top_scores)
+        return self._merged(stage1, top, {
+            level: self.local_candidates(level, prep[level], top, direction)
+            for level in prep})
 
-    def two_stage_both(self, texts: dict, images: dict, k: int):
-        """(t2i, i2t) two-stage matrices, preparing the heads' inputs once."""
-        prep = self._prepared(texts, images)
-        return (self.two_stage(texts, images, k, "t2i", prep),
-                self.two_stage(texts, images, k, "i2t", prep))
+    def two_stage_both(self, texts: dict, images: dict, k: int, prep=None):
+        """(t2i, i2t) two-stage matrices, the same as ``two_stage`` of each direction,
+        preparing the heads' inputs once. Where every local level runs in the C kernel,
+        a (text, image) pair among both directions' candidates (a text's near images are
+        mostly images whose near texts include it) is scored once: the union of the
+        directions' pairs is scored, then each direction reads its own."""
+        prep = prep if prep is not None else self._prepared(texts, images)
+        if not all(self._native(level) for level in prep):
+            return (self.two_stage(texts, images, k, "t2i", prep),
+                    self.two_stage(texts, images, k, "i2t", prep))
+        stage1_t, top_t = self._stage1(texts, images, k, "t2i")
+        stage1_i, top_i = self._stage1(texts, images, k, "i2t")
+        gallery = len(images["label"])
+        keys = np.concatenate([
+            (np.arange(len(top_t))[:, None] * gallery + top_t).ravel(),  # text · G + image
+            (top_i * gallery + np.arange(len(top_i))[:, None]).ravel()])
+        pairs, where = np.unique(keys, return_inverse=True)
+        local_t, local_i = {}, {}
+        for level in prep:
+            scores = self._native_scores(level, prep[level], pairs // gallery,
+                                         pairs % gallery)[where]
+            local_t[level] = scores[:top_t.size].reshape(top_t.shape)
+            local_i[level] = scores[top_t.size:].reshape(top_i.shape)
+        return self._merged(stage1_t, top_t, local_t), self._merged(stage1_i, top_i, local_i)
 
 
 def evaluate(model: HGAN, data_dir: str, config: Config, split: str,
