@@ -164,6 +164,28 @@ def test_a_second_evaluation_of_a_model_traces_nothing_again(loaded, tiny_data, 
     assert [f.experimental_get_tracing_count() for f in fns] == traced
 
 
+def test_evaluate_prepares_the_heads_tables_once_for_both_modes(loaded, tiny_data,
+                                                                monkeypatch):
+    """The heads' per-item tables (``Scorer._prepared``) are made once and read by exact
+    and two-stage mode alike: the same figures as each mode with its own; an unknown mode
+    is refused before any work."""
+    model, config, _ = loaded
+    made = []
+    prepared = hgan_scoring.Scorer._prepared
+    monkeypatch.setattr(hgan_scoring.Scorer, "_prepared",
+                        lambda self, *args: made.append(1) or prepared(self, *args))
+    both = hgan_scoring.evaluate(model, tiny_data, config, "test",
+                                 modes=("exact", "two_stage"))
+    assert len(made) == 1
+    for mode in ("exact", "two_stage"):
+        alone = hgan_scoring.evaluate(model, tiny_data, config, "test", modes=(mode,))
+        assert alone[mode] == both[mode], mode
+    assert len(made) == 3
+    with pytest.raises(ValueError, match="unknown mode 'exactly'"):
+        hgan_scoring.evaluate(model, tiny_data, config, "test", modes=("exact", "exactly"))
+    assert len(made) == 3
+
+
 def test_the_c_kernel_and_xla_score_a_trained_model_alike(loaded, tiny_data, monkeypatch):
     """Both levels of the trained tiny model, exact and two-stage, with the heads after γ
     in the C kernel and under XLA: the same scores within 1e-5 and the same rankings; the
