@@ -242,12 +242,12 @@ def run_mode(mode: str) -> dict:
             self.direction = "both"  # the pairs of both directions, each scored once
             return super().two_stage_both(texts, images, k, prep)
 
-        def _stage1(self, texts, images, k, direction):
+        def _stage1(self, texts, images, k, direction, sentence=None):
             if self.direction != "both":  # timed with its direction
-                stage1, top = super()._stage1(texts, images, k, direction)
+                stage1, top = super()._stage1(texts, images, k, direction, sentence)
             else:
                 stage1, top = self._timed("stage 1", super()._stage1, texts, images, k,
-                                          direction)
+                                          direction, sentence)
             self.tops[direction] = top
             return stage1, top
 

@@ -454,12 +454,13 @@ class Scorer:
         out["total"] = sum(self.weights[k] * v for k, v in out.items())
         return out
 
-    def _stage1(self, texts: dict, images: dict, k: int, direction: str):
+    def _stage1(self, texts: dict, images: dict, k: int, direction: str, sentence=None):
         """Stage 1 of a direction: (its [Q, G] sentence scores, [G, Q] for i2t, contiguous;
-        each query's top ``k`` columns [Q, k], in no order)."""
+        each query's top ``k`` columns [Q, k], in no order). ``sentence``: the texts'
+        [Q, G] sentence scores (``sentence``), computed here if None."""
         if not self.config.model.use_sentence:
             raise ValueError("two-stage retrieval needs the sentence level (use_sentence)")
-        stage1 = self.sentence(texts, images)
+        stage1 = self.sentence(texts, images) if sentence is None else sentence
         if direction == "i2t":  # [G, Q], contiguous: its rows are ranked and merged
             turned = buffers.empty(stage1.shape[::-1], stage1.dtype)
             turned[...] = stage1.T
@@ -502,7 +503,7 @@ class Scorer:
             return (self.two_stage(texts, images, k, "t2i", prep),
                     self.two_stage(texts, images, k, "i2t", prep))
         stage1_t, top_t = self._stage1(texts, images, k, "t2i")
-        stage1_i, top_i = self._stage1(texts, images, k, "i2t")
+        stage1_i, top_i = self._stage1(texts, images, k, "i2t", stage1_t)
         gallery = len(images["label"])
         keys = np.concatenate([
             (np.arange(len(top_t))[:, None] * gallery + top_t).ravel(),  # text · G + image
@@ -514,7 +515,9 @@ class Scorer:
                                          pairs % gallery)[where]
             local_t[level] = scores[:top_t.size].reshape(top_t.shape)
             local_i[level] = scores[top_t.size:].reshape(top_i.shape)
-        return self._merged(stage1_t, top_t, local_t), self._merged(stage1_i, top_i, local_i)
+        t2i = self._merged(stage1_t, top_t, local_t)
+        del stage1_t  # i2t's stage 1 is its own turned copy: one [Q, G] less at the peak
+        return t2i, self._merged(stage1_i, top_i, local_i)
 
 
 def evaluate(model: HGAN, data_dir: str, config: Config, split: str,

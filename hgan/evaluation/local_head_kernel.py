@@ -28,7 +28,6 @@ it, ``load`` says why once and returns None, and the scorer keeps XLA.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import ctypes
 import hashlib
 import os
@@ -42,6 +41,8 @@ import threading
 import numpy as np
 from absl import logging
 
+from hgan.evaluation import parallel
+
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "local_head.c")
 MAX_K = 8  # the kernel's MAX_K
 ENV = "HGAN_HEAD_KERNEL"  # "xla": never build it
@@ -49,7 +50,6 @@ CACHE_ENV = "HGAN_KERNEL_CACHE"  # the folder built kernels are kept in (cache_d
 
 _LOCK = threading.Lock()
 _STATE: dict = {}  # "lib" once loaded, "error" once a build failed
-_POOLS: dict = {}  # (process, threads) → a pool of that many, made once
 
 
 def build(compiler: str | None = None) -> ctypes.CDLL:
@@ -158,13 +158,6 @@ def _keep(library: str, kept: str) -> None:
             os.remove(part)
 
 
-def _cores() -> int:
-    """The cores this process may run on (its affinity, e.g. a container's share)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
-
-
 def load() -> ctypes.CDLL | None:
     """The kernel built once per process; None (with one warning saying why) where it
     cannot be built, or when ``HGAN_HEAD_KERNEL=xla``."""
@@ -190,18 +183,10 @@ def load_error() -> str | None:
 def _run(fn, pairs: int, threads: int) -> None:
     """``fn(first, last)`` over [0, pairs) split across ``threads`` threads (each call
     releases the GIL); raises on a kernel's error code."""
-    threads = max(1, min(threads or _cores(), pairs))
+    threads = max(1, min(threads or parallel.cores(), pairs))
     bounds = np.linspace(0, pairs, threads + 1).astype(np.int64)
-    if threads == 1:
-        codes = [fn(0, pairs)]
-    else:
-        with _LOCK:  # one pool per thread count and process (a forked child makes its own)
-            key = (os.getpid(), threads)
-            if key not in _POOLS:
-                _POOLS[key] = concurrent.futures.ThreadPoolExecutor(
-                    threads, thread_name_prefix="hgan_local_head")
-            pool = _POOLS[key]
-        codes = list(pool.map(lambda a, b: fn(int(a), int(b)), bounds[:-1], bounds[1:]))
+    codes = parallel.thread_map(lambda ab: fn(int(ab[0]), int(ab[1])),
+                                zip(bounds[:-1], bounds[1:]), threads)
     if -2 in codes:
         raise MemoryError("the local heads' kernel could not allocate its buffer")
     if any(codes):

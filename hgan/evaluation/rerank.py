@@ -16,7 +16,11 @@ from typing import Callable
 
 import numpy as np
 
-from hgan.evaluation import buffers
+from hgan.evaluation import buffers, parallel
+
+# Scores a block of top_k_unordered holds: 1 MiB of float32 and 2 MiB of indices, small
+# enough that the blocks on several threads add little to the peak memory.
+BLOCK_ELEMENTS = 1 << 18
 
 
 def top_k_ordered(scores: np.ndarray, k: int, rows: int = 1024) -> np.ndarray:
@@ -28,14 +32,20 @@ def top_k_ordered(scores: np.ndarray, k: int, rows: int = 1024) -> np.ndarray:
         np.zeros((0, k), np.int64)
 
 
-def top_k_unordered(scores: np.ndarray, k: int, rows: int = 512) -> np.ndarray:
-    """[Q, k] column indices of each row's k largest scores, in no particular order;
-    computed a block of rows at a time so the [Q, G] temporaries of argpartition never
-    exist at once."""
+def top_k_unordered(scores: np.ndarray, k: int, rows: int | None = None) -> np.ndarray:
+    """[Q, k] column indices of each row's k largest scores, in no particular order
+    (each row's the same whatever the blocks); computed ``rows`` rows at a time (default:
+    blocks of about ``BLOCK_ELEMENTS`` scores), the blocks on the process's cores
+    (``parallel.thread_map``), so the [Q, G] temporaries of argpartition never exist at
+    once, nor large ones per thread."""
     if k >= scores.shape[1]:
         return np.tile(np.arange(scores.shape[1]), (len(scores), 1))
-    return np.concatenate([np.argpartition(-scores[a:a + rows], k - 1, axis=1)[:, :k]
-                           for a in range(0, len(scores), rows)])
+    if not len(scores):
+        return np.zeros((0, k), np.int64)
+    rows = rows or max(1, BLOCK_ELEMENTS // scores.shape[1])
+    return np.concatenate(parallel.thread_map(
+        lambda a: np.argpartition(-scores[a:a + rows], k - 1, axis=1)[:, :k],
+        range(0, len(scores), rows)))
 
 
 def merge(stage1: np.ndarray, top: np.ndarray, top_scores: np.ndarray) -> np.ndarray:
