@@ -14,8 +14,10 @@ H = 512, k1 = 4, k2 = 2, random weights) on random features of the paper's sizes
 (query, image) pair at every level, once: text-to-image and its transpose); ``two_stage``
 is ``Scorer.two_stage_both`` at ``metrics.rerank_depth(--rerank_k)`` (the heads' per-item
 tables prepared once, then text-to-image and image-to-text, each re-ranking the
-sentence-level top K with the local heads). The split of that time into preparing the
-tables and each direction is read inside those same calls; the metrics hgan-eval computes
+sentence-level top K with the local heads; with the C kernel, the union of both
+directions' pairs scored once). The split of that time into preparing the tables, stage 1
+and the merges (or, under XLA, each direction) is read inside those same calls; the
+metrics hgan-eval computes
 afterwards (``metrics.both_directions``, outside its ``{mode}_s``) are timed apart. The
 scorer's memory budget is ``--budget_mb`` (hgan-eval: ``Scorer``'s default, 512 MiB). Each
 mode runs in its own subprocess, so its peak resident set (``ru_maxrss``) is its own.
@@ -27,14 +29,18 @@ time over that peak's floor; the (text, image) pairs the local heads actually co
 counted at each call of the scorer's chunk function, padding included (a partial chunk
 is padded to the compiled shape: its extra rows cost time and their scores are dropped),
 against the pairs the mode needs (Q·G for exact, (Q + G)·K for two-stage), so a
-ratio above 1.00x is padding overhead; pairs/s; and the resident set after importing TF
+ratio above 1.00x is padding overhead and one below it pairs both directions share;
+pairs/s; for two-stage, the GFLOP/s and share of the peak of the work the directions ask
+for (each direction's pairs at their text widths, a shared pair counted twice: what
+scoring each direction apart computes); and the resident set after importing TF
 and building the heads, after making the features, and at its peak. Random global
 features make every query's top-K independent of its neighbours', the worst case for a
 scorer that re-scores the union of a chunk's candidates; ``--identities=N`` draws them
 around N identity centres in shard order instead.
 
 Each mode also prints, per direction (exact mode: the one grid both directions read;
-two-stage: text-to-image and image-to-text apart, timed inside ``Scorer.two_stage``),
+two-stage: the local heads' loops over both directions' pairs, or, under XLA,
+text-to-image and image-to-text apart, timed inside ``Scorer.two_stage``),
 pairs/s, GFLOP/s and the share of the peak. ``--profile`` adds, per direction and level,
 one call's time (``profile_phases``: the C kernel's whole; under XLA split into the
 gathers, Eq. 2's γ product, the top-k selections, the fused vectors and Eq. 8's MLP) and
