@@ -19,7 +19,8 @@ def cores() -> int:
 
 def thread_map(fn, items, threads: int | None = None) -> list:
     """``[fn(x) for x in items]``, in order, on up to ``threads`` threads (default
-    ``cores()``) of a pool kept for the process (a forked child makes its own)."""
+    ``cores()``) of a pool kept for the process (a forked child makes its own). ``fn``
+    must not call ``thread_map`` itself: the pool's threads would wait on each other."""
     items = list(items)
     threads = max(1, min(threads or cores(), len(items)))
     if threads == 1:
