@@ -219,9 +219,11 @@ def run_mode(mode: str) -> dict:
         the compiled chunk function, with the padding rows and columns that keep a partial
         chunk at the compiled shape (their scores are dropped, their cost is not); and
         times, inside the calls ``evaluate`` makes, the preparation of the heads' tables,
-        each direction of the two-stage scoring, each level's scoring loop and the time
-        inside its compiled calls. Counts are kept per direction: ``grid`` (exact mode,
-        whose image-to-text matrix is the transpose of the one grid), ``t2i``, ``i2t``."""
+        the parts of the two-stage scoring (stage 1, the local heads, the merges; under
+        XLA each direction whole), each level's scoring loop and the time inside its
+        compiled calls. Counts are kept per direction: ``grid`` (exact mode, whose
+        image-to-text matrix is the transpose of the one grid), ``both`` (two-stage with
+        the C kernel: both directions' pairs, each once), ``t2i``, ``i2t`` (under XLA)."""
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -268,6 +270,8 @@ def run_mode(mode: str) -> dict:
             t0 = time.perf_counter()
             out = super()._native_scores(level, prep, texts, images)
             self.loops[("both", level)] = time.perf_counter() - t0
+            self.parts["local heads"] = self.parts.get("local heads", 0.0) + \
+                self.loops[("both", level)]
             return out
 
         def local_grid(self, level, *args):
@@ -363,10 +367,10 @@ def run_mode(mode: str) -> dict:
 
 
 def asked_flops(scorer, config) -> dict:
-    """Two-stage: per level, the FLOPs (``pair_flops``, at each pair's text width as the
-    scorer's calls compute it) of every (query, candidate) pair each direction asks for,
-    a pair both directions ask for counted twice: what scoring each direction apart
-    would compute."""
+    """Two-stage: per level, the FLOPs (``pair_flops``, at each pair's text width, as the
+    C kernel's calls compute it; XLA's calls compute each chunk at its widest text) of
+    every (query, candidate) pair each direction asks for, a pair both directions ask
+    for counted twice: what scoring each direction apart would compute."""
     from hgan.evaluation import hgan_scoring
     c = config.model
     out = {}

@@ -58,7 +58,8 @@ EXPECTED = {
     ],
     "eval_scoring": [
         # The C kernel scores both directions' pairs once; XLA each direction apart.
-        rf"two_stage: {NUMBER} s \(prepare {NUMBER} s, (stage 1 {NUMBER} s, merge {NUMBER} s|"
+        rf"two_stage: {NUMBER} s \(prepare {NUMBER} s, (stage 1 {NUMBER} s, local heads "
+        rf"{NUMBER} s, merge {NUMBER} s|"
         rf"t2i {NUMBER} s, i2t {NUMBER} s)\).*"
         rf"metrics {NUMBER} s\n(.*\n){{5,}}  memory: .* peak {NUMBER} GiB  target < 4 GiB",
         rf"  {NUMBER} GFLOP/s of the work the directions ask for \({NUMBER} TFLOP, a pair both "

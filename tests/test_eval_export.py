@@ -154,7 +154,9 @@ def test_a_second_evaluation_of_a_model_traces_nothing_again(loaded, tiny_data, 
     elif local_head_kernel.load() is None:
         pytest.skip(f"no C compiler builds the kernel: {local_head_kernel.load_error()}")
     hgan_scoring.evaluate(model, tiny_data, config, "test", modes=("exact", "two_stage"))
-    names = ("encode_image", "encode_text") + (
+    names = ("encode_image", "encode_text") + tuple(
+        f"{side}/{level}" for side in ("prepare_text", "prepare_image")
+        for level in ("word", "phrase")) + (
         ("pairs/word", "pairs/phrase") if head_kernel == "xla" else ())
     fns = [encode.compiled(model, name, None) for name in names]
     traced = [f.experimental_get_tracing_count() for f in fns]
@@ -337,6 +339,10 @@ def test_two_stage_reranks_the_stage1_head_by_the_combined_score(tiny_config, di
         assert len(union) < len(t2i) + len(i2t)
         for level in ("word", "phrase"):
             assert sum(t[0] for lv, t, i in calls if lv == level) == len(union), level
+    for wide in (5, 8):  # k of every image (G = 5), then of every text too (Q = 7)
+        both = scorer.two_stage_both(texts, images, wide)
+        for d, got_d in zip(("t2i", "i2t"), both):
+            np.testing.assert_array_equal(got_d, scorer.two_stage(texts, images, wide, d))
 
 
 _SERVE = textwrap.dedent("""

@@ -17,6 +17,14 @@ def test_top_k_unordered_is_each_rows_k_best_in_blocks_on_threads(rows):
         [np.argpartition(-scores[a:a + 3], 6, axis=1)[:, :7] for a in range(0, 37, 3)]))
 
 
+def test_top_k_unordered_by_default_blocks_of_about_block_elements(monkeypatch):
+    rng = np.random.default_rng(1)
+    scores = rng.standard_normal((37, 50)).astype(np.float32)
+    monkeypatch.setattr(rerank, "BLOCK_ELEMENTS", 160)  # 3 rows a block: 13 blocks
+    np.testing.assert_array_equal(rerank.top_k_unordered(scores, 7),
+                                  rerank.top_k_unordered(scores, 7, rows=37))
+
+
 def test_top_k_unordered_edges():
     scores = np.arange(12, dtype=np.float32).reshape(3, 4)
     np.testing.assert_array_equal(rerank.top_k_unordered(scores, 4), np.tile(np.arange(4), (3, 1)))

@@ -179,7 +179,7 @@ def _native_pairs(head, prep: dict, text_rows, image_rows, layout: str,
     other's rows: image_paired pairs share their text, text_paired pairs their image, a
     grid's pairs are given so that they share the side ``_keeps_images`` chooses, and
     ``paired`` pairs are taken to come in runs of that side
-    (``Scorer._native_candidates``)."""
+    (``Scorer._native_scores``)."""
     text_rows, image_rows = np.asarray(text_rows), np.asarray(image_rows)
     shape = {"grid": (len(text_rows), len(image_rows)), "image_paired": image_rows.shape,
              "text_paired": text_rows.shape, "paired": text_rows.shape}[layout]
@@ -517,9 +517,9 @@ class Scorer:
         stage1_t, top_t = self._stage1(texts, images, k, "t2i")
         stage1_i, top_i = self._stage1(texts, images, k, "i2t", stage1_t)
         gallery = len(images["label"])
-        keys = np.concatenate([
-            (np.arange(len(top_t))[:, None] * gallery + top_t).ravel(),  # text · G + image
-            (top_i * gallery + np.arange(len(top_i))[:, None]).ravel()])
+        keys = np.concatenate([  # text · G + image, in int64 whatever NumPy's default
+            (np.arange(len(top_t), dtype=np.int64)[:, None] * gallery + top_t).ravel(),
+            (top_i.astype(np.int64) * gallery + np.arange(len(top_i))[:, None]).ravel()])
         pairs, where = np.unique(keys, return_inverse=True)
         local_t, local_i = {}, {}
         for level in prep:
@@ -537,6 +537,7 @@ def evaluate(model: HGAN, data_dir: str, config: Config, split: str,
     """The full report: {"t2i", "i2t", "timing", ...} per mode, plus, from the exact mode,
     the arrays the figures and the page read under ``"_arrays"`` (the fused matrix, the
     features, and each level's [Q, G] scores under ``"levels"``)."""
+    modes = tuple(modes)
     unknown = [mode for mode in modes if mode not in ("exact", "two_stage")]
     if unknown:
         raise ValueError(f"unknown mode {unknown[0]!r}")
@@ -563,6 +564,8 @@ def evaluate(model: HGAN, data_dir: str, config: Config, split: str,
             i2t = t2i.T
         else:
             t2i, i2t = scorer.two_stage_both(texts, images, k, prep)
+        if mode == modes[-1]:
+            prep = None  # the tables are not kept through the metrics
         report["timing"][f"{mode}_s"] = time.time() - t0
         if log is not None:
             log(f"scored {mode}: {report['timing'][f'{mode}_s']:.1f} s")

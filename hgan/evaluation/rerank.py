@@ -36,16 +36,18 @@ def top_k_unordered(scores: np.ndarray, k: int, rows: int | None = None) -> np.n
     """[Q, k] column indices of each row's k largest scores, in no particular order
     (each row's the same whatever the blocks); computed ``rows`` rows at a time (default:
     blocks of about ``BLOCK_ELEMENTS`` scores), the blocks on the process's cores
-    (``parallel.thread_map``), so the [Q, G] temporaries of argpartition never exist at
-    once, nor large ones per thread."""
+    (``parallel.thread_map``), each written into the result as it is done, so only the
+    running blocks' temporaries of argpartition exist at once."""
     if k >= scores.shape[1]:
         return np.tile(np.arange(scores.shape[1]), (len(scores), 1))
-    if not len(scores):
-        return np.zeros((0, k), np.int64)
     rows = rows or max(1, BLOCK_ELEMENTS // scores.shape[1])
-    return np.concatenate(parallel.thread_map(
-        lambda a: np.argpartition(-scores[a:a + rows], k - 1, axis=1)[:, :k],
-        range(0, len(scores), rows)))
+    out = np.empty((len(scores), k), np.intp)
+
+    def block(a):
+        out[a:a + rows] = np.argpartition(-scores[a:a + rows], k - 1, axis=1)[:, :k]
+
+    parallel.thread_map(block, range(0, len(scores), rows))
+    return out
 
 
 def merge(stage1: np.ndarray, top: np.ndarray, top_scores: np.ndarray) -> np.ndarray:
