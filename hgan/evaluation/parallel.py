@@ -53,9 +53,7 @@ def thread_map(fn, items, threads: int | None = None) -> list:
         finally:
             _LOCAL.inside = False
 
-    if size == threads:
-        return list(pool.map(run, items))
-    # A larger pool than asked for: ``threads`` runs of items, each run in one thread.
+    # ``threads`` runs of items, each in one thread (the pool may be larger).
     runs = [items[a::threads] for a in range(threads)]
     done = list(pool.map(lambda part: [run(x) for x in part], runs))
     out = [None] * len(items)
