@@ -11,6 +11,7 @@ import numpy as np
 
 from hgan.config import Config
 from hgan.data import pipeline
+from hgan.progress import eta
 
 
 # One set of compiled functions per model, reused by every evaluation of a training run:
@@ -59,9 +60,8 @@ class Progress:
             return
         self.last = now
         rate = self.done / (now - self.start)
-        left = (self.total - self.done) / rate if rate > 0 else float("nan")
         self.log(f"{self.what}: {self.done:,}/{self.total:,}{self.unit}, {rate:,.1f}/s, "
-                 f"ETA {left:.0f} s")
+                 f"{eta(self.total - self.done, rate)}")
 
     def end(self) -> None:
         if self.log is not None:

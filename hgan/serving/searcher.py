@@ -36,6 +36,7 @@ from typing import Optional
 import numpy as np
 
 from hgan.data import pipeline, records
+from hgan.progress import eta
 from hgan.serving import ann, checksums, codec, gallery, snapshot
 from hgan.serving.gallery import ANN_FILE
 from hgan.serving.savedmodel import (ENCODE_IMAGE, ENCODE_TEXT, EXPLAIN, FOLD_ROTATIONS,
@@ -149,8 +150,8 @@ def _shard(spec: str | None) -> tuple[int, int]:
 def _progress(log, done: int, total: Optional[int], new: int, start: float) -> None:
     rate = new / max(time.time() - start, 1e-9)
     if total:
-        left = max(total - done, 0) / rate if rate > 0 else float("inf")
-        log(f"indexed {done}/{total} images, {rate:.1f} images/s, ETA {left / 60:.1f} min")
+        log(f"indexed {done}/{total} images, {rate:.1f} images/s, "
+            f"{eta(max(total - done, 0), rate)}")
     else:
         log(f"indexed {done} images, {rate:.1f} images/s")
 

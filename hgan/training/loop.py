@@ -31,6 +31,7 @@ import orbit
 from absl import logging
 
 from hgan.config import Config
+from hgan.progress import eta
 from hgan.tf_compat import keras, tf
 from hgan.training import run_dir
 from hgan.training.distribution import FINITE, SCALE_SKIPPED, is_chief, worker_dir
@@ -117,10 +118,9 @@ def progress_line(step: int, total: int, terms: dict, since: tuple, extra: str =
     """``step i/N  [label  ]loss terms  extra  steps/s  ETA``, the rate since ``since`` =
     (time, step)."""
     rate = (step - since[1]) / max(time.time() - since[0], 1e-9)
-    eta = (total - step) / max(rate, 1e-9)
     return (f"step {step}/{total}  " + (f"{label}  " if label else "")
             + "  ".join(f"{k}={v:.4f}" for k, v in terms.items())
-            + f"{extra}  {rate:.2f} steps/s  ETA {eta / 60:.1f} min")
+            + f"{extra}  {rate:.2f} steps/s  {eta(total - step, rate)}")
 
 
 def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager,
