@@ -24,8 +24,10 @@ mode runs in its own subprocess, so its peak resident set (``ru_maxrss``) is its
 
 Reported per mode: wall time; the floating-point operations computed (``pair_flops`` per
 computed pair and level), the GFLOP/s they ran at, and its share of TensorFlow's float32
-matmul peak measured in the same process just before (``matmul_peak_gflops``), with the
-time over that peak's floor; the (text, image) pairs the local heads actually computed,
+matmul peak measured in the same process just before the scoring and again just after
+its metrics (``matmul_peak_gflops``; the shares use the mean of the two, and a line says
+when they differ by more than ``PEAK_DRIFT``: a shared or throttled machine whose speed
+moved during the run), with the time over that peak's floor; the (text, image) pairs the local heads actually computed,
 counted at each call of the scorer's chunk function, padding included (a partial chunk
 is padded to the compiled shape: its extra rows cost time and their scores are dropped),
 against the pairs the mode needs (Q·G for exact, (Q + G)·K for two-stage), so a
@@ -114,6 +116,7 @@ LEVELS = ["word", "phrase"]
 TARGET_S = {"exact": 600.0, "two_stage": 60.0}
 TARGET_RSS_GIB = 4.0
 GIB = float(1 << 30)
+PEAK_DRIFT = 0.10  # before / after the scoring: a larger change is reported
 
 
 def _rss() -> float:
@@ -323,7 +326,8 @@ def run_mode(mode: str) -> dict:
     model = types.SimpleNamespace(config=config, word_head=heads["word"],
                                   phrase_head=heads["phrase"])
     rss_base = _rss()
-    peak = matmul_peak_gflops(*((512, 3) if FLAGS.small else ()))
+    peak_size = (512, 3) if FLAGS.small else ()
+    peak = matmul_peak_gflops(*peak_size)
     texts, images = make_features(config, FLAGS.queries, FLAGS.gallery, regions,
                                   FLAGS.identities, FLAGS.seed)
     rss_features = _rss()
@@ -353,6 +357,7 @@ def run_mode(mode: str) -> dict:
     t0 = time.perf_counter()
     metrics.both_directions(t2i, i2t, texts["label"], images["label"])
     metrics_s = time.perf_counter() - t0
+    peak_after = matmul_peak_gflops(*peak_size)
     profile = profile_phases(scorer) if FLAGS.profile else []
     join = "/".join
     return {"mode": mode, "timing": timing, "metrics_s": metrics_s,
@@ -362,7 +367,8 @@ def run_mode(mode: str) -> dict:
             "loops": {join(k): v for k, v in scorer.loops.items()},
             "in_calls": {join(k): v for k, v in scorer.in_calls.items()},
             "calls": {join(k): len(v) for k, v in scorer.calls.items()},
-            "profile": profile, "peak_gflops": peak, "needed": needed, "asked_flops": asked,
+            "profile": profile, "peak_gflops": (peak + peak_after) / 2,
+            "peak_ends": (peak, peak_after), "needed": needed, "asked_flops": asked,
             "rss_base": rss_base, "rss_features": rss_features, "rss_peak": _peak_rss()}
 
 
@@ -474,10 +480,15 @@ def _report(r: dict):
           f"({len(levels) * r['needed'] / total / 1e3:.1f} k needed pairs/s)")
     flops, peak_gflops = sum(r["flops"].values()), r["peak_gflops"]
     achieved = flops / total / 1e9
+    before, after = r["peak_ends"]
     print(f"  {achieved:.1f} GFLOP/s achieved ({flops / 1e12:.3f} TFLOP computed, "
           f"pair_flops per pair and level) = {100 * achieved / peak_gflops:.1f} % of the "
-          f"float32 matmul peak measured in this process, {peak_gflops:.0f} GFLOP/s; "
+          f"float32 matmul peak measured in this process, {peak_gflops:.0f} GFLOP/s (the "
+          f"mean of {before:.0f} before the scoring and {after:.0f} after it); "
           f"{total / (flops / peak_gflops / 1e9):.1f}x the FLOP floor at that peak")
+    if abs(after - before) > PEAK_DRIFT * min(before, after):
+        print(f"  the machine's matmul rate moved by {100 * (after / before - 1):+.0f} % "
+              f"during this mode: its shares of the peak are uncertain by as much")
     if r["asked_flops"]:
         asked = sum(r["asked_flops"].values())
         print(f"  {asked / total / 1e9:.1f} GFLOP/s of the work the directions ask for "

@@ -79,7 +79,8 @@ EXPECTED = {
         r"then score_selected under XLA)",
         rf"word: {NUMBER} pairs computed \(padding included\) = {NUMBER}x the 300 needed",
         rf"{NUMBER} GFLOP/s achieved .* = {NUMBER} % of the float32 matmul peak measured in "
-        rf"this process, {NUMBER} GFLOP/s; {NUMBER}x the FLOP floor at that peak",
+        rf"this process, {NUMBER} GFLOP/s \(the mean of {NUMBER} before the scoring and "
+        rf"{NUMBER} after it\); {NUMBER}x the FLOP floor at that peak",
         rf"projected at 6156x3074: {NUMBER} s",
     ],
     "gallery_index": [
