@@ -27,10 +27,10 @@ computed pair and level), the GFLOP/s they ran at, and its share of TensorFlow's
 matmul peak measured in the same process just before the scoring and again just after
 its metrics (``matmul_peak_gflops``; the shares use the mean of the two, and a line says
 when they differ by more than ``PEAK_DRIFT``: a shared or throttled machine whose speed
-moved during the run), with the time over that peak's floor; the (text, image) pairs the local heads actually computed,
-counted at each call of the scorer's chunk function, padding included (a partial chunk
-is padded to the compiled shape: its extra rows cost time and their scores are dropped),
-against the pairs the mode needs (Q·G for exact, (Q + G)·K for two-stage), so a
+moved during the run), with the time over that peak's floor; the (text, image) pairs
+the local heads actually computed, counted at each call of the scorer's chunk function,
+padding included (a partial chunk is padded to the compiled shape: its extra rows cost
+time and their scores are dropped), against the pairs the mode needs (Q·G for exact, (Q + G)·K for two-stage), so a
 ratio above 1.00x is padding overhead and one below it pairs both directions share;
 pairs/s; for two-stage, the GFLOP/s and share of the peak of the work the directions ask
 for (each direction's pairs at their text widths, a shared pair counted twice: what

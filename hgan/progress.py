@@ -11,7 +11,7 @@ def duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "unknown"
     seconds = max(float(seconds), 0.0)
-    if seconds < 120:
+    if seconds < 119.5:  # what rounds to 120 s is written 2.0 min
         return f"{seconds:.0f} s"
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
