@@ -27,18 +27,18 @@ computed pair and level), the GFLOP/s they ran at, and its share of TensorFlow's
 matmul peak measured in the same process just before the scoring and again just after
 its metrics (``matmul_peak_gflops``; the shares use the mean of the two, and a line says
 when they differ by more than ``PEAK_DRIFT``: a shared or throttled machine whose speed
-moved during the run), with the time over that peak's floor; the (text, image) pairs
-the local heads actually computed, counted at each call of the scorer's chunk function,
+moved during the run), with the time over that peak's floor; the (text, image) pairs the
+local heads actually computed, counted at each call of the scorer's chunk function,
 padding included (a partial chunk is padded to the compiled shape: its extra rows cost
-time and their scores are dropped), against the pairs the mode needs (Q·G for exact, (Q + G)·K for two-stage), so a
-ratio above 1.00x is padding overhead and one below it pairs both directions share;
-pairs/s; for two-stage, the GFLOP/s and share of the peak of the work the directions ask
-for (each direction's pairs at their text widths, a shared pair counted twice: what
-scoring each direction apart computes); and the resident set after importing TF
-and building the heads, after making the features, and at its peak. Random global
-features make every query's top-K independent of its neighbours', the worst case for a
-scorer that re-scores the union of a chunk's candidates; ``--identities=N`` draws them
-around N identity centres in shard order instead.
+time and their scores are dropped), against the pairs the mode needs (Q·G for exact,
+(Q + G)·K for two-stage), so a ratio above 1.00x is padding overhead and one below it
+pairs both directions share; pairs/s; for two-stage, the GFLOP/s and share of the peak of the
+work the directions ask for (each direction's pairs at their text widths, a shared pair
+counted twice: what scoring each direction apart computes); and the resident set after
+importing TF and building the heads, after making the features, and at its peak. Random
+global features make every query's top-K independent of its neighbours', the worst case
+for a scorer that re-scores the union of a chunk's candidates; ``--identities=N`` draws
+them around N identity centres in shard order instead.
 
 Each mode also prints, per direction (exact mode: the one grid both directions read;
 two-stage: the local heads' loops over both directions' pairs, or, under XLA,
