@@ -60,6 +60,10 @@ over what the gallery stores): R1 and mAP, and their change from the first dtype
 codebooks trained from k-means seed SEED (and the rows they are sampled from), and
 ``pq:S:SEED:plain`` without the learnt rotation (``codec.train_rotation``): one seed's R1
 moves by points (the hard top-k selections flip), so a pq form is judged over several.
+``pq:S:SEED:held`` (or ``plain+held``) trains the codebooks on the train split's tables
+instead of the test split's own (its first ``CODEBOOK_SAMPLE`` images, encoded once into
+a float32 gallery): what a large gallery gets, whose codebooks are learnt on its first
+images and then code images they never saw.
 
 ``--small`` (tests/test_benches.py): writes a 10-identity demo set, exports the ``tiny``
 preset's HGAN with random weights (``bench/_small.py``), and searches a 2,000-image
@@ -82,7 +86,8 @@ from gallery_index import MEMORY, percentiles, process_memory, recall_and_latenc
 
 FLAGS = flags.FLAGS
 SMALL = {"n": 2000, "rerank_k": 20, "top_k": 5, "queries": 20, "exact_queries": 5,
-         "nprobe": 8, "recall_nprobe": ["16"], "dir": "/tmp/search_bench_small"}
+         "nprobe": 8, "recall_nprobe": ["16"], "dir": "/tmp/search_bench_small",
+         "fidelity": ["float32", "float16", "int8", "pq", "pq:6:0:held"]}
 BLOCK = 10_000  # rows appended to the gallery at a time
 BASELINE = 1_000  # images of the gallery whose service's memory is the baseline
 PHASES = ("encode", "stage1", "rerank", "other", "total")
@@ -113,7 +118,9 @@ def define_flags():
     flags.DEFINE_list("fidelity", ["float32", "float16", "int8", "pq"], "Stored dtypes whose "
                       "two-stage ranking of the test split is measured (empty: none); the "
                       "first is the reference. pq:S: pq with S values per one-byte code; "
-                      "pq:S:SEED: and codebooks trained with k-means seed SEED.")
+                      "pq:S:SEED: and codebooks trained with k-means seed SEED; "
+                      "pq:S:SEED:FORM, FORM plain (no rotation), held (codebooks trained "
+                      "on the train split) or plain+held.")
     flags.DEFINE_string("dir", "/tmp/search_bench", "Scratch folder (deleted at the end).")
     _small.define_flag()
 
@@ -293,19 +300,40 @@ def fidelity(savedmodel: str, data_dir: str, dtypes: list) -> None:
             return out
         return fn
 
+    held_sample = {}
+
+    def train_split_tables() -> dict:
+        """The train split's first CODEBOOK_SAMPLE images' tables, encoded once."""
+        if not held_sample:
+            path = os.path.join(FLAGS.dir, "fidelity_train_split")
+            search.build_index(savedmodel, path, data_dir=data_dir, split="train",
+                               dtype="float32", log=lambda *_: None)
+            store = gallery.Gallery.open(path)
+            held_sample.update({n: np.asarray(store.array(n)[:search.CODEBOOK_SAMPLE],
+                                              np.float32) for n in store.features})
+        return held_sample
+
     base, changes = None, {}
     train_codebooks = gallery.train_codebooks
     for spec in dtypes:
         # "pq:6": pq with 6 values per code; "pq:6:1": and k-means seed 1 (default 0);
-        # "pq:6:1:plain": without the rotation.
+        # "pq:6:1:plain": without the rotation; "pq:6:1:held": codebooks of the train split.
         dtype, subdim, seed, form = (spec.split(":") + ["", "", ""])[:4]
+        tokens = set(form.split("+")) - {""}
+        if tokens - {"plain", "held"}:
+            raise app.UsageError(f"--fidelity {spec}: a pq form is plain, held or plain+held")
         path = os.path.join(FLAGS.dir, f"fidelity_{spec.replace(':', '_')}")
-        gallery.train_codebooks = functools.partial(train_codebooks, seed=int(seed or 0))
+        train = functools.partial(train_codebooks, seed=int(seed or 0))
+        if "held" in tokens:
+            sample = train_split_tables()
+            gallery.train_codebooks = lambda dtype, _own, **kw: train(dtype, sample, **kw)
+        else:
+            gallery.train_codebooks = train
         try:
             search.build_index(savedmodel, path, data_dir=data_dir, split="test",
                                dtype=dtype, log=lambda *_: None,
                                pq_subdim=int(subdim) if subdim else None,
-                               pq_rotation=form != "plain")
+                               pq_rotation="plain" not in tokens)
         finally:
             gallery.train_codebooks = train_codebooks
         store = gallery.Gallery.open(path)

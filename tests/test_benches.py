@@ -134,8 +134,9 @@ EXPECTED = {
         rf"nprobe   8(, short list \d+)?: {NUMBER}; one query {MS}",
         rf"nprobe  16(, short list \d+)?: {NUMBER}; one query {MS}",
         r"global vectors: memmap of .*feat\.global\.bin",
-        rf"fidelity, int8 \({NUMBER} B/image\): t2i R1 {NUMBER} \([-+]{NUMBER}\) mAP {NUMBER} "
-        rf"\([-+]{NUMBER}\); i2t R1 {NUMBER} \([-+]{NUMBER}\) mAP {NUMBER} \([-+]{NUMBER}\)",
+        *[rf"fidelity, {spec} \({NUMBER} B/image\): t2i R1 {NUMBER} \([-+]{NUMBER}\) mAP "
+          rf"{NUMBER} \([-+]{NUMBER}\); i2t R1 {NUMBER} \([-+]{NUMBER}\) mAP {NUMBER} "
+          rf"\([-+]{NUMBER}\)" for spec in ("int8", "pq:6:0:held")],
         r"fidelity over the test split: \d+ images, \d+ captions, K = \d+",
         r"exact brute force over 2,000: Searcher\.query, 5 queries one at a time; re-ranked "
         r"exactly K = 20 candidates in every query",
