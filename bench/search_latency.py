@@ -63,7 +63,11 @@ moves by points (the hard top-k selections flip), so a pq form is judged over se
 ``pq:S:SEED:held`` (or ``plain+held``) trains the codebooks on the train split's tables
 instead of the test split's own (its first ``CODEBOOK_SAMPLE`` images, encoded once into
 a float32 gallery): what a large gallery gets, whose codebooks are learnt on its first
-images and then code images they never saw.
+images and then code images they never saw. Under each dtype's line, per direction
+(``flips``): how many queries changed their first item (to a relevant one, away from
+one), the score error's sd on the pairs both dtypes re-ranked against the scores' own sd,
+and how many queries had their top two nearer than twice that error under the first
+dtype (the near ties a code of that error flips), with a relevant item first in how many.
 
 ``--small`` (tests/test_benches.py): writes a 10-identity demo set, exports the ``tiny``
 preset's HGAN with random weights (``bench/_small.py``), and searches a 2,000-image
@@ -252,6 +256,31 @@ def report(name: str, phases: Phases, texts, k: int) -> None:
         print(f"  {phase:7s} {percentiles(runs[phase])}")
 
 
+def flips(direction: str, base_ranked, ranked, base_pairs, pairs, query_labels,
+          item_labels, base_name: str) -> str:
+    """Why a stored form moves R1: the queries whose first item changed (to a relevant item
+    or away from one), the score error on the re-ranked pairs both forms scored (its sd
+    against the sd of the scores), and the queries whose top two were nearer than twice
+    that error under the base form (near ties: a lossy code flips them about as often as
+    not), with how many of those had a relevant item first."""
+    first, was = ranked.argmax(axis=1), base_ranked.argmax(axis=1)
+    right, was_right = (item_labels[x] == query_labels for x in (first, was))
+    changed = first != was
+    width = ranked.shape[1]
+    keys, base_keys = (p[0] * width + p[1] for p in (pairs, base_pairs))
+    _, at, base_at = np.intersect1d(keys, base_keys, return_indices=True)
+    error = float(np.std(pairs[2][at] - base_pairs[2][base_at]))
+    spread = float(np.std(base_pairs[2][base_at]))
+    top_two = -np.sort(-base_ranked, axis=1)[:, :2]
+    near = top_two[:, 0] - top_two[:, 1] < 2 * error
+    return (f"{direction}: {int(changed.sum())} of {len(first)} queries changed their first "
+            f"item ({int((changed & right & ~was_right).sum())} to a relevant one, "
+            f"{int((changed & was_right & ~right).sum())} away from one); score error sd "
+            f"{error:.4f} = {100 * error / max(spread, 1e-12):.1f} % of the scores' sd; "
+            f"{int(near.sum())} queries had their top two within twice that under "
+            f"{base_name}, {int((near & was_right).sum())} of them a relevant item first")
+
+
 def fidelity(savedmodel: str, data_dir: str, dtypes: list) -> None:
     """The test split indexed once per dtype; two-stage R1 / mAP both ways from each."""
     from hgan.data import pipeline
@@ -282,21 +311,23 @@ def fidelity(savedmodel: str, data_dir: str, dtypes: list) -> None:
                      **{f"image_{n}": tf.constant(images[n][image_rows]) for n in image_names})
         return out["score"].numpy()  # [T, I]
 
-    def t2i(images):
+    def t2i(images, seen):
         def fn(q, g):
             out = np.empty(len(q))
             for u in np.unique(q):
                 sel = np.flatnonzero(q == u)
                 out[sel] = scored(images, [u], g[sel])[0]
+            seen.append((q, g, out))
             return out
         return fn
 
-    def i2t(images):
+    def i2t(images, seen):
         def fn(q, g):
             out = np.empty(len(q))
             for u in np.unique(q):
                 sel = np.flatnonzero(q == u)
                 out[sel] = scored(images, g[sel], [u])[:, 0]
+            seen.append((q, g, out))
             return out
         return fn
 
@@ -340,11 +371,14 @@ def fidelity(savedmodel: str, data_dir: str, dtypes: list) -> None:
         assert store.paths() == [e["path"].numpy().decode() for e in examples]
         images = {n: np.asarray(store.array(n), np.float32) for n in store.features}
         stage1 = metrics.unit_rows(texts[GLOBAL]) @ metrics.unit_rows(images[GLOBAL]).T
-        got = {"t2i": metrics.retrieval_metrics(rerank.rerank(stage1, t2i(images), k),
-                                                caption_labels, labels),
-               "i2t": metrics.retrieval_metrics(rerank.rerank(stage1.T, i2t(images), k),
-                                                labels, caption_labels)}
-        base = base or got
+        seen = {"t2i": [], "i2t": []}
+        ranked = {"t2i": rerank.rerank(stage1, t2i(images, seen["t2i"]), k),
+                  "i2t": rerank.rerank(stage1.T, i2t(images, seen["i2t"]), k)}
+        got = {"t2i": metrics.retrieval_metrics(ranked["t2i"], caption_labels, labels),
+               "i2t": metrics.retrieval_metrics(ranked["i2t"], labels, caption_labels)}
+        pairs = {d: [np.concatenate(x) for x in zip(*v)] for d, v in seen.items()}
+        if base is None:
+            base, base_ranked, base_pairs = got, ranked, pairs
         form = ":".join(x for x in (dtype, subdim or str(codec.PQ_SUBDIM), form) if x) \
             if dtype == "pq" else dtype
         changes.setdefault(form, []).append(
@@ -353,6 +387,11 @@ def fidelity(savedmodel: str, data_dir: str, dtypes: list) -> None:
             f"{d} R1 {got[d]['R1']:.2f} ({got[d]['R1'] - base[d]['R1']:+.2f}) mAP "
             f"{got[d]['mAP']:.2f} ({got[d]['mAP'] - base[d]['mAP']:+.2f})" for d in got)
         print(f"fidelity, {spec} ({store.bytes_per_item():,} B/image): {line}")
+        if got is not base:
+            for d, (query_labels, item_labels) in (("t2i", (caption_labels, labels)),
+                                                   ("i2t", (labels, caption_labels))):
+                print("  " + flips(d, base_ranked[d], ranked[d], base_pairs[d], pairs[d],
+                                   query_labels, item_labels, dtypes[0]))
     for form, rows in changes.items():
         if len(rows) > 1:
             rows = np.asarray(rows)

@@ -137,6 +137,10 @@ EXPECTED = {
         *[rf"fidelity, {spec} \({NUMBER} B/image\): t2i R1 {NUMBER} \([-+]{NUMBER}\) mAP "
           rf"{NUMBER} \([-+]{NUMBER}\); i2t R1 {NUMBER} \([-+]{NUMBER}\) mAP {NUMBER} "
           rf"\([-+]{NUMBER}\)" for spec in ("int8", "pq:6:0:held")],
+        *[rf"  {d}: \d+ of \d+ queries changed their first item \(\d+ to a relevant one, \d+ "
+          rf"away from one\); score error sd {NUMBER} = {NUMBER} % of the scores' sd; \d+ "
+          rf"queries had their top two within twice that under float32, \d+ of them a "
+          rf"relevant item first" for d in ("t2i", "i2t")],
         r"fidelity over the test split: \d+ images, \d+ captions, K = \d+",
         r"exact brute force over 2,000: Searcher\.query, 5 queries one at a time; re-ranked "
         r"exactly K = 20 candidates in every query",
