@@ -27,7 +27,10 @@ computed pair and level), the GFLOP/s they ran at, and its share of TensorFlow's
 matmul peak measured in the same process just before the scoring and again just after
 its metrics (``matmul_peak_gflops``; the shares use the mean of the two, and a line says
 when they differ by more than ``PEAK_DRIFT``: a shared or throttled machine whose speed
-moved during the run), with the time over that peak's floor; the (text, image) pairs the
+moved during the run), with the time over that peak's floor; the preparation of the
+heads' tables with the FLOPs of its per-item linear maps (outside ``pair_flops``) and its
+share of the peak, and the share that the time outside the local heads alone leaves
+``pair_flops`` (the most any speed-up of the heads can reach); the (text, image) pairs the
 local heads actually computed, counted at each call of the scorer's chunk function,
 padding included (a partial chunk is padded to the compiled shape: its extra rows cost
 time and their scores are dropped), against the pairs the mode needs (Q·G for exact,
@@ -352,6 +355,14 @@ def run_mode(mode: str) -> dict:
     else:
         raise ValueError(f"unknown mode {mode!r}")
     timing = {**scorer.parts, "total": time.perf_counter() - t0}
+    # The heads' per-item linear maps (prepare_text / prepare_image: φ's two layers and the
+    # fuse map W on each computed row), which pair_flops leaves out.
+    c = config.model
+    row_flops = 2 * (2 * c.local_dim * c.mlp_hidden + c.mlp_hidden ** 2)
+    prepare_flops = sum(
+        row_flops * (int(hgan_scoring._text_widths(p["mask_np"]).sum())
+                     + int(np.prod(p["image_np"][0].shape[:2])))
+        for p in scorer.prep.values())
     asked = asked_flops(scorer, config) if mode == "two_stage" else None
     # evaluate's metrics, after its timing: the retrieval figures of both directions.
     t0 = time.perf_counter()
@@ -369,7 +380,8 @@ def run_mode(mode: str) -> dict:
             "calls": {join(k): len(v) for k, v in scorer.calls.items()},
             "profile": profile, "peak_gflops": (peak + peak_after) / 2,
             "peak_ends": (peak, peak_after), "needed": needed, "asked_flops": asked,
-            "rss_base": rss_base, "rss_features": rss_features, "rss_peak": _peak_rss()}
+            "rss_base": rss_base, "rss_features": rss_features, "rss_peak": _peak_rss(),
+            "prepare_flops": prepare_flops}
 
 
 def asked_flops(scorer, config) -> dict:
@@ -486,6 +498,19 @@ def _report(r: dict):
           f"float32 matmul peak measured in this process, {peak_gflops:.0f} GFLOP/s (the "
           f"mean of {before:.0f} before the scoring and {after:.0f} after it); "
           f"{total / (flops / peak_gflops / 1e9):.1f}x the FLOP floor at that peak")
+    timing = r["timing"]
+    prepare_s = timing.get("prepare", 0.0)
+    if prepare_s:
+        print(f"  prepare: {prepare_s:.1f} s for {r['prepare_flops'] / 1e12:.3f} TFLOP of the "
+              f"heads' per-item linear maps (not in pair_flops) = "
+              f"{100 * r['prepare_flops'] / prepare_s / 1e9 / peak_gflops:.1f} % of peak")
+    # What is left when the local heads take no time: the bound it sets on the share.
+    outside = "local heads" in timing
+    rest = total - timing["local heads"] if outside else prepare_s
+    if rest > 0:
+        print(f"  {'the time outside the local heads' if outside else 'the preparation'} "
+              f"({rest:.1f} s) alone caps pair_flops' share at "
+              f"{100 * flops / rest / 1e9 / peak_gflops:.0f} % of peak")
     if abs(after - before) > PEAK_DRIFT * min(before, after):
         print(f"  the machine's matmul rate moved by {100 * (after / before - 1):+.0f} % "
               f"during this mode: its shares of the peak are uncertain by as much")

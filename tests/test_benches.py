@@ -75,6 +75,10 @@ EXPECTED = {
         rf"the C kernel \(gamma, select, fuse, MLP from the tables\)); "
         rf"\d+ calls {NUMBER} s of the loop's {NUMBER} s \(outside the calls: -?{NUMBER} s\)",
         rf"exact: {NUMBER} s \(prepare {NUMBER} s\)",
+        rf"  prepare: {NUMBER} s for {NUMBER} TFLOP of the heads' per-item linear maps \(not in "
+        rf"pair_flops\) = {NUMBER} % of peak",
+        rf"  the time outside the local heads \({NUMBER} s\) alone caps pair_flops' share at "
+        rf"{NUMBER} % of peak",
         r"  local heads: (the C kernel, gamma included \(local_head_kernel\)|gamma by oneDNN, "
         r"then score_selected under XLA)",
         rf"word: {NUMBER} pairs computed \(padding included\) = {NUMBER}x the 300 needed",
