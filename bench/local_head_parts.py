@@ -29,6 +29,7 @@ import tempfile
 
 from absl import app, flags
 
+import _heads
 import _small
 
 FLAGS = flags.FLAGS
@@ -43,16 +44,13 @@ def define_flags():
                          "come from (CUHK-PEDES test).")
     flags.DEFINE_integer("texts", 6156, "Texts of the table an image query's candidates "
                          "come from.")
-    flags.DEFINE_integer("regions", 15, "Regions N of an image (the paper: 15).")
-    flags.DEFINE_integer("hidden", 512, "H of the tables' rows (the paper: 512).")
     flags.DEFINE_integer("word_slots", 32, "Word slots R of the word level.")
     flags.DEFINE_integer("real_words", 28, "Real words among them.")
     flags.DEFINE_integer("phrase_slots", 5, "Phrase slots R of the phrase level.")
     flags.DEFINE_integer("real_phrases", 4, "Real phrases among them.")
-    flags.DEFINE_integer("k1", 4, "Words a region picks.")
-    flags.DEFINE_integer("k2", 2, "Regions a word picks.")
     flags.DEFINE_integer("pairs", 4000, "Pairs timed per line.")
     flags.DEFINE_integer("seed", 1, "Seed of the random tables and candidates.")
+    _heads.define_shape_flags()
     _small.define_flag()
 
 

@@ -48,6 +48,7 @@ import time
 import numpy as np
 from absl import app, flags
 
+import _heads
 import _small
 
 FLAGS = flags.FLAGS
@@ -59,12 +60,9 @@ def define_flags():
     flags.DEFINE_integer("texts", 128, "Texts of the block (the scorer's GRID_BLOCK[0]).")
     flags.DEFINE_integer("images", 32, "Images of the block (GRID_BLOCK[1]).")
     flags.DEFINE_integer("words", 40, "Word slots.")
-    flags.DEFINE_integer("regions", 15, "Regions (the paper's word level: 15).")
-    flags.DEFINE_integer("k1", 4, "Words each region selects (the paper's k1).")
-    flags.DEFINE_integer("k2", 2, "Regions each word selects (the paper's k2).")
     flags.DEFINE_integer("repeats", 15, "Timed calls per form.")
-    flags.DEFINE_integer("hidden", 512, "H of the word call's tables (the paper: 512).")
     flags.DEFINE_integer("threads", os.cpu_count() or 1, "Threads of the C kernel.")
+    _heads.define_shape_flags()
     _small.define_flag()
 
 
