@@ -104,6 +104,29 @@ def test_counted_positions_give_the_sorted_ranking_figures_to_the_last_bit(
         assert {k: got[k] for k in want} == want
 
 
+@pytest.mark.parametrize("kind", ["normal", "ties", "signed_zeros", "nan"])
+def test_searched_positions_are_each_rows_stable_sort_positions(kind):
+    """Class-level rows (about a hundred relevant items a query, past ``COUNT_UP_TO``):
+    every relevant item's 0-based position is where a stable sort of the negated row puts
+    it (ties in gallery order, NaN last), padded with the row length."""
+    rng = np.random.default_rng(["normal", "ties", "signed_zeros", "nan"].index(kind))
+    sim = rng.standard_normal((30, 300))
+    if kind == "ties":
+        sim = sim.round(0)
+    elif kind == "signed_zeros":
+        sim = np.where(rng.random(sim.shape) < 0.5, 0.0, -0.0) * (rng.random(sim.shape) < 0.7)
+    elif kind == "nan":
+        sim[rng.random(sim.shape) < 0.2] = np.nan
+    query_ids, gallery_ids = rng.integers(0, 3, 30), rng.integers(0, 3, 300)
+    relevant = gallery_ids[None] == query_ids[:, None]
+    got = metrics._searched_positions(sim, relevant)
+    assert got.shape == (30, relevant.sum(axis=1).max()) and got.shape[1] > metrics.COUNT_UP_TO
+    for row, hits, positions in zip(sim, relevant, got):
+        want = np.flatnonzero(hits[np.argsort(-row, kind="stable")])
+        assert positions[:len(want)].tolist() == want.tolist()
+        assert (positions[len(want):] == len(row)).all()
+
+
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="does not match"):
         retrieval_metrics(np.zeros((2, 3)), [1, 2], [1, 2])
