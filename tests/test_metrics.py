@@ -104,19 +104,30 @@ def test_counted_positions_give_the_sorted_ranking_figures_to_the_last_bit(
         assert {k: got[k] for k in want} == want
 
 
-@pytest.mark.parametrize("kind", ["normal", "ties", "signed_zeros", "nan"])
+SEARCHED = ["normal", "few_ties", "ties", "signed_zeros", "nan", "constant", "all_nan"]
+
+
+@pytest.mark.parametrize("kind", SEARCHED)
 def test_searched_positions_are_each_rows_stable_sort_positions(kind):
     """Class-level rows (about a hundred relevant items a query, past ``COUNT_UP_TO``):
     every relevant item's 0-based position is where a stable sort of the negated row puts
-    it (ties in gallery order, NaN last), padded with the row length."""
-    rng = np.random.default_rng(["normal", "ties", "signed_zeros", "nan"].index(kind))
+    it (ties in gallery order, NaN last), padded with the row length; with a few ties a
+    row (counted), many (the row's argsort), one score everywhere, and NaN everywhere."""
+    rng = np.random.default_rng(SEARCHED.index(kind))
     sim = rng.standard_normal((30, 300))
-    if kind == "ties":
+    if kind == "few_ties":  # up to TIED_UP_TO tied relevant items a row: counted
+        sim[:, 1:10:2] = sim[:, 0:10:2]
+        sim[:, 20:25] = 0.0
+    elif kind == "ties":
         sim = sim.round(0)
     elif kind == "signed_zeros":
         sim = np.where(rng.random(sim.shape) < 0.5, 0.0, -0.0) * (rng.random(sim.shape) < 0.7)
     elif kind == "nan":
         sim[rng.random(sim.shape) < 0.2] = np.nan
+    elif kind == "constant":
+        sim[:] = 0.25
+    elif kind == "all_nan":
+        sim[:] = np.nan
     query_ids, gallery_ids = rng.integers(0, 3, 30), rng.integers(0, 3, 300)
     relevant = gallery_ids[None] == query_ids[:, None]
     got = metrics._searched_positions(sim, relevant)

@@ -32,6 +32,9 @@ def _ranked_relevance(similarity, query_ids, gallery_ids):
 # Queries with at most this many relevant gallery items have their positions counted
 # (a few passes over the row each) rather than searched for in a sort of the whole row.
 COUNT_UP_TO = 32
+# Rows searched (``_searched_positions``) with more tied relevant items than this are
+# ranked by their stable argsort instead.
+TIED_UP_TO = 8
 
 
 def _true_columns(mask: np.ndarray, fill: int) -> np.ndarray:
@@ -74,9 +77,11 @@ def _searched_positions(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     """``_counted_positions`` for rows with many relevant items (class-level data: tens to
     hundreds a query): each row's values sorted once (NaN last), and each relevant item's
     higher scores read off by a binary search of its value; the equal ones to its left are
-    counted in the row only where its value occurs more than once, and a NaN item's ahead
-    are every number and the NaNs to its left. A value sort is several times faster than
-    the stable argsort the ranking itself would take."""
+    counted in the row where its value occurs more than once, and a NaN item's ahead are
+    every number and the NaNs to its left. A value sort is several times faster than the
+    stable argsort of the row; a row with more than ``TIED_UP_TO`` tied relevant items (a
+    model that gives many equal scores) takes that argsort instead, one pass per tie being
+    dearer."""
     length = relevant.shape[1]
     counts = relevant.sum(axis=1)
     picked = _true_columns(relevant, 0)
@@ -86,12 +91,19 @@ def _searched_positions(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     for b in range(len(scores)):
         columns = picked[b, :counts[b]]
         values, row = scores[b, columns], ordered[b, :numbers[b]]
-        above = np.searchsorted(row, values, side="right")
-        ahead = numbers[b] - above  # NaN values: fixed below
-        for i in np.flatnonzero(above - np.searchsorted(row, values, side="left") > 1):
+        above = np.searchsorted(row, values, side="right")  # a NaN value: past every number
+        tied = np.flatnonzero(above - np.searchsorted(row, values, side="left") > 1)
+        if len(tied) > TIED_UP_TO:
+            order = np.argsort(-scores[b], kind="stable")
+            out[b, :counts[b]] = np.flatnonzero(relevant[b, order])
+            continue
+        ahead = numbers[b] - above
+        for i in tied:
             ahead[i] += np.count_nonzero(scores[b, :columns[i]] == values[i])
-        for i in np.flatnonzero(np.isnan(values)):
-            ahead[i] = numbers[b] + np.count_nonzero(np.isnan(scores[b, :columns[i]]))
+        nan = np.isnan(values)
+        if nan.any():
+            ahead[nan] = numbers[b] + np.searchsorted(np.flatnonzero(np.isnan(scores[b])),
+                                                      columns[nan])
         out[b, :counts[b]] = ahead
     return np.sort(out, axis=1)
 
