@@ -79,23 +79,40 @@ def _sorted_metrics(sim, query_ids, gallery_ids):
             "mAP": 100.0 * float(ap.mean()), "mINP": 100.0 * float(inp.mean())}
 
 
+# Score matrices with what a ranking must get right: ties (kept in gallery order), +0 beside
+# -0, NaN (ranked last), one score everywhere, NaN everywhere.
+KINDS = ["normal", "few_ties", "ties", "signed_zeros", "nan", "constant", "all_nan"]
+
+
+def _scores(kind: str, shape: tuple, rng) -> np.ndarray:
+    sim = rng.standard_normal(shape)
+    if kind == "few_ties":  # up to TIED_UP_TO tied relevant items a class-level row
+        sim[:, 1:10:2] = sim[:, 0:10:2]
+        sim[:, 20:25] = 0.0
+    elif kind == "ties":
+        sim = sim.round(0)
+    elif kind == "signed_zeros":
+        sim = np.where(rng.random(shape) < 0.5, 0.0, -0.0) * (rng.random(shape) < 0.7)
+    elif kind == "nan":
+        sim[rng.random(shape) < 0.2] = np.nan
+    elif kind == "constant":
+        sim[:] = 0.25
+    elif kind == "all_nan":
+        sim[:] = np.nan
+    return sim
+
+
 @pytest.mark.parametrize("count_up_to", [0, 32])
 @pytest.mark.parametrize("kind", ["normal", "ties", "signed_zeros", "nan"])
 def test_counted_positions_give_the_sorted_ranking_figures_to_the_last_bit(
         monkeypatch, count_up_to, kind):
-    """Positions counted (few relevant items a query) or read off a sort
+    """Positions counted (few relevant items a query) or searched for in a sort of the row
     (``COUNT_UP_TO`` 0): the figures of each row's stable sort, bit for bit, with ties
     (in gallery order), +0 beside -0, NaN scores (ranked last), queries with one relevant
     item, several, or none, and blocks of rows."""
     monkeypatch.setattr(metrics, "COUNT_UP_TO", count_up_to)
     rng = np.random.default_rng(["normal", "ties", "signed_zeros", "nan"].index(kind))
-    sim = rng.standard_normal((60, 40))
-    if kind == "ties":
-        sim = sim.round(0)
-    elif kind == "signed_zeros":
-        sim = np.where(rng.random(sim.shape) < 0.5, 0.0, -0.0) * (rng.random(sim.shape) < 0.7)
-    elif kind == "nan":
-        sim[rng.random(sim.shape) < 0.2] = np.nan
+    sim = _scores(kind, (60, 40), rng)
     query_ids, gallery_ids = rng.integers(0, 16, 60), rng.integers(0, 12, 40)
     want = _sorted_metrics(sim, query_ids, gallery_ids)
     for rows in (7, 60):
@@ -104,30 +121,14 @@ def test_counted_positions_give_the_sorted_ranking_figures_to_the_last_bit(
         assert {k: got[k] for k in want} == want
 
 
-SEARCHED = ["normal", "few_ties", "ties", "signed_zeros", "nan", "constant", "all_nan"]
-
-
-@pytest.mark.parametrize("kind", SEARCHED)
+@pytest.mark.parametrize("kind", KINDS)
 def test_searched_positions_are_each_rows_stable_sort_positions(kind):
     """Class-level rows (about a hundred relevant items a query, past ``COUNT_UP_TO``):
     every relevant item's 0-based position is where a stable sort of the negated row puts
     it (ties in gallery order, NaN last), padded with the row length; with a few ties a
     row (counted), many (the row's argsort), one score everywhere, and NaN everywhere."""
-    rng = np.random.default_rng(SEARCHED.index(kind))
-    sim = rng.standard_normal((30, 300))
-    if kind == "few_ties":  # up to TIED_UP_TO tied relevant items a row: counted
-        sim[:, 1:10:2] = sim[:, 0:10:2]
-        sim[:, 20:25] = 0.0
-    elif kind == "ties":
-        sim = sim.round(0)
-    elif kind == "signed_zeros":
-        sim = np.where(rng.random(sim.shape) < 0.5, 0.0, -0.0) * (rng.random(sim.shape) < 0.7)
-    elif kind == "nan":
-        sim[rng.random(sim.shape) < 0.2] = np.nan
-    elif kind == "constant":
-        sim[:] = 0.25
-    elif kind == "all_nan":
-        sim[:] = np.nan
+    rng = np.random.default_rng(KINDS.index(kind))
+    sim = _scores(kind, (30, 300), rng)
     query_ids, gallery_ids = rng.integers(0, 3, 30), rng.integers(0, 3, 300)
     relevant = gallery_ids[None] == query_ids[:, None]
     got = metrics._searched_positions(sim, relevant)
